@@ -1,0 +1,138 @@
+"""Framing of every object the engine stores, and the bucket's key layout.
+
+Grammar of one stored object (all integers little-endian)::
+
+    object  := header body
+    header  := magic:2 = b"DN"
+               kind:1              one of KIND_* below (frozen values)
+               version:1           format version of this kind, currently 1
+               body_len:u64        length of body in bytes
+               crc32:u32           zlib.crc32 of body
+    body    := msgpack value       (the kind's own grammar is in its module docstring)
+
+A reader checks magic, kind, version, length and checksum before it decodes anything; any
+mismatch raises :class:`dn.errors.Corruption` naming the key. msgpack is packed with
+``use_bin_type=True`` (str and bytes stay distinct) and unpacked with ``raw=False``.
+
+Key layout (numbers zero-padded to 20 digits so that listing order is numeric order)::
+
+    00/<shard>/<version>        manifest versions            (dn.manifest)
+    10/<shard>/<ts>             checkpoints                  (dn.checkpoint)
+    20/<shard>/<from>_<to>      range objects                (dn.rangeobj)
+    30/<shard>/<seq>            log objects (group commits)  (dn.log)
+    90/...                      cluster metadata of the coordinator
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import msgpack
+
+from dn.errors import Corruption
+
+MAGIC = b"DN"
+HEADER = struct.Struct("<2sBBQI")
+HEADER_SIZE = HEADER.size  # 16
+
+# Frozen kind values: never renumber.
+KIND_LOG = ord("L")
+KIND_RANGE = ord("R")
+KIND_CHECKPOINT = ord("C")
+KIND_MANIFEST = ord("M")
+KIND_CLUSTER = ord("K")
+
+FORMAT_VERSION = 1
+
+PAD = 20
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def frame(kind: int, body: bytes) -> bytes:
+    """Wrap an encoded body in the object header."""
+    return HEADER.pack(MAGIC, kind, FORMAT_VERSION, len(body), zlib.crc32(body)) + body
+
+
+def unframe(kind: int, data: bytes, key: str) -> memoryview:
+    """The body of a stored object after every check; raises Corruption naming ``key``."""
+    if len(data) < HEADER_SIZE:
+        raise Corruption(f"object {key} is truncated ({len(data)} bytes, no header)", key=key)
+    magic, got_kind, version, length, crc = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise Corruption(f"object {key} has a bad magic number", key=key)
+    if got_kind != kind:
+        raise Corruption(f"object {key} is of kind {got_kind}, expected {kind}", key=key)
+    if version != FORMAT_VERSION:
+        raise Corruption(f"object {key} has unknown format version {version}", key=key)
+    body = memoryview(data)[HEADER_SIZE:]
+    if len(body) != length:
+        raise Corruption(
+            f"object {key} is truncated or padded: body {len(body)} bytes, header says {length}",
+            key=key,
+        )
+    if zlib.crc32(body) != crc:
+        raise Corruption(f"object {key} fails its checksum", key=key)
+    return body
+
+
+def encode(kind: int, value: Any) -> bytes:
+    return frame(kind, pack(value))
+
+
+def decode(kind: int, data: bytes, key: str) -> Any:
+    body = unframe(kind, data, key)
+    try:
+        return unpack(body)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise Corruption(f"object {key} does not decode: {exc}", key=key) from exc
+
+
+def num(n: int) -> str:
+    """A number as it appears in keys: zero-padded to 20 digits."""
+    return f"{n:0{PAD}d}"
+
+
+def manifest_prefix(shard: int) -> str:
+    return f"00/{shard}/"
+
+
+def manifest_key(shard: int, version: int) -> str:
+    return f"00/{shard}/{num(version)}"
+
+
+def checkpoint_prefix(shard: int) -> str:
+    return f"10/{shard}/"
+
+
+def checkpoint_key(shard: int, ts: int) -> str:
+    return f"10/{shard}/{num(ts)}"
+
+
+def range_prefix(shard: int) -> str:
+    return f"20/{shard}/"
+
+
+def range_key(shard: int, from_ts: int, to_ts: int) -> str:
+    return f"20/{shard}/{num(from_ts)}_{num(to_ts)}"
+
+
+def log_prefix(shard: int) -> str:
+    return f"30/{shard}/"
+
+
+def log_key(shard: int, seq: int) -> str:
+    return f"30/{shard}/{num(seq)}"
+
+
+def last_number(key: str) -> int:
+    """The trailing number of a key (``.../00000000000000000042`` -> 42)."""
+    return int(key.rsplit("/", 1)[1].rsplit("_", 1)[-1])

@@ -1,0 +1,139 @@
+"""The one error tree of the DN engine.
+
+Every error the engine raises on purpose is a :class:`DNError`. There are few kinds, and each
+tells the caller what to do next:
+
+==================  =========================================================  ==========
+kind                meaning                                                    retry?
+==================  =========================================================  ==========
+InvalidArgument     the request is malformed; nothing was written              no
+NotFound            a database, table, key or object does not exist            no
+AlreadyExists       the thing to create exists already                         no
+Unavailable         a transient failure (store, backpressure, restart)         yes
+Corruption          stored bytes fail their checksum or format check           no
+Fenced              a newer incarnation of this shard owns it; stop using it   no
+Closed              the engine was closed                                      no
+Internal            a bug: an invariant did not hold                           no
+==================  =========================================================  ==========
+
+``Unavailable.outcome_unknown`` is True when the operation may or may not have taken effect
+(for example, a log write whose response was lost): retrying a write is then safe only if the
+write is idempotent (upserts are).
+
+Errors pickle (they cross Ray process boundaries), so every subclass keeps its constructor
+arguments in ``args`` and ``__reduce__`` rebuilds it.
+
+Store-level conditions that callers handle themselves (an object that already exists on a
+conditional put, an object that is missing) are :class:`ObjectExists` and :class:`ObjectNotFound`.
+"""
+
+from __future__ import annotations
+
+
+class DNError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+    retryable: bool = False
+    code: str = "error"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __reduce__(self):  # keeps the class and the details across pickling
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[DNError], message: str, details: dict) -> DNError:
+    return cls(message, **details)
+
+
+class InvalidArgument(DNError):
+    """The request is malformed (bad name, type, size or timestamp). Nothing was written."""
+
+    code = "invalid_argument"
+
+
+class NotFound(DNError):
+    """A database, table or object does not exist (at the timestamp asked for)."""
+
+    code = "not_found"
+
+
+class AlreadyExists(DNError):
+    """The database or table to create already exists."""
+
+    code = "already_exists"
+
+
+class Unavailable(DNError):
+    """A transient failure; the same call may succeed later.
+
+    ``outcome_unknown`` says whether the failed operation may nevertheless have taken effect.
+    """
+
+    code = "unavailable"
+    retryable = True
+
+    @property
+    def outcome_unknown(self) -> bool:
+        return bool(self.details.get("outcome_unknown", False))
+
+
+class Corruption(DNError):
+    """Stored bytes failed a checksum, length or format check. ``key`` names the object."""
+
+    code = "corruption"
+
+    @property
+    def key(self) -> str | None:
+        return self.details.get("key")  # type: ignore[return-value]
+
+
+class Fenced(DNError):
+    """A newer incarnation of this shard has taken over; this instance can no longer commit."""
+
+    code = "fenced"
+
+
+class Closed(DNError):
+    """The engine (or client) was closed."""
+
+    code = "closed"
+
+
+class Internal(DNError):
+    """An invariant did not hold: a bug in the engine."""
+
+    code = "internal"
+
+
+class ObjectNotFound(NotFound):
+    """An object-store key does not exist."""
+
+    code = "object_not_found"
+
+
+class ObjectExists(DNError):
+    """A conditional put (create only if absent) found the key already present."""
+
+    code = "object_exists"
+
+
+__all__ = [
+    "AlreadyExists",
+    "Closed",
+    "Corruption",
+    "DNError",
+    "Fenced",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "ObjectExists",
+    "ObjectNotFound",
+    "Unavailable",
+]

@@ -1,0 +1,222 @@
+"""The reader: materializes plans into rows and changes.
+
+Given a plan (:mod:`dn.plan`), the table's definition and the tail runs handed out by the
+shard, the reader fetches the checkpoint and range objects from the store through an
+immutable-object cache, turns them into runs (:mod:`dn.run`) and merges them:
+
+- ``scan``/``get`` at S: the newest version with ts <= S wins; a delete hides the key; rows in
+  primary-key order, as dicts (optionally projected on ``columns``);
+- ``changes`` over from_ts <= ts <= S: every version, as :class:`Change`, in (ts, pk) order.
+
+Runs are visited oldest first (checkpoint objects, working ranges, tail), so a later version
+overwrites an earlier one; within a run a key's versions are in ascending ts order.
+
+The reader never talks to the shard and never writes. It is safe to share between threads:
+the cache has its own lock, and decoded objects are never mutated after their runs are built.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dn import checkpoint as ckpt
+from dn import codec, rangeobj
+from dn.errors import InvalidArgument
+from dn.plan import Plan
+from dn.run import Run
+from dn.schema import TableDef
+from dn.store.base import ObjectStore
+
+_MASK = (1 << 40) - 1
+_TOMB = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a change feed."""
+
+    ts: int
+    kind: str  # "upsert" or "delete"
+    pk: Any
+    row: dict | None
+
+
+class ObjectCache:
+    """A byte-bounded LRU of decoded immutable objects."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, load: Callable[[], tuple[Any, int]]) -> Any:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return item[0]
+            self.misses += 1
+        value, size = load()
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = (value, size)
+                self._bytes += size
+                while self._bytes > self.capacity and len(self._items) > 1:
+                    _, (_, s) = self._items.popitem(last=False)
+                    self._bytes -= s
+        return value
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"objects": len(self._items), "bytes": self._bytes, "hits": self.hits,
+                    "misses": self.misses}
+
+
+class Reader:
+    """Fetches and merges the objects of one shard's plans."""
+
+    def __init__(self, store: ObjectStore, shard: int, cache: ObjectCache) -> None:
+        self._store = store
+        self._shard = shard
+        self.cache = cache
+
+    def checkpoint(self, ts: int) -> ckpt.Checkpoint:
+        key = codec.checkpoint_key(self._shard, ts)
+
+        def load():
+            data = self._store.get(key)
+            return ckpt.decode(data, key), len(data)
+
+        return self.cache.get(key, load)
+
+    def range(self, r: tuple[int, int]) -> rangeobj.RangeObject:
+        key = codec.range_key(self._shard, r[0], r[1])
+
+        def load():
+            data = self._store.get(key)
+            return rangeobj.decode(data, key), len(data)
+
+        return self.cache.get(key, load)
+
+    def runs(self, table: TableDef, plan: Plan, tail: list[Run], key: Any = None
+             ) -> list[tuple[Run, int]]:
+        """The runs of ``table`` the plan names, oldest first, each with its newest ts."""
+        out: list[tuple[Run, int]] = []
+        ranges: list[tuple[int, int]] = []
+        if plan.checkpoint is not None:
+            cp = self.checkpoint(plan.checkpoint)
+            for r, st in cp.tables.get(table.id, ()):
+                if key is not None and st.pk_min is not None and not (
+                    st.pk_min <= key <= st.pk_max
+                ):
+                    continue
+                ranges.append(r)
+        ranges.extend(plan.ranges)
+        for r in ranges:
+            run = self.range(r).run(table.id, table.pk_pos)
+            if run is not None and len(run):
+                out.append((run, r[1]))
+        hi = plan.tail[1] if plan.tail else 0
+        out.extend((run, hi) for run in tail if len(run))
+        return out
+
+    # -- latest state -----------------------------------------------------------------------
+
+    def scan(self, table: TableDef, snapshot: int, runs: list[tuple[Run, int]],
+             columns: list[str] | None = None, start: Any = None, end: Any = None
+             ) -> Iterator[dict]:
+        names, pick = _projection(table, columns)
+        best: dict[Any, int] = {}
+        all_runs = [run for run, _ in runs]
+        for ri, (run, hi) in enumerate(runs):
+            base = ri << 40
+            n = len(run.ts)
+            if n:
+                if hi <= snapshot:
+                    best.update(zip(run.pks, range(base, base + n)))
+                else:
+                    ts = run.ts
+                    best.update(
+                        (pk, base + i) for i, pk in enumerate(run.pks) if ts[i] <= snapshot
+                    )
+            for pk, t in zip(run.del_pks, run.del_ts):
+                if t > snapshot:
+                    continue
+                cur = best.get(pk)
+                if cur is not None and cur >= 0 and (cur >> 40) == ri:
+                    if run.ts[cur & _MASK] > t:
+                        continue  # re-inserted after the delete within this run
+                best[pk] = _TOMB
+        keys = [k for k, v in best.items() if v >= 0]
+        keys.sort()
+        lo = 0 if start is None else bisect_left(keys, start)
+        hi_i = len(keys) if end is None else bisect_left(keys, end)
+        for k in keys[lo:hi_i]:
+            v = best[k]
+            row = all_runs[v >> 40].rows[v & _MASK]
+            if pick is None:
+                yield dict(zip(names, row))
+            else:
+                yield {n: row[i] for n, i in pick}
+
+    def get(self, table: TableDef, pk: Any, snapshot: int, runs: list[tuple[Run, int]],
+            columns: list[str] | None = None) -> dict | None:
+        names, pick = _projection(table, columns)
+        for run, _ in reversed(runs):
+            found = run.lookup(pk, snapshot)
+            if found is not None:
+                row = found[1]
+                if row is None:
+                    return None
+                if pick is None:
+                    return dict(zip(names, row))
+                return {n: row[i] for n, i in pick}
+        return None
+
+    # -- change feed ------------------------------------------------------------------------
+
+    def changes(self, table: TableDef, from_ts: int, snapshot: int,
+                runs: list[tuple[Run, int]], columns: list[str] | None = None
+                ) -> Iterator[Change]:
+        names, pick = _projection(table, columns)
+        entries = []
+        for run, _ in runs:
+            for i, t in enumerate(run.ts):
+                if from_ts <= t <= snapshot:
+                    entries.append((t, run.pks[i], run.rows[i]))
+            for pk, t in zip(run.del_pks, run.del_ts):
+                if from_ts <= t <= snapshot:
+                    entries.append((t, pk, None))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        for t, pk, row in entries:
+            if row is None:
+                yield Change(t, "delete", pk, None)
+            elif pick is None:
+                yield Change(t, "upsert", pk, dict(zip(names, row)))
+            else:
+                yield Change(t, "upsert", pk, {n: row[i] for n, i in pick})
+
+
+def _projection(table: TableDef, columns: list[str] | None):
+    if columns is None:
+        return table.names, None
+    if isinstance(columns, str) or not isinstance(columns, list | tuple):
+        raise InvalidArgument("columns must be a list of column names")
+    pick = []
+    for c in columns:
+        if c not in table.names:
+            raise InvalidArgument(
+                f"unknown column {c!r} for table {table.db}.{table.name}; "
+                f"columns are {list(table.names)}"
+            )
+        pick.append((c, table.names.index(c)))
+    return table.names, pick

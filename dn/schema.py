@@ -1,0 +1,259 @@
+"""Table definitions and the validation of rows, keys and names against them.
+
+A :class:`TableDef` is one version of a table: its columns (ordered, typed), its primary key
+and the timestamps of its creation and drop. Its ``id`` is its creation timestamp, unique
+within a shard, so a table dropped and created again under the same name is a different table.
+
+Rows travel inside the engine as tuples in column order (``None`` for a null); primary keys are
+the key value itself for a one-column key and a tuple for a composite key. Validation happens
+here, before anything is logged, so bad input never reaches the store.
+
+Column types: ``int64``, ``float64``, ``string``, ``bytes``, ``bool``. Columns are nullable
+unless they are part of the primary key. A float64 column accepts ints (stored as floats); an
+int64 column does not accept bools or floats. Primary-key floats may not be NaN.
+
+Duplicate keys in one batch (two upserts, or an upsert and a delete, of the same key) are
+rejected with :class:`InvalidArgument`: a batch states one outcome per key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dn.errors import InvalidArgument
+
+COLUMN_TYPES = ("int64", "float64", "string", "bytes", "bool")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,127}$")
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+MAX_COLUMNS = 1024
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it is a valid database, table or column name; else InvalidArgument."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid {kind} name {name!r}: use 1-128 letters, digits, '_' or '-', "
+            "starting with a letter or '_'"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class TableDef:
+    """One version of a table. ``drop_ts`` is None while the table is live."""
+
+    db: str
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    primary_key: tuple[str, ...]
+    create_ts: int
+    drop_ts: int | None = None
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    pk_pos: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _nameset: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(c for c, _ in self.columns)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "pk_pos", tuple(names.index(c) for c in self.primary_key))
+        object.__setattr__(self, "_nameset", frozenset(names))
+
+    @property
+    def id(self) -> int:
+        return self.create_ts
+
+    def live_at(self, ts: int) -> bool:
+        return self.create_ts <= ts and (self.drop_ts is None or ts < self.drop_ts)
+
+    def to_wire(self) -> list:
+        return [self.db, self.name, [list(c) for c in self.columns], list(self.primary_key),
+                self.create_ts, self.drop_ts]
+
+    @classmethod
+    def from_wire(cls, w: list) -> TableDef:
+        db, name, cols, pk, create_ts, drop_ts = w
+        return cls(db, name, tuple((c, t) for c, t in cols), tuple(pk), create_ts, drop_ts)
+
+    # -- validation -------------------------------------------------------------------------
+
+    def pk_of(self, row: tuple) -> Any:
+        """The primary key of a row tuple."""
+        pos = self.pk_pos
+        if len(pos) == 1:
+            return row[pos[0]]
+        return tuple(row[p] for p in pos)
+
+    def check_key(self, key: object) -> Any:
+        """A primary-key value as given by a caller, validated and normalized."""
+        pk_types = [self.columns[p][1] for p in self.pk_pos]
+        if len(pk_types) == 1:
+            return _check_pk_value(self, self.primary_key[0], pk_types[0], key)
+        if not isinstance(key, tuple | list) or len(key) != len(pk_types):
+            raise InvalidArgument(
+                f"table {self.db}.{self.name} has a composite primary key "
+                f"{list(self.primary_key)}: give a tuple of {len(pk_types)} values, got {key!r}"
+            )
+        return tuple(
+            _check_pk_value(self, c, t, v)
+            for c, t, v in zip(self.primary_key, pk_types, key, strict=True)
+        )
+
+    def normalize_rows(self, upserts: Any, max_value_bytes: int) -> list[tuple]:
+        """Row dicts -> validated row tuples in column order."""
+        if isinstance(upserts, dict) or not _is_sequence(upserts):
+            raise InvalidArgument("upserts must be a list of row dicts")
+        names = self.names
+        nameset = self._nameset
+        checks = [(i, n, t, i in self.pk_pos) for i, (n, t) in enumerate(self.columns)]
+        out = []
+        for row in upserts:
+            if type(row) is not dict:
+                raise InvalidArgument(
+                    f"each upsert must be a dict of column values, got {type(row).__name__}"
+                )
+            if not nameset.issuperset(row):
+                unknown = sorted(str(k) for k in row if k not in nameset)
+                raise InvalidArgument(
+                    f"unknown column(s) {unknown} for table {self.db}.{self.name}; "
+                    f"columns are {list(names)}"
+                )
+            values = [row.get(n) for n in names]
+            for i, name, typ, is_pk in checks:
+                v = values[i]
+                if v is None:
+                    if is_pk:
+                        raise InvalidArgument(
+                            f"primary-key column {name!r} of {self.db}.{self.name} is missing "
+                            "or null"
+                        )
+                    continue
+                ok, v2 = _CHECKERS[typ](v, max_value_bytes)
+                if not ok:
+                    raise InvalidArgument(_type_message(self, name, typ, v, max_value_bytes))
+                if v2 is not v:
+                    values[i] = v2
+                if is_pk and typ == "float64" and math.isnan(v2):
+                    raise InvalidArgument(f"primary-key column {name!r} may not be NaN")
+            out.append(tuple(values))
+        return out
+
+    def normalize_deletes(self, deletes: Any) -> list:
+        if isinstance(deletes, dict | str | bytes) or not _is_sequence(deletes):
+            raise InvalidArgument("deletes must be a list of primary-key values")
+        return [self.check_key(k) for k in deletes]
+
+
+def make_table(db: str, name: str, schema: object, primary_key: object, ts: int) -> TableDef:
+    """Validate a create-table request and build its TableDef."""
+    check_name("database", db)
+    check_name("table", name)
+    if not isinstance(schema, dict) or not schema:
+        raise InvalidArgument("schema must be a non-empty dict of column name to type name")
+    if len(schema) > MAX_COLUMNS:
+        raise InvalidArgument(f"a table has at most {MAX_COLUMNS} columns")
+    columns = []
+    for col, typ in schema.items():
+        check_name("column", col)
+        if typ not in COLUMN_TYPES:
+            raise InvalidArgument(
+                f"column {col!r} has unknown type {typ!r}; types are {list(COLUMN_TYPES)}"
+            )
+        columns.append((col, typ))
+    if isinstance(primary_key, str):
+        pk = (primary_key,)
+    elif isinstance(primary_key, list | tuple) and primary_key:
+        pk = tuple(primary_key)
+    else:
+        raise InvalidArgument("primary_key must be a column name or a non-empty list of them")
+    for c in pk:
+        if not isinstance(c, str) or c not in schema:
+            raise InvalidArgument(f"primary-key column {c!r} is not in the schema")
+    if len(set(pk)) != len(pk):
+        raise InvalidArgument(f"primary key {list(pk)} names a column twice")
+    return TableDef(db, name, tuple(columns), pk, ts)
+
+
+def _is_sequence(x: Any) -> bool:
+    return isinstance(x, list | tuple) or (
+        hasattr(x, "__iter__") and not isinstance(x, str | bytes | dict)
+    )
+
+
+def _check_pk_value(t: TableDef, col: str, typ: str, v: object) -> Any:
+    if v is None:
+        raise InvalidArgument(f"primary-key column {col!r} of {t.db}.{t.name} may not be null")
+    ok, v2 = _CHECKERS[typ](v, 1 << 62)
+    if not ok:
+        raise InvalidArgument(_type_message(t, col, typ, v, None))
+    if typ == "float64" and math.isnan(v2):
+        raise InvalidArgument(f"primary-key column {col!r} may not be NaN")
+    return v2
+
+
+def _type_message(t: TableDef, col: str, typ: str, v: object, limit: int | None) -> str:
+    if limit is not None and isinstance(v, str | bytes | bytearray | memoryview):
+        size = len(v.encode("utf-8")) if isinstance(v, str) else len(v)
+        if size > limit and _CHECKERS[typ](v, 1 << 62)[0]:
+            return (
+                f"value of column {col!r} in {t.db}.{t.name} is {size} bytes, over "
+                f"max_value_bytes={limit}"
+            )
+    shown = repr(v)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return (
+        f"column {col!r} of {t.db}.{t.name} is {typ}, got {type(v).__name__} {shown}"
+        + (" (out of int64 range)" if typ == "int64" and type(v) is int else "")
+    )
+
+
+def _chk_int(v, _limit):
+    return (type(v) is int and INT64_MIN <= v <= INT64_MAX), v
+
+
+def _chk_float(v, _limit):
+    t = type(v)
+    if t is float:
+        return True, v
+    if t is int and INT64_MIN <= v <= INT64_MAX:
+        return True, float(v)
+    return False, v
+
+
+def _chk_str(v, limit):
+    if type(v) is not str:
+        return False, v
+    if len(v) * 4 > limit and len(v.encode("utf-8", "surrogatepass")) > limit:
+        return False, v
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False, v
+    return True, v
+
+
+def _chk_bytes(v, limit):
+    t = type(v)
+    if t is not bytes:
+        if t is bytearray or t is memoryview:
+            v = bytes(v)
+        else:
+            return False, v
+    return len(v) <= limit, v
+
+
+def _chk_bool(v, _limit):
+    return type(v) is bool, v
+
+
+_CHECKERS = {
+    "int64": _chk_int,
+    "float64": _chk_float,
+    "string": _chk_str,
+    "bytes": _chk_bytes,
+    "bool": _chk_bool,
+}

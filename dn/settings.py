@@ -1,0 +1,109 @@
+"""Settings: the tunables of one shard engine, as one typed, documented, frozen object.
+
+Settings are plain values (numbers, strings); components (store, clock) are passed separately to
+:meth:`dn.Engine.open`. ``Settings.from_dict`` builds one from the ``metadata.dn`` section of
+``cluster.yaml`` (unknown keys are an error, so a typo never silently falls back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from dn.errors import InvalidArgument
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Tunables of one shard. Every field has a default; see each comment."""
+
+    #: Freeze the mutable buffer once it holds this many bytes of encoded commands.
+    freeze_bytes: int = 64 * MiB
+    #: Freeze the mutable buffer once its oldest command is this old (seconds); None: never.
+    freeze_interval_s: float | None = 60.0
+    #: Write a checkpoint once this many commits happened since the last one (seed 003).
+    checkpoint_delta: int = 10_000
+    #: Write a checkpoint at least this often when anything changed (seconds); None: never.
+    checkpoint_interval_s: float | None = 300.0
+    #: Largest string or bytes value accepted in a row, in bytes.
+    max_value_bytes: int = 4 * MiB
+    #: Largest write batch accepted, in rows (upserts plus deletes).
+    max_batch_rows: int = 1_000_000
+    #: Largest write batch accepted, in encoded bytes.
+    max_batch_bytes: int = 256 * MiB
+    #: Where the log lives: None means the shard's object store (the default, so a shard can
+    #: restart on any node); a path or URL puts it elsewhere, e.g. a local disk.
+    log_url: str | None = None
+    #: Most bytes of commands gathered into one group-commit log write.
+    group_commit_max_bytes: int = 16 * MiB
+    #: Writers are slowed (they run buffer checkpoints themselves) once frozen buffers awaiting
+    #: their buffer checkpoint hold this many bytes...
+    queue_slow_bytes: int = 256 * MiB
+    #: ...and refused with a retryable error once they hold this many.
+    queue_stop_bytes: int = 1024 * MiB
+    #: Bytes of decoded immutable objects the reader keeps cached.
+    cache_bytes: int = 256 * MiB
+    #: Attempts for a transient object-store failure before giving up (with backoff and jitter).
+    store_retry_attempts: int = 8
+    #: First retry delay in seconds; doubles each attempt up to ``store_retry_max_delay_s``.
+    store_retry_base_delay_s: float = 0.02
+    #: Longest delay between two retries, in seconds.
+    store_retry_max_delay_s: float = 2.0
+    #: Truncated log objects are deleted this long after a range object made them redundant
+    #: (seconds), so a stale incarnation paused for less than this cannot write into the hole.
+    log_delete_grace_s: float = 300.0
+    #: How far past the shard's clock a snapshot timestamp may lie (seconds).
+    snapshot_future_s: float = 60.0
+    #: Run freezes, buffer checkpoints and checkpoints on a thread inside the engine. The Ray
+    #: shard actor turns this off and drives :meth:`dn.Engine.maintain` from its own loop.
+    background: bool = True
+    #: How often the background thread looks for work, in seconds.
+    background_interval_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        positive = (
+            "freeze_bytes",
+            "checkpoint_delta",
+            "max_value_bytes",
+            "max_batch_rows",
+            "max_batch_bytes",
+            "group_commit_max_bytes",
+            "queue_slow_bytes",
+            "queue_stop_bytes",
+            "cache_bytes",
+            "store_retry_attempts",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InvalidArgument(f"setting {name} must be a positive integer, got {value!r}")
+        for name in ("log_delete_grace_s", "snapshot_future_s", "background_interval_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise InvalidArgument(f"setting {name} must be a number >= 0")
+        for name in ("freeze_interval_s", "checkpoint_interval_s"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int | float) or value <= 0):
+                raise InvalidArgument(f"setting {name} must be a positive number or None")
+        if self.queue_stop_bytes < self.queue_slow_bytes:
+            raise InvalidArgument("setting queue_stop_bytes must be >= queue_slow_bytes")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (validated like the constructor)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Settings:
+        """Settings from a mapping; unknown keys raise :class:`InvalidArgument`."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidArgument(f"unknown engine settings: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
