@@ -1,0 +1,152 @@
+"""RetryingStore: retries transient object-store failures with capped exponential backoff.
+
+Only :class:`dn.errors.Unavailable` is retried. ``ObjectExists``, ``ObjectNotFound``,
+``InvalidArgument``, ``Corruption`` and every other error pass through at once: retrying them
+cannot change the answer.
+
+Backoff before retry ``n`` (1-based) is "full jitter": a uniform draw from
+``[0, min(max_delay_s, base_delay_s * 2 ** (n - 1))]``. A call gives up after ``max_attempts``
+attempts, or earlier when the next sleep would cross ``deadline_s`` (measured from the first
+attempt), and re-raises the last ``Unavailable``.
+
+Invariant: if any attempt of a ``put`` or ``put_if_absent`` failed with
+``outcome_unknown=True``, the error raised on giving up also has ``outcome_unknown=True`` (an
+earlier attempt may have landed even if the last one clearly did not). Note that a retried
+``put_if_absent`` whose earlier attempt landed raises ``ObjectExists`` on the retry: callers
+that care (the log, the manifest) read the object back and compare bytes, as the store
+contract says.
+
+Not done: circuit breaking, per-operation policies, retrying ``Corruption`` reads.
+
+Callers: any thread. Picklable when the inner store is (the statistics start again at zero).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from dn.errors import InvalidArgument, Unavailable
+from dn.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_WRITES = frozenset({"put", "put_if_absent"})
+_WARN_FROM_ATTEMPT = 3  # retries after this many failed attempts are logged at WARNING
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to retry. ``sleep``, ``rng`` and ``clock`` are injectable for tests."""
+
+    max_attempts: int = 8
+    base_delay_s: float = 0.02
+    max_delay_s: float = 2.0
+    deadline_s: float = 30.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise InvalidArgument(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise InvalidArgument("RetryPolicy delays must be >= 0")
+        if self.deadline_s <= 0:
+            raise InvalidArgument(f"RetryPolicy.deadline_s must be > 0, got {self.deadline_s}")
+
+    def backoff(self, retry: int) -> float:
+        """The sleep before retry number ``retry`` (1-based), with full jitter."""
+        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (retry - 1)))
+        return self.rng.uniform(0.0, cap)
+
+
+class RetryingStore:
+    """Wraps an :class:`ObjectStore` and retries its ``Unavailable`` failures."""
+
+    def __init__(self, inner: ObjectStore, policy: RetryPolicy | None = None) -> None:
+        self.inner = inner
+        self.policy = policy if policy is not None else RetryPolicy()
+        self.url = inner.url
+        self._lock = threading.Lock()
+        self.stats: dict[str, int] = {"attempts": 0, "retries": 0, "failures": 0}
+
+    def __repr__(self) -> str:
+        return f"RetryingStore({self.inner!r}, {self.policy!r})"
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"inner": self.inner, "policy": self.policy}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["inner"], state["policy"])  # type: ignore[misc, arg-type]
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.stats[name] += 1
+
+    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        policy = self.policy
+        started = policy.clock()
+        maybe_landed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            self._count("attempts")
+            try:
+                return fn()
+            except Unavailable as e:
+                maybe_landed = maybe_landed or (op in _WRITES and e.outcome_unknown)
+                delay = policy.backoff(attempt)
+                out_of_time = policy.clock() - started + delay > policy.deadline_s
+                if attempt >= policy.max_attempts or out_of_time:
+                    self._count("failures")
+                    log.warning(
+                        "%s %r on %s failed after %d attempt(s): %s",
+                        op,
+                        key,
+                        self.url,
+                        attempt,
+                        e,
+                    )
+                    if maybe_landed and not e.outcome_unknown:
+                        details = {**e.details, "outcome_unknown": True}
+                        raise Unavailable(e.message, **details) from e
+                    raise
+                self._count("retries")
+                level = logging.WARNING if attempt >= _WARN_FROM_ATTEMPT else logging.DEBUG
+                log.log(
+                    level,
+                    "%s %r on %s: attempt %d failed (%s); retrying in %.3fs",
+                    op,
+                    key,
+                    self.url,
+                    attempt,
+                    e,
+                    delay,
+                )
+                policy.sleep(delay)
+
+    def get(self, key: str) -> bytes:
+        return self._call("get", key, lambda: self.inner.get(key))
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call("put", key, lambda: self.inner.put(key, data))
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self._call("put_if_absent", key, lambda: self.inner.put_if_absent(key, data))
+
+    def list(self, prefix: str) -> list[str]:
+        return self._call("list", prefix, lambda: self.inner.list(prefix))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda: self.inner.delete(key))
+
+    def close(self) -> None:
+        self.inner.close()
