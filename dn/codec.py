@@ -11,8 +11,13 @@ Grammar of one stored object (all integers little-endian)::
     body    := msgpack value       (the kind's own grammar is in its module docstring)
 
 A reader checks magic, kind, version, length and checksum before it decodes anything; any
-mismatch raises :class:`dn.errors.Corruption` naming the key. msgpack is packed with
-``use_bin_type=True`` (str and bytes stay distinct) and unpacked with ``raw=False``.
+mismatch raises :class:`dn.errors.Corruption` naming the key. A body shorter than the header
+says (or no whole header) is *torn*: ``Corruption.details["truncated"]`` is True. Stores put
+atomically, so only a failed, never-acknowledged write can leave a torn object; the log and the
+manifest treat a torn object as such a write. Any other mismatch is corruption.
+
+msgpack is packed with ``use_bin_type=True`` (str and bytes stay distinct) and unpacked
+with ``raw=False``.
 
 Key layout (numbers zero-padded to 20 digits so that listing order is numeric order)::
 
@@ -65,7 +70,8 @@ def frame(kind: int, body: bytes) -> bytes:
 def unframe(kind: int, data: bytes, key: str) -> memoryview:
     """The body of a stored object after every check; raises Corruption naming ``key``."""
     if len(data) < HEADER_SIZE:
-        raise Corruption(f"object {key} is truncated ({len(data)} bytes, no header)", key=key)
+        raise Corruption(f"object {key} is truncated ({len(data)} bytes, no header)", key=key,
+                         truncated=True)
     magic, got_kind, version, length, crc = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise Corruption(f"object {key} has a bad magic number", key=key)
@@ -78,6 +84,7 @@ def unframe(kind: int, data: bytes, key: str) -> memoryview:
         raise Corruption(
             f"object {key} is truncated or padded: body {len(body)} bytes, header says {length}",
             key=key,
+            truncated=len(body) < length,
         )
     if zlib.crc32(body) != crc:
         raise Corruption(f"object {key} fails its checksum", key=key)

@@ -46,7 +46,7 @@ from dn.errors import (
 from dn.log import Log, LogRecord, encode_command
 from dn.manifest import Manifest
 from dn.plan import Plan, range_plan, snapshot_plan
-from dn.reader import Change, ObjectCache, Reader
+from dn.reader import ObjectCache, Reader
 from dn.run import Run
 from dn.schema import TableDef
 from dn.settings import Settings

@@ -93,6 +93,11 @@ class Corruption(DNError):
     def key(self) -> str | None:
         return self.details.get("key")  # type: ignore[return-value]
 
+    @property
+    def truncated(self) -> bool:
+        """True when the object is shorter than its header says: a torn write."""
+        return bool(self.details.get("truncated", False))
+
 
 class Fenced(DNError):
     """A newer incarnation of this shard has taken over; this instance can no longer commit."""

@@ -91,36 +91,51 @@ class Log:
     # -- recovery ---------------------------------------------------------------------------
 
     def recover(self, low_seq: int) -> list[LogRecord]:
-        """Every record from ``low_seq`` on, in order. A torn last object (a put that failed
-        half-way, never acknowledged) is replaced by a skip record."""
+        """Every record from ``low_seq`` on, in order. A torn object (shorter than its header
+        says: a put that failed half-way, never acknowledged) counts as a skip record."""
         self.low_seq = low_seq
         keys = self._store.list(codec.log_prefix(self._shard))
         seqs = [codec.last_number(k) for k in keys]
         self._doomed = [(0.0, s) for s in seqs if s < low_seq]
-        live = [s for s in seqs if s >= low_seq]
         records = []
         expected = low_seq
-        for i, seq in enumerate(live):
+        for seq in (s for s in seqs if s >= low_seq):
+            key = self._key(seq)
             if seq != expected:
                 raise Corruption(
-                    f"log of shard {self._shard} has a gap: expected {codec.log_key(self._shard, expected)}, "
-                    f"found {self._key(seq)}",
+                    f"log of shard {self._shard} has a gap: expected {self._key(expected)}, "
+                    f"found {key}",
                     key=self._key(expected),
                 )
             expected += 1
-            key = self._key(seq)
-            try:
-                rec = self._decode(self._store.get(key), key)
-            except Corruption:
-                if i != len(live) - 1:
-                    raise
-                log.warning("log object %s is torn (an unacknowledged write); skipping it", key)
-                self._store.put(key, self._encode(seq, []))
-                rec = LogRecord(seq, self.epoch, [])
-            records.append(rec)
+            rec = self._read_existing(key, self._store.get(key))
+            records.append(rec if rec is not None else LogRecord(seq, 0, []))
         self.next_seq = expected
         self.index = deque((r.seq, max((c[0] for c in r.commands), default=0)) for r in records)
         return records
+
+    def _read_existing(self, key: str, data: bytes) -> LogRecord | None:
+        """Decode a stored record; None for a torn one (a failed, unacknowledged put)."""
+        try:
+            return self._decode(data, key)
+        except Corruption as exc:
+            if not exc.truncated:
+                raise
+            log.warning("log object %s is torn (a failed, unacknowledged write); skipping it",
+                        key)
+            return None
+
+    def _skip(self, seq: int) -> None:
+        self.next_seq = seq + 1
+        with self._lock:
+            self.index.append((seq, 0))
+
+    def _fenced(self, rec: LogRecord, key: str) -> Fenced:
+        return Fenced(
+            f"shard {self._shard}: a newer incarnation (epoch {rec.epoch}) wrote {key}; "
+            f"this one (epoch {self.epoch}) can no longer commit",
+            shard=self._shard,
+        )
 
     def fence(self) -> list[LogRecord]:
         """Write this epoch's fence record at the next sequence number. Returns records a
@@ -133,9 +148,12 @@ class Log:
                 return extra
             except ObjectExists:
                 key = self._key(seq)
-                rec = self._decode(self._store.get(key), key)
+                rec = self._read_existing(key, self._store.get(key))
+                if rec is None:
+                    self._skip(seq)
+                    continue
                 if rec.epoch > self.epoch:
-                    raise Fenced(f"shard {self._shard}: a newer incarnation wrote {key}") from None
+                    raise self._fenced(rec, key) from None
                 extra.append(rec)
                 with self._lock:
                     self.index.append((seq, max((c[0] for c in rec.commands), default=0)))
@@ -148,19 +166,31 @@ class Log:
         sequence number."""
         if self._unknown is not None:
             raise Internal("log append while an earlier outcome is unknown; resolve first")
-        seq = self.next_seq
-        data = self._encode(seq, commands)
-        try:
-            self._put_new(seq, data, max_ts)
-        except ObjectExists:
-            self._settle_existing(seq, data, max_ts)
-        except Unavailable as exc:
-            self._unknown = (seq, data, max_ts)
-            raise Unavailable(
-                f"log write {self._key(seq)} failed and may or may not have landed: {exc}",
-                outcome_unknown=True,
-            ) from exc
-        return seq
+        while True:
+            seq = self.next_seq
+            data = self._encode(seq, commands)
+            try:
+                self._put_new(seq, data, max_ts)
+                return seq
+            except ObjectExists:
+                key = self._key(seq)
+                existing = self._store.get(key)
+                if existing == data:  # our own put landed; its acknowledgement was lost
+                    self._landed(seq, len(data), max_ts)
+                    return seq
+                rec = self._read_existing(key, existing)
+                if rec is None:
+                    self._skip(seq)
+                    continue
+                if rec.epoch > self.epoch:
+                    raise self._fenced(rec, key) from None
+                raise Internal(f"log object {key} holds a record of epoch {rec.epoch}") from None
+            except Unavailable as exc:
+                self._unknown = (seq, data, max_ts)
+                raise Unavailable(
+                    f"log write {self._key(seq)} failed and may or may not have landed: {exc}",
+                    outcome_unknown=True,
+                ) from exc
 
     def _put_new(self, seq: int, data: bytes, max_ts: int) -> None:
         self._store.put_if_absent(self._key(seq), data)
@@ -172,22 +202,6 @@ class Log:
             self.index.append((seq, max_ts))
         self.bytes_written += nbytes
         self.objects_written += 1
-
-    def _settle_existing(self, seq: int, data: bytes, max_ts: int) -> None:
-        """Our put found the key taken: a lost acknowledgement of our own put, or a fence."""
-        key = self._key(seq)
-        existing = self._store.get(key)
-        if existing == data:
-            self._landed(seq, len(data), max_ts)
-            return
-        rec = self._decode(existing, key)
-        if rec.epoch > self.epoch:
-            raise Fenced(
-                f"shard {self._shard}: a newer incarnation (epoch {rec.epoch}) wrote {key}; "
-                f"this one (epoch {self.epoch}) can no longer commit",
-                shard=self._shard,
-            )
-        raise Internal(f"log object {key} holds another record of epoch {rec.epoch}")
 
     def resolve(self) -> list:
         """Settle an unknown outcome. Returns the commands of the failed put if it did land
@@ -208,17 +222,14 @@ class Log:
                 self._unknown = None
                 self._landed(seq, len(data), max_ts)
                 return self._decode(data, key).commands
-            try:
-                rec = self._decode(existing, key)
-            except Corruption:
-                log.warning("log object %s is torn (failed write); replacing it", key)
-                self._store.put(key, self._encode(seq, []))
+            rec = self._read_existing(key, existing)
+            if rec is None:
                 self._unknown = None
-                self._landed(seq, 0, 0)
+                self._skip(seq)
                 return []
             if rec.epoch > self.epoch:
-                raise Fenced(f"shard {self._shard}: a newer incarnation wrote {key}") from None
-            raise Internal(f"log object {key} holds another record of epoch {rec.epoch}")
+                raise self._fenced(rec, key) from None
+            raise Internal(f"log object {key} holds another record of epoch {rec.epoch}") from None
         self._unknown = None
         self._landed(seq, 0, 0)
         return []

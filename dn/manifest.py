@@ -12,9 +12,9 @@ Body grammar (msgpack, inside the framing of :mod:`dn.codec`, kind ``M``)::
              "checkpoints": [ts, ...],           ascending
              "log_low_seq": int}                 first log object recovery must read
 
-The current manifest is the newest version that decodes. A torn write (a put that failed after
-writing part of the object) leaves a version that does not decode; it was never acknowledged,
-so it is skipped, and the next commit goes to the version after it.
+The current manifest is the newest version. A torn newest version (shorter than its header
+says: a put that failed after writing part of the object) was never acknowledged, so it is
+skipped and the next commit goes to the version after it. Any other corruption raises.
 
 Commits are functions of the current state (``commit(update)``), so that a commit whose
 response was lost, and that did land, is found on the retry and the update applied on top of it.
@@ -91,7 +91,9 @@ class Manifest:
             except ObjectNotFound:
                 continue
             except Corruption as exc:
-                log.warning("skipping manifest version that does not decode: %s", exc)
+                if not exc.truncated:
+                    raise
+                log.warning("skipping torn manifest version (a failed write): %s", exc)
                 continue
             self.current = state
             return state
