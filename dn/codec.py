@@ -7,12 +7,13 @@ Grammar of one stored object (all integers little-endian)::
                kind:1              one of KIND_* below (frozen values)
                version:1           format version of this kind, currently 1
                body_len:u64        length of body in bytes
-               crc32:u32           zlib.crc32 of body
+               body_crc:u32        zlib.crc32 of body
+               header_crc:u32      zlib.crc32 of the 16 header bytes before it
     body    := msgpack value       (the kind's own grammar is in its module docstring)
 
 A reader checks magic, kind, version, length and checksum before it decodes anything; any
-mismatch raises :class:`dn.errors.Corruption` naming the key. A body shorter than the header
-says (or no whole header) is *torn*: ``Corruption.details["truncated"]`` is True. Stores put
+mismatch raises :class:`dn.errors.Corruption` naming the key. A body shorter than a verified
+header says (or no whole header) is *torn*: ``Corruption.details["truncated"]`` is True. Stores put
 atomically, so only a failed, never-acknowledged write can leave a torn object; the log and the
 manifest treat a torn object as such a write. Any other mismatch is corruption.
 
@@ -40,7 +41,8 @@ from dn.errors import Corruption
 
 MAGIC = b"DN"
 HEADER = struct.Struct("<2sBBQI")
-HEADER_SIZE = HEADER.size  # 16
+HEADER_CRC = struct.Struct("<I")
+HEADER_SIZE = HEADER.size + HEADER_CRC.size  # 20
 
 # Frozen kind values: never renumber.
 KIND_LOG = ord("L")
@@ -64,7 +66,8 @@ def unpack(data: bytes | memoryview) -> Any:
 
 def frame(kind: int, body: bytes) -> bytes:
     """Wrap an encoded body in the object header."""
-    return HEADER.pack(MAGIC, kind, FORMAT_VERSION, len(body), zlib.crc32(body)) + body
+    head = HEADER.pack(MAGIC, kind, FORMAT_VERSION, len(body), zlib.crc32(body))
+    return head + HEADER_CRC.pack(zlib.crc32(head)) + body
 
 
 def unframe(kind: int, data: bytes, key: str) -> memoryview:
@@ -73,6 +76,8 @@ def unframe(kind: int, data: bytes, key: str) -> memoryview:
         raise Corruption(f"object {key} is truncated ({len(data)} bytes, no header)", key=key,
                          truncated=True)
     magic, got_kind, version, length, crc = HEADER.unpack_from(data)
+    if HEADER_CRC.unpack_from(data, HEADER.size)[0] != zlib.crc32(memoryview(data)[:HEADER.size]):
+        raise Corruption(f"object {key} fails its header checksum", key=key)
     if magic != MAGIC:
         raise Corruption(f"object {key} has a bad magic number", key=key)
     if got_kind != kind:

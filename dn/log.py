@@ -170,27 +170,35 @@ class Log:
             seq = self.next_seq
             data = self._encode(seq, commands)
             try:
-                self._put_new(seq, data, max_ts)
-                return seq
-            except ObjectExists:
-                key = self._key(seq)
-                existing = self._store.get(key)
-                if existing == data:  # our own put landed; its acknowledgement was lost
-                    self._landed(seq, len(data), max_ts)
+                if self._attempt(seq, data, max_ts):
                     return seq
-                rec = self._read_existing(key, existing)
-                if rec is None:
-                    self._skip(seq)
-                    continue
-                if rec.epoch > self.epoch:
-                    raise self._fenced(rec, key) from None
-                raise Internal(f"log object {key} holds a record of epoch {rec.epoch}") from None
             except Unavailable as exc:
                 self._unknown = (seq, data, max_ts)
                 raise Unavailable(
                     f"log write {self._key(seq)} failed and may or may not have landed: {exc}",
                     outcome_unknown=True,
                 ) from exc
+
+    def _attempt(self, seq: int, data: bytes, max_ts: int) -> bool:
+        """One try at ``seq``: True once ``data`` is there, False if ``seq`` held a torn
+        object and was skipped. Unavailable means the outcome is unknown."""
+        try:
+            self._put_new(seq, data, max_ts)
+            return True
+        except ObjectExists:
+            pass
+        key = self._key(seq)
+        existing = self._store.get(key)
+        if existing == data:  # our own put landed; its acknowledgement was lost
+            self._landed(seq, len(data), max_ts)
+            return True
+        rec = self._read_existing(key, existing)
+        if rec is None:
+            self._skip(seq)
+            return False
+        if rec.epoch > self.epoch:
+            raise self._fenced(rec, key)
+        raise Internal(f"log object {key} holds a record of epoch {rec.epoch}")
 
     def _put_new(self, seq: int, data: bytes, max_ts: int) -> None:
         self._store.put_if_absent(self._key(seq), data)
@@ -211,13 +219,18 @@ class Log:
             return []
         seq, data, max_ts = self._unknown
         key = self._key(seq)
+        skip = self._encode(seq, [])
         try:
-            self._store.put_if_absent(key, self._encode(seq, []))
+            self._store.put_if_absent(key, skip)
         except ObjectExists:
             try:
                 existing = self._store.get(key)
             except ObjectNotFound:
                 return self.resolve()
+            if existing == skip:  # our skip record landed; its acknowledgement was lost
+                self._unknown = None
+                self._landed(seq, len(skip), 0)
+                return []
             if existing == data:
                 self._unknown = None
                 self._landed(seq, len(data), max_ts)
