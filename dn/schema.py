@@ -196,7 +196,7 @@ def _check_pk_value(t: TableDef, col: str, typ: str, v: object) -> Any:
 
 def _type_message(t: TableDef, col: str, typ: str, v: object, limit: int | None) -> str:
     if limit is not None and isinstance(v, str | bytes | bytearray | memoryview):
-        size = len(v.encode("utf-8")) if isinstance(v, str) else len(v)
+        size = len(v.encode("utf-8", "surrogatepass")) if isinstance(v, str) else len(v)
         if size > limit and _CHECKERS[typ](v, 1 << 62)[0]:
             return (
                 f"value of column {col!r} in {t.db}.{t.name} is {size} bytes, over "
@@ -205,6 +205,8 @@ def _type_message(t: TableDef, col: str, typ: str, v: object, limit: int | None)
     shown = repr(v)
     if len(shown) > 60:
         shown = shown[:57] + "..."
+    if typ == "string" and type(v) is str:
+        return f"column {col!r} of {t.db}.{t.name} is a string that is not valid UTF-8: {shown}"
     return (
         f"column {col!r} of {t.db}.{t.name} is {typ}, got {type(v).__name__} {shown}"
         + (" (out of int64 range)" if typ == "int64" and type(v) is int else "")

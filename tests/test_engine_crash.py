@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dn import Engine, ManualClock, Settings
-from dn.store import FaultyStore, MemoryStore, SimulatedCrash
+from dn.store import FaultyStore, MemoryStore, RetryPolicy, SimulatedCrash, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,13 +81,11 @@ def _check_acked(eng: Engine, acked: list[tuple[int, int, int]]) -> None:
         assert len(by_batch.get(i, ())) == n
 
 
-@pytest.mark.slow
-def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path):
-    url = str(tmp_path / "shard")
-    rng = random.Random(7)
+def _sigkill_rounds(url: str, rounds: int, seed: int) -> None:
+    rng = random.Random(seed)
     acked: list[tuple[int, int, int]] = []
     first = 0
-    for _ in range(4):
+    for _ in range(rounds):
         acks = _run_and_kill(url, first, rng.randint(30, 250))
         acked += acks
         first = acks[-1][0] + 10  # leave room for the one in flight when killed
@@ -98,6 +96,17 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path):
             assert eng.clock() > max(ts for _, _, ts in acked)
         finally:
             eng.close()
+
+
+@pytest.mark.slow
+def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path):
+    _sigkill_rounds(str(tmp_path / "shard"), 4, 7)
+
+
+@pytest.mark.s3
+def test_sigkill_during_ingest_on_s3(s3_url):
+    url, _ = s3_url  # the writer process inherits the endpoint from the environment
+    _sigkill_rounds(url, 2, 8)
 
 
 # -- 2. a crash at every store operation ----------------------------------------------------------
@@ -148,7 +157,7 @@ def _expected(writes: list[int]) -> dict:
     return state
 
 
-def _verify(inner: MemoryStore, acked: list, attempted: list) -> None:
+def _verify(inner, acked: list, attempted: list) -> None:
     eng = _open(inner)
     try:
         eng._check()
@@ -180,12 +189,9 @@ def _count_ops() -> int:
     return len(ops)
 
 
-@pytest.mark.parametrize("lands", [False, True], ids=["before-op", "after-op"])
-def test_crash_at_every_store_operation(lands):
-    total = _count_ops()
-    assert total > 25
-    for n in range(total):
-        inner = MemoryStore()
+def _crash_at(ns, lands: bool, make_inner) -> None:
+    for n in ns:
+        inner = make_inner(n)
         faulty = FaultyStore(inner)
         faulty.crash_after(n, lands=lands)
         acked: list = []
@@ -194,6 +200,21 @@ def test_crash_at_every_store_operation(lands):
             eng = _open(faulty)
             _workload(eng, acked, attempted)
         _verify(inner, acked, attempted)
+
+
+@pytest.mark.parametrize("lands", [False, True], ids=["before-op", "after-op"])
+def test_crash_at_every_store_operation(lands):
+    total = _count_ops()
+    assert total > 25
+    _crash_at(range(total), lands, lambda n: MemoryStore())
+
+
+@pytest.mark.s3
+def test_crash_at_store_operations_on_s3(s3_url):
+    url, _ = s3_url
+    total = _count_ops()
+    one_try = RetryPolicy(max_attempts=1)
+    _crash_at(range(0, total, 4), True, lambda n: open_store(f"{url}/crash-{n}", retry=one_try))
 
 
 def test_crash_during_recovery_then_recover():

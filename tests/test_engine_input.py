@@ -1,0 +1,171 @@
+"""Bad input (DESIGN.md §5 promise 5): every malformed call gets a typed error with a clear
+message, and the store's content is byte-identical before and after it.
+
+Also: hypothesis-generated rows and keys against a table with every column type.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dn import (
+    AlreadyExists,
+    DNError,
+    Engine,
+    InvalidArgument,
+    ManualClock,
+    NotFound,
+    Settings,
+)
+from dn.store import MemoryStore
+
+SCHEMA = {"k": "int64", "s": "string", "f": "float64", "b": "bytes", "ok": "bool"}
+
+
+@pytest.fixture(scope="module")
+def shard():
+    store = MemoryStore()
+    eng = Engine.open(settings=Settings(background=False, max_value_bytes=64, max_batch_rows=50),
+                      store=store, clock=ManualClock())
+    eng.create_database("db")
+    eng.create_table("db", "t", SCHEMA, "k")
+    eng.create_table("db", "c", {"g": "string", "n": "int64", "v": "float64"}, ["g", "n"])
+    eng.write("db", "t", [{"k": 1, "s": "one"}])
+    eng.freeze()
+    eng.flush()
+    eng.checkpoint()
+    eng.write("db", "t", [{"k": 2, "s": "two"}])
+    yield eng, store
+    eng.close()
+
+
+BAD_CALLS = [
+    # (what, call, error type, words the message must contain)
+    ("unknown database", lambda e: e.write("nodb", "t", [{"k": 1}]), NotFound, "nodb"),
+    ("unknown table", lambda e: e.write("db", "nope", [{"k": 1}]), NotFound, "db.nope"),
+    ("read unknown table", lambda e: list(e.scan("db", "nope")), NotFound, "db.nope"),
+    ("get unknown db", lambda e: e.get("x", "t", 1), NotFound, "'x'"),
+    ("missing primary key", lambda e: e.write("db", "t", [{"s": "x"}]), InvalidArgument, "'k'"),
+    ("null primary key", lambda e: e.write("db", "t", [{"k": None}]), InvalidArgument, "'k'"),
+    ("wrong type", lambda e: e.write("db", "t", [{"k": "1"}]), InvalidArgument, "int64"),
+    ("bool for int", lambda e: e.write("db", "t", [{"k": True}]), InvalidArgument, "int64"),
+    ("float for int", lambda e: e.write("db", "t", [{"k": 1.0}]), InvalidArgument, "int64"),
+    ("int out of range", lambda e: e.write("db", "t", [{"k": 1 << 63}]), InvalidArgument,
+     "range"),
+    ("str for bytes", lambda e: e.write("db", "t", [{"k": 3, "b": "x"}]), InvalidArgument,
+     "bytes"),
+    ("int for bool", lambda e: e.write("db", "t", [{"k": 3, "ok": 1}]), InvalidArgument, "bool"),
+    ("unknown column", lambda e: e.write("db", "t", [{"k": 3, "zz": 1}]), InvalidArgument,
+     "zz"),
+    ("oversized string", lambda e: e.write("db", "t", [{"k": 3, "s": "x" * 65}]),
+     InvalidArgument, "max_value_bytes"),
+    ("oversized bytes", lambda e: e.write("db", "t", [{"k": 3, "b": b"x" * 65}]),
+     InvalidArgument, "max_value_bytes"),
+    ("lone surrogate", lambda e: e.write("db", "t", [{"k": 3, "s": "\ud800"}]), InvalidArgument,
+     "string"),
+    ("duplicate key", lambda e: e.write("db", "t", [{"k": 3}, {"k": 3}]), InvalidArgument,
+     "twice"),
+    ("upsert and delete", lambda e: e.write("db", "t", [{"k": 3}], [3]), InvalidArgument,
+     "twice"),
+    ("empty batch", lambda e: e.write("db", "t", []), InvalidArgument, "at least one"),
+    ("huge batch", lambda e: e.write("db", "t", [{"k": i} for i in range(51)]),
+     InvalidArgument, "max_batch_rows"),
+    ("row not a dict", lambda e: e.write("db", "t", [(3, "x")]), InvalidArgument, "dict"),
+    ("rows not a list", lambda e: e.write("db", "t", {"k": 3}), InvalidArgument, "list"),
+    ("composite key scalar", lambda e: e.write("db", "c", deletes=[1]), InvalidArgument,
+     "composite"),
+    ("composite key arity", lambda e: e.get("db", "c", ("a",)), InvalidArgument, "composite"),
+    ("composite delete arity", lambda e: e.write("db", "c", deletes=[("a", 1, 2)]),
+     InvalidArgument, "composite"),
+    ("composite key type", lambda e: e.write("db", "c", deletes=[(1, "a")]), InvalidArgument,
+     "string"),
+    ("bad db name", lambda e: e.create_database("no spaces"), InvalidArgument, "name"),
+    ("db exists", lambda e: e.create_database("db"), AlreadyExists, "'db'"),
+    ("table exists", lambda e: e.create_table("db", "t", {"k": "int64"}, "k"), AlreadyExists,
+     "db.t"),
+    ("unknown type", lambda e: e.create_table("db", "u", {"k": "int32"}, "k"), InvalidArgument,
+     "int32"),
+    ("pk not in schema", lambda e: e.create_table("db", "u", {"k": "int64"}, "x"),
+     InvalidArgument, "'x'"),
+    ("empty schema", lambda e: e.create_table("db", "u", {}, "k"), InvalidArgument, "schema"),
+    ("drop unknown table", lambda e: e.drop_table("db", "u"), NotFound, "db.u"),
+    ("drop unknown db", lambda e: e.drop_database("u"), NotFound, "'u'"),
+    ("snapshot not int", lambda e: list(e.scan("db", "t", snapshot="5")), InvalidArgument,
+     "snapshot"),
+    ("snapshot negative", lambda e: list(e.scan("db", "t", snapshot=-1)), InvalidArgument,
+     "snapshot"),
+    ("snapshot far future", lambda e: list(e.scan("db", "t", snapshot=1 << 62)),
+     InvalidArgument, "future"),
+    ("table before creation", lambda e: list(e.scan("db", "t", snapshot=1)), NotFound,
+     "timestamp 1"),
+    ("from after snapshot", lambda e: list(e.changes("db", "t", 10, snapshot=5)),
+     InvalidArgument, "after"),
+    ("from not int", lambda e: list(e.changes("db", "t", None)), InvalidArgument, "from_ts"),
+    ("unknown projection", lambda e: list(e.scan("db", "t", columns=["zz"])), InvalidArgument,
+     "zz"),
+    ("scan start wrong type", lambda e: list(e.scan("db", "t", start="a")), InvalidArgument,
+     "int64"),
+]
+
+
+@pytest.mark.parametrize("what, call, error, words", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_gets_a_typed_error_and_changes_nothing(shard, what, call, error, words):
+    eng, store = shard
+    before = store.snapshot()
+    rows_before = list(eng.scan("db", "t"))
+    with pytest.raises(error) as err:
+        call(eng)
+    assert isinstance(err.value, DNError)
+    assert words in str(err.value), f"{what}: message {err.value!s} lacks {words!r}"
+    assert store.snapshot() == before
+    assert list(eng.scan("db", "t")) == rows_before
+    eng._check()
+
+
+def test_errors_pickle_with_their_kind_and_details():
+    import pickle
+
+    from dn.errors import Corruption, Unavailable
+
+    for exc in (NotFound("x", table="t"), Unavailable("y", outcome_unknown=True),
+                Corruption("z", key="k", truncated=True)):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert back.details == exc.details
+    assert pickle.loads(pickle.dumps(Unavailable("y", outcome_unknown=True))).outcome_unknown
+
+
+values = {
+    "k": st.integers(-(1 << 63), (1 << 63) - 1),
+    "s": st.one_of(st.none(), st.text(max_size=20)),
+    "f": st.one_of(st.none(), st.floats(allow_nan=False)),
+    "b": st.one_of(st.none(), st.binary(max_size=20)),
+    "ok": st.one_of(st.none(), st.booleans()),
+}
+junk = st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=5),
+                 st.binary(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2),
+                 st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(row=st.fixed_dictionaries({}, optional={**values, "zz": junk}),
+       garbage=st.dictionaries(st.sampled_from(list(SCHEMA) + ["x"]), junk, max_size=3))
+def test_fuzzed_rows_are_stored_exactly_or_rejected_cleanly(shard, row, garbage):
+    eng, store = shard
+    for candidate in (row, {**row, **garbage}):
+        before = store.snapshot()
+        try:
+            ts = eng.write("db", "t", [candidate])
+        except InvalidArgument:
+            assert store.snapshot() == before
+            continue
+        got = eng.get("db", "t", candidate["k"], snapshot=ts)
+        want = {c: candidate.get(c) for c in SCHEMA}
+        if isinstance(want["f"], int) and not isinstance(want["f"], bool):
+            want["f"] = float(want["f"])
+        assert got == want or (math.isnan(got["f"]) and math.isnan(want["f"]))
