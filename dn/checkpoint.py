@@ -9,7 +9,7 @@ Body grammar (msgpack, inside the framing of :mod:`dn.codec`, kind ``C``)::
                 "catalog": {"databases": [[name, create_ts, drop_ts|nil], ...],
                             "tables": [[db, name, [[col, type], ...], [pk_col, ...],
                                         create_ts, drop_ts|nil], ...]},
-                "ranges": [[from, to], ...],                 live range objects <= ts
+                "ranges": [[from, to, bytes], ...],          live range objects <= ts
                 "tables": {table_id: [[from, to, rows, deletes, pk_min, pk_max], ...]}}
 
 ``tables`` lists, per table, the live objects that hold its versions, with their row counts
@@ -31,6 +31,7 @@ class Checkpoint:
     ts: int
     catalog: dict
     ranges: tuple[tuple[int, int], ...]
+    sizes: dict[tuple[int, int], int]
     tables: dict[int, tuple[tuple[tuple[int, int], TableStats], ...]]
 
     def objects_for(self, table_id: int) -> list[tuple[int, int]]:
@@ -39,7 +40,8 @@ class Checkpoint:
 
 
 def build(shard: int, ts: int, catalog: dict, ranges: list[tuple[int, int]],
-          stats: dict[tuple[int, int], dict[int, TableStats]]) -> bytes:
+          stats: dict[tuple[int, int], dict[int, TableStats]],
+          sizes: dict[tuple[int, int], int]) -> bytes:
     """Encode a checkpoint; ``stats`` maps each range to its per-table statistics."""
     tables: dict[int, list] = {}
     for r in ranges:
@@ -49,7 +51,7 @@ def build(shard: int, ts: int, catalog: dict, ranges: list[tuple[int, int]],
         "shard": shard,
         "ts": ts,
         "catalog": catalog,
-        "ranges": [list(r) for r in ranges],
+        "ranges": [[r[0], r[1], sizes.get(r, 0)] for r in ranges],
         "tables": dict(sorted(tables.items())),
     }
     return codec.encode(codec.KIND_CHECKPOINT, body)
@@ -67,7 +69,8 @@ def decode(data: bytes, key: str) -> Checkpoint:
         return Checkpoint(
             body["ts"],
             body["catalog"],
-            tuple((a, b) for a, b in body["ranges"]),
+            tuple((a, b) for a, b, _ in body["ranges"]),
+            {(a, b): n for a, b, n in body["ranges"]},
             tables,
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -26,11 +26,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from typing import Any
 
 from dn import catalog as cat
 from dn import checkpoint as ckpt
-from dn import codec, rangeobj
+from dn import codec, compaction, rangeobj
 from dn.buffer import Buffer
 from dn.catalog import OP_WRITE, Catalog
 from dn.clock import LOGICAL_BITS, Clock, HybridClock, SystemClock
@@ -43,6 +44,7 @@ from dn.errors import (
     InvalidArgument,
     Unavailable,
 )
+from dn.gc import Collector
 from dn.log import Log, LogRecord, encode_command
 from dn.manifest import Manifest
 from dn.plan import Plan, range_plan, snapshot_plan
@@ -126,6 +128,14 @@ class Engine:
         self._ranges: list[tuple[int, int]] = []
         self._checkpoints: list[int] = []
         self._stats: dict[tuple[int, int], dict[int, rangeobj.TableStats]] = {}
+        self._sizes: dict[tuple[int, int], int] = {}  # encoded bytes of each live range
+        self._compact_lock = threading.Lock()
+        self._policy = compaction.Policy(settings.compaction_fanout,
+                                         settings.compaction_base_bytes,
+                                         settings.compaction_max_bytes)
+        self._collector = Collector(store, shard, settings.gc_grace_s)
+        self._gc_dirty = True  # something may have become garbage since the last scan
+        self._manifest_unsure = False  # a commit failed in a way that may have landed
         self._last_applied = 0
         self._unknown_lo: int | None = None
         self._last_cp_time = clock.monotonic()
@@ -134,8 +144,8 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.epoch = 0
-        self.counters = {"buffer_checkpoints": 0, "checkpoints": 0, "rows_written": 0,
-                         "replayed_commands": 0, "maintain_errors": 0}
+        self.counters = {"buffer_checkpoints": 0, "checkpoints": 0, "compactions": 0,
+                         "rows_written": 0, "replayed_commands": 0, "maintain_errors": 0}
 
     def _recover(self) -> None:
         state = self._manifest.open_epoch()
@@ -148,6 +158,7 @@ class Engine:
             self._catalog = Catalog.from_dict(cp.catalog)
             for r in cp.ranges:
                 self._stats[r] = {}
+                self._sizes[r] = cp.sizes.get(r, 0)
             for table_id, entries in cp.tables.items():
                 for r, st in entries:
                     self._stats.setdefault(r, {})[table_id] = st
@@ -158,6 +169,7 @@ class Engine:
             for ts, cmd in ro.commands:
                 self._catalog.apply(cmd, ts)
             self._stats[r] = _range_stats(ro, self._catalog)
+            self._sizes[r] = ro.nbytes
             if (i + 1) % 100 == 0:
                 log.info("shard %d: recovery read %d/%d ranges", self.shard, i + 1, len(later))
         self._ranges = list(state.ranges)
@@ -166,7 +178,8 @@ class Engine:
         self._last_applied = max(max_range, state.checkpoints[-1] if state.checkpoints else 0)
         self._mutable = Buffer(max_range + 1, self._clock.monotonic())
         self._log = Log(self._log_store, self.shard, state.epoch)
-        records = self._log.recover(state.log_low_seq)
+        records = self._log.recover(state.log_low_seq,
+                                    self._clock.monotonic() + self.settings.log_delete_grace_s)
         for i, rec in enumerate(records):
             self._replay(rec)
             if (i + 1) % 1000 == 0:
@@ -225,7 +238,9 @@ class Engine:
         if n > self.settings.max_batch_rows:
             raise InvalidArgument(
                 f"batch of {n} rows is over max_batch_rows={self.settings.max_batch_rows}")
-        keys = [tdef.pk_of(r) for r in rows]
+        pos = tdef.pk_pos
+        keys = (list(map(itemgetter(pos[0]), rows)) if len(pos) == 1
+                else [tdef.pk_of(r) for r in rows])
         keys.extend(dels)
         if len(set(keys)) != n:
             seen: set = set()
@@ -257,8 +272,9 @@ class Engine:
                 f"(limit {self.settings.queue_stop_bytes}); retry later")
 
     def _queued_bytes(self) -> int:
-        with self._cv:
-            return sum(b.nbytes for b in self._frozen)
+        # Without the lock: an advisory figure for backpressure, read on every write; a copy
+        # of the list is atomic under the GIL and buffers only ever leave it.
+        return sum(b.nbytes for b in self._frozen[:])
 
     def _stamp(self, p: Pending) -> None:
         """Under the lock: re-check against the live catalog and take a timestamp."""
@@ -376,6 +392,7 @@ class Engine:
         finalize, buffer dropped. False when the queue is empty."""
         self._check_usable()
         with self._flush_lock:
+            self._settle_manifest()
             with self._cv:
                 if not self._frozen:
                     return False
@@ -385,31 +402,70 @@ class Engine:
             data, stats = rangeobj.build(self.shard, buf)
             self.store.put(codec.range_key(self.shard, *r), data)
             low = self._log.finalize(buf.to_ts)
+            with self._cv:
+                self._stats[r] = stats  # before the commit: adoption needs them
+                self._sizes[r] = len(data)
 
             def add_range(m):
                 if r in m.ranges:
                     return m
                 return replace(m, ranges=m.ranges + (r,), log_low_seq=max(m.log_low_seq, low))
 
-            try:
-                self._manifest.commit(add_range)
-            except Fenced as exc:
-                self._fail(exc)
-                raise
-            with self._cv:
-                self._ranges.append(r)
-                self._stats[r] = stats
-                self._frozen.pop(0)
-                self._cv.notify_all()
-            self._log.truncate(low, self._clock.monotonic() + self.settings.log_delete_grace_s)
+            self._commit(add_range)  # adopting the new state drops the buffer
             self.counters["buffer_checkpoints"] += 1
             return True
+
+    def _commit(self, update) -> None:
+        """Commit a manifest update, then make memory agree with the manifest's newest known
+        state, whatever happened: after a commit whose outcome was unknown and that did land,
+        the next commit finds it and memory catches up here."""
+        try:
+            self._manifest.commit(update)
+        except Fenced as exc:
+            self._fail(exc)
+            raise
+        except BaseException:
+            self._manifest_unsure = True
+            raise
+        finally:
+            state = self._manifest.current
+            if state is not None:
+                self._adopt(state)
+
+    def _settle_manifest(self) -> None:
+        """Under the flush lock, before writing any object: if an earlier manifest commit
+        failed in an unknown way, read the manifest back and adopt it, so that nothing
+        already committed is written again (a torn rewrite would damage it)."""
+        if not self._manifest_unsure:
+            return
+        state = self._manifest.load()
+        if state is None or state.epoch != self.epoch:
+            exc = Fenced(f"shard {self.shard}: a newer incarnation owns the manifest",
+                         shard=self.shard)
+            self._fail(exc)
+            raise exc
+        self._adopt(state)
+        self._manifest_unsure = False
+
+    def _adopt(self, state) -> None:
+        with self._cv:
+            self._ranges = list(state.ranges)
+            self._checkpoints = list(state.checkpoints)
+            top = state.max_range
+            while self._frozen and top is not None and self._frozen[0].to_ts <= top:
+                self._frozen.pop(0)  # its range object is committed
+            self._gc_dirty = True
+            self._cv.notify_all()
+        assert self._log is not None
+        self._log.truncate(state.log_low_seq,
+                           self._clock.monotonic() + self.settings.log_delete_grace_s)
 
     def checkpoint(self) -> int | None:
         """Write a checkpoint at the newest range object (if there is one newer than the last
         checkpoint); returns the checkpoint's timestamp, or None if there is none at all."""
         self._check_usable()
         with self._flush_lock:
+            self._settle_manifest()
             with self._cv:
                 ranges = list(self._ranges)
                 cps = list(self._checkpoints)
@@ -418,19 +474,22 @@ class Engine:
                 ts = ranges[-1][1]
                 catalog = self._catalog.as_of(ts)
                 stats = dict(self._stats)
-            data = ckpt.build(self.shard, ts, catalog, ranges, stats)
+                sizes = dict(self._sizes)
+            data = ckpt.build(self.shard, ts, catalog, ranges, stats, sizes)
             self.store.put(codec.checkpoint_key(self.shard, ts), data)
 
             def add_checkpoint(m):
-                return m if ts in m.checkpoints else replace(m, checkpoints=m.checkpoints + (ts,))
+                if ts in m.checkpoints:
+                    return m
+                if [r for r in m.ranges if r[1] <= ts] != ranges:
+                    # memory lagged the manifest (an earlier commit's outcome was unknown);
+                    # the adoption after this attempt catches up, the next checkpoint is right
+                    raise Unavailable("the manifest moved while the checkpoint was written; "
+                                      "retry")
+                return replace(m, checkpoints=m.checkpoints + (ts,))
 
-            try:
-                self._manifest.commit(add_checkpoint)
-            except Fenced as exc:
-                self._fail(exc)
-                raise
+            self._commit(add_checkpoint)
             with self._cv:
-                self._checkpoints.append(ts)
                 self._last_cp_time = self._clock.monotonic()
             self.counters["checkpoints"] += 1
             return ts
@@ -452,8 +511,99 @@ class Engine:
                 self._freeze_locked()
             self.flush()
             self.checkpoint()
+        if s.compaction:
+            while self.compact():
+                pass
+        self.collect_garbage()
         assert self._log is not None
         self._log.collect(self._clock.monotonic())
+
+    # -- compaction, retention, garbage collection ------------------------------------------
+
+    def oldest_readable(self) -> int:
+        """The oldest timestamp snapshot and range reads are served for (0: no limit)."""
+        if self.settings.retention_s is None:
+            return 0
+        ms = self._clock.now_ms() - int(self.settings.retention_s * 1000)
+        return max(0, ms << LOGICAL_BITS)
+
+    def compact(self) -> bool:
+        """Run one compaction the policy asks for (see dn/compaction.py); False if none."""
+        self._check_usable()
+        with self._compact_lock:
+            with self._flush_lock:
+                self._settle_manifest()
+            with self._cv:
+                ranges = list(self._ranges)
+                sized = [(r, self._sizes.get(r, 0)) for r in ranges]
+                tables = {t.id: (t.pk_pos, t.drop_ts) for t in self._catalog.tables()}
+            pick = self._policy.pick(sized)
+            if not pick:
+                return False
+            horizon = self.oldest_readable()
+            inputs = [self.reader.range(r) for r in pick]
+            data, stats = compaction.merge(self.shard, inputs, tables, horizon,
+                                           oldest=pick[0] == ranges[0])
+            out = (pick[0][0], pick[-1][1])
+            self.store.put(codec.range_key(self.shard, *out), data)
+            first_to = pick[0][1]
+            with self._cv:
+                self._stats[out] = stats  # before the commit: adoption needs them
+                self._sizes[out] = len(data)
+
+            def swap(m):
+                i = m.ranges.index(pick[0]) if pick[0] in m.ranges else -1
+                if i < 0 or list(m.ranges[i:i + len(pick)]) != pick:
+                    if out in m.ranges:
+                        return m  # this very swap landed already (a lost acknowledgement)
+                    raise Internal(f"compaction inputs {pick} are no longer live")
+                return replace(m, ranges=m.ranges[:i] + (out,) + m.ranges[i + len(pick):],
+                               checkpoints=tuple(c for c in m.checkpoints if c < first_to))
+
+            with self._flush_lock:
+                self._commit(swap)
+                with self._cv:
+                    for r in pick:
+                        self._stats.pop(r, None)
+                        self._sizes.pop(r, None)
+            self.counters["compactions"] += 1
+            log.info("shard %d: compacted %d ranges into %s (%d bytes)", self.shard, len(pick),
+                     out, len(data))
+        self.checkpoint()  # record the new live set
+        return True
+
+    def collect_garbage(self, force: bool = False) -> int:
+        """Drop checkpoints that fell out of the retention window, note unreferenced objects
+        and delete those whose grace has passed; returns how many were deleted. Touches the
+        store only when something may have changed or a deletion is due (so an idle shard
+        makes no requests)."""
+        self._check_usable()
+        now = self._clock.monotonic()
+        with self._flush_lock:
+            self._drop_old_checkpoints()
+            try:
+                if self._gc_dirty or force:
+                    self._gc_dirty = False
+                    self._collector.scan(self.epoch, now)
+                return self._collector.collect(self.epoch, now)
+            except Fenced as exc:
+                self._fail(exc)
+                raise
+
+    def _drop_old_checkpoints(self) -> None:
+        """Under the flush lock: a checkpoint whose successor is older than the window can
+        serve no permitted read; take it out of the manifest."""
+        floor = self.oldest_readable()
+        with self._cv:
+            cps = list(self._checkpoints)
+        stale = {c for c, nxt in zip(cps, cps[1:]) if nxt <= floor}
+        if not stale:
+            return
+
+        def drop(m):
+            return replace(m, checkpoints=tuple(c for c in m.checkpoints if c not in stale))
+
+        self._commit(drop)
 
     def _commits_since_checkpoint_locked(self) -> int:
         last = self._checkpoints[-1] if self._checkpoints else 0
@@ -495,6 +645,11 @@ class Engine:
                     f"snapshot {snapshot} is too far in the future (shard clock at "
                     f"{self._hlc.peek()})")
             s = snapshot
+            oldest = self.oldest_readable()
+            if s < oldest:
+                raise InvalidArgument(
+                    f"snapshot {s} is before the retention window; the oldest readable "
+                    f"timestamp is {oldest}", oldest=oldest)
         self._hlc.advance(s)
         while True:
             inflight = self._queue.inflight
@@ -527,6 +682,11 @@ class Engine:
         with self._cv:
             s = self._resolve_snapshot_locked(snapshot)
             tdef = self._catalog.table_at(db, table, s)
+            if from_ts is not None and from_ts < self.oldest_readable():
+                oldest = self.oldest_readable()
+                raise InvalidArgument(
+                    f"from_ts {from_ts} is before the retention window; the oldest readable "
+                    f"timestamp is {oldest}", oldest=oldest)
             if from_ts is None:
                 plan = snapshot_plan(self._ranges, self._checkpoints, s)
             else:
@@ -621,6 +781,19 @@ class Engine:
                 "commits": self._queue.commands,
                 "counters": dict(self.counters),
             }
+        with self._cv:
+            sized = [(r, self._sizes.get(r, 0)) for r in self._ranges]
+        out["objects"] = {
+            "live_ranges": len(sized),
+            "live_range_bytes": sum(n for _, n in sized),
+            "live_checkpoints": len(out["checkpoints"]),
+            "awaiting_gc": len(self._collector.pending),
+            "deleted_by_gc": self._collector.deleted,
+            "compaction_debt": self._policy.debt(sized),
+            "compaction_bound": self._policy.bound(
+                sum(n for _, n in sized if n < self.settings.compaction_max_bytes)),
+        }
+        out["oldest_readable"] = self.oldest_readable()
         out["log"] = self._log.status() if self._log else None
         out["cache"] = self._cache.status()
         out["manifest_version"] = self._manifest.current.version if self._manifest.current else 0

@@ -90,13 +90,13 @@ class Log:
 
     # -- recovery ---------------------------------------------------------------------------
 
-    def recover(self, low_seq: int) -> list[LogRecord]:
+    def recover(self, low_seq: int, delete_after: float = 0.0) -> list[LogRecord]:
         """Every record from ``low_seq`` on, in order. A torn object (shorter than its header
         says: a put that failed half-way, never acknowledged) counts as a skip record."""
         self.low_seq = low_seq
         keys = self._store.list(codec.log_prefix(self._shard))
         seqs = [codec.last_number(k) for k in keys]
-        self._doomed = [(0.0, s) for s in seqs if s < low_seq]
+        self._doomed = [(delete_after, s) for s in seqs if s < low_seq]
         records = []
         expected = low_seq
         for seq in (s for s in seqs if s >= low_seq):

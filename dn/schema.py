@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from dn.errors import InvalidArgument
@@ -30,6 +31,7 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,127}$")
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 MAX_COLUMNS = 1024
+_FAST_MIN_ROWS = 16  # below this the per-value path is as fast as the column-wise one
 
 
 def check_name(kind: str, name: object) -> str:
@@ -106,6 +108,10 @@ class TableDef:
         """Row dicts -> validated row tuples in column order."""
         if isinstance(upserts, dict) or not _is_sequence(upserts):
             raise InvalidArgument("upserts must be a list of row dicts")
+        if type(upserts) is list and len(upserts) >= _FAST_MIN_ROWS:
+            fast = self._fast_rows(upserts, max_value_bytes)
+            if fast is not None:
+                return fast
         names = self.names
         nameset = self._nameset
         checks = [(i, n, t, i in self.pk_pos) for i, (n, t) in enumerate(self.columns)]
@@ -141,7 +147,50 @@ class TableDef:
             out.append(tuple(values))
         return out
 
+    def _fast_rows(self, upserts: list, max_value_bytes: int) -> list[tuple] | None:
+        """The rows of a batch in which every upsert is a plain dict naming exactly the
+        table's columns, with no nulls and values of exactly the column types within limits,
+        checked column by column with C-level builtins (O(rows x columns), no Python call per
+        value). None sends the batch to the per-value path, which gives the same rows for
+        everything this accepts and builds the error messages."""
+        names = self.names
+        n = len(names)
+        if set(map(type, upserts)) != {dict} or set(map(len, upserts)) != {n}:
+            return None
+        try:
+            if n == 1:
+                name = names[0]
+                rows = [(r[name],) for r in upserts]
+            else:
+                rows = list(map(itemgetter(*names), upserts))
+        except KeyError:
+            return None
+        for i, col in enumerate(zip(*rows)):
+            typ = self.columns[i][1]
+            types = set(map(type, col))
+            if typ == "int64":
+                if types != {int} or min(col) < INT64_MIN or max(col) > INT64_MAX:
+                    return None
+            elif typ == "bytes":
+                if types != {bytes} or max(map(len, col)) > max_value_bytes:
+                    return None
+            elif typ == "string":
+                if types != {str} or max(map(len, col)) * 4 > max_value_bytes:
+                    return None
+                try:
+                    "".join(col).encode("utf-8")
+                except UnicodeEncodeError:
+                    return None
+            elif typ == "float64":
+                if types != {float} or (i in self.pk_pos and any(v != v for v in col)):
+                    return None
+            elif types != {bool}:
+                return None
+        return rows
+
     def normalize_deletes(self, deletes: Any) -> list:
+        if type(deletes) in (list, tuple) and not deletes:
+            return []
         if isinstance(deletes, dict | str | bytes) or not _is_sequence(deletes):
             raise InvalidArgument("deletes must be a list of primary-key values")
         return [self.check_key(k) for k in deletes]

@@ -57,6 +57,21 @@ class Settings:
     log_delete_grace_s: float = 300.0
     #: How far past the shard's clock a snapshot timestamp may lie (seconds).
     snapshot_future_s: float = 60.0
+    #: Snapshot and range reads are served for timestamps at most this old (seconds); older
+    #: versions are dropped by compaction. None keeps every version forever.
+    retention_s: float | None = 86_400.0
+    #: Merge range objects in the background (see dn/compaction.py for the policy).
+    compaction: bool = True
+    #: Objects merged at once (K); the policy keeps at most (K-1) objects per size level.
+    compaction_fanout: int = 4
+    #: The size of a typical freshly flushed range object: the first size level.
+    compaction_base_bytes: int = 4 * MiB
+    #: Range objects at least this large are not merged again.
+    compaction_max_bytes: int = 1024 * MiB
+    #: Unreferenced objects are deleted after being seen unreferenced this long (seconds);
+    #: longer than the longest read's object fetch, and than any pause a stale incarnation
+    #: could wake from.
+    gc_grace_s: float = 600.0
     #: Run freezes, buffer checkpoints and checkpoints on a thread inside the engine. The Ray
     #: shard actor turns this off and drives :meth:`dn.Engine.maintain` from its own loop.
     background: bool = True
@@ -75,16 +90,21 @@ class Settings:
             "queue_stop_bytes",
             "cache_bytes",
             "store_retry_attempts",
+            "compaction_base_bytes",
+            "compaction_max_bytes",
         )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InvalidArgument(f"setting {name} must be a positive integer, got {value!r}")
-        for name in ("log_delete_grace_s", "snapshot_future_s", "background_interval_s"):
+        if not isinstance(self.compaction_fanout, int) or self.compaction_fanout < 2:
+            raise InvalidArgument("setting compaction_fanout must be an integer >= 2")
+        for name in ("log_delete_grace_s", "snapshot_future_s", "background_interval_s",
+                     "gc_grace_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise InvalidArgument(f"setting {name} must be a number >= 0")
-        for name in ("freeze_interval_s", "checkpoint_interval_s"):
+        for name in ("freeze_interval_s", "checkpoint_interval_s", "retention_s"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or value <= 0):
                 raise InvalidArgument(f"setting {name} must be a positive number or None")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _open(url_or_store, **kw) -> Engine:
     settings = Settings(background=False, log_delete_grace_s=0, freeze_interval_s=None,
-                        checkpoint_interval_s=None, **kw)
+                        checkpoint_interval_s=None, retention_s=None, **kw)
     if isinstance(url_or_store, str):
         return Engine.open(url_or_store, settings=settings)
     return Engine.open(settings=settings, store=url_or_store, clock=ManualClock())

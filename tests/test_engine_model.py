@@ -12,18 +12,22 @@ import uuid
 
 import pytest
 
-from dn import Engine, ManualClock, NotFound, Settings
+from dn import Engine, InvalidArgument, ManualClock, NotFound, Settings
 from tests.model import Model
 
 SCHEMA_A = {"k": "int64", "s": "string", "f": "float64", "b": "bytes", "ok": "bool"}
 SCHEMA_C = {"g": "string", "n": "int64", "v": "string"}
 
 
-def _settings(rng: random.Random) -> Settings:
-    # small, randomized thresholds so that freezes and checkpoints also happen on their own
+def _settings(rng: random.Random, retention: bool) -> Settings:
+    # small, randomized thresholds so that freezes, checkpoints and compactions also happen on
+    # their own; GC deletes as soon as an object is unreferenced
     return Settings(background=False, freeze_bytes=rng.choice([2_000, 20_000, 1 << 20]),
                     freeze_interval_s=None, checkpoint_interval_s=None,
-                    checkpoint_delta=rng.choice([25, 100, 10_000]), log_delete_grace_s=0)
+                    checkpoint_delta=rng.choice([25, 100, 10_000]), log_delete_grace_s=0,
+                    compaction_fanout=rng.choice([2, 3]),
+                    compaction_base_bytes=rng.choice([5_000, 20_000]), gc_grace_s=0,
+                    retention_s=rng.choice([3.0, 20.0]) if retention else None)
 
 
 def _row_a(rng: random.Random, k: int) -> dict:
@@ -39,10 +43,10 @@ def _row_a(rng: random.Random, k: int) -> dict:
     return row
 
 
-def run_model(url: str, seed: int, steps: int) -> None:
+def run_model(url: str, seed: int, steps: int, retention: bool = False) -> None:
     rng = random.Random(seed)
     clock = ManualClock()
-    settings = _settings(rng)
+    settings = _settings(rng, retention)
     eng = Engine.open(url, settings=settings, clock=clock)
     model = Model()
     stamps = [0]
@@ -77,7 +81,14 @@ def run_model(url: str, seed: int, steps: int) -> None:
             elif op < 0.875:
                 eng.close()
                 eng = Engine.open(url, settings=settings, clock=clock)
-            elif op < 0.90:
+            elif op < 0.91:
+                eng.compact()
+            elif op < 0.92:
+                eng.collect_garbage(force=True)
+                check_bucket(eng)
+            elif op < 0.95 and retention:
+                clock.advance(rng.choice([0.2, 1.0]))  # the retention window moves on
+            elif op < 0.97:
                 if model.live("c") is None:
                     ts = eng.create_table("db", "c", SCHEMA_C, ["g", "n"])
                     model.create("c", ts, ("g", "n"), tuple(SCHEMA_C))
@@ -92,8 +103,27 @@ def run_model(url: str, seed: int, steps: int) -> None:
         eng.close()
 
 
+def check_bucket(eng: Engine) -> None:
+    """After GC with no grace, the bucket holds exactly what the manifest references."""
+    st = eng.status()
+    from dn import codec
+    want = {codec.range_key(0, a, b) for a, b in st["ranges"]}
+    want |= {codec.checkpoint_key(0, c) for c in st["checkpoints"]}
+    have = set(eng.store.list("20/")) | set(eng.store.list("10/"))
+    assert have == want, (sorted(have - want), sorted(want - have))
+    assert len(eng.store.list("00/")) <= 8
+
+
 def verify(eng: Engine, model: Model, rng: random.Random, stamps: list[int]) -> None:
     eng._check()
+    oldest = eng.oldest_readable()
+    if oldest and stamps[0] < oldest:
+        old = [s for s in stamps if s < oldest]
+        with pytest.raises(InvalidArgument, match="retention window"):
+            list(eng.scan("db", "a", snapshot=rng.choice(old)))
+        with pytest.raises(InvalidArgument, match="retention window"):
+            list(eng.changes("db", "a", rng.choice(old)))
+        stamps = [s for s in stamps if s >= oldest] or [eng.snapshot()]
     snapshot = rng.choice(stamps[-50:] if rng.random() < 0.7 else stamps)
     name = rng.choice(["a", "c"])
     if model.version_at(name, snapshot) is None:
@@ -114,22 +144,27 @@ def verify(eng: Engine, model: Model, rng: random.Random, stamps: list[int]) -> 
     full = dict(zip(sorted(model.state(name, snapshot)), model.rows(name, snapshot)))
     for k in keys:
         assert eng.get("db", name, k, snapshot=snapshot) == full.get(k)
-    from_ts = rng.choice([s for s in stamps if s <= snapshot])
+    from_ts = rng.choice([s for s in stamps if s <= snapshot] or [snapshot])
     got = [(c.ts, c.kind, c.pk, c.row) for c in eng.changes("db", name, from_ts, snapshot)]
     assert got == model.changes(name, from_ts, snapshot)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_model_memory(seed):
-    run_model(f"memory://model-{seed}-{uuid.uuid4().hex}", seed, 1500)
+    run_model(f"memory://model-{seed}-{uuid.uuid4().hex}", seed, 1000)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_model_with_compaction_gc_and_retention(seed):
+    run_model(f"memory://model-r-{seed}-{uuid.uuid4().hex}", 50 + seed, 1000, retention=True)
 
 
 @pytest.mark.parametrize("seed", range(2))
 def test_model_local_directory(tmp_path, seed):
-    run_model(str(tmp_path / "shard"), 100 + seed, 600)
+    run_model(str(tmp_path / "shard"), 100 + seed, 600, retention=bool(seed))
 
 
 @pytest.mark.s3
 def test_model_s3(s3_url):
     url, _ = s3_url
-    run_model(url, 200, 250)
+    run_model(url, 200, 250, retention=True)
