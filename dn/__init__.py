@@ -6,7 +6,7 @@ and :mod:`dn.errors`. The architecture is in ``docs/architecture.md``; byte form
 """
 
 from dn.clock import Clock, HybridClock, ManualClock, SystemClock
-from dn.engine import Engine, ReadView
+from dn.engine import Engine
 from dn.errors import (
     AlreadyExists,
     Closed,
@@ -20,6 +20,7 @@ from dn.errors import (
 )
 from dn.plan import Plan
 from dn.reader import Change
+from dn.reads import ReadView
 from dn.settings import Settings
 
 __all__ = [

@@ -18,23 +18,25 @@ write that may or may not have landed makes the engine settle it before the next
 at a later timestamp (see :mod:`dn.log`). A failed buffer checkpoint leaves the buffer queued
 and is retried; writers are slowed, then refused, while the queue is over its limits.
 
-Not here: Ray, routing, compaction and garbage collection of range objects and checkpoints.
+The class is split by concern: this module opens, recovers and writes; :mod:`dn.upkeep`
+(freezes, buffer checkpoints, checkpoints, compaction, garbage collection) and
+:mod:`dn.reads` (snapshots and plans) are mixins of :class:`Engine`.
+
+Not here: Ray, routing across shards.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any
 
 from dn import catalog as cat
-from dn import checkpoint as ckpt
 from dn import codec, compaction, rangeobj
 from dn.buffer import Buffer
 from dn.catalog import OP_WRITE, Catalog
-from dn.clock import LOGICAL_BITS, Clock, HybridClock, SystemClock
+from dn.clock import Clock, HybridClock, SystemClock
 from dn.commit import CommitQueue, Pending
 from dn.errors import (
     Closed,
@@ -47,29 +49,17 @@ from dn.errors import (
 from dn.gc import Collector
 from dn.log import Log, LogRecord, encode_command
 from dn.manifest import Manifest
-from dn.plan import Plan, range_plan, snapshot_plan
 from dn.reader import ObjectCache, Reader
-from dn.run import Run
+from dn.reads import Reads, ReadView  # noqa: F401  (ReadView is re-exported)
 from dn.schema import TableDef
 from dn.settings import Settings
 from dn.store import ObjectStore, RetryPolicy, open_store
+from dn.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ReadView:
-    """Everything a reader needs for one read: the table as of the snapshot, the snapshot,
-    the plan, and the tail runs copied out of memory."""
-
-    table: TableDef
-    snapshot: int
-    plan: Plan
-    tail: tuple[Run, ...]
-    from_ts: int | None = None
-
-
-class Engine:
+class Engine(Upkeep, Reads):
     """One shard. Open with :meth:`Engine.open`."""
 
     # -- opening and recovery ---------------------------------------------------------------
@@ -350,411 +340,6 @@ class Engine:
             self._catalog.apply(cmd, ts)
             buf.apply_ddl(ts, cmd, nbytes)
         self._last_applied = ts
-
-    # -- freezing, buffer checkpoints, checkpoints -------------------------------------------
-
-    def _maybe_freeze_locked(self) -> None:
-        buf = self._mutable
-        if buf.empty:
-            return
-        age = self.settings.freeze_interval_s
-        if buf.nbytes >= self.settings.freeze_bytes or (
-            age is not None and self._clock.monotonic() - buf.born >= age
-        ):
-            self._freeze_locked()
-
-    def _freeze_locked(self) -> Buffer | None:
-        buf = self._mutable
-        if buf.empty:
-            return None
-        buf.freeze()
-        self._frozen.append(buf)
-        self._mutable = Buffer(buf.to_ts + 1, self._clock.monotonic())
-        return buf
-
-    def freeze(self) -> tuple[int, int] | None:
-        """Freeze the mutable buffer into the checkpoint queue; returns its range (or None if
-        it was empty)."""
-        self._check_usable()
-        with self._cv:
-            buf = self._freeze_locked()
-        return None if buf is None else (buf.from_ts, buf.to_ts)
-
-    def flush(self) -> int:
-        """Run every queued buffer checkpoint; returns how many ran."""
-        n = 0
-        while self.flush_one():
-            n += 1
-        return n
-
-    def flush_one(self) -> bool:
-        """Buffer checkpoint of the oldest queued buffer: range object, manifest commit, log
-        finalize, buffer dropped. False when the queue is empty."""
-        self._check_usable()
-        with self._flush_lock:
-            self._settle_manifest()
-            with self._cv:
-                if not self._frozen:
-                    return False
-                buf = self._frozen[0]
-            assert self._log is not None and buf.to_ts is not None
-            r = (buf.from_ts, buf.to_ts)
-            data, stats = rangeobj.build(self.shard, buf)
-            self.store.put(codec.range_key(self.shard, *r), data)
-            low = self._log.finalize(buf.to_ts)
-            with self._cv:
-                self._stats[r] = stats  # before the commit: adoption needs them
-                self._sizes[r] = len(data)
-
-            def add_range(m):
-                if r in m.ranges:
-                    return m
-                return replace(m, ranges=m.ranges + (r,), log_low_seq=max(m.log_low_seq, low))
-
-            self._commit(add_range)  # adopting the new state drops the buffer
-            self.counters["buffer_checkpoints"] += 1
-            return True
-
-    def _commit(self, update) -> None:
-        """Commit a manifest update, then make memory agree with the manifest's newest known
-        state, whatever happened: after a commit whose outcome was unknown and that did land,
-        the next commit finds it and memory catches up here."""
-        try:
-            self._manifest.commit(update)
-        except Fenced as exc:
-            self._fail(exc)
-            raise
-        except BaseException:
-            self._manifest_unsure = True
-            raise
-        finally:
-            state = self._manifest.current
-            if state is not None:
-                self._adopt(state)
-
-    def _settle_manifest(self) -> None:
-        """Under the flush lock, before writing any object: if an earlier manifest commit
-        failed in an unknown way, read the manifest back and adopt it, so that nothing
-        already committed is written again (a torn rewrite would damage it)."""
-        if not self._manifest_unsure:
-            return
-        state = self._manifest.load()
-        if state is None or state.epoch != self.epoch:
-            exc = Fenced(f"shard {self.shard}: a newer incarnation owns the manifest",
-                         shard=self.shard)
-            self._fail(exc)
-            raise exc
-        self._adopt(state)
-        self._manifest_unsure = False
-
-    def _adopt(self, state) -> None:
-        with self._cv:
-            self._ranges = list(state.ranges)
-            self._checkpoints = list(state.checkpoints)
-            top = state.max_range
-            while self._frozen and top is not None and self._frozen[0].to_ts <= top:
-                self._frozen.pop(0)  # its range object is committed
-            self._gc_dirty = True
-            self._cv.notify_all()
-        assert self._log is not None
-        self._log.truncate(state.log_low_seq,
-                           self._clock.monotonic() + self.settings.log_delete_grace_s)
-
-    def checkpoint(self) -> int | None:
-        """Write a checkpoint at the newest range object (if there is one newer than the last
-        checkpoint); returns the checkpoint's timestamp, or None if there is none at all."""
-        self._check_usable()
-        with self._flush_lock:
-            self._settle_manifest()
-            with self._cv:
-                ranges = list(self._ranges)
-                cps = list(self._checkpoints)
-                if not ranges or (cps and cps[-1] >= ranges[-1][1]):
-                    return cps[-1] if cps else None
-                ts = ranges[-1][1]
-                catalog = self._catalog.as_of(ts)
-                stats = dict(self._stats)
-                sizes = dict(self._sizes)
-            data = ckpt.build(self.shard, ts, catalog, ranges, stats, sizes)
-            self.store.put(codec.checkpoint_key(self.shard, ts), data)
-
-            def add_checkpoint(m):
-                if ts in m.checkpoints:
-                    return m
-                if [r for r in m.ranges if r[1] <= ts] != ranges:
-                    # memory lagged the manifest (an earlier commit's outcome was unknown);
-                    # the adoption after this attempt catches up, the next checkpoint is right
-                    raise Unavailable("the manifest moved while the checkpoint was written; "
-                                      "retry")
-                return replace(m, checkpoints=m.checkpoints + (ts,))
-
-            self._commit(add_checkpoint)
-            with self._cv:
-                self._last_cp_time = self._clock.monotonic()
-            self.counters["checkpoints"] += 1
-            return ts
-
-    def maintain(self) -> None:
-        """One round of background work: freeze on age, run queued buffer checkpoints,
-        checkpoint on the delta or interval trigger, delete truncated log objects."""
-        self._check_usable()
-        with self._cv:
-            self._maybe_freeze_locked()
-            since = self._commits_since_checkpoint_locked()
-        self.flush()
-        s = self.settings
-        due_interval = (s.checkpoint_interval_s is not None
-                        and self._clock.monotonic() - self._last_cp_time
-                        >= s.checkpoint_interval_s)
-        if since >= s.checkpoint_delta or (due_interval and since > 0):
-            with self._cv:
-                self._freeze_locked()
-            self.flush()
-            self.checkpoint()
-        if s.compaction:
-            while self.compact():
-                pass
-        self.collect_garbage()
-        assert self._log is not None
-        self._log.collect(self._clock.monotonic())
-
-    # -- compaction, retention, garbage collection ------------------------------------------
-
-    def oldest_readable(self) -> int:
-        """The oldest timestamp snapshot and range reads are served for (0: no limit)."""
-        if self.settings.retention_s is None:
-            return 0
-        ms = self._clock.now_ms() - int(self.settings.retention_s * 1000)
-        return max(0, ms << LOGICAL_BITS)
-
-    def compact(self) -> bool:
-        """Run one compaction the policy asks for (see dn/compaction.py); False if none."""
-        self._check_usable()
-        with self._compact_lock:
-            with self._flush_lock:
-                self._settle_manifest()
-            with self._cv:
-                ranges = list(self._ranges)
-                sized = [(r, self._sizes.get(r, 0)) for r in ranges]
-                tables = {t.id: (t.pk_pos, t.drop_ts) for t in self._catalog.tables()}
-            pick = self._policy.pick(sized)
-            if not pick:
-                return False
-            horizon = self.oldest_readable()
-            inputs = [self.reader.range(r) for r in pick]
-            data, stats = compaction.merge(self.shard, inputs, tables, horizon,
-                                           oldest=pick[0] == ranges[0])
-            out = (pick[0][0], pick[-1][1])
-            self.store.put(codec.range_key(self.shard, *out), data)
-            first_to = pick[0][1]
-            with self._cv:
-                self._stats[out] = stats  # before the commit: adoption needs them
-                self._sizes[out] = len(data)
-
-            def swap(m):
-                i = m.ranges.index(pick[0]) if pick[0] in m.ranges else -1
-                if i < 0 or list(m.ranges[i:i + len(pick)]) != pick:
-                    if out in m.ranges:
-                        return m  # this very swap landed already (a lost acknowledgement)
-                    raise Internal(f"compaction inputs {pick} are no longer live")
-                return replace(m, ranges=m.ranges[:i] + (out,) + m.ranges[i + len(pick):],
-                               checkpoints=tuple(c for c in m.checkpoints if c < first_to))
-
-            with self._flush_lock:
-                self._commit(swap)
-                with self._cv:
-                    for r in pick:
-                        self._stats.pop(r, None)
-                        self._sizes.pop(r, None)
-            self.counters["compactions"] += 1
-            log.info("shard %d: compacted %d ranges into %s (%d bytes)", self.shard, len(pick),
-                     out, len(data))
-        self.checkpoint()  # record the new live set
-        return True
-
-    def collect_garbage(self, force: bool = False) -> int:
-        """Drop checkpoints that fell out of the retention window, note unreferenced objects
-        and delete those whose grace has passed; returns how many were deleted. Touches the
-        store only when something may have changed or a deletion is due (so an idle shard
-        makes no requests)."""
-        self._check_usable()
-        now = self._clock.monotonic()
-        with self._flush_lock:
-            self._drop_old_checkpoints()
-            try:
-                if self._gc_dirty or force:
-                    self._gc_dirty = False
-                    self._collector.scan(self.epoch, now)
-                return self._collector.collect(self.epoch, now)
-            except Fenced as exc:
-                self._fail(exc)
-                raise
-
-    def _drop_old_checkpoints(self) -> None:
-        """Under the flush lock: a checkpoint whose successor is older than the window can
-        serve no permitted read; take it out of the manifest."""
-        floor = self.oldest_readable()
-        with self._cv:
-            cps = list(self._checkpoints)
-        stale = {c for c, nxt in zip(cps, cps[1:]) if nxt <= floor}
-        if not stale:
-            return
-
-        def drop(m):
-            return replace(m, checkpoints=tuple(c for c in m.checkpoints if c not in stale))
-
-        self._commit(drop)
-
-    def _commits_since_checkpoint_locked(self) -> int:
-        last = self._checkpoints[-1] if self._checkpoints else 0
-        n = sum(b.ncommits for b in self._frozen) + self._mutable.ncommits
-        # ranges after the last checkpoint count too; a range holds at least one commit
-        n += sum(1 for r in self._ranges if r[1] > last)
-        return n
-
-    # -- reads --------------------------------------------------------------------------------
-
-    def snapshot(self) -> int:
-        """A timestamp to pass as ``snapshot=`` for repeatable reads: it covers every write
-        acknowledged so far, and no later commit gets a timestamp at or below it."""
-        with self._cv:
-            return self._resolve_snapshot_locked(None)
-
-    def advance_floor(self, ts: int) -> int:
-        """Promise that no later commit gets a timestamp <= ``ts`` and wait for commits in
-        flight at or below it; returns ``ts``. Used by cross-shard snapshot reads."""
-        with self._cv:
-            return self._resolve_snapshot_locked(ts)
-
-    def clock(self) -> int:
-        """The newest timestamp this shard has issued or promised."""
-        with self._cv:
-            return self._hlc.peek()
-
-    def _resolve_snapshot_locked(self, snapshot: int | None) -> int:
-        self._check_usable_locked(reading=True)
-        if snapshot is None:
-            s = self._hlc.peek()
-        else:
-            if type(snapshot) is not int or snapshot < 0:
-                raise InvalidArgument(f"snapshot must be an int64 timestamp, got {snapshot!r}")
-            limit = self._hlc.peek() + (int(self.settings.snapshot_future_s * 1000)
-                                        << LOGICAL_BITS)
-            if snapshot > limit:
-                raise InvalidArgument(
-                    f"snapshot {snapshot} is too far in the future (shard clock at "
-                    f"{self._hlc.peek()})")
-            s = snapshot
-            oldest = self.oldest_readable()
-            if s < oldest:
-                raise InvalidArgument(
-                    f"snapshot {s} is before the retention window; the oldest readable "
-                    f"timestamp is {oldest}", oldest=oldest)
-        self._hlc.advance(s)
-        while True:
-            inflight = self._queue.inflight
-            if inflight is not None and inflight[0] <= s:
-                self._cv.wait()
-                continue
-            if self._unknown_lo is not None and self._unknown_lo <= s:
-                self._cv.release()
-                try:
-                    self._settle_for_read()
-                finally:
-                    self._cv.acquire()
-                continue
-            return s
-
-    def _settle_for_read(self) -> None:
-        with self._cv:
-            self._queue.acquire_leadership()
-        try:
-            if self._log is not None and self._log.unknown:
-                self._settle_locked_out()
-        finally:
-            with self._cv:
-                self._queue.release_leadership()
-
-    def read_view(self, db: str, table: str, snapshot: int | None = None,
-                  from_ts: int | None = None) -> ReadView:
-        """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
-        for a change feed, from ``from_ts``). Readers in other processes materialize it."""
-        with self._cv:
-            s = self._resolve_snapshot_locked(snapshot)
-            tdef = self._catalog.table_at(db, table, s)
-            if from_ts is not None and from_ts < self.oldest_readable():
-                oldest = self.oldest_readable()
-                raise InvalidArgument(
-                    f"from_ts {from_ts} is before the retention window; the oldest readable "
-                    f"timestamp is {oldest}", oldest=oldest)
-            if from_ts is None:
-                plan = snapshot_plan(self._ranges, self._checkpoints, s)
-            else:
-                plan = range_plan(self._ranges, self._checkpoints, s, from_ts)
-            tail: list[Run] = []
-            if plan.tail is not None:
-                lo, hi = plan.tail
-                for buf in [*self._frozen, self._mutable]:
-                    run = buf.run(tdef.id, lo, hi)
-                    if run is not None and len(run):
-                        tail.append(run)
-        return ReadView(tdef, s, plan, tuple(tail), from_ts)
-
-    def snapshot_plan(self, ts: int) -> Plan:
-        """Seed 001's snapshot-read plan at ``ts``."""
-        with self._cv:
-            s = self._resolve_snapshot_locked(ts)
-            return snapshot_plan(self._ranges, self._checkpoints, s)
-
-    def range_plan(self, snapshot: int, from_ts: int) -> Plan:
-        """Seed 001's range-read plan for from_ts <= ts <= snapshot."""
-        with self._cv:
-            s = self._resolve_snapshot_locked(snapshot)
-            return range_plan(self._ranges, self._checkpoints, s, from_ts)
-
-    def get(self, db: str, table: str, pk: Any, snapshot: int | None = None,
-            columns: list[str] | None = None) -> dict | None:
-        """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
-        view = self.read_view(db, table, snapshot)
-        key = view.table.check_key(pk)
-        runs = self.reader.runs(view.table, view.plan, list(view.tail), key=key)
-        return self.reader.get(view.table, key, view.snapshot, runs, columns)
-
-    def scan(self, db: str, table: str, snapshot: int | None = None,
-             columns: list[str] | None = None, start: Any = None, end: Any = None):
-        """Rows with start <= pk < end at ``snapshot``, in primary-key order, as dicts."""
-        view = self.read_view(db, table, snapshot)
-        t = view.table
-        start = None if start is None else t.check_key(start)
-        end = None if end is None else t.check_key(end)
-        runs = self.reader.runs(t, view.plan, list(view.tail))
-        return self.reader.scan(t, view.snapshot, runs, columns, start, end)
-
-    def changes(self, db: str, table: str, from_ts: int, snapshot: int | None = None,
-                columns: list[str] | None = None):
-        """Every change with from_ts <= ts <= snapshot, in (ts, pk) order, as Change
-        records (``ts``, ``kind``, ``pk``, ``row``)."""
-        if type(from_ts) is not int or from_ts < 0:
-            raise InvalidArgument(f"from_ts must be an int64 timestamp, got {from_ts!r}")
-        view = self.read_view(db, table, snapshot, from_ts)
-        runs = self.reader.runs(view.table, replace(view.plan, checkpoint=None),
-                                list(view.tail))
-        return self.reader.changes(view.table, from_ts, view.snapshot, runs, columns)
-
-    def databases(self, snapshot: int | None = None) -> list[str]:
-        with self._cv:
-            s = self._resolve_snapshot_locked(snapshot)
-            return self._catalog.databases_at(s)
-
-    def tables(self, db: str, snapshot: int | None = None) -> list[str]:
-        with self._cv:
-            s = self._resolve_snapshot_locked(snapshot)
-            return self._catalog.tables_at(db, s)
-
-    def table(self, db: str, table: str, snapshot: int | None = None) -> TableDef:
-        with self._cv:
-            s = self._resolve_snapshot_locked(snapshot)
-            return self._catalog.table_at(db, table, s)
 
     # -- state ------------------------------------------------------------------------------
 

@@ -1,0 +1,83 @@
+"""``python -m bench [--quick] [--only GROUP ...]``: run the benchmark, write the results.
+
+Groups (run in this order): ``local`` (part 2, vs SlateDB on a local directory), ``delta``
+(part 3, vs Delta Lake), ``s3`` (part 5, 2a-2c on a moto S3 server), ``cluster`` (part 4, shard
+recovery and buffer checkpoints, then the Ray cluster). ``--quick`` uses fewer rows and 3 runs
+per figure (under 3 minutes); the full run uses 5 runs (under 30 minutes).
+
+Writes bench/results.json and bench/results.png (``--out`` changes the directory) and prints
+the table on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bench import cluster, report, vs_delta, vs_slatedb
+from bench.harness import Figure, cpu_count, progress
+
+GROUPS = {
+    "local": lambda quick: vs_slatedb.run_local(quick),
+    "delta": lambda quick: vs_delta.run(quick),
+    "s3": lambda quick: vs_slatedb.run_s3(quick),
+    "cluster": lambda quick: cluster.run(quick, not NO_RAY),
+}
+NO_RAY = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rows, 3 runs per figure")
+    ap.add_argument("--only", action="append", choices=sorted(GROUPS),
+                    help="run only this group (repeatable)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent),
+                    help="directory for results.json and results.png")
+    ap.add_argument("--no-ray", action="store_true",
+                    help="skip the Ray cluster figures (report them as skipped)")
+    args = ap.parse_args(argv)
+    global NO_RAY
+    NO_RAY = args.no_ray
+    groups = args.only or list(GROUPS)
+    mode = "quick" if args.quick else "full"
+    runs = "3 runs per figure, fewer rows" if args.quick else "5 runs per figure"
+    progress(f"mode {mode}: {runs}; groups {', '.join(groups)}; {cpu_count()} CPUs")
+    t0 = time.perf_counter()
+    figs: list[Figure] = []
+    errors: dict[str, str] = {}
+    for g in groups:
+        progress(f"group {g}")
+        try:
+            figs.extend(GROUPS[g](args.quick))
+        except Exception as exc:  # report what ran; a failed group is named in the output
+            errors[g] = f"{type(exc).__name__}: {exc}"
+            progress(f"group {g} FAILED: {errors[g]}")
+    elapsed = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"mode": mode, "runs_per_figure": 3 if args.quick else 5, "groups": groups,
+            "elapsed_s": round(elapsed, 1), "errors": errors,
+            "note": ("quick mode: fewer rows and 3 runs per figure" if args.quick else
+                     "full mode: 5 runs per figure")}
+    report.write_json(out / "results.json", figs, meta)
+    title = (f"python -m bench{' --quick' if args.quick else ''}: {cpu_count()} CPUs, "
+             f"{meta['note']}, {time.strftime('%Y-%m-%d %H:%M')}")
+    try:
+        report.chart(out / "results.png", figs, title)
+    except Exception as exc:
+        progress(f"chart failed: {exc!r}")
+    print(f"\nDN benchmark ({mode}; {meta['note']}; {cpu_count()} CPUs; "
+          f"{elapsed:.0f} s)\n")
+    print(report.table(figs))
+    if errors:
+        print("\nfailed groups: " + "; ".join(f"{g}: {e}" for g, e in errors.items()))
+    missed = [f.id for f in figs if f.target_met() is False]
+    print(f"\ntargets missed: {', '.join(missed) if missed else 'none'}")
+    print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

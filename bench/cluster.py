@@ -1,0 +1,171 @@
+"""Part 4: the Ray cluster, and the shard-level figures that bound it.
+
+With ``dn.Engine`` directly (no Ray), fresh temp directory per run, ``background=False``:
+
+- recovery: write N rows in batches of 1,000 without flushing (N/1,000 log objects), close,
+  then time ``Engine.open`` (which replays the log): rows replayed per second, for several N;
+- buffer checkpoint: on that reopened engine, time ``freeze()`` + ``flush()`` of the N rows
+  (merge-sort, encode, write the range object, commit the manifest): rows/s.
+
+Through the coordinator (``coordinator.deploy(shards=N, store=...)`` and its ``Client``, see
+issue 3), Ray started as ``ray.init(num_cpus=2, include_dashboard=False,
+_node_ip_address="127.0.0.1")`` and shut down at the end:
+
+- ingest: 16 Ray tasks each write B batches of 1,000 rows through the client into 1, 2 and 4
+  shards: aggregate rows/s (wall time from launching the tasks to the last acknowledgement),
+  p50/p99 latency of one batch;
+- snapshot scan of the rows in 4 shards into one client (rows/s);
+- change feed over all of them (changes/s).
+
+When ``coordinator.deploy`` is not there yet, the Ray figures are reported as skipped with the
+reason; they never fake a number.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import dn
+from bench.harness import Figure, progress, rmtree, tempdir
+
+VALUE = b"v" * 100
+SCHEMA = {"k": "int64", "v": "bytes"}
+NAMESPACE = "dnbench"
+
+
+def _load_unflushed(d: str, n: int) -> None:
+    e = dn.Engine.open(d, 0, dn.Settings(background=False))
+    e.create_database("bench")
+    e.create_table("bench", "t", SCHEMA, "k")
+    for start in range(0, n, 1000):
+        e.write("bench", "t", upserts=[{"k": k, "v": VALUE} for k in range(start, start + 1000)])
+    e.close()
+
+
+def shard_figures(quick: bool) -> list[Figure]:
+    sizes = [50_000, 200_000] if quick else [100_000, 300_000, 1_000_000]
+    runs = 3 if quick else 5
+    top = sizes[-1]
+    fr = Figure("4d", "cluster", f"recovery: log replay of {top:,} rows", "rows/s",
+                target=200_000, absolute=True,
+                note="time of Engine.open on a log of N/1,000 objects of 1,000 rows; "
+                     "extra.series holds the other N")
+    fb = Figure("4e", "cluster", f"buffer checkpoint of {top:,} rows", "rows/s",
+                note="freeze + flush: merge-sort, encode, put the range object, commit the "
+                     "manifest")
+    series: dict[int, list[float]] = {}
+    for n in sizes:
+        for r in range(runs):
+            progress(f"4d/4e: N={n:,} run {r + 1}/{runs}")
+            d = tempdir("dn-recover")
+            try:
+                _load_unflushed(d, n)
+                t0 = time.perf_counter()
+                e = dn.Engine.open(d, 0, dn.Settings(background=False))
+                t_open = time.perf_counter() - t0
+                assert e.status()["rows_in_memory"] == n
+                t0 = time.perf_counter()
+                e.freeze()
+                e.flush()
+                t_flush = time.perf_counter() - t0
+                e.close()
+            finally:
+                rmtree(d)
+            series.setdefault(n, []).append(t_open)
+            if n == top:
+                fr.ours.append(n / t_open)
+                fb.ours.append(n / t_flush)
+    fr.extra["series"] = [{"rows": n, "open_s_median": statistics.median(v),
+                           "open_s": [round(x, 4) for x in v]} for n, v in series.items()]
+    return [fr, fb]
+
+
+def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
+    # batches of 1,000 per task: 16 tasks x 64 = 1,024,000 rows for the 4-shard scan
+    per_task = {1: 4, 2: 4, 4: 8} if quick else {1: 16, 2: 16, 4: 64}
+    fi = {s: Figure(f"4a-{s}", "cluster",
+                    f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s)", "rows/s",
+                    target=300_000 if s == 4 else None, absolute=s == 4)
+          for s in (1, 2, 4)}
+    fs = Figure("4b", "cluster", "snapshot scan over 4 shards into one client", "rows/s",
+                target=500_000, absolute=True)
+    fc = Figure("4c", "cluster", "change feed over 4 shards into one client", "changes/s")
+    figs = [*fi.values(), fs, fc]
+    if not ray_ok:
+        for f in figs:
+            f.skipped = "--no-ray given: the Ray cluster figures were not run"
+        return figs
+    try:
+        import coordinator
+
+        deploy = coordinator.deploy
+        shutdown = coordinator.shutdown
+    except (ImportError, AttributeError) as exc:
+        reason = (f"coordinator.deploy is not available yet ({exc}); the Ray cluster layer "
+                  "(issue 3) is still being built")
+        for f in figs:
+            f.skipped = reason
+        return figs
+
+    import ray
+
+    runs = 3 if quick else 5
+
+    @ray.remote(num_cpus=0)
+    def writer(client, task: int, nbatches: int) -> list[float]:
+        lat = []
+        for b in range(nbatches):
+            base = (task * nbatches + b) * 1000
+            t0 = time.perf_counter()
+            client.write("bench", "t", upserts=[{"k": k, "v": b"v" * 100}
+                                                for k in range(base, base + 1000)])
+            lat.append(time.perf_counter() - t0)
+        return lat
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    try:
+        for shards in (1, 2, 4):
+            for r in range(runs):
+                progress(f"4a: ingest into {shards} shard(s), run {r + 1}/{runs}")
+                d = tempdir("dn-cluster")
+                try:
+                    client = deploy(shards=shards, store=d, namespace=NAMESPACE)
+                    try:
+                        client.create_database("bench")
+                        client.create_table("bench", "t", SCHEMA, "k")
+                        t0 = time.perf_counter()
+                        nb = per_task[shards]
+                        lats = ray.get([writer.remote(client, t, nb) for t in range(16)])
+                        dt = time.perf_counter() - t0
+                        flat = sorted(x for lat in lats for x in lat)
+                        fi[shards].ours.append(16 * nb * 1000 / dt)
+                        fi[shards].extra.setdefault("p50_s", []).append(
+                            flat[len(flat) // 2])
+                        fi[shards].extra.setdefault("p99_s", []).append(
+                            flat[min(len(flat) - 1, int(len(flat) * 0.99))])
+                        if shards == 4:
+                            total = 16 * nb * 1000
+                            snap = client.snapshot()
+                            t0 = time.perf_counter()
+                            n = sum(1 for _ in client.scan("bench", "t", snapshot=snap))
+                            fs.ours.append(n / (time.perf_counter() - t0))
+                            assert n == total, (n, total)
+                            t0 = time.perf_counter()
+                            n = sum(1 for _ in client.changes("bench", "t", 0, snapshot=snap))
+                            fc.ours.append(n / (time.perf_counter() - t0))
+                    finally:
+                        shutdown(namespace=NAMESPACE)
+                finally:
+                    rmtree(d)
+    finally:
+        ray.shutdown()
+    for f in (fs, fc):
+        f.note = f"{16 * per_task[4] * 1000:,} rows written by the 4-shard ingest runs"
+    return figs
+
+
+def run(quick: bool, ray_ok: bool = True) -> list[Figure]:
+    figs = shard_figures(quick)
+    return _ray_figures(quick, ray_ok) + figs
