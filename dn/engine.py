@@ -28,6 +28,7 @@ Not here: Ray, routing across shards.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from operator import itemgetter
 from typing import Any
@@ -53,7 +54,8 @@ from dn.reader import ObjectCache, Reader
 from dn.reads import Reads, ReadView  # noqa: F401  (ReadView is re-exported)
 from dn.schema import TableDef
 from dn.settings import Settings
-from dn.store import ObjectStore, RetryPolicy, open_store
+from dn.store import LocalStore, ObjectStore, RetryingStore, RetryPolicy, open_store
+from dn.store.locallog import LocalLogStore
 from dn.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
@@ -75,9 +77,17 @@ class Engine(Upkeep, Reads):
         what ``url`` and ``settings`` would build (tests inject fault-injecting stores and
         manual clocks here).
         """
-        settings = settings or Settings()
+        settings = Settings() if settings is None else settings
         if not isinstance(settings, Settings):
             raise InvalidArgument("settings must be a dn.Settings")
+        if url is not None and not isinstance(url, str | os.PathLike):
+            raise InvalidArgument(f"url must be a str or a path, got {type(url).__name__}")
+        for name, part in (("store", store), ("log_store", log_store)):
+            if part is not None and not isinstance(part, ObjectStore):
+                raise InvalidArgument(f"{name} must be a dn.store.ObjectStore, got {part!r}")
+        if clock is not None and not (callable(getattr(clock, "now_ms", None))
+                                      and callable(getattr(clock, "monotonic", None))):
+            raise InvalidArgument(f"clock must be a dn.Clock, got {clock!r}")
         if type(shard_id) is not int or shard_id < 0:
             raise InvalidArgument(f"shard_id must be an int >= 0, got {shard_id!r}")
         policy = RetryPolicy(
@@ -88,9 +98,10 @@ class Engine(Upkeep, Reads):
         if store is None:
             if url is None:
                 raise InvalidArgument("give a store url (or a store)")
-            store = open_store(str(url), retry=policy)
+            store = open_store(os.fspath(url), retry=policy)
         if log_store is None:
-            log_store = open_store(settings.log_url, retry=policy) if settings.log_url else store
+            log_store = _log_store_for(open_store(settings.log_url, retry=policy)
+                                       if settings.log_url else store, policy)
         engine = cls(store, log_store, shard_id, settings, clock or SystemClock())
         engine._recover()
         if settings.background:
@@ -461,6 +472,15 @@ class Engine(Upkeep, Reads):
             assert set(self._stats) >= set(self._ranges), "ranges without statistics"
             assert self._hlc.last >= self._last_applied
             self._catalog._check()
+
+
+def _log_store_for(store: ObjectStore, policy: RetryPolicy) -> ObjectStore:
+    """The store the log writes to: on a local directory, the log's own layout that costs one
+    fdatasync per group commit (dn/store/locallog.py); elsewhere the store itself."""
+    inner = store.inner if isinstance(store, RetryingStore) else store
+    if type(inner) is LocalStore:
+        return RetryingStore(LocalLogStore(inner.root), policy)
+    return store
 
 
 def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeobj.TableStats]:

@@ -36,35 +36,46 @@ def _open(url_or_store, **kw) -> Engine:
 
 
 def _run_and_kill(url: str, first: int, acks_before_kill: int) -> list[tuple[int, int, int]]:
+    """Run a writer, SIGKILL it once it has acknowledged ``acks_before_kill`` writes, and
+    return every acknowledgement it printed (it may print more before the kill lands)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.crash_writer", url, str(first)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    acks = []
+    lines = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.startswith("ack "):
-                _, i, n, ts = line.split()
-                acks.append((int(i), int(n), int(ts)))
-                if len(acks) >= acks_before_kill:
-                    break
+            lines.append(line)
+            if sum(1 for x in lines if x.startswith("ack ")) >= acks_before_kill:
+                break
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
+        rest, err = proc.communicate(timeout=30)
+    acks = []
+    for line in lines + rest.splitlines(keepends=True):
+        if line.startswith("ack ") and line.endswith("\n"):
+            _, i, n, ts = line.split()
+            acks.append((int(i), int(n), int(ts)))
     assert acks, f"writer acknowledged nothing: {err[-2000:]}"
     return acks
 
 
-def _check_acked(eng: Engine, acked: list[tuple[int, int, int]]) -> None:
+def _check_acked(eng: Engine, acked: list[tuple[int, int, int]], in_flight: set[int]) -> None:
+    """Every acknowledged write is there, exactly once. A write in flight at a kill may have
+    landed or not (all of it or nothing), so its delete may or may not have happened."""
     eng._check()
     rows = {r["k"]: r["v"] for r in eng.scan("db", "t")}
-    deleted = {(i - 3) * 100 for i, _, _ in acked if i % 5 == 0}
+    done = {i for i, _, _ in acked}
+    deleted = {(i - 3) * 100 for i in done if i % 5 == 0}
+    maybe = {(i - 3) * 100 for i in in_flight if i % 5 == 0}
     for i, n, _ in acked:
         for j in range(n):
             k = i * 100 + j
             if k in deleted:
                 assert k not in rows
+            elif k in maybe:
+                assert rows.get(k) in (None, f"w{i}")
             else:
                 assert rows.get(k) == f"w{i}", f"acknowledged write {i} lost key {k}"
     # never applied twice: every key has exactly one upsert in the whole change feed
@@ -79,19 +90,23 @@ def _check_acked(eng: Engine, acked: list[tuple[int, int, int]]) -> None:
         by_batch.setdefault(k // 100, set()).add(k)
     for i, n, _ in acked:
         assert len(by_batch.get(i, ())) == n
+    extra = set(by_batch) - done - in_flight
+    assert not extra, f"batches {sorted(extra)} neither acknowledged nor in flight {in_flight}"
 
 
 def _sigkill_rounds(url: str, rounds: int, seed: int) -> None:
     rng = random.Random(seed)
     acked: list[tuple[int, int, int]] = []
+    in_flight: set[int] = set()
     first = 0
     for _ in range(rounds):
         acks = _run_and_kill(url, first, rng.randint(30, 250))
         acked += acks
+        in_flight.add(acks[-1][0] + 1)
         first = acks[-1][0] + 10  # leave room for the one in flight when killed
         eng = _open(url)
         try:
-            _check_acked(eng, acked)
+            _check_acked(eng, acked, in_flight)
             # the clock restarted above every acknowledged timestamp
             assert eng.clock() > max(ts for _, _, ts in acked)
         finally:
