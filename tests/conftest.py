@@ -62,3 +62,78 @@ def s3_url(
 # ------------------------------------------------------------------------------------------------
 # End of the S3 section.
 # ------------------------------------------------------------------------------------------------
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray cluster fixtures — owned by shards/ and coordinator/ (the Ray tier).
+# One Ray session per pytest session, on loopback only; deployments are shared where possible
+# and removed at the end. Ray is imported lazily so the fast tiers never pay for it.
+# ------------------------------------------------------------------------------------------------
+
+import os as _os  # noqa: E402
+
+# Ray advertises the machine's first non-loopback address unless told it runs a single-node
+# cluster; this must be set before `import ray` anywhere in the session.
+_os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+RAY_TEST_NAMESPACE = "dn-tests"
+#: Engine settings of test deployments: small thresholds, so reads cross buffers, ranges and
+#: checkpoints within seconds.
+RAY_TEST_ENGINE = {
+    "freeze_bytes": 256 * 1024,
+    "freeze_interval_s": 1.0,
+    "checkpoint_delta": 100,
+    "checkpoint_interval_s": 5.0,
+    "background_interval_s": 0.05,
+}
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str]:
+    """A local Ray instance (2 CPUs, 127.0.0.1) for the whole session; yields its address."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             namespace=RAY_TEST_NAMESPACE, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deploy_cluster(ray_session: str, tmp_path_factory: pytest.TempPathFactory):
+    """A factory: ``deploy_cluster(name, **overrides) -> Client`` over a fresh local store;
+    every deployment it made is shut down at the end of the session."""
+    import coordinator
+
+    made: list[str] = []
+
+    def make(name: str, **overrides: Any):
+        namespace = f"dn-test-{name}"
+        overrides.setdefault("store", str(tmp_path_factory.mktemp(f"store-{name}")))
+        overrides.setdefault("retry_s", 30.0)
+        overrides.setdefault("call_timeout_s", 60.0)
+        client = coordinator.deploy(None, namespace=namespace,
+                                    engine=dict(RAY_TEST_ENGINE, **overrides.pop("engine", {})),
+                                    **overrides)
+        made.append(namespace)
+        return client
+
+    yield make
+    for namespace in made:
+        try:
+            coordinator.shutdown(namespace)
+        except Exception:  # a test may have removed it already
+            pass
+
+
+@pytest.fixture(scope="session")
+def cluster(deploy_cluster):
+    """The shared 4-shard deployment (local directory store) most Ray tests use."""
+    return deploy_cluster("main", shards=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# End of the Ray section.
+# ------------------------------------------------------------------------------------------------

@@ -1,0 +1,25 @@
+"""DN on a Ray cluster: deploy, connect, and the client.
+
+Public API::
+
+    import coordinator
+    client = coordinator.deploy("cluster.yaml", shards=4)    # or deploy() for the defaults
+    client = coordinator.connect(namespace="dn")             # from any driver or Ray task
+    coordinator.shutdown(namespace="dn")
+
+:class:`Client` has the methods of :class:`dn.Engine` (create_database, drop_database,
+create_table, drop_table, write, get, scan, changes) across all shards, plus ``snapshot()``
+and ``status()``.
+
+Modules: :mod:`~coordinator.config` (cluster.yaml), :mod:`~coordinator.routing` (stable hash),
+:mod:`~coordinator.catalog` (cluster record in the store), :mod:`~coordinator.service` (the
+coordinator actor's body), :mod:`~coordinator.reads` (cross-shard snapshot reads),
+:mod:`~coordinator.client`, :mod:`~coordinator.deploy`, :mod:`~coordinator.handles` (the only
+Ray-facing module here), :mod:`~coordinator.cli` (the ``dn`` command).
+"""
+
+from coordinator.client import Client
+from coordinator.config import ClusterConfig, load_config
+from coordinator.deploy import connect, deploy, shutdown
+
+__all__ = ["Client", "ClusterConfig", "connect", "deploy", "load_config", "shutdown"]

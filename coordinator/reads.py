@@ -1,0 +1,202 @@
+"""Cross-shard reads: choosing the snapshot, materializing shard views, merging across shards.
+
+A read at snapshot S (DESIGN.md §4):
+
+1. S = the caller's snapshot, or the max of every shard's ``clock()`` (and of the client's
+   causality token, the newest timestamp it has seen);
+2. every shard is asked for its :class:`dn.ReadView` at S, in parallel. ``read_view`` first
+   advances the shard's floor to S and waits for commits in flight at or below S, so every
+   write acknowledged before the read began is in the view, no later commit can land at or
+   below S, and a batch (one commit on one shard) is entirely in or entirely out;
+3. the client fetches the planned objects straight from the object store through its own
+   immutable-object cache (one thread per shard), merges each shard with :class:`dn.reader.Reader`
+   exactly as :meth:`dn.Engine.scan` does, then merges across shards: rows by primary key
+   (a k-way merge: shards own disjoint keys), changes by (ts, pk).
+
+Results are iterators; nothing builds one list of the whole table across shards (a shard's
+own merge holds its keys in memory, as the engine's does).
+
+Pure with respect to Ray: shards are reached through a :class:`ShardCalls` object (the Ray
+one is :class:`shards.handle.ShardGroup`; tests pass in-process shards). Any thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Protocol
+
+from dn import ReadView
+from dn.errors import NotFound
+from dn.reader import Change, ObjectCache, Reader, _projection
+from dn.run import Run
+from dn.store import open_store
+from dn.store.base import ObjectStore
+
+
+class ShardCalls(Protocol):
+    """How the client reaches the shards (implemented by :class:`shards.handle.ShardGroup`)."""
+
+    def __len__(self) -> int: ...
+
+    def call_each(
+        self, calls: Mapping[int, tuple[str, tuple]], retry_s: float = 0.0
+    ) -> dict[int, Any]:
+        """Run ``method(*args)`` on each listed shard in parallel; a failed call's entry is
+        its :class:`dn.errors.DNError` (Ray failures already mapped to ``Unavailable``)."""
+        ...
+
+
+def raise_first(results: Mapping[int, Any]) -> dict[int, Any]:
+    """``results`` unchanged when no entry is an error; else raise the lowest shard's error."""
+    for i in sorted(results):
+        if isinstance(results[i], BaseException):
+            raise results[i]
+    return dict(results)
+
+
+class ReaderPool:
+    """One object store, one cache and one Reader per shard for a store URL, shared by every
+    client of this process (so Ray tasks and drivers reuse decoded objects)."""
+
+    _pools: dict[tuple[str, int], ReaderPool] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, store: ObjectStore, cache_bytes: int) -> None:
+        self.store = store
+        self.cache = ObjectCache(cache_bytes)
+        self._readers: dict[int, Reader] = {}
+
+    @classmethod
+    def for_url(cls, url: str, cache_bytes: int) -> ReaderPool:
+        with cls._lock:
+            pool = cls._pools.get((url, cache_bytes))
+            if pool is None:
+                pool = cls._pools[(url, cache_bytes)] = cls(open_store(url), cache_bytes)
+            return pool
+
+    def reader(self, shard: int) -> Reader:
+        r = self._readers.get(shard)
+        if r is None:
+            r = self._readers[shard] = Reader(self.store, shard, self.cache)
+        return r
+
+
+def choose_snapshot(shards: ShardCalls, floor: int, retry_s: float) -> int:
+    """S = max(every shard's clock, ``floor``)."""
+    clocks = raise_first(shards.call_each({i: ("clock", ()) for i in range(len(shards))}, retry_s))
+    return max([floor, *clocks.values()])
+
+
+def fetch_views(
+    shards: ShardCalls,
+    db: str,
+    table: str,
+    snapshot: int,
+    from_ts: int | None,
+    retry_s: float,
+    only: Sequence[int] | None = None,
+) -> dict[int, ReadView]:
+    ids = range(len(shards)) if only is None else only
+    calls = {i: ("read_view", (db, table, snapshot, from_ts)) for i in ids}
+    return raise_first(shards.call_each(calls, retry_s))
+
+
+def _runs_per_shard(
+    pool: ReaderPool, views: Mapping[int, ReadView], feed: bool, key: Any = None
+) -> dict[int, list[tuple[Run, int]]]:
+    """Fetch every shard's planned objects, one thread per shard (I/O bound)."""
+
+    def one(i: int) -> list[tuple[Run, int]]:
+        v = views[i]
+        plan = replace(v.plan, checkpoint=None) if feed else v.plan
+        return pool.reader(i).runs(v.table, plan, list(v.tail), key=key)
+
+    ids = sorted(views)
+    if len(ids) == 1:
+        return {ids[0]: one(ids[0])}
+    with ThreadPoolExecutor(max_workers=min(16, len(ids))) as ex:
+        return dict(zip(ids, ex.map(one, ids)))
+
+
+def scan(
+    pool: ReaderPool, views: Mapping[int, ReadView], columns: list[str] | None, start: Any, end: Any
+) -> Iterator[dict]:
+    """Rows with start <= pk < end at the views' snapshot, in primary-key order."""
+    first = views[min(views)]
+    names, pick = _projection(first.table, columns)  # raises InvalidArgument early
+    runs = _runs_per_shard(pool, views, feed=False)
+    pk_pos = first.table.pk_pos
+    if len(pk_pos) == 1:
+        col = names[pk_pos[0]]
+
+        def pk_of(row: dict) -> Any:
+            return row[col]
+    else:
+        cols = [names[p] for p in pk_pos]
+
+        def pk_of(row: dict) -> Any:
+            return tuple(row[c] for c in cols)
+
+    streams = [
+        pool.reader(i).scan(views[i].table, views[i].snapshot, runs[i], None, start, end)
+        for i in sorted(views)
+    ]
+    merged = heapq.merge(*streams, key=pk_of) if len(streams) > 1 else streams[0]
+    if pick is None:
+        yield from merged
+    else:
+        for row in merged:
+            yield {n: row[n] for n, _ in pick}
+
+
+def changes(
+    pool: ReaderPool, views: Mapping[int, ReadView], from_ts: int, columns: list[str] | None
+) -> Iterator[Change]:
+    """Every change with from_ts <= ts <= snapshot, in (ts, pk) order across shards."""
+    first = views[min(views)]
+    _projection(first.table, columns)
+    runs = _runs_per_shard(pool, views, feed=True)
+    streams = [
+        pool.reader(i).changes(views[i].table, from_ts, views[i].snapshot, runs[i], columns)
+        for i in sorted(views)
+    ]
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda c: (c.ts, c.pk))
+
+
+def get(
+    pool: ReaderPool, shard: int, view: ReadView, key: Any, columns: list[str] | None
+) -> dict | None:
+    runs = _runs_per_shard(pool, {shard: view}, feed=False, key=key)[shard]
+    return pool.reader(shard).get(view.table, key, view.snapshot, runs, columns)
+
+
+def check_same_schema(views: Mapping[int, ReadView]) -> None:
+    """Every shard must serve the same columns (a DDL half-applied is not readable)."""
+    cols = {(v.table.columns, v.table.primary_key) for v in views.values()}
+    if len(cols) > 1:
+        v = next(iter(views.values()))
+        raise NotFound(
+            f"table {v.table.db}.{v.table.name} is being redefined at snapshot {v.snapshot}: "
+            "its DDL had not reached every shard by then",
+            database=v.table.db,
+            table=v.table.name,
+        )
+
+
+__all__ = [
+    "ReaderPool",
+    "ShardCalls",
+    "changes",
+    "check_same_schema",
+    "choose_snapshot",
+    "fetch_views",
+    "get",
+    "raise_first",
+    "scan",
+]

@@ -1,0 +1,113 @@
+"""Text rendering of ``Client.status()`` for ``dn status``: one table per shard.
+
+Per shard: epoch and state, the buffers with their timestamp ranges (mutable first, then the
+checkpoint queue), ranges, checkpoints, the last checkpoint, the log, and the rows in memory.
+Timestamps print as the raw int64 and, where useful, the wall-clock time of their physical
+part (UTC).
+
+Pure formatting: no Ray, no I/O. Any caller.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from dn.clock import LOGICAL_BITS
+
+
+def ts_text(ts: int | None) -> str:
+    """``ts`` with its wall-clock time, e.g. ``117665516613599233 (11:28:26.959Z)``."""
+    if ts is None:
+        return "-"
+    ms = ts >> LOGICAL_BITS
+    if ms < 10**11:  # a manual clock's small numbers: no wall time
+        return str(ts)
+    when = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    return f"{ts} ({when}Z)"
+
+
+def _table(rows: list[tuple[str, str]]) -> list[str]:
+    width = max(len(k) for k, _ in rows)
+    return [f"  {k.ljust(width)}  {v}" for k, v in rows]
+
+
+def render_shard(i: int, s: dict[str, Any]) -> list[str]:
+    if "error" in s:
+        return [f"shard {i}: UNAVAILABLE: {s['error']}"]
+    lines = [
+        f"shard {i}  (pid {s.get('actor', {}).get('pid', '?')}, "
+        f"host {s.get('actor', {}).get('host', '?')})"
+    ]
+    bufs = s.get("buffers", [])
+    buf_lines = []
+    for b in bufs:
+        kind = "immutable" if b.get("frozen") else "mutable  "
+        buf_lines.append(
+            f"{kind} [{b['from']} - {b['to'] if b['to'] is not None else '...'}] "
+            f"{b['commits']} commits, {b['rows']} rows, {b['bytes']} B"
+        )
+    ranges = s.get("ranges", [])
+    cps = s.get("checkpoints", [])
+    logst = s.get("log") or {}
+    rows = [
+        ("epoch", f"{s['epoch']}  (state {s['state']}, manifest v{s.get('manifest_version')})"),
+        ("clock", ts_text(s.get("clock"))),
+        ("buffers", buf_lines[0] if buf_lines else "-"),
+        *[("", b) for b in buf_lines[1:]],
+        ("checkpoint queue", f"{s['queue_length']} buffers, {s['queue_bytes']} B"),
+        (
+            "ranges",
+            f"{len(ranges)}"
+            + (
+                f"  first [{ranges[0][0]}-{ranges[0][1]}], last [{ranges[-1][0]}-{ranges[-1][1]}]"
+                if ranges
+                else ""
+            ),
+        ),
+        ("checkpoints", f"{len(cps)}" + (f"  newest {list(reversed(cps[-3:]))}" if cps else "")),
+        ("last checkpoint", ts_text(s.get("last_checkpoint"))),
+        (
+            "log size",
+            f"{logst.get('live_objects', '?')} live objects (seq "
+            f"{logst.get('low_seq', '?')}..{logst.get('next_seq', '?')}), "
+            f"{logst.get('bytes_written', '?')} B written since start",
+        ),
+        (
+            "rows",
+            f"{s.get('rows_in_memory', 0)} in memory; "
+            f"{s.get('counters', {}).get('rows_written', 0)} written since start",
+        ),
+        ("commits", f"{s.get('commits', 0)} in {s.get('group_commits', 0)} group commits"),
+    ]
+    m = s.get("maintenance")
+    if m:
+        rows.append(
+            (
+                "maintenance",
+                f"{m['rounds']} rounds, {m['failures']} failures"
+                + (f", last error: {m['last_error']}" if m.get("last_error") else ""),
+            )
+        )
+    return lines + _table(rows)
+
+
+def render(status: dict[str, Any]) -> str:
+    c = status.get("coordinator", {})
+    out = [f"DN deployment {status.get('namespace')!r}"]
+    if "error" in c:
+        out.append(f"coordinator: UNAVAILABLE: {c['error']}")
+    else:
+        dbs = c.get("databases", {})
+        out.append(
+            f"coordinator: {c.get('shards')} shards, hash {c.get('hash')}, store "
+            f"{c.get('store')}, catalog v{c.get('catalog_version')}"
+            + (f", PENDING DDL {c['pending_ddl']}" if c.get("pending_ddl") else "")
+        )
+        out.append(
+            "tables: " + (", ".join(f"{d}.{t}" for d in sorted(dbs) for t in dbs[d]) or "(none)")
+        )
+    for i in sorted(status.get("shards", {}), key=int):
+        out.append("")
+        out.extend(render_shard(int(i), status["shards"][i]))
+    return "\n".join(out)

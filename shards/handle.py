@@ -1,0 +1,233 @@
+"""The Ray shell of the shards: actor creation, calls, and Ray errors mapped to dn.errors.
+
+Every Ray API call of the shard side lives here (``ray.remote``, ``.remote()``, ``ray.get``,
+``ray.get_actor``, ``ray.kill``); the logic above it (routing, merging, the catalog) runs
+without Ray against the :class:`coordinator.reads.ShardCalls` protocol.
+
+Shard actors are named ``dn-shard-<i>`` in the deployment's namespace, detached (they outlive
+the driver that deployed them), restarted by Ray without limit (``max_restarts=-1``) and
+threaded (``max_concurrency`` calls at once, so concurrent writes share a log write). Ray
+itself retries no actor task (``max_task_retries=0``): :meth:`ShardGroup.call_each` retries
+calls that failed with ``Unavailable`` until ``retry_s`` runs out. That includes writes: an
+upsert or delete applied twice leaves the same state, so a write whose shard died mid-call is
+sent again to the restarted shard (it may then appear twice in the change feed, with two
+timestamps and the same values). With ``retry_s=0`` the caller gets the ``Unavailable``.
+
+Error mapping (:func:`map_error`):
+
+=====================================================  ========================================
+Ray raises                                             caller gets
+=====================================================  ========================================
+RayTaskError wrapping a DNError                        that DNError, unwrapped (same type)
+RayTaskError wrapping anything else                   Internal
+ActorDiedError / RayActorError / ActorUnavailableError Unavailable(outcome_unknown=True)
+GetTimeoutError, worker/owner/object lost              Unavailable(outcome_unknown=True)
+actor name not found                                   Unavailable (a shard is being created)
+argument not serializable                              InvalidArgument
+=====================================================  ========================================
+
+Handles are fetched lazily and dropped after an actor failure (a recreated actor has a new id).
+A ShardGroup pickles as its names only. Any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+import ray.exceptions as rx
+
+from dn.errors import DNError, Internal, InvalidArgument, Unavailable
+from shards.service import ShardService
+
+log = logging.getLogger(__name__)
+
+_actor_cls: Any = None
+_cls_lock = threading.Lock()
+
+
+def shard_name(i: int) -> str:
+    return f"dn-shard-{i}"
+
+
+def _shard_actor_class() -> Any:
+    global _actor_cls
+    with _cls_lock:
+        if _actor_cls is None:
+            _actor_cls = ray.remote(ShardService)
+        return _actor_cls
+
+
+def map_error(exc: BaseException, what: str) -> DNError:
+    """A Ray (or serialization) failure as the dn.errors kind a caller acts on."""
+    if isinstance(exc, rx.RayTaskError):  # before DNError: Ray's class may subclass both
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, DNError):
+            return cause
+        return Internal(f"{what} failed: {cause!r}")
+    if isinstance(exc, DNError):
+        return exc
+    if isinstance(exc, rx.RayActorError | rx.ActorUnavailableError):
+        return Unavailable(
+            f"{what}: the actor is unavailable (restarting or dead): {exc}", outcome_unknown=True
+        )
+    if isinstance(exc, rx.GetTimeoutError):
+        return Unavailable(f"{what} timed out", outcome_unknown=True)
+    if isinstance(exc, rx.RayError):
+        return Unavailable(f"{what}: {type(exc).__name__}: {exc}", outcome_unknown=True)
+    if isinstance(exc, TypeError | pickle.PicklingError | AttributeError):
+        return InvalidArgument(f"{what}: an argument cannot be serialized: {exc}")
+    return Internal(f"{what} failed unexpectedly: {exc!r}")
+
+
+def get_actor(name: str, namespace: str) -> Any:
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise Unavailable(f"no actor {name!r} in namespace {namespace!r}") from None
+
+
+def start_shards(
+    namespace: str,
+    shards: int,
+    store: str,
+    settings: dict[str, Any],
+    clock_skew_ms: int,
+    num_cpus: float,
+    max_concurrency: int,
+    env: Mapping[str, str],
+) -> list[Any]:
+    """Create (or find) every shard actor of a deployment; returns their handles."""
+    cls = _shard_actor_class()
+    runtime_env = {"env_vars": dict(env)} if env else None
+    handles = []
+    for i in range(shards):
+        opts: dict[str, Any] = dict(
+            name=shard_name(i),
+            namespace=namespace,
+            lifetime="detached",
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=max_concurrency,
+            num_cpus=num_cpus,
+            get_if_exists=True,
+        )
+        if runtime_env:
+            opts["runtime_env"] = runtime_env
+        handles.append(cls.options(**opts).remote(store, i, settings, clock_skew_ms))
+    return handles
+
+
+def kill_actor(name: str, namespace: str, restart: bool = False) -> bool:
+    """Kill an actor by name; ``restart=True`` lets Ray restart it. False if it is absent."""
+    try:
+        actor = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    ray.kill(actor, no_restart=not restart)
+    return True
+
+
+class ShardGroup:
+    """Calls to the shard actors of one deployment (implements ``ShardCalls``)."""
+
+    def __init__(self, namespace: str, shards: int, call_timeout_s: float = 120.0) -> None:
+        self.namespace = namespace
+        self.shards = shards
+        self.call_timeout_s = call_timeout_s
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return self.shards
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "shards": self.shards,
+            "call_timeout_s": self.call_timeout_s,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["namespace"], state["shards"], state["call_timeout_s"])
+
+    def _handle(self, i: int) -> Any:
+        h = self._handles.get(i)
+        if h is None:
+            h = self._handles[i] = get_actor(shard_name(i), self.namespace)
+        return h
+
+    def _submit(self, i: int, method: str, args: tuple) -> Any:
+        what = f"shard {i}.{method}"
+        h = self._handle(i)
+        try:
+            return getattr(h, method).remote(*args)
+        except Exception as exc:
+            raise map_error(exc, what) from exc
+
+    def _get(self, i: int, method: str, ref: Any) -> Any:
+        try:
+            return ray.get(ref, timeout=self.call_timeout_s)
+        except Exception as exc:
+            err = map_error(exc, f"shard {i}.{method}")
+            if isinstance(exc, rx.RayActorError | rx.ActorUnavailableError):
+                self._handles.pop(i, None)
+            raise err from None
+
+    def call(self, i: int, method: str, *args: Any, retry_s: float = 0.0) -> Any:
+        out = self.call_each({i: (method, args)}, retry_s)[i]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def call_each(
+        self, calls: Mapping[int, tuple[str, tuple]], retry_s: float = 0.0
+    ) -> dict[int, Any]:
+        deadline = time.monotonic() + retry_s
+        pending = dict(calls)
+        out: dict[int, Any] = {}
+        delay = 0.05
+        while pending:
+            refs: dict[int, Any] = {}
+            for i, (method, args) in pending.items():
+                try:
+                    refs[i] = self._submit(i, method, args)
+                except DNError as exc:
+                    out[i] = exc
+            retry: dict[int, tuple[str, tuple]] = {}
+            for i, ref in refs.items():
+                method = pending[i][0]
+                try:
+                    out[i] = self._get(i, method, ref)
+                except DNError as exc:
+                    out[i] = exc
+            for i in pending:
+                err = out.get(i)
+                if (
+                    isinstance(err, Unavailable)
+                    and not err.details.get("stale_table")
+                    and time.monotonic() < deadline
+                ):
+                    retry[i] = pending[i]
+            if retry:
+                log.info(
+                    "retrying %s on shards %s: %s",
+                    [m for m, _ in retry.values()],
+                    sorted(retry),
+                    out[min(retry)],
+                )
+                time.sleep(
+                    min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic()))
+                )
+                delay = min(delay * 2, 1.0)
+            pending = retry
+        return out
+
+    def pids(self) -> dict[int, int]:
+        """The process id of each shard actor (tests kill them)."""
+        return {i: self.call(i, "pid") for i in range(self.shards)}

@@ -1,0 +1,208 @@
+"""End-to-end on Ray: concurrent ingest from Ray tasks, snapshot and change-feed reads across
+shards, cross-shard order, typed errors through Ray, and a coordinator restart.
+
+All tests share the session's Ray instance and the 4-shard ``cluster`` deployment (a local
+directory store), each in its own table.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+import ray
+import ray.cloudpickle
+
+import coordinator
+from coordinator.handles import CoordinatorHandle
+from coordinator.routing import shard_of
+from dn.errors import InvalidArgument, NotFound
+
+pytestmark = pytest.mark.ray
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tasks defined here
+
+SCHEMA = {"k": "int64", "v": "string", "w": "int64"}
+
+
+def _ingest(client, db: str, table: str, task: int, batches: int, size: int) -> list:
+    """Each batch upserts ``size`` new keys of this task, overwrites 10 keys of the previous
+    batch and deletes 5 keys of the one before; returns the acknowledged parts as
+    (shard, ts, upserts, deletes)."""
+    n = client.info["shards"]
+    acks = []
+    for b in range(batches):
+        base = (task * batches + b) * size
+        rows = [{"k": base + i, "v": f"t{task}b{b}", "w": b} for i in range(size)]
+        if b >= 1:
+            prev = base - size
+            rows += [{"k": prev + i, "v": f"t{task}b{b}-again", "w": b} for i in range(10)]
+        dels = [base - 2 * size + 20 + i for i in range(5)] if b >= 2 else []
+        per_shard = client.write_each(db, table, rows, dels)
+        for s, ts in per_shard.items():
+            acks.append(
+                (
+                    s,
+                    ts,
+                    [r for r in rows if shard_of(r["k"], n) == s],
+                    [d for d in dels if shard_of(d, n) == s],
+                )
+            )
+    return acks
+
+
+def _model(acks: list, upto: int) -> dict:
+    state: dict = {}
+    for _, ts, ups, dels in sorted(acks, key=lambda a: a[1]):
+        if ts > upto:
+            break
+        for r in ups:
+            state[r["k"]] = r
+        for d in dels:
+            state.pop(d, None)
+    return state
+
+
+def test_16_tasks_ingest_then_snapshot_and_change_feed_match_acks(cluster):
+    cluster.create_database("ingest")
+    cluster.create_table("ingest", "t", SCHEMA, "k")
+    before = cluster.snapshot()
+    task = ray.remote(num_cpus=0.01)(_ingest)
+    results = ray.get([task.remote(cluster, "ingest", "t", i, 6, 300) for i in range(16)])
+    acks = [a for r in results for a in r]
+    after = cluster.snapshot()
+    assert {s for s, *_ in acks} == {0, 1, 2, 3}
+
+    rows = list(cluster.scan("ingest", "t", snapshot=after))
+    assert [r["k"] for r in rows] == sorted(r["k"] for r in rows)  # pk order across shards
+    assert {r["k"]: r for r in rows} == _model(acks, after)
+
+    # a window in the middle of the ingest: exactly the acknowledged changes inside it
+    stamps = sorted(ts for _, ts, *_ in acks)
+    lo, hi = stamps[len(stamps) // 3], stamps[2 * len(stamps) // 3]
+    feed = list(cluster.changes("ingest", "t", lo, snapshot=hi))
+    expected = sorted(
+        [(ts, r["k"], "upsert") for _, ts, ups, _ in acks if lo <= ts <= hi for r in ups]
+        + [(ts, d, "delete") for _, ts, _, dels in acks if lo <= ts <= hi for d in dels]
+    )
+    assert [(c.ts, c.pk, c.kind) for c in feed] == expected
+    whole = list(cluster.changes("ingest", "t", before + 1, snapshot=after))
+    assert len(whole) == sum(len(u) + len(d) for _, _, u, d in acks)
+
+    # a snapshot in the middle shows exactly the batches acknowledged at or before it
+    mid = stamps[len(stamps) // 2]
+    assert {r["k"]: r for r in cluster.scan("ingest", "t", snapshot=mid)} == _model(acks, mid)
+    st = cluster.status()["shards"]
+    assert all(s["state"] == "open" for s in st.values())
+
+
+def _ordered_writer(namespace: str, db: str, table: str, keys: list, stop_at: float) -> int:
+    """Write seq 0, 1, 2, ... one at a time, alternating between the keys of two shards,
+    each write through a *fresh* client (no causality token carried between them)."""
+    i = 0
+    while time.time() < stop_at and i < len(keys):
+        client = coordinator.Client(namespace)
+        client.write(db, table, [{"k": keys[i], "v": "x", "w": i}])
+        i += 1
+    return i
+
+
+def test_cross_shard_order_later_ack_implies_earlier_visible(cluster):
+    cluster.create_database("order")
+    cluster.create_table("order", "t", SCHEMA, "k")
+    a = [k for k in range(10_000) if shard_of(k, 4) == 0]
+    b = [k for k in range(10_000) if shard_of(k, 4) == 3]
+    keys = [a[i // 2] if i % 2 == 0 else b[i // 2] for i in range(2000)]
+    writer = ray.remote(num_cpus=0.01)(_ordered_writer)
+    ref = writer.remote(cluster.namespace, "order", "t", keys, time.time() + 8)
+    checked = 0
+    seen_max = -1
+    while True:
+        done, _ = ray.wait([ref], timeout=0)
+        s = cluster.snapshot()
+        seqs = sorted(r["w"] for r in cluster.scan("order", "t", snapshot=s, columns=["w"]))
+        # W(i+1) was acknowledged after W(i): any snapshot showing W(i+1) shows W(i)
+        assert seqs == list(range(len(seqs))), f"gap in {seqs[:20]}... at snapshot {s}"
+        assert len(seqs) >= seen_max  # snapshots taken later never show less
+        seen_max = len(seqs)
+        checked += 1
+        if done:
+            break
+    written = ray.get(ref)
+    assert written > 20 and checked > 5
+    final = list(cluster.scan("order", "t"))
+    assert len(final) == written
+
+
+def _bad_writes_in_task(client) -> list[str]:
+    out = []
+    lock = threading.Lock()
+    for call in (
+        lambda: client.write("errs", "nope", [{"k": 1}]),
+        lambda: client.write("errs", "t", [{"k": "x"}]),
+        lambda: client.write("errs", "t", [{"k": 1, "v": lock}]),
+    ):
+        try:
+            call()
+            out.append("no error")
+        except Exception as exc:  # noqa: BLE001 - the test inspects the type
+            out.append(type(exc).__name__)
+    return out
+
+
+def test_bad_input_gets_the_engines_typed_errors(cluster):
+    cluster.create_database("errs")
+    cluster.create_table("errs", "t", SCHEMA, "k")
+    lock = threading.Lock()
+    with pytest.raises(NotFound, match="errs.nope") as ei:
+        cluster.write("errs", "nope", [{"k": 1}])
+    assert type(ei.value) is NotFound  # the engine's class, not a Ray wrapper
+    with pytest.raises(NotFound):
+        list(cluster.scan("errs", "nope"))
+    with pytest.raises(InvalidArgument, match="is int64, got str"):
+        cluster.write("errs", "t", [{"k": "x"}])
+    with pytest.raises(InvalidArgument, match="column 'v'"):
+        cluster.write("errs", "t", [{"k": 1, "v": lock}])  # not picklable either
+    with pytest.raises(InvalidArgument):
+        cluster.write("errs", "t", [{"k": k} for k in range(10)] + [{"k": 3}])  # duplicate
+    with pytest.raises(InvalidArgument):
+        cluster.scan("errs", "t", snapshot="yesterday")
+    with pytest.raises(InvalidArgument):
+        cluster.get("errs", "t", "not-an-int")
+    # from inside a Ray task, the errors cross the process boundary with their types
+    task = ray.remote(num_cpus=0.01)(_bad_writes_in_task)
+    assert ray.get(task.remote(cluster)) == ["NotFound", "InvalidArgument", "InvalidArgument"]
+    assert list(cluster.scan("errs", "t")) == []  # nothing of any bad batch was written
+
+
+def test_coordinator_killed_restarts_with_catalog_and_clients_reconnect(cluster):
+    cluster.create_database("coord")
+    cluster.create_table("coord", "t", SCHEMA, "k")
+    cluster.write("coord", "t", [{"k": 1, "v": "before"}])
+    handle = CoordinatorHandle(cluster.namespace)
+    old_pid = handle.call("pid")
+    version = handle.call("status")["catalog_version"]
+    os.kill(old_pid, signal.SIGKILL)
+    # writes do not need the coordinator: the client has the shard map and the table cached
+    cluster.write("coord", "t", [{"k": 2, "v": "while down"}])
+    deadline = time.time() + 60
+    while True:
+        try:
+            new_pid = CoordinatorHandle(cluster.namespace).call("pid", retry_s=5)
+            if new_pid != old_pid:
+                break
+        except Exception:  # noqa: BLE001 - restarting
+            pass
+        assert time.time() < deadline, "coordinator did not restart"
+        time.sleep(0.2)
+    fresh = coordinator.connect(cluster.namespace)
+    assert fresh.info["shards"] == 4 and fresh.info["hash"] == cluster.info["hash"]
+    assert "coord" in fresh.databases() and fresh.tables("coord") == ["t"]
+    assert CoordinatorHandle(cluster.namespace).call("status")["catalog_version"] == version
+    fresh.create_table("coord", "u", SCHEMA, "k")  # DDL works again, through the new one
+    cluster.write("coord", "u", [{"k": 3, "v": "after"}])
+    assert [r["v"] for r in cluster.scan("coord", "t")] == ["before", "while down"]
+    assert fresh.get("coord", "u", 3)["v"] == "after"
