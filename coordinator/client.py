@@ -177,7 +177,7 @@ class Client:
                 parts = {s: p for s, p in parts.items() if s not in done}
             sig = pk_signature(t)
             calls = {
-                s: ("write", (db, table, p.upserts, p.deletes, self._token, sig))
+                s: ("write_packed", (db, table, *p.packed(), None, self._token, sig))
                 for s, p in parts.items()
             }
             results = self.shards.call_each(calls, self.retry_s)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -44,10 +45,16 @@ def pk_signature(table: TableDef) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True, slots=True)
 class ShardPart:
-    """The share of one batch that goes to one shard."""
+    """The share of one batch that goes to one shard: validated rows (tuples in column order)
+    and normalized primary keys."""
 
-    upserts: list[dict]
+    rows: list[tuple]
     deletes: list
+
+    def packed(self) -> tuple[bytes, bytes]:
+        """The part as the shard takes it (:meth:`dn.Engine.write_packed`): two msgpack
+        arrays, packed once here and logged as they are by the shard."""
+        return pack(self.rows), pack(self.deletes)
 
 
 def split_batch(
@@ -60,8 +67,9 @@ def split_batch(
 ) -> dict[int, ShardPart]:
     """Validate a whole batch like the engine does, then split it by shard.
 
-    Upserts travel as the caller's dicts (the shard validates them again, cheaply, against its
-    own catalog); deletes travel as normalized keys.
+    Upserts travel as validated row tuples and deletes as normalized keys; the client packs
+    each part once (:meth:`ShardPart.packed`) and the shard checks the packed part again,
+    column by column, before logging those very bytes.
     """
     if isinstance(upserts, dict) or isinstance(upserts, str | bytes):
         raise InvalidArgument("upserts must be a list of row dicts")
@@ -74,7 +82,9 @@ def split_batch(
         raise InvalidArgument("a write needs at least one upsert or delete")
     if n > max_batch_rows:
         raise InvalidArgument(f"batch of {n} rows is over max_batch_rows={max_batch_rows}")
-    keys = [table.pk_of(r) for r in rows]
+    pos = table.pk_pos
+    keys = list(map(itemgetter(pos[0]), rows)) if len(pos) == 1 else [table.pk_of(r)
+                                                                     for r in rows]
     keys.extend(dels)
     if len(set(keys)) != n:
         seen: set = set()
@@ -92,7 +102,7 @@ def split_batch(
         if part is None:
             part = parts[s] = ShardPart([], [])
         if i < len(rows):
-            part.upserts.append(upserts[i])
+            part.rows.append(rows[i])
         else:
             part.deletes.append(keys[i])
     return parts

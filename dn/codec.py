@@ -64,6 +64,11 @@ def unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def unpack_tuples(data: bytes) -> Any:
+    """Unpack with arrays as tuples (rows and composite keys as the engine keeps them)."""
+    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+
+
 def frame(kind: int, body: bytes) -> bytes:
     """Wrap an encoded body in the object header."""
     head = HEADER.pack(MAGIC, kind, FORMAT_VERSION, len(body), zlib.crc32(body))
@@ -148,3 +153,16 @@ def log_key(shard: int, seq: int) -> str:
 def last_number(key: str) -> int:
     """The trailing number of a key (``.../00000000000000000042`` -> 42)."""
     return int(key.rsplit("/", 1)[1].rsplit("_", 1)[-1])
+
+
+def check_key_numbers(key: str, numbers: tuple[int, ...]) -> None:
+    """Raise Corruption unless the numbers an object's body names (version, timestamp, range,
+    sequence number) are those its key names: a valid object under the wrong key (a misplaced
+    or swapped object) must not be read as data. Keys not in the layout above are not checked
+    (tests decode objects under labels of their own)."""
+    parts = key.rsplit("/", 1)[-1].split("_")
+    if not all(len(p) == PAD and p.isdigit() for p in parts):
+        return
+    if tuple(int(p) for p in parts) != tuple(numbers):
+        raise Corruption(f"object {key} holds the object of {numbers}, not the one its key "
+                         "names (a misplaced object)", key=key)

@@ -100,6 +100,8 @@ class Reads:
                   from_ts: int | None = None) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
         for a change feed, from ``from_ts``). Readers in other processes materialize it."""
+        if from_ts is not None and (type(from_ts) is not int or from_ts < 0):
+            raise InvalidArgument(f"from_ts must be an int64 timestamp, got {from_ts!r}")
         with self._cv:
             s = self._resolve_snapshot_locked(snapshot)
             tdef = self._catalog.table_at(db, table, s)
@@ -171,6 +173,13 @@ class Reads:
         with self._cv:
             s = self._resolve_snapshot_locked(snapshot)
             return self._catalog.tables_at(db, s)
+
+    def live_table(self, db: str, table: str) -> TableDef:
+        """The table as it is now, without waiting for commits in flight (a catalog lookup:
+        for checks on the write path, not for reads)."""
+        with self._cv:
+            self._check_usable_locked()
+            return self._catalog.live_table(db, table)
 
     def table(self, db: str, table: str, snapshot: int | None = None) -> TableDef:
         with self._cv:

@@ -165,27 +165,53 @@ class TableDef:
                 rows = list(map(itemgetter(*names), upserts))
         except KeyError:
             return None
+        return rows if self._columns_ok(rows, max_value_bytes) else None
+
+    def _columns_ok(self, rows: list, max_value_bytes: int) -> bool:
+        """True when every column of ``rows`` (tuples in column order) holds only non-null
+        values of exactly its type, within limits; checked column by column with C-level
+        builtins. False means: look value by value (which also builds the error message)."""
         for i, col in enumerate(zip(*rows)):
             typ = self.columns[i][1]
             types = set(map(type, col))
             if typ == "int64":
                 if types != {int} or min(col) < INT64_MIN or max(col) > INT64_MAX:
-                    return None
+                    return False
             elif typ == "bytes":
                 if types != {bytes} or max(map(len, col)) > max_value_bytes:
-                    return None
+                    return False
             elif typ == "string":
                 if types != {str} or max(map(len, col)) * 4 > max_value_bytes:
-                    return None
+                    return False
                 try:
                     "".join(col).encode("utf-8")
                 except UnicodeEncodeError:
-                    return None
+                    return False
             elif typ == "float64":
                 if types != {float} or (i in self.pk_pos and any(v != v for v in col)):
-                    return None
+                    return False
             elif types != {bool}:
-                return None
+                return False
+        return True
+
+    def check_row_tuples(self, rows: Any, max_value_bytes: int) -> list:
+        """Rows that arrive already normalized (tuples in column order, as a client packed
+        them): check them exactly as :meth:`normalize_rows` would, without converting. A row
+        that is valid but not in normal form (an int in a float64 column) is refused too."""
+        if not isinstance(rows, list | tuple):
+            raise InvalidArgument("packed rows must be an array of rows")
+        n = len(self.names)
+        if rows and (set(map(type, rows)) - {tuple, list} or set(map(len, rows)) != {n}):
+            raise InvalidArgument(
+                f"each packed row of {self.db}.{self.name} must be an array of {n} values")
+        if self._columns_ok(rows, max_value_bytes):
+            return rows
+        for row in rows:  # the slow path: the precise error, or acceptance with nulls
+            as_dict = {c: v for c, v in zip(self.names, row) if v is not None}
+            (normal,) = self.normalize_rows([as_dict], max_value_bytes)
+            if normal != tuple(row) or any(type(a) is not type(b) for a, b in zip(normal, row)):
+                raise InvalidArgument(
+                    f"a packed row of {self.db}.{self.name} is not in normal form: {row!r}")
         return rows
 
     def normalize_deletes(self, deletes: Any) -> list:

@@ -79,21 +79,44 @@ class ShardService:
         pk_signature: tuple | None = None,
     ) -> int:
         """:meth:`dn.Engine.write`, committed after ``after``, with the routing check."""
-        if pk_signature is not None:
-            live = self.engine.table(db, table)
-            types = dict(live.columns)
-            mine = tuple((c, types[c]) for c in live.primary_key)
-            if tuple(map(tuple, pk_signature)) != mine:
-                raise Unavailable(
-                    f"table {db}.{table} was redefined (primary key now {list(mine)}); the "
-                    "client refreshes its routing and retries",
-                    stale_table=True,
-                )
+        self._check_routing(db, table, pk_signature)
         if after and after > self.engine.clock():
             self.engine.advance_floor(after)
         ts = self.engine.write(db, table, upserts, deletes)
         self._commit_wait(ts)
         return ts
+
+    def write_packed(
+        self,
+        db: str,
+        table: str,
+        rows_blob: bytes,
+        dels_blob: bytes,
+        table_id: int | None = None,
+        after: int = 0,
+        pk_signature: tuple | None = None,
+    ) -> int:
+        """:meth:`dn.Engine.write_packed` (the client's pre-packed part of a batch), committed
+        after ``after``, with the routing check."""
+        self._check_routing(db, table, pk_signature)
+        if after and after > self.engine.clock():
+            self.engine.advance_floor(after)
+        ts = self.engine.write_packed(db, table, rows_blob, dels_blob, table_id)
+        self._commit_wait(ts)
+        return ts
+
+    def _check_routing(self, db: str, table: str, pk_signature: tuple | None) -> None:
+        if pk_signature is None:
+            return
+        live = self.engine.live_table(db, table)
+        types = dict(live.columns)
+        mine = tuple((c, types[c]) for c in live.primary_key)
+        if tuple(map(tuple, pk_signature)) != mine:
+            raise Unavailable(
+                f"table {db}.{table} was redefined (primary key now {list(mine)}); the "
+                "client refreshes its routing and retries",
+                stale_table=True,
+            )
 
     def _commit_wait(self, ts: int) -> None:
         target_ms = (ts >> LOGICAL_BITS) + self._skew_ms

@@ -151,7 +151,7 @@ def test_routing_hash_is_frozen():
 def test_split_batch_normalizes_keys_and_rejects_before_splitting():
     t = TableDef("db", "t", (("k", "float64"), ("v", "string")), ("k",), 1)
     parts = split_batch(t, [{"k": 1, "v": "a"}], [2], 4, 1 << 20, 100)
-    assert sum(len(p.upserts) for p in parts.values()) == 1
+    assert sum(len(p.rows) for p in parts.values()) == 1
     # int 1 and float 1.0 are the same key: same shard
     assert (
         parts.keys()
