@@ -21,6 +21,7 @@ from dn import (
     NotFound,
     Settings,
 )
+from dn.codec import pack as codec_pack
 from dn.store import MemoryStore
 
 SCHEMA = {"k": "int64", "s": "string", "f": "float64", "b": "bytes", "ok": "bool"}
@@ -169,3 +170,36 @@ def test_fuzzed_rows_are_stored_exactly_or_rejected_cleanly(shard, row, garbage)
         if isinstance(want["f"], int) and not isinstance(want["f"], bool):
             want["f"] = float(want["f"])
         assert got == want or (math.isnan(got["f"]) and math.isnan(want["f"]))
+
+
+PACKED_BAD = [
+    ("not msgpack", b"\xc1", b"\x90", "decode"),
+    ("rows not an array", codec_pack({"k": 1}), b"\x90", "array"),
+    ("row arity", codec_pack([[5, "x"]]), b"\x90", "array of 5 values"),
+    ("int in float column", codec_pack([[5, None, 3, None, None]]), b"\x90", "normal form"),
+    ("wrong type", codec_pack([[5, 7, None, None, None]]), b"\x90", "string"),
+    ("null key", codec_pack([[None, "x", None, None, None]]), b"\x90", "'k'"),
+    ("bad delete key", b"\x90", codec_pack(["x"]), "int64"),
+    ("duplicate key", codec_pack([[5, None, None, None, None]]), codec_pack([5]), "twice"),
+    ("empty", b"\x90", b"\x90", "at least one"),
+    ("blob not bytes", "abc", b"\x90", "bytes"),
+]
+
+
+@pytest.mark.parametrize("what, rows, dels, words", PACKED_BAD, ids=[c[0] for c in PACKED_BAD])
+def test_bad_packed_batches_are_refused_and_change_nothing(shard, what, rows, dels, words):
+    eng, store = shard
+    before = store.snapshot()
+    with pytest.raises(InvalidArgument) as err:
+        eng.write_packed("db", "t", rows, dels)
+    assert words in str(err.value), str(err.value)
+    assert store.snapshot() == before
+
+
+def test_packed_batch_reads_back_like_a_dict_batch(shard):
+    eng, _ = shard
+    rows = [(100 + i, f"s{i}", i * 0.5, b"b", i % 2 == 0) for i in range(20)]
+    ts = eng.write_packed("db", "t", codec_pack(rows), codec_pack([2]))
+    got = list(eng.scan("db", "t", snapshot=ts, start=100, end=120))
+    assert got == [dict(zip(SCHEMA, r)) for r in rows]
+    assert eng.get("db", "t", 2, snapshot=ts) is None
