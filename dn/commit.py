@@ -115,6 +115,30 @@ class CommitQueue:
                 self.release_leadership()
         return p.result()
 
+    def submit_all(self, ps: list[Pending], stamp: Callable[[Pending], None],
+                   persist: Callable[[list[Pending]], None],
+                   apply: Callable[[list[Pending]], None]) -> None:
+        """Queue every command of ``ps`` (in order) and return once all are done; each then
+        holds its timestamp or its error. One caller, many commands: the asyncio front door
+        (:mod:`dn.aio`) hands a whole batch of coroutines' writes over in one call. Waits on
+        the shared condition, which every finished group and every change of leader notify."""
+        if not ps:
+            return
+        last = ps[-1]
+        with self._cv:
+            self._queue.extend(ps)
+            while not last.done and self.leader_busy:
+                self._cv.wait()
+            if last.done:
+                return
+            self.leader_busy = True
+        try:
+            while not last.done:  # groups leave the queue in order: last done, all done
+                self._lead_one(stamp, persist, apply)
+        finally:
+            with self._cv:
+                self.release_leadership()
+
     def _lead_one(self, stamp, persist, apply) -> None:
         with self._cv:
             group = self._take()

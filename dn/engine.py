@@ -35,6 +35,7 @@ from typing import Any
 
 from dn import catalog as cat
 from dn import codec, compaction, rangeobj
+from dn.aio import AsyncFrontDoor
 from dn.buffer import Buffer
 from dn.catalog import OP_WRITE, Catalog
 from dn.clock import Clock, HybridClock, SystemClock
@@ -120,6 +121,7 @@ class Engine(Upkeep, Reads):
         self._cv = threading.Condition(threading.Lock())
         self._flush_lock = threading.Lock()
         self._queue = CommitQueue(self._cv, settings.group_commit_max_bytes)
+        self._aio = AsyncFrontDoor(self._submit_all)
         self._manifest = Manifest(store, shard)
         self._catalog = Catalog()
         self._cache = ObjectCache(settings.cache_bytes)
@@ -235,13 +237,36 @@ class Engine(Upkeep, Reads):
     def write(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
         """Apply upserts (row dicts) and deletes (primary keys) atomically; returns the commit
         timestamp once the batch is durable."""
+        p = self._prepare_write(db, table, upserts, deletes)
+        return self._submit(p)
+
+    async def write_async(self, db: str, table: str, upserts: Any = (),
+                          deletes: Any = ()) -> int:
+        """:meth:`write` for asyncio: validation runs in the calling coroutine; the writes of
+        all coroutines waiting meanwhile go to the log together (see :mod:`dn.aio`)."""
+        p = self._prepare_write(db, table, upserts, deletes)
+        return await self._aio.submit(p)
+
+    def _prepare_write(self, db: str, table: str, upserts: Any, deletes: Any) -> Pending:
         self._check_usable()
         tdef = self._catalog.live_table(db, table)
         rows = tdef.normalize_rows(upserts, self.settings.max_value_bytes)
         dels = tdef.normalize_deletes(deletes)
         self._check_batch(tdef, rows, dels)
         args = [tdef.id, rows, dels]
-        return self._submit_write(tdef, args, codec.pack(args), len(rows) + len(dels))
+        payload = codec.pack(args)
+        self._check_size(payload)
+        return Pending(OP_WRITE, args, payload, tdef, len(rows) + len(dels))
+
+    def _submit_all(self, ps: list[Pending]) -> None:
+        """Commit many prepared commands from one thread (each ends with its ts or error)."""
+        try:
+            self._admit()
+        except DNError as exc:
+            for p in ps:
+                p.error, p.done = exc, True
+            return
+        self._queue.submit_all(ps, self._stamp, self._persist, self._apply_group)
 
     def write_packed(self, db: str, table: str, rows_blob: bytes, dels_blob: bytes = b"\x90",
                      table_id: int | None = None) -> int:
@@ -292,11 +317,14 @@ class Engine(Upkeep, Reads):
                 "batch may name each key once")
 
     def _submit_write(self, tdef: TableDef, args: list, payload: bytes, n: int) -> int:
+        self._check_size(payload)
+        return self._submit(Pending(OP_WRITE, args, payload, tdef, n))
+
+    def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.settings.max_batch_bytes:
             raise InvalidArgument(
                 f"batch is {len(payload)} bytes, over max_batch_bytes="
                 f"{self.settings.max_batch_bytes}")
-        return self._submit(Pending(OP_WRITE, args, payload, tdef, n))
 
     def _submit(self, p: Pending) -> int:
         self._admit()
