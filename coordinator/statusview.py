@@ -1,7 +1,8 @@
 """Text rendering of ``Client.status()`` for ``dn status``: one table per shard.
 
 Per shard: epoch and state, the buffers with their timestamp ranges (mutable first, then the
-checkpoint queue), ranges, checkpoints, the last checkpoint, the log, and the rows in memory.
+checkpoint queue), ranges, checkpoints, the last checkpoint, the log, the rows in memory, the
+objects and bytes live, objects awaiting garbage collection, and compaction debt.
 Timestamps print as the raw int64 and, where useful, the wall-clock time of their physical
 part (UTC).
 
@@ -80,6 +81,18 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
         ),
         ("commits", f"{s.get('commits', 0)} in {s.get('group_commits', 0)} group commits"),
     ]
+    obj = s.get("objects")
+    if obj:
+        rows += [
+            ("objects live", f"{obj['live_ranges']} range objects, {obj['live_range_bytes']} B; "
+                             f"{obj['live_checkpoints']} checkpoints"),
+            ("awaiting gc", f"{obj['awaiting_gc']} objects ({obj['deleted_by_gc']} deleted "
+                            f"since start)"),
+            ("compaction", f"debt {obj['compaction_debt']} merges (bound "
+                           f"{obj['compaction_bound']} objects); "
+                           f"{s.get('counters', {}).get('compactions', 0)} since start"),
+            ("oldest readable", ts_text(s.get("oldest_readable"))),
+        ]
     m = s.get("maintenance")
     if m:
         rows.append(
