@@ -6,8 +6,10 @@ fsync: two syncs and a file creation on every durable write. This store keeps th
 contract for the log's keys (``<prefix>/<20-digit seq>``) at the price of one ``fdatasync``:
 
 - **Pre-created files.** The files of the next sequence numbers are created empty ahead of
-  time, ``PREALLOCATE`` at once, with one directory fsync for the batch. An empty file means
-  *absent*: ``get`` raises ``ObjectNotFound`` and ``list`` skips it.
+  time, ``PREALLOCATE`` at once, with one directory fsync for the batch, on a background
+  thread once half of the batch is used. A write goes only into a file whose directory entry
+  is known to be durable; when none is ready the writer creates the batch itself. An empty
+  file means *absent*: ``get`` raises ``ObjectNotFound`` and ``list`` skips it.
 - **put_if_absent** opens the (pre-created, or newly created) file with ``O_APPEND``, writes
   the whole object in one ``write``, ``fdatasync``\\s it, and checks the file's size. Size equal
   to the object: this writer was alone, the put succeeded. Any other size: another writer
@@ -25,14 +27,18 @@ for other keys: it knows the log's key layout.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
+import threading
 from pathlib import Path
 
 from dn.errors import InvalidArgument, ObjectExists, ObjectNotFound, Unavailable
 from dn.store.local import LocalStore, _fsync_dir, check_key
 
-PREALLOCATE = 64
+log = logging.getLogger(__name__)
+
+PREALLOCATE = 128
 _HEADER = struct.Struct("<2sBBQ")  # magic, kind, version, body length (see dn.codec)
 _HEADER_SIZE = 20
 
@@ -42,7 +48,11 @@ class LocalLogStore(LocalStore):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__(root)
-        self._ready: dict[Path, int] = {}  # directory -> highest pre-created sequence number
+        # directory -> highest sequence number whose file exists *and* whose directory entry
+        # is fsynced; only those files may take a write that will be acknowledged
+        self._ready: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self._filling: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalLogStore({str(self.root)!r})"
@@ -55,21 +65,44 @@ class LocalLogStore(LocalStore):
             raise InvalidArgument(f"log key {key!r} does not end in a sequence number") from None
 
     def _preallocate(self, path: Path, seq: int) -> None:
-        """Make sure the files of ``seq`` .. ``seq + PREALLOCATE/2`` exist (empty if new)."""
+        """Make sure the file of ``seq`` exists with a durable directory entry. Files ahead
+        are created in batches, on a background thread once half the batch is used, so the
+        write path normally only writes."""
         directory = path.parent
-        if self._ready.get(directory, -1) >= seq + PREALLOCATE // 2:
-            return
+        with self._lock:
+            ready = self._ready.get(directory, -1)
+            refill = ready - seq < PREALLOCATE // 2 and directory not in self._filling
+            if refill and ready >= seq:
+                self._filling.add(directory)
+        if ready < seq:
+            self._fill(path, seq, seq + PREALLOCATE)  # nothing ready: the writer waits
+        elif refill:
+            threading.Thread(target=self._fill_in_background,
+                             args=(path, ready + 1, ready + 2 * PREALLOCATE),
+                             name="dn-log-preallocate", daemon=True).start()
+
+    def _fill(self, path: Path, first: int, last: int) -> None:
+        directory = path.parent
         self._make_parents(path)
         width = len(path.name)
-        top = seq + PREALLOCATE
-        for s in range(seq, top + 1):
+        for s in range(first, last + 1):
             try:
                 os.close(os.open(directory / f"{s:0{width}d}",
                                  os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             except FileExistsError:
                 pass
         _fsync_dir(directory)
-        self._ready[directory] = top
+        with self._lock:
+            self._ready[directory] = max(self._ready.get(directory, -1), last)
+
+    def _fill_in_background(self, path: Path, first: int, last: int) -> None:
+        try:
+            self._fill(path, first, last)
+        except OSError as exc:  # the write path creates what it needs itself
+            log.warning("pre-creating log files in %s failed: %s", path.parent, exc)
+        finally:
+            with self._lock:
+                self._filling.discard(path.parent)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         check_key(key)
