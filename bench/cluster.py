@@ -98,6 +98,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         return figs
     try:
         import coordinator
+        from coordinator.handles import WARM_WORKERS
 
         deploy = coordinator.deploy
         shutdown = coordinator.shutdown
@@ -124,7 +125,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         return lat
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+             log_to_driver=False, _system_config=WARM_WORKERS)
     try:
         for shards in (1, 2, 4):
             for r in range(runs):

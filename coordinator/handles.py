@@ -16,6 +16,7 @@ Any thread. :class:`CoordinatorHandle` pickles as its namespace only.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -206,6 +207,12 @@ def run_tasks(
     return out
 
 
+# Keep idle worker processes around. Ray's default soft limit is the CPU count, so on a small
+# machine it kills the workers of Ray tasks as soon as they go idle, and the next wave of
+# writer tasks pays a Python start-up (seconds of CPU each) before it writes anything.
+WARM_WORKERS = {"num_workers_soft_limit": 64}
+
+
 def start_local_ray(num_cpus: int | None = None) -> None:
     """An in-process local Ray instance on loopback, stopped by :func:`stop_local_ray`."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -214,6 +221,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
+        _system_config=WARM_WORKERS,
     )
 
 
@@ -238,6 +246,7 @@ def start_ray_head(num_cpus: int | None, port: int = 6379) -> str:
     ]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
+    cmd.append(f"--system-config={json.dumps(WARM_WORKERS)}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0 and "already" not in (proc.stdout + proc.stderr).lower():
         raise Unavailable(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip()[-2000:]}")
