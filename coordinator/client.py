@@ -44,7 +44,7 @@ from coordinator.handles import CoordinatorHandle
 from coordinator.routing import pk_signature, shard_of, split_batch
 from dn.errors import DNError, InvalidArgument, NotFound, Unavailable
 from dn.reader import Change
-from dn.schema import TableDef
+from dn.schema import TableDef, check_name
 from shards.handle import ShardGroup
 
 
@@ -105,6 +105,8 @@ class Client:
         return reads.ReaderPool.for_url(self.info["store"], self.info["client_cache_bytes"])
 
     def _table(self, db: str, table: str, refresh: bool = False) -> TableDef:
+        check_name("database", db)  # a typed error for a name that is not even a str
+        check_name("table", table)
         key = (db, table)
         t = None if refresh else self._tables.get(key)
         if t is None:

@@ -61,6 +61,7 @@ class Catalog:
 
     def live_table(self, db: str, table: str) -> TableDef:
         """The live version of a table, or NotFound."""
+        _check_names(db, table)
         versions = self._tables.get((db, table))
         if versions and versions[-1].drop_ts is None:
             return versions[-1]
@@ -68,6 +69,7 @@ class Catalog:
 
     def table_at(self, db: str, table: str, ts: int) -> TableDef:
         """The version of a table live at ``ts``, or NotFound."""
+        _check_names(db, table)
         for t in reversed(self._tables.get((db, table), ())):
             if t.live_at(ts):
                 return t
@@ -86,6 +88,7 @@ class Catalog:
         return sorted(n for n, vs in self._dbs.items() if any(d.live_at(ts) for d in vs))
 
     def tables_at(self, db: str, ts: int) -> list[str]:
+        _check_names(db)
         return sorted(
             name for (d, name), vs in self._tables.items() if d == db and any(
                 t.live_at(ts) for t in vs)
@@ -204,3 +207,11 @@ def ddl_create_table(db: object, table: object, schema: object, primary_key: obj
 
 def ddl_drop_table(db: object, table: object) -> list:
     return [OP_DROP_TABLE, check_name("database", db), check_name("table", table)]
+
+
+def _check_names(*names: object) -> None:
+    """Lookups take names as strings; anything else is a malformed request (not NotFound)."""
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidArgument(
+                f"database and table names are strings, got {type(name).__name__} {name!r:.60}")

@@ -66,6 +66,7 @@ def decode(data: bytes, key: str) -> Checkpoint:
             )
             for table_id, entries in body["tables"].items()
         }
+        codec.check_key_numbers(key, (body["ts"],))
         return Checkpoint(
             body["ts"],
             body["catalog"],

@@ -15,6 +15,10 @@ the grace starts again.
 Fencing. Before deleting, the collector checks that the current manifest's epoch is its own;
 a stale incarnation raises :class:`dn.errors.Fenced` instead of deleting what a newer one wrote.
 
+Stale listings. A manifest read afresh that is older than the version the engine knows it
+committed came from a stale listing: the collector raises ``Unavailable`` and deletes nothing
+(what that old version does not reference may be live).
+
 Who calls: the engine's maintenance, under its flush lock; no other thread.
 """
 
@@ -24,7 +28,7 @@ import logging
 from dataclasses import dataclass, field
 
 from dn import codec
-from dn.errors import Fenced
+from dn.errors import Fenced, Unavailable
 from dn.manifest import Manifest
 from dn.store.base import ObjectStore
 
@@ -40,10 +44,10 @@ class Collector:
     pending: dict[str, float] = field(default_factory=dict)  # key -> first seen unreferenced
     deleted: int = 0
 
-    def scan(self, epoch: int, now: float) -> int:
+    def scan(self, epoch: int, now: float, version: int = 0) -> int:
         """List the shard's objects and note the unreferenced ones; returns how many await
-        deletion."""
-        state = self._current(epoch)
+        deletion. ``version``: the newest manifest version the caller knows is committed."""
+        state = self._current(epoch, version)
         live = {codec.range_key(self.shard, a, b) for a, b in state.ranges}
         live |= {codec.checkpoint_key(self.shard, c) for c in state.checkpoints}
         live |= {codec.manifest_key(self.shard, v)
@@ -62,12 +66,12 @@ class Collector:
         self.pending = {k: self.pending.get(k, now) for k in garbage}
         return len(self.pending)
 
-    def collect(self, epoch: int, now: float) -> int:
+    def collect(self, epoch: int, now: float, version: int = 0) -> int:
         """Delete the pending keys whose grace has passed; returns how many."""
         due = sorted(k for k, t in self.pending.items() if now - t >= self.grace_s)
         if not due:
             return 0
-        self._current(epoch)  # fenced incarnations delete nothing
+        self._current(epoch, version)  # fenced incarnations delete nothing
         for key in due:
             self.store.delete(key)
             del self.pending[key]
@@ -75,9 +79,16 @@ class Collector:
         log.info("shard %d: garbage collection deleted %d objects", self.shard, len(due))
         return len(due)
 
-    def _current(self, epoch: int):
+    def _current(self, epoch: int, version: int):
         state = Manifest(self.store, self.shard).load()
-        if state is None or state.epoch != epoch:
+        if state is None or state.version < version:
+            # an older manifest than the caller committed: a stale listing, not a fence; what
+            # it does not reference may well be live
+            raise Unavailable(
+                f"shard {self.shard}: the store listed manifest version "
+                f"{state.version if state else 'none'}, older than committed version {version} "
+                "(a stale listing); collecting nothing")
+        if state.epoch != epoch:
             raise Fenced(
                 f"shard {self.shard}: the manifest belongs to epoch "
                 f"{state.epoch if state else '?'}, not {epoch}; collecting nothing",

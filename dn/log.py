@@ -84,9 +84,13 @@ class Log:
         value = codec.decode(codec.KIND_LOG, data, key)
         try:
             epoch, seq, commands = value
-            return LogRecord(seq, epoch, commands, len(data))
+            for ts, op, _ in commands:
+                if type(ts) is not int or type(op) is not int:
+                    raise ValueError(f"command stamped {ts!r} with op {op!r}")
         except (TypeError, ValueError) as exc:
             raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
+        codec.check_key_numbers(key, (seq,))
+        return LogRecord(seq, epoch, commands, len(data))
 
     # -- recovery ---------------------------------------------------------------------------
 

@@ -12,9 +12,14 @@ Body grammar (msgpack, inside the framing of :mod:`dn.codec`, kind ``M``)::
              "checkpoints": [ts, ...],           ascending
              "log_low_seq": int}                 first log object recovery must read
 
-The current manifest is the newest version. A torn newest version (shorter than its header
-says: a put that failed after writing part of the object) was never acknowledged, so it is
-skipped and the next commit goes to the version after it. Any other corruption raises.
+The current manifest is the newest version. Listings may be stale (an eventually consistent
+store, or one that lists from a lagging index): ``load`` reads past the end of a listing, key by
+key, until a version is absent (a get of one key is consistent), and it never moves
+``current`` back to a version older than one already seen (it raises ``Unavailable``).
+
+A torn newest version (shorter than its header says: a put that failed after writing part of
+the object) was never acknowledged, so it is skipped and the next commit goes to the version
+after it. Any other corruption raises.
 
 Commits are functions of the current state (``commit(update)``), so that a commit whose
 response was lost, and that did land, is found on the retry and the update applied on top of it.
@@ -28,7 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from dn import codec
-from dn.errors import Corruption, Fenced, Internal, ObjectExists, ObjectNotFound
+from dn.errors import (
+    Corruption,
+    Fenced,
+    Internal,
+    ObjectExists,
+    ObjectNotFound,
+    Unavailable,
+)
 from dn.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -84,10 +96,20 @@ class Manifest:
     def load(self) -> ManifestState | None:
         """The newest manifest version that decodes (None for a new shard)."""
         keys = self._store.list(codec.manifest_prefix(self._shard))
-        self._next_version = codec.last_number(keys[-1]) + 1 if keys else 1
+        probed: dict[str, bytes] = {}
+        n = codec.last_number(keys[-1]) + 1 if keys else 1
+        while True:  # a stale listing may miss the newest versions: look past its end
+            key = codec.manifest_key(self._shard, n)
+            try:
+                probed[key] = self._store.get(key)
+            except ObjectNotFound:
+                break
+            keys.append(key)
+            n += 1
+        self._next_version = n
         for key in reversed(keys):
             try:
-                state = self._read(key)
+                state = self._read(key, probed.get(key))
             except ObjectNotFound:
                 continue
             except Corruption as exc:
@@ -95,17 +117,33 @@ class Manifest:
                     raise
                 log.warning("skipping torn manifest version (a failed write): %s", exc)
                 continue
+            self._check_not_stale(state.version)
             self.current = state
             return state
+        self._check_not_stale(0)
         self.current = None
         return None
 
-    def _read(self, key: str) -> ManifestState:
-        body = codec.decode(codec.KIND_MANIFEST, self._store.get(key), key)
+    def _check_not_stale(self, version: int) -> None:
+        """A listing that ends below the version this process committed or read is stale (an
+        eventually consistent store); adopting it would roll memory back, so refuse."""
+        if self.current is not None and version < self.current.version:
+            self._next_version = self.current.version + 1
+            raise Unavailable(
+                f"shard {self._shard}: the store listed manifest versions up to {version}, "
+                f"older than version {self.current.version} already seen (a stale listing); "
+                "retry")
+
+    def _read(self, key: str, data: bytes | None = None) -> ManifestState:
+        if data is None:
+            data = self._store.get(key)
+        body = codec.decode(codec.KIND_MANIFEST, data, key)
         try:
-            return ManifestState.from_body(body)
+            state = ManifestState.from_body(body)
         except (KeyError, TypeError, ValueError) as exc:
             raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
+        codec.check_key_numbers(key, (state.version,))
+        return state
 
     def open_epoch(self) -> ManifestState:
         """Take ownership of the shard: commit a version with a higher epoch."""

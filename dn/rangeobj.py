@@ -109,9 +109,11 @@ def decode(data: bytes, key: str) -> RangeObject:
             n = len(t["ts"])
             if any(len(c) != n for c in t["cols"]) or len(t["del_pks"]) != len(t["del_ts"]):
                 raise ValueError("column and timestamp lengths differ")
-        return RangeObject(body["from"], body["to"], commands, tables, len(data))
+        ro = RangeObject(body["from"], body["to"], commands, tables, len(data))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
+    codec.check_key_numbers(key, (ro.from_ts, ro.to_ts))
+    return ro
 
 
 def to_run(t: dict, pk_pos: tuple[int, ...]) -> Run:

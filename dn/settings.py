@@ -8,6 +8,7 @@ Settings are plain values (numbers, strings); components (store, clock) are pass
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -102,11 +103,11 @@ class Settings:
         for name in ("log_delete_grace_s", "snapshot_future_s", "background_interval_s",
                      "gc_grace_s"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
+            if not isinstance(value, int | float) or not value >= 0:  # NaN fails too
                 raise InvalidArgument(f"setting {name} must be a number >= 0")
         for name in ("freeze_interval_s", "checkpoint_interval_s", "retention_s"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
+            if value is not None and (not isinstance(value, int | float) or not value > 0):
                 raise InvalidArgument(f"setting {name} must be a positive number or None")
         if self.queue_stop_bytes < self.queue_slow_bytes:
             raise InvalidArgument("setting queue_stop_bytes must be >= queue_slow_bytes")
@@ -118,6 +119,8 @@ class Settings:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> Settings:
         """Settings from a mapping; unknown keys raise :class:`InvalidArgument`."""
+        if values is not None and not isinstance(values, Mapping):
+            raise InvalidArgument(f"engine settings must be a mapping, got {type(values).__name__}")
         values = dict(values or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

@@ -258,11 +258,12 @@ class Upkeep:
         now = self._clock.monotonic()
         with self._flush_lock:
             self._drop_old_checkpoints()
+            version = self._manifest.current.version if self._manifest.current else 0
             try:
                 if self._gc_dirty or force:
-                    self._gc_dirty = False
-                    self._collector.scan(self.epoch, now)
-                return self._collector.collect(self.epoch, now)
+                    self._collector.scan(self.epoch, now, version)
+                    self._gc_dirty = False  # only once a scan succeeded
+                return self._collector.collect(self.epoch, now, version)
             except Fenced as exc:
                 self._fail(exc)
                 raise

@@ -51,7 +51,10 @@ def _run_and_kill(url: str, first: int, acks_before_kill: int) -> list[tuple[int
                 break
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        rest, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        # not communicate(): with two pipes it reads the raw descriptors and would drop the
+        # lines ``for line in proc.stdout`` had already buffered (acknowledgements among them)
+        rest, err = proc.stdout.read(), proc.stderr.read()
     acks = []
     for line in lines + rest.splitlines(keepends=True):
         if line.startswith("ack ") and line.endswith("\n"):

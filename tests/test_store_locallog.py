@@ -52,7 +52,7 @@ def test_concurrent_writers_of_one_key_have_one_winner(tmp_path):
         results: dict[int, str] = {}
         barrier = threading.Barrier(6)
 
-        def put(i):
+        def put(i, s=s, barrier=barrier, results=results):
             barrier.wait()
             try:
                 s.put_if_absent(_key(1), _obj(10 + i))

@@ -102,13 +102,15 @@ class LocalStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(os.path.abspath(os.fspath(root)))
-        self.url = self.root.as_uri()
         try:
+            self.url = self.root.as_uri()
             self.root.mkdir(parents=True, exist_ok=True)
         except FileExistsError as e:
             raise InvalidArgument(f"store root {self.root} exists and is not a directory") from e
         except OSError as e:
             raise Unavailable(f"cannot create store root {self.root}: {e}") from e
+        except ValueError as e:  # a NUL byte or a lone surrogate: no file system takes it
+            raise InvalidArgument(f"store root {str(self.root)!r} is not a valid path: {e}") from e
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
