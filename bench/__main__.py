@@ -12,12 +12,13 @@ the table on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from bench import cluster, report, vs_delta, vs_slatedb
-from bench.harness import Figure, cpu_count, progress
+from bench.harness import Figure, cpu_count, figure_from_json, progress
 
 GROUPS = {
     "local": lambda quick: vs_slatedb.run_local(quick),
@@ -37,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="directory for results.json and results.png")
     ap.add_argument("--no-ray", action="store_true",
                     help="skip the Ray cluster figures (report them as skipped)")
+    ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                    help="do not measure: combine earlier results.json files (a later file's "
+                         "figures replace the same ids of an earlier one, e.g. a re-run group)")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     global NO_RAY
     NO_RAY = args.no_ray
     groups = args.only or list(GROUPS)
@@ -77,6 +83,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntargets missed: {', '.join(missed) if missed else 'none'}")
     print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
     return 1 if errors else 0
+
+
+def merge(paths: list[str], out: Path) -> int:
+    """Combine result files: figures by id, later files win; the table and chart anew."""
+    figs: dict[str, Figure] = {}
+    metas = []
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        metas.append(data)
+        for f in data["figures"]:
+            figs[f["id"]] = figure_from_json(f)
+    ordered = list(figs.values())
+    meta = {"mode": " + ".join(m.get("mode", "?") for m in metas),
+            "runs_per_figure": max(m.get("runs_per_figure", 0) for m in metas),
+            "groups": sorted({g for m in metas for g in m.get("groups", [])}),
+            "elapsed_s": round(sum(m.get("elapsed_s", 0) for m in metas), 1),
+            "errors": {}, "merged_from": [m.get("when") for m in metas],
+            "note": "merged: " + "; ".join(f"{m.get('when')} {m.get('groups')}" for m in metas)}
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "results.json", ordered, meta)
+    try:
+        report.chart(out / "results.png", ordered,
+                     f"python -m bench (merged runs): {cpu_count()} CPUs")
+    except Exception as exc:
+        progress(f"chart failed: {exc!r}")
+    print(report.table(ordered))
+    missed = [f.id for f in ordered if f.target_met() is False]
+    print(f"\ntargets missed: {', '.join(missed) if missed else 'none'}")
+    return 0
 
 
 if __name__ == "__main__":

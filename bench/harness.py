@@ -120,6 +120,22 @@ class Figure:
         return out
 
 
+def figure_from_json(d: dict[str, Any]) -> Figure:
+    """A :class:`Figure` back from :meth:`Figure.to_json` (its runs are kept there)."""
+    target = d.get("target") or {}
+    absolute = bool(target) and "min_ratio" not in target
+    return Figure(
+        id=d["id"], group=d["group"], title=d["title"], unit=d["unit"],
+        higher_is_better=d["higher_is_better"],
+        ours=list((d.get("ours") or {}).get("values", [])),
+        peer=list((d.get("peer") or {}).get("values", [])),
+        peer_name=d.get("peer_name"),
+        target=next(iter(target.values()), None) if target else None,
+        absolute=absolute, note=d.get("note", ""), skipped=d.get("skipped"),
+        extra=d.get("extra", {}),
+    )
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """Seconds taken by ``fn()`` and its result."""
     t = time.perf_counter()

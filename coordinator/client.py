@@ -35,17 +35,25 @@ sends it with each write; with the shards' commit wait this orders writes across
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from coordinator import reads
-from coordinator.handles import CoordinatorHandle
+from coordinator.handles import CoordinatorHandle, stream_tasks
 from coordinator.routing import pk_signature, shard_of, split_batch
 from dn.errors import DNError, InvalidArgument, NotFound, Unavailable
 from dn.reader import Change
 from dn.schema import TableDef, check_name
 from shards.handle import ShardGroup
+
+#: A scan is read by Ray tasks (one per shard) when the shards' plans name this many objects
+#: in all, or their in-memory tails hold this many rows (see :meth:`Client.scan`).
+LARGE_READ_OBJECTS = 8
+LARGE_READ_TAIL_ROWS = 200_000
+#: Rows per page a read task streams back.
+READ_PAGE_ROWS = 5_000
 
 
 class Client:
@@ -253,14 +261,33 @@ class Client:
         columns: list[str] | None = None,
         start: Any = None,
         end: Any = None,
+        tasks: bool | None = None,
     ) -> Iterator[dict]:
         """Rows with start <= pk < end at ``snapshot`` (None: now), in primary-key order
-        across shards, as an iterator of dicts."""
+        across shards, as an iterator of dicts. ``tasks``: read each shard in a Ray task
+        (True), in this process (False), or decide by the size of the plans (None: tasks
+        when the shards' plans name ``LARGE_READ_OBJECTS`` objects or more, or their
+        in-memory tails hold ``LARGE_READ_TAIL_ROWS`` rows or more)."""
         views = self._views(db, table, snapshot)
         t = views[0].table
         start = None if start is None else t.check_key(start)
         end = None if end is None else t.check_key(end)
-        return reads.scan(self._pool(), views, columns, start, end)
+        reads.check_projection(t, columns)
+        if tasks is None:
+            tasks = self._on_ray() and reads.is_large(views, LARGE_READ_OBJECTS,
+                                                      LARGE_READ_TAIL_ROWS)
+        if not tasks:
+            return reads.scan(self._pool(), views, columns, start, end)
+        info = self.info
+        args = {i: (info["store"], info["client_cache_bytes"], i, v, start, end, READ_PAGE_ROWS)
+                for i, v in views.items()}
+        # the tasks read the store with this process's credentials
+        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        pages = stream_tasks(reads.shard_pages, args, env)
+        return reads.merge_pages(views, pages, columns)
+
+    def _on_ray(self) -> bool:
+        return isinstance(self._coord, CoordinatorHandle)
 
     def scan_pages(
         self,

@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import ray
@@ -211,6 +211,30 @@ def run_tasks(
 # machine it kills the workers of Ray tasks as soon as they go idle, and the next wave of
 # writer tasks pays a Python start-up (seconds of CPU each) before it writes anything.
 WARM_WORKERS = {"num_workers_soft_limit": 64}
+
+
+def _pages_task(fn: Callable[..., Iterator[bytes]], *args: Any) -> Iterator[bytes]:
+    yield from fn(*args)
+
+
+def stream_tasks(fn: Callable[..., Iterator[bytes]], arg_lists: Mapping[int, tuple],
+                 env: Mapping[str, str] | None = None) -> dict[int, Iterator[bytes]]:
+    """Run the generator ``fn(*args)`` as one streaming Ray task per entry; each entry's
+    iterator yields the task's items as they are produced (pages of a large read)."""
+    opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 1}
+    if env:
+        opts["runtime_env"] = {"env_vars": dict(env)}
+    remote = ray.remote(_pages_task).options(**opts)
+    gens = {i: remote.remote(fn, *args) for i, args in arg_lists.items()}
+
+    def items(gen: Any) -> Iterator[bytes]:
+        try:
+            for ref in gen:
+                yield ray.get(ref)
+        except Exception as exc:
+            raise map_error(exc, "a read task") from exc
+
+    return {i: items(g) for i, g in gens.items()}
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:

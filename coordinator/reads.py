@@ -11,7 +11,10 @@ A read at snapshot S (DESIGN.md §4):
 3. the client fetches the planned objects straight from the object store through its own
    immutable-object cache (one thread per shard), merges each shard with :class:`dn.reader.Reader`
    exactly as :meth:`dn.Engine.scan` does, then merges across shards: rows by primary key
-   (a k-way merge: shards own disjoint keys), changes by (ts, pk).
+   (a k-way merge: shards own disjoint keys), changes by (ts, pk). A *large* scan runs each
+   shard's fetch and merge in a Ray task instead (:func:`shard_pages`), next to the data and
+   on other cores; the tasks stream msgpack pages of rows and the client only merges them
+   (:func:`merge_pages`).
 
 Results are iterators; nothing builds one list of the whole table across shards (a shard's
 own merge holds its keys in memory, as the engine's does).
@@ -27,9 +30,11 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any, Protocol
 
 from dn import ReadView
+from dn.codec import pack, unpack_tuples
 from dn.errors import NotFound
 from dn.reader import Change, ObjectCache, Reader, _projection
 from dn.run import Run
@@ -151,6 +156,69 @@ def scan(
     else:
         for row in merged:
             yield {n: row[n] for n, _ in pick}
+
+
+def check_projection(table: Any, columns: list[str] | None) -> None:
+    """Raise InvalidArgument now (not when the iterator is first used) for bad columns."""
+    _projection(table, columns)
+
+
+def is_large(views: Mapping[int, ReadView], objects: int, tail_rows: int) -> bool:
+    """Whether a scan of these views is worth Ray tasks: many objects, or a big tail."""
+    if len(views) < 2:
+        return False
+    n_objects = sum(len(v.plan.ranges) + (v.plan.checkpoint is not None)
+                    for v in views.values())
+    n_tail = sum(len(run) for v in views.values() for run in v.tail)
+    return n_objects >= objects or n_tail >= tail_rows
+
+
+def shard_pages(
+    store_url: str,
+    cache_bytes: int,
+    shard: int,
+    view: ReadView,
+    start: Any,
+    end: Any,
+    page_rows: int,
+) -> Iterator[bytes]:
+    """One shard's rows at the view's snapshot, in primary-key order, as msgpack pages of
+    row arrays: the body of a large read's Ray task, which fetches and merges the shard's
+    objects next to the data so the client only merges pages across shards."""
+    reader = ReaderPool.for_url(store_url, cache_bytes).reader(shard)
+    runs = reader.runs(view.table, view.plan, list(view.tail))
+    page: list[tuple] = []
+    for row in reader.scan_rows(view.snapshot, runs, start, end):
+        page.append(row)
+        if len(page) >= page_rows:
+            yield pack(page)
+            page = []
+    if page:
+        yield pack(page)
+
+
+def merge_pages(
+    views: Mapping[int, ReadView],
+    pages: Mapping[int, Iterator[bytes]],
+    columns: list[str] | None,
+) -> Iterator[dict]:
+    """Rows from every shard's pages (each in key order), merged by primary key."""
+    first = views[min(views)]
+    names, pick = _projection(first.table, columns)
+    pk_pos = first.table.pk_pos
+    key = itemgetter(pk_pos[0]) if len(pk_pos) == 1 else itemgetter(*pk_pos)
+
+    def rows(it: Iterator[bytes]) -> Iterator[tuple]:
+        for page in it:
+            yield from unpack_tuples(page)
+
+    streams = [rows(pages[i]) for i in sorted(pages)]
+    merged = heapq.merge(*streams, key=key) if len(streams) > 1 else streams[0]
+    for row in merged:
+        if pick is None:
+            yield dict(zip(names, row))
+        else:
+            yield {n: row[i] for n, i in pick}
 
 
 def changes(

@@ -284,3 +284,20 @@ def test_causality_token_orders_writes_across_shards(local_cluster):
     t0 = client.write("db", "t", [{"k": keys[0]}])
     t1 = client.write("db", "t", [{"k": keys[1]}])
     assert t1 > t0
+
+
+def test_large_read_rule_counts_objects_and_tail_rows():
+    from coordinator import reads
+    from dn.plan import Plan
+    from dn.reads import ReadView
+    from dn.run import Run
+
+    def view(ranges, tail_rows):
+        run = Run(list(range(tail_rows)), [1] * tail_rows, [(0,)] * tail_rows, [], [])
+        plan = Plan(None, tuple((i, i) for i in range(ranges)), None, None)
+        return ReadView(None, 5, plan, (run,))
+
+    assert not reads.is_large({0: view(20, 0)}, 8, 100)  # one shard: never
+    assert reads.is_large({0: view(4, 0), 1: view(4, 0)}, 8, 100)
+    assert not reads.is_large({0: view(3, 0), 1: view(4, 0)}, 8, 100)
+    assert reads.is_large({0: view(0, 60), 1: view(0, 40)}, 8, 100)
