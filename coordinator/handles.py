@@ -213,6 +213,19 @@ def run_tasks(
 WARM_WORKERS = {"num_workers_soft_limit": 64}
 
 
+_NODES: tuple[float, int] = (0.0, 0)
+
+
+def alive_nodes() -> int:
+    """How many nodes the Ray cluster has (asked at most once a minute)."""
+    global _NODES
+    checked, n = _NODES
+    if time.monotonic() - checked > 60:
+        n = sum(1 for node in ray.nodes() if node.get("Alive"))
+        _NODES = (time.monotonic(), n)
+    return n
+
+
 def _pages_task(fn: Callable[..., Iterator[bytes]], *args: Any) -> Iterator[bytes]:
     yield from fn(*args)
 

@@ -130,32 +130,22 @@ def _runs_per_shard(
 def scan(
     pool: ReaderPool, views: Mapping[int, ReadView], columns: list[str] | None, start: Any, end: Any
 ) -> Iterator[dict]:
-    """Rows with start <= pk < end at the views' snapshot, in primary-key order."""
+    """Rows with start <= pk < end at the views' snapshot, in primary-key order: each shard's
+    rows as tuples, merged by key (a C-level key), made dicts once at the end."""
     first = views[min(views)]
     names, pick = _projection(first.table, columns)  # raises InvalidArgument early
     runs = _runs_per_shard(pool, views, feed=False)
     pk_pos = first.table.pk_pos
-    if len(pk_pos) == 1:
-        col = names[pk_pos[0]]
-
-        def pk_of(row: dict) -> Any:
-            return row[col]
-    else:
-        cols = [names[p] for p in pk_pos]
-
-        def pk_of(row: dict) -> Any:
-            return tuple(row[c] for c in cols)
-
-    streams = [
-        pool.reader(i).scan(views[i].table, views[i].snapshot, runs[i], None, start, end)
-        for i in sorted(views)
-    ]
-    merged = heapq.merge(*streams, key=pk_of) if len(streams) > 1 else streams[0]
+    key = itemgetter(pk_pos[0]) if len(pk_pos) == 1 else itemgetter(*pk_pos)
+    streams = [pool.reader(i).scan_rows(views[i].snapshot, runs[i], start, end)
+               for i in sorted(views)]
+    merged = heapq.merge(*streams, key=key) if len(streams) > 1 else streams[0]
     if pick is None:
-        yield from merged
+        for row in merged:
+            yield dict(zip(names, row))
     else:
         for row in merged:
-            yield {n: row[n] for n, _ in pick}
+            yield {n: row[i] for n, i in pick}
 
 
 def check_projection(table: Any, columns: list[str] | None) -> None:
