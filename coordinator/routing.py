@@ -19,7 +19,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -77,22 +76,7 @@ def split_batch(
         upserts = list(upserts) if isinstance(upserts, Iterable) else upserts
     rows = table.normalize_rows(upserts, max_value_bytes)
     dels = table.normalize_deletes(deletes)
-    n = len(rows) + len(dels)
-    if n == 0:
-        raise InvalidArgument("a write needs at least one upsert or delete")
-    if n > max_batch_rows:
-        raise InvalidArgument(f"batch of {n} rows is over max_batch_rows={max_batch_rows}")
-    pos = table.pk_pos
-    keys = list(map(itemgetter(pos[0]), rows)) if len(pos) == 1 else [table.pk_of(r)
-                                                                     for r in rows]
-    keys.extend(dels)
-    if len(set(keys)) != n:
-        seen: set = set()
-        dup = next(k for k in keys if k in seen or seen.add(k))
-        raise InvalidArgument(
-            f"primary key {dup!r} appears twice in one batch of {table.db}.{table.name}; a "
-            "batch may name each key once"
-        )
+    keys = table.check_batch(rows, dels, max_batch_rows)
     parts: dict[int, ShardPart] = {}
     crc = zlib.crc32
     packer = msgpack.Packer(use_bin_type=True)  # same bytes as dn.codec.pack, reused

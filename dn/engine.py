@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from operator import itemgetter
 from typing import Any
 
 from dn import catalog as cat
@@ -252,7 +251,7 @@ class Engine(Upkeep, Reads):
         tdef = self._catalog.live_table(db, table)
         rows = tdef.normalize_rows(upserts, self.settings.max_value_bytes)
         dels = tdef.normalize_deletes(deletes)
-        self._check_batch(tdef, rows, dels)
+        tdef.check_batch(rows, dels, self.settings.max_batch_rows)
         args = [tdef.id, rows, dels]
         payload = codec.pack(args)
         self._check_size(payload)
@@ -294,27 +293,9 @@ class Engine(Upkeep, Reads):
             dels = tdef.normalize_deletes(list(dels))
             if codec.pack(dels) != dels_blob:
                 raise InvalidArgument("packed deletes are not in normal form")
-        self._check_batch(tdef, rows, dels)
+        tdef.check_batch(rows, dels, self.settings.max_batch_rows)
         payload = b"\x93" + codec.pack(tdef.id) + rows_blob + dels_blob
         return self._submit_write(tdef, [tdef.id, rows, dels], payload, len(rows) + len(dels))
-
-    def _check_batch(self, tdef: TableDef, rows: Any, dels: list) -> None:
-        n = len(rows) + len(dels)
-        if n == 0:
-            raise InvalidArgument("a write needs at least one upsert or delete")
-        if n > self.settings.max_batch_rows:
-            raise InvalidArgument(
-                f"batch of {n} rows is over max_batch_rows={self.settings.max_batch_rows}")
-        pos = tdef.pk_pos
-        keys = (list(map(itemgetter(pos[0]), rows)) if len(pos) == 1
-                else [tdef.pk_of(r) for r in rows])
-        keys.extend(dels)
-        if len(set(keys)) != n:
-            seen: set = set()
-            dup = next(k for k in keys if k in seen or seen.add(k))
-            raise InvalidArgument(
-                f"primary key {dup!r} appears twice in one batch of {tdef.db}.{tdef.name}; a "
-                "batch may name each key once")
 
     def _submit_write(self, tdef: TableDef, args: list, payload: bytes, n: int) -> int:
         self._check_size(payload)

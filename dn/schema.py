@@ -214,6 +214,26 @@ class TableDef:
                     f"a packed row of {self.db}.{self.name} is not in normal form: {row!r}")
         return rows
 
+    def check_batch(self, rows: Any, dels: list, max_batch_rows: int) -> list:
+        """The primary keys of a normalized batch (rows' keys, then the deletes), after the
+        checks every write gets: not empty, not over ``max_batch_rows``, each key once."""
+        n = len(rows) + len(dels)
+        if n == 0:
+            raise InvalidArgument("a write needs at least one upsert or delete")
+        if n > max_batch_rows:
+            raise InvalidArgument(f"batch of {n} rows is over max_batch_rows={max_batch_rows}")
+        pos = self.pk_pos
+        keys = (list(map(itemgetter(pos[0]), rows)) if len(pos) == 1
+                else [self.pk_of(r) for r in rows])
+        keys.extend(dels)
+        if len(set(keys)) != n:
+            seen: set = set()
+            dup = next(k for k in keys if k in seen or seen.add(k))
+            raise InvalidArgument(
+                f"primary key {dup!r} appears twice in one batch of {self.db}.{self.name}; a "
+                "batch may name each key once")
+        return keys
+
     def normalize_deletes(self, deletes: Any) -> list:
         if type(deletes) in (list, tuple) and not deletes:
             return []
