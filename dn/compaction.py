@@ -18,7 +18,9 @@ Policy (:class:`Policy`): with ``n`` live objects below ``max_bytes`` holding ``
 the bound is ``(K - 1) * (1 + ceil(log_K(total / base)))``. While ``n`` is above it, merge the
 K consecutive objects (none at or over ``max_bytes``) with the smallest total size. Each merge
 removes K - 1 objects, so a scan of the latest state reads at most the bound, plus one object
-per ``max_bytes`` of data.
+per ``max_bytes`` of data. Within the bound, a second rule bounds the *versions* a scan reads:
+once the objects hold more than ``AMPLIFICATION`` times the bytes of the largest, their whole
+run is merged, dropping versions that newer ones shadow (what the window no longer needs).
 
 Pure functions over decoded objects; the engine does the I/O and the manifest commit.
 """
@@ -31,6 +33,9 @@ from typing import Any
 
 from dn import codec
 from dn.rangeobj import RangeObject, TableStats
+
+#: Merge a whole run of objects once it holds this many times the bytes of its largest.
+AMPLIFICATION = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ class Policy:
         small = [r for r, size in ranges if size < self.max_bytes]
         total = sum(size for r, size in ranges if size < self.max_bytes)
         if len(small) <= self.bound(total):
-            return None
+            return self._pick_shadowed(ranges)
         best: tuple[int, int] | None = None  # (total bytes, start index)
         k = self.fanout
         for i in range(len(ranges) - k + 1):
@@ -63,6 +68,27 @@ class Policy:
         if best is None:
             return None
         return [r for r, _ in ranges[best[1]:best[1] + k]]
+
+    def _pick_shadowed(self, ranges: list[tuple[tuple[int, int], int]]
+                       ) -> list[tuple[int, int]] | None:
+        """Read amplification: when the objects below ``max_bytes`` hold more than
+        ``AMPLIFICATION`` times the bytes of the largest of them, merge their whole run (from
+        the oldest), so that versions shadowed by newer ones and deletes go. Each such merge at
+        least doubles the largest object, so data is rewritten O(log) times, as in tiering."""
+        run: list[tuple[tuple[int, int], int]] = []
+        for r, size in ranges:  # the oldest consecutive run of objects below max_bytes
+            if size >= self.max_bytes:
+                if len(run) >= 2:
+                    break
+                run = []
+                continue
+            run.append((r, size))
+        if len(run) < 2:
+            return None
+        sizes = [size for _, size in run]
+        if sum(sizes) <= AMPLIFICATION * max(sizes):
+            return None
+        return [r for r, _ in run]
 
     def debt(self, ranges: list[tuple[tuple[int, int], int]]) -> int:
         """How many merges the policy wants to run now."""
