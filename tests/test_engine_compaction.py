@@ -225,3 +225,15 @@ def test_an_idle_shard_makes_no_store_requests():
     assert ops == []
     assert eng.status()["queue_length"] == 0
     eng.close()
+
+
+def test_policy_merges_a_run_whose_shadowed_bytes_outgrow_its_largest_object():
+    from dn.compaction import Policy
+
+    p = Policy(fanout=4, base_bytes=100, max_bytes=10_000)
+    r = [((i, i), size) for i, size in enumerate([100, 30, 30, 30])]
+    assert p.pick(r) is None  # 190 <= 2 x 100: within the bound, little to drop
+    r = [((i, i), size) for i, size in enumerate([100, 60, 60])]
+    assert p.pick(r) == [(0, 0), (1, 1), (2, 2)]  # 220 > 2 x 100: merge the whole run
+    r = [((0, 0), 20_000), ((1, 1), 60), ((2, 2), 60), ((3, 3), 20)]
+    assert p.pick(r) == [(1, 1), (2, 2), (3, 3)]  # objects at max_bytes are left alone
