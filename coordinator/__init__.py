@@ -18,8 +18,25 @@ coordinator actor's body), :mod:`~coordinator.reads` (cross-shard snapshot reads
 Ray-facing module here), :mod:`~coordinator.cli` (the ``dn`` command).
 """
 
-from coordinator.client import Client
-from coordinator.config import ClusterConfig, load_config
-from coordinator.deploy import connect, deploy, shutdown
+from typing import Any
 
 __all__ = ["Client", "ClusterConfig", "connect", "deploy", "load_config", "shutdown"]
+
+_WHERE = {
+    "Client": "coordinator.client",
+    "ClusterConfig": "coordinator.config",
+    "load_config": "coordinator.config",
+    "connect": "coordinator.deploy",
+    "deploy": "coordinator.deploy",
+    "shutdown": "coordinator.deploy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, not with the package: the ``dn`` command must set Ray's
+    # environment (loopback, token auth) before anything imports ray.
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'coordinator' has no attribute {name!r}")

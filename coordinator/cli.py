@@ -64,6 +64,15 @@ def _loopback_ray(address: str | None) -> None:
             return
     if addr.split(":")[0] in _LOOPBACK:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        _token_auth()
+
+
+def _token_auth() -> None:
+    """A head started with ``ray start`` (Ray >= 2.5x) requires its token: a driver that
+    connects to it must send the token ``ray start`` left in ``~/.ray/auth_token``."""
+    if os.path.exists(os.path.expanduser("~/.ray/auth_token")) or os.environ.get(
+            "RAY_AUTH_TOKEN"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def _connect_ray(address: str | None, namespace: str) -> None:
@@ -242,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("up", "demo") and args.address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local cluster
+        if args.command == "up":  # it starts a `ray start` head, which requires a token
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     else:
         _loopback_ray(args.address)
     try:
