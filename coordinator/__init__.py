@@ -14,7 +14,7 @@ and ``status()``.
 Modules: :mod:`~coordinator.config` (cluster.yaml), :mod:`~coordinator.routing` (stable hash),
 :mod:`~coordinator.catalog` (cluster record in the store), :mod:`~coordinator.service` (the
 coordinator actor's body), :mod:`~coordinator.reads` (cross-shard snapshot reads),
-:mod:`~coordinator.client`, :mod:`~coordinator.deploy`, :mod:`~coordinator.handles` (the only
+:mod:`~coordinator.client`, :mod:`~coordinator.deployment`, :mod:`~coordinator.handles` (the only
 Ray-facing module here), :mod:`~coordinator.cli` (the ``dn`` command).
 """
 
@@ -26,9 +26,9 @@ _WHERE = {
     "Client": "coordinator.client",
     "ClusterConfig": "coordinator.config",
     "load_config": "coordinator.config",
-    "connect": "coordinator.deploy",
-    "deploy": "coordinator.deploy",
-    "shutdown": "coordinator.deploy",
+    "connect": "coordinator.deployment",
+    "deploy": "coordinator.deployment",
+    "shutdown": "coordinator.deployment",
 }
 
 

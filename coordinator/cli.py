@@ -84,7 +84,7 @@ def _connect_ray(address: str | None, namespace: str) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from coordinator import handles
     from coordinator.config import load_config
-    from coordinator.deploy import deploy
+    from coordinator.deployment import deploy
 
     overrides = {
         k: v
@@ -107,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     from coordinator import handles
-    from coordinator.deploy import shutdown
+    from coordinator.deployment import shutdown
 
     try:
         _connect_ray(args.address, args.namespace)
@@ -126,7 +126,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from coordinator.deploy import connect
+    from coordinator.deployment import connect
 
     _connect_ray(args.address, args.namespace)
     return connect(args.namespace)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.client import Client
-from coordinator.deploy import deploy, shutdown
+from coordinator.deployment import deploy, shutdown
 
 DB, TABLE = "demo", "events"
 SCHEMA = {"id": "int64", "user": "string", "amount": "float64", "payload": "bytes"}

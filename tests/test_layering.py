@@ -63,3 +63,13 @@ def test_ruff_passes():
     proc = subprocess.run(["ruff", "check", "dn", "shards", "coordinator", "tests", "bench"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_importing_the_dn_command_does_not_import_ray():
+    """Regression: `dn up` failed on a fresh machine because importing the coordinator package
+    imported Ray before the command could set Ray's loopback and token-auth environment."""
+    import sys
+
+    code = "import sys, coordinator, coordinator.cli; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
