@@ -5,20 +5,21 @@ applied; None while empty). It holds (seed 001):
 
 - ``commands``: the DDL commands, as ``(ts, cmd)``;
 - per table an appendable :class:`TableBlock`: columnar lists (one per column), the commit
-  timestamp of each row version, a primary-key index built lazily, and the block's delete
-  nodes (primary key, timestamp).
+  timestamp of each row version, and the block's delete nodes (primary key, timestamp).
+  Reads copy versions out as runs (:mod:`dn.run`), which answer point lookups.
 
 Invariants: timestamps are appended in ascending order; a group commit is applied whole, so a
 buffer boundary never splits one; a frozen buffer never changes again. ``nbytes`` counts the
 encoded bytes of the commands applied (the same bytes the log wrote), a good proxy for memory.
 
-Callers hold the engine's lock for every mutation; frozen buffers may be read without it.
+Callers hold the engine's lock for every mutation. Frozen buffers may be read without it, and
+so may the versions of a mutable buffer at or below a resolved snapshot: later commits only
+append above them.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Any
 
 from dn.run import Run
 
@@ -26,7 +27,7 @@ from dn.run import Run
 class TableBlock:
     """The appendable block of one table in one buffer."""
 
-    __slots__ = ("pk_pos", "cols", "ts", "del_pks", "del_ts", "_index", "_indexed")
+    __slots__ = ("pk_pos", "cols", "ts", "del_pks", "del_ts")
 
     def __init__(self, ncols: int, pk_pos: tuple[int, ...]) -> None:
         self.pk_pos = pk_pos
@@ -34,8 +35,6 @@ class TableBlock:
         self.ts: list[int] = []
         self.del_pks: list = []
         self.del_ts: list[int] = []
-        self._index: dict[Any, list[int]] = {}
-        self._indexed = 0
 
     def append(self, ts: int, rows: list[tuple], deletes: list) -> None:
         if rows:
@@ -51,29 +50,6 @@ class TableBlock:
         if len(pos) == 1:
             return self.cols[pos[0]][lo:hi]
         return list(zip(*(self.cols[p][lo:hi] for p in pos)))
-
-    def _index_up_to_date(self) -> dict[Any, list[int]]:
-        n = len(self.ts)
-        if self._indexed < n:
-            idx = self._index
-            for i, pk in enumerate(self.pks(self._indexed, n), start=self._indexed):
-                idx.setdefault(pk, []).append(i)
-            self._indexed = n
-        return self._index
-
-    def lookup(self, pk: Any, snapshot: int) -> tuple[int, tuple | None] | None:
-        """Newest version of ``pk`` at or before ``snapshot`` in this block."""
-        best_ts, best_row = -1, None
-        for i in self._index_up_to_date().get(pk, ()):
-            t = self.ts[i]
-            if t <= snapshot and t > best_ts:
-                best_ts, best_row = t, tuple(c[i] for c in self.cols)
-        for i, p in enumerate(self.del_pks):
-            if p == pk:
-                t = self.del_ts[i]
-                if t <= snapshot and t > best_ts:
-                    best_ts, best_row = t, None
-        return None if best_ts < 0 else (best_ts, best_row)
 
     def run(self, lo_ts: int, hi_ts: int) -> Run:
         """The versions with lo_ts <= ts <= hi_ts, in commit order."""
@@ -133,12 +109,6 @@ class Buffer:
         if block is None or self.to_ts is None or hi_ts < self.from_ts or lo_ts > self.to_ts:
             return None
         return block.run(lo_ts, hi_ts)
-
-    def lookup(self, table_id: int, pk: Any, snapshot: int):
-        block = self.tables.get(table_id)
-        if block is None or snapshot < self.from_ts:
-            return None
-        return block.lookup(pk, snapshot)
 
     def rows(self) -> int:
         return sum(len(b) for b in self.tables.values())

@@ -34,10 +34,6 @@ class Checkpoint:
     sizes: dict[tuple[int, int], int]
     tables: dict[int, tuple[tuple[tuple[int, int], TableStats], ...]]
 
-    def objects_for(self, table_id: int) -> list[tuple[int, int]]:
-        """The live ranges holding versions of ``table_id``, oldest first."""
-        return [r for r, _ in self.tables.get(table_id, ())]
-
 
 def build(shard: int, ts: int, catalog: dict, ranges: list[tuple[int, int]],
           stats: dict[tuple[int, int], dict[int, TableStats]],

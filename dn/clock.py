@@ -17,7 +17,6 @@ import time
 from typing import Protocol
 
 LOGICAL_BITS = 16
-MAX_TS = (1 << 63) - 1
 
 
 class Clock(Protocol):
@@ -80,8 +79,3 @@ class HybridClock:
         """No later ``next()`` returns a timestamp <= ``floor``."""
         if floor > self.last:
             self.last = floor
-
-
-def ts_to_ms(ts: int) -> int:
-    """The physical part of a timestamp, in milliseconds since the epoch."""
-    return ts >> LOGICAL_BITS

@@ -367,9 +367,8 @@ class Engine(Upkeep, Reads):
             self._fail(exc)
             raise
         with self._cv:
-            for ts, op, args in landed:
-                if ts > self._last_applied:
-                    self._apply_command(ts, op, args, 64 + _approx_size(args))
+            if landed is not None:
+                self._replay(landed)  # the commands are durable: apply them as recovery would
             self._unknown_lo = None
             self._cv.notify_all()
 
@@ -543,7 +542,3 @@ def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeo
                                             min(keys) if keys else None,
                                             max(keys) if keys else None)
     return out
-
-
-def _approx_size(args: Any) -> int:
-    return len(codec.pack(args))

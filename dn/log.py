@@ -215,12 +215,12 @@ class Log:
         self.bytes_written += nbytes
         self.objects_written += 1
 
-    def resolve(self) -> list:
-        """Settle an unknown outcome. Returns the commands of the failed put if it did land
-        (they are durable and must be applied), else []. Raises Unavailable if the store is
-        still failing, Fenced if a newer incarnation took over."""
+    def resolve(self) -> LogRecord | None:
+        """Settle an unknown outcome. Returns the record of the failed put if it did land
+        (its commands are durable and must be applied), else None. Raises Unavailable if the
+        store is still failing, Fenced if a newer incarnation took over."""
         if self._unknown is None:
-            return []
+            return None
         seq, data, max_ts = self._unknown
         key = self._key(seq)
         skip = self._encode(seq, [])
@@ -234,22 +234,22 @@ class Log:
             if existing == skip:  # our skip record landed; its acknowledgement was lost
                 self._unknown = None
                 self._landed(seq, len(skip), 0)
-                return []
+                return None
             if existing == data:
                 self._unknown = None
                 self._landed(seq, len(data), max_ts)
-                return self._decode(data, key).commands
+                return self._decode(data, key)
             rec = self._read_existing(key, existing)
             if rec is None:
                 self._unknown = None
                 self._skip(seq)
-                return []
+                return None
             if rec.epoch > self.epoch:
                 raise self._fenced(rec, key) from None
             raise Internal(f"log object {key} holds another record of epoch {rec.epoch}") from None
         self._unknown = None
         self._landed(seq, 0, 0)
-        return []
+        return None
 
     # -- finalizing -------------------------------------------------------------------------
 

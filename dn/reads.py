@@ -114,13 +114,17 @@ class Reads:
                 plan = snapshot_plan(self._ranges, self._checkpoints, s)
             else:
                 plan = range_plan(self._ranges, self._checkpoints, s, from_ts)
-            tail: list[Run] = []
-            if plan.tail is not None:
-                lo, hi = plan.tail
-                for buf in [*self._frozen, self._mutable]:
-                    run = buf.run(tdef.id, lo, hi)
-                    if run is not None and len(run):
-                        tail.append(run)
+            buffers = [*self._frozen, self._mutable] if plan.tail is not None else []
+        # Copied outside the lock, so a big tail does not stall writers: every commit at or
+        # below s is applied (s is resolved), later ones only append above s, and a buffer a
+        # flush drops meanwhile stays whole through this reference.
+        tail: list[Run] = []
+        if plan.tail is not None:
+            lo, hi = plan.tail
+            for buf in buffers:
+                run = buf.run(tdef.id, lo, hi)
+                if run is not None and len(run):
+                    tail.append(run)
         return ReadView(tdef, s, plan, tuple(tail), from_ts)
 
     def snapshot_plan(self, ts: int) -> Plan:
