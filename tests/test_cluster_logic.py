@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import pickle
+import re
 import uuid
 from pathlib import Path
 
@@ -255,7 +256,11 @@ def test_client_errors_match_the_engine(local_cluster):
         with pytest.raises(kind) as from_client:
             call(client)
         assert type(from_client.value) is type(from_engine.value)
-        assert str(from_client.value) == str(from_engine.value)
+        # the same message, but for the timestamp a "does not exist at ..." names: the two
+        # reads resolve their snapshots at different moments
+        same = re.compile(r"timestamp \d+")
+        assert same.sub("timestamp T", str(from_client.value)) == same.sub(
+            "timestamp T", str(from_engine.value))
     assert list(client.scan("db", "t")) == []  # nothing written by any bad batch
 
 
