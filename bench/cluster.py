@@ -11,10 +11,14 @@ Through the coordinator (``coordinator.deploy(shards=N, store=...)`` and its ``C
 issue 3), Ray started as ``ray.init(num_cpus=2, include_dashboard=False,
 _node_ip_address="127.0.0.1")`` and shut down at the end:
 
-- ingest: 16 Ray tasks each write B batches of 1,000 rows through the client into 1, 2 and 4
-  shards: aggregate rows/s (wall time from launching the tasks to the last acknowledgement),
-  p50/p99 latency of one batch;
-- snapshot scan of the rows in 4 shards into one client (rows/s);
+- ingest: 16 Ray tasks each write B batches of 1,000 rows into 1, 2 and 4 shards, two ways:
+  through one ``client.writer`` per task (4a-N: buffered, parts of 256 KiB per shard, the
+  task ends with everything durable; latency is from ``write()`` to the batch being durable)
+  and with ``client.write`` (4a-sync-N: each batch durable before the next; latency is one
+  call). Aggregate rows/s is wall time from launching the tasks to the last acknowledgement;
+- snapshot scan of the 4-shard writer runs' rows into one client (rows/s), right after the
+  ingest, so the rows are still in the shards' memory (the slowest case for a read: every
+  row crosses from a shard to the client);
 - change feed over all of them (changes/s).
 
 When ``coordinator.deploy`` is not there yet, the Ray figures are reported as skipped with the
@@ -26,6 +30,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from typing import Any
 
 import dn
 from bench.harness import Figure, progress, rmtree, tempdir
@@ -86,13 +91,21 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     # batches of 1,000 per task: 16 tasks x 64 = 1,024,000 rows for the 4-shard scan
     per_task = {1: 4, 2: 4, 4: 8} if quick else {1: 16, 2: 16, 4: 64}
     fi = {s: Figure(f"4a-{s}", "cluster",
-                    f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s)", "rows/s",
-                    target=300_000 if s == 4 else None, absolute=s == 4)
+                    f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.writer",
+                    "rows/s", target=300_000 if s == 4 else None, absolute=s == 4,
+                    note="each task writes its batches through one client.writer (parts of "
+                         "256 KiB per shard, durable on flush); latency: write() to durable")
+          for s in (1, 2, 4)}
+    fw = {s: Figure(f"4a-sync-{s}", "cluster",
+                    f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.write",
+                    "rows/s",
+                    note="each batch durable before the next: one Ray call per shard per "
+                         "batch; latency: one write() call")
           for s in (1, 2, 4)}
     fs = Figure("4b", "cluster", "snapshot scan over 4 shards into one client", "rows/s",
                 target=500_000, absolute=True)
     fc = Figure("4c", "cluster", "change feed over 4 shards into one client", "changes/s")
-    figs = [*fi.values(), fs, fc]
+    figs = [*fi.values(), *fw.values(), fs, fc]
     if not ray_ok:
         for f in figs:
             f.skipped = "--no-ray given: the Ray cluster figures were not run"
@@ -116,11 +129,27 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     runs = 3 if quick else 5
 
     @ray.remote(num_cpus=0)
-    def _noop() -> None:
+    def _warm() -> None:
+        import coordinator.client  # noqa: F401 - a worker imports the client once, not per run
+
         time.sleep(0.5)  # held long enough that all 16 run at once, on 16 workers
 
     @ray.remote(num_cpus=0)
-    def writer(client, task: int, nbatches: int) -> list[float]:
+    def buffered(client, task: int, nbatches: int) -> list[float]:
+        sent: dict[int, float] = {}
+        durable: dict[int, float] = {}
+        with client.writer("bench", "t",
+                           on_durable=lambda q: durable.__setitem__(q, time.perf_counter())
+                           ) as w:
+            for b in range(nbatches):
+                base = (task * nbatches + b) * 1000
+                t0 = time.perf_counter()
+                sent[w.write(upserts=[{"k": k, "v": b"v" * 100}
+                                      for k in range(base, base + 1000)])] = t0
+        return [durable[q] - t0 for q, t0 in sent.items()]
+
+    @ray.remote(num_cpus=0)
+    def synchronous(client, task: int, nbatches: int) -> list[float]:
         lat = []
         for b in range(nbatches):
             base = (task * nbatches + b) * 1000
@@ -130,52 +159,65 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
             lat.append(time.perf_counter() - t0)
         return lat
 
+    def ingest(fig: Figure, task: Any, client: Any, nb: int) -> None:
+        t0 = time.perf_counter()
+        lats = ray.get([task.remote(client, t, nb) for t in range(16)])
+        dt = time.perf_counter() - t0
+        flat = sorted(x for lat in lats for x in lat)
+        fig.ours.append(16 * nb * 1000 / dt)
+        fig.extra.setdefault("p50_s", []).append(flat[len(flat) // 2])
+        fig.extra.setdefault("p99_s", []).append(flat[min(len(flat) - 1, int(len(flat) * 0.99))])
+
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, _system_config=WARM_WORKERS)
     try:
-        # start the 16 writer workers once (Python start-up is seconds of CPU each); with
-        # WARM_WORKERS they stay for every run, so the runs measure writing, not spawning
-        ray.get([_noop.remote() for _ in range(16)])
+        # start the 16 writer workers once (Python start-up and imports are seconds of CPU
+        # each); with WARM_WORKERS they stay for every run, so runs measure writing
+        ray.get([_warm.remote() for _ in range(16)])
         for shards in (1, 2, 4):
             for r in range(runs):
-                progress(f"4a: ingest into {shards} shard(s), run {r + 1}/{runs}")
-                d = tempdir("dn-cluster")
-                try:
-                    client = deploy(shards=shards, store=d, namespace=NAMESPACE)
+                for kind, fig, task in (("client.writer", fi[shards], buffered),
+                                        ("client.write", fw[shards], synchronous)):
+                    progress(f"4a: ingest into {shards} shard(s) with {kind}, "
+                             f"run {r + 1}/{runs}")
+                    d = tempdir("dn-cluster")
                     try:
-                        client.create_database("bench")
-                        client.create_table("bench", "t", SCHEMA, "k")
-                        before = client.snapshot()  # the change feed starts here
-                        t0 = time.perf_counter()
-                        nb = per_task[shards]
-                        lats = ray.get([writer.remote(client, t, nb) for t in range(16)])
-                        dt = time.perf_counter() - t0
-                        flat = sorted(x for lat in lats for x in lat)
-                        fi[shards].ours.append(16 * nb * 1000 / dt)
-                        fi[shards].extra.setdefault("p50_s", []).append(
-                            flat[len(flat) // 2])
-                        fi[shards].extra.setdefault("p99_s", []).append(
-                            flat[min(len(flat) - 1, int(len(flat) * 0.99))])
-                        if shards == 4:
-                            total = 16 * nb * 1000
-                            snap = client.snapshot()
-                            t0 = time.perf_counter()
-                            n = sum(1 for _ in client.scan("bench", "t", snapshot=snap))
-                            fs.ours.append(n / (time.perf_counter() - t0))
-                            assert n == total, (n, total)
-                            t0 = time.perf_counter()
-                            n = sum(1 for _ in client.changes("bench", "t", before,
-                                                              snapshot=snap))
-                            fc.ours.append(n / (time.perf_counter() - t0))
+                        client = deploy(shards=shards, store=d, namespace=NAMESPACE)
+                        try:
+                            client.create_database("bench")
+                            client.create_table("bench", "t", SCHEMA, "k")
+                            time.sleep(SETTLE_S)
+                            before = client.snapshot()  # the change feed starts here
+                            nb = per_task[shards]
+                            ingest(fig, task, client, nb)
+                            if shards == 4 and task is buffered:
+                                _read_figures(client, before, 16 * nb * 1000, fs, fc)
+                        finally:
+                            shutdown(namespace=NAMESPACE)
                     finally:
-                        shutdown(namespace=NAMESPACE)
-                finally:
-                    rmtree(d)
+                        rmtree(d)
     finally:
         ray.shutdown()
     for f in (fs, fc):
-        f.note = f"{16 * per_task[4] * 1000:,} rows written by the 4-shard ingest runs"
+        f.note = (f"{16 * per_task[4] * 1000:,} rows written by the 4-shard client.writer "
+                  "runs, read right after (in the shards' memory, not yet flushed)")
     return figs
+
+
+#: Seconds to let a new deployment settle before a timed run: Ray starts replacement idle
+#: workers for the actors it placed, and their start-up would be timed otherwise.
+SETTLE_S = 2.0
+
+
+def _read_figures(client: Any, before: int, total: int, fs: Figure, fc: Figure) -> None:
+    snap = client.snapshot()
+    t0 = time.perf_counter()
+    n = sum(1 for _ in client.scan("bench", "t", snapshot=snap))
+    fs.ours.append(n / (time.perf_counter() - t0))
+    assert n == total, (n, total)
+    t0 = time.perf_counter()
+    n = sum(1 for _ in client.changes("bench", "t", before, snapshot=snap))
+    fc.ours.append(n / (time.perf_counter() - t0))
 
 
 def run(quick: bool, ray_ok: bool = True) -> list[Figure]:

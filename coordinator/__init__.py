@@ -8,14 +8,15 @@ Public API::
     coordinator.shutdown(namespace="dn")
 
 :class:`Client` has the methods of :class:`dn.Engine` (create_database, drop_database,
-create_table, drop_table, write, get, scan, changes) across all shards, plus ``snapshot()``
-and ``status()``.
+create_table, drop_table, write, get, scan, changes) across all shards, plus ``snapshot()``,
+``status()`` and ``writer()`` (buffered ingest, :mod:`~coordinator.writer`).
 
 Modules: :mod:`~coordinator.config` (cluster.yaml), :mod:`~coordinator.routing` (stable hash),
 :mod:`~coordinator.catalog` (cluster record in the store), :mod:`~coordinator.service` (the
 coordinator actor's body), :mod:`~coordinator.reads` (cross-shard snapshot reads),
-:mod:`~coordinator.client`, :mod:`~coordinator.deployment`, :mod:`~coordinator.handles` (the only
-Ray-facing module here), :mod:`~coordinator.cli` (the ``dn`` command).
+:mod:`~coordinator.client`, :mod:`~coordinator.writer` (buffered ingest),
+:mod:`~coordinator.deployment`, :mod:`~coordinator.handles` (the only Ray-facing module here),
+:mod:`~coordinator.cli` (the ``dn`` command).
 """
 
 from typing import Any

@@ -14,6 +14,8 @@ Methods take the same arguments and give the same results (and typed errors) as
   The coordinator is not involved.
 - ``get``/``scan``/``changes`` read at one snapshot across shards (:mod:`coordinator.reads`);
   ``scan`` and ``changes`` return iterators; ``scan_pages`` yields lists of ``page_rows``.
+- ``writer`` gives a :class:`coordinator.writer.BatchWriter` for ingest: batches are buffered
+  per shard and sent as large parts; durable on ``flush()``.
 
 Atomicity across shards, plainly: a batch is atomic *per shard*. A batch whose keys land on
 several shards commits as several independent commits with different timestamps. A reader at
@@ -43,6 +45,7 @@ from typing import Any
 from coordinator import reads
 from coordinator.handles import CoordinatorHandle, alive_nodes, stream_tasks
 from coordinator.routing import pk_signature, shard_of, split_batch
+from coordinator.writer import LINGER_S, PART_BYTES, BatchWriter
 from dn.errors import DNError, InvalidArgument, NotFound, Unavailable
 from dn.reader import Change
 from dn.schema import TableDef, check_name
@@ -186,10 +189,11 @@ class Client:
             if attempt:  # only what did not commit yet (the stale parts)
                 parts = {s: p for s, p in parts.items() if s not in done}
             sig = pk_signature(t)
-            calls = {
-                s: ("write_packed", (db, table, *p.packed(), None, self._token, sig))
-                for s, p in parts.items()
-            }
+            calls = {}
+            for s, p in parts.items():
+                chunks, dels_blob = p.packed()
+                calls[s] = ("write_packed", (db, table, dels_blob, None, self._token, sig,
+                                             *chunks))
             results = self.shards.call_each(calls, self.retry_s)
             stale = False
             for s, r in results.items():
@@ -206,6 +210,23 @@ class Client:
             if not errors:
                 return done
         raise _with_committed(errors[min(errors)], done)
+
+    def writer(
+        self,
+        db: str,
+        table: str,
+        *,
+        part_bytes: int = PART_BYTES,
+        linger_s: float = LINGER_S,
+        max_buffer_bytes: int | None = None,
+        on_durable: Any = None,
+    ) -> BatchWriter:
+        """A buffered writer for ingest (see :mod:`coordinator.writer`): ``write`` returns at
+        once, rows go to each shard in parts of ``part_bytes`` (or after ``linger_s``), and
+        ``flush()`` (or leaving a ``with`` block) waits until everything is durable. Many
+        small batches cost far fewer shard calls than with :meth:`write`."""
+        return BatchWriter(self, db, table, part_bytes=part_bytes, linger_s=linger_s,
+                           max_buffer_bytes=max_buffer_bytes, on_durable=on_durable)
 
     # -- reads ------------------------------------------------------------------------------
 

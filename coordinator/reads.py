@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from operator import itemgetter
@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from dn import ReadView
 from dn.codec import pack, unpack_tuples
 from dn.errors import NotFound
-from dn.reader import Change, ObjectCache, Reader, _projection
+from dn.reader import Change, ObjectCache, Reader, _projection, row_maker
 from dn.run import Run
 from dn.store import open_store
 from dn.store.base import ObjectStore
@@ -52,6 +52,11 @@ class ShardCalls(Protocol):
     ) -> dict[int, Any]:
         """Run ``method(*args)`` on each listed shard in parallel; a failed call's entry is
         its :class:`dn.errors.DNError` (Ray failures already mapped to ``Unavailable``)."""
+        ...
+
+    def start(self, i: int, method: str, args: tuple, done: Callable[[Any], None]) -> None:
+        """Start ``method(*args)`` on shard ``i`` and return at once; ``done`` is called with
+        the result or the DNError when it ends (from any thread; it must not block)."""
         ...
 
 
@@ -131,21 +136,67 @@ def scan(
     pool: ReaderPool, views: Mapping[int, ReadView], columns: list[str] | None, start: Any, end: Any
 ) -> Iterator[dict]:
     """Rows with start <= pk < end at the views' snapshot, in primary-key order: each shard's
-    rows as tuples, merged by key (a C-level key), made dicts once at the end."""
+    rows as one sorted list of tuples, merged across shards page by page
+    (:func:`merge_sorted`), made dicts at the end."""
     first = views[min(views)]
-    names, pick = _projection(first.table, columns)  # raises InvalidArgument early
+    to_dict = row_maker(first.table, columns)  # raises InvalidArgument early
     runs = _runs_per_shard(pool, views, feed=False)
-    pk_pos = first.table.pk_pos
-    key = itemgetter(pk_pos[0]) if len(pk_pos) == 1 else itemgetter(*pk_pos)
-    streams = [pool.reader(i).scan_rows(views[i].snapshot, runs[i], start, end)
-               for i in sorted(views)]
-    merged = heapq.merge(*streams, key=key) if len(streams) > 1 else streams[0]
-    if pick is None:
-        for row in merged:
-            yield dict(zip(names, row))
-    else:
-        for row in merged:
-            yield {n: row[i] for n, i in pick}
+    lists = [pool.reader(i).sorted_rows(views[i].snapshot, runs[i], start, end)
+             for i in sorted(views)]
+    del runs
+    for page in merge_sorted(lists, _pk_key(first.table)):
+        yield from map(to_dict, page)
+
+
+#: Rows a merge step takes from each list (see :func:`merge_sorted`).
+MERGE_STEP = 4096
+
+
+def merge_sorted(lists: list[list], key: Callable[[Any], Any]) -> Iterator[list]:
+    """Pages of the rows of ``lists`` (each sorted by ``key``, keys unique across lists: the
+    shards partition the keys) in ``key`` order. Each step takes up to ``MERGE_STEP`` rows
+    from every list, cuts all of them at the smallest of their last keys, and sorts what is
+    at or below the cut: a C-level sort of a few sorted runs, instead of a Python-level heap
+    step per row."""
+    lists = [x for x in lists if x]
+    if len(lists) <= 1:
+        for x in lists:
+            for i in range(0, len(x), MERGE_STEP * 4):
+                yield x[i:i + MERGE_STEP * 4]
+        return
+    pos = [0] * len(lists)
+    while True:
+        live = [j for j, x in enumerate(lists) if pos[j] < len(x)]
+        if not live:
+            return
+        if len(live) == 1:
+            j = live[0]
+            x = lists[j]
+            for i in range(pos[j], len(x), MERGE_STEP * 4):
+                yield x[i:i + MERGE_STEP * 4]
+            return
+        cut = min(key(lists[j][min(pos[j] + MERGE_STEP, len(lists[j])) - 1]) for j in live)
+        page: list = []
+        for j in live:
+            x, p = lists[j], pos[j]
+            stop = min(p + MERGE_STEP, len(x))
+            # rows p..stop-1 are sorted; take those with key <= cut
+            lo, hi = p, stop
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if key(x[mid]) <= cut:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            page.extend(x[p:lo])
+            pos[j] = lo
+        page.sort(key=key)
+        yield page
+
+
+def _pk_key(table: Any) -> Callable[[tuple], Any]:
+    pk_pos = table.pk_pos
+    return itemgetter(pk_pos[0]) if len(pk_pos) == 1 else itemgetter(*pk_pos)
 
 
 def check_projection(table: Any, columns: list[str] | None) -> None:
@@ -194,9 +245,8 @@ def merge_pages(
 ) -> Iterator[dict]:
     """Rows from every shard's pages (each in key order), merged by primary key."""
     first = views[min(views)]
-    names, pick = _projection(first.table, columns)
-    pk_pos = first.table.pk_pos
-    key = itemgetter(pk_pos[0]) if len(pk_pos) == 1 else itemgetter(*pk_pos)
+    to_dict = row_maker(first.table, columns)
+    key = _pk_key(first.table)
 
     def rows(it: Iterator[bytes]) -> Iterator[tuple]:
         for page in it:
@@ -204,11 +254,7 @@ def merge_pages(
 
     streams = [rows(pages[i]) for i in sorted(pages)]
     merged = heapq.merge(*streams, key=key) if len(streams) > 1 else streams[0]
-    for row in merged:
-        if pick is None:
-            yield dict(zip(names, row))
-        else:
-            yield {n: row[i] for n, i in pick}
+    yield from map(to_dict, merged)
 
 
 def changes(

@@ -17,6 +17,7 @@ Pure functions; no Ray, no I/O. Any thread.
 from __future__ import annotations
 
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,18 +43,52 @@ def pk_signature(table: TableDef) -> tuple[tuple[str, str], ...]:
     return tuple((c, types[c]) for c in table.primary_key)
 
 
+#: The largest chunk of packed rows sent as one argument of a shard call. Ray passes an
+#: argument up to 100 KiB inline with the call; a larger one goes through the object store,
+#: which costs about four times as much per call on one machine. A part is sent as several
+#: chunks under this size instead (the shard joins them without unpacking them again).
+CHUNK_BYTES = 90 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ShardPart:
     """The share of one batch that goes to one shard: validated rows (tuples in column order)
-    and normalized primary keys."""
+    with their primary keys, and normalized primary keys to delete."""
 
     rows: list[tuple]
     deletes: list
+    keys: list  # the primary keys of ``rows``, in the same order
 
-    def packed(self) -> tuple[bytes, bytes]:
-        """The part as the shard takes it (:meth:`dn.Engine.write_packed`): two msgpack
-        arrays, packed once here and logged as they are by the shard."""
-        return pack(self.rows), pack(self.deletes)
+    def packed(self) -> tuple[list[bytes], bytes]:
+        """The part as the shard takes it (:meth:`dn.Engine.write_packed`): the rows as
+        msgpack arrays of at most about ``CHUNK_BYTES`` each, and the msgpack array of the
+        deletes; packed once here and logged as they are by the shard."""
+        return pack_chunks(self.rows), pack(self.deletes)
+
+
+def pack_chunks(rows: list, limit: int = CHUNK_BYTES) -> list[bytes]:
+    """``rows`` packed as msgpack arrays of consecutive rows, each at most ``limit`` bytes
+    unless a single row is larger. The rows per chunk are estimated from a sample; a chunk
+    that comes out too large (uneven rows) is split again."""
+    n = len(rows)
+    sample = pack(rows[:: max(1, n // 32)])
+    per_row = len(sample) / max(1, len(rows[:: max(1, n // 32)]))
+    nchunks = max(1, -int(-n * per_row // (limit * 0.85)))
+    per = -(-n // nchunks)  # rows per chunk, the chunks of about equal size
+    if per >= n:
+        whole = pack(rows)
+        if len(whole) <= limit or n <= 1:
+            return [whole]
+        per = max(1, n // 2)
+    out: list[bytes] = []
+    for i in range(0, n, per):
+        chunk = rows[i:i + per]
+        blob = pack(chunk)
+        if len(blob) > limit and len(chunk) > 1:
+            out.extend(pack_chunks(chunk, limit))
+        else:
+            out.append(blob)
+    return out
 
 
 def split_batch(
@@ -77,16 +112,23 @@ def split_batch(
     rows = table.normalize_rows(upserts, max_value_bytes)
     dels = table.normalize_deletes(deletes)
     keys = table.check_batch(rows, dels, max_batch_rows)
-    parts: dict[int, ShardPart] = {}
     crc = zlib.crc32
-    packer = msgpack.Packer(use_bin_type=True)  # same bytes as dn.codec.pack, reused
-    pk = packer.pack
-    for i, s in enumerate([crc(pk(k)) % shards for k in keys]):
-        part = parts.get(s)
-        if part is None:
-            part = parts[s] = ShardPart([], [])
-        if i < len(rows):
-            part.rows.append(rows[i])
-        else:
-            part.deletes.append(keys[i])
+    pk = msgpack.Packer(use_bin_type=True).pack  # same bytes as dn.codec.pack, reused
+    if shards == 1:
+        return {0: ShardPart(list(rows), dels, keys[:len(rows)])}
+    buckets: list[list[int]] = [[] for _ in range(shards)]
+    add = [b.append for b in buckets]
+    for i, k in enumerate(keys):
+        add[crc(pk(k)) % shards](i)
+    parts: dict[int, ShardPart] = {}
+    nrows = len(rows)
+    for s, idx in enumerate(buckets):
+        if not idx:
+            continue
+        cut = bisect_left(idx, nrows)  # indexes below len(rows) are upserts, then deletes
+        parts[s] = ShardPart(
+            list(map(rows.__getitem__, idx[:cut])),
+            list(map(keys.__getitem__, idx[cut:])),
+            list(map(keys.__getitem__, idx[:cut])),
+        )
     return parts

@@ -92,6 +92,7 @@ class CoordinatorService:
             "client_cache_bytes": cfg.client_cache_bytes,
             "max_value_bytes": cfg.engine.max_value_bytes,
             "max_batch_rows": cfg.engine.max_batch_rows,
+            "max_batch_bytes": cfg.engine.max_batch_bytes,
             "catalog_version": st.version,
             "config": cfg.to_dict(),
         }

@@ -56,7 +56,8 @@ class TableBlock:
         a, b = bisect_left(self.ts, lo_ts), bisect_right(self.ts, hi_ts)
         rows = list(zip(*(c[a:b] for c in self.cols))) if b > a else []
         da, db = bisect_left(self.del_ts, lo_ts), bisect_right(self.del_ts, hi_ts)
-        return Run(self.pks(a, b), self.ts[a:b], rows, self.del_pks[da:db], self.del_ts[da:db])
+        return Run(self.pks(a, b), self.ts[a:b], rows, self.del_pks[da:db], self.del_ts[da:db],
+                   pk_pos=self.pk_pos)
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)

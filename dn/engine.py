@@ -267,25 +267,33 @@ class Engine(Upkeep, Reads):
             return
         self._queue.submit_all(ps, self._stamp, self._persist, self._apply_group)
 
-    def write_packed(self, db: str, table: str, rows_blob: bytes, dels_blob: bytes = b"\x90",
-                     table_id: int | None = None) -> int:
+    def write_packed(self, db: str, table: str, rows_blob: bytes | list[bytes] | tuple,
+                     dels_blob: bytes = b"\x90", table_id: int | None = None) -> int:
         """:meth:`write` for a batch a client already validated and packed: ``rows_blob`` is
         the msgpack array of row arrays in column order (normal form: see
-        :meth:`dn.schema.TableDef.check_row_tuples`), ``dels_blob`` the msgpack array of
-        primary keys. Checked here again (cheaply, column by column), then logged as they are,
-        without packing them again. ``table_id``, when given, must be the live table's."""
+        :meth:`dn.schema.TableDef.check_row_tuples`), or a list of such arrays (chunks, so
+        that each travels inline in a Ray call) whose rows form one batch; ``dels_blob`` the
+        msgpack array of primary keys. Checked here again (cheaply, column by column), then
+        logged as they are, without packing them again. ``table_id``, when given, must be
+        the live table's."""
         self._check_usable()
         tdef = self._catalog.live_table(db, table)
         if table_id is not None and table_id != tdef.id:
             raise InvalidArgument(f"table {db}.{table} is not the table the batch was made for "
                                   "(it was dropped and created again)")
-        if not isinstance(rows_blob, bytes) or not isinstance(dels_blob, bytes):
-            raise InvalidArgument("packed rows and deletes must be bytes")
+        chunks = list(rows_blob) if isinstance(rows_blob, list | tuple) else [rows_blob]
+        if (not chunks or not all(isinstance(c, bytes) for c in chunks)
+                or not isinstance(dels_blob, bytes)):
+            raise InvalidArgument("packed rows and deletes must be bytes (rows: bytes or a "
+                                  "non-empty list of bytes)")
         try:
-            rows = codec.unpack_tuples(rows_blob)
+            parts = [codec.unpack_tuples(c) for c in chunks]
             dels = codec.unpack_tuples(dels_blob)
         except Exception as exc:
             raise InvalidArgument(f"packed batch does not decode: {exc}") from None
+        if not all(isinstance(p, tuple) for p in parts):
+            raise InvalidArgument("packed rows must be an array of rows")
+        rows = parts[0] if len(parts) == 1 else [r for p in parts for r in p]
         rows = tdef.check_row_tuples(rows, self.settings.max_value_bytes)
         if not isinstance(dels, list | tuple):
             raise InvalidArgument("packed deletes must be an array of primary keys")
@@ -293,6 +301,7 @@ class Engine(Upkeep, Reads):
             dels = tdef.normalize_deletes(list(dels))
             if codec.pack(dels) != dels_blob:
                 raise InvalidArgument("packed deletes are not in normal form")
+        rows_blob = codec.join_arrays(chunks)
         tdef.check_batch(rows, dels, self.settings.max_batch_rows)
         payload = b"\x93" + codec.pack(tdef.id) + rows_blob + dels_blob
         return self._submit_write(tdef, [tdef.id, rows, dels], payload, len(rows) + len(dels))

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from itertools import chain, groupby, repeat
+from operator import itemgetter
 from typing import Any
+
+from dn.codec import pack, unpack_tuples
 
 
 @dataclass(slots=True)
@@ -25,6 +29,9 @@ class Run:
     del_pks: list
     del_ts: list[int]
     sorted_by_pk: bool = False
+    #: Where ``pks`` come from in ``rows`` when they are exactly the rows' primary keys (a
+    #: buffer's tail): then they are not pickled, the reader takes them from the rows.
+    pk_pos: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)
@@ -60,6 +67,20 @@ class Run:
             return None
         return best_ts, best_row
 
+    def __reduce__(self) -> tuple:
+        """Pickled (a shard's tail on its way to a reader in another process) with the rows
+        as one msgpack blob and the timestamps run-length encoded (a commit's rows share
+        one): pickle memoizes every row tuple and value, which made it several times slower
+        on the shard and slower on the reader."""
+        ts_vals: list[int] = []
+        ts_counts: list[int] = []
+        for t, group in groupby(self.ts):
+            ts_vals.append(t)
+            ts_counts.append(sum(1 for _ in group))
+        pks = None if self.pk_pos is not None else self.pks
+        return (_run_from_parts, (pks, ts_vals, ts_counts, pack(self.rows), self.del_pks,
+                                  self.del_ts, self.sorted_by_pk, self.pk_pos))
+
     def _check(self) -> None:
         assert len(self.pks) == len(self.ts) == len(self.rows)
         assert len(self.del_pks) == len(self.del_ts)
@@ -68,3 +89,13 @@ class Run:
             assert keys == sorted(keys), "run not sorted by (pk, ts)"
             dkeys = list(zip(self.del_pks, self.del_ts))
             assert dkeys == sorted(dkeys), "deletes not sorted by (pk, ts)"
+
+
+def _run_from_parts(pks: list | None, ts_vals: list[int], ts_counts: list[int], blob: bytes,
+                    del_pks: list, del_ts: list[int], sorted_by_pk: bool,
+                    pk_pos: tuple[int, ...] | None) -> Run:
+    ts = list(chain.from_iterable(map(repeat, ts_vals, ts_counts)))
+    rows = list(unpack_tuples(blob))
+    if pks is None and pk_pos is not None:
+        pks = list(map(itemgetter(*pk_pos), rows))  # one position: the value; more: tuples
+    return Run(pks, ts, rows, del_pks, del_ts, sorted_by_pk, pk_pos)

@@ -90,18 +90,20 @@ class ShardService:
         self,
         db: str,
         table: str,
-        rows_blob: bytes,
         dels_blob: bytes,
-        table_id: int | None = None,
-        after: int = 0,
-        pk_signature: tuple | None = None,
+        table_id: int | None,
+        after: int,
+        pk_signature: tuple | None,
+        *rows_chunks: bytes,
     ) -> int:
-        """:meth:`dn.Engine.write_packed` (the client's pre-packed part of a batch), committed
-        after ``after``, with the routing check."""
+        """:meth:`dn.Engine.write_packed` (the client's pre-packed part of a batch: its rows
+        in one or more chunks, each a separate argument so that Ray passes it inline),
+        committed after ``after``, with the routing check."""
         self._check_routing(db, table, pk_signature)
         if after and after > self.engine.clock():
             self.engine.advance_floor(after)
-        ts = self.engine.write_packed(db, table, rows_blob, dels_blob, table_id)
+        ts = self.engine.write_packed(db, table, list(rows_chunks) or [b"\x90"], dels_blob,
+                                      table_id)
         self._commit_wait(ts)
         return ts
 

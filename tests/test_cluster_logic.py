@@ -55,6 +55,10 @@ class LocalShards:
         return out
 
 
+    def start(self, i, method, args, done):
+        done(self.call_each({i: (method, args)})[i])
+
+
 class LocalCoordinator:
     def __init__(self, service: CoordinatorService) -> None:
         self.service = service

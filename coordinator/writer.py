@@ -1,0 +1,399 @@
+"""Buffered ingest: many small batches from one process, sent to the shards as large parts.
+
+:meth:`coordinator.client.Client.write` makes each batch durable before it returns, so each
+batch costs one Ray call per shard it touches. A call costs about a millisecond of CPU on
+each side, and a call whose argument is over 100 KiB goes through Ray's object store and
+costs several times more; so small batches are bound by the call rate, not by the shards (a
+1,000-row batch over 4 shards is 4 calls of 250 rows). A :class:`BatchWriter` (made by
+``client.writer(db, table)``) is for ingest:
+
+- ``write(upserts, deletes)`` validates and routes the batch at once (bad input raises here
+  and nothing of that batch is kept), adds its rows to one buffer per shard and returns the
+  batch's sequence number (1, 2, ...). It does not wait for the shards.
+- A shard's buffer is sent as one part, in chunks that Ray passes inline, when it holds
+  ``part_bytes``, when its oldest row has waited ``linger_s``, or on ``flush()``.
+- ``flush()`` sends everything and waits until it is all durable; leaving a ``with`` block
+  flushes and closes.
+
+Promises, plainly:
+
+- **Durability.** A batch is durable once ``durable_seq`` has reached its sequence number
+  (``on_durable(seq)`` is called for each batch, in order, when it is), or once a later
+  ``flush()`` returns. Rows not yet durable are lost if this process dies: ``write`` returning
+  is not an acknowledgement.
+- **Order.** A shard's parts commit in the order of the ``write`` calls: at most one part per
+  shard is in flight, and the next is sent only once it is acknowledged.
+- **Coalescing.** Within one part, a key written by several batches keeps only its last
+  upsert or delete. The part commits atomically at one timestamp, so no snapshot could show
+  the earlier versions; the change feed shows the key once, at the part's timestamp.
+- **Atomicity** is per part, and a part holds rows of several batches; the rows of one batch
+  on different shards commit in different parts (as with ``Client.write``).
+- **Failures.** A part refused as unavailable (a shard restarting or behind) is sent again,
+  whole, until ``retry_s`` runs out; upserts and deletes are idempotent. Any other failure,
+  or running out of ``retry_s``, fails the writer: no more parts are sent, and ``write``,
+  ``flush`` and ``close`` raise that error, with ``details["durable_seq"]`` (every batch up
+  to it is durable; later ones may be in part). Make a new writer to go on.
+
+Any thread may call a writer. It runs one sender thread while it has rows to send or parts in
+flight (the thread ends when the writer is idle); acknowledgements arrive on Ray's callback
+thread and are only recorded there.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from coordinator.routing import pack_chunks, pk_signature, split_batch
+from dn.codec import pack
+from dn.errors import DNError, InvalidArgument, Unavailable
+
+if TYPE_CHECKING:
+    from coordinator.client import Client
+
+KiB = 1024
+#: Defaults: a part of 256 KiB is three inline chunks, and about 2,400 rows of 100 bytes.
+PART_BYTES = 256 * KiB
+LINGER_S = 0.1
+
+_DEL = object()  # a buffered delete
+
+
+class _Buffer:
+    """One shard's rows waiting to be sent: key -> row tuple (or ``_DEL``)."""
+
+    __slots__ = ("entries", "dels", "since", "seq_hi")
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, Any] = {}
+        self.dels = False  # some entry may be a delete
+        self.since = 0.0  # when the oldest entry came
+        self.seq_hi = 0  # the newest batch with rows here
+
+
+class _Part:
+    """A part in flight to one shard."""
+
+    __slots__ = ("shard", "seq_hi", "nrows", "args", "deadline", "delay", "retry_at")
+
+    def __init__(self, shard: int, seq_hi: int, nrows: int, args: tuple, deadline: float) -> None:
+        self.shard = shard
+        self.seq_hi = seq_hi
+        self.nrows = nrows
+        self.args = args
+        self.deadline = deadline
+        self.delay = 0.05
+        self.retry_at: float | None = None
+
+
+class BatchWriter:
+    """Buffered writes to one table; see the module docstring for what it promises."""
+
+    def __init__(
+        self,
+        client: Client,
+        db: str,
+        table: str,
+        *,
+        part_bytes: int = PART_BYTES,
+        linger_s: float = LINGER_S,
+        max_buffer_bytes: int | None = None,
+        on_durable: Callable[[int], None] | None = None,
+    ) -> None:
+        info = client.info
+        if type(part_bytes) is not int or not 1 <= part_bytes <= info["max_batch_bytes"] // 2:
+            raise InvalidArgument(
+                f"part_bytes must be an int from 1 to {info['max_batch_bytes'] // 2}")
+        if not isinstance(linger_s, int | float) or not 0 <= linger_s <= 60:
+            raise InvalidArgument("linger_s must be a number of seconds from 0 to 60")
+        limit = 4 * part_bytes if max_buffer_bytes is None else max_buffer_bytes
+        if type(limit) is not int or limit < part_bytes:
+            raise InvalidArgument("max_buffer_bytes must be an int >= part_bytes")
+        if on_durable is not None and not callable(on_durable):
+            raise InvalidArgument("on_durable must be callable")
+        self._client = client
+        self.db, self.table = db, table
+        self._t = client._table(db, table)
+        self._sig = pk_signature(self._t)
+        self._n = info["shards"]
+        self._max_value = info["max_value_bytes"]
+        self._max_rows = info["max_batch_rows"]
+        self.part_bytes = part_bytes
+        self.linger_s = float(linger_s)
+        self.max_buffer_bytes = limit
+        self._on_durable = on_durable
+        self._cv = threading.Condition()
+        self._buf = [_Buffer() for _ in range(self._n)]
+        self._inflight: list[_Part | None] = [None] * self._n
+        self._acked = [0] * self._n  # the newest batch durable on each shard
+        self._done: deque[tuple[_Part, Any]] = deque()  # outcomes not yet processed
+        self._open: deque[tuple[int, tuple[int, ...]]] = deque()  # (seq, shards) not durable
+        self._seq = 0
+        self._durable_seq = 0
+        self._row_bytes = 0.0  # bytes per packed row, learned from the parts sent
+        self._flushing = 0
+        self._error: DNError | None = None
+        self._closed = False
+        self._sender: threading.Thread | None = None
+        self.stats = {"batches": 0, "rows": 0, "parts": 0, "part_rows": 0, "retries": 0,
+                      "coalesced": 0}
+
+    def __repr__(self) -> str:
+        return (f"<dn BatchWriter {self.db}.{self.table} seq={self._seq} "
+                f"durable_seq={self._durable_seq}>")
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self.close()
+        except DNError:
+            if exc is None:
+                raise  # else the body's exception goes on; the writer's is in .error
+
+    # -- the caller's side ------------------------------------------------------------------
+
+    @property
+    def durable_seq(self) -> int:
+        """Every batch with a sequence number up to this one is durable."""
+        return self._durable_seq
+
+    @property
+    def error(self) -> DNError | None:
+        """The failure that stopped this writer, if any."""
+        return self._error
+
+    def write(self, upserts: Any = (), deletes: Any = ()) -> int:
+        """Validate and buffer one batch; returns its sequence number (not yet durable)."""
+        parts = split_batch(self._t, upserts, deletes, self._n, self._max_value,
+                            self._max_rows)
+        with self._cv:
+            self._check_usable()
+            for s in parts:  # backpressure: wait while a full buffer is in flight
+                while (self._inflight[s] is not None and self._error is None
+                       and self._buffered_bytes(s) >= self.max_buffer_bytes):
+                    self._cv.wait(1.0)
+            self._check_usable()
+            if not self._row_bytes:
+                sample = next(iter(parts.values())).rows[:16]
+                self._row_bytes = len(pack(sample)) / len(sample) if sample else 16.0
+            self._seq += 1
+            seq = self._seq
+            now = time.monotonic()
+            wake = False
+            for s, p in parts.items():
+                b = self._buf[s]
+                if not b.entries:
+                    b.since = now
+                before = len(b.entries)
+                if p.rows:
+                    b.entries.update(zip(p.keys, p.rows, strict=True))
+                if p.deletes:
+                    b.entries.update(dict.fromkeys(p.deletes, _DEL))
+                    b.dels = True
+                self.stats["coalesced"] += before + len(p.rows) + len(p.deletes) - len(b.entries)
+                b.seq_hi = seq
+                wake = wake or (self._inflight[s] is None and self._ready(s, now))
+            self._open.append((seq, tuple(parts)))
+            self.stats["batches"] += 1
+            self.stats["rows"] += sum(len(p.rows) + len(p.deletes) for p in parts.values())
+            if wake or self._sender is None:
+                self._wake()
+        return seq
+
+    def flush(self) -> int:
+        """Send every buffered row and wait until all of it is durable; returns the newest
+        commit timestamp of the parts (0 when nothing was ever written)."""
+        with self._cv:
+            self._check_usable()
+            self._flushing += 1
+            try:
+                self._wake()
+                while self._error is None and (
+                    any(b.entries for b in self._buf) or any(self._inflight) or self._done
+                ):
+                    self._cv.wait(1.0)
+                self._check_usable(closing=True)
+                return self._client.token
+            finally:
+                self._flushing -= 1
+
+    def close(self) -> None:
+        """Flush, then refuse further writes. Idempotent."""
+        if self._closed:
+            if self._error is not None:
+                raise self._error
+            return
+        try:
+            self.flush()
+        finally:
+            with self._cv:
+                self._closed = True
+                self._cv.notify_all()
+
+    def _check_usable(self, closing: bool = False) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed and not closing:
+            raise InvalidArgument("this writer is closed")
+
+    # -- under the lock ---------------------------------------------------------------------
+
+    def _buffered_bytes(self, s: int) -> float:
+        return len(self._buf[s].entries) * self._row_bytes
+
+    def _ready(self, s: int, now: float) -> bool:
+        """Whether shard ``s``'s buffer is to be sent now (if nothing is in flight there)."""
+        b = self._buf[s]
+        return bool(b.entries) and (
+            self._flushing > 0
+            or self._buffered_bytes(s) >= self.part_bytes
+            or len(b.entries) >= self._max_rows
+            or now - b.since >= self.linger_s
+        )
+
+    def _wake(self) -> None:
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._run, name="dn-writer", daemon=True)
+            self._sender.start()
+        self._cv.notify_all()
+
+    def _take(self, s: int) -> tuple[_Buffer, int]:
+        """Swap out shard ``s``'s buffer (it becomes the part in flight), and the newest batch
+        its acknowledgement makes durable there. A buffer over ``max_batch_rows`` is split:
+        the part takes the oldest rows and makes no batch durable; the rest stays."""
+        b = self._buf[s]
+        if len(b.entries) <= self._max_rows:
+            self._buf[s] = _Buffer()
+            return b, b.seq_hi
+        items = iter(list(b.entries.items()))
+        head = _Buffer()
+        head.entries = dict(islice(items, self._max_rows))
+        head.dels = b.dels
+        b.entries = dict(items)
+        return head, self._acked[s]
+
+    def _process(self, part: _Part, out: Any) -> list[int]:
+        """Record one part's outcome; returns the batches that became durable."""
+        s = part.shard
+        if isinstance(out, int):
+            self._inflight[s] = None
+            self._acked[s] = part.seq_hi
+            self._client._see(out)
+            newly = []
+            while self._open and all(self._acked[x] >= self._open[0][0]
+                                     for x in self._open[0][1]):
+                self._durable_seq = self._open.popleft()[0]
+                newly.append(self._durable_seq)
+            return newly
+        err = out if isinstance(out, DNError) else Unavailable(f"shard {s}: {out!r}")
+        now = time.monotonic()
+        if (isinstance(err, Unavailable) and not err.details.get("stale_table")
+                and now < part.deadline):
+            part.retry_at = now + min(part.delay * (1 + random.random()), part.deadline - now)
+            part.delay = min(part.delay * 2, 1.0)
+            self.stats["retries"] += 1
+            return []
+        self._inflight[s] = None
+        self._fail(err, s)
+        return []
+
+    def _fail(self, err: DNError, shard: int) -> None:
+        if self._error is None:
+            self._error = type(err)(
+                f"{err.message} (a writer's part for shard {shard} failed; every batch up to "
+                f"{self._durable_seq} is durable, later ones may be in part)",
+                **{**err.details, "shard": shard, "durable_seq": self._durable_seq},
+            )
+        self._cv.notify_all()
+
+    # -- the sender thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            sends: list[tuple[int, _Buffer]] = []
+            resends: list[_Part] = []
+            with self._cv:
+                while True:
+                    newly: list[int] = []
+                    while self._done:
+                        part, out = self._done.popleft()
+                        newly += self._process(part, out)
+                    if newly:
+                        self._cv.notify_all()
+                        break
+                    now = time.monotonic()
+                    wait: float | None = None
+                    if self._error is not None:  # parts waiting for a retry are dropped
+                        for s, p in enumerate(self._inflight):
+                            if p is not None and p.retry_at is not None:
+                                self._inflight[s] = None
+                    else:
+                        for s in range(self._n):
+                            p = self._inflight[s]
+                            if p is not None:
+                                if p.retry_at is not None:
+                                    if p.retry_at <= now:
+                                        p.retry_at = None
+                                        resends.append(p)
+                                    else:
+                                        wait = min(wait or 1.0, p.retry_at - now)
+                            elif self._ready(s, now):
+                                b, hi = self._take(s)
+                                self._inflight[s] = _Part(s, hi, len(b.entries), (),
+                                                          now + self._client.retry_s)
+                                sends.append((s, b))
+                            elif self._buf[s].entries:
+                                due = self._buf[s].since + self.linger_s - now
+                                wait = min(wait or 1.0, max(due, 0.001))
+                    if sends or resends:
+                        break
+                    idle = not any(self._inflight) and not any(b.entries for b in self._buf)
+                    if idle or (self._error is not None and not any(self._inflight)):
+                        self._sender = None  # a later write starts a new thread
+                        self._cv.notify_all()
+                        return
+                    self._cv.wait(wait)
+            if newly and self._on_durable is not None:
+                for seq in newly:
+                    try:
+                        self._on_durable(seq)
+                    except Exception:  # noqa: BLE001 - a caller's callback must not kill the sender
+                        pass
+            for s, b in sends:
+                self._send(s, b)
+            for p in resends:
+                self._start(p)
+
+    def _send(self, s: int, b: _Buffer) -> None:
+        """Pack shard ``s``'s taken buffer and start the call (lock not held)."""
+        part = self._inflight[s]
+        assert part is not None
+        if b.dels:
+            rows = [v for v in b.entries.values() if v is not _DEL]
+            dels = [k for k, v in b.entries.items() if v is _DEL]
+        else:
+            rows, dels = list(b.entries.values()), []
+        chunks = pack_chunks(rows) if rows else []
+        nbytes = sum(map(len, chunks))
+        if rows:
+            self._row_bytes = 0.5 * self._row_bytes + 0.5 * nbytes / len(rows)
+        part.args = (self.db, self.table, pack(dels), None, self._client.token, self._sig,
+                     *chunks)
+        self.stats["parts"] += 1
+        self.stats["part_rows"] += len(rows) + len(dels)
+        self._start(part)
+
+    def _start(self, part: _Part) -> None:
+        def done(out: Any) -> None:  # on Ray's callback thread: record only
+            with self._cv:
+                self._done.append((part, out))
+                self._cv.notify_all()
+
+        self._client.shards.start(part.shard, "write_packed", part.args, done)
