@@ -96,3 +96,42 @@ def test_shard_killed_mid_ingest_recovers_everything_acknowledged(deploy_cluster
     )
     for s in client.status()["shards"].values():
         assert s["state"] == "open"
+
+
+def _buffered_writer(client, task: int, batches: int, size: int) -> dict:
+    """Fresh keys through one client.writer; the batches on_durable reported, with their
+    keys. The writer retries parts on a restarting shard for retry_s."""
+    keys: dict[int, list[int]] = {}
+    durable: list[int] = []
+    with client.writer("db", "w", part_bytes=8 * 1024, linger_s=0.01,
+                       on_durable=durable.append) as w:
+        for b in range(batches):
+            base = (task * batches + b) * size
+            seq = w.write([{"k": base + i, "v": f"t{task}b{b}"} for i in range(size)])
+            keys[seq] = list(range(base, base + size))
+            time.sleep(0.005)
+    return {"durable": [keys[q] for q in durable], "all": len(keys)}
+
+
+def test_shard_killed_mid_buffered_ingest_loses_no_durable_batch(deploy_cluster):
+    client = deploy_cluster("crash-writer", shards=4)
+    client.create_database("db")
+    client.create_table("db", "w", {"k": "int64", "v": "string"}, "k")
+    group = client.shards
+    old_pid = group.call(VICTIM, "pid")
+    task = ray.remote(num_cpus=0.01)(_buffered_writer)
+    refs = [task.remote(client, i, 60, 100) for i in range(6)]
+    deadline = time.time() + 60
+    while group.call(VICTIM, "status")["counters"]["rows_written"] < 2000:
+        assert time.time() < deadline, "ingest did not start"
+        time.sleep(0.05)
+    os.kill(old_pid, signal.SIGKILL)  # parts are in flight to it
+    results = ray.get(refs, timeout=240)
+    assert group.call(VICTIM, "pid") != old_pid, "the shard actor was not restarted"
+    rows = {r["k"]: r["v"] for r in client.scan("db", "w")}
+    for r in results:
+        assert len(r["durable"]) == r["all"], "flush returned before every batch was durable"
+    durable_keys = [k for r in results for batch in r["durable"] for k in batch]
+    missing = [k for k in durable_keys if k not in rows]
+    assert not missing, f"{len(missing)} rows of durable batches lost, e.g. {missing[:5]}"
+    assert len(rows) == len(durable_keys) == 6 * 60 * 100

@@ -224,3 +224,42 @@ def test_large_reads_by_ray_tasks_equal_reads_in_the_client(cluster):
         by_tasks = list(cluster.scan("big", "t", tasks=True, **kw))
         assert by_tasks == list(cluster.scan("big", "t", tasks=False, **kw))
         assert by_tasks
+
+
+def _buffered(client, table: str, task: int, batches: int, size: int) -> list:
+    """One client.writer per task: batch b upserts new keys and overwrites keys of batch b-1
+    (coalesced when both sit in one part); returns the durable batches' numbers."""
+    durable: list[int] = []
+    with client.writer("writer", table, part_bytes=16 * 1024, on_durable=durable.append) as w:
+        for b in range(batches):
+            base = (task * batches + b) * size
+            rows = [{"k": base + i, "v": f"t{task}b{b}", "w": b} for i in range(size)]
+            if b:
+                rows += [{"k": base - size + i, "v": f"t{task}b{b}-again", "w": b}
+                         for i in range(10)]
+            w.write(rows)
+    return durable
+
+
+def test_writer_from_ray_tasks_is_durable_on_flush(cluster):
+    cluster.create_database("writer")
+    cluster.create_table("writer", "buffered", SCHEMA, "k")
+    task = ray.remote(num_cpus=0.01)(_buffered)
+    done = ray.get([task.remote(cluster, "buffered", t, 30, 100) for t in range(8)])
+    assert all(d == list(range(1, 31)) for d in done)
+    rows = {r["k"]: r for r in cluster.scan("writer", "buffered")}
+    assert len(rows) == 8 * 30 * 100
+    for t in range(8):
+        for b in range(30):
+            base = (t * 30 + b) * 100
+            want = f"t{t}b{b + 1}-again" if b < 29 else f"t{t}b{b}"
+            assert rows[base]["v"] == want and rows[base + 50]["v"] == f"t{t}b{b}"
+
+
+def test_a_batch_over_rays_inline_limit_travels_in_chunks(cluster):
+    cluster.create_database("chunks")
+    cluster.create_table("chunks", "big", SCHEMA, "k")
+    rows = [{"k": i, "v": "x" * 200, "w": i} for i in range(6000)]  # ~300 KiB per shard part
+    ts = cluster.write("chunks", "big", rows)
+    got = list(cluster.scan("chunks", "big", snapshot=ts))
+    assert got == sorted(rows, key=lambda r: r["k"])
