@@ -18,8 +18,8 @@ costs several times more; so small batches are bound by the call rate, not by th
 Promises, plainly:
 
 - **Durability.** A batch is durable once ``durable_seq`` has reached its sequence number
-  (``on_durable(seq)`` is called for each batch, in order, when it is), or once a later
-  ``flush()`` returns. Rows not yet durable are lost if this process dies: ``write`` returning
+  (``on_durable(seq)`` is called for each batch, in order, on the sender thread, soon
+  after), or once a later ``flush()`` returns (by then every callback has run). Rows not yet durable are lost if this process dies: ``write`` returning
   is not an acknowledgement.
 - **Order.** A shard's parts commit in the order of the ``write`` calls: at most one part per
   shard is in flight, and the next is sent only once it is acknowledged.
@@ -41,6 +41,7 @@ thread and are only recorded there.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -60,6 +61,8 @@ KiB = 1024
 #: Defaults: a part of 256 KiB is three inline chunks, and about 2,400 rows of 100 bytes.
 PART_BYTES = 256 * KiB
 LINGER_S = 0.1
+
+log = logging.getLogger(__name__)
 
 _DEL = object()  # a buffered delete
 
@@ -137,6 +140,7 @@ class BatchWriter:
         self._durable_seq = 0
         self._row_bytes = 0.0  # bytes per packed row, learned from the parts sent
         self._flushing = 0
+        self._notifying = 0  # sender passes calling on_durable right now
         self._error: DNError | None = None
         self._closed = False
         self._sender: threading.Thread | None = None
@@ -217,6 +221,7 @@ class BatchWriter:
                 self._wake()
                 while self._error is None and (
                     any(b.entries for b in self._buf) or any(self._inflight) or self._done
+                    or self._notifying
                 ):
                     self._cv.wait(1.0)
                 self._check_usable(closing=True)
@@ -326,6 +331,7 @@ class BatchWriter:
                         part, out = self._done.popleft()
                         newly += self._process(part, out)
                     if newly:
+                        self._notifying += 1  # flush waits for the callbacks too
                         self._cv.notify_all()
                         break
                     now = time.monotonic()
@@ -360,12 +366,17 @@ class BatchWriter:
                         self._cv.notify_all()
                         return
                     self._cv.wait(wait)
-            if newly and self._on_durable is not None:
-                for seq in newly:
-                    try:
-                        self._on_durable(seq)
-                    except Exception:  # noqa: BLE001 - a caller's callback must not kill the sender
-                        pass
+            if newly:
+                try:
+                    for seq in newly if self._on_durable is not None else ():
+                        try:
+                            self._on_durable(seq)
+                        except Exception:  # noqa: BLE001 - a callback must not kill the sender
+                            log.exception("on_durable(%d) raised", seq)
+                finally:
+                    with self._cv:
+                        self._notifying -= 1
+                        self._cv.notify_all()
             for s, b in sends:
                 self._send(s, b)
             for p in resends:

@@ -235,3 +235,31 @@ def test_concurrent_threads_share_one_writer(cluster):
             th.join()
     assert len(scan(client)) == 800
     assert w.durable_seq == 80
+
+
+def test_flush_returns_only_after_every_on_durable_callback(cluster):
+    client, _ = cluster
+    seen: list[int] = []
+
+    def slow(seq):
+        time.sleep(0.02)  # a callback slower than the acknowledgements
+        seen.append(seq)
+
+    w = client.writer("db", "t", part_bytes=256, linger_s=0.0, on_durable=slow)
+    for b in range(10):
+        w.write([{"k": b * 10 + i, "v": "x"} for i in range(10)])
+    w.flush()
+    assert seen == list(range(1, 11))
+    w.close()
+
+
+def test_a_failing_callback_does_not_stop_the_writer(cluster):
+    client, _ = cluster
+
+    def boom(seq):
+        raise RuntimeError("caller's bug")
+
+    with client.writer("db", "t", on_durable=boom) as w:
+        for b in range(3):
+            w.write([{"k": b, "v": "x"}])
+    assert w.durable_seq == 3 and len(scan(client)) == 3
