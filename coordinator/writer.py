@@ -19,8 +19,8 @@ Promises, plainly:
 
 - **Durability.** A batch is durable once ``durable_seq`` has reached its sequence number
   (``on_durable(seq)`` is called for each batch, in order, on the sender thread, soon
-  after), or once a later ``flush()`` returns (by then every callback has run). Rows not yet durable are lost if this process dies: ``write`` returning
-  is not an acknowledgement.
+  after), or once a later ``flush()`` returns (by then every callback has run). Rows not
+  yet durable are lost if this process dies: ``write`` returning is not an acknowledgement.
 - **Order.** A shard's parts commit in the order of the ``write`` calls: at most one part per
   shard is in flight, and the next is sent only once it is acknowledged.
 - **Coalescing.** Within one part, a key written by several batches keeps only its last
