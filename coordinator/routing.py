@@ -91,6 +91,30 @@ def pack_chunks(rows: list, limit: int = CHUNK_BYTES) -> list[bytes]:
     return out
 
 
+def validate_batch(
+    table: TableDef, upserts: Any, deletes: Any, max_value_bytes: int, max_batch_rows: int
+) -> tuple[list[tuple], list, list]:
+    """A whole batch checked like the engine checks it: (row tuples in column order,
+    normalized delete keys, the primary keys of the rows then of the deletes)."""
+    if isinstance(upserts, dict) or isinstance(upserts, str | bytes):
+        raise InvalidArgument("upserts must be a list of row dicts")
+    if not isinstance(upserts, list | tuple):
+        upserts = list(upserts) if isinstance(upserts, Iterable) else upserts
+    rows = table.normalize_rows(upserts, max_value_bytes)
+    dels = table.normalize_deletes(deletes)
+    keys = table.check_batch(rows, dels, max_batch_rows)
+    return rows, dels, keys
+
+
+def owners(keys: list, shards: int) -> list[int]:
+    """The shard of each normalized key (:func:`shard_of`, for a whole list)."""
+    if shards == 1:
+        return [0] * len(keys)
+    crc = zlib.crc32
+    pk = msgpack.Packer(use_bin_type=True).pack  # same bytes as dn.codec.pack, reused
+    return [crc(pk(k)) % shards for k in keys]
+
+
 def split_batch(
     table: TableDef,
     upserts: Any,
@@ -105,21 +129,13 @@ def split_batch(
     each part once (:meth:`ShardPart.packed`) and the shard checks the packed part again,
     column by column, before logging those very bytes.
     """
-    if isinstance(upserts, dict) or isinstance(upserts, str | bytes):
-        raise InvalidArgument("upserts must be a list of row dicts")
-    if not isinstance(upserts, list | tuple):
-        upserts = list(upserts) if isinstance(upserts, Iterable) else upserts
-    rows = table.normalize_rows(upserts, max_value_bytes)
-    dels = table.normalize_deletes(deletes)
-    keys = table.check_batch(rows, dels, max_batch_rows)
-    crc = zlib.crc32
-    pk = msgpack.Packer(use_bin_type=True).pack  # same bytes as dn.codec.pack, reused
+    rows, dels, keys = validate_batch(table, upserts, deletes, max_value_bytes, max_batch_rows)
     if shards == 1:
         return {0: ShardPart(list(rows), dels, keys[:len(rows)])}
     buckets: list[list[int]] = [[] for _ in range(shards)]
     add = [b.append for b in buckets]
-    for i, k in enumerate(keys):
-        add[crc(pk(k)) % shards](i)
+    for i, o in enumerate(owners(keys, shards)):
+        add[o](i)
     parts: dict[int, ShardPart] = {}
     nrows = len(rows)
     for s, idx in enumerate(buckets):

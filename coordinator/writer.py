@@ -50,7 +50,7 @@ from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from coordinator.routing import pack_chunks, pk_signature, split_batch
+from coordinator.routing import owners, pack_chunks, pk_signature, validate_batch
 from dn.codec import pack
 from dn.errors import DNError, InvalidArgument, Unavailable
 
@@ -175,38 +175,44 @@ class BatchWriter:
 
     def write(self, upserts: Any = (), deletes: Any = ()) -> int:
         """Validate and buffer one batch; returns its sequence number (not yet durable)."""
-        parts = split_batch(self._t, upserts, deletes, self._n, self._max_value,
-                            self._max_rows)
+        rows, dels, keys = validate_batch(self._t, upserts, deletes, self._max_value,
+                                          self._max_rows)
+        owner = owners(keys, self._n)
+        touched = sorted(set(owner))
         with self._cv:
             self._check_usable()
-            for s in parts:  # backpressure: wait while a full buffer is in flight
+            for s in touched:  # backpressure: wait while a full buffer is in flight
                 while (self._inflight[s] is not None and self._error is None
                        and self._buffered_bytes(s) >= self.max_buffer_bytes):
                     self._cv.wait(1.0)
             self._check_usable()
             if not self._row_bytes:
-                sample = next(iter(parts.values())).rows[:16]
-                self._row_bytes = len(pack(sample)) / len(sample) if sample else 16.0
+                self._row_bytes = len(pack(rows[:16])) / len(rows[:16]) if rows else 16.0
             self._seq += 1
             seq = self._seq
             now = time.monotonic()
-            wake = False
-            for s, p in parts.items():
-                b = self._buf[s]
+            bufs = self._buf
+            before = 0
+            for s in touched:
+                b = bufs[s]
                 if not b.entries:
                     b.since = now
-                before = len(b.entries)
-                if p.rows:
-                    b.entries.update(zip(p.keys, p.rows, strict=True))
-                if p.deletes:
-                    b.entries.update(dict.fromkeys(p.deletes, _DEL))
-                    b.dels = True
-                self.stats["coalesced"] += before + len(p.rows) + len(p.deletes) - len(b.entries)
+                before += len(b.entries)
                 b.seq_hi = seq
-                wake = wake or (self._inflight[s] is None and self._ready(s, now))
-            self._open.append((seq, tuple(parts)))
+            # straight into the per-shard buffers: key -> row (a later write replaces it)
+            entries = [b.entries for b in bufs]
+            nrows = len(rows)
+            for k, r, o in zip(keys, rows, owner):
+                entries[o][k] = r
+            if dels:
+                for k, o in zip(keys[nrows:], owner[nrows:]):
+                    entries[o][k] = _DEL
+                    bufs[o].dels = True
+            self.stats["coalesced"] += before + len(keys) - sum(len(entries[s]) for s in touched)
+            wake = any(self._inflight[s] is None and self._ready(s, now) for s in touched)
+            self._open.append((seq, tuple(touched)))
             self.stats["batches"] += 1
-            self.stats["rows"] += sum(len(p.rows) + len(p.deletes) for p in parts.values())
+            self.stats["rows"] += len(keys)
             if wake or self._sender is None:
                 self._wake()
         return seq
