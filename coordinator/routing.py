@@ -53,11 +53,10 @@ CHUNK_BYTES = 90 * 1024
 @dataclass(frozen=True, slots=True)
 class ShardPart:
     """The share of one batch that goes to one shard: validated rows (tuples in column order)
-    with their primary keys, and normalized primary keys to delete."""
+    and normalized primary keys to delete."""
 
     rows: list[tuple]
     deletes: list
-    keys: list  # the primary keys of ``rows``, in the same order
 
     def packed(self) -> tuple[list[bytes], bytes]:
         """The part as the shard takes it (:meth:`dn.Engine.write_packed`): the rows as
@@ -131,7 +130,7 @@ def split_batch(
     """
     rows, dels, keys = validate_batch(table, upserts, deletes, max_value_bytes, max_batch_rows)
     if shards == 1:
-        return {0: ShardPart(list(rows), dels, keys[:len(rows)])}
+        return {0: ShardPart(list(rows), dels)}
     buckets: list[list[int]] = [[] for _ in range(shards)]
     add = [b.append for b in buckets]
     for i, o in enumerate(owners(keys, shards)):
@@ -143,8 +142,6 @@ def split_batch(
             continue
         cut = bisect_left(idx, nrows)  # indexes below len(rows) are upserts, then deletes
         parts[s] = ShardPart(
-            list(map(rows.__getitem__, idx[:cut])),
-            list(map(keys.__getitem__, idx[cut:])),
-            list(map(keys.__getitem__, idx[:cut])),
+            list(map(rows.__getitem__, idx[:cut])), list(map(keys.__getitem__, idx[cut:]))
         )
     return parts

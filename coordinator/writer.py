@@ -82,12 +82,11 @@ class _Buffer:
 class _Part:
     """A part in flight to one shard."""
 
-    __slots__ = ("shard", "seq_hi", "nrows", "args", "deadline", "delay", "retry_at")
+    __slots__ = ("shard", "seq_hi", "args", "deadline", "delay", "retry_at")
 
-    def __init__(self, shard: int, seq_hi: int, nrows: int, args: tuple, deadline: float) -> None:
+    def __init__(self, shard: int, seq_hi: int, args: tuple, deadline: float) -> None:
         self.shard = shard
         self.seq_hi = seq_hi
-        self.nrows = nrows
         self.args = args
         self.deadline = deadline
         self.delay = 0.05
@@ -218,8 +217,8 @@ class BatchWriter:
         return seq
 
     def flush(self) -> int:
-        """Send every buffered row and wait until all of it is durable; returns the newest
-        commit timestamp of the parts (0 when nothing was ever written)."""
+        """Send every buffered row and wait until all of it is durable; returns the client's
+        token, which is at least every part's commit timestamp."""
         with self._cv:
             self._check_usable()
             self._flushing += 1
@@ -358,8 +357,7 @@ class BatchWriter:
                                         wait = min(wait or 1.0, p.retry_at - now)
                             elif self._ready(s, now):
                                 b, hi = self._take(s)
-                                self._inflight[s] = _Part(s, hi, len(b.entries), (),
-                                                          now + self._client.retry_s)
+                                self._inflight[s] = _Part(s, hi, (), now + self._client.retry_s)
                                 sends.append((s, b))
                             elif self._buf[s].entries:
                                 due = self._buf[s].since + self.linger_s - now

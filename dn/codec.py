@@ -88,6 +88,15 @@ def array_body(blob: bytes) -> tuple[int, memoryview]:
     raise ValueError("not a msgpack array")
 
 
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + _ARRAY16.pack(n)
+    return b"\xdd" + _ARRAY32.pack(n)
+
+
 def join_arrays(blobs: list[bytes]) -> bytes:
     """One msgpack array holding the elements of every array in ``blobs``, in order, made by
     joining their bytes (no element is unpacked or packed again). Each blob must be exactly
@@ -95,13 +104,7 @@ def join_arrays(blobs: list[bytes]) -> bytes:
     if len(blobs) == 1:
         return blobs[0]
     bodies = [array_body(b) for b in blobs]
-    n = sum(c for c, _ in bodies)
-    if n < 16:
-        head = bytes([0x90 | n])
-    elif n < 1 << 16:
-        head = b"\xdc" + _ARRAY16.pack(n)
-    else:
-        head = b"\xdd" + _ARRAY32.pack(n)
+    head = array_header(sum(c for c, _ in bodies))
     return b"".join([head, *(body for _, body in bodies)])
 
 

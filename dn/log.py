@@ -77,7 +77,8 @@ class Log:
         return codec.log_key(self._shard, seq)
 
     def _encode(self, seq: int, commands: list[bytes]) -> bytes:
-        body = b"\x93" + codec.pack(self.epoch) + codec.pack(seq) + array_header(len(commands))
+        head = codec.array_header(len(commands))
+        body = b"\x93" + codec.pack(self.epoch) + codec.pack(seq) + head
         return codec.frame(codec.KIND_LOG, body + b"".join(commands))
 
     def _decode(self, data: bytes, key: str) -> LogRecord:
@@ -298,15 +299,6 @@ class Log:
             "objects_written": self.objects_written,
             "bytes_written": self.bytes_written,
         }
-
-
-def array_header(n: int) -> bytes:
-    """The msgpack header of an array of ``n`` elements."""
-    if n < 16:
-        return bytes([0x90 | n])
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def encode_command(ts: int, op: int, payload: bytes) -> bytes:

@@ -43,6 +43,14 @@ def _writer(client, task: int, batches: int, size: int) -> dict:
     return {"acked": acked, "failed": failed}
 
 
+def _wait_rows_written(group, rows: int) -> None:
+    """Until the victim shard has taken ``rows`` rows: the ingest is under way."""
+    deadline = time.time() + 60
+    while group.call(VICTIM, "status")["counters"]["rows_written"] < rows:
+        assert time.time() < deadline, "ingest did not start"
+        time.sleep(0.05)
+
+
 def test_shard_killed_mid_ingest_recovers_everything_acknowledged(deploy_cluster):
     client = deploy_cluster("crash", shards=4)
     client.create_database("db")
@@ -54,10 +62,7 @@ def test_shard_killed_mid_ingest_recovers_everything_acknowledged(deploy_cluster
 
     task = ray.remote(num_cpus=0.01)(_writer)
     refs = [task.remote(client, i, 40, 200) for i in range(8)]
-    deadline = time.time() + 60
-    while group.call(VICTIM, "status")["counters"]["rows_written"] < 3000:
-        assert time.time() < deadline, "ingest did not start"
-        time.sleep(0.05)
+    _wait_rows_written(group, 3000)
     os.kill(old_pid, signal.SIGKILL)  # mid-ingest: writers have calls in flight on it
     results = ray.get(refs, timeout=240)
 
@@ -121,10 +126,7 @@ def test_shard_killed_mid_buffered_ingest_loses_no_durable_batch(deploy_cluster)
     old_pid = group.call(VICTIM, "pid")
     task = ray.remote(num_cpus=0.01)(_buffered_writer)
     refs = [task.remote(client, i, 60, 100) for i in range(6)]
-    deadline = time.time() + 60
-    while group.call(VICTIM, "status")["counters"]["rows_written"] < 2000:
-        assert time.time() < deadline, "ingest did not start"
-        time.sleep(0.05)
+    _wait_rows_written(group, 2000)
     os.kill(old_pid, signal.SIGKILL)  # parts are in flight to it
     results = ray.get(refs, timeout=240)
     assert group.call(VICTIM, "pid") != old_pid, "the shard actor was not restarted"

@@ -183,6 +183,14 @@ PACKED_BAD = [
     ("duplicate key", codec_pack([[5, None, None, None, None]]), codec_pack([5]), "twice"),
     ("empty", b"\x90", b"\x90", "at least one"),
     ("blob not bytes", "abc", b"\x90", "bytes"),
+    ("no chunks", [], b"\x90", "bytes"),
+    ("a chunk not bytes", [codec_pack([[5, None, None, None, None]]), 7], b"\x90", "bytes"),
+    ("a chunk not an array", [codec_pack([[5, None, None, None, None]]),
+                              codec_pack({"k": 1})], b"\x90", "array"),
+    ("bad row in a later chunk", [codec_pack([[5, None, None, None, None]]),
+                                  codec_pack([[6, 7, None, None, None]])], b"\x90", "string"),
+    ("key twice across chunks", [codec_pack([[5, None, None, None, None]]),
+                                 codec_pack([[5, "x", None, None, None]])], b"\x90", "twice"),
 ]
 
 
@@ -196,6 +204,16 @@ def test_bad_packed_batches_are_refused_and_change_nothing(shard, what, rows, de
     assert store.snapshot() == before
 
 
+def test_packed_chunks_read_back_as_one_batch(shard):
+    eng, _ = shard
+    rows = [(200 + i, f"s{i}", i * 0.5, b"b", True) for i in range(40)]
+    chunks = [codec_pack(rows[i:i + 7]) for i in range(0, 40, 7)]
+    ts = eng.write_packed("db", "t", chunks)
+    got = list(eng.scan("db", "t", snapshot=ts, start=200, end=240))
+    assert got == [dict(zip(SCHEMA, r)) for r in rows]
+    assert len({c.ts for c in eng.changes("db", "t", ts, snapshot=ts)}) == 1  # one commit
+
+
 def test_packed_batch_reads_back_like_a_dict_batch(shard):
     eng, _ = shard
     rows = [(100 + i, f"s{i}", i * 0.5, b"b", i % 2 == 0) for i in range(20)]
@@ -203,3 +221,12 @@ def test_packed_batch_reads_back_like_a_dict_batch(shard):
     got = list(eng.scan("db", "t", snapshot=ts, start=100, end=120))
     assert got == [dict(zip(SCHEMA, r)) for r in rows]
     assert eng.get("db", "t", 2, snapshot=ts) is None
+
+
+@pytest.mark.parametrize("sizes", [(3, 4), (10, 10), (40_000, 30_000), (0, 5)])
+def test_joined_arrays_decode_as_the_concatenation(sizes):
+    from dn import codec
+
+    parts = [list(range(n)) for n in sizes]
+    joined = codec.join_arrays([codec_pack(p) for p in parts])
+    assert codec.unpack(joined) == [x for p in parts for x in p]
