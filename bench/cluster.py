@@ -96,6 +96,13 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
                     note="each task writes its batches through one client.writer (parts of "
                          "256 KiB per shard, durable on flush); latency: write() to durable")
           for s in (1, 2, 4)}
+    fk = {s: Figure(f"4a-cols-{s}", "cluster",
+                    f"ingest from 16 Ray tasks, batches of 1,000 by column, {s} shard(s), "
+                    "client.writer", "rows/s",
+                    note="each task writes its batches as a dict of column lists (the form of "
+                         "a Ray Data batch) through one client.writer's write_columns; "
+                         "latency: write_columns() to durable")
+          for s in (1, 2, 4)}
     fw = {s: Figure(f"4a-sync-{s}", "cluster",
                     f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.write",
                     "rows/s",
@@ -105,7 +112,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     fs = Figure("4b", "cluster", "snapshot scan over 4 shards into one client", "rows/s",
                 target=500_000, absolute=True)
     fc = Figure("4c", "cluster", "change feed over 4 shards into one client", "changes/s")
-    figs = [*fi.values(), *fw.values(), fs, fc]
+    figs = [*fi.values(), *fk.values(), *fw.values(), fs, fc]
     if not ray_ok:
         for f in figs:
             f.skipped = "--no-ray given: the Ray cluster figures were not run"
@@ -134,8 +141,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
 
         time.sleep(0.5)  # held long enough that all 16 run at once, on 16 workers
 
-    @ray.remote(num_cpus=0)
-    def buffered(client, task: int, nbatches: int) -> list[float]:
+    def _buffered(client, task: int, nbatches: int, by_column: bool) -> list[float]:
         sent: dict[int, float] = {}
         durable: dict[int, float] = {}
         with client.writer("bench", "t",
@@ -144,9 +150,22 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
             for b in range(nbatches):
                 base = (task * nbatches + b) * 1000
                 t0 = time.perf_counter()
-                sent[w.write(upserts=[{"k": k, "v": b"v" * 100}
-                                      for k in range(base, base + 1000)])] = t0
+                if by_column:
+                    seq = w.write_columns({"k": list(range(base, base + 1000)),
+                                           "v": [b"v" * 100] * 1000})
+                else:
+                    seq = w.write(upserts=[{"k": k, "v": b"v" * 100}
+                                           for k in range(base, base + 1000)])
+                sent[seq] = t0
         return [durable[q] - t0 for q, t0 in sent.items()]
+
+    @ray.remote(num_cpus=0)
+    def buffered(client, task: int, nbatches: int) -> list[float]:
+        return _buffered(client, task, nbatches, False)
+
+    @ray.remote(num_cpus=0)
+    def by_column(client, task: int, nbatches: int) -> list[float]:
+        return _buffered(client, task, nbatches, True)
 
     @ray.remote(num_cpus=0)
     def synchronous(client, task: int, nbatches: int) -> list[float]:
@@ -177,6 +196,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         for shards in (1, 2, 4):
             for r in range(runs):
                 for kind, fig, task in (("client.writer", fi[shards], buffered),
+                                        ("client.writer by column", fk[shards], by_column),
                                         ("client.write", fw[shards], synchronous)):
                     progress(f"4a: ingest into {shards} shard(s) with {kind}, "
                              f"run {r + 1}/{runs}")

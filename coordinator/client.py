@@ -44,7 +44,7 @@ from typing import Any
 
 from coordinator import reads
 from coordinator.handles import CoordinatorHandle, alive_nodes, stream_tasks
-from coordinator.routing import pk_signature, shard_of, split_batch
+from coordinator.routing import pk_signature, shard_of, split, validate_batch, validate_columns
 from coordinator.writer import LINGER_S, PART_BYTES, BatchWriter
 from dn.errors import DNError, InvalidArgument, NotFound, Unavailable
 from dn.reader import Change
@@ -171,6 +171,14 @@ class Client:
         newest commit timestamp of the shards' parts."""
         return max(self.write_each(db, table, upserts, deletes).values())
 
+    def write_columns(self, db: str, table: str, columns: Any, deletes: Any = ()) -> int:
+        """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
+        of equal length (lists, tuples, numpy arrays), one value per row; a column left out
+        is null in every row. No dict or tuple is made per row."""
+        info = self.info
+        return max(self._write_parts(db, table, lambda t: validate_columns(
+            t, columns, deletes, info["max_value_bytes"], info["max_batch_rows"])).values())
+
     def write_each(
         self, db: str, table: str, upserts: Any = (), deletes: Any = ()
     ) -> dict[int, int]:
@@ -180,20 +188,25 @@ class Client:
             raise InvalidArgument("upserts must be a list of row dicts")
         if upserts is not None and not isinstance(upserts, list | tuple | dict | str | bytes):
             upserts = list(upserts)
+        return self._write_parts(db, table, lambda t: validate_batch(
+            t, upserts, deletes, info["max_value_bytes"], info["max_batch_rows"]))
+
+    def _write_parts(self, db: str, table: str, validate: Any) -> dict[int, int]:
+        """Validate a batch against the table (``validate(tdef)``), split it by shard and
+        send every part at once; a part refused because the table was redefined is split
+        again against the new definition and sent again (only the parts not committed)."""
         done: dict[int, int] = {}
         for attempt in range(3):
             t = self._table(db, table, refresh=attempt > 0)
-            parts = split_batch(
-                t, upserts, deletes, info["shards"], info["max_value_bytes"], info["max_batch_rows"]
-            )
+            parts = split(validate(t), self.info["shards"])
             if attempt:  # only what did not commit yet (the stale parts)
                 parts = {s: p for s, p in parts.items() if s not in done}
             sig = pk_signature(t)
             calls = {}
             for s, p in parts.items():
                 chunks, dels_blob = p.packed()
-                calls[s] = ("write_packed", (db, table, dels_blob, None, self._token, sig,
-                                             *chunks))
+                calls[s] = ("write_columns", (db, table, dels_blob, None, self._token, sig,
+                                              *chunks))
             results = self.shards.call_each(calls, self.retry_s)
             stale = False
             for s, r in results.items():

@@ -8,8 +8,9 @@ Python's ``hash()``, which is salted per process.
 
 A batch is validated whole before anything is sent (the same checks, and so the same typed
 errors, as :meth:`dn.Engine.write`), so bad input never commits part of a batch on some shards.
-Then it is split per shard: each part commits atomically on its shard; the parts commit
-independently (see :mod:`coordinator.client` for what that means to a caller).
+Then it is split per shard, by column (:func:`split`): each part commits atomically on its
+shard; the parts commit independently (see :mod:`coordinator.client` for what that means to a
+caller).
 
 Pure functions; no Ray, no I/O. Any thread.
 """
@@ -43,48 +44,69 @@ def pk_signature(table: TableDef) -> tuple[tuple[str, str], ...]:
     return tuple((c, types[c]) for c in table.primary_key)
 
 
-#: The largest chunk of packed rows sent as one argument of a shard call. Ray passes an
+#: The largest chunk of a packed part sent as one argument of a shard call. Ray passes an
 #: argument up to 100 KiB inline with the call; a larger one goes through the object store,
 #: which costs about four times as much per call on one machine. A part is sent as several
-#: chunks under this size instead (the shard joins them without unpacking them again).
+#: chunks under this size instead (the shard logs them as they are, without packing again).
 CHUNK_BYTES = 90 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class ShardPart:
-    """The share of one batch that goes to one shard: validated rows (tuples in column order)
-    and normalized primary keys to delete."""
+class Batch:
+    """A whole batch, validated: its upserts by column (column order; ``[]`` when there are
+    none), their count, and the normalized primary keys of the upserts then of the
+    deletes."""
 
-    rows: list[tuple]
+    cols: list
+    nrows: int
+    keys: list
+
+    @property
+    def deletes(self) -> list:
+        return self.keys[self.nrows:]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPart:
+    """The share of one batch that goes to one shard: its upserts by column (``[]`` when
+    there are none) and the primary keys it deletes."""
+
+    cols: list
     deletes: list
 
+    @property
+    def nrows(self) -> int:
+        return len(self.cols[0]) if self.cols else 0
+
     def packed(self) -> tuple[list[bytes], bytes]:
-        """The part as the shard takes it (:meth:`dn.Engine.write_packed`): the rows as
-        msgpack arrays of at most about ``CHUNK_BYTES`` each, and the msgpack array of the
-        deletes; packed once here and logged as they are by the shard."""
-        return pack_chunks(self.rows), pack(self.deletes)
+        """The part as the shard takes it (:meth:`dn.Engine.write_packed_columns`): the
+        upserts as chunks of columns of at most about ``CHUNK_BYTES`` each, and the msgpack
+        array of the deletes; packed once here and logged as they are by the shard."""
+        return (pack_columns(self.cols) if self.cols else []), pack(self.deletes)
 
 
-def pack_chunks(rows: list, limit: int = CHUNK_BYTES) -> list[bytes]:
-    """``rows`` packed as msgpack arrays of consecutive rows, each at most ``limit`` bytes
-    unless a single row is larger. The rows per chunk are estimated from a sample; a chunk
-    that comes out too large (uneven rows) is split again."""
-    n = len(rows)
-    sample = pack(rows[:: max(1, n // 32)])
-    per_row = len(sample) / max(1, len(rows[:: max(1, n // 32)]))
+def pack_columns(cols: list, limit: int = CHUNK_BYTES) -> list[bytes]:
+    """Columns of equal, non-zero length packed as chunks: each the msgpack array of the
+    columns over a run of consecutive rows, at most ``limit`` bytes unless a single row is
+    larger. The rows per chunk are estimated from a sample; a chunk that comes out too large
+    (uneven rows) is split again."""
+    n = len(cols[0])
+    step = max(1, n // 32)
+    sampled = len(range(0, n, step))
+    per_row = len(pack([c[::step] for c in cols])) / sampled
     nchunks = max(1, -int(-n * per_row // (limit * 0.85)))
     per = -(-n // nchunks)  # rows per chunk, the chunks of about equal size
     if per >= n:
-        whole = pack(rows)
+        whole = pack(cols)
         if len(whole) <= limit or n <= 1:
             return [whole]
         per = max(1, n // 2)
     out: list[bytes] = []
     for i in range(0, n, per):
-        chunk = rows[i:i + per]
+        chunk = [c[i:i + per] for c in cols]
         blob = pack(chunk)
-        if len(blob) > limit and len(chunk) > 1:
-            out.extend(pack_chunks(chunk, limit))
+        if len(blob) > limit and per > 1:
+            out.extend(pack_columns(chunk, limit))
         else:
             out.append(blob)
     return out
@@ -92,17 +114,28 @@ def pack_chunks(rows: list, limit: int = CHUNK_BYTES) -> list[bytes]:
 
 def validate_batch(
     table: TableDef, upserts: Any, deletes: Any, max_value_bytes: int, max_batch_rows: int
-) -> tuple[list[tuple], list, list]:
-    """A whole batch checked like the engine checks it: (row tuples in column order,
-    normalized delete keys, the primary keys of the rows then of the deletes)."""
+) -> Batch:
+    """A whole batch of row dicts checked like the engine checks it."""
     if isinstance(upserts, dict) or isinstance(upserts, str | bytes):
         raise InvalidArgument("upserts must be a list of row dicts")
     if not isinstance(upserts, list | tuple):
         upserts = list(upserts) if isinstance(upserts, Iterable) else upserts
-    rows = table.normalize_rows(upserts, max_value_bytes)
+    cols, n = table.rows_as_columns(upserts, max_value_bytes)
+    return _checked(table, cols, n, deletes, max_batch_rows)
+
+
+def validate_columns(
+    table: TableDef, columns: Any, deletes: Any, max_value_bytes: int, max_batch_rows: int
+) -> Batch:
+    """A whole batch given by column (see :meth:`dn.schema.TableDef.normalize_columns`)
+    checked like the engine checks it."""
+    cols, n = table.normalize_columns(columns, max_value_bytes)
+    return _checked(table, cols, n, deletes, max_batch_rows)
+
+
+def _checked(table: TableDef, cols: list, n: int, deletes: Any, max_batch_rows: int) -> Batch:
     dels = table.normalize_deletes(deletes)
-    keys = table.check_batch(rows, dels, max_batch_rows)
-    return rows, dels, keys
+    return Batch(cols, n, table.check_keys(table.column_keys(cols), dels, max_batch_rows))
 
 
 def owners(keys: list, shards: int) -> list[int]:
@@ -114,6 +147,28 @@ def owners(keys: list, shards: int) -> list[int]:
     return [crc(pk(k)) % shards for k in keys]
 
 
+def split(batch: Batch, shards: int) -> dict[int, ShardPart]:
+    """A validated batch split by shard; each part keeps the batch's order."""
+    if shards == 1:
+        return {0: ShardPart(batch.cols, batch.deletes)}
+    buckets: list[list[int]] = [[] for _ in range(shards)]
+    add = [b.append for b in buckets]
+    for i, o in enumerate(owners(batch.keys, shards)):
+        add[o](i)
+    parts: dict[int, ShardPart] = {}
+    nrows, keys = batch.nrows, batch.keys
+    for s, idx in enumerate(buckets):
+        if not idx:
+            continue
+        cut = bisect_left(idx, nrows)  # indexes below nrows are upserts, then deletes
+        ups = idx[:cut]
+        parts[s] = ShardPart(
+            [list(map(c.__getitem__, ups)) for c in batch.cols] if ups else [],
+            list(map(keys.__getitem__, idx[cut:])),
+        )
+    return parts
+
+
 def split_batch(
     table: TableDef,
     upserts: Any,
@@ -122,26 +177,10 @@ def split_batch(
     max_value_bytes: int,
     max_batch_rows: int,
 ) -> dict[int, ShardPart]:
-    """Validate a whole batch like the engine does, then split it by shard.
+    """Validate a whole batch of row dicts like the engine does, then split it by shard.
 
-    Upserts travel as validated row tuples and deletes as normalized keys; the client packs
-    each part once (:meth:`ShardPart.packed`) and the shard checks the packed part again,
-    column by column, before logging those very bytes.
+    Upserts travel by column and deletes as normalized keys; the client packs each part once
+    (:meth:`ShardPart.packed`) and the shard checks the packed part again, column by column,
+    before logging those very bytes.
     """
-    rows, dels, keys = validate_batch(table, upserts, deletes, max_value_bytes, max_batch_rows)
-    if shards == 1:
-        return {0: ShardPart(list(rows), dels)}
-    buckets: list[list[int]] = [[] for _ in range(shards)]
-    add = [b.append for b in buckets]
-    for i, o in enumerate(owners(keys, shards)):
-        add[o](i)
-    parts: dict[int, ShardPart] = {}
-    nrows = len(rows)
-    for s, idx in enumerate(buckets):
-        if not idx:
-            continue
-        cut = bisect_left(idx, nrows)  # indexes below len(rows) are upserts, then deletes
-        parts[s] = ShardPart(
-            list(map(rows.__getitem__, idx[:cut])), list(map(keys.__getitem__, idx[cut:]))
-        )
-    return parts
+    return split(validate_batch(table, upserts, deletes, max_value_bytes, max_batch_rows), shards)

@@ -47,10 +47,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from itertools import islice
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from coordinator.routing import owners, pack_chunks, pk_signature, validate_batch
+from coordinator.routing import (
+    Batch,
+    ShardPart,
+    pack_columns,
+    pk_signature,
+    split,
+    validate_batch,
+    validate_columns,
+)
 from dn.codec import pack
 from dn.errors import DNError, InvalidArgument, Unavailable
 
@@ -64,18 +72,18 @@ LINGER_S = 0.1
 
 log = logging.getLogger(__name__)
 
-_DEL = object()  # a buffered delete
+_DEL = object()  # a deleted key, while a part's repeated keys are merged
 
 
 class _Buffer:
-    """One shard's rows waiting to be sent: key -> row tuple (or ``_DEL``)."""
+    """One shard's share of the batches not yet sent, in write order."""
 
-    __slots__ = ("entries", "dels", "since", "seq_hi")
+    __slots__ = ("parts", "rows", "since", "seq_hi")
 
     def __init__(self) -> None:
-        self.entries: dict[Any, Any] = {}
-        self.dels = False  # some entry may be a delete
-        self.since = 0.0  # when the oldest entry came
+        self.parts: list[ShardPart] = []
+        self.rows = 0  # upserts and deletes, before repeated keys are merged
+        self.since = 0.0  # when the oldest part came
         self.seq_hi = 0  # the newest batch with rows here
 
 
@@ -173,45 +181,45 @@ class BatchWriter:
         return self._error
 
     def write(self, upserts: Any = (), deletes: Any = ()) -> int:
-        """Validate and buffer one batch; returns its sequence number (not yet durable)."""
-        rows, dels, keys = validate_batch(self._t, upserts, deletes, self._max_value,
-                                          self._max_rows)
-        owner = owners(keys, self._n)
-        touched = sorted(set(owner))
+        """Validate and buffer one batch of row dicts and primary keys to delete; returns
+        its sequence number (not yet durable)."""
+        return self._add(validate_batch(self._t, upserts, deletes, self._max_value,
+                                        self._max_rows))
+
+    def write_columns(self, columns: Any, deletes: Any = ()) -> int:
+        """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
+        of equal length (lists, tuples, numpy arrays), one value per row; a column left out
+        is null in every row. No dict or tuple is made per row."""
+        return self._add(validate_columns(self._t, columns, deletes, self._max_value,
+                                          self._max_rows))
+
+    def _add(self, batch: Batch) -> int:
+        parts = split(batch, self._n)
         with self._cv:
             self._check_usable()
-            for s in touched:  # backpressure: wait while a full buffer is in flight
+            for s in parts:  # backpressure: wait while a full buffer is in flight
                 while (self._inflight[s] is not None and self._error is None
                        and self._buffered_bytes(s) >= self.max_buffer_bytes):
                     self._cv.wait(1.0)
             self._check_usable()
             if not self._row_bytes:
-                self._row_bytes = len(pack(rows[:16])) / len(rows[:16]) if rows else 16.0
+                self._row_bytes = (len(pack([c[:16] for c in batch.cols])) / min(16, batch.nrows)
+                                   if batch.nrows else 16.0)
             self._seq += 1
             seq = self._seq
             now = time.monotonic()
-            bufs = self._buf
-            before = 0
-            for s in touched:
-                b = bufs[s]
-                if not b.entries:
+            wake = False
+            for s, part in parts.items():
+                b = self._buf[s]
+                if not b.parts:
                     b.since = now
-                before += len(b.entries)
+                b.parts.append(part)
+                b.rows += part.nrows + len(part.deletes)
                 b.seq_hi = seq
-            # straight into the per-shard buffers: key -> row (a later write replaces it)
-            entries = [b.entries for b in bufs]
-            nrows = len(rows)
-            for k, r, o in zip(keys, rows, owner):
-                entries[o][k] = r
-            if dels:
-                for k, o in zip(keys[nrows:], owner[nrows:]):
-                    entries[o][k] = _DEL
-                    bufs[o].dels = True
-            self.stats["coalesced"] += before + len(keys) - sum(len(entries[s]) for s in touched)
-            wake = any(self._inflight[s] is None and self._ready(s, now) for s in touched)
-            self._open.append((seq, tuple(touched)))
+                wake = wake or (self._inflight[s] is None and self._ready(s, now))
+            self._open.append((seq, tuple(parts)))
             self.stats["batches"] += 1
-            self.stats["rows"] += len(keys)
+            self.stats["rows"] += len(batch.keys)
             if wake or self._sender is None:
                 self._wake()
         return seq
@@ -225,7 +233,7 @@ class BatchWriter:
             try:
                 self._wake()
                 while self._error is None and (
-                    any(b.entries for b in self._buf) or any(self._inflight) or self._done
+                    any(b.parts for b in self._buf) or any(self._inflight) or self._done
                     or self._notifying
                 ):
                     self._cv.wait(1.0)
@@ -256,15 +264,15 @@ class BatchWriter:
     # -- under the lock ---------------------------------------------------------------------
 
     def _buffered_bytes(self, s: int) -> float:
-        return len(self._buf[s].entries) * self._row_bytes
+        return self._buf[s].rows * self._row_bytes
 
     def _ready(self, s: int, now: float) -> bool:
         """Whether shard ``s``'s buffer is to be sent now (if nothing is in flight there)."""
         b = self._buf[s]
-        return bool(b.entries) and (
+        return bool(b.parts) and (
             self._flushing > 0
             or self._buffered_bytes(s) >= self.part_bytes
-            or len(b.entries) >= self._max_rows
+            or b.rows >= self._max_rows
             or now - b.since >= self.linger_s
         )
 
@@ -274,19 +282,24 @@ class BatchWriter:
             self._sender.start()
         self._cv.notify_all()
 
-    def _take(self, s: int) -> tuple[_Buffer, int]:
-        """Swap out shard ``s``'s buffer (it becomes the part in flight), and the newest batch
-        its acknowledgement makes durable there. A buffer over ``max_batch_rows`` is split:
-        the part takes the oldest rows and makes no batch durable; the rest stays."""
+    def _take(self, s: int) -> tuple[list[ShardPart], int]:
+        """Swap out shard ``s``'s buffered parts (they become the part in flight), and the
+        newest batch its acknowledgement makes durable there. A buffer of more than
+        ``max_batch_rows`` rows is split between batches: the part takes the oldest and
+        makes no batch durable; the rest stays."""
         b = self._buf[s]
-        if len(b.entries) <= self._max_rows:
+        if b.rows <= self._max_rows:
             self._buf[s] = _Buffer()
-            return b, b.seq_hi
-        items = iter(list(b.entries.items()))
-        head = _Buffer()
-        head.entries = dict(islice(items, self._max_rows))
-        head.dels = b.dels
-        b.entries = dict(items)
+            return b.parts, b.seq_hi
+        head, rows = [], 0
+        for p in b.parts:
+            n = p.nrows + len(p.deletes)
+            if head and rows + n > self._max_rows:
+                break
+            head.append(p)
+            rows += n
+        del b.parts[:len(head)]
+        b.rows -= rows
         return head, self._acked[s]
 
     def _process(self, part: _Part, out: Any) -> list[int]:
@@ -327,7 +340,7 @@ class BatchWriter:
 
     def _run(self) -> None:
         while True:
-            sends: list[tuple[int, _Buffer]] = []
+            sends: list[tuple[int, list[ShardPart]]] = []
             resends: list[_Part] = []
             with self._cv:
                 while True:
@@ -359,12 +372,12 @@ class BatchWriter:
                                 b, hi = self._take(s)
                                 self._inflight[s] = _Part(s, hi, (), now + self._client.retry_s)
                                 sends.append((s, b))
-                            elif self._buf[s].entries:
+                            elif self._buf[s].parts:
                                 due = self._buf[s].since + self.linger_s - now
                                 wait = min(wait or 1.0, max(due, 0.001))
                     if sends or resends:
                         break
-                    idle = not any(self._inflight) and not any(b.entries for b in self._buf)
+                    idle = not any(self._inflight) and not any(b.parts for b in self._buf)
                     if idle or (self._error is not None and not any(self._inflight)):
                         self._sender = None  # a later write starts a new thread
                         self._cv.notify_all()
@@ -386,24 +399,42 @@ class BatchWriter:
             for p in resends:
                 self._start(p)
 
-    def _send(self, s: int, b: _Buffer) -> None:
-        """Pack shard ``s``'s taken buffer and start the call (lock not held)."""
-        part = self._inflight[s]
-        assert part is not None
-        if b.dels:
-            rows = [v for v in b.entries.values() if v is not _DEL]
-            dels = [k for k, v in b.entries.items() if v is _DEL]
-        else:
-            rows, dels = list(b.entries.values()), []
-        chunks = pack_chunks(rows) if rows else []
-        nbytes = sum(map(len, chunks))
-        if rows:
-            self._row_bytes = 0.5 * self._row_bytes + 0.5 * nbytes / len(rows)
-        part.args = (self.db, self.table, pack(dels), None, self._client.token, self._sig,
-                     *chunks)
+    def _send(self, s: int, parts: list[ShardPart]) -> None:
+        """Merge and pack shard ``s``'s taken parts and start the call (lock not held)."""
+        inflight = self._inflight[s]
+        assert inflight is not None
+        whole = self._merge(parts)
+        chunks = pack_columns(whole.cols) if whole.cols else []
+        if chunks:
+            self._row_bytes = 0.5 * self._row_bytes + 0.5 * sum(map(len, chunks)) / whole.nrows
+        inflight.args = (self.db, self.table, pack(whole.deletes), None, self._client.token,
+                         self._sig, *chunks)
         self.stats["parts"] += 1
-        self.stats["part_rows"] += len(rows) + len(dels)
-        self._start(part)
+        self.stats["part_rows"] += whole.nrows + len(whole.deletes)
+        self._start(inflight)
+
+    def _merge(self, parts: list[ShardPart]) -> ShardPart:
+        """Buffered parts of one shard as one: a key in several keeps its last write (the
+        part commits at one timestamp, so no snapshot could see the earlier ones)."""
+        if len(parts) == 1:
+            return parts[0]
+        keys_of = self._t.column_keys
+        keys = list(chain.from_iterable(chain(keys_of(p.cols), p.deletes) for p in parts))
+        if len(set(keys)) == len(keys):  # nothing repeats: join the columns
+            width = max(len(p.cols) for p in parts)
+            cols = [list(chain.from_iterable(p.cols[i] for p in parts if p.cols))
+                    for i in range(width)]
+            return ShardPart(cols, list(chain.from_iterable(p.deletes for p in parts)))
+        last: dict[Any, Any] = {}
+        for p in parts:
+            for k, row in zip(keys_of(p.cols), zip(*p.cols)):
+                last[k] = row
+            for k in p.deletes:
+                last[k] = _DEL
+        self.stats["coalesced"] += len(keys) - len(last)
+        rows = [v for v in last.values() if v is not _DEL]
+        return ShardPart([list(c) for c in zip(*rows)] if rows else [],
+                         [k for k, v in last.items() if v is _DEL])
 
     def _start(self, part: _Part) -> None:
         def done(out: Any) -> None:  # on Ray's callback thread: record only
@@ -411,4 +442,4 @@ class BatchWriter:
                 self._done.append((part, out))
                 self._cv.notify_all()
 
-        self._client.shards.start(part.shard, "write_packed", part.args, done)
+        self._client.shards.start(part.shard, "write_columns", part.args, done)

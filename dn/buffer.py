@@ -45,6 +45,17 @@ class TableBlock:
             self.del_pks.extend(deletes)
             self.del_ts.extend([ts] * len(deletes))
 
+    def append_columns(self, ts: int, chunks: list, deletes: list) -> None:
+        """:meth:`append` for rows given by column: ``chunks`` is a list of column lists."""
+        cols = self.cols
+        for chunk in chunks:
+            for col, values in zip(cols, chunk, strict=True):
+                col.extend(values)
+            self.ts.extend([ts] * len(chunk[0]))
+        if deletes:
+            self.del_pks.extend(deletes)
+            self.del_ts.extend([ts] * len(deletes))
+
     def pks(self, lo: int = 0, hi: int | None = None) -> list:
         pos = self.pk_pos
         if len(pos) == 1:
@@ -97,6 +108,14 @@ class Buffer:
         if block is None:
             block = self.tables[table_id] = TableBlock(ncols, pk_pos)
         block.append(ts, rows, deletes)
+
+    def apply_columns(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
+                      chunks: list, deletes: list, nbytes: int) -> None:
+        self._stamp(ts, nbytes)
+        block = self.tables.get(table_id)
+        if block is None:
+            block = self.tables[table_id] = TableBlock(ncols, pk_pos)
+        block.append_columns(ts, chunks, deletes)
 
     def apply_ddl(self, ts: int, cmd: list, nbytes: int) -> None:
         self._stamp(ts, nbytes)

@@ -73,21 +73,6 @@ _ARRAY16 = struct.Struct(">H")
 _ARRAY32 = struct.Struct(">I")
 
 
-def array_body(blob: bytes) -> tuple[int, memoryview]:
-    """(element count, element bytes) of a msgpack array; ValueError if ``blob`` does not
-    start with an array header. The elements are not checked here."""
-    if not blob:
-        raise ValueError("empty msgpack value")
-    b = blob[0]
-    if 0x90 <= b <= 0x9F:
-        return b & 0x0F, memoryview(blob)[1:]
-    if b == 0xDC and len(blob) >= 3:
-        return _ARRAY16.unpack_from(blob, 1)[0], memoryview(blob)[3:]
-    if b == 0xDD and len(blob) >= 5:
-        return _ARRAY32.unpack_from(blob, 1)[0], memoryview(blob)[5:]
-    raise ValueError("not a msgpack array")
-
-
 def array_header(n: int) -> bytes:
     """The msgpack header of an array of ``n`` elements."""
     if n < 16:
@@ -95,17 +80,6 @@ def array_header(n: int) -> bytes:
     if n < 1 << 16:
         return b"\xdc" + _ARRAY16.pack(n)
     return b"\xdd" + _ARRAY32.pack(n)
-
-
-def join_arrays(blobs: list[bytes]) -> bytes:
-    """One msgpack array holding the elements of every array in ``blobs``, in order, made by
-    joining their bytes (no element is unpacked or packed again). Each blob must be exactly
-    one msgpack array (callers check that by decoding it)."""
-    if len(blobs) == 1:
-        return blobs[0]
-    bodies = [array_body(b) for b in blobs]
-    head = array_header(sum(c for c, _ in bodies))
-    return b"".join([head, *(body for _, body in bodies)])
 
 
 def frame(kind: int, body: bytes) -> bytes:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from dn.catalog import OP_WRITE
+from dn.catalog import WRITE_OPS
 from dn.errors import DNError, Internal
 
 
@@ -43,7 +43,7 @@ class Pending:
 
     @property
     def is_ddl(self) -> bool:
-        return self.op != OP_WRITE
+        return self.op not in WRITE_OPS
 
     def result(self) -> int:
         if self.error is not None:

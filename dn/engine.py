@@ -36,7 +36,7 @@ from dn import catalog as cat
 from dn import codec, compaction, rangeobj
 from dn.aio import AsyncFrontDoor
 from dn.buffer import Buffer
-from dn.catalog import OP_WRITE, Catalog
+from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, WRITE_OPS, Catalog
 from dn.clock import Clock, HybridClock, SystemClock
 from dn.commit import CommitQueue, Pending
 from dn.errors import (
@@ -267,48 +267,67 @@ class Engine(Upkeep, Reads):
             return
         self._queue.submit_all(ps, self._stamp, self._persist, self._apply_group)
 
-    def write_packed(self, db: str, table: str, rows_blob: bytes | list[bytes] | tuple,
-                     dels_blob: bytes = b"\x90", table_id: int | None = None) -> int:
-        """:meth:`write` for a batch a client already validated and packed: ``rows_blob`` is
-        the msgpack array of row arrays in column order (normal form: see
-        :meth:`dn.schema.TableDef.check_row_tuples`), or a list of such arrays (chunks, so
-        that each travels inline in a Ray call) whose rows form one batch; ``dels_blob`` the
-        msgpack array of primary keys. Checked here again (cheaply, column by column), then
-        logged as they are, without packing them again. ``table_id``, when given, must be
-        the live table's."""
+    def write_columns(self, db: str, table: str, columns: Any, deletes: Any = ()) -> int:
+        """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
+        of equal length (lists, tuples, numpy arrays), one value per row; a column left out
+        is null in every row. The same checks, atomicity and result as :meth:`write`, without
+        a dict or tuple per row."""
+        self._check_usable()
+        tdef = self._catalog.live_table(db, table)
+        cols, _ = tdef.normalize_columns(columns, self.settings.max_value_bytes)
+        dels = tdef.normalize_deletes(deletes)
+        n = len(tdef.check_keys(tdef.column_keys(cols), dels, self.settings.max_batch_rows))
+        chunks = [cols] if cols else []
+        args = [tdef.id, chunks, dels]
+        return self._submit_write(tdef, args, codec.pack(args), n, OP_WRITE_COLUMNS)
+
+    def write_packed_columns(self, db: str, table: str, chunks: list[bytes] | tuple,
+                             dels_blob: bytes = b"\x90", table_id: int | None = None) -> int:
+        """:meth:`write_columns` for a batch a client already validated and packed: each of
+        ``chunks`` is the msgpack array of a run of rows by column (one array per column, in
+        column order, of equal non-zero lengths, values in normal form), so that each travels
+        inline in a Ray call; ``dels_blob`` is the msgpack array of primary keys. Checked
+        here again (cheaply, column by column), then logged as they are, without packing
+        them again. ``table_id``, when given, must be the live table's."""
         self._check_usable()
         tdef = self._catalog.live_table(db, table)
         if table_id is not None and table_id != tdef.id:
             raise InvalidArgument(f"table {db}.{table} is not the table the batch was made for "
                                   "(it was dropped and created again)")
-        chunks = list(rows_blob) if isinstance(rows_blob, list | tuple) else [rows_blob]
-        if (not chunks or not all(isinstance(c, bytes) for c in chunks)
+        if (not isinstance(chunks, list | tuple) or not all(isinstance(c, bytes) for c in chunks)
                 or not isinstance(dels_blob, bytes)):
-            raise InvalidArgument("packed rows and deletes must be bytes (rows: bytes or a "
-                                  "non-empty list of bytes)")
+            raise InvalidArgument("packed chunks and deletes must be bytes (chunks: a list)")
         try:
-            parts = [codec.unpack_tuples(c) for c in chunks]
+            decoded = [codec.unpack_tuples(c) for c in chunks]
             dels = codec.unpack_tuples(dels_blob)
         except Exception as exc:
             raise InvalidArgument(f"packed batch does not decode: {exc}") from None
-        if not all(isinstance(p, tuple) for p in parts):
-            raise InvalidArgument("packed rows must be an array of rows")
-        rows = parts[0] if len(parts) == 1 else [r for p in parts for r in p]
-        rows = tdef.check_row_tuples(rows, self.settings.max_value_bytes)
+        keys: list = []
+        for cols in decoded:
+            tdef.check_packed_columns(cols, self.settings.max_value_bytes)
+            keys.extend(tdef.column_keys(cols))
+        dels = self._packed_deletes(tdef, dels, dels_blob)
+        n = len(tdef.check_keys(keys, dels, self.settings.max_batch_rows))
+        payload = (b"\x93" + codec.pack(tdef.id) + codec.array_header(len(chunks))
+                   + b"".join(chunks) + dels_blob)
+        return self._submit_write(tdef, [tdef.id, decoded, dels], payload, n, OP_WRITE_COLUMNS)
+
+    @staticmethod
+    def _packed_deletes(tdef: TableDef, dels: Any, dels_blob: bytes) -> list:
+        """The decoded deletes of a packed batch, checked to be in normal form."""
         if not isinstance(dels, list | tuple):
             raise InvalidArgument("packed deletes must be an array of primary keys")
-        if dels:
-            dels = tdef.normalize_deletes(list(dels))
-            if codec.pack(dels) != dels_blob:
-                raise InvalidArgument("packed deletes are not in normal form")
-        rows_blob = codec.join_arrays(chunks)
-        tdef.check_batch(rows, dels, self.settings.max_batch_rows)
-        payload = b"\x93" + codec.pack(tdef.id) + rows_blob + dels_blob
-        return self._submit_write(tdef, [tdef.id, rows, dels], payload, len(rows) + len(dels))
+        if not dels:
+            return []
+        dels = tdef.normalize_deletes(list(dels))
+        if codec.pack(dels) != dels_blob:
+            raise InvalidArgument("packed deletes are not in normal form")
+        return dels
 
-    def _submit_write(self, tdef: TableDef, args: list, payload: bytes, n: int) -> int:
+    def _submit_write(self, tdef: TableDef, args: list, payload: bytes, n: int,
+                      op: int = OP_WRITE) -> int:
         self._check_size(payload)
-        return self._submit(Pending(OP_WRITE, args, payload, tdef, n))
+        return self._submit(Pending(op, args, payload, tdef, n))
 
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.settings.max_batch_bytes:
@@ -339,7 +358,7 @@ class Engine(Upkeep, Reads):
     def _stamp(self, p: Pending) -> None:
         """Under the lock: re-check against the live catalog and take a timestamp."""
         self._check_usable_locked()
-        if p.op == OP_WRITE:
+        if p.op in WRITE_OPS:
             live = self._catalog.live_table(p.table.db, p.table.name)
             if live.id != p.table.id:
                 raise InvalidArgument(
@@ -397,13 +416,17 @@ class Engine(Upkeep, Reads):
         buf = self._mutable
         if buf.empty:
             buf.born = self._clock.monotonic()
-        if op == OP_WRITE:
-            table_id, rows, dels = args
+        if op in WRITE_OPS:
+            table_id, rows, dels = args  # rows: row tuples, or chunks of columns
             if tdef is None:  # replayed: msgpack gave lists; keys must be hashable tuples
                 tdef = self._catalog.table_by_id(table_id)
                 if len(tdef.pk_pos) > 1:
                     dels = [tuple(k) for k in dels]
-            buf.apply_write(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
+            if op == OP_WRITE:
+                buf.apply_write(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
+            else:
+                buf.apply_columns(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels,
+                                  nbytes)
         else:
             cmd = [op, *args]
             self._catalog.apply(cmd, ts)

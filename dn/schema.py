@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -171,28 +172,132 @@ class TableDef:
         """True when every column of ``rows`` (tuples in column order) holds only non-null
         values of exactly its type, within limits; checked column by column with C-level
         builtins. False means: look value by value (which also builds the error message)."""
-        for i, col in enumerate(zip(*rows)):
-            typ = self.columns[i][1]
-            types = set(map(type, col))
-            if typ == "int64":
-                if types != {int} or min(col) < INT64_MIN or max(col) > INT64_MAX:
-                    return False
-            elif typ == "bytes":
-                if types != {bytes} or max(map(len, col)) > max_value_bytes:
-                    return False
-            elif typ == "string":
-                if types != {str} or max(map(len, col)) * 4 > max_value_bytes:
-                    return False
-                try:
-                    "".join(col).encode("utf-8")
-                except UnicodeEncodeError:
-                    return False
-            elif typ == "float64":
-                if types != {float} or (i in self.pk_pos and any(v != v for v in col)):
-                    return False
-            elif types != {bool}:
+        return all(self._column_ok(i, col, max_value_bytes)
+                   for i, col in enumerate(zip(*rows)))
+
+    def _column_ok(self, i: int, col: Any, max_value_bytes: int) -> bool:
+        """:meth:`_columns_ok` for column ``i`` alone (a non-empty list or tuple)."""
+        typ = self.columns[i][1]
+        types = set(map(type, col))
+        if typ == "int64":
+            return types == {int} and min(col) >= INT64_MIN and max(col) <= INT64_MAX
+        if typ == "bytes":
+            return types == {bytes} and max(map(len, col)) <= max_value_bytes
+        if typ == "string":
+            if types != {str} or max(map(len, col)) * 4 > max_value_bytes:
                 return False
-        return True
+            try:
+                "".join(col).encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+            return True
+        if typ == "float64":
+            return types == {float} and not (i in self.pk_pos and any(v != v for v in col))
+        return types == {bool}
+
+    # -- columnar batches -------------------------------------------------------------------
+
+    def normalize_columns(self, columns: Any, max_value_bytes: int) -> tuple[list, int]:
+        """A columnar batch -> (validated columns in column order, row count).
+
+        ``columns`` maps column names to sequences of equal length, one value per row (lists,
+        tuples, or anything with ``tolist()`` such as a numpy array). A column left out is
+        null in every row; primary-key columns must be given. Values are checked and
+        normalized exactly as :meth:`normalize_rows` does it, column by column."""
+        if not isinstance(columns, Mapping):
+            raise InvalidArgument("columns must be a dict of column name to a list of values")
+        unknown = sorted(str(k) for k in columns if k not in self._nameset)
+        if unknown:
+            raise InvalidArgument(f"unknown column(s) {unknown} for table {self.db}.{self.name};"
+                                  f" columns are {list(self.names)}")
+        for c in self.primary_key:
+            if columns.get(c) is None:
+                raise InvalidArgument(f"primary-key column {c!r} of {self.db}.{self.name} is "
+                                      "missing from the columns")
+        cols: list = []
+        lengths: dict[str, int] = {}
+        for name in self.names:
+            col = columns.get(name)
+            if col is not None:
+                col = _as_column(name, col)
+                lengths[name] = len(col)
+            cols.append(col)
+        if len(set(lengths.values())) > 1:
+            raise InvalidArgument(f"the columns of a batch must have equal lengths, got "
+                                  f"{lengths}")
+        n = next(iter(lengths.values()))
+        if n == 0:
+            return [], 0
+        for i, col in enumerate(cols):
+            if col is None:
+                cols[i] = [None] * n
+            elif not self._column_ok(i, col, max_value_bytes):
+                cols[i] = self._normalize_column(i, col, max_value_bytes)
+        return cols, n
+
+    def _normalize_column(self, i: int, col: Any, max_value_bytes: int) -> list:
+        """Column ``i`` checked value by value: normalized, or the precise error."""
+        name, typ = self.columns[i]
+        is_pk = i in self.pk_pos
+        check = _CHECKERS[typ]
+        out = []
+        for v in col:
+            if v is None:
+                if is_pk:
+                    raise InvalidArgument(f"primary-key column {name!r} of {self.db}."
+                                          f"{self.name} may not be null")
+                out.append(None)
+                continue
+            ok, v2 = check(v, max_value_bytes)
+            if not ok:
+                raise InvalidArgument(_type_message(self, name, typ, v, max_value_bytes))
+            if is_pk and typ == "float64" and math.isnan(v2):
+                raise InvalidArgument(f"primary-key column {name!r} may not be NaN")
+            out.append(v2)
+        return out
+
+    def rows_as_columns(self, upserts: Any, max_value_bytes: int) -> tuple[list, int]:
+        """Row dicts -> (validated columns in column order, row count): the rows of
+        :meth:`normalize_rows`, by column. A batch of plain dicts naming exactly the table's
+        columns is read column by column (no tuple per row)."""
+        names = self.names
+        if (type(upserts) is list and len(upserts) >= _FAST_MIN_ROWS
+                and set(map(type, upserts)) == {dict} and set(map(len, upserts)) == {len(names)}):
+            try:
+                cols = [list(map(itemgetter(c), upserts)) for c in names]
+            except KeyError:
+                cols = None
+            if cols is not None and all(self._column_ok(i, c, max_value_bytes)
+                                        for i, c in enumerate(cols)):
+                return cols, len(upserts)
+        rows = self.normalize_rows(upserts, max_value_bytes)
+        return ([list(c) for c in zip(*rows)] if rows else []), len(rows)
+
+    def check_packed_columns(self, cols: Any, max_value_bytes: int) -> int:
+        """One chunk of columns that arrives already normalized (as a client packed it): an
+        array of one array per column, all of the same non-zero length; checked exactly as
+        :meth:`check_row_tuples` checks rows. Returns the row count."""
+        n = len(self.names)
+        if (not isinstance(cols, list | tuple) or len(cols) != n
+                or set(map(type, cols)) - {tuple, list}):
+            raise InvalidArgument(
+                f"a packed chunk of {self.db}.{self.name} must be an array of {n} columns")
+        lengths = set(map(len, cols))
+        if len(lengths) != 1 or 0 in lengths:
+            raise InvalidArgument(f"the columns of a packed chunk of {self.db}.{self.name} "
+                                  "must have equal, non-zero lengths")
+        if not all(self._column_ok(i, c, max_value_bytes) for i, c in enumerate(cols)):
+            self.check_row_tuples(list(zip(*cols)), max_value_bytes)  # precise error, or nulls
+        return len(cols[0])
+
+    def column_keys(self, cols: list) -> list:
+        """The primary keys of columns in column order (a new list)."""
+        pos = self.pk_pos
+        if not cols:
+            return []
+        if len(pos) == 1:
+            return list(cols[pos[0]])
+        return list(zip(*(cols[p] for p in pos)))
 
     def check_row_tuples(self, rows: Any, max_value_bytes: int) -> list:
         """Rows that arrive already normalized (tuples in column order, as a client packed
@@ -217,15 +322,19 @@ class TableDef:
     def check_batch(self, rows: Any, dels: list, max_batch_rows: int) -> list:
         """The primary keys of a normalized batch (rows' keys, then the deletes), after the
         checks every write gets: not empty, not over ``max_batch_rows``, each key once."""
-        n = len(rows) + len(dels)
+        pos = self.pk_pos
+        keys = (list(map(itemgetter(pos[0]), rows)) if len(pos) == 1
+                else [self.pk_of(r) for r in rows])
+        return self.check_keys(keys, dels, max_batch_rows)
+
+    def check_keys(self, keys: list, dels: list, max_batch_rows: int) -> list:
+        """:meth:`check_batch` given the upserts' keys: ``keys`` (extended here by ``dels``)."""
+        keys.extend(dels)
+        n = len(keys)
         if n == 0:
             raise InvalidArgument("a write needs at least one upsert or delete")
         if n > max_batch_rows:
             raise InvalidArgument(f"batch of {n} rows is over max_batch_rows={max_batch_rows}")
-        pos = self.pk_pos
-        keys = (list(map(itemgetter(pos[0]), rows)) if len(pos) == 1
-                else [self.pk_of(r) for r in rows])
-        keys.extend(dels)
         if len(set(keys)) != n:
             seen: set = set()
             dup = next(k for k in keys if k in seen or seen.add(k))
@@ -276,6 +385,21 @@ def _is_sequence(x: Any) -> bool:
     return isinstance(x, list | tuple) or (
         hasattr(x, "__iter__") and not isinstance(x, str | bytes | dict)
     )
+
+
+def _as_column(name: str, col: Any) -> list | tuple:
+    """A caller's column as a list or tuple (numpy and similar arrays through ``tolist()``)."""
+    if type(col) is tuple:
+        return col
+    if type(col) is list:
+        return tuple(col)  # a copy: the caller may reuse its list once the call returns
+    if isinstance(col, str | bytes | dict) or not (hasattr(col, "tolist") or _is_sequence(col)):
+        raise InvalidArgument(f"column {name!r} must be a list of values, got "
+                              f"{type(col).__name__}")
+    out = col.tolist() if hasattr(col, "tolist") else list(col)
+    if not isinstance(out, list):
+        raise InvalidArgument(f"column {name!r} must be one-dimensional")
+    return out
 
 
 def _check_pk_value(t: TableDef, col: str, typ: str, v: object) -> Any:

@@ -86,7 +86,7 @@ class ShardService:
         self._commit_wait(ts)
         return ts
 
-    def write_packed(
+    def write_columns(
         self,
         db: str,
         table: str,
@@ -94,16 +94,15 @@ class ShardService:
         table_id: int | None,
         after: int,
         pk_signature: tuple | None,
-        *rows_chunks: bytes,
+        *chunks: bytes,
     ) -> int:
-        """:meth:`dn.Engine.write_packed` (the client's pre-packed part of a batch: its rows
-        in one or more chunks, each a separate argument so that Ray passes it inline),
-        committed after ``after``, with the routing check."""
+        """:meth:`dn.Engine.write_packed_columns` (the client's pre-packed part of a batch,
+        by column: one or more chunks, each a separate argument so that Ray passes it
+        inline), committed after ``after``, with the routing check."""
         self._check_routing(db, table, pk_signature)
         if after and after > self.engine.clock():
             self.engine.advance_floor(after)
-        ts = self.engine.write_packed(db, table, list(rows_chunks) or [b"\x90"], dels_blob,
-                                      table_id)
+        ts = self.engine.write_packed_columns(db, table, list(chunks), dels_blob, table_id)
         self._commit_wait(ts)
         return ts
 

@@ -2,8 +2,9 @@
 
 Usage: python -m tests.crash_writer URL FIRST_BATCH
 
-Batch i upserts rows with keys i*100 .. i*100+n-1 and value "w<i>", and deletes key
-(i-3)*100 when i % 5 == 0. After a batch is acknowledged (durable), it prints
+Batch i (of row dicts when i is even, by column when odd) upserts rows with keys
+i*100 .. i*100+n-1 and value "w<i>", and deletes key (i-3)*100 when i % 5 == 0. After a batch
+is acknowledged (durable), it prints
 "ack <i> <n> <ts>" and flushes stdout. Background freezes, buffer checkpoints and checkpoints
 run with small thresholds so that a kill lands in any phase.
 """
@@ -31,9 +32,12 @@ def main() -> None:
     i = first
     while True:
         n = rng.randint(1, 20)
-        rows = [{"k": i * 100 + j, "v": f"w{i}"} for j in range(n)]
+        keys = [i * 100 + j for j in range(n)]
         deletes = [(i - 3) * 100] if i % 5 == 0 and i - 3 >= first else []
-        ts = eng.write("db", "t", rows, deletes)
+        if i % 2:  # rows and columns are logged differently: both are killed mid-way
+            ts = eng.write_columns("db", "t", {"k": keys, "v": [f"w{i}"] * n}, deletes)
+        else:
+            ts = eng.write("db", "t", [{"k": k, "v": f"w{i}"} for k in keys], deletes)
         print(f"ack {i} {n} {ts}", flush=True)
         i += 1
 

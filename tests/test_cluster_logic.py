@@ -21,8 +21,16 @@ import yaml
 from coordinator.catalog import ClusterCatalog
 from coordinator.client import Client
 from coordinator.config import ClusterConfig, load_config
-from coordinator.routing import HASH_NAME, shard_of, split_batch
+from coordinator.routing import (
+    HASH_NAME,
+    pack_columns,
+    shard_of,
+    split,
+    split_batch,
+    validate_columns,
+)
 from coordinator.service import CoordinatorService
+from dn.codec import unpack
 from dn.errors import AlreadyExists, DNError, InvalidArgument, NotFound, Unavailable
 from dn.schema import TableDef
 from dn.store import open_store
@@ -156,7 +164,7 @@ def test_routing_hash_is_frozen():
 def test_split_batch_normalizes_keys_and_rejects_before_splitting():
     t = TableDef("db", "t", (("k", "float64"), ("v", "string")), ("k",), 1)
     parts = split_batch(t, [{"k": 1, "v": "a"}], [2], 4, 1 << 20, 100)
-    assert sum(len(p.rows) for p in parts.values()) == 1
+    assert sum(p.nrows for p in parts.values()) == 1
     # int 1 and float 1.0 are the same key: same shard
     assert (
         parts.keys()
@@ -169,6 +177,32 @@ def test_split_batch_normalizes_keys_and_rejects_before_splitting():
         split_batch(t, [], [], 4, 1 << 20, 100)
     with pytest.raises(InvalidArgument, match="max_batch_rows"):
         split_batch(t, [{"k": i} for i in range(5)], [], 4, 1 << 20, 4)
+
+
+def test_a_column_batch_splits_like_the_same_rows():
+    t = TableDef("db", "t", (("k", "int64"), ("v", "string"), ("f", "float64")), ("k",), 1)
+    rows = [{"k": k, "v": f"v{k}", "f": k / 2} for k in range(200)]
+    by_rows = split_batch(t, rows, [500, 501], 4, 1 << 20, 1000)
+    cols = {"k": list(range(200)), "v": [f"v{k}" for k in range(200)],
+            "f": [k / 2 for k in range(200)]}
+    by_cols = split(validate_columns(t, cols, [500, 501], 1 << 20, 1000), 4)
+    assert by_rows == by_cols
+    for s, part in by_cols.items():
+        assert all(shard_of(k, 4) == s for k in part.cols[0] + part.deletes)
+        assert [dict(zip(("k", "v", "f"), r)) for r in zip(*part.cols)] == [
+            r for r in rows if shard_of(r["k"], 4) == s]
+    assert sorted(k for p in by_cols.values() for k in p.cols[0]) == list(range(200))
+
+
+@pytest.mark.parametrize("n, size", [(1, 10), (7, 10), (3000, 100), (500, 30_000)])
+def test_packed_columns_are_chunks_under_the_limit_that_join_to_the_columns(n, size):
+    cols = [list(range(n)), [b"x" * (size + i % 7) for i in range(n)]]
+    chunks = pack_columns(cols, limit=90 * 1024)
+    assert all(len(c) <= 90 * 1024 for c in chunks) or n == 1
+    decoded = [unpack(c) for c in chunks]
+    assert [x for d in decoded for x in d[0]] == cols[0]
+    assert [x for d in decoded for x in d[1]] == cols[1]
+    assert all(len(d[0]) == len(d[1]) > 0 for d in decoded)
 
 
 # -- the cluster catalog and the coordinator ---------------------------------------------------

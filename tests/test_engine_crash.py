@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from dn import Engine, ManualClock, Settings
+from dn.codec import pack
 from dn.store import FaultyStore, MemoryStore, RetryPolicy, SimulatedCrash, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +132,8 @@ def test_sigkill_during_ingest_on_s3(s3_url):
 
 
 def _workload(eng: Engine, acked: list, attempted: list) -> None:
-    """DDL, writes, freezes, buffer checkpoints and checkpoints; records what was acked."""
+    """DDL, writes (of rows, of columns and of packed columns), freezes, buffer checkpoints
+    and checkpoints; records what was acked."""
     steps = [
         ("ddl", lambda: eng.create_database("db")),
         ("ddl", lambda: eng.create_table("db", "t", {"k": "int64", "v": "string"}, "k")),
@@ -150,10 +152,16 @@ def _workload(eng: Engine, acked: list, attempted: list) -> None:
         if kind == "ddl":
             arg()
         elif kind == "write":
-            rows = [{"k": arg * 10 + j, "v": f"w{arg}"} for j in range(3)]
+            keys = [arg * 10 + j for j in range(3)]
             dels = [(arg - 2) * 10] if arg >= 2 else []
             attempted.append(arg)
-            ts = eng.write("db", "t", rows, dels)
+            if arg % 3 == 0:  # the three ways a write is logged: rows, columns, packed columns
+                ts = eng.write("db", "t", [{"k": k, "v": f"w{arg}"} for k in keys], dels)
+            elif arg % 3 == 1:
+                ts = eng.write_columns("db", "t", {"k": keys, "v": [f"w{arg}"] * 3}, dels)
+            else:
+                ts = eng.write_packed_columns("db", "t", [pack([keys, [f"w{arg}"] * 3])],
+                                              pack(dels))
             acked.append((arg, ts))
         elif kind == "freeze":
             eng.freeze()

@@ -172,34 +172,46 @@ def test_fuzzed_rows_are_stored_exactly_or_rejected_cleanly(shard, row, garbage)
         assert got == want or (math.isnan(got["f"]) and math.isnan(want["f"]))
 
 
+def _cols(n: int = 1, **given) -> bytes:
+    """One packed chunk of columns for table t: ``given`` columns, the others null."""
+    return codec_pack([given.get(c, [None] * n) for c in SCHEMA])
+
+
 PACKED_BAD = [
-    ("not msgpack", b"\xc1", b"\x90", "decode"),
-    ("rows not an array", codec_pack({"k": 1}), b"\x90", "array"),
-    ("row arity", codec_pack([[5, "x"]]), b"\x90", "array of 5 values"),
-    ("int in float column", codec_pack([[5, None, 3, None, None]]), b"\x90", "normal form"),
-    ("wrong type", codec_pack([[5, 7, None, None, None]]), b"\x90", "string"),
-    ("null key", codec_pack([[None, "x", None, None, None]]), b"\x90", "'k'"),
-    ("bad delete key", b"\x90", codec_pack(["x"]), "int64"),
-    ("duplicate key", codec_pack([[5, None, None, None, None]]), codec_pack([5]), "twice"),
-    ("empty", b"\x90", b"\x90", "at least one"),
-    ("blob not bytes", "abc", b"\x90", "bytes"),
-    ("no chunks", [], b"\x90", "bytes"),
-    ("a chunk not bytes", [codec_pack([[5, None, None, None, None]]), 7], b"\x90", "bytes"),
-    ("a chunk not an array", [codec_pack([[5, None, None, None, None]]),
-                              codec_pack({"k": 1})], b"\x90", "array"),
-    ("bad row in a later chunk", [codec_pack([[5, None, None, None, None]]),
-                                  codec_pack([[6, 7, None, None, None]])], b"\x90", "string"),
-    ("key twice across chunks", [codec_pack([[5, None, None, None, None]]),
-                                 codec_pack([[5, "x", None, None, None]])], b"\x90", "twice"),
+    # (what, chunks, packed deletes, words the message must contain)
+    ("not msgpack", [b"\xc1"], b"\x90", "decode"),
+    ("trailing bytes", [_cols(k=[5]) + b"\x90"], b"\x90", "decode"),
+    ("chunk not an array", [codec_pack({"k": 1})], b"\x90", "array of 5 columns"),
+    ("column count", [codec_pack([[5], ["x"]])], b"\x90", "array of 5 columns"),
+    ("a column not an array", [codec_pack([5, None, None, None, None])], b"\x90",
+     "array of 5 columns"),
+    ("uneven columns", [codec_pack([[5, 6], [None], [None], [None], [None]])], b"\x90",
+     "equal"),
+    ("empty columns", [codec_pack([[], [], [], [], []])], b"\x90", "non-zero"),
+    ("int in float column", [_cols(k=[5], f=[3])], b"\x90", "normal form"),
+    ("wrong type", [_cols(k=[5], s=[7])], b"\x90", "string"),
+    ("value too large", [_cols(k=[5], b=[b"x" * 65])], b"\x90", "max_value_bytes"),
+    ("null key", [_cols(k=[None], s=["x"])], b"\x90", "'k'"),
+    ("bad delete key", [], codec_pack(["x"]), "int64"),
+    ("deletes not an array", [_cols(k=[5])], codec_pack(5), "array"),
+    ("duplicate key", [_cols(k=[5])], codec_pack([5]), "twice"),
+    ("key twice in a chunk", [_cols(2, k=[5, 5])], b"\x90", "twice"),
+    ("empty", [], b"\x90", "at least one"),
+    ("chunks not a list", b"abc", b"\x90", "bytes"),
+    ("a chunk not bytes", [_cols(k=[5]), 7], b"\x90", "bytes"),
+    ("deletes not bytes", [_cols(k=[5])], [], "bytes"),
+    ("bad value in a later chunk", [_cols(k=[5]), _cols(k=[6], s=[7])], b"\x90", "string"),
+    ("key twice across chunks", [_cols(k=[5]), _cols(k=[5], s=["x"])], b"\x90", "twice"),
+    ("over max_batch_rows", [_cols(51, k=list(range(300, 351)))], b"\x90", "max_batch_rows"),
 ]
 
 
-@pytest.mark.parametrize("what, rows, dels, words", PACKED_BAD, ids=[c[0] for c in PACKED_BAD])
-def test_bad_packed_batches_are_refused_and_change_nothing(shard, what, rows, dels, words):
+@pytest.mark.parametrize("what, chunks, dels, words", PACKED_BAD, ids=[c[0] for c in PACKED_BAD])
+def test_bad_packed_batches_are_refused_and_change_nothing(shard, what, chunks, dels, words):
     eng, store = shard
     before = store.snapshot()
     with pytest.raises(InvalidArgument) as err:
-        eng.write_packed("db", "t", rows, dels)
+        eng.write_packed_columns("db", "t", chunks, dels)
     assert words in str(err.value), str(err.value)
     assert store.snapshot() == before
 
@@ -207,26 +219,95 @@ def test_bad_packed_batches_are_refused_and_change_nothing(shard, what, rows, de
 def test_packed_chunks_read_back_as_one_batch(shard):
     eng, _ = shard
     rows = [(200 + i, f"s{i}", i * 0.5, b"b", True) for i in range(40)]
-    chunks = [codec_pack(rows[i:i + 7]) for i in range(0, 40, 7)]
-    ts = eng.write_packed("db", "t", chunks)
+    chunks = [codec_pack([list(c) for c in zip(*rows[i:i + 7])]) for i in range(0, 40, 7)]
+    ts = eng.write_packed_columns("db", "t", chunks, codec_pack([2]))
     got = list(eng.scan("db", "t", snapshot=ts, start=200, end=240))
     assert got == [dict(zip(SCHEMA, r)) for r in rows]
+    assert eng.get("db", "t", 2, snapshot=ts) is None
     assert len({c.ts for c in eng.changes("db", "t", ts, snapshot=ts)}) == 1  # one commit
 
 
-def test_packed_batch_reads_back_like_a_dict_batch(shard):
+def test_packed_columns_with_nulls_read_back(shard):
     eng, _ = shard
-    rows = [(100 + i, f"s{i}", i * 0.5, b"b", i % 2 == 0) for i in range(20)]
-    ts = eng.write_packed("db", "t", codec_pack(rows), codec_pack([2]))
-    got = list(eng.scan("db", "t", snapshot=ts, start=100, end=120))
-    assert got == [dict(zip(SCHEMA, r)) for r in rows]
+    ts = eng.write_packed_columns("db", "t", [_cols(2, k=[400, 401], f=[None, 1.5])])
+    got = list(eng.scan("db", "t", snapshot=ts, start=400, end=402))
+    assert got == [{"k": 400, "s": None, "f": None, "b": None, "ok": None},
+                   {"k": 401, "s": None, "f": 1.5, "b": None, "ok": None}]
+
+
+BAD_COLUMNS = [
+    # (what, columns, deletes, words the message must contain)
+    ("not a mapping", [[1, 2]], (), "dict"),
+    ("unknown column", {"k": [1], "zz": [1]}, (), "zz"),
+    ("missing primary key", {"s": ["x"]}, (), "'k'"),
+    ("uneven lengths", {"k": [1, 2], "s": ["x"]}, (), "equal lengths"),
+    ("a column is a string", {"k": [1], "s": "x"}, (), "list of values"),
+    ("a column is a scalar", {"k": 1}, (), "list of values"),
+    ("wrong type", {"k": [1, "2"]}, (), "int64"),
+    ("bool for int", {"k": [True]}, (), "int64"),
+    ("null key", {"k": [1, None]}, (), "'k'"),
+    ("value too large", {"k": [1], "b": [b"x" * 65]}, (), "max_value_bytes"),
+    ("duplicate key", {"k": [1, 1]}, (), "twice"),
+    ("upsert and delete of one key", {"k": [7]}, [7], "twice"),
+    ("empty", {"k": []}, (), "at least one"),
+    ("over max_batch_rows", {"k": list(range(51))}, (), "max_batch_rows"),
+]
+
+
+@pytest.mark.parametrize("what, columns, dels, words", BAD_COLUMNS,
+                         ids=[c[0] for c in BAD_COLUMNS])
+def test_bad_column_batches_are_refused_and_change_nothing(shard, what, columns, dels, words):
+    eng, store = shard
+    before = store.snapshot()
+    with pytest.raises(InvalidArgument) as err:
+        eng.write_columns("db", "t", columns, dels)
+    assert words in str(err.value), str(err.value)
+    assert store.snapshot() == before
+
+
+def test_column_batch_reads_back_like_a_dict_batch(shard):
+    eng, _ = shard
+    np = pytest.importorskip("numpy")
+    keys = np.arange(500, 520, dtype=np.int64)
+    cols = {"k": keys, "s": [f"s{i}" for i in range(20)], "f": list(range(20)),
+            "ok": np.array([i % 2 == 0 for i in range(20)])}
+    ts = eng.write_columns("db", "t", cols, deletes=[2])
+    want = [{"k": 500 + i, "s": f"s{i}", "f": float(i), "b": None, "ok": i % 2 == 0}
+            for i in range(20)]
+    got = list(eng.scan("db", "t", snapshot=ts, start=500, end=520))
+    assert got == want
+    assert all(type(r["k"]) is int and type(r["f"]) is float for r in got)
     assert eng.get("db", "t", 2, snapshot=ts) is None
+    ts2 = eng.write("db", "t", [{**r, "k": r["k"] + 100} for r in want])
+    again = list(eng.scan("db", "t", snapshot=ts2, start=600, end=620))
+    assert again == [{**r, "k": r["k"] + 100} for r in want]
 
 
-@pytest.mark.parametrize("sizes", [(3, 4), (10, 10), (40_000, 30_000), (0, 5)])
-def test_joined_arrays_decode_as_the_concatenation(sizes):
-    from dn import codec
+def test_column_lists_are_copied_before_the_call_returns(shard):
+    eng, _ = shard
+    keys, vals = [700, 701], ["a", "b"]
+    ts = eng.write_columns("db", "t", {"k": keys, "s": vals})
+    keys[0], vals[0] = 999, "changed"
+    assert eng.get("db", "t", 700, snapshot=ts)["s"] == "a"
+    assert eng.get("db", "t", 999) is None
 
-    parts = [list(range(n)) for n in sizes]
-    joined = codec.join_arrays([codec_pack(p) for p in parts])
-    assert codec.unpack(joined) == [x for p in parts for x in p]
+
+def test_composite_key_columns_survive_a_reopen():
+    store = MemoryStore()
+    eng = Engine.open(settings=Settings(background=False), store=store, clock=ManualClock())
+    eng.create_database("db")
+    eng.create_table("db", "c", {"g": "string", "n": "int64", "v": "float64"}, ["g", "n"])
+    eng.write_columns("db", "c", {"g": ["a", "a", "b"], "n": [1, 2, 1], "v": [1, 2, None]})
+    eng.write_packed_columns("db", "c", [codec_pack([["b"], [2], [0.5]])],
+                             codec_pack([("a", 1)]))
+    want = list(eng.scan("db", "c"))
+    assert want == [{"g": "a", "n": 2, "v": 2.0}, {"g": "b", "n": 1, "v": None},
+                    {"g": "b", "n": 2, "v": 0.5}]
+    eng.close()
+    again = Engine.open(settings=Settings(background=False), store=store, clock=ManualClock())
+    try:
+        assert again.status()["counters"]["replayed_commands"] >= 2
+        assert list(again.scan("db", "c")) == want
+        assert [c.pk for c in again.changes("db", "c", 0) if c.kind == "delete"] == [("a", 1)]
+    finally:
+        again.close()
