@@ -47,7 +47,7 @@ from coordinator.handles import CoordinatorHandle, alive_nodes, stream_tasks
 from coordinator.routing import pk_signature, shard_of, split, validate_batch, validate_columns
 from coordinator.writer import LINGER_S, PART_BYTES, BatchWriter
 from dn.errors import DNError, InvalidArgument, NotFound, Unavailable
-from dn.reader import Change
+from dn.reader import Change, paused_gc
 from dn.schema import TableDef, check_name
 from shards.handle import ShardGroup
 
@@ -261,7 +261,8 @@ class Client:
         s = snapshot
         if s is None:
             s = reads.choose_snapshot(self.shards, self._token, self.retry_s)
-        views = reads.fetch_views(self.shards, db, table, s, from_ts, self.retry_s)
+        with paused_gc():  # decoding the shards' tails makes many objects that live on
+            views = reads.fetch_views(self.shards, db, table, s, from_ts, self.retry_s)
         reads.check_same_schema(views)
         self._see(views[0].snapshot)
         return views

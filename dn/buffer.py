@@ -65,10 +65,12 @@ class TableBlock:
     def run(self, lo_ts: int, hi_ts: int) -> Run:
         """The versions with lo_ts <= ts <= hi_ts, in commit order."""
         a, b = bisect_left(self.ts, lo_ts), bisect_right(self.ts, hi_ts)
-        rows = list(zip(*(c[a:b] for c in self.cols))) if b > a else []
+        cols = [c[a:b] for c in self.cols]
+        pos = self.pk_pos
+        pks = cols[pos[0]] if len(pos) == 1 else list(zip(*(cols[p] for p in pos)))
         da, db = bisect_left(self.del_ts, lo_ts), bisect_right(self.del_ts, hi_ts)
-        return Run(self.pks(a, b), self.ts[a:b], rows, self.del_pks[da:db], self.del_ts[da:db],
-                   pk_pos=self.pk_pos)
+        return Run(pks, self.ts[a:b], None, self.del_pks[da:db], self.del_ts[da:db],
+                   pk_pos=self.pk_pos, cols=cols)
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)

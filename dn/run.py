@@ -12,26 +12,47 @@ lookups bisect.
 
 from __future__ import annotations
 
+import pickle
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
 from itertools import chain, groupby, repeat
 from operator import itemgetter
 from typing import Any
 
-from dn.codec import pack, unpack_tuples
+from dn.codec import pack, unpack, unpack_tuples
 
 
-@dataclass(slots=True)
 class Run:
-    pks: list
-    ts: list[int]
-    rows: list[tuple]
-    del_pks: list
-    del_ts: list[int]
-    sorted_by_pk: bool = False
-    #: Where ``pks`` come from in ``rows`` when they are exactly the rows' primary keys (a
-    #: buffer's tail): then they are not pickled, the reader takes them from the rows.
-    pk_pos: tuple[int, ...] | None = None
+    """See the module docstring. A buffer's tail keeps its rows by column (``cols``, the
+    table's columns in order) and makes the row tuples only when something asks for
+    ``rows``; a scan merges the columns without them (:meth:`dn.reader.Reader.sorted_rows`)."""
+
+    __slots__ = ("pks", "ts", "_rows", "cols", "del_pks", "del_ts", "sorted_by_pk", "pk_pos")
+
+    def __init__(self, pks: list, ts: list[int], rows: list[tuple] | None, del_pks: list,
+                 del_ts: list[int], sorted_by_pk: bool = False,
+                 pk_pos: tuple[int, ...] | None = None, cols: list[list] | None = None) -> None:
+        self.pks = pks
+        self.ts = ts
+        self._rows = rows
+        #: The rows by column, when the run was made from columns (else None).
+        self.cols = cols
+        self.del_pks = del_pks
+        self.del_ts = del_ts
+        self.sorted_by_pk = sorted_by_pk
+        #: Where ``pks`` come from in ``rows`` when they are exactly the rows' primary keys
+        #: (a buffer's tail): then they are not pickled, the reader takes them from the rows.
+        self.pk_pos = pk_pos
+
+    @property
+    def rows(self) -> list[tuple]:
+        """The row tuples (made from ``cols`` on first use)."""
+        if self._rows is None:
+            self._rows = list(zip(*self.cols)) if self.cols and self.ts else []
+        return self._rows
+
+    def __repr__(self) -> str:
+        return (f"Run({len(self.ts)} versions, {len(self.del_ts)} deletes, "
+                f"sorted_by_pk={self.sorted_by_pk})")
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)
@@ -67,19 +88,30 @@ class Run:
             return None
         return best_ts, best_row
 
+    def __reduce_ex__(self, protocol: int) -> tuple:  # type: ignore[override]
+        return self._reduce(protocol)
+
     def __reduce__(self) -> tuple:
+        return self._reduce(2)
+
+    def _reduce(self, protocol: int) -> tuple:
         """Pickled (a shard's tail on its way to a reader in another process) with the rows
-        as one msgpack blob and the timestamps run-length encoded (a commit's rows share
-        one): pickle memoizes every row tuple and value, which made it several times slower
-        on the shard and slower on the reader."""
+        as one msgpack blob, by column when the run has its columns, and the timestamps
+        run-length encoded (a commit's rows share one): pickle memoizes every row tuple and
+        value, which made it several times slower on the shard and slower on the reader;
+        columns pack and unpack faster than row arrays, and need no tuple per row."""
         ts_vals: list[int] = []
         ts_counts: list[int] = []
         for t, group in groupby(self.ts):
             ts_vals.append(t)
             ts_counts.append(sum(1 for _ in group))
         pks = None if self.pk_pos is not None else self.pks
-        return (_run_from_parts, (pks, ts_vals, ts_counts, pack(self.rows), self.del_pks,
-                                  self.del_ts, self.sorted_by_pk, self.pk_pos))
+        by_column = self._rows is None and self.cols is not None
+        blob: Any = pack(self.cols if by_column else self.rows)
+        if protocol >= 5:  # Ray's pickling: the blob goes out of band, copied once
+            blob = pickle.PickleBuffer(blob)
+        return (_run_from_parts, (pks, ts_vals, ts_counts, blob, self.del_pks, self.del_ts,
+                                  self.sorted_by_pk, self.pk_pos, by_column))
 
     def _check(self) -> None:
         assert len(self.pks) == len(self.ts) == len(self.rows)
@@ -93,8 +125,13 @@ class Run:
 
 def _run_from_parts(pks: list | None, ts_vals: list[int], ts_counts: list[int], blob: bytes,
                     del_pks: list, del_ts: list[int], sorted_by_pk: bool,
-                    pk_pos: tuple[int, ...] | None) -> Run:
+                    pk_pos: tuple[int, ...] | None, by_column: bool = False) -> Run:
     ts = list(chain.from_iterable(map(repeat, ts_vals, ts_counts)))
+    if by_column:
+        cols = unpack(blob)
+        if pks is None and pk_pos is not None:
+            pks = cols[pk_pos[0]] if len(pk_pos) == 1 else list(zip(*(cols[p] for p in pk_pos)))
+        return Run(pks, ts, None, del_pks, del_ts, sorted_by_pk, pk_pos, cols=cols)
     rows = list(unpack_tuples(blob))
     if pks is None and pk_pos is not None:
         pks = list(map(itemgetter(*pk_pos), rows))  # one position: the value; more: tuples
