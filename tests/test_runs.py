@@ -1,0 +1,70 @@
+"""Runs kept by column (a buffer's tail): pickled for another process, and merged by a scan,
+they give exactly what the same rows kept as tuples give."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+
+from dn.reader import Reader
+from dn.run import Run
+
+
+def _pair(pks, ts, rows, del_pks=(), del_ts=(), pk_pos=(0,)):
+    """The same versions as a run of row tuples and as a run of columns."""
+    cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(2)]
+    by_rows = Run(list(pks), list(ts), list(rows), list(del_pks), list(del_ts), pk_pos=pk_pos)
+    by_cols = Run(list(pks), list(ts), None, list(del_pks), list(del_ts), pk_pos=pk_pos,
+                  cols=cols)
+    return by_rows, by_cols
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("pk_pos", [(0,), (0, 1)])
+def test_a_column_run_pickles_to_the_same_versions(protocol, pk_pos):
+    rows = [(i % 7, f"s{i}") for i in range(50)]
+    pks = [r[0] if len(pk_pos) == 1 else r for r in rows]
+    _, run = _pair(pks, [10 + i // 9 for i in range(50)], rows, [3], [99], pk_pos=pk_pos)
+    buffers: list = []
+    blob = pickle.dumps(run, protocol=protocol,
+                        buffer_callback=buffers.append if protocol >= 5 else None)
+    assert len(buffers) == (1 if protocol >= 5 else 0)  # the rows travel out of band
+    back = pickle.loads(blob, buffers=buffers)
+    assert back.rows == rows
+    assert back.pks == pks
+    assert back.ts == run.ts
+    assert (back.del_pks, back.del_ts) == ([3], [99])
+
+
+def test_column_runs_scan_like_row_runs_and_like_a_model():
+    rng = random.Random(5)
+    reader = Reader.__new__(Reader)  # sorted_rows reads no store
+    for _ in range(200):
+        runs_rows, runs_cols, ts = [], [], 1
+        for _ in range(rng.randint(1, 4)):  # oldest first, disjoint timestamps
+            ups, dels = [], []
+            for _ in range(rng.randint(0, 30)):  # one version per timestamp
+                (dels if rng.random() < 0.2 else ups).append((rng.randint(0, 40), ts))
+                ts += 1
+            by_rows, by_cols = _pair([k for k, _ in ups], [t for _, t in ups],
+                                     [(k, f"v{k}-{t}") for k, t in ups],
+                                     [k for k, _ in dels], [t for _, t in dels])
+            runs_rows.append((by_rows, ts - 1))
+            runs_cols.append((by_cols, ts - 1))
+        snap = rng.randint(1, ts)
+        start, end = rng.choice([(None, None), (5, 30), (10, None), (None, 20)])
+        want = reader.sorted_rows(snap, runs_rows, start, end)
+        assert reader.sorted_rows(snap, runs_cols, start, end) == want
+        mixed = [runs_rows[0], *runs_cols[1:]]  # a mix of both kinds
+        assert reader.sorted_rows(snap, mixed, start, end) == want
+        model: dict = {}
+        for run, _ in runs_rows:
+            for t, k, row in sorted([(t, k, r) for k, t, r in zip(run.pks, run.ts, run.rows)]
+                                    + [(t, k, None) for k, t in zip(run.del_pks, run.del_ts)]):
+                if t <= snap:
+                    model[k] = row
+        expect = [model[k] for k in sorted(model) if model[k] is not None
+                  and (start is None or k >= start) and (end is None or k < end)]
+        assert want == expect
