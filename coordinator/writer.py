@@ -7,11 +7,13 @@ costs several times more; so small batches are bound by the call rate, not by th
 1,000-row batch over 4 shards is 4 calls of 250 rows). A :class:`BatchWriter` (made by
 ``client.writer(db, table)``) is for ingest:
 
-- ``write(upserts, deletes)`` validates and routes the batch at once (bad input raises here
-  and nothing of that batch is kept), adds its rows to one buffer per shard and returns the
-  batch's sequence number (1, 2, ...). It does not wait for the shards.
-- A shard's buffer is sent as one part, in chunks that Ray passes inline, when it holds
-  ``part_bytes``, when its oldest row has waited ``linger_s``, or on ``flush()``.
+- ``write(upserts, deletes)`` (row dicts) or ``write_columns(columns, deletes)`` (a dict of
+  column name -> values, the cheaper form) validates and routes the batch at once (bad input
+  raises here and nothing of that batch is kept), adds each shard's share of it, by column,
+  to that shard's buffer and returns the batch's sequence number (1, 2, ...). It does not
+  wait for the shards.
+- A shard's buffer is sent as one part, by column in chunks that Ray passes inline, when it
+  holds ``part_bytes``, when its oldest row has waited ``linger_s``, or on ``flush()``.
 - ``flush()`` sends everything and waits until it is all durable; leaving a ``with`` block
   flushes and closes.
 

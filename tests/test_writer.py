@@ -106,6 +106,46 @@ def test_a_key_written_by_many_batches_keeps_the_last_write(cluster):
     assert sorted(feed) == [(1, "delete"), (2, "upsert"), (3, "delete")]
 
 
+def test_batches_by_column_and_by_row_coalesce_together(cluster):
+    client, _ = cluster
+    before = client.snapshot()
+    with client.writer("db", "t", part_bytes=1 << 20, linger_s=60.0) as w:
+        w.write_columns({"k": [1, 2, 3], "v": ["a", "a", "a"]})
+        w.write([{"k": 1, "v": "b"}], deletes=[2])
+        w.write_columns({"k": [2, 4]}, deletes=[3])  # "v" left out: null
+        w.write_columns({"k": (5, 6), "v": ("e", "f")})
+    assert scan(client) == {1: "b", 2: None, 4: None, 5: "e", 6: "f"}
+    assert w.stats["coalesced"] == 4
+    feed = sorted((c.pk, c.kind) for c in client.changes("db", "t", before))
+    assert feed == [(1, "upsert"), (2, "upsert"), (3, "delete"), (4, "upsert"),
+                    (5, "upsert"), (6, "upsert")]
+    assert len({c.ts for c in client.changes("db", "t", before)}) <= len(client.shards)
+
+
+def test_bad_columns_raise_at_write_and_keep_nothing_of_that_batch(cluster):
+    client, _ = cluster
+    with client.writer("db", "t", linger_s=60.0) as w:
+        w.write_columns({"k": [1], "v": ["ok"]})
+        for bad in ({"k": [2, 3], "v": ["x"]}, {"k": [2, "x"]}, {"v": ["no key"]},
+                    {"k": [2], "zz": [1]}, {"k": [2, 2]}, [[2]]):
+            with pytest.raises(InvalidArgument):
+                w.write_columns(bad)
+        w.write_columns({"k": [5], "v": ["ok"]})
+    assert scan(client) == {1: "ok", 5: "ok"}
+    assert w.durable_seq == 2
+
+
+def test_numpy_columns_are_written_as_python_values(cluster):
+    np = pytest.importorskip("numpy")
+    client, _ = cluster
+    with client.writer("db", "t") as w:
+        w.write_columns({"k": np.arange(100, 110, dtype=np.int64),
+                         "v": np.array([f"n{i}" for i in range(10)], dtype=object)})
+    got = scan(client)
+    assert {k: got[k] for k in range(100, 110)} == {100 + i: f"n{i}" for i in range(10)}
+    assert all(type(k) is int for k in got)
+
+
 class JitteryShards(LocalShards):
     """Calls end after a random delay, on threads of their own (as Ray's do): two parts in
     flight to one shard at once could commit in either order."""
