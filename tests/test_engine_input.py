@@ -206,16 +206,6 @@ PACKED_BAD = [
 ]
 
 
-@pytest.mark.parametrize("what, chunks, dels, words", PACKED_BAD, ids=[c[0] for c in PACKED_BAD])
-def test_bad_packed_batches_are_refused_and_change_nothing(shard, what, chunks, dels, words):
-    eng, store = shard
-    before = store.snapshot()
-    with pytest.raises(InvalidArgument) as err:
-        eng.write_packed_columns("db", "t", chunks, dels)
-    assert words in str(err.value), str(err.value)
-    assert store.snapshot() == before
-
-
 def test_packed_chunks_read_back_as_one_batch(shard):
     eng, _ = shard
     rows = [(200 + i, f"s{i}", i * 0.5, b"b", True) for i in range(40)]
@@ -254,13 +244,18 @@ BAD_COLUMNS = [
 ]
 
 
-@pytest.mark.parametrize("what, columns, dels, words", BAD_COLUMNS,
-                         ids=[c[0] for c in BAD_COLUMNS])
-def test_bad_column_batches_are_refused_and_change_nothing(shard, what, columns, dels, words):
+BAD_BY_COLUMN = [("packed", *c) for c in PACKED_BAD] + [("columns", *c) for c in BAD_COLUMNS]
+
+
+@pytest.mark.parametrize("how, what, batch, dels, words", BAD_BY_COLUMN,
+                         ids=[f"{c[0]}: {c[1]}" for c in BAD_BY_COLUMN])
+def test_bad_batches_by_column_are_refused_and_change_nothing(shard, how, what, batch, dels,
+                                                              words):
     eng, store = shard
+    write = eng.write_packed_columns if how == "packed" else eng.write_columns
     before = store.snapshot()
     with pytest.raises(InvalidArgument) as err:
-        eng.write_columns("db", "t", columns, dels)
+        write("db", "t", batch, dels)
     assert words in str(err.value), str(err.value)
     assert store.snapshot() == before
 
