@@ -176,6 +176,7 @@ class Client:
         of equal length (lists, tuples, numpy arrays), one value per row; a column left out
         is null in every row. No dict or tuple is made per row."""
         info = self.info
+        deletes = _reusable(deletes)  # validated again if the table is redefined meanwhile
         return max(self._write_parts(db, table, lambda t: validate_columns(
             t, columns, deletes, info["max_value_bytes"], info["max_batch_rows"])).values())
 
@@ -188,6 +189,7 @@ class Client:
             raise InvalidArgument("upserts must be a list of row dicts")
         if upserts is not None and not isinstance(upserts, list | tuple | dict | str | bytes):
             upserts = list(upserts)
+        deletes = _reusable(deletes)
         return self._write_parts(db, table, lambda t: validate_batch(
             t, upserts, deletes, info["max_value_bytes"], info["max_batch_rows"]))
 
@@ -382,6 +384,14 @@ def _pages(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
             page = []
     if page:
         yield page
+
+
+def _reusable(values: Any) -> Any:
+    """A one-shot iterable of values as a list (a batch may be validated again on a retry);
+    anything else as it is, for validation to accept or refuse."""
+    if isinstance(values, list | tuple | str | bytes | dict) or not hasattr(values, "__iter__"):
+        return values
+    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 def _with_committed(err: BaseException, done: dict[int, int]) -> BaseException:

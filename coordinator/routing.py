@@ -167,20 +167,3 @@ def split(batch: Batch, shards: int) -> dict[int, ShardPart]:
             list(map(keys.__getitem__, idx[cut:])),
         )
     return parts
-
-
-def split_batch(
-    table: TableDef,
-    upserts: Any,
-    deletes: Any,
-    shards: int,
-    max_value_bytes: int,
-    max_batch_rows: int,
-) -> dict[int, ShardPart]:
-    """Validate a whole batch of row dicts like the engine does, then split it by shard.
-
-    Upserts travel by column and deletes as normalized keys; the client packs each part once
-    (:meth:`ShardPart.packed`) and the shard checks the packed part again, column by column,
-    before logging those very bytes.
-    """
-    return split(validate_batch(table, upserts, deletes, max_value_bytes, max_batch_rows), shards)

@@ -56,11 +56,11 @@ class TableBlock:
             self.del_pks.extend(deletes)
             self.del_ts.extend([ts] * len(deletes))
 
-    def pks(self, lo: int = 0, hi: int | None = None) -> list:
+    def pks(self) -> list:
         pos = self.pk_pos
         if len(pos) == 1:
-            return self.cols[pos[0]][lo:hi]
-        return list(zip(*(self.cols[p][lo:hi] for p in pos)))
+            return self.cols[pos[0]][:]
+        return list(zip(*(self.cols[p] for p in pos)))
 
     def run(self, lo_ts: int, hi_ts: int) -> Run:
         """The versions with lo_ts <= ts <= hi_ts, in commit order."""

@@ -9,8 +9,8 @@ Record grammar (msgpack, inside the framing of :mod:`dn.codec`, kind ``L``)::
     record  := [epoch, seq, [command, ...]]        an empty list: a skip or fence record
     command := [ts, OP_WRITE, [table_id, [row, ...], [pk, ...]]]
              | [ts, OP_WRITE_COLUMNS, [table_id, [chunk, ...], [pk, ...]]]
-    chunk   := [column, ...]                       one array per column, of equal lengths
              | [ts, ddl_op, [ddl_arg, ...]]        see dn.catalog
+    chunk   := [column, ...]                       one array per column, of equal lengths
 
 Commands arrive pre-encoded (each writer packs its own arguments outside the engine's lock);
 the record is assembled from those bytes without unpacking them.

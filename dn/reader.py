@@ -242,21 +242,36 @@ class Reader:
                 yield Change(t, "upsert", pk, {n: row[i] for n, i in pick})
 
 
+class _Pauses:
+    """How many :func:`paused_gc` blocks are running, in any thread, and whether the first
+    of them turned the collector off (it was on)."""
+
+    lock = threading.Lock()
+    depth = 0
+    ours = False
+
+
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """Python's cyclic garbage collector paused while a bulk step makes many objects that
     live on (a read's row tuples, decoded runs): without the pause, every 700 allocations
     start a collection that walks the new objects again, which measured about half of such
-    a step's time. Nothing made in the step is cyclic garbage; the collector runs again as
-    usual afterwards. Nested pauses keep it paused until the outermost one ends."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
+    a step's time. Nothing made in the step is cyclic garbage. Pauses in several threads
+    overlap: the collector is turned back on when the last one ends, and only if it was on
+    when the first began."""
+    with _Pauses.lock:
+        if _Pauses.depth == 0:
+            _Pauses.ours = gc.isenabled()
+            if _Pauses.ours:
+                gc.disable()
+        _Pauses.depth += 1
     try:
         yield
     finally:
-        gc.enable()
+        with _Pauses.lock:
+            _Pauses.depth -= 1
+            if _Pauses.depth == 0 and _Pauses.ours:
+                gc.enable()
 
 
 def row_maker(table: TableDef, columns: list[str] | None) -> Callable[[tuple], dict]:

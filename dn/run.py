@@ -89,12 +89,6 @@ class Run:
         return best_ts, best_row
 
     def __reduce_ex__(self, protocol: int) -> tuple:  # type: ignore[override]
-        return self._reduce(protocol)
-
-    def __reduce__(self) -> tuple:
-        return self._reduce(2)
-
-    def _reduce(self, protocol: int) -> tuple:
         """Pickled (a shard's tail on its way to a reader in another process) with the rows
         as one msgpack blob, by column when the run has its columns, and the timestamps
         run-length encoded (a commit's rows share one): pickle memoizes every row tuple and

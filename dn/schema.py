@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -195,6 +195,15 @@ class TableDef:
             return types == {float} and not (i in self.pk_pos and any(v != v for v in col))
         return types == {bool}
 
+    def _column_ok_or_null(self, i: int, col: Any, max_value_bytes: int) -> bool:
+        """:meth:`_column_ok`, where a column outside the primary key may also hold nulls."""
+        if self._column_ok(i, col, max_value_bytes):
+            return True
+        if i in self.pk_pos:
+            return False
+        present = [v for v in col if v is not None]
+        return not present or self._column_ok(i, present, max_value_bytes)
+
     # -- columnar batches -------------------------------------------------------------------
 
     def normalize_columns(self, columns: Any, max_value_bytes: int) -> tuple[list, int]:
@@ -231,7 +240,7 @@ class TableDef:
         for i, col in enumerate(cols):
             if col is None:
                 cols[i] = [None] * n
-            elif not self._column_ok(i, col, max_value_bytes):
+            elif not self._column_ok_or_null(i, col, max_value_bytes):
                 cols[i] = self._normalize_column(i, col, max_value_bytes)
         return cols, n
 
@@ -286,8 +295,8 @@ class TableDef:
         if len(lengths) != 1 or 0 in lengths:
             raise InvalidArgument(f"the columns of a packed chunk of {self.db}.{self.name} "
                                   "must have equal, non-zero lengths")
-        if not all(self._column_ok(i, c, max_value_bytes) for i, c in enumerate(cols)):
-            self.check_row_tuples(list(zip(*cols)), max_value_bytes)  # precise error, or nulls
+        if not all(self._column_ok_or_null(i, c, max_value_bytes) for i, c in enumerate(cols)):
+            self.check_row_tuples(list(zip(*cols)), max_value_bytes)  # the precise error
         return len(cols[0])
 
     def column_keys(self, cols: list) -> list:
@@ -388,14 +397,18 @@ def _is_sequence(x: Any) -> bool:
 
 
 def _as_column(name: str, col: Any) -> list | tuple:
-    """A caller's column as a list or tuple (numpy and similar arrays through ``tolist()``)."""
+    """A caller's column as a list or tuple: a list (copied: the caller may reuse it once the
+    call returns), a tuple, another sequence such as a ``range``, or an array with
+    ``tolist()`` (numpy, pandas). Sets, dicts, strings and one-shot iterators are refused:
+    a column's order must pair its values with the other columns' values."""
     if type(col) is tuple:
         return col
     if type(col) is list:
-        return tuple(col)  # a copy: the caller may reuse its list once the call returns
-    if isinstance(col, str | bytes | dict) or not (hasattr(col, "tolist") or _is_sequence(col)):
-        raise InvalidArgument(f"column {name!r} must be a list of values, got "
-                              f"{type(col).__name__}")
+        return tuple(col)
+    if isinstance(col, str | bytes | bytearray | Mapping) or not (
+            hasattr(col, "tolist") or isinstance(col, Sequence)):
+        raise InvalidArgument(f"column {name!r} must be a list, tuple or array of values, "
+                              f"got {type(col).__name__}")
     out = col.tolist() if hasattr(col, "tolist") else list(col)
     if not isinstance(out, list):
         raise InvalidArgument(f"column {name!r} must be one-dimensional")

@@ -26,7 +26,7 @@ from coordinator.routing import (
     pack_columns,
     shard_of,
     split,
-    split_batch,
+    validate_batch,
     validate_columns,
 )
 from coordinator.service import CoordinatorService
@@ -159,6 +159,10 @@ def test_routing_hash_is_frozen():
     assert [shard_of(k, 4) for k in range(8)] == [1, 3, 1, 3, 0, 2, 0, 2]
     assert [shard_of(k, 4) for k in ("a", "b", "c")] == [1, 3, 1]
     assert shard_of((1, "a"), 4) == 2
+
+
+def split_batch(t, upserts, deletes, shards, max_value_bytes, max_batch_rows):
+    return split(validate_batch(t, upserts, deletes, max_value_bytes, max_batch_rows), shards)
 
 
 def test_split_batch_normalizes_keys_and_rejects_before_splitting():

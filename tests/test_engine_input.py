@@ -201,6 +201,7 @@ PACKED_BAD = [
     ("a chunk not bytes", [_cols(k=[5]), 7], b"\x90", "bytes"),
     ("deletes not bytes", [_cols(k=[5])], [], "bytes"),
     ("bad value in a later chunk", [_cols(k=[5]), _cols(k=[6], s=[7])], b"\x90", "string"),
+    ("wrong type after a null", [_cols(3, k=[5, 6, 7], s=[None, "x", 7])], b"\x90", "string"),
     ("key twice across chunks", [_cols(k=[5]), _cols(k=[5], s=["x"])], b"\x90", "twice"),
     ("over max_batch_rows", [_cols(51, k=list(range(300, 351)))], b"\x90", "max_batch_rows"),
 ]
@@ -231,8 +232,12 @@ BAD_COLUMNS = [
     ("unknown column", {"k": [1], "zz": [1]}, (), "zz"),
     ("missing primary key", {"s": ["x"]}, (), "'k'"),
     ("uneven lengths", {"k": [1, 2], "s": ["x"]}, (), "equal lengths"),
-    ("a column is a string", {"k": [1], "s": "x"}, (), "list of values"),
-    ("a column is a scalar", {"k": 1}, (), "list of values"),
+    ("a column is a string", {"k": [1], "s": "x"}, (), "list, tuple or array"),
+    ("a column is a scalar", {"k": 1}, (), "list, tuple or array"),
+    ("a column is a set", {"k": {3, 1, 2}, "s": ["a", "b", "c"]}, (), "list, tuple or array"),
+    ("a column is a generator", {"k": (i for i in range(3))}, (), "list, tuple or array"),
+    ("null among strings, wrong type after", {"k": [1, 2, 3], "s": [None, "x", 7]}, (),
+     "string"),
     ("wrong type", {"k": [1, "2"]}, (), "int64"),
     ("bool for int", {"k": [True]}, (), "int64"),
     ("null key", {"k": [1, None]}, (), "'k'"),
@@ -306,3 +311,13 @@ def test_composite_key_columns_survive_a_reopen():
         assert [c.pk for c in again.changes("db", "c", 0) if c.kind == "delete"] == [("a", 1)]
     finally:
         again.close()
+
+
+def test_columns_may_be_ranges_and_hold_nulls_outside_the_key(shard):
+    eng, _ = shard
+    ts = eng.write_columns("db", "t", {"k": range(800, 803), "s": [None, "b", None],
+                                       "f": (None, 2, 0.5)})
+    got = list(eng.scan("db", "t", snapshot=ts, start=800, end=803))
+    assert got == [{"k": 800, "s": None, "f": None, "b": None, "ok": None},
+                   {"k": 801, "s": "b", "f": 2.0, "b": None, "ok": None},
+                   {"k": 802, "s": None, "f": 0.5, "b": None, "ok": None}]

@@ -3,12 +3,14 @@ they give exactly what the same rows kept as tuples give."""
 
 from __future__ import annotations
 
+import gc
 import pickle
 import random
+import threading
 
 import pytest
 
-from dn.reader import Reader
+from dn.reader import Reader, paused_gc
 from dn.run import Run
 
 
@@ -68,3 +70,34 @@ def test_column_runs_scan_like_row_runs_and_like_a_model():
         expect = [model[k] for k in sorted(model) if model[k] is not None
                   and (start is None or k >= start) and (end is None or k < end)]
         assert want == expect
+
+
+def test_overlapping_pauses_turn_the_collector_back_on_once_and_only_if_it_was_on():
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with paused_gc():
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=other)
+    with paused_gc():
+        t.start()
+        inside.wait(5)
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other thread's pause is still running
+    release.set()
+    t.join(5)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError):
+        with paused_gc():
+            raise ValueError
+    assert gc.isenabled()

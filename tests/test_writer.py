@@ -135,6 +135,15 @@ def test_bad_columns_raise_at_write_and_keep_nothing_of_that_batch(cluster):
     assert w.durable_seq == 2
 
 
+def test_client_write_columns_takes_one_shot_deletes(cluster):
+    client, _ = cluster
+    client.write_columns("db", "t", {"k": [900, 901], "v": ["a", "b"]})
+    ts = client.write_columns("db", "t", {"k": [902]}, deletes=(k for k in [900, 901]))
+    got = {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=ts)}
+    assert {k: got.get(k, "gone") for k in (900, 901, 902)} == {900: "gone", 901: "gone",
+                                                                902: None}
+
+
 def test_numpy_columns_are_written_as_python_values(cluster):
     np = pytest.importorskip("numpy")
     client, _ = cluster
