@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -185,15 +186,8 @@ def merge_sorted(lists: list[list], key: Callable[[Any], Any]) -> Iterator[list]
         page: list = []
         for j in live:
             x, p = lists[j], pos[j]
-            stop = min(p + MERGE_STEP, len(x))
-            # rows p..stop-1 are sorted; take those with key <= cut
-            lo, hi = p, stop
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if key(x[mid]) <= cut:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            # rows p..p+MERGE_STEP-1 are sorted; take those with key <= cut
+            lo = bisect_right(x, cut, p, min(p + MERGE_STEP, len(x)), key=key)
             page.extend(x[p:lo])
             pos[j] = lo
         page.sort(key=key)

@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING, Any
 from coordinator.routing import (
     Batch,
     ShardPart,
-    pack_columns,
     pk_signature,
     split,
     validate_batch,
@@ -406,11 +405,11 @@ class BatchWriter:
         inflight = self._inflight[s]
         assert inflight is not None
         whole = self._merge(parts)
-        chunks = pack_columns(whole.cols) if whole.cols else []
+        chunks, dels_blob = whole.packed()
         if chunks:
             self._row_bytes = 0.5 * self._row_bytes + 0.5 * sum(map(len, chunks)) / whole.nrows
-        inflight.args = (self.db, self.table, pack(whole.deletes), None, self._client.token,
-                         self._sig, *chunks)
+        inflight.args = (self.db, self.table, dels_blob, None, self._client.token, self._sig,
+                         *chunks)
         self.stats["parts"] += 1
         self.stats["part_rows"] += whole.nrows + len(whole.deletes)
         self._start(inflight)

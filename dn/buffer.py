@@ -41,9 +41,7 @@ class TableBlock:
             for i, col in enumerate(self.cols):
                 col.extend([r[i] for r in rows])
             self.ts.extend([ts] * len(rows))
-        if deletes:
-            self.del_pks.extend(deletes)
-            self.del_ts.extend([ts] * len(deletes))
+        self._append_deletes(ts, deletes)
 
     def append_columns(self, ts: int, chunks: list, deletes: list) -> None:
         """:meth:`append` for rows given by column: ``chunks`` is a list of column lists."""
@@ -52,6 +50,9 @@ class TableBlock:
             for col, values in zip(cols, chunk, strict=True):
                 col.extend(values)
             self.ts.extend([ts] * len(chunk[0]))
+        self._append_deletes(ts, deletes)
+
+    def _append_deletes(self, ts: int, deletes: list) -> None:
         if deletes:
             self.del_pks.extend(deletes)
             self.del_ts.extend([ts] * len(deletes))
@@ -105,19 +106,20 @@ class Buffer:
 
     def apply_write(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
                     rows: list[tuple], deletes: list, nbytes: int) -> None:
-        self._stamp(ts, nbytes)
-        block = self.tables.get(table_id)
-        if block is None:
-            block = self.tables[table_id] = TableBlock(ncols, pk_pos)
-        block.append(ts, rows, deletes)
+        self._block(ts, table_id, ncols, pk_pos, nbytes).append(ts, rows, deletes)
 
     def apply_columns(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
                       chunks: list, deletes: list, nbytes: int) -> None:
+        self._block(ts, table_id, ncols, pk_pos, nbytes).append_columns(ts, chunks, deletes)
+
+    def _block(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
+               nbytes: int) -> TableBlock:
+        """Stamp a write at ``ts`` and return its table's block (made on first use)."""
         self._stamp(ts, nbytes)
         block = self.tables.get(table_id)
         if block is None:
             block = self.tables[table_id] = TableBlock(ncols, pk_pos)
-        block.append_columns(ts, chunks, deletes)
+        return block
 
     def apply_ddl(self, ts: int, cmd: list, nbytes: int) -> None:
         self._stamp(ts, nbytes)

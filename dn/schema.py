@@ -282,10 +282,10 @@ class TableDef:
         rows = self.normalize_rows(upserts, max_value_bytes)
         return ([list(c) for c in zip(*rows)] if rows else []), len(rows)
 
-    def check_packed_columns(self, cols: Any, max_value_bytes: int) -> int:
+    def check_packed_columns(self, cols: Any, max_value_bytes: int) -> None:
         """One chunk of columns that arrives already normalized (as a client packed it): an
         array of one array per column, all of the same non-zero length; checked exactly as
-        :meth:`check_row_tuples` checks rows. Returns the row count."""
+        :meth:`check_row_tuples` checks rows."""
         n = len(self.names)
         if (not isinstance(cols, list | tuple) or len(cols) != n
                 or set(map(type, cols)) - {tuple, list}):
@@ -297,7 +297,6 @@ class TableDef:
                                   "must have equal, non-zero lengths")
         if not all(self._column_ok_or_null(i, c, max_value_bytes) for i, c in enumerate(cols)):
             self.check_row_tuples(list(zip(*cols)), max_value_bytes)  # the precise error
-        return len(cols[0])
 
     def column_keys(self, cols: list) -> list:
         """The primary keys of columns in column order (a new list)."""

@@ -63,8 +63,8 @@ GC_THRESHOLDS = (100_000, 50, 100)
 
 class ShardActor(ShardService):
     """The shard as a Ray actor: :class:`ShardService`, in a process of its own whose
-    garbage collector is tuned for it. A shard allocates millions of short-lived row tuples
-    (every write unpacks its rows) and keeps millions alive in its buffers; with Python's
+    garbage collector is tuned for it. A shard allocates millions of short-lived objects
+    (every write unpacks its values) and keeps millions alive in its buffers; with Python's
     default thresholds the collector ran every 700 allocations and its full passes walked
     the buffers and all of Ray's objects again and again: over a third of a shard's CPU
     during ingest (measured with perf). So, once the engine is open: ``gc.freeze()`` moves
