@@ -207,10 +207,20 @@ def run_tasks(
     return out
 
 
-# Keep idle worker processes around. Ray's default soft limit is the CPU count, so on a small
-# machine it kills the workers of Ray tasks as soon as they go idle, and the next wave of
-# writer tasks pays a Python start-up (seconds of CPU each) before it writes anything.
-WARM_WORKERS = {"num_workers_soft_limit": 64}
+# The Ray node's worker pool, as this project starts it (a local node, or `dn up` without an
+# address):
+# - Keep idle worker processes around. Ray's default soft limit is the CPU count, so on a
+#   small machine it kills the workers of Ray tasks as soon as they go idle, and the next wave
+#   of writer tasks pays a Python start-up (seconds of CPU each) before it writes anything.
+# - One lease request in flight per kind of task. With several in flight, each request reports
+#   a backlog that does not count the others, so on every burst of tasks the raylet starts
+#   spare workers it never uses: two or three per burst of 16, each a Python start-up of about
+#   a CPU-second, taken from the writers on a 2-core node. Leasing one at a time costs a
+#   burst about a millisecond per task to ramp up; leased workers are reused for later tasks.
+WARM_WORKERS = {
+    "num_workers_soft_limit": 64,
+    "max_pending_lease_requests_per_scheduling_category": 1,
+}
 
 
 _NODES: tuple[float, int] = (0.0, 0)

@@ -97,6 +97,8 @@ def test_16_tasks_ingest_then_snapshot_and_change_feed_match_acks(cluster):
     assert {r["k"]: r for r in cluster.scan("ingest", "t", snapshot=mid)} == _model(acks, mid)
     st = cluster.status()["shards"]
     assert all(s["state"] == "open" for s in st.values())
+    if sys.platform.startswith("linux"):  # glibc's mallopt, applied in each shard process
+        assert all(s["actor"]["allocator_tuned"] for s in st.values())
 
 
 def _ordered_writer(namespace: str, db: str, table: str, keys: list, stop_at: float) -> int:
@@ -263,3 +265,41 @@ def test_a_batch_over_rays_inline_limit_travels_in_chunks(cluster):
     ts = cluster.write("chunks", "big", rows)
     got = list(cluster.scan("chunks", "big", snapshot=ts))
     assert got == sorted(rows, key=lambda r: r["k"])
+
+
+@ray.remote(num_cpus=0)
+def _held(seconds: float) -> int:
+    time.sleep(seconds)  # held so that every task of a burst runs at once, on its own worker
+    return os.getpid()
+
+
+def _worker_processes() -> set[int]:
+    """The pids of this node's Ray worker processes (their titles start with ``ray::``)."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if f.read().startswith(b"ray::"):
+                        out.add(int(name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="counts processes through /proc")
+def test_bursts_of_tasks_reuse_warm_workers_and_start_no_spare_ones(ray_session):
+    """The node config (coordinator.handles.WARM_WORKERS) keeps idle workers and leases one
+    at a time: once a burst's workers exist, later bursts of the same size run on them and
+    the raylet starts no spare worker (a Python start-up, about a CPU-second each) under a
+    burst. With several lease requests in flight, it started two or three per burst."""
+    burst = 6
+    ray.get([_held.remote(0.5) for _ in range(burst)])  # the workers a burst needs exist
+    time.sleep(1.0)
+    before = _worker_processes()
+    for _ in range(3):
+        used = ray.get([_held.remote(0.5) for _ in range(burst)])
+        assert len(set(used)) == burst
+    time.sleep(1.0)  # a worker started under the last burst shows up by now
+    started = _worker_processes() - before
+    assert not started, f"{len(started)} worker processes were started under warm bursts"
