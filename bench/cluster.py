@@ -8,8 +8,8 @@ With ``dn.Engine`` directly (no Ray), fresh temp directory per run, ``background
   (merge-sort, encode, write the range object, commit the manifest): rows/s.
 
 Through the coordinator (``coordinator.deploy(shards=N, store=...)`` and its ``Client``, see
-issue 3), Ray started as ``ray.init(num_cpus=2, include_dashboard=False,
-_node_ip_address="127.0.0.1")`` and shut down at the end:
+issue 3), Ray started on loopback with 2 CPUs as the project starts it
+(``coordinator.handles.start_local_ray``) and shut down at the end:
 
 - ingest: 16 Ray tasks each write B batches of 1,000 rows into 1, 2 and 4 shards, three ways:
   through one ``client.writer`` per task with batches of row dicts (4a-N: buffered, parts of
@@ -30,7 +30,6 @@ reason; they never fake a number.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
@@ -127,7 +126,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         return figs
     try:
         import coordinator
-        from coordinator.handles import WARM_WORKERS
+        from coordinator.handles import start_local_ray
 
         deploy = coordinator.deploy
         shutdown = coordinator.shutdown
@@ -138,7 +137,6 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
             f.skipped = reason
         return figs
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
     import ray
 
     runs = 3 if quick else 5
@@ -195,11 +193,10 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         fig.extra.setdefault("p50_s", []).append(flat[len(flat) // 2])
         fig.extra.setdefault("p99_s", []).append(flat[min(len(flat) - 1, int(len(flat) * 0.99))])
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, _system_config=WARM_WORKERS)
+    start_local_ray(num_cpus=2)  # on loopback, with the node config the project uses
     try:
         # start the 16 writer workers once (Python start-up and imports are seconds of CPU
-        # each); with WARM_WORKERS they stay for every run, so runs measure writing
+        # each); the node keeps them (handles.WARM_WORKERS) for every run, so runs measure writing
         ray.get([_warm.remote() for _ in range(16)])
         for shards in (1, 2, 4):
             for r in range(runs):

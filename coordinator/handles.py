@@ -261,8 +261,18 @@ def stream_tasks(fn: Callable[..., Iterator[bytes]], arg_lists: Mapping[int, tup
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
-    """An in-process local Ray instance on loopback, stopped by :func:`stop_local_ray`."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    """An in-process local Ray instance on loopback, stopped by :func:`stop_local_ray`.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone is not enough: Ray turns a loopback
+    address into the machine's first other address unless it was told it runs a single-node
+    cluster (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), and it reads that variable once, when
+    it is imported, which in this process happened before this call. So the variable is set
+    for the processes Ray starts, and the loaded module is told as well. Raises
+    :class:`Unavailable` (after shutting Ray down) if the node still is not on loopback."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the raylet and workers inherit it
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when ray.init resolves the node address
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
@@ -270,6 +280,10 @@ def start_local_ray(num_cpus: int | None = None) -> None:
         log_to_driver=False,
         _system_config=WARM_WORKERS,
     )
+    address = ray.get_runtime_context().gcs_address
+    if not address.startswith("127.0.0.1:"):
+        ray.shutdown()
+        raise Unavailable(f"the local Ray node came up on {address}, not on loopback")
 
 
 def stop_local_ray() -> None:

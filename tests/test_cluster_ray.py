@@ -303,3 +303,27 @@ def test_bursts_of_tasks_reuse_warm_workers_and_start_no_spare_ones(ray_session)
     time.sleep(1.0)  # a worker started under the last burst shows up by now
     started = _worker_processes() - before
     assert not started, f"{len(started)} worker processes were started under warm bursts"
+
+
+def test_a_local_node_starts_on_loopback_when_ray_was_imported_first(tmp_path):
+    """``start_local_ray`` (``dn demo``, ``dn up`` without an address, the benchmark) binds
+    127.0.0.1 even when ``ray`` was imported before the single-node flag could be set: Ray
+    reads it at import and otherwise turns 127.0.0.1 into the machine's other address."""
+    import subprocess
+
+    script = (
+        "import ray\n"  # first, with the flag unset
+        "from coordinator.handles import start_local_ray, stop_local_ray\n"
+        "start_local_ray(num_cpus=1)\n"
+        "print('NODE', ray.nodes()[0]['NodeManagerAddress'], "
+        "ray.get_runtime_context().gcs_address)\n"
+        "stop_local_ray()\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("NODE ")]
+    _, node, gcs = line.split()
+    assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:"), line
