@@ -170,6 +170,26 @@ class CoordinatorHandle:
         return kill_actor(COORDINATOR_NAME, self.namespace, restart=restart)
 
 
+def _hold(seconds: float) -> None:
+    import coordinator.client  # noqa: F401 - imported once per worker, before any timed work
+
+    time.sleep(seconds)  # held, so that every task of the burst gets a worker of its own
+
+
+def warm_workers(n: int, num_cpus: float = 0.01) -> float:
+    """Make sure ``n`` worker processes for Ray tasks exist (``n`` short tasks held at once),
+    so that a following burst of ``n`` tasks does not wait for Python start-ups (about a
+    CPU-second each; the node keeps idle workers, see :data:`WARM_WORKERS`). Returns the
+    seconds it took."""
+    t0 = time.monotonic()
+    remote = ray.remote(_hold).options(num_cpus=num_cpus, max_retries=0)
+    try:
+        ray.get([remote.remote(0.3) for _ in range(n)])
+    except Exception as exc:
+        raise map_error(exc, "starting workers") from exc
+    return time.monotonic() - t0
+
+
 def run_tasks(
     fn: Callable[..., Any],
     arg_lists: Iterable[tuple],
