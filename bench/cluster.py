@@ -126,7 +126,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         return figs
     try:
         import coordinator
-        from coordinator.handles import start_local_ray
+        from coordinator.handles import start_local_ray, warm_workers
 
         deploy = coordinator.deploy
         shutdown = coordinator.shutdown
@@ -140,12 +140,6 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     import ray
 
     runs = 3 if quick else 5
-
-    @ray.remote(num_cpus=0)
-    def _warm() -> None:
-        import coordinator.client  # noqa: F401 - a worker imports the client once, not per run
-
-        time.sleep(0.5)  # held long enough that all 16 run at once, on 16 workers
 
     def _buffered(client, task: int, nbatches: int, by_column: bool) -> list[float]:
         sent: dict[int, float] = {}
@@ -196,8 +190,8 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     start_local_ray(num_cpus=2)  # on loopback, with the node config the project uses
     try:
         # start the 16 writer workers once (Python start-up and imports are seconds of CPU
-        # each); the node keeps them (handles.WARM_WORKERS) for every run, so runs measure writing
-        ray.get([_warm.remote() for _ in range(16)])
+        # each); the node keeps them for every run, so runs measure writing
+        warm_workers(16)
         for shards in (1, 2, 4):
             for r in range(runs):
                 for kind, fig, task in (("client.writer", fi[shards], buffered),

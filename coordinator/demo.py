@@ -113,17 +113,18 @@ def run_demo(
         client.create_database(DB)
         client.create_table(DB, TABLE, SCHEMA, "id")
         before = client.snapshot()
-        chunks = max(tasks, 1) * 4
+        workers = max(tasks, 1)
+        chunks = workers * 4
         bounds = [(rows * i // chunks, rows * (i + 1) // chunks) for i in range(chunks)]
-        sys.stderr.write(f"starting {max(tasks, 1)} Ray worker processes (once per node)... ")
-        sys.stderr.write(f"{handles.warm_workers(max(tasks, 1)):.1f} s\n")
+        sys.stderr.write(f"starting {workers} Ray worker processes (once per node)... ")
+        sys.stderr.write(f"{handles.warm_workers(workers):.1f} s\n")
         bar = Progress(rows, f"writing from {tasks} Ray tasks")
         t0 = time.monotonic()
         handles.run_tasks(
             _write_chunk,
             [(client, lo, hi, 1000) for lo, hi in bounds],
             on_result=lambda r: bar.add(r[0]),
-            max_in_flight=max(tasks, 1),
+            max_in_flight=workers,
         )
         write_s = time.monotonic() - t0
         after_insert = client.snapshot()

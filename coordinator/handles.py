@@ -280,7 +280,7 @@ def stream_tasks(fn: Callable[..., Iterator[bytes]], arg_lists: Mapping[int, tup
     return {i: items(g) for i, g in gens.items()}
 
 
-def start_local_ray(num_cpus: int | None = None) -> None:
+def start_local_ray(num_cpus: int | None = None, namespace: str | None = None) -> None:
     """An in-process local Ray instance on loopback, stopped by :func:`stop_local_ray`.
 
     ``ray.init(_node_ip_address="127.0.0.1")`` alone is not enough: Ray turns a loopback
@@ -298,6 +298,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
+        namespace=namespace,
         _system_config=WARM_WORKERS,
     )
     address = ray.get_runtime_context().gcs_address

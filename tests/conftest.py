@@ -93,11 +93,9 @@ def ray_session() -> Iterator[str]:
     """A local Ray instance (2 CPUs, 127.0.0.1) for the whole session; yields its address."""
     import ray
 
-    from coordinator.handles import WARM_WORKERS
+    from coordinator.handles import start_local_ray
 
-    # the node as the project starts it (coordinator.handles.start_local_ray)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             namespace=RAY_TEST_NAMESPACE, log_to_driver=False, _system_config=WARM_WORKERS)
+    start_local_ray(num_cpus=2, namespace=RAY_TEST_NAMESPACE)  # the node as the project has it
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
