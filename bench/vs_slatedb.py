@@ -102,6 +102,8 @@ class Ours:
 
     def close(self) -> None:
         self.engine.close()
+        if self.log_store is not None:
+            self.log_store.close()
         if self.dir:
             rmtree(self.dir)
 

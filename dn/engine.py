@@ -100,10 +100,13 @@ class Engine(Upkeep, Reads):
             if url is None:
                 raise InvalidArgument("give a store url (or a store)")
             store = open_store(os.fspath(url), retry=policy)
+        made_log = None
         if log_store is None:
             log_store = _log_store_for(open_store(settings.log_url, retry=policy)
                                        if settings.log_url else store, policy)
+            made_log = log_store if log_store is not store else None
         engine = cls(store, log_store, shard_id, settings, clock or SystemClock())
+        engine._made_log_store = made_log  # the engine's own: closed with it
         engine._recover()
         if settings.background:
             engine._start_background()
@@ -115,6 +118,7 @@ class Engine(Upkeep, Reads):
         self.settings = settings
         self.store = store
         self._log_store = log_store
+        self._made_log_store: ObjectStore | None = None  # made by open(): closed with the engine
         self._clock = clock
         self._hlc = HybridClock(clock)
         self._cv = threading.Condition(threading.Lock())
@@ -492,8 +496,11 @@ class Engine(Upkeep, Reads):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         with self._cv:
+            already = self._closed
             self._closed = True
             self._queue.fail_all(Closed(f"shard {self.shard} is closed"))
+        if self._made_log_store is not None and not already:
+            self._made_log_store.close()  # its open files; a store passed in is the caller's
 
     def __enter__(self) -> Engine:
         return self
