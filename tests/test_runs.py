@@ -101,3 +101,62 @@ def test_overlapping_pauses_turn_the_collector_back_on_once_and_only_if_it_was_o
         with paused_gc():
             raise ValueError
     assert gc.isenabled()
+
+
+def _random_runs(rng, nruns, nversions, keyspace, key=lambda k: k, p_delete=0.2):
+    runs_rows, runs_cols, ts = [], [], 1
+    for _ in range(nruns):  # oldest first, disjoint timestamps
+        ups, dels = [], []
+        for _ in range(rng.randint(0, nversions)):  # one version per timestamp
+            (dels if rng.random() < p_delete else ups).append((key(rng.choice(keyspace)), ts))
+            ts += 1
+        by_rows, by_cols = _pair([k for k, _ in ups], [t for _, t in ups],
+                                 [(k, f"v{k}-{t}") for k, t in ups],
+                                 [k for k, _ in dels], [t for _, t in dels])
+        runs_rows.append((by_rows, ts - 1))
+        runs_cols.append((by_cols, ts - 1))
+    return runs_rows, runs_cols, ts
+
+
+def _dict_path(reader, monkeypatch, *args):
+    with monkeypatch.context() as m:
+        m.setattr("dn.reader._int_picks", lambda *a: None)
+        return reader.sorted_rows(*args)
+
+
+@pytest.mark.parametrize("threshold", [0, None])
+def test_int_keys_sorted_by_numpy_scan_like_the_dict_path(monkeypatch, threshold):
+    """The numpy path for int keys (every case at threshold 0; only the large ones at the
+    default) gives exactly what the dict path gives: newest version per key at the snapshot,
+    deletes, bounds, runs of both kinds, keys at the ends of int64."""
+    import dn.reader
+
+    if threshold is not None:
+        monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", threshold)
+    rng = random.Random(11)
+    reader = Reader.__new__(Reader)
+    edge = [-(1 << 63), (1 << 63) - 1, -1, 0, 1]
+    for case in range(120):
+        big = case % 6 == 0
+        keyspace = list(range(-50, 3000 if big else 60)) + edge
+        runs_rows, runs_cols, ts = _random_runs(rng, rng.randint(1, 4), 1500 if big else 30,
+                                                keyspace, p_delete=(0.2, 0.0)[(case // 3) % 2])
+        snap = rng.randint(1, ts)
+        start, end = rng.choice([(None, None), (5, 30), (-(1 << 63), None), (None, 1000),
+                                 (0, 0)])
+        for runs in (runs_rows, runs_cols, [runs_rows[0], *runs_cols[1:]]):
+            want = _dict_path(reader, monkeypatch, snap, runs, start, end)
+            assert reader.sorted_rows(snap, runs, start, end) == want
+
+
+def test_keys_that_are_not_all_ints_take_the_dict_path(monkeypatch):
+    import dn.reader
+
+    monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", 0)
+    rng = random.Random(3)
+    reader = Reader.__new__(Reader)
+    for key in (str, float, lambda k: (k, k % 3), lambda k: k if k % 7 else True):
+        runs_rows, runs_cols, ts = _random_runs(rng, 3, 40, list(range(50)), key)
+        assert dn.reader._int_picks(ts, runs_cols, None, None) is None
+        want = _dict_path(reader, monkeypatch, ts, runs_rows, None, None)
+        assert reader.sorted_rows(ts, runs_cols, None, None) == want
