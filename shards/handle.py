@@ -36,6 +36,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 import pickle
 import random
 import sys
@@ -78,6 +79,18 @@ MALLOC_TUNING = (
 )
 
 
+#: The same settings as the shard process's environment, which glibc reads before the first
+#: allocation, plus the number of arenas (one per thread by default, each trimmed and grown on
+#: its own; ``mallopt`` cannot change arenas that exist). Ray starts each shard's worker process
+#: with them (its runtime environment); a deployment's own ``env`` wins.
+MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+    "MALLOC_TOP_PAD_": str(16 << 20),
+}
+
+
 def tune_allocator() -> bool:
     """Apply :data:`MALLOC_TUNING` to this process (Linux with glibc; elsewhere nothing).
     True when every setting was taken."""
@@ -114,6 +127,7 @@ class ShardActor(ShardService):
     def status(self) -> dict[str, Any]:
         out = super().status()
         out["actor"]["allocator_tuned"] = self.allocator_tuned
+        out["actor"]["allocator_env"] = all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
         return out
 
 
@@ -166,7 +180,7 @@ def start_shards(
 ) -> list[Any]:
     """Create (or find) every shard actor of a deployment; returns their handles."""
     cls = _shard_actor_class()
-    runtime_env = {"env_vars": dict(env)} if env else None
+    runtime_env = {"env_vars": {**MALLOC_ENV, **env}}
     handles = []
     for i in range(shards):
         opts: dict[str, Any] = dict(
@@ -179,8 +193,7 @@ def start_shards(
             num_cpus=num_cpus,
             get_if_exists=True,
         )
-        if runtime_env:
-            opts["runtime_env"] = runtime_env
+        opts["runtime_env"] = runtime_env
         handles.append(cls.options(**opts).remote(store, i, settings, clock_skew_ms))
     return handles
 
