@@ -36,10 +36,12 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, Protocol
 
+import numpy as np
+
 from dn import ReadView
 from dn.codec import pack, unpack_tuples
 from dn.errors import NotFound
-from dn.reader import Change, ObjectCache, Reader, _projection, row_maker
+from dn.reader import Change, ObjectCache, Reader, _projection, column_maker, row_maker
 from dn.run import Run
 from dn.store import open_store
 from dn.store.base import ObjectStore
@@ -138,21 +140,42 @@ def _runs_per_shard(
 def scan(
     pool: ReaderPool, views: Mapping[int, ReadView], columns: list[str] | None, start: Any, end: Any
 ) -> Iterator[dict]:
-    """Rows with start <= pk < end at the views' snapshot, in primary-key order: each shard's
-    rows as one sorted list of tuples, merged across shards page by page
-    (:func:`merge_sorted`), made dicts at the end."""
+    """Rows with start <= pk < end at the views' snapshot, in primary-key order. Each shard's
+    rows come as sorted columns (:meth:`dn.reader.Reader.sorted_columns`); with int keys the
+    shards are merged by one numpy sort of all their keys and the dicts are made straight
+    from the columns (no tuple per row); otherwise each shard's rows become tuples, merged
+    across shards page by page (:func:`merge_sorted`), and dicts at the end."""
     first = views[min(views)]
-    to_dict = row_maker(first.table, columns)  # raises InvalidArgument early
+    make = column_maker(first.table, columns)  # raises InvalidArgument early
+    to_dict = row_maker(first.table, columns)
 
-    def pages() -> Iterator[list]:
+    def merged() -> Iterator[dict]:
         runs = _runs_per_shard(pool, views, feed=False)
-        lists = [pool.reader(i).sorted_rows(views[i].snapshot, runs[i], start, end)
+        parts = [pool.reader(i).sorted_columns(views[i].snapshot, runs[i], start, end)
                  for i in sorted(views)]
         del runs
-        yield from merge_sorted(lists, _pk_key(first.table))
+        parts = [p for p in parts if p[0]]
+        if all(keys is not None for _, keys in parts):
+            yield from make(_merge_by_int_key(parts))
+            return
+        lists = [list(zip(*cols)) for cols, _ in parts]
+        del parts
+        # rows become dicts in C-level iteration (no generator step per row)
+        yield from chain.from_iterable(
+            map(partial(map, to_dict), merge_sorted(lists, _pk_key(first.table))))
 
-    # rows become dicts in C-level iteration (no generator step per row)
-    return chain.from_iterable(map(partial(map, to_dict), pages()))
+    return merged()
+
+
+def _merge_by_int_key(parts: list[tuple[list[list], Any]]) -> list[list]:
+    """Shards' sorted columns (each with its int keys, unique across shards) as one set of
+    columns in key order."""
+    if len(parts) <= 1:
+        return parts[0][0] if parts else []
+    order = np.argsort(np.concatenate([keys for _, keys in parts]), kind="stable").tolist()
+    width = len(parts[0][0])
+    return [list(map(list(chain.from_iterable(cols[i] for cols, _ in parts)).__getitem__,
+                     order)) for i in range(width)]
 
 
 #: Rows a merge step takes from each list (see :func:`merge_sorted`).

@@ -119,16 +119,16 @@ def decode(data: bytes, key: str) -> RangeObject:
 def to_run(t: dict, pk_pos: tuple[int, ...]) -> Run:
     cols = t["cols"]
     ts = t["ts"]
-    rows = list(zip(*cols)) if ts else []
     if len(pk_pos) == 1:
         pks = cols[pk_pos[0]] if ts else []
         del_pks = t["del_pks"]
     else:
         pks = list(zip(*(cols[p] for p in pk_pos))) if ts else []
         del_pks = [tuple(k) for k in t["del_pks"]]
-    if len(rows) != len(ts) or len(t["del_pks"]) != len(t["del_ts"]):
+    if (ts and any(len(c) != len(ts) for c in cols)) or len(t["del_pks"]) != len(t["del_ts"]):
         raise ValueError("column and timestamp lengths differ")
-    return Run(pks, ts, rows, del_pks, t["del_ts"], sorted_by_pk=True)
+    # by column: a scan picks from the columns, and row tuples are made only if asked for
+    return Run(pks, ts, None, del_pks, t["del_ts"], sorted_by_pk=True, cols=cols)
 
 
 def _tuple(v: Any) -> Any:

@@ -140,8 +140,8 @@ class Reader:
     def scan(self, table: TableDef, snapshot: int, runs: list[tuple[Run, int]],
              columns: list[str] | None = None, start: Any = None, end: Any = None
              ) -> Iterator[dict]:
-        to_dict = row_maker(table, columns)
-        yield from map(to_dict, self.sorted_rows(snapshot, runs, start, end))
+        make = column_maker(table, columns)
+        yield from make(self.sorted_columns(snapshot, runs, start, end)[0])
 
     def scan_rows(self, snapshot: int, runs: list[tuple[Run, int]], start: Any = None,
                   end: Any = None) -> Iterator[tuple]:
@@ -150,20 +150,31 @@ class Reader:
 
     def sorted_rows(self, snapshot: int, runs: list[tuple[Run, int]], start: Any = None,
                     end: Any = None) -> list[tuple]:
-        """:meth:`_sorted_rows` with the garbage collector paused (:func:`paused_gc`)."""
-        with paused_gc():
-            return self._sorted_rows(snapshot, runs, start, end)
-
-    def _sorted_rows(self, snapshot: int, runs: list[tuple[Run, int]], start: Any = None,
-                     end: Any = None) -> list[tuple]:
         """The rows with start <= pk < end visible at ``snapshot``, in primary-key order, as
-        one list of row tuples. Built with whole-list operations: the newest version of each
-        key is found by updating a dict key -> position (runs oldest first, so later
-        versions overwrite), the keys are sorted once, and rows are picked by position; for
-        int keys, by :func:`_int_picks` instead."""
-        picks = _int_picks(snapshot, runs, start, end)
-        if picks is not None:
-            return _pick_rows(runs, picks)
+        one list of row tuples (see :meth:`_picks`), with the garbage collector paused
+        (:func:`paused_gc`)."""
+        with paused_gc():
+            return _pick_rows(runs, self._picks(snapshot, runs, start, end)[0])
+
+    def sorted_columns(self, snapshot: int, runs: list[tuple[Run, int]], start: Any = None,
+                       end: Any = None) -> tuple[list[list], Any]:
+        """:meth:`sorted_rows` by column: the table's columns of those rows (``[]`` when
+        there are none), and their keys as a numpy int64 array when the keys are ints (else
+        None). No tuple is made per row, so nothing is left for the collector to walk."""
+        with paused_gc():
+            picks, keys = self._picks(snapshot, runs, start, end)
+            return _pick_columns(runs, picks), keys
+
+    def _picks(self, snapshot: int, runs: list[tuple[Run, int]], start: Any = None,
+               end: Any = None) -> tuple[list[int], Any]:
+        """Positions into the runs' upserts (concatenated in order) of the rows with start <=
+        pk < end visible at ``snapshot``, in primary-key order, and for int keys those keys
+        (numpy). Built with whole-list operations: for int keys by :func:`_int_picks`; else
+        the newest version of each key is found by updating a dict key -> position (runs
+        oldest first, so later versions overwrite) and the keys are sorted once."""
+        found = _int_picks(snapshot, runs, start, end)
+        if found is not None:
+            return found
         best: dict[Any, int] = {}  # key -> position into the runs' upserts, concatenated
         base = 0
         tombs = False
@@ -193,7 +204,7 @@ class Reader:
         hi_i = len(keys) if end is None else bisect_left(keys, end)
         if lo or hi_i < len(keys):
             keys = keys[lo:hi_i]
-        return _pick_rows(runs, list(map(best.__getitem__, keys)))
+        return list(map(best.__getitem__, keys)), None
 
     def get(self, table: TableDef, pk: Any, snapshot: int, runs: list[tuple[Run, int]],
             columns: list[str] | None = None) -> dict | None:
@@ -243,10 +254,19 @@ def _pick_rows(runs: list[tuple[Run, int]], picks: list[int]) -> list[tuple]:
         rows = runs[0][0].rows if len(runs) == 1 else list(
             chain.from_iterable(run.rows for run, _ in runs))
         return list(map(rows.__getitem__, picks))
+    return list(zip(*_pick_columns(runs, picks)))
+
+
+def _pick_columns(runs: list[tuple[Run, int]], picks: list[int]) -> list[list]:
+    """:func:`_pick_rows` by column: one list per column."""
+    if not picks:
+        return []
+    if not all(run.cols is not None for run, _ in runs):
+        return [list(c) for c in zip(*_pick_rows(runs, picks))]
     parts = [run.cols for run, _ in runs if run.ts]
     cols = parts[0] if len(parts) == 1 else [
         list(chain.from_iterable(p[i] for p in parts)) for i in range(len(parts[0]))]
-    return list(zip(*(list(map(col.__getitem__, picks)) for col in cols)))
+    return [list(map(col.__getitem__, picks)) for col in cols]
 
 
 #: Below this many versions the dict path of ``_sorted_rows`` is as fast as numpy's.
@@ -254,10 +274,11 @@ _INT_PICKS_MIN = 2048
 
 
 def _int_picks(snapshot: int, runs: list[tuple[Run, int]], start: Any, end: Any
-               ) -> list[int] | None:
+               ) -> tuple[list[int], Any] | None:
     """For runs whose primary keys are all ints (one int64 column): the positions (into the
     runs' upserts, concatenated in order) of the newest version at or before ``snapshot`` of
-    each key with start <= key < end that is not deleted, in key order. None when the keys
+    each key with start <= key < end that is not deleted, in key order, and those keys (a
+    numpy int64 array). None when the keys
     are not all ints, or there are too few to be worth it: then the caller's dict path runs.
 
     A key's versions, in the order the runs are concatenated (oldest run first, each run in
@@ -287,7 +308,7 @@ def _int_picks(snapshot: int, runs: list[tuple[Run, int]], start: Any, end: Any
             places.append(np.full(len(run.del_ts), -1, dtype=np.int64))
         base += n
     if not keys:
-        return []
+        return [], np.empty(0, dtype=np.int64)
     try:
         k = np.concatenate([np.asarray(x, dtype=np.int64) for x in keys])
     except OverflowError:
@@ -312,7 +333,7 @@ def _int_picks(snapshot: int, runs: list[tuple[Run, int]], start: Any, end: Any
             k, pos = k[live], pos[live]
     lo = 0 if start is None else int(np.searchsorted(k, start, "left"))
     hi_i = len(k) if end is None else int(np.searchsorted(k, end, "left"))
-    return pos[lo:hi_i].tolist()
+    return pos[lo:hi_i].tolist(), k[lo:hi_i]
 
 
 class _Pauses:
@@ -359,6 +380,24 @@ def row_maker(table: TableDef, columns: list[str] | None) -> Callable[[tuple], d
         pick = [(n, i) for i, n in enumerate(names)]
     body = ", ".join(f"{n!r}: r[{i}]" for n, i in pick)
     return eval(f"lambda r: {{{body}}}", {})  # noqa: S307 - validated names, see above
+
+
+def column_maker(table: TableDef, columns: list[str] | None
+                 ) -> Callable[[list[list]], Iterator[dict]]:
+    """:func:`row_maker` for rows given by column: a function from the table's columns (one
+    list each, in column order; ``[]`` for no rows) to an iterator of the rows' dicts,
+    projected on ``columns``, made with no tuple per row (``map`` over the columns of a dict
+    display made once per read from source text)."""
+    names, pick = _projection(table, columns)
+    if pick is None:
+        pick = [(n, i) for i, n in enumerate(names)]
+    if not pick:
+        return lambda cols: (({} for _ in cols[0]) if cols else iter(()))
+    args = ", ".join(f"c{j}" for j in range(len(pick)))
+    body = ", ".join(f"{n!r}: c{j}" for j, (n, _) in enumerate(pick))
+    make = eval(f"lambda {args}: {{{body}}}", {})  # noqa: S307 - validated names, as above
+    at = [i for _, i in pick]
+    return lambda cols: map(make, *(cols[i] for i in at)) if cols else iter(())
 
 
 def _projection(table: TableDef, columns: list[str] | None):

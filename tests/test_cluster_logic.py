@@ -348,3 +348,46 @@ def test_large_read_rule_counts_objects_and_tail_rows():
     assert reads.is_large({0: view(4, 0), 1: view(4, 0)}, 8, 100)
     assert not reads.is_large({0: view(3, 0), 1: view(4, 0)}, 8, 100)
     assert reads.is_large({0: view(0, 60), 1: view(0, 40)}, 8, 100)
+
+
+@pytest.mark.parametrize("threshold", [0, None])
+def test_scans_over_shards_match_a_model_whichever_merge_runs(local_cluster, monkeypatch,
+                                                              threshold):
+    """Int keys are merged across shards by one numpy sort of the shards' columns (every scan
+    at threshold 0; at the default, the large ones); other keys by pages of tuples. Either
+    way a scan is the model's state at its snapshot, in key order, with projections and
+    bounds."""
+    import random
+
+    import dn.reader
+
+    if threshold is not None:
+        monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", threshold)
+    client, _, _, _ = local_cluster
+    client.create_database("m")
+    client.create_table("m", "i", {"k": "int64", "v": "string", "n": "float64"}, "k")
+    client.create_table("m", "s", {"k": "string", "v": "string", "n": "float64"}, "k")
+    rng = random.Random(7)
+    models: dict[str, dict] = {"i": {}, "s": {}}
+    snaps = []
+    for step in range(12):
+        for name, key in (("i", lambda k: k - 3000), ("s", lambda k: f"k{k:05d}")):
+            keys = rng.sample(range(12000), 7000 if step % 4 == 0 else 60)
+            dels = [key(k) for k in keys[:len(keys) // 5]]
+            ups = [{"k": key(k), "v": f"v{step}", "n": step * 0.5} for k in keys[len(dels):]]
+            client.write("m", name, ups, dels)
+            for d in dels:
+                models[name].pop(d, None)
+            for r in ups:
+                models[name][r["k"]] = r
+        snaps.append((client.snapshot(), {n: dict(m) for n, m in models.items()}))
+    for snap, state in snaps[::3]:
+        for name in ("i", "s"):
+            want = [state[name][k] for k in sorted(state[name])]
+            assert list(client.scan("m", name, snapshot=snap)) == want
+            ks = sorted(state[name])
+            lo, hi = ks[len(ks) // 4], ks[len(ks) // 2]
+            got = list(client.scan("m", name, snapshot=snap, columns=["n", "k"], start=lo,
+                                   end=hi))
+            assert got == [{"n": state[name][k]["n"], "k": k} for k in ks if lo <= k < hi]
+            assert list(client.scan("m", name, snapshot=snap, columns=[])) == [{}] * len(ks)
