@@ -160,3 +160,38 @@ def test_keys_that_are_not_all_ints_take_the_dict_path(monkeypatch):
         assert dn.reader._int_picks(ts, runs_cols, None, None) is None
         want = _dict_path(reader, monkeypatch, ts, runs_rows, None, None)
         assert reader.sorted_rows(ts, runs_cols, None, None) == want
+
+
+@pytest.mark.parametrize("threshold", [0, None])
+def test_change_feeds_match_a_model(monkeypatch, threshold):
+    """Reader.changes (numpy ordering for int keys: every case at threshold 0, the large ones
+    at the default) is every version in the window, in (ts, pk) order, for int and string
+    keys, with and without deletes, projected or not."""
+    import dn.reader
+    from dn.schema import TableDef
+
+    if threshold is not None:
+        monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", threshold)
+    rng = random.Random(23)
+    reader = Reader.__new__(Reader)
+    for case in range(60):
+        string = case % 3 == 2
+        key = (lambda k: f"k{k}") if string else (lambda k: k)
+        table = TableDef("db", "t", (("k", "string" if string else "int64"), ("v", "string")),
+                         ("k",), 1)
+        big = case % 5 == 0
+        runs_rows, runs_cols, ts = _random_runs(rng, rng.randint(1, 4), 1500 if big else 30,
+                                                list(range(3000 if big else 50)), key,
+                                                p_delete=(0.2, 0.0)[case % 2])
+        lo, hi = sorted(rng.randint(1, ts) for _ in range(2))
+        model = []
+        for run, _ in runs_rows:
+            model += [(t, "upsert", k, {"k": r[0], "v": r[1]})
+                      for k, t, r in zip(run.pks, run.ts, run.rows) if lo <= t <= hi]
+            model += [(t, "delete", k, None) for k, t in zip(run.del_pks, run.del_ts)
+                      if lo <= t <= hi]
+        model.sort(key=lambda c: (c[0], c[2]))
+        for runs in (runs_rows, runs_cols):
+            assert [tuple(c) for c in reader.changes(table, lo, hi, runs)] == model
+            assert [c.row for c in reader.changes(table, lo, hi, runs, ["v"])] == [
+                None if r is None else {"v": r["v"]} for *_, r in model]
