@@ -41,7 +41,15 @@ import numpy as np
 from dn import ReadView
 from dn.codec import pack, unpack_tuples
 from dn.errors import NotFound
-from dn.reader import Change, ObjectCache, Reader, _projection, column_maker, row_maker
+from dn.reader import (
+    Change,
+    ObjectCache,
+    Reader,
+    _projection,
+    column_maker,
+    paused_gc,
+    row_maker,
+)
 from dn.run import Run
 from dn.store import open_store
 from dn.store.base import ObjectStore
@@ -293,7 +301,13 @@ def changes(
     ]
     if len(streams) == 1:
         return streams[0]
-    return heapq.merge(*streams, key=lambda c: (c.ts, c.pk))
+    # each stream is in (ts, pk) order: a C-level sort of their concatenation merges the runs
+    # (a heap step per change in Python cost several times more)
+    with paused_gc():
+        return iter(sorted(chain.from_iterable(streams), key=_TS_PK))
+
+
+_TS_PK = itemgetter(0, 2)  # a Change's (ts, pk)
 
 
 def get(
