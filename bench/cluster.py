@@ -18,7 +18,9 @@ issue 3), Ray started on loopback with 2 CPUs as the project starts it
   with a dict of column lists, the form of a Ray Data batch), and with ``client.write``
   (4a-sync-N: each batch durable before the next; latency is one call). The 300,000 rows/s
   target is checked on both 4-shard writer figures. Aggregate rows/s is wall time from
-  launching the tasks to the last acknowledgement;
+  launching the tasks to the last acknowledgement. The full run makes a fresh deployment for
+  every run (new shard processes, empty buffers); ``--quick`` makes one per shard count and
+  a fresh table for every run (deployments are most of a short run's time);
 - snapshot scan of the 4-shard writer runs' rows into one client (rows/s), right after the
   ingest, so the rows are still in the shards' memory (the slowest case for a read: every
   row crosses from a shard to the client);
@@ -93,7 +95,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     # batches of 1,000 per task: 16 tasks x 64 = 1,024,000 rows (the 4-shard scan reads them).
     # Every shard count writes as many: in shorter runs a task's start and its last flush
     # weigh more (16 batches per task measured ~80k rows/s into 1 shard, 64 ~250k).
-    per_task = {1: 8, 2: 8, 4: 8} if quick else {1: 64, 2: 64, 4: 64}
+    per_task = {1: 16, 2: 16, 4: 16} if quick else {1: 64, 2: 64, 4: 64}
     sync_batches = 4 if quick else 16  # client.write: one durable call per shard per batch
     fi = {s: Figure(f"4a-{s}", "cluster",
                     f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.writer",
@@ -141,10 +143,10 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
 
     runs = 3 if quick else 5
 
-    def _buffered(client, task: int, nbatches: int, by_column: bool) -> list[float]:
+    def _buffered(client, table: str, task: int, nbatches: int, by_column: bool) -> list[float]:
         sent: dict[int, float] = {}
         durable: dict[int, float] = {}
-        with client.writer("bench", "t",
+        with client.writer("bench", table,
                            on_durable=lambda q: durable.__setitem__(q, time.perf_counter())
                            ) as w:
             for b in range(nbatches):
@@ -160,27 +162,27 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         return [durable[q] - t0 for q, t0 in sent.items()]
 
     @ray.remote(num_cpus=0)
-    def buffered(client, task: int, nbatches: int) -> list[float]:
-        return _buffered(client, task, nbatches, False)
+    def buffered(client, table: str, task: int, nbatches: int) -> list[float]:
+        return _buffered(client, table, task, nbatches, False)
 
     @ray.remote(num_cpus=0)
-    def by_column(client, task: int, nbatches: int) -> list[float]:
-        return _buffered(client, task, nbatches, True)
+    def by_column(client, table: str, task: int, nbatches: int) -> list[float]:
+        return _buffered(client, table, task, nbatches, True)
 
     @ray.remote(num_cpus=0)
-    def synchronous(client, task: int, nbatches: int) -> list[float]:
+    def synchronous(client, table: str, task: int, nbatches: int) -> list[float]:
         lat = []
         for b in range(nbatches):
             base = (task * nbatches + b) * 1000
             t0 = time.perf_counter()
-            client.write("bench", "t", upserts=[{"k": k, "v": b"v" * 100}
+            client.write("bench", table, upserts=[{"k": k, "v": b"v" * 100}
                                                 for k in range(base, base + 1000)])
             lat.append(time.perf_counter() - t0)
         return lat
 
-    def ingest(fig: Figure, task: Any, client: Any, nb: int) -> None:
+    def ingest(fig: Figure, task: Any, client: Any, table: str, nb: int) -> None:
         t0 = time.perf_counter()
-        lats = ray.get([task.remote(client, t, nb) for t in range(16)])
+        lats = ray.get([task.remote(client, table, t, nb) for t in range(16)])
         dt = time.perf_counter() - t0
         flat = sorted(x for lat in lats for x in lat)
         fig.ours.append(16 * nb * 1000 / dt)
@@ -193,28 +195,40 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         # each); the node keeps them for every run, so runs measure writing
         warm_workers(16)
         for shards in (1, 2, 4):
-            for r in range(runs):
-                for kind, fig, task in (("client.writer", fi[shards], buffered),
-                                        ("client.writer by column", fk[shards], by_column),
-                                        ("client.write", fw[shards], synchronous)):
-                    progress(f"4a: ingest into {shards} shard(s) with {kind}, "
-                             f"run {r + 1}/{runs}")
-                    d = tempdir("dn-cluster")
-                    try:
-                        client = deploy(shards=shards, store=d, namespace=NAMESPACE)
-                        try:
+            # full: a fresh deployment (new shard processes, empty buffers) for every run;
+            # quick: one deployment per shard count, a fresh table for every run
+            client = None
+            d = None
+            try:
+                for r in range(runs):
+                    for kind, fig, task in (("client.writer", fi[shards], buffered),
+                                            ("client.writer by column", fk[shards], by_column),
+                                            ("client.write", fw[shards], synchronous)):
+                        progress(f"4a: ingest into {shards} shard(s) with {kind}, "
+                                 f"run {r + 1}/{runs}")
+                        if client is None:
+                            d = tempdir("dn-cluster")
+                            client = deploy(shards=shards, store=d, namespace=NAMESPACE)
                             client.create_database("bench")
-                            client.create_table("bench", "t", SCHEMA, "k")
+                            fresh = True
+                        table = f"t{r}{'wcs'[[buffered, by_column, synchronous].index(task)]}"
+                        client.create_table("bench", table, SCHEMA, "k")
+                        if fresh:
                             time.sleep(SETTLE_S)
-                            before = client.snapshot()  # the change feed starts here
-                            nb = sync_batches if task is synchronous else per_task[shards]
-                            ingest(fig, task, client, nb)
-                            if shards == 4 and task is buffered:
-                                _read_figures(client, before, 16 * nb * 1000, fs, fc)
-                        finally:
+                            fresh = False
+                        before = client.snapshot()  # the change feed starts here
+                        nb = sync_batches if task is synchronous else per_task[shards]
+                        ingest(fig, task, client, table, nb)
+                        if shards == 4 and task is buffered:
+                            _read_figures(client, table, before, 16 * nb * 1000, fs, fc)
+                        if not quick:
                             shutdown(namespace=NAMESPACE)
-                    finally:
-                        rmtree(d)
+                            client = None
+                            rmtree(d)
+            finally:
+                if client is not None:
+                    shutdown(namespace=NAMESPACE)
+                    rmtree(d)
     finally:
         ray.shutdown()
     for f in (fs, fc):
@@ -228,14 +242,15 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
 SETTLE_S = 2.0
 
 
-def _read_figures(client: Any, before: int, total: int, fs: Figure, fc: Figure) -> None:
+def _read_figures(client: Any, table: str, before: int, total: int, fs: Figure, fc: Figure
+                  ) -> None:
     snap = client.snapshot()
     t0 = time.perf_counter()
-    n = sum(1 for _ in client.scan("bench", "t", snapshot=snap))
+    n = sum(1 for _ in client.scan("bench", table, snapshot=snap))
     fs.ours.append(n / (time.perf_counter() - t0))
     assert n == total, (n, total)
     t0 = time.perf_counter()
-    n = sum(1 for _ in client.changes("bench", "t", before, snapshot=snap))
+    n = sum(1 for _ in client.changes("bench", table, before, snapshot=snap))
     fc.ours.append(n / (time.perf_counter() - t0))
 
 
