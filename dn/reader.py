@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from itertools import chain, repeat
 from typing import Any, NamedTuple
 
@@ -233,11 +234,11 @@ class Reader:
             picks = [p for p in pos_l if p >= 0] if _has_deletes(runs) else pos_l
             dicts = list(make(_pick_columns(runs, picks)))
         if len(picks) == len(pos_l):
-            return map(Change, ts_l, repeat("upsert"), pk_l, dicts)
+            return map(_new_change, zip(ts_l, repeat("upsert"), pk_l, dicts))
         rows = iter(dicts)
         kinds = ["upsert" if p >= 0 else "delete" for p in pos_l]
         out = [next(rows) if p >= 0 else None for p in pos_l]
-        return map(Change, ts_l, kinds, pk_l, out)
+        return map(_new_change, zip(ts_l, kinds, pk_l, out))
 
 def _pick_rows(runs: list[tuple[Run, int]], picks: list[int]) -> list[tuple]:
     """The row tuples at ``picks``, positions into the runs' upserts concatenated in order.
@@ -329,6 +330,11 @@ def _int_picks(snapshot: int, runs: list[tuple[Run, int]], start: Any, end: Any
     lo = 0 if start is None else int(np.searchsorted(k, start, "left"))
     hi_i = len(k) if end is None else int(np.searchsorted(k, end, "left"))
     return pos[lo:hi_i].tolist(), k[lo:hi_i]
+
+
+#: Change((ts, kind, pk, row)) without the Python-level ``__new__`` of a named tuple: the
+#: tuple type's own constructor, called from C by ``map``.
+_new_change = partial(tuple.__new__, Change)
 
 
 def _has_deletes(runs: list[tuple[Run, int]]) -> bool:
