@@ -44,17 +44,7 @@ def test_column_runs_scan_like_row_runs_and_like_a_model():
     rng = random.Random(5)
     reader = Reader.__new__(Reader)  # sorted_rows reads no store
     for _ in range(200):
-        runs_rows, runs_cols, ts = [], [], 1
-        for _ in range(rng.randint(1, 4)):  # oldest first, disjoint timestamps
-            ups, dels = [], []
-            for _ in range(rng.randint(0, 30)):  # one version per timestamp
-                (dels if rng.random() < 0.2 else ups).append((rng.randint(0, 40), ts))
-                ts += 1
-            by_rows, by_cols = _pair([k for k, _ in ups], [t for _, t in ups],
-                                     [(k, f"v{k}-{t}") for k, t in ups],
-                                     [k for k, _ in dels], [t for _, t in dels])
-            runs_rows.append((by_rows, ts - 1))
-            runs_cols.append((by_cols, ts - 1))
+        runs_rows, runs_cols, ts = _random_runs(rng, rng.randint(1, 4), 30, range(41))
         snap = rng.randint(1, ts)
         start, end = rng.choice([(None, None), (5, 30), (10, None), (None, 20)])
         want = reader.sorted_rows(snap, runs_rows, start, end)
