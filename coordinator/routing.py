@@ -42,9 +42,6 @@ whatever its length. They go two bytes at a time, in four tables of 65,536 entri
 count up to 256, whose owner is the CRC's low bits). The parts hold the batch's own objects,
 gathered by Python indexes from the stable order; no value goes through numpy.
 
-numpy is imported on the first batch that can use it (not with this module), and without it
-every batch takes the per-key path.
-
 Pure functions; no Ray, no I/O. Any thread.
 """
 
@@ -60,6 +57,7 @@ from operator import itemgetter
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from dn.codec import pack
 from dn.errors import InvalidArgument
@@ -264,8 +262,6 @@ def _split_sorted(batch: Batch, own: Any, shards: int) -> dict[int, ShardPart]:
 def _by_shard(cols: list, own: Any, shards: int) -> list[list[list] | None]:
     """For each shard, its rows of ``cols`` (columns of equal length, ``own`` the owner of
     each row) in their order, as new lists; None for a shard that owns none."""
-    import numpy as np  # imported already: ``own`` is a numpy array
-
     order = own.argsort(kind="stable").tolist()  # a radix sort: owners are 8 or 16 bits
     counts = np.bincount(own, minlength=shards).tolist()
     if len(order) == 1:
@@ -284,12 +280,11 @@ def _by_shard(cols: list, own: Any, shards: int) -> list[list[list] | None]:
 
 def _int64_owners(keys: list, shards: int) -> Any:
     """The owner of each key (ints in int64 range) as a numpy array of 8- or 16-bit unsigned
-    ints, or None when numpy is missing or ``shards`` is over 65,536."""
+    ints, or None when ``shards`` is over 65,536."""
     low_byte = shards <= 256 and shards & (shards - 1) == 0  # the owner is the CRC's low bits
-    tables = _tables(low_byte) if shards <= 1 << 16 else None
-    if tables is None:
+    if shards > 1 << 16:
         return None
-    np, lows, forms, by_chunk = tables
+    lows, forms, by_chunk = _tables(low_byte)
     n = len(keys)
     v = np.frombuffer(struct.pack(f"<{n}q", *keys), dtype="<i8")  # twice np.array's speed
     crc = forms[lows.searchsorted(v, side="right")]
@@ -303,16 +298,11 @@ def _int64_owners(keys: list, shards: int) -> Any:
 
 
 @cache
-def _tables(low_byte: bool) -> tuple | None:
-    """numpy and the vectorized hash's tables (see the module docstring), built on first
-    use: the lowest value of each int form; the forms' constants (after a 0 at index 0:
+def _tables(low_byte: bool) -> tuple:
+    """The vectorized hash's tables (see the module docstring), built on first use: the
+    lowest value of each int form; the forms' constants (after a 0 at index 0:
     ``searchsorted`` counts from 1); the four 16-bit tables. As uint32, or with ``low_byte``
-    their low bytes only (all a power-of-two shard count up to 256 needs; 256 KiB, not 1 MiB).
-    None without numpy."""
-    try:
-        import numpy as np
-    except ImportError:
-        return None
+    their low bytes only (all a power-of-two shard count up to 256 needs; 256 KiB, not 1 MiB)."""
     crc32 = zlib.crc32
     byte = [[crc32(bytes([b]) + bytes(k)) ^ crc32(bytes(k + 1)) for b in range(256)]
             for k in range(8)]
@@ -327,5 +317,5 @@ def _tables(low_byte: bool) -> tuple | None:
     by_chunk = [(t[2 * j + 1][:, None] ^ t[2 * j][None, :]).ravel() for j in range(4)]
     dtype = np.uint8 if low_byte else np.uint32  # uint8: truncated to the low byte
     lows = np.array([low for low, _, _ in INT_FORMS], dtype=np.int64)
-    return (np, lows, np.array(forms, dtype=np.uint32).astype(dtype),
+    return (lows, np.array(forms, dtype=np.uint32).astype(dtype),
             tuple(c.astype(dtype) for c in by_chunk))

@@ -72,10 +72,10 @@ GC_THRESHOLDS = (100_000, 50, 100)
 #: time, so the next write faulted the same pages in again, zeroed: a shard took ~250,000
 #: page faults per million rows ingested, and a third of its CPU time was in the kernel.
 #: Larger thresholds keep that memory for reuse (at most ``M_TRIM_THRESHOLD`` idle).
-MALLOC_TUNING = (
-    (-3, 32 << 20),  # M_MMAP_THRESHOLD: allocations below 32 MiB come from the heap
-    (-1, 128 << 20),  # M_TRIM_THRESHOLD: keep up to 128 MiB free at the heap's top
-    (-2, 16 << 20),  # M_TOP_PAD: grow the heap 16 MiB at a time
+MALLOC_TUNING = (  # (mallopt parameter, its environment variable, value)
+    (-3, "MALLOC_MMAP_THRESHOLD_", 32 << 20),  # allocations below 32 MiB come from the heap
+    (-1, "MALLOC_TRIM_THRESHOLD_", 128 << 20),  # keep up to 128 MiB free at the heap's top
+    (-2, "MALLOC_TOP_PAD_", 16 << 20),  # grow the heap 16 MiB at a time
 )
 
 
@@ -83,12 +83,7 @@ MALLOC_TUNING = (
 #: allocation, plus the number of arenas (one per thread by default, each trimmed and grown on
 #: its own; ``mallopt`` cannot change arenas that exist). Ray starts each shard's worker process
 #: with them (its runtime environment); a deployment's own ``env`` wins.
-MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
-    "MALLOC_TOP_PAD_": str(16 << 20),
-}
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", **{name: str(v) for _, name, v in MALLOC_TUNING}}
 
 
 def tune_allocator() -> bool:
@@ -102,7 +97,7 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return all(mallopt(param, value) == 1 for param, value in MALLOC_TUNING)
+    return all(mallopt(param, value) == 1 for param, _, value in MALLOC_TUNING)
 
 
 class ShardActor(ShardService):

@@ -1,7 +1,8 @@
 """The vectorized routing of int64 keys (:mod:`coordinator.routing`) against the per-key path:
 the same shard for every key (at and around every msgpack encoding boundary, and over the
 whole int64 range), the same parts from :func:`split` (same lists, order, objects and Python
-types), and the per-key path kept for every other key type, small batches, and no numpy.
+types), and the per-key path kept for every other key type, small batches, and shard
+counts over 65,536.
 No Ray."""
 
 from __future__ import annotations
@@ -196,13 +197,11 @@ def test_split_of_string_and_composite_keys_takes_the_per_key_path(shards, monke
         assert_same_parts(split(batch, shards), routing._split_py(batch, shards))
 
 
-def test_split_without_numpy_takes_the_per_key_path(monkeypatch):
+def test_split_over_65536_shards_takes_the_per_key_path(monkeypatch):
     batch = int_batch(random.Random(9), 500, 20, True)
-    want = routing._split_py(batch, 4)
-    monkeypatch.setattr(routing, "_tables", lambda low_byte: None)
+    want = routing._split_py(batch, 70_000)
     monkeypatch.setattr(routing, "_split_sorted", _refuse)
-    assert_same_parts(split(batch, 4), want)
-    assert owners(batch.keys, 4, int64=True) == per_key(batch.keys, 4)
+    assert_same_parts(split(batch, 70_000), want)
 
 
 def test_no_numpy_scalar_leaks_into_the_parts():

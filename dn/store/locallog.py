@@ -279,29 +279,30 @@ class LocalLogStore(LocalStore):
             return None
         size = _frame_size(head)
         nxt = None if size is None else _align(off + size)
-        if size is None or nxt >= seg.capacity or self._torn_tail(seg, off, size, nxt):
+        if size is None or nxt >= seg.capacity or self._torn_cut(seg, off, size) is not None:
             d.ends.add(seq)
             return "new"
         d.where[seq + 1] = (first, nxt)
         return "same"
 
-    def _torn_tail(self, seg: _Segment, off: int, size: int, nxt: int) -> bool:
-        """Whether the object at ``off`` (the last of its segment so far: its next slot is
-        empty) is torn: its body fails its checksum and a sector of it is zeros."""
-        after = self._pread(seg, HEADER_SIZE, nxt, shared=True)
-        if len(after) == HEADER_SIZE and after != _ZERO_HEAD:
-            return False  # another object follows: this one was whole when that was placed
-        return self._cut(seg, off, size) is not None
-
-    def _cut(self, seg: _Segment, off: int, size: int) -> int | None:
-        """For an object that fails its body checksum and holds a 512-byte sector (aligned in
-        the file) of zeros, the length up to that sector; else None."""
-        data = self._pread(seg, size, off, shared=True)
-        body = memoryview(data)[HEADER_SIZE:]
-        if len(data) == size and zlib.crc32(body) == HEADER.unpack_from(data)[4]:
-            return None
+    def _torn_cut(self, seg: _Segment, off: int, size: int, data: bytes | None = None
+                  ) -> int | None:
+        """For a torn object at ``off`` (verified header, ``size`` bytes in all; ``data``
+        when already read): the length of it that reached the disk; None when it is whole
+        or corrupt. Torn: it is the last of its segment (no object in the slot after it),
+        and its bytes run short or its body fails its checksum and holds a 512-byte sector
+        (aligned in the file) of zeros."""
+        nxt = _align(off + size)
+        if nxt < seg.capacity:
+            after = self._pread(seg, HEADER_SIZE, nxt, shared=True)
+            if len(after) == HEADER_SIZE and after != _ZERO_HEAD:
+                return None  # another object follows: this one was whole when that was placed
+        if data is None:
+            data = self._pread(seg, size, off, shared=True)
         if len(data) < size:
             return max(HEADER_SIZE, len(data))
+        if zlib.crc32(memoryview(data)[HEADER_SIZE:]) == HEADER.unpack_from(data)[4]:
+            return None
         zero = bytes(SECTOR)
         start = -(-(off + HEADER_SIZE) // SECTOR) * SECTOR  # first sector boundary in the body
         for pos in range(start, off + size, SECTOR):
@@ -322,8 +323,7 @@ class LocalLogStore(LocalStore):
     def _new_segment(self, d: _Dir, first: int, prev: _Segment | None) -> _Segment:
         """Make segment ``first`` exist (from the spare when there is one) and open it."""
         self._make_parents(d.path / "x")
-        capacity = (self.min_segment if prev is None
-                    else min(self.max_segment, max(self.min_segment, 2 * prev.capacity)))
+        capacity = self._capacity_after(prev)
         spare = d.spare
         d.spare = None
         if spare is None or spare[1] < capacity:
@@ -342,6 +342,12 @@ class LocalLogStore(LocalStore):
         if seg is None:
             raise Unavailable(f"log segment {path} vanished as it was made", key=str(path))
         return seg
+
+    def _capacity_after(self, prev: _Segment | None) -> int:
+        """The capacity of the segment that follows ``prev`` (the first: ``min_segment``)."""
+        if prev is None:
+            return self.min_segment
+        return min(self.max_segment, max(self.min_segment, 2 * prev.capacity))
 
     def _make_spare(self, d: _Dir, capacity: int) -> tuple[Path, int]:
         """A file with a segment header and (for small objects) zeros up to ``capacity``,
@@ -371,8 +377,8 @@ class LocalLogStore(LocalStore):
         if d.spare is not None or d.filling or off < seg.capacity // 2:
             return
         d.filling = True
-        capacity = min(self.max_segment, max(self.min_segment, 2 * seg.capacity))
-        threading.Thread(target=self._refill, args=(d, capacity), name="dn-log-spare",
+        threading.Thread(target=self._refill, args=(d, self._capacity_after(seg)),
+                         name="dn-log-spare",
                          daemon=True).start()
 
     def _refill(self, d: _Dir, capacity: int) -> None:
@@ -492,15 +498,11 @@ class LocalLogStore(LocalStore):
         if size is None:
             return head[:HEADER_SIZE - 1]  # a header that did not reach the disk whole: torn
         data = self._pread(seg, size, off, shared=True)
-        if len(data) < size or zlib.crc32(memoryview(data)[HEADER_SIZE:]) == \
+        if len(data) == size and zlib.crc32(memoryview(data)[HEADER_SIZE:]) == \
                 HEADER.unpack_from(data)[4]:
             return data
-        nxt = _align(off + size)
-        after = self._pread(seg, HEADER_SIZE, nxt, shared=True) if nxt < seg.capacity else b""
-        if len(after) == HEADER_SIZE and after != _ZERO_HEAD:
-            return data  # not the last of its segment: corrupt, for the codec to report
-        cut = self._cut(seg, off, size)
-        return data if cut is None else data[:cut]
+        cut = self._torn_cut(seg, off, size, data)
+        return data if cut is None else data[:cut]  # whole bytes: corrupt, for the codec
 
     def list(self, prefix: str) -> list[str]:
         check_key(prefix, is_prefix=True)
