@@ -9,7 +9,7 @@ With ``dn.Engine`` directly (no Ray), fresh temp directory per run, ``background
 
 Through the coordinator (``coordinator.deploy(shards=N, store=...)`` and its ``Client``, see
 issue 3), Ray started on loopback with 2 CPUs as the project starts it
-(``coordinator.handles.start_local_ray``) and shut down at the end:
+(``coordinator.actor.handle.start_local_ray``) and shut down at the end:
 
 - ingest: 16 Ray tasks each write B batches of 1,000 rows into 1, 2 and 4 shards, three ways:
   through one ``client.writer`` per task with batches of row dicts (4a-N: buffered, parts of
@@ -128,7 +128,8 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         return figs
     try:
         import coordinator
-        from coordinator.handles import start_local_ray, warm_workers
+        from coordinator.cli.ray_node import start_local_ray
+        from coordinator.client.tasks import warm_workers
 
         deploy = coordinator.deploy
         shutdown = coordinator.shutdown

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 from dn import Engine, Settings
-from dn.reader import ObjectCache, Reader
+from dn.read.cache import ObjectCache
+from dn.read.reader import Reader
+from dn.read.view import materialize, view_runs
 
 KEYS = 20_000
 
@@ -62,8 +64,8 @@ def _measure(eng: Engine, root: str, batch: int) -> dict:
     view = eng.read_view("db", "t")
     reader = Reader(eng.store, 0, ObjectCache(1 << 34))
     t0 = time.perf_counter()
-    runs = reader.runs(view.table, view.plan, list(view.tail))
-    n = sum(1 for _ in reader.scan(view.table, view.snapshot, runs))
+    runs = view_runs(reader, view)
+    n = sum(1 for _ in materialize(reader, view, runs=runs))
     dt = time.perf_counter() - t0
     st = eng.status()
     return {"batch": batch, "live_ranges": st["objects"]["live_ranges"],

@@ -16,9 +16,13 @@ Not here: our engine, timing policy (:mod:`bench.harness`).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import slatedb.uniffi as sdb
+
+from bench.harness import rmtree, tempdir
+from bench.stores import MotoServer, dir_usage
 
 VALUE = b"v" * 100
 
@@ -136,3 +140,34 @@ async def scan(db, batch: int = 1000) -> int:
         if not rows:
             return n
         n += len(rows)
+
+
+class Slate:
+    """One SlateDB on a fresh directory (or S3 prefix), with its own event loop."""
+
+    def __init__(self, tag: str, s3: tuple[MotoServer, str] | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.dir = None
+        self.s3 = None
+        if s3 is None:
+            self.dir = tempdir(f"slate-{tag}")
+            path = self.dir + "/db"
+        else:
+            moto, bucket = s3
+            self.s3 = {"bucket": bucket, **moto.s3_options()}
+            path = f"slate-{tag}-{time.monotonic_ns()}"
+        self.db, self.recorder = self.loop.run_until_complete(open_db(path, self.s3))
+
+    def run(self, coro) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def usage(self) -> tuple[int, int]:
+        return dir_usage(self.dir) if self.dir else (0, 0)
+
+    def close(self) -> None:
+        try:
+            self.run(self.db.shutdown())
+        finally:
+            self.loop.close()
+            if self.dir:
+                rmtree(self.dir)

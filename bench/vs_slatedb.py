@@ -26,12 +26,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import dn
 from bench import slate
 from bench.harness import Figure, progress, rmtree, tempdir
-from bench.stores import CountingStore, MotoServer, dir_usage, objects_written
+from bench.slate import Slate
+from bench.stores import CountingStore, MotoServer, objects_written
 from dn.store import RetryingStore, open_store
 from dn.store.locallog import LocalLogStore
 
@@ -173,40 +173,6 @@ class Ours:
                                                   for i in range(start, min(n, start + 1000))])
         self.engine.freeze()
         self.engine.flush()
-
-
-# -- the peer -----------------------------------------------------------------------------------
-
-
-class Slate:
-    """One SlateDB on a fresh directory (or S3 prefix), with its own event loop."""
-
-    def __init__(self, tag: str, s3: tuple[MotoServer, str] | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.dir = None
-        self.s3 = None
-        if s3 is None:
-            self.dir = tempdir(f"slate-{tag}")
-            path = self.dir + "/db"
-        else:
-            moto, bucket = s3
-            self.s3 = {"bucket": bucket, **moto.s3_options()}
-            path = f"slate-{tag}-{time.monotonic_ns()}"
-        self.db, self.recorder = self.loop.run_until_complete(slate.open_db(path, self.s3))
-
-    def run(self, coro) -> Any:
-        return self.loop.run_until_complete(coro)
-
-    def usage(self) -> tuple[int, int]:
-        return dir_usage(self.dir) if self.dir else (0, 0)
-
-    def close(self) -> None:
-        try:
-            self.run(self.db.shutdown())
-        finally:
-            self.loop.close()
-            if self.dir:
-                rmtree(self.dir)
 
 
 # -- figures --------------------------------------------------------------------------------------

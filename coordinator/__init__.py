@@ -9,14 +9,12 @@ Public API::
 
 :class:`Client` has the methods of :class:`dn.Engine` (create_database, drop_database,
 create_table, drop_table, write, get, scan, changes) across all shards, plus ``snapshot()``,
-``status()`` and ``writer()`` (buffered ingest, :mod:`~coordinator.writer`).
+``status()`` and ``writer()`` (buffered ingest, :mod:`~coordinator.client.writer`).
 
-Modules: :mod:`~coordinator.config` (cluster.yaml), :mod:`~coordinator.routing` (stable hash),
-:mod:`~coordinator.catalog` (cluster record in the store), :mod:`~coordinator.service` (the
-coordinator actor's body), :mod:`~coordinator.reads` (cross-shard snapshot reads),
-:mod:`~coordinator.client`, :mod:`~coordinator.writer` (buffered ingest),
-:mod:`~coordinator.deployment`, :mod:`~coordinator.handles` (the only Ray-facing module here),
-:mod:`~coordinator.cli` (the ``dn`` command).
+Sub-packages, by role: :mod:`coordinator.client` (the client library that runs in drivers
+and tasks), :mod:`coordinator.actor` (the coordinator actor: cluster catalog and shard map),
+:mod:`coordinator.cli` (the ``dn`` command, deployments, the demo); and
+:mod:`coordinator.config` (``cluster.yaml``'s settings), shared by all three.
 """
 
 from typing import Any
@@ -24,12 +22,12 @@ from typing import Any
 __all__ = ["Client", "ClusterConfig", "connect", "deploy", "load_config", "shutdown"]
 
 _WHERE = {
-    "Client": "coordinator.client",
+    "Client": "coordinator.client.client",
     "ClusterConfig": "coordinator.config",
     "load_config": "coordinator.config",
-    "connect": "coordinator.deployment",
-    "deploy": "coordinator.deployment",
-    "shutdown": "coordinator.deployment",
+    "connect": "coordinator.cli.deployment",
+    "deploy": "coordinator.cli.deployment",
+    "shutdown": "coordinator.cli.deployment",
 }
 
 

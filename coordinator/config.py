@@ -5,9 +5,11 @@ environment variables (``DN_NAMESPACE``, ``DN_SHARDS``, ``DN_STORE``, ``DN_LOG_U
 keyword overrides of :func:`coordinator.deploy` / ``dn up``. Unknown keys are an error, so a
 typo never silently falls back to a default.
 
-Keys are either cluster keys (the fields of :class:`ClusterConfig`) or engine settings
-(the fields of :class:`dn.Settings`, under ``engine:`` in the file; as overrides they may also
-be given at the top level, e.g. ``deploy(freeze_bytes=...)``).
+Keys are cluster keys (the fields of :class:`ClusterConfig`), engine settings (the fields of
+:class:`dn.Settings`, under ``engine:`` in the file) or shell settings (the fields of
+:class:`dn.settings.ShellSettings`: the client library's and the shard actors' tunables, under
+``shell:``). Engine and shell settings may also be given at the top level, in the file or as
+overrides, e.g. ``deploy(freeze_bytes=..., retry_s=...)``.
 
 Invariants: ``store`` is made absolute when it is a local path (actors run in other working
 directories); the engine's ``background`` setting is always False on a cluster (the shard actor
@@ -27,9 +29,11 @@ from typing import Any
 import yaml
 
 from dn.errors import InvalidArgument
-from dn.settings import Settings
+from dn.settings import Settings, ShellSettings
 
 _ENGINE_KEYS = frozenset(f.name for f in fields(Settings))
+_SHELL_KEYS = frozenset(f.name for f in fields(ShellSettings))
+_SECTIONS = {"engine": _ENGINE_KEYS, "shell": _SHELL_KEYS}
 _ENV = {
     "DN_NAMESPACE": "namespace",
     "DN_SHARDS": "shards",
@@ -56,14 +60,10 @@ class ClusterConfig:
     shard_max_concurrency: int = 64
     #: Largest clock difference assumed between nodes, in ms; each write waits it out.
     clock_skew_ms: int = 0
-    #: How long a client keeps retrying a write or read whose shard is unavailable (seconds).
-    retry_s: float = 60.0
-    #: How long one call to an actor may take before it counts as unavailable (seconds).
-    call_timeout_s: float = 120.0
-    #: Bytes of decoded objects a client process caches for reads.
-    client_cache_bytes: int = 256 * 1024 * 1024
     #: Settings of each shard engine (see :class:`dn.Settings`).
     engine: Settings = field(default_factory=lambda: Settings(background=False))
+    #: Settings of the clients and shard actors (see :class:`dn.settings.ShellSettings`).
+    shell: ShellSettings = field(default_factory=ShellSettings)
 
     def __post_init__(self) -> None:
         if not isinstance(self.namespace, str) or not self.namespace:
@@ -76,18 +76,18 @@ class ClusterConfig:
             isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
         ):
             raise InvalidArgument("env must map variable names to string values")
-        for name in ("shard_num_cpus", "retry_s", "call_timeout_s"):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-                raise InvalidArgument(f"{name} must be a number >= 0, got {v!r}")
-        for name in ("shard_max_concurrency", "client_cache_bytes"):
-            v = getattr(self, name)
-            if type(v) is not int or v <= 0:
-                raise InvalidArgument(f"{name} must be a positive int, got {v!r}")
+        v = self.shard_num_cpus
+        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
+            raise InvalidArgument(f"shard_num_cpus must be a number >= 0, got {v!r}")
+        if type(self.shard_max_concurrency) is not int or self.shard_max_concurrency <= 0:
+            raise InvalidArgument("shard_max_concurrency must be a positive int, got "
+                                  f"{self.shard_max_concurrency!r}")
         if type(self.clock_skew_ms) is not int or self.clock_skew_ms < 0:
             raise InvalidArgument("clock_skew_ms must be an int >= 0")
         if not isinstance(self.engine, Settings):
             raise InvalidArgument("engine must be a dn.Settings")
+        if not isinstance(self.shell, ShellSettings):
+            raise InvalidArgument("shell must be a dn.settings.ShellSettings")
         if self.engine.background:
             object.__setattr__(self, "engine", self.engine.replace(background=False))
         if "://" not in self.store:
@@ -97,37 +97,47 @@ class ClusterConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ClusterConfig:
-        """A config from a ``metadata.dn``-shaped mapping (engine settings under ``engine``
-        or, for convenience, at the top level)."""
+        """A config from a ``metadata.dn``-shaped mapping (engine settings under ``engine``,
+        shell settings under ``shell``, or either, for convenience, at the top level)."""
         values = dict(values or {})
-        engine = dict(values.pop("engine", None) or {})
+        sections: dict[str, dict[str, Any]] = {}
+        for name in _SECTIONS:
+            section = values.pop(name, None)
+            if section is not None and not isinstance(section, Mapping):
+                raise InvalidArgument(f"{name} settings must be a mapping")
+            sections[name] = dict(section or {})
         for key in list(values):
-            if key in _ENGINE_KEYS:
-                engine[key] = values.pop(key)
-        known = {f.name for f in fields(cls)} - {"engine"}
+            for name, keys in _SECTIONS.items():
+                if key in keys:
+                    sections[name][key] = values.pop(key)
+        known = {f.name for f in fields(cls)} - set(_SECTIONS)
         unknown = sorted(set(values) - known)
         if unknown:
             raise InvalidArgument(f"unknown cluster settings: {', '.join(unknown)}")
         if "env" in values:
             values["env"] = {str(k): str(v) for k, v in (values["env"] or {}).items()}
-        engine.setdefault("background", False)
-        return cls(engine=Settings.from_dict(engine), **values)
+        sections["engine"].setdefault("background", False)
+        return cls(engine=Settings.from_dict(sections["engine"]),
+                   shell=ShellSettings.from_dict(sections["shell"]), **values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (picklable, YAML-able); ``from_dict(to_dict())`` round-trips."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "engine"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _SECTIONS}
         out["env"] = dict(self.env)
         out["engine"] = self.engine.to_dict()
+        out["shell"] = self.shell.to_dict()
         return out
 
     def replace(self, **overrides: Any) -> ClusterConfig:
-        """A copy with ``overrides`` applied (engine settings accepted at the top level)."""
+        """A copy with ``overrides`` applied (engine and shell settings accepted at the top
+        level too)."""
         values = self.to_dict()
         for key, value in overrides.items():
-            if key in _ENGINE_KEYS:
-                values["engine"][key] = value
-            elif key == "engine":
-                values["engine"].update(value or {})
+            section = next((n for n, keys in _SECTIONS.items() if key in keys), None)
+            if section is not None:
+                values[section][key] = value
+            elif key in _SECTIONS:
+                values[key].update(value or {})
             else:
                 values[key] = value
         return ClusterConfig.from_dict(values)

@@ -16,12 +16,13 @@ from dn.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    StaleTable,
     Unavailable,
 )
-from dn.plan import Plan
-from dn.reader import Change
-from dn.reads import ReadView
-from dn.settings import Settings
+from dn.read.change import Change
+from dn.read.plan import Plan
+from dn.read.view import ReadView
+from dn.settings import Settings, ShellSettings
 
 __all__ = [
     "AlreadyExists",
@@ -40,6 +41,8 @@ __all__ = [
     "Plan",
     "ReadView",
     "Settings",
+    "ShellSettings",
+    "StaleTable",
     "SystemClock",
     "Unavailable",
 ]

@@ -30,7 +30,7 @@ OP_CREATE_DATABASE = 1
 OP_DROP_DATABASE = 2
 OP_CREATE_TABLE = 3
 OP_DROP_TABLE = 4
-#: A write of columns (the rows of ``OP_WRITE``, by column); see :mod:`dn.log`.
+#: A write of columns (the rows of ``OP_WRITE``, by column); see :mod:`dn.write.log`.
 OP_WRITE_COLUMNS = 5
 WRITE_OPS = (OP_WRITE, OP_WRITE_COLUMNS)
 DDL_OPS = (OP_CREATE_DATABASE, OP_DROP_DATABASE, OP_CREATE_TABLE, OP_DROP_TABLE)

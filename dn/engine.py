@@ -8,19 +8,23 @@ Life cycle (seed 001)::
     checkpoint (delta or interval) -> 10/<shard>/<ts> -> manifest commit
     read at S -> plan (checkpoint, ranges, tail from memory) -> reader merges
 
-Threads. Any number of threads may call the public methods. One lock (``_cv``) guards the
-in-memory state (catalog, buffers, plan lists, clock); the log is touched only by the current
-group-commit leader; buffer checkpoints and checkpoints are serialized by ``_flush_lock`` and
-do their I/O outside ``_cv``. With ``Settings.background`` a thread calls :meth:`maintain`.
+:class:`Engine` is a facade over three parts that share one :class:`dn.state.ShardState`
+(which also says which lock guards what):
+
+- :class:`dn.write.path.WritePath` — DDL and writes: validate, stamp, log, apply; replay;
+- :class:`dn.upkeep.scheduler.Upkeep` — freezes, buffer checkpoints, checkpoints,
+  compaction, retention and garbage collection;
+- :class:`dn.read.snapshots.Snapshots` — snapshots, floors, plans and read views, which
+  :mod:`dn.read.view` materializes into rows and changes.
+
+This module opens a shard (components from a url and settings), recovers it, and runs the
+background thread that calls :meth:`Engine.maintain`. Any number of threads may call the
+public methods.
 
 Failure. A fenced engine (a newer incarnation owns the shard) refuses everything after. A log
 write that may or may not have landed makes the engine settle it before the next write or read
-at a later timestamp (see :mod:`dn.log`). A failed buffer checkpoint leaves the buffer queued
-and is retried; writers are slowed, then refused, while the queue is over its limits.
-
-The class is split by concern: this module opens, recovers and writes; :mod:`dn.upkeep`
-(freezes, buffer checkpoints, checkpoints, compaction, garbage collection) and
-:mod:`dn.reads` (snapshots and plans) are mixins of :class:`Engine`.
+at a later timestamp (see :mod:`dn.write.log`). A failed buffer checkpoint leaves the buffer
+queued and is retried; writers are slowed, then refused, while the queue is over its limits.
 
 Not here: Ray, routing across shards.
 """
@@ -30,39 +34,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
-from dn import catalog as cat
-from dn import codec, compaction, rangeobj
-from dn.aio import AsyncFrontDoor
-from dn.buffer import Buffer
-from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, WRITE_OPS, Catalog
-from dn.clock import Clock, HybridClock, SystemClock
-from dn.commit import CommitQueue, Pending
-from dn.errors import (
-    Closed,
-    Corruption,
-    DNError,
-    Fenced,
-    Internal,
-    InvalidArgument,
-    Unavailable,
-)
-from dn.gc import Collector
-from dn.log import Log, LogRecord, encode_command
-from dn.manifest import Manifest
-from dn.reader import ObjectCache, Reader
-from dn.reads import Reads, ReadView  # noqa: F401  (ReadView is re-exported)
+from dn.clock import Clock, SystemClock
+from dn.errors import Closed, DNError, Fenced, InvalidArgument
+from dn.read.change import Change
+from dn.read.plan import Plan, check_from_ts
+from dn.read.reader import Reader
+from dn.read.snapshots import Snapshots
+from dn.read.view import ReadView, materialize, materialize_get
+from dn.recovery import recover
 from dn.schema import TableDef
 from dn.settings import Settings
+from dn.state import ShardState
 from dn.store import LocalStore, ObjectStore, RetryingStore, RetryPolicy, open_store
 from dn.store.locallog import LocalLogStore
-from dn.upkeep import Upkeep
+from dn.upkeep.scheduler import Upkeep
+from dn.write.part import WritePart
+from dn.write.path import WritePath
 
 log = logging.getLogger(__name__)
 
 
-class Engine(Upkeep, Reads):
+class Engine:
     """One shard. Open with :meth:`Engine.open`."""
 
     # -- opening and recovery ---------------------------------------------------------------
@@ -114,391 +109,251 @@ class Engine(Upkeep, Reads):
 
     def __init__(self, store: ObjectStore, log_store: ObjectStore, shard: int,
                  settings: Settings, clock: Clock) -> None:
-        self.shard = shard
-        self.settings = settings
-        self.store = store
-        self._log_store = log_store
+        self._state = ShardState(store, log_store, shard, settings, clock)
+        self._upkeep = Upkeep(self._state)
+        self._writes = WritePath(self._state, self._upkeep)
+        self._reads = Snapshots(self._state, self._writes.settle_for_read)
         self._made_log_store: ObjectStore | None = None  # made by open(): closed with the engine
-        self._clock = clock
-        self._hlc = HybridClock(clock)
-        self._cv = threading.Condition(threading.Lock())
-        self._flush_lock = threading.Lock()
-        self._queue = CommitQueue(self._cv, settings.group_commit_max_bytes)
-        self._aio = AsyncFrontDoor(self._submit_all)
-        self._manifest = Manifest(store, shard)
-        self._catalog = Catalog()
-        self._cache = ObjectCache(settings.cache_bytes)
-        self.reader = Reader(store, shard, self._cache)
-        self._log: Log | None = None
-        self._mutable = Buffer(1, clock.monotonic())
-        self._frozen: list[Buffer] = []  # the checkpoint queue, oldest first
-        self._ranges: list[tuple[int, int]] = []
-        self._checkpoints: list[int] = []
-        self._stats: dict[tuple[int, int], dict[int, rangeobj.TableStats]] = {}
-        self._sizes: dict[tuple[int, int], int] = {}  # encoded bytes of each live range
-        self._compact_lock = threading.Lock()
-        self._policy = compaction.Policy(settings.compaction_fanout,
-                                         settings.compaction_base_bytes,
-                                         settings.compaction_max_bytes)
-        self._collector = Collector(store, shard, settings.gc_grace_s)
-        self._gc_dirty = True  # something may have become garbage since the last scan
-        self._manifest_unsure = False  # a commit failed in a way that may have landed
-        self._last_applied = 0
-        self._unknown_lo: int | None = None
-        self._last_cp_time = clock.monotonic()
-        self._broken: DNError | None = None
-        self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.epoch = 0
-        self.counters = {"buffer_checkpoints": 0, "checkpoints": 0, "compactions": 0,
-                         "rows_written": 0, "replayed_commands": 0, "maintain_errors": 0}
+
+    @property
+    def shard(self) -> int:
+        return self._state.shard
+
+    @property
+    def settings(self) -> Settings:
+        return self._state.settings
+
+    @property
+    def store(self) -> ObjectStore:
+        return self._state.store
+
+    @property
+    def epoch(self) -> int:
+        """The writer epoch this incarnation holds in the manifest."""
+        return self._state.epoch
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self._state.counters
+
+    @property
+    def reader(self) -> Reader:
+        """This shard's reader (objects fetched through the engine's cache)."""
+        return self._state.reader
 
     def _recover(self) -> None:
-        state = self._manifest.open_epoch()
-        self.epoch = state.epoch
-        log.info("shard %d: opened epoch %d (manifest version %d)", self.shard, state.epoch,
-                 state.version)
-        after = 0
-        if state.checkpoints:
-            cp = self.reader.checkpoint(state.checkpoints[-1])
-            self._catalog = Catalog.from_dict(cp.catalog)
-            for r in cp.ranges:
-                self._stats[r] = {}
-                self._sizes[r] = cp.sizes.get(r, 0)
-            for table_id, entries in cp.tables.items():
-                for r, st in entries:
-                    self._stats.setdefault(r, {})[table_id] = st
-            after = cp.ts
-        later = [r for r in state.ranges if r[1] > after]
-        for i, r in enumerate(later):
-            ro = self.reader.range(r)
-            for ts, cmd in ro.commands:
-                self._catalog.apply(cmd, ts)
-            self._stats[r] = _range_stats(ro, self._catalog)
-            self._sizes[r] = ro.nbytes
-            if (i + 1) % 100 == 0:
-                log.info("shard %d: recovery read %d/%d ranges", self.shard, i + 1, len(later))
-        self._ranges = list(state.ranges)
-        self._checkpoints = list(state.checkpoints)
-        max_range = state.max_range or 0
-        self._last_applied = max(max_range, state.checkpoints[-1] if state.checkpoints else 0)
-        self._mutable = Buffer(max_range + 1, self._clock.monotonic())
-        self._log = Log(self._log_store, self.shard, state.epoch)
-        records = self._log.recover(state.log_low_seq,
-                                    self._clock.monotonic() + self.settings.log_delete_grace_s)
-        for i, rec in enumerate(records):
-            self._replay(rec)
-            if (i + 1) % 1000 == 0:
-                log.info("shard %d: replayed %d/%d log objects", self.shard, i + 1, len(records))
-        for rec in self._log.fence():
-            self._replay(rec)
-        self._hlc.advance(self._last_applied)
-        log.info("shard %d: recovered: %d ranges, %d checkpoints, %d log objects replayed, "
-                 "clock at %d", self.shard, len(self._ranges), len(self._checkpoints),
-                 len(records), self._hlc.last)
-        self._check()
+        recover(self._state, self._writes.replay)
 
-    def _replay(self, rec: LogRecord) -> None:
-        share = rec.nbytes // max(1, len(rec.commands))
-        for ts, op, args in rec.commands:
-            if ts <= self._last_applied:
-                continue  # already in a range object, or replayed: never apply twice
-            try:
-                self._apply_command(ts, op, args, share)
-            except (DNError, KeyError, TypeError, ValueError, IndexError) as exc:
-                key = codec.log_key(self.shard, rec.seq)  # checksummed, yet not a command
-                raise Corruption(f"object {key} holds a command that does not apply: {exc!r}",
-                                 key=key) from exc
-            self.counters["replayed_commands"] += 1
-            self._maybe_freeze_locked()
-
-    # -- public DDL and writes --------------------------------------------------------------
+    # -- DDL and writes (dn.write.path) ------------------------------------------------------
 
     def create_database(self, db: str) -> int:
         """Create a database; returns the commit timestamp."""
-        return self._ddl(cat.ddl_create_database(db))
+        return self._writes.create_database(db)
 
     def drop_database(self, db: str) -> int:
         """Drop a database and every table in it; returns the commit timestamp."""
-        return self._ddl(cat.ddl_drop_database(db))
+        return self._writes.drop_database(db)
 
     def create_table(self, db: str, table: str, schema: dict[str, str],
                      primary_key: str | list[str]) -> int:
         """Create a table; ``schema`` maps column names to type names."""
-        return self._ddl(cat.ddl_create_table(db, table, schema, primary_key))
+        return self._writes.create_table(db, table, schema, primary_key)
 
     def drop_table(self, db: str, table: str) -> int:
         """Drop a table; it stays readable at snapshots before the returned timestamp."""
-        return self._ddl(cat.ddl_drop_table(db, table))
-
-    def _ddl(self, cmd: list) -> int:
-        self._check_usable()
-        args = cmd[1:]
-        return self._submit(Pending(cmd[0], args, codec.pack(args)))
+        return self._writes.drop_table(db, table)
 
     def write(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
         """Apply upserts (row dicts) and deletes (primary keys) atomically; returns the commit
         timestamp once the batch is durable."""
-        p = self._prepare_write(db, table, upserts, deletes)
-        return self._submit(p)
+        return self._writes.write(db, table, upserts, deletes)
 
     async def write_async(self, db: str, table: str, upserts: Any = (),
                           deletes: Any = ()) -> int:
         """:meth:`write` for asyncio: validation runs in the calling coroutine; the writes of
-        all coroutines waiting meanwhile go to the log together (see :mod:`dn.aio`)."""
-        p = self._prepare_write(db, table, upserts, deletes)
-        return await self._aio.submit(p)
-
-    def _prepare_write(self, db: str, table: str, upserts: Any, deletes: Any) -> Pending:
-        self._check_usable()
-        tdef = self._catalog.live_table(db, table)
-        rows = tdef.normalize_rows(upserts, self.settings.max_value_bytes)
-        dels = tdef.normalize_deletes(deletes)
-        tdef.check_batch(rows, dels, self.settings.max_batch_rows)
-        args = [tdef.id, rows, dels]
-        payload = codec.pack(args)
-        self._check_size(payload)
-        return Pending(OP_WRITE, args, payload, tdef, len(rows) + len(dels))
-
-    def _submit_all(self, ps: list[Pending]) -> None:
-        """Commit many prepared commands from one thread (each ends with its ts or error)."""
-        try:
-            self._admit()
-        except DNError as exc:
-            for p in ps:
-                p.error, p.done = exc, True
-            return
-        self._queue.submit_all(ps, self._stamp, self._persist, self._apply_group)
+        all coroutines waiting meanwhile go to the log together (see :mod:`dn.write.aio`)."""
+        return await self._writes.write_async(db, table, upserts, deletes)
 
     def write_columns(self, db: str, table: str, columns: Any, deletes: Any = ()) -> int:
         """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
         of equal length (lists, tuples, numpy arrays), one value per row; a column left out
         is null in every row. The same checks, atomicity and result as :meth:`write`, without
         a dict or tuple per row."""
-        self._check_usable()
-        tdef = self._catalog.live_table(db, table)
-        cols, _ = tdef.normalize_columns(columns, self.settings.max_value_bytes)
-        dels = tdef.normalize_deletes(deletes)
-        n = len(tdef.check_keys(tdef.column_keys(cols), dels, self.settings.max_batch_rows))
-        chunks = [cols] if cols else []
-        args = [tdef.id, chunks, dels]
-        return self._submit_write(tdef, args, codec.pack(args), n, OP_WRITE_COLUMNS)
+        return self._writes.write_columns(db, table, columns, deletes)
 
-    def write_packed_columns(self, db: str, table: str, chunks: list[bytes] | tuple,
-                             dels_blob: bytes = b"\x90", table_id: int | None = None) -> int:
-        """:meth:`write_columns` for a batch a client already validated and packed: each of
-        ``chunks`` is the msgpack array of a run of rows by column (one array per column, in
-        column order, of equal non-zero lengths, values in normal form), so that each travels
-        inline in a Ray call; ``dels_blob`` is the msgpack array of primary keys. Checked
-        here again (cheaply, column by column), then logged as they are, without packing
-        them again. ``table_id``, when given, must be the live table's."""
-        self._check_usable()
-        tdef = self._catalog.live_table(db, table)
-        if table_id is not None and table_id != tdef.id:
-            raise InvalidArgument(f"table {db}.{table} is not the table the batch was made for "
-                                  "(it was dropped and created again)")
-        if (not isinstance(chunks, list | tuple) or not all(isinstance(c, bytes) for c in chunks)
-                or not isinstance(dels_blob, bytes)):
-            raise InvalidArgument("packed chunks and deletes must be bytes (chunks: a list)")
-        try:
-            decoded = [codec.unpack_tuples(c) for c in chunks]
-            dels = codec.unpack_tuples(dels_blob)
-        except Exception as exc:
-            raise InvalidArgument(f"packed batch does not decode: {exc}") from None
-        keys: list = []
-        for cols in decoded:
-            tdef.check_packed_columns(cols, self.settings.max_value_bytes)
-            keys.extend(tdef.column_keys(cols))
-        dels = self._packed_deletes(tdef, dels, dels_blob)
-        n = len(tdef.check_keys(keys, dels, self.settings.max_batch_rows))
-        payload = (b"\x93" + codec.pack(tdef.id) + codec.array_header(len(chunks))
-                   + b"".join(chunks) + dels_blob)
-        return self._submit_write(tdef, [tdef.id, decoded, dels], payload, n, OP_WRITE_COLUMNS)
+    def write_packed_columns(self, part: WritePart) -> int:
+        """:meth:`write_columns` for a batch a client validated and packed
+        (:class:`dn.write.part.WritePart`): checked here again (cheaply, column by column),
+        then logged as it came, without packing it again. A part made for another table of
+        its name raises :class:`dn.errors.StaleTable`; a malformed one InvalidArgument."""
+        return self._writes.write_packed_columns(part)
 
-    @staticmethod
-    def _packed_deletes(tdef: TableDef, dels: Any, dels_blob: bytes) -> list:
-        """The decoded deletes of a packed batch, checked to be in normal form."""
-        if not isinstance(dels, list | tuple):
-            raise InvalidArgument("packed deletes must be an array of primary keys")
-        if not dels:
-            return []
-        dels = tdef.normalize_deletes(list(dels))
-        if codec.pack(dels) != dels_blob:
-            raise InvalidArgument("packed deletes are not in normal form")
-        return dels
+    def queued_bytes(self) -> int:
+        """Encoded bytes waiting in the checkpoint queue (what backpressure counts)."""
+        return self._writes.queued_bytes()
 
-    def _submit_write(self, tdef: TableDef, args: list, payload: bytes, n: int,
-                      op: int = OP_WRITE) -> int:
-        self._check_size(payload)
-        return self._submit(Pending(op, args, payload, tdef, n))
+    # -- upkeep (dn.upkeep.scheduler) ---------------------------------------------------------
 
-    def _check_size(self, payload: bytes) -> None:
-        if len(payload) > self.settings.max_batch_bytes:
-            raise InvalidArgument(
-                f"batch is {len(payload)} bytes, over max_batch_bytes="
-                f"{self.settings.max_batch_bytes}")
+    def freeze(self) -> tuple[int, int] | None:
+        """Freeze the mutable buffer into the checkpoint queue; returns its range (or None if
+        it was empty)."""
+        return self._upkeep.freeze()
 
-    def _submit(self, p: Pending) -> int:
-        self._admit()
-        return self._queue.submit(p, self._stamp, self._persist, self._apply_group)
+    def flush(self) -> int:
+        """Run every queued buffer checkpoint; returns how many ran."""
+        return self._upkeep.flush()
 
-    def _admit(self) -> None:
-        """Backpressure: slow writers (they run a buffer checkpoint) or refuse them."""
-        queued = self._queued_bytes()
-        if queued >= self.settings.queue_slow_bytes:
-            self.flush_one()
-            queued = self._queued_bytes()
-        if queued >= self.settings.queue_stop_bytes:
-            raise Unavailable(
-                f"shard {self.shard} is behind: {queued} bytes await buffer checkpoints "
-                f"(limit {self.settings.queue_stop_bytes}); retry later")
+    def flush_one(self) -> bool:
+        """Buffer checkpoint of the oldest queued buffer; False when the queue is empty."""
+        return self._upkeep.flush_one()
 
-    def _queued_bytes(self) -> int:
-        # Without the lock: an advisory figure for backpressure, read on every write; a copy
-        # of the list is atomic under the GIL and buffers only ever leave it.
-        return sum(b.nbytes for b in self._frozen[:])
+    def checkpoint(self) -> int | None:
+        """Write a checkpoint at the newest range object (if there is one newer than the last
+        checkpoint); returns the checkpoint's timestamp, or None if there is none at all."""
+        return self._upkeep.checkpoint()
 
-    def _stamp(self, p: Pending) -> None:
-        """Under the lock: re-check against the live catalog and take a timestamp."""
-        self._check_usable_locked()
-        if p.op in WRITE_OPS:
-            live = self._catalog.live_table(p.table.db, p.table.name)
-            if live.id != p.table.id:
-                raise InvalidArgument(
-                    f"table {p.table.db}.{p.table.name} was dropped and created again while "
-                    "this write was being prepared; retry it")
-        else:
-            self._catalog.check([p.op, *p.args], 0)
-        p.ts = self._hlc.next()
+    def maintain(self) -> None:
+        """One round of background work: freeze on age, run queued buffer checkpoints,
+        checkpoint on the delta or interval trigger, compact, collect garbage."""
+        self._upkeep.maintain()
 
-    def _persist(self, group: list[Pending]) -> None:
-        """Outside the lock (leader only): settle an unknown outcome, then log the group."""
-        assert self._log is not None
-        if self._log.unknown:
-            self._settle_locked_out()
-        try:
-            self._log.append([encode_command(p.ts, p.op, p.payload) for p in group],
-                             group[-1].ts)
-        except Fenced as exc:
-            self._fail(exc)
-            raise
-        except Unavailable as exc:
-            if exc.outcome_unknown:
-                with self._cv:
-                    self._unknown_lo = group[0].ts
-            raise
+    def compact(self) -> bool:
+        """Run one compaction the policy asks for; False if none."""
+        return self._upkeep.compact()
 
-    def _settle_locked_out(self) -> None:
-        """Leader only, lock not held: resolve the log's unknown outcome and apply what had
-        landed. Raises Unavailable while the store still fails."""
-        assert self._log is not None
-        try:
-            landed = self._log.resolve()
-        except Fenced as exc:
-            self._fail(exc)
-            raise
-        with self._cv:
-            if landed is not None:
-                self._replay(landed)  # the commands are durable: apply them as recovery would
-            self._unknown_lo = None
-            self._cv.notify_all()
+    def collect_garbage(self, force: bool = False) -> int:
+        """Delete objects nothing references any more (after a grace period); returns how many
+        were deleted."""
+        return self._upkeep.collect_garbage(force)
 
-    def _apply_group(self, group: list[Pending]) -> None:
-        try:
-            for p in group:
-                self._apply_command(p.ts, p.op, p.args, len(p.payload) + 16, p.table)
-                self.counters["rows_written"] += p.nrows
-            self._maybe_freeze_locked()
-        except Exception as exc:
-            self._fail(Internal(f"shard {self.shard}: applying a durable group failed: {exc!r}"))
-            raise
+    def oldest_readable(self) -> int:
+        """The oldest timestamp snapshot and range reads are served for (0: no limit)."""
+        return self._state.oldest_readable()
 
-    def _apply_command(self, ts: int, op: int, args: list, nbytes: int,
-                       tdef: TableDef | None = None) -> None:
-        """Under the lock: apply one durable command to the mutable buffer (and catalog)."""
-        buf = self._mutable
-        if buf.empty:
-            buf.born = self._clock.monotonic()
-        if op in WRITE_OPS:
-            table_id, rows, dels = args  # rows: row tuples, or chunks of columns
-            if tdef is None:  # replayed: msgpack gave lists; keys must be hashable tuples
-                tdef = self._catalog.table_by_id(table_id)
-                if len(tdef.pk_pos) > 1:
-                    dels = [tuple(k) for k in dels]
-            if op == OP_WRITE:
-                buf.apply_write(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
-            else:
-                buf.apply_columns(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels,
-                                  nbytes)
-        else:
-            cmd = [op, *args]
-            self._catalog.apply(cmd, ts)
-            buf.apply_ddl(ts, cmd, nbytes)
-        self._last_applied = ts
+    # -- reads (dn.read.snapshots, dn.read.view) ----------------------------------------------
+
+    def snapshot(self) -> int:
+        """A timestamp to pass as ``snapshot=`` for repeatable reads: it covers every write
+        acknowledged so far, and no later commit gets a timestamp at or below it."""
+        return self._reads.snapshot()
+
+    def advance_floor(self, ts: int) -> int:
+        """Promise that no later commit gets a timestamp <= ``ts`` and wait for commits in
+        flight at or below it; returns ``ts``. Used by cross-shard snapshot reads."""
+        return self._reads.advance_floor(ts)
+
+    def clock(self) -> int:
+        """The newest timestamp this shard has issued or promised."""
+        return self._reads.clock()
+
+    def read_view(self, db: str, table: str, snapshot: int | None = None,
+                  from_ts: int | None = None) -> ReadView:
+        """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
+        for a change feed, from ``from_ts``). Readers in other processes materialize it."""
+        return self._reads.read_view(db, table, snapshot, from_ts)
+
+    def snapshot_plan(self, ts: int) -> Plan:
+        """Seed 001's snapshot-read plan at ``ts``."""
+        return self._reads.snapshot_plan(ts)
+
+    def range_plan(self, snapshot: int, from_ts: int) -> Plan:
+        """Seed 001's range-read plan for from_ts <= ts <= snapshot."""
+        return self._reads.range_plan(snapshot, from_ts)
+
+    def get(self, db: str, table: str, pk: Any, snapshot: int | None = None,
+            columns: list[str] | None = None) -> dict | None:
+        """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
+        view = self.read_view(db, table, snapshot)
+        key = view.table.check_key(pk)
+        return materialize_get(self._state.reader, view, key, columns)
+
+    def scan(self, db: str, table: str, snapshot: int | None = None,
+             columns: list[str] | None = None, start: Any = None,
+             end: Any = None) -> Iterator[dict]:
+        """Rows with start <= pk < end at ``snapshot``, in primary-key order, as dicts."""
+        view = self.read_view(db, table, snapshot)
+        t = view.table
+        start = None if start is None else t.check_key(start)
+        end = None if end is None else t.check_key(end)
+        return materialize(self._state.reader, view, columns=columns, start=start, end=end)
+
+    def changes(self, db: str, table: str, from_ts: int, snapshot: int | None = None,
+                columns: list[str] | None = None) -> Iterator[Change]:
+        """Every change with from_ts <= ts <= snapshot, in (ts, pk) order, as Change
+        records (``ts``, ``kind``, ``pk``, ``row``)."""
+        view = self.read_view(db, table, snapshot, check_from_ts(from_ts))
+        return materialize(self._state.reader, view, columns=columns)
+
+    def databases(self, snapshot: int | None = None) -> list[str]:
+        return self._reads.databases(snapshot)
+
+    def tables(self, db: str, snapshot: int | None = None) -> list[str]:
+        return self._reads.tables(db, snapshot)
+
+    def live_table(self, db: str, table: str) -> TableDef:
+        """The table as it is now, without waiting for commits in flight (a catalog lookup:
+        for checks on the write path, not for reads)."""
+        return self._reads.live_table(db, table)
+
+    def table(self, db: str, table: str, snapshot: int | None = None) -> TableDef:
+        return self._reads.table(db, table, snapshot)
 
     # -- state ------------------------------------------------------------------------------
 
     def status(self) -> dict:
         """The state of the shard at a glance."""
-        with self._cv:
-            buffers = [self._mutable.describe()] + [b.describe() for b in
-                                                    reversed(self._frozen)]
+        s = self._state
+        with s.cv:
+            buffers = [s.mutable.describe()] + [b.describe() for b in reversed(s.frozen)]
             out = {
-                "shard": self.shard,
-                "epoch": self.epoch,
-                "state": self._state_locked(),
-                "clock": self._hlc.last,
-                "last_applied": self._last_applied,
+                "shard": s.shard,
+                "epoch": s.epoch,
+                "state": s.state_locked(),
+                "clock": s.hlc.last,
+                "last_applied": s.last_applied,
                 "buffers": buffers,
-                "queue_length": len(self._frozen),
-                "queue_bytes": sum(b.nbytes for b in self._frozen),
-                "ranges": list(self._ranges),
-                "checkpoints": list(self._checkpoints),
-                "last_checkpoint": self._checkpoints[-1] if self._checkpoints else None,
-                "commits_since_checkpoint": self._commits_since_checkpoint_locked(),
-                "rows_in_memory": sum(b.rows() for b in [self._mutable, *self._frozen]),
-                "group_commits": self._queue.groups,
-                "commits": self._queue.commands,
-                "counters": dict(self.counters),
+                "queue_length": len(s.frozen),
+                "queue_bytes": sum(b.nbytes for b in s.frozen),
+                "ranges": list(s.ranges),
+                "checkpoints": list(s.checkpoints),
+                "last_checkpoint": s.checkpoints[-1] if s.checkpoints else None,
+                "commits_since_checkpoint": self._upkeep.commits_since_checkpoint_locked(),
+                "rows_in_memory": sum(b.rows() for b in [s.mutable, *s.frozen]),
+                "group_commits": s.queue.groups,
+                "commits": s.queue.commands,
+                "counters": dict(s.counters),
             }
-        with self._cv:
-            sized = [(r, self._sizes.get(r, 0)) for r in self._ranges]
+        with s.cv:
+            sized = [(r, s.sizes.get(r, 0)) for r in s.ranges]
         out["objects"] = {
             "live_ranges": len(sized),
             "live_range_bytes": sum(n for _, n in sized),
             "live_checkpoints": len(out["checkpoints"]),
-            "awaiting_gc": len(self._collector.pending),
-            "deleted_by_gc": self._collector.deleted,
-            "compaction_debt": self._policy.debt(sized),
-            "compaction_bound": self._policy.bound(
-                sum(n for _, n in sized if n < self.settings.compaction_max_bytes)),
+            "awaiting_gc": len(s.collector.pending),
+            "deleted_by_gc": s.collector.deleted,
+            "compaction_debt": s.policy.debt(sized),
+            "compaction_bound": s.policy.bound(
+                sum(n for _, n in sized if n < s.settings.compaction_max_bytes)),
         }
-        out["oldest_readable"] = self.oldest_readable()
-        out["log"] = self._log.status() if self._log else None
-        out["cache"] = self._cache.status()
-        out["manifest_version"] = self._manifest.current.version if self._manifest.current else 0
+        out["oldest_readable"] = s.oldest_readable()
+        out["log"] = s.log.status() if s.log else None
+        out["cache"] = s.cache.status()
+        out["manifest_version"] = s.manifest.current.version if s.manifest.current else 0
         return out
-
-    def _state_locked(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._broken is not None:
-            return "fenced" if isinstance(self._broken, Fenced) else "broken"
-        if self._unknown_lo is not None:
-            return "settling"
-        return "open"
 
     def close(self) -> None:
         """Stop background work and release the engine. Everything acknowledged is in the
         log already; nothing is lost by closing without a flush."""
+        s = self._state
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        with self._cv:
-            already = self._closed
-            self._closed = True
-            self._queue.fail_all(Closed(f"shard {self.shard} is closed"))
+        with s.cv:
+            already = s.closed
+            s.closed = True
+            s.queue.fail_all(Closed(f"shard {s.shard} is closed"))
         if self._made_log_store is not None and not already:
             self._made_log_store.close()  # its open files; a store passed in is the caller's
 
@@ -508,22 +363,9 @@ class Engine(Upkeep, Reads):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fail(self, error: DNError) -> None:
-        with self._cv:
-            if self._broken is None:
-                self._broken = error
-                log.error("shard %d stops: %s", self.shard, error)
-            self._queue.fail_all(error)
-
-    def _check_usable(self) -> None:
-        with self._cv:
-            self._check_usable_locked()
-
-    def _check_usable_locked(self, reading: bool = False) -> None:
-        if self._closed:
-            raise Closed(f"shard {self.shard} is closed")
-        if self._broken is not None:
-            raise self._broken
+    def _check(self) -> None:
+        """Invariants of the whole shard (tests call this after each step)."""
+        self._state._check()
 
     # -- background -------------------------------------------------------------------------
 
@@ -545,22 +387,6 @@ class Engine(Upkeep, Reads):
                 self.counters["maintain_errors"] += 1
                 log.exception("shard %d: background work failed", self.shard)
 
-    def _check(self) -> None:
-        """Invariants of the whole shard (tests call this after each step)."""
-        with self._cv:
-            bufs = [*self._frozen, self._mutable]
-            for b in bufs:
-                b._check()
-            for a, b in zip(bufs, bufs[1:]):
-                assert a.to_ts is not None and b.from_ts == a.to_ts + 1, "buffers not contiguous"
-            if self._ranges:
-                assert bufs[0].from_ts == self._ranges[-1][1] + 1, "buffers do not follow ranges"
-            for (_, t0), (f1, _) in zip(self._ranges, self._ranges[1:]):
-                assert f1 == t0 + 1, "ranges not contiguous"
-            assert set(self._stats) >= set(self._ranges), "ranges without statistics"
-            assert self._hlc.last >= self._last_applied
-            self._catalog._check()
-
 
 def _log_store_for(store: ObjectStore, policy: RetryPolicy) -> ObjectStore:
     """The store the log writes to: on a local directory, the log's own layout that costs one
@@ -569,15 +395,3 @@ def _log_store_for(store: ObjectStore, policy: RetryPolicy) -> ObjectStore:
     if type(inner) is LocalStore:
         return RetryingStore(LocalLogStore(inner.root), policy)
     return store
-
-
-def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeobj.TableStats]:
-    out = {}
-    for table_id in ro.tables:
-        run = ro.run(table_id, catalog.table_by_id(table_id).pk_pos)
-        keys = ([run.pks[0], run.pks[-1]] if run.pks else []) + (
-            [run.del_pks[0], run.del_pks[-1]] if run.del_pks else [])
-        out[table_id] = rangeobj.TableStats(len(run.ts), len(run.del_ts),
-                                            min(keys) if keys else None,
-                                            max(keys) if keys else None)
-    return out

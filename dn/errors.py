@@ -10,11 +10,17 @@ InvalidArgument     the request is malformed; nothing was written              n
 NotFound            a database, table, key or object does not exist            no
 AlreadyExists       the thing to create exists already                         no
 Unavailable         a transient failure (store, backpressure, restart)         yes
+StaleTable          a write was made for a table since dropped and created     after a
+                    again; nothing was written                                 refresh
 Corruption          stored bytes fail their checksum or format check           no
 Fenced              a newer incarnation of this shard owns it; stop using it   no
 Closed              the engine was closed                                      no
 Internal            a bug: an invariant did not hold                           no
 ==================  =========================================================  ==========
+
+``StaleTable`` is not retryable as it stands: the same write would be refused again. It asks
+the caller to read the table's definition again, re-validate the batch against it and send it
+again. The cluster's client does this itself for its writes.
 
 ``Unavailable.outcome_unknown`` is True when the operation may or may not have taken effect
 (for example, a log write whose response was lost): retrying a write is then safe only if the
@@ -84,6 +90,14 @@ class Unavailable(DNError):
         return bool(self.details.get("outcome_unknown", False))
 
 
+class StaleTable(DNError):
+    """A write was prepared for a table that is no longer the live one of its name (it was
+    dropped and created again, perhaps with other columns or another primary key). Nothing
+    was written. Refresh the table's definition, validate the batch again, and retry."""
+
+    code = "stale_table"
+
+
 class Corruption(DNError):
     """Stored bytes failed a checksum, length or format check. ``key`` names the object."""
 
@@ -140,5 +154,6 @@ __all__ = [
     "NotFound",
     "ObjectExists",
     "ObjectNotFound",
+    "StaleTable",
     "Unavailable",
 ]

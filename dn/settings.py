@@ -1,8 +1,18 @@
-"""Settings: the tunables of one shard engine, as one typed, documented, frozen object.
+"""Settings: the tunables of DN, as typed, documented, frozen objects.
+
+- :class:`Settings`: one shard engine (``metadata.dn.engine`` in ``cluster.yaml``);
+- :class:`ShellSettings`: the shells around the engines on a cluster: the client library
+  (calls, retries, the buffered writer, reads) and the shard actors (``metadata.dn.shell``).
+  It lives here, beside the engine's, so that both ``shards`` and ``coordinator`` can import
+  it (dependencies run coordinator -> shards -> dn); the engine itself never reads it.
 
 Settings are plain values (numbers, strings); components (store, clock) are passed separately to
-:meth:`dn.Engine.open`. ``Settings.from_dict`` builds one from the ``metadata.dn`` section of
-``cluster.yaml`` (unknown keys are an error, so a typo never silently falls back to a default).
+:meth:`dn.Engine.open`. ``from_dict`` builds one from its section of ``cluster.yaml`` (unknown
+keys are an error, so a typo never silently falls back to a default). Facts of the platform are
+not settings: the largest chunk of a write part (Ray's inline argument limit) is
+:data:`dn.write.part.MAX_CHUNK_BYTES`.
+
+Pure values; any caller, any thread.
 """
 
 from __future__ import annotations
@@ -12,8 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from dn.backoff import Backoff
 from dn.errors import InvalidArgument
 
+KiB = 1024
 MiB = 1024 * 1024
 
 
@@ -61,7 +73,7 @@ class Settings:
     #: Snapshot and range reads are served for timestamps at most this old (seconds); older
     #: versions are dropped by compaction. None keeps every version forever.
     retention_s: float | None = 86_400.0
-    #: Merge range objects in the background (see dn/compaction.py for the policy).
+    #: Merge range objects in the background (see dn/upkeep/compaction.py for the policy).
     compaction: bool = True
     #: Objects merged at once (K); the policy keeps at most (K-1) objects per size level.
     compaction_fanout: int = 4
@@ -117,16 +129,91 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> Settings:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Settings:
         """Settings from a mapping; unknown keys raise :class:`InvalidArgument`."""
-        if values is not None and not isinstance(values, Mapping):
-            raise InvalidArgument(f"engine settings must be a mapping, got {type(values).__name__}")
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidArgument(f"unknown engine settings: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**_known(cls, values, "engine"))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class ShellSettings:
+    """Tunables of the cluster's client library and shard actors. Every field has a default
+    (the values the benchmarks were measured with); see each comment."""
+
+    #: How long a client keeps retrying a call whose shard or coordinator is unavailable
+    #: (restarting, or refusing writes because it is behind) before raising Unavailable (s).
+    retry_s: float = 60.0
+    #: How long one call to an actor may take before it counts as unavailable (seconds).
+    call_timeout_s: float = 120.0
+    #: Backoff between retries of an unavailable call: the first delay (seconds), doubled at
+    #: each retry...
+    retry_base_delay_s: float = 0.05
+    #: ...up to this (seconds). Each sleep is drawn from [delay, 2 * delay] (:meth:`backoff`).
+    retry_max_delay_s: float = 1.0
+    #: Bytes of decoded immutable objects each client process caches for reads.
+    client_cache_bytes: int = 256 * MiB
+    #: A buffered writer sends a shard's buffer as one part once it holds this many bytes
+    #: (256 KiB: three inline chunks, about 2,400 rows of 100 bytes)...
+    writer_part_bytes: int = 256 * KiB
+    #: ...or once its oldest row has waited this long (seconds).
+    writer_linger_s: float = 0.1
+    #: A writer's ``write`` waits while a shard's buffer holds this many parts' worth of bytes
+    #: and a part is in flight to that shard (its ``max_buffer_bytes`` by default).
+    writer_buffer_parts: int = 4
+    #: A scan is read by Ray tasks, one per shard, when the cluster has several nodes and the
+    #: shards' plans name this many objects in all...
+    large_read_objects: int = 8
+    #: ...or their in-memory tails hold this many rows.
+    large_read_tail_rows: int = 200_000
+    #: Rows per page a read task streams back to the client.
+    read_page_rows: int = 5_000
+    #: A shard skips its commit wait when the wait would be longer than this plus the clock
+    #: skew (seconds): the clock was pushed far ahead by a future snapshot, and the causality
+    #: token alone orders writes then.
+    commit_wait_max_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("client_cache_bytes", "writer_part_bytes", "writer_buffer_parts",
+                     "large_read_objects", "large_read_tail_rows", "read_page_rows"):
+            value = getattr(self, name)
+            if type(value) is not int or value <= 0:
+                raise InvalidArgument(f"setting {name} must be a positive integer, got {value!r}")
+        for name in ("retry_s", "call_timeout_s", "retry_base_delay_s", "retry_max_delay_s",
+                     "writer_linger_s", "commit_wait_max_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+                raise InvalidArgument(f"setting {name} must be a number >= 0, got {value!r}")
+        if self.writer_linger_s > 60:
+            raise InvalidArgument("setting writer_linger_s must be at most 60 seconds")
+
+    def backoff(self, **inject: Any) -> Backoff:
+        """The backoff of every retry loop of the shells (shard and coordinator calls, a
+        writer's parts): before retry ``n`` a sleep drawn from ``[d, 2d]``, ``d =
+        min(retry_max_delay_s, retry_base_delay_s * 2 ** (n - 1))``. ``inject``: ``sleep``,
+        ``rng``, ``clock`` (tests)."""
+        return Backoff(self.retry_base_delay_s, self.retry_max_delay_s, 1.0, 2.0, **inject)
+
+    def replace(self, **changes: Any) -> ShellSettings:
+        """A copy with ``changes`` applied (validated like the constructor)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ShellSettings:
+        """Settings from a mapping; unknown keys raise :class:`InvalidArgument`."""
+        return cls(**_known(cls, values, "shell"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _known(cls: type, values: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``values`` as a dict, refused when it is not a mapping or names an unknown field."""
+    if values is not None and not isinstance(values, Mapping):
+        raise InvalidArgument(f"{what} settings must be a mapping, got {type(values).__name__}")
+    out = dict(values or {})
+    unknown = sorted(set(out) - {f.name for f in fields(cls)})
+    if unknown:
+        raise InvalidArgument(f"unknown {what} settings: {', '.join(unknown)}")
+    return out

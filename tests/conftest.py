@@ -93,7 +93,7 @@ def ray_session() -> Iterator[str]:
     """A local Ray instance (2 CPUs, 127.0.0.1) for the whole session; yields its address."""
     import ray
 
-    from coordinator.handles import start_local_ray
+    from coordinator.cli.ray_node import start_local_ray
 
     start_local_ray(num_cpus=2, namespace=RAY_TEST_NAMESPACE)  # the node as the project has it
     try:

@@ -16,7 +16,7 @@ import pytest
 import ray
 import ray.cloudpickle
 
-from coordinator.routing import shard_of
+from coordinator.client.routing import shard_of
 from dn.errors import Unavailable
 
 pytestmark = pytest.mark.ray

@@ -1,7 +1,8 @@
-"""The cluster's logic without Ray: config, cluster.yaml, routing, the cluster catalog, the
-coordinator's DDL protocol, and the whole client run against in-process shards.
+"""The cluster's logic without Ray: config, cluster.yaml and the shells' settings, the one
+backoff of the retry loops, routing, the cluster catalog, the coordinator's DDL protocol, and
+the whole client run against in-process shards (stale tables refused and written again).
 
-``LocalShards`` implements :class:`coordinator.reads.ShardCalls` over :class:`ShardService`
+``LocalShards`` implements :class:`coordinator.client.fanout.ShardCalls` over :class:`ShardService`
 objects and pickles every argument, result and error, as Ray would.
 """
 
@@ -18,23 +19,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.catalog import ClusterCatalog
-from coordinator.client import Client
-from coordinator.config import ClusterConfig, load_config
-from coordinator.routing import (
+from coordinator.actor.cluster_catalog import ClusterCatalog
+from coordinator.actor.service import CoordinatorService
+from coordinator.client.client import Client
+from coordinator.client.routing import (
     HASH_NAME,
-    pack_columns,
     shard_of,
     split,
     validate_batch,
     validate_columns,
 )
-from coordinator.service import CoordinatorService
-from dn.codec import unpack
+from coordinator.config import ClusterConfig, load_config
 from dn.errors import AlreadyExists, DNError, InvalidArgument, NotFound, Unavailable
+from dn.objects.codec import unpack
 from dn.schema import TableDef
 from dn.store import open_store
-from shards.service import ShardService
+from dn.write.part import pack_columns
+from shards.shard import ShardService
+from tests.fakes import SleepClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +112,7 @@ def test_cluster_yaml_is_valid_for_ray_and_dn():
 def test_cluster_yaml_comments_every_dn_key():
     from dataclasses import fields
 
-    from dn.settings import Settings
+    from dn.settings import Settings, ShellSettings
 
     lines = (ROOT / "cluster.yaml").read_text().splitlines()
     section = lines[lines.index("  dn:") + 1 :]
@@ -123,7 +125,8 @@ def test_cluster_yaml_comments_every_dn_key():
             if indent == 6 and key.isupper():
                 continue  # an example under env:
             keys[key] = section[i - 1].strip().startswith("#")
-    wanted = {f.name for f in fields(ClusterConfig)} | {f.name for f in fields(Settings)}
+    wanted = ({f.name for f in fields(ClusterConfig)} | {f.name for f in fields(Settings)}
+              | {f.name for f in fields(ShellSettings)})
     wanted -= {"background"}  # always off on a cluster
     assert wanted <= set(keys), f"keys missing from cluster.yaml: {wanted - set(keys)}"
     assert all(keys.values()), f"uncommented keys: {[k for k, c in keys.items() if not c]}"
@@ -142,6 +145,161 @@ def test_config_precedence_and_typos(tmp_path):
         load_config({"engine": {"freeze_byte": 1}})
     with pytest.raises(InvalidArgument):
         load_config(None, {"shards": 0})
+
+
+def test_shell_settings_defaults_are_the_old_constants():
+    """The defaults of the shells' settings are the values the benchmarks were measured with
+    (the module constants they replace); cluster.yaml carries the same."""
+    from dn.settings import ShellSettings
+    from dn.write.part import MAX_CHUNK_BYTES
+
+    assert ShellSettings().to_dict() == {
+        "retry_s": 60.0, "call_timeout_s": 120.0, "retry_base_delay_s": 0.05,
+        "retry_max_delay_s": 1.0, "client_cache_bytes": 256 * 1024 * 1024,
+        "writer_part_bytes": 256 * 1024, "writer_linger_s": 0.1, "writer_buffer_parts": 4,
+        "large_read_objects": 8, "large_read_tail_rows": 200_000, "read_page_rows": 5_000,
+        "commit_wait_max_s": 0.25,
+    }
+    assert MAX_CHUNK_BYTES == 90 * 1024  # a fact of Ray, not a setting
+    assert ClusterConfig().shell == ShellSettings()
+    assert load_config(ROOT / "cluster.yaml", environ={}).shell == ShellSettings()
+
+
+def test_shell_settings_round_trip_through_yaml_and_overrides(tmp_path):
+    from dn.settings import ShellSettings
+
+    f = tmp_path / "c.yaml"
+    f.write_text("metadata:\n  dn:\n    retry_s: 5\n    shell:\n      read_page_rows: 7\n")
+    cfg = load_config(f, {"writer_linger_s": 0.5}, environ={})
+    assert (cfg.shell.retry_s, cfg.shell.read_page_rows, cfg.shell.writer_linger_s) == (5, 7, 0.5)
+    doc = {"metadata": {"dn": cfg.to_dict()}}
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(doc))
+    assert load_config(tmp_path / "again.yaml", environ={}) == cfg
+    assert ClusterConfig.from_dict(pickle.loads(pickle.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(InvalidArgument, match="unknown shell settings: read_page_row"):
+        load_config({"shell": {"read_page_row": 1}})
+    for bad in ({"read_page_rows": 0}, {"retry_s": -1}, {"writer_linger_s": 61},
+                {"client_cache_bytes": 1.5}):
+        with pytest.raises(InvalidArgument):
+            ShellSettings(**bad)
+    info = CoordinatorService(ClusterConfig(store=f"memory://cfg-{uuid.uuid4().hex}",
+                                            shell=cfg.shell).to_dict(), LocalShards([])).info()
+    assert ShellSettings.from_dict(info["shell"]) == cfg.shell
+
+
+# -- backoff ---------------------------------------------------------------------------------
+
+
+def test_backoff_schedule_doubles_to_its_cap_within_its_jitter():
+    import random
+
+    from dn.backoff import Backoff, capped_delay
+    from dn.settings import ShellSettings
+    from dn.store.retry import RetryPolicy
+
+    shell = ShellSettings().backoff(rng=random.Random(3))
+    for n, d in enumerate([0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0], start=1):
+        for _ in range(20):
+            assert d <= shell.delay(n) <= 2 * d  # never sooner than the schedule
+    # the store's policy keeps its full-jitter schedule, draw for draw
+    policy, rng = RetryPolicy(rng=random.Random(5)), random.Random(5)
+    for n in range(1, 12):
+        assert policy.backoff(n) == rng.uniform(0.0, min(2.0, 0.02 * 2 ** (n - 1)))
+    assert capped_delay(4, 0.1, 10.0, random.Random(1), 1.0, 1.0) == 0.8
+    assert Backoff(0.1, 0.3, 0.5, 0.5).delay(9) == 0.15
+    with pytest.raises(InvalidArgument):
+        Backoff(-1.0)
+    with pytest.raises(InvalidArgument):
+        Backoff(jitter_min=2.0, jitter_max=1.0)
+
+
+def test_retries_stop_at_the_deadline_and_never_sleep_past_it():
+    import random
+
+    from dn.backoff import Backoff
+
+    t = SleepClock(100.0)
+    b = Backoff(0.1, 1.0, 1.0, 1.0, sleep=t.sleep, rng=random.Random(1), clock=t.clock)
+    r = b.within(2.0)
+    while r.wait():
+        pass
+    assert t.sleeps == pytest.approx([0.1, 0.2, 0.4, 0.8, 0.5])  # the last one cut short
+    assert r.count == 5 and t.now == pytest.approx(102.0)
+    assert b.within(0.0).next_delay() is None  # no budget: no retry
+
+
+def test_shard_group_retries_unavailable_with_its_backoff_and_not_stale_tables():
+    import random
+
+    from dn.backoff import Backoff
+    from dn.errors import StaleTable
+    from dn.settings import ShellSettings
+    from shards.group import ShardGroup
+
+    t = SleepClock(100.0)
+    answers = {0: [Unavailable("down"), Unavailable("down"), 7], 1: [StaleTable("stale")],
+               2: [Unavailable("down")] * 100}
+
+    class Scripted(ShardGroup):
+        def _submit(self, i, method, args):
+            return i
+
+        def _get(self, i, method, ref):
+            out = answers[i].pop(0)
+            if isinstance(out, BaseException):
+                raise out
+            return out
+
+    group = Scripted("ns", 3, backoff=Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep,
+                                              rng=random.Random(1), clock=t.clock))
+    out = group.call_each({i: ("m", ()) for i in range(3)}, retry_s=1.0)
+    assert out[0] == 7 and type(out[1]) is StaleTable and type(out[2]) is Unavailable
+    assert t.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.25])  # cut at the deadline
+    assert len(answers[2]) == 100 - 6
+    plain = ShardGroup("ns", 3, ShellSettings(call_timeout_s=5.0))
+    again = pickle.loads(pickle.dumps(plain))
+    assert again.settings == plain.settings and again.call_timeout_s == 5.0
+
+
+def test_coordinator_handle_retries_with_its_backoff(monkeypatch):
+    import random
+    from types import SimpleNamespace
+
+    import coordinator.actor.handle as handle
+    from dn.backoff import Backoff
+
+    t = SleepClock(100.0)
+    script = [Unavailable("restarting"), Unavailable("restarting"), {"shards": 3}]
+
+    def get(ref, timeout):
+        out = script.pop(0)
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    monkeypatch.setattr(handle, "ray", SimpleNamespace(get=get))
+    actor = SimpleNamespace(info=SimpleNamespace(remote=lambda: "ref"))
+    h = handle.CoordinatorHandle("ns", backoff=Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep,
+                                                       rng=random.Random(1), clock=t.clock))
+    monkeypatch.setattr(h, "_get_actor", lambda: actor)
+    assert h.call("info", retry_s=5.0) == {"shards": 3}
+    assert t.sleeps == pytest.approx([0.05, 0.1])
+    script[:] = [Unavailable("gone")] * 3
+    with pytest.raises(Unavailable):
+        h.call("info")  # no retry budget: the first failure is raised
+
+
+def test_stale_table_maps_through_ray_errors():
+    import ray.exceptions as rx
+
+    from dn.errors import StaleTable
+    from shards.group import map_error
+
+    err = StaleTable("table db.t was redefined", database="db", table="t")
+    for raised in (rx.RayTaskError("write_part", "tb", err),
+                   rx.RayTaskError("write_part", "tb", err).as_instanceof_cause()):
+        got = map_error(raised, "shard 0.write_part")
+        assert type(got) is StaleTable and got.details == {"database": "db", "table": "t"}
 
 
 # -- routing --------------------------------------------------------------------------------
@@ -319,6 +477,78 @@ def test_client_reroutes_after_table_redefined(local_cluster):
         assert client.get("db", "t", f"v{k}") == {"k": k, "v": f"v{k}"}
 
 
+class CountingShards:
+    """``LocalShards`` that records what each write part call answered."""
+
+    def __init__(self, inner: LocalShards, refuse: type | None = None) -> None:
+        self.inner = inner
+        self.refuse = refuse  # answer every write part with this error
+        self.answers: list = []
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def call_each(self, calls, retry_s: float = 0.0):
+        if self.refuse is not None and any(m == "write_part" for m, _ in calls.values()):
+            out = {i: self.refuse("refused", database="db", table="t") for i in calls}
+        else:
+            out = self.inner.call_each(calls, retry_s)
+        self.answers += [r for i, r in out.items() if calls[i][0] == "write_part"]
+        return out
+
+    def start(self, i, method, args, done):
+        self.inner.start(i, method, args, done)
+
+
+def test_a_part_for_a_recreated_table_is_refused_and_the_client_resends_it(local_cluster):
+    """The table is dropped and created again with its two string columns swapped: the same
+    primary key, so routing alone cannot tell. Every shard refuses the stale client's parts
+    with StaleTable; the client looks the table up again, validates the batch against the
+    new definition and sends it again, so each value lands in its own column."""
+    from dn.errors import StaleTable
+
+    client, shards, coord, _ = local_cluster
+    counting = CountingShards(shards)
+    stale = Client("local", coordinator=LocalCoordinator(coord), shards=counting)
+    client.create_database("db")
+    client.create_table("db", "t", {"k": "int64", "a": "string", "b": "string"}, "k")
+    stale.write("db", "t", [{"k": 0, "a": "old", "b": "old"}])
+    client.drop_table("db", "t")
+    client.create_table("db", "t", {"k": "int64", "b": "string", "a": "string"}, "k")
+    counting.answers.clear()
+    rows = [{"k": k, "a": f"a{k}", "b": f"b{k}"} for k in range(30)]
+    ts = stale.write("db", "t", rows)
+    assert [type(r) for r in counting.answers] == [StaleTable] * 3 + [int] * 3
+    assert sorted(client.scan("db", "t", snapshot=ts), key=lambda r: r["k"]) == rows
+    assert stale.token >= ts
+
+
+def test_a_table_redefined_at_every_attempt_raises_stale_table(local_cluster):
+    from coordinator.client.writes import ATTEMPTS
+    from dn.errors import StaleTable
+
+    client, shards, coord, _ = local_cluster
+    client.create_database("db")
+    client.create_table("db", "t", {"k": "int64"}, "k")
+    counting = CountingShards(shards, refuse=StaleTable)
+    refused = Client("local", coordinator=LocalCoordinator(coord), shards=counting)
+    with pytest.raises(StaleTable):
+        refused.write("db", "t", [{"k": k} for k in range(10)])
+    assert len(counting.answers) == ATTEMPTS * 3
+    assert list(client.scan("db", "t")) == []
+
+
+def test_the_client_does_not_retry_a_part_refused_as_malformed(local_cluster):
+    client, shards, coord, _ = local_cluster
+    client.create_database("db")
+    client.create_table("db", "t", {"k": "int64"}, "k")
+    counting = CountingShards(shards, refuse=InvalidArgument)
+    refused = Client("local", coordinator=LocalCoordinator(coord), shards=counting)
+    with pytest.raises(InvalidArgument):
+        refused.write("db", "t", [{"k": k} for k in range(10)])
+    assert len(counting.answers) == 3
+
+
 def test_causality_token_orders_writes_across_shards(local_cluster):
     client, shards, _, _ = local_cluster
     client.create_database("db")
@@ -334,20 +564,20 @@ def test_causality_token_orders_writes_across_shards(local_cluster):
 
 
 def test_large_read_rule_counts_objects_and_tail_rows():
-    from coordinator import reads
-    from dn.plan import Plan
-    from dn.reads import ReadView
-    from dn.run import Run
+    from coordinator.client import fanout
+    from dn.read.plan import Plan
+    from dn.read.run import Run
+    from dn.read.view import ReadView
 
     def view(ranges, tail_rows):
         run = Run(list(range(tail_rows)), [1] * tail_rows, [(0,)] * tail_rows, [], [])
         plan = Plan(None, tuple((i, i) for i in range(ranges)), None, None)
         return ReadView(None, 5, plan, (run,))
 
-    assert not reads.is_large({0: view(20, 0)}, 8, 100)  # one shard: never
-    assert reads.is_large({0: view(4, 0), 1: view(4, 0)}, 8, 100)
-    assert not reads.is_large({0: view(3, 0), 1: view(4, 0)}, 8, 100)
-    assert reads.is_large({0: view(0, 60), 1: view(0, 40)}, 8, 100)
+    assert not fanout.is_large({0: view(20, 0)}, 8, 100)  # one shard: never
+    assert fanout.is_large({0: view(4, 0), 1: view(4, 0)}, 8, 100)
+    assert not fanout.is_large({0: view(3, 0), 1: view(4, 0)}, 8, 100)
+    assert fanout.is_large({0: view(0, 60), 1: view(0, 40)}, 8, 100)
 
 
 @pytest.mark.parametrize("threshold", [0, None])
@@ -359,10 +589,10 @@ def test_scans_over_shards_match_a_model_whichever_merge_runs(local_cluster, mon
     bounds."""
     import random
 
-    import dn.reader
+    import dn.read.pick
 
     if threshold is not None:
-        monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", threshold)
+        monkeypatch.setattr(dn.read.pick, "INT_PICKS_MIN", threshold)
     client, _, _, _ = local_cluster
     client.create_database("m")
     client.create_table("m", "i", {"k": "int64", "v": "string", "n": "float64"}, "k")

@@ -18,8 +18,8 @@ import ray
 import ray.cloudpickle
 
 import coordinator
-from coordinator.handles import CoordinatorHandle
-from coordinator.routing import shard_of
+from coordinator.actor.handle import CoordinatorHandle
+from coordinator.client.routing import shard_of
 from dn.errors import InvalidArgument, NotFound
 
 pytestmark = pytest.mark.ray
@@ -291,7 +291,7 @@ def _worker_processes() -> set[int]:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="counts processes through /proc")
 def test_bursts_of_tasks_reuse_warm_workers_and_start_no_spare_ones(ray_session):
-    """The node config (coordinator.handles.WARM_WORKERS) keeps idle workers and leases one
+    """The node config (coordinator.cli.ray_node.WARM_WORKERS) keeps idle workers and leases one
     at a time: once a burst's workers exist, later bursts of the same size run on them and
     the raylet starts no spare worker (a Python start-up, about a CPU-second each) under a
     burst. With several lease requests in flight, it started two or three per burst."""
@@ -315,7 +315,7 @@ def test_a_local_node_starts_on_loopback_when_ray_was_imported_first(tmp_path):
 
     script = (
         "import ray\n"  # first, with the flag unset
-        "from coordinator.handles import start_local_ray, stop_local_ray\n"
+        "from coordinator.cli.ray_node import start_local_ray, stop_local_ray\n"
         "start_local_ray(num_cpus=1)\n"
         "print('NODE', ray.nodes()[0]['NodeManagerAddress'], "
         "ray.get_runtime_context().gcs_address)\n"

@@ -50,7 +50,7 @@ def test_cluster_on_s3_writes_reads_and_recovers(deploy_cluster, s3_url):
 
     old = client.shards.call(1, "status")
     assert old["ranges"] and old["checkpoints"]
-    from shards.handle import kill_actor, shard_name
+    from shards.group import kill_actor, shard_name
 
     old_pid = client.shards.call(1, "pid")
     kill_actor(shard_name(1), client.namespace, restart=True)

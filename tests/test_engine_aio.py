@@ -1,4 +1,4 @@
-"""The asyncio front door (dn/aio.py): many coroutines' writes share log writes, each gets its
+"""The asyncio front door (dn/write/aio.py): many coroutines' writes share log writes, each gets its
 own timestamp or its own error, and threads can write at the same time."""
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ import time
 
 import pytest
 
-from dn import Engine, ManualClock, Settings, codec
-from dn.reader import ObjectCache, Reader
+from dn import Engine, ManualClock, Settings
+from dn.objects import codec
+from dn.read.cache import ObjectCache
+from dn.read.reader import Reader
+from dn.read.view import materialize
 from dn.store import FaultyStore, MemoryStore, SimulatedCrash
 
 SCHEMA = {"k": "int64", "v": "string"}
@@ -51,8 +54,7 @@ def _range_objects_read_by_latest_scan(eng: Engine, store: MemoryStore) -> int:
     counting = CountingStore(store)
     reader = Reader(counting, 0, ObjectCache(1 << 30))
     view = eng.read_view("db", "t")
-    runs = reader.runs(view.table, view.plan, list(view.tail))
-    rows = list(reader.scan(view.table, view.snapshot, runs))
+    rows = list(materialize(reader, view))
     assert rows == list(eng.scan("db", "t"))
     return sum(1 for k in counting.gets if k.startswith("20/"))
 
@@ -160,8 +162,7 @@ def test_gc_grace_keeps_a_plans_objects_readable():
     clock.advance(30)
     assert eng.collect_garbage() == 0
     reader = Reader(store, 0, ObjectCache(1 << 20))
-    runs = reader.runs(view.table, view.plan, list(view.tail))
-    assert [r["k"] for r in reader.scan(view.table, view.snapshot, runs)] == list(range(6))
+    assert [r["k"] for r in materialize(reader, view)] == list(range(6))
     clock.advance(31)
     assert eng.collect_garbage() > 0
     assert [r["k"] for r in eng.scan("db", "t")] == list(range(6))
@@ -228,7 +229,7 @@ def test_an_idle_shard_makes_no_store_requests():
 
 
 def test_policy_merges_a_run_whose_shadowed_bytes_outgrow_its_largest_object():
-    from dn.compaction import Policy
+    from dn.upkeep.compaction import Policy
 
     p = Policy(fanout=4, base_bytes=100, max_bytes=10_000)
     r = [((i, i), size) for i, size in enumerate([100, 30, 30, 30])]

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from dn import Engine, ManualClock, Settings
-from dn.codec import pack
 from dn.store import FaultyStore, MemoryStore, RetryPolicy, SimulatedCrash, open_store
+from dn.write.part import WritePart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,8 +160,9 @@ def _workload(eng: Engine, acked: list, attempted: list) -> None:
             elif arg % 3 == 1:
                 ts = eng.write_columns("db", "t", {"k": keys, "v": [f"w{arg}"] * 3}, dels)
             else:
-                ts = eng.write_packed_columns("db", "t", [pack([keys, [f"w{arg}"] * 3])],
-                                              pack(dels))
+                part = WritePart.from_columns(eng.live_table("db", "t"),
+                                              [keys, [f"w{arg}"] * 3], dels)
+                ts = eng.write_packed_columns(part)
             acked.append((arg, ts))
         elif kind == "freeze":
             eng.freeze()

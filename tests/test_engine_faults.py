@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from dn import Corruption, Engine, Fenced, ManualClock, Settings, Unavailable, codec
+from dn import Corruption, Engine, Fenced, ManualClock, Settings, Unavailable
+from dn.objects import codec
 from dn.store import FaultyStore, MemoryStore, RetryingStore, RetryPolicy, open_store
 
 SCHEMA = {"k": "int64", "v": "string"}
@@ -227,8 +228,8 @@ def test_corrupt_range_object_is_detected_at_read_time():
     eng = Engine.open(settings=_settings(), store=store, clock=ManualClock())
     key = store.list("20/")[0]  # read through the checkpoint, not at recovery
     _flip(store, key)
-    eng._cache = type(eng._cache)(1)  # drop what recovery cached
-    eng.reader.cache = eng._cache
+    eng._state.cache = type(eng.reader.cache)(1)  # drop what recovery cached
+    eng.reader.cache = eng._state.cache
     with pytest.raises(Corruption) as err:
         list(eng.scan("db", "t"))
     assert err.value.key == key

@@ -21,8 +21,9 @@ from dn import (
     NotFound,
     Settings,
 )
-from dn.codec import pack as codec_pack
+from dn.objects.codec import pack as codec_pack
 from dn.store import MemoryStore
+from dn.write.part import WritePart, pk_signature
 
 SCHEMA = {"k": "int64", "s": "string", "f": "float64", "b": "bytes", "ok": "bool"}
 
@@ -177,6 +178,13 @@ def _cols(n: int = 1, **given) -> bytes:
     return codec_pack([given.get(c, [None] * n) for c in SCHEMA])
 
 
+def _write_packed(eng: Engine, table: str, chunks, dels=b"\x90") -> int:
+    """``chunks`` and ``dels`` (packed) written as one part made for the live ``db.table``."""
+    live = eng.live_table("db", table)
+    return eng.write_packed_columns(
+        WritePart("db", table, live.id, pk_signature(live), 0, dels, chunks))
+
+
 PACKED_BAD = [
     # (what, chunks, packed deletes, words the message must contain)
     ("not msgpack", [b"\xc1"], b"\x90", "decode"),
@@ -211,7 +219,7 @@ def test_packed_chunks_read_back_as_one_batch(shard):
     eng, _ = shard
     rows = [(200 + i, f"s{i}", i * 0.5, b"b", True) for i in range(40)]
     chunks = [codec_pack([list(c) for c in zip(*rows[i:i + 7])]) for i in range(0, 40, 7)]
-    ts = eng.write_packed_columns("db", "t", chunks, codec_pack([2]))
+    ts = _write_packed(eng, "t", chunks, codec_pack([2]))
     got = list(eng.scan("db", "t", snapshot=ts, start=200, end=240))
     assert got == [dict(zip(SCHEMA, r)) for r in rows]
     assert eng.get("db", "t", 2, snapshot=ts) is None
@@ -220,7 +228,7 @@ def test_packed_chunks_read_back_as_one_batch(shard):
 
 def test_packed_columns_with_nulls_read_back(shard):
     eng, _ = shard
-    ts = eng.write_packed_columns("db", "t", [_cols(2, k=[400, 401], f=[None, 1.5])])
+    ts = _write_packed(eng, "t", [_cols(2, k=[400, 401], f=[None, 1.5])])
     got = list(eng.scan("db", "t", snapshot=ts, start=400, end=402))
     assert got == [{"k": 400, "s": None, "f": None, "b": None, "ok": None},
                    {"k": 401, "s": None, "f": 1.5, "b": None, "ok": None}]
@@ -257,7 +265,8 @@ BAD_BY_COLUMN = [("packed", *c) for c in PACKED_BAD] + [("columns", *c) for c in
 def test_bad_batches_by_column_are_refused_and_change_nothing(shard, how, what, batch, dels,
                                                               words):
     eng, store = shard
-    write = eng.write_packed_columns if how == "packed" else eng.write_columns
+    write = ((lambda _db, table, chunks, d: _write_packed(eng, table, chunks, d))
+             if how == "packed" else eng.write_columns)
     before = store.snapshot()
     with pytest.raises(InvalidArgument) as err:
         write("db", "t", batch, dels)
@@ -298,8 +307,7 @@ def test_composite_key_columns_survive_a_reopen():
     eng.create_database("db")
     eng.create_table("db", "c", {"g": "string", "n": "int64", "v": "float64"}, ["g", "n"])
     eng.write_columns("db", "c", {"g": ["a", "a", "b"], "n": [1, 2, 1], "v": [1, 2, None]})
-    eng.write_packed_columns("db", "c", [codec_pack([["b"], [2], [0.5]])],
-                             codec_pack([("a", 1)]))
+    _write_packed(eng, "c", [codec_pack([["b"], [2], [0.5]])], codec_pack([("a", 1)]))
     want = list(eng.scan("db", "c"))
     assert want == [{"g": "a", "n": 2, "v": 2.0}, {"g": "b", "n": 1, "v": None},
                     {"g": "b", "n": 2, "v": 0.5}]
@@ -321,3 +329,103 @@ def test_columns_may_be_ranges_and_hold_nulls_outside_the_key(shard):
     assert got == [{"k": 800, "s": None, "f": None, "b": None, "ok": None},
                    {"k": 801, "s": "b", "f": 2.0, "b": None, "ok": None},
                    {"k": 802, "s": None, "f": 0.5, "b": None, "ok": None}]
+
+
+# -- the write part's codec (dn.write.part) -----------------------------------------------------
+
+
+def test_a_write_part_round_trips_through_its_call_and_logs_op5_bytes():
+    """Packed once on the client, carried as call arguments (pickled, as Ray would), taken
+    back by the shard, decoded, and logged as ``[table_id, [chunk, ...], deletes]``: the very
+    bytes of op 5 (pinned here; docs/formats.md)."""
+    import pickle
+
+    from dn.schema import TableDef
+
+    t = TableDef("db", "t", (("k", "int64"), ("v", "string")), ("k",), 300)
+    part = WritePart.from_columns(t, [[1, 2], ["a", None]], [7], after=5)
+    assert (part.table_id, part.pk_signature, part.after) == (300, (("k", "int64"),), 5)
+    args = pickle.loads(pickle.dumps(part.to_call()))
+    assert len(args) == 2 + len(part.chunks)
+    back = WritePart.from_call(*args)
+    assert back == part
+    decoded = back.decode(t, 1 << 20, 100)
+    assert (decoded.chunks, decoded.deletes, decoded.nrows) == ([((1, 2), ("a", None))], [7], 3)
+    assert back.log_payload() == codec_pack([300, [[[1, 2], ["a", None]]], [7]])
+    assert back.log_payload().hex() == "93cd012c919292010292a161c09107"
+    no_rows = WritePart.from_columns(t, [], [1, 2])
+    assert no_rows.chunks == () and no_rows.log_payload() == codec_pack([300, [], [1, 2]])
+
+
+def test_a_large_part_travels_as_separate_arguments_under_the_inline_limit():
+    from dn.schema import TableDef
+    from dn.write.part import MAX_CHUNK_BYTES
+
+    t = TableDef("db", "t", (("k", "int64"), ("b", "bytes")), ("k",), 9)
+    n = 3000
+    part = WritePart.from_columns(t, [list(range(n)), [b"x" * 100] * n], [])
+    head, dels, *chunks = part.to_call()
+    assert len(chunks) > 1 and all(len(c) <= MAX_CHUNK_BYTES for c in chunks)
+    assert len(codec_pack(list(head))) < 200 and dels == b"\x90"
+    decoded = WritePart.from_call(head, dels, *chunks).decode(t, 1 << 20, 10_000)
+    assert [k for cols in decoded.chunks for k in cols[0]] == list(range(n))
+
+
+BAD_CALLS_OF_A_PART = [
+    # (what, the call's arguments given the live table, words the message must contain)
+    ("head not an array", lambda t: ("db", b"\x90"), "head"),
+    ("head too short", lambda t: (("db", "t", t.id, pk_signature(t)), b"\x90"), "head"),
+    ("table id not an int", lambda t: (("db", "t", str(t.id), pk_signature(t), 0), b"\x90"),
+     "table_id"),
+    ("negative after", lambda t: (("db", "t", t.id, pk_signature(t), -1), b"\x90"), "after"),
+    ("table name not a str", lambda t: (("db", 7, t.id, pk_signature(t), 0), b"\x90"), "names"),
+    ("signature not pairs", lambda t: (("db", "t", t.id, ["k"], 0), b"\x90"), "pairs"),
+    ("deletes not bytes", lambda t: (("db", "t", t.id, pk_signature(t), 0), [5]), "bytes"),
+    ("a chunk not bytes", lambda t: (("db", "t", t.id, pk_signature(t), 0), b"\x90", "x"),
+     "bytes"),
+    ("routed by another key", lambda t: (("db", "t", t.id, (("s", "string"),), 0), b"\x90",
+                                         _cols(k=[5])), "routed by primary key"),
+]
+
+
+@pytest.mark.parametrize("what, args, words", BAD_CALLS_OF_A_PART,
+                         ids=[c[0] for c in BAD_CALLS_OF_A_PART])
+def test_a_malformed_part_is_refused_with_a_typed_error_and_changes_nothing(shard, what, args,
+                                                                             words):
+    eng, store = shard
+    before = store.snapshot()
+    with pytest.raises(InvalidArgument) as err:
+        eng.write_packed_columns(WritePart.from_call(*args(eng.live_table("db", "t"))))
+    assert words in str(err.value), str(err.value)
+    assert store.snapshot() == before
+
+
+def test_a_part_made_for_a_dropped_and_recreated_table_is_stale():
+    """The same name, columns and primary key, but another table: its part is refused with
+    StaleTable (it pickles as itself, so it crosses Ray), and nothing is written."""
+    import pickle
+
+    from dn.errors import StaleTable
+
+    store = MemoryStore()
+    eng = Engine.open(settings=Settings(background=False), store=store, clock=ManualClock())
+    try:
+        eng.create_database("db")
+        eng.create_table("db", "r", {"k": "int64", "v": "string"}, "k")
+        old = eng.live_table("db", "r")
+        part = WritePart.from_columns(old, [[1], ["x"]], [])
+        assert eng.get("db", "r", 1, snapshot=eng.write_packed_columns(part)) == {"k": 1,
+                                                                                  "v": "x"}
+        eng.drop_table("db", "r")
+        eng.create_table("db", "r", {"k": "int64", "v": "string"}, "k")
+        before = store.snapshot()
+        with pytest.raises(StaleTable, match="redefined") as err:
+            eng.write_packed_columns(part)
+        assert store.snapshot() == before and list(eng.scan("db", "r")) == []
+        again = pickle.loads(pickle.dumps(err.value))
+        assert type(again) is StaleTable and again.details == {"database": "db", "table": "r"}
+        assert not again.retryable and again.code == "stale_table"
+        new = WritePart.from_columns(eng.live_table("db", "r"), [[1], ["y"]], [])
+        assert eng.get("db", "r", 1, snapshot=eng.write_packed_columns(new))["v"] == "y"
+    finally:
+        eng.close()

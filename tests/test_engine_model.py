@@ -106,7 +106,7 @@ def run_model(url: str, seed: int, steps: int, retention: bool = False) -> None:
 def check_bucket(eng: Engine) -> None:
     """After GC with no grace, the bucket holds exactly what the manifest references."""
     st = eng.status()
-    from dn import codec
+    from dn.objects import codec
     want = {codec.range_key(0, a, b) for a, b in st["ranges"]}
     want |= {codec.checkpoint_key(0, c) for c in st["checkpoints"]}
     have = set(eng.store.list("20/")) | set(eng.store.list("10/"))

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from dn import Corruption, Engine, InvalidArgument, ManualClock, Settings, Unavailable, codec
+from dn import Corruption, Engine, InvalidArgument, ManualClock, Settings, Unavailable
+from dn.objects import codec
 from dn.store import FaultyStore, LocalStore, MemoryStore
 
 SCHEMA = {"k": "int64", "v": "string"}
@@ -248,7 +249,7 @@ def test_local_store_root_that_no_file_system_takes_is_invalid_argument(tmp_path
 def test_client_with_a_list_as_database_name_gets_invalid_argument_not_type_error():
     """Found by the Ray trial's client fuzzing: the table cache keyed on (db, table) raised
     TypeError (unhashable list) before any validation."""
-    from coordinator.client import Client
+    from coordinator.client.client import Client
 
     info = {"shards": 1, "max_value_bytes": 1 << 20, "max_batch_rows": 10}
     client = Client("nowhere", info=info, coordinator=object(), shards=object())

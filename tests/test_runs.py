@@ -10,8 +10,10 @@ import threading
 
 import pytest
 
-from dn.reader import Reader, paused_gc
-from dn.run import Run
+from dn.read import feed
+from dn.read.collector import paused_gc
+from dn.read.pick import sorted_rows
+from dn.read.run import Run
 
 
 def _pair(pks, ts, rows, del_pks=(), del_ts=(), pk_pos=(0,)):
@@ -42,15 +44,14 @@ def test_a_column_run_pickles_to_the_same_versions(protocol, pk_pos):
 
 def test_column_runs_scan_like_row_runs_and_like_a_model():
     rng = random.Random(5)
-    reader = Reader.__new__(Reader)  # sorted_rows reads no store
     for _ in range(200):
         runs_rows, runs_cols, ts = _random_runs(rng, rng.randint(1, 4), 30, range(41))
         snap = rng.randint(1, ts)
         start, end = rng.choice([(None, None), (5, 30), (10, None), (None, 20)])
-        want = reader.sorted_rows(snap, runs_rows, start, end)
-        assert reader.sorted_rows(snap, runs_cols, start, end) == want
+        want = sorted_rows(snap, runs_rows, start, end)
+        assert sorted_rows(snap, runs_cols, start, end) == want
         mixed = [runs_rows[0], *runs_cols[1:]]  # a mix of both kinds
-        assert reader.sorted_rows(snap, mixed, start, end) == want
+        assert sorted_rows(snap, mixed, start, end) == want
         model: dict = {}
         for run, _ in runs_rows:
             for t, k, row in sorted([(t, k, r) for k, t, r in zip(run.pks, run.ts, run.rows)]
@@ -108,10 +109,10 @@ def _random_runs(rng, nruns, nversions, keyspace, key=lambda k: k, p_delete=0.2)
     return runs_rows, runs_cols, ts
 
 
-def _dict_path(reader, monkeypatch, *args):
+def _dict_path(monkeypatch, *args):
     with monkeypatch.context() as m:
-        m.setattr("dn.reader._int_picks", lambda *a: None)
-        return reader.sorted_rows(*args)
+        m.setattr("dn.read.pick.int_picks", lambda *a: None)
+        return sorted_rows(*args)
 
 
 @pytest.mark.parametrize("threshold", [0, None])
@@ -119,12 +120,11 @@ def test_int_keys_sorted_by_numpy_scan_like_the_dict_path(monkeypatch, threshold
     """The numpy path for int keys (every case at threshold 0; only the large ones at the
     default) gives exactly what the dict path gives: newest version per key at the snapshot,
     deletes, bounds, runs of both kinds, keys at the ends of int64."""
-    import dn.reader
+    import dn.read.pick
 
     if threshold is not None:
-        monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", threshold)
+        monkeypatch.setattr(dn.read.pick, "INT_PICKS_MIN", threshold)
     rng = random.Random(11)
-    reader = Reader.__new__(Reader)
     edge = [-(1 << 63), (1 << 63) - 1, -1, 0, 1]
     for case in range(120):
         big = case % 6 == 0
@@ -135,35 +135,33 @@ def test_int_keys_sorted_by_numpy_scan_like_the_dict_path(monkeypatch, threshold
         start, end = rng.choice([(None, None), (5, 30), (-(1 << 63), None), (None, 1000),
                                  (0, 0)])
         for runs in (runs_rows, runs_cols, [runs_rows[0], *runs_cols[1:]]):
-            want = _dict_path(reader, monkeypatch, snap, runs, start, end)
-            assert reader.sorted_rows(snap, runs, start, end) == want
+            want = _dict_path(monkeypatch, snap, runs, start, end)
+            assert sorted_rows(snap, runs, start, end) == want
 
 
 def test_keys_that_are_not_all_ints_take_the_dict_path(monkeypatch):
-    import dn.reader
+    import dn.read.pick
 
-    monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", 0)
+    monkeypatch.setattr(dn.read.pick, "INT_PICKS_MIN", 0)
     rng = random.Random(3)
-    reader = Reader.__new__(Reader)
     for key in (str, float, lambda k: (k, k % 3), lambda k: k if k % 7 else True):
         runs_rows, runs_cols, ts = _random_runs(rng, 3, 40, list(range(50)), key)
-        assert dn.reader._int_picks(ts, runs_cols, None, None) is None
-        want = _dict_path(reader, monkeypatch, ts, runs_rows, None, None)
-        assert reader.sorted_rows(ts, runs_cols, None, None) == want
+        assert dn.read.pick.int_picks(ts, runs_cols, None, None) is None
+        want = _dict_path(monkeypatch, ts, runs_rows, None, None)
+        assert sorted_rows(ts, runs_cols, None, None) == want
 
 
 @pytest.mark.parametrize("threshold", [0, None])
 def test_change_feeds_match_a_model(monkeypatch, threshold):
-    """Reader.changes (numpy ordering for int keys: every case at threshold 0, the large ones
+    """feed.changes (numpy ordering for int keys: every case at threshold 0, the large ones
     at the default) is every version in the window, in (ts, pk) order, for int and string
     keys, with and without deletes, projected or not."""
-    import dn.reader
+    import dn.read.pick
     from dn.schema import TableDef
 
     if threshold is not None:
-        monkeypatch.setattr(dn.reader, "_INT_PICKS_MIN", threshold)
+        monkeypatch.setattr(dn.read.pick, "INT_PICKS_MIN", threshold)
     rng = random.Random(23)
-    reader = Reader.__new__(Reader)
     for case in range(60):
         string = case % 3 == 2
         key = (lambda k: f"k{k}") if string else (lambda k: k)
@@ -182,6 +180,6 @@ def test_change_feeds_match_a_model(monkeypatch, threshold):
                       if lo <= t <= hi]
         model.sort(key=lambda c: (c[0], c[2]))
         for runs in (runs_rows, runs_cols):
-            assert [tuple(c) for c in reader.changes(table, lo, hi, runs)] == model
-            assert [c.row for c in reader.changes(table, lo, hi, runs, ["v"])] == [
+            assert [tuple(c) for c in feed.changes(table, lo, hi, runs)] == model
+            assert [c.row for c in feed.changes(table, lo, hi, runs, ["v"])] == [
                 None if r is None else {"v": r["v"]} for *_, r in model]

@@ -27,6 +27,7 @@ from dn.store import (
     RetryPolicy,
     SimulatedCrash,
 )
+from tests.fakes import SleepClock
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 BAD_KEYS = ["", "/a", "a//b", "a/../b", "..", "a/./b", "a\\b", "a/", ".tmp-x", "a/.tmp-1"]
@@ -35,23 +36,8 @@ BAD_KEYS = ["", "/a", "a//b", "a/../b", "..", "a/./b", "a\\b", "a/", ".tmp-x", "
 # -- RetryingStore --------------------------------------------------------------------------------
 
 
-class Recorder:
-    """An injected sleep and clock: sleeping advances the clock, instantly."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.now += s
-
-    def clock(self) -> float:
-        return self.now
-
-
-def _retrying(inner: ObjectStore, **kw: Any) -> tuple[RetryingStore, Recorder]:
-    rec = Recorder()
+def _retrying(inner: ObjectStore, **kw: Any) -> tuple[RetryingStore, SleepClock]:
+    rec = SleepClock()
     policy = RetryPolicy(sleep=rec.sleep, clock=rec.clock, rng=random.Random(1), **kw)
     return RetryingStore(inner, policy), rec
 

@@ -14,8 +14,9 @@ import threading
 
 import pytest
 
-from dn import Engine, ManualClock, Settings, codec
+from dn import Engine, ManualClock, Settings
 from dn.errors import Corruption, InvalidArgument, ObjectExists, ObjectNotFound
+from dn.objects import codec
 from dn.store import RetryingStore
 from dn.store.locallog import SECTOR, SLOT, LocalLogStore
 
@@ -254,8 +255,8 @@ def test_spares_of_dead_processes_are_removed(tmp_path):
 def test_engine_uses_it_for_the_log_on_a_local_directory(tmp_path):
     eng = Engine.open(str(tmp_path), settings=Settings(background=False), clock=ManualClock())
     try:
-        assert isinstance(eng._log_store, RetryingStore)
-        assert isinstance(eng._log_store.inner, LocalLogStore)
+        assert isinstance(eng._state.log_store, RetryingStore)
+        assert isinstance(eng._state.log_store.inner, LocalLogStore)
         eng.create_database("db")
         eng.create_table("db", "t", {"k": "int64"}, "k")
         eng.write("db", "t", [{"k": 1}])

@@ -1,5 +1,5 @@
 """The buffered writer (``client.writer``) against in-process shards: what it promises in
-:mod:`coordinator.writer` (durability on flush, per-shard order, coalescing, failures), with
+:mod:`coordinator.client.writer` (durability on flush, per-shard order, coalescing, failures), with
 every argument and result pickled as Ray would (see ``LocalShards``)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import uuid
 
 import pytest
 
-from coordinator.client import Client
+from coordinator.actor.service import CoordinatorService
+from coordinator.client.client import Client
 from coordinator.config import ClusterConfig
-from coordinator.service import CoordinatorService
-from dn.errors import InvalidArgument, Unavailable
-from dn.settings import Settings
-from shards.service import ShardService
+from dn.errors import InvalidArgument, StaleTable, Unavailable
+from dn.settings import Settings, ShellSettings
+from shards.shard import ShardService
 from tests.test_cluster_logic import LocalCoordinator, LocalShards
 
 SCHEMA = {"k": "int64", "v": "string"}
@@ -25,7 +25,7 @@ SCHEMA = {"k": "int64", "v": "string"}
 @pytest.fixture
 def cluster():
     url = f"memory://writer-{uuid.uuid4().hex}"
-    cfg = ClusterConfig(store=url, shards=3, retry_s=1.0,
+    cfg = ClusterConfig(store=url, shards=3, shell=ShellSettings(retry_s=1.0),
                         engine=Settings(background=False, max_batch_rows=500))
     services = [ShardService(url, i, cfg.engine.to_dict()) for i in range(3)]
     shards = LocalShards(services)
@@ -215,9 +215,9 @@ def test_a_closed_writer_refuses_writes(cluster):
 
 def test_a_shard_down_for_a_while_is_retried(cluster):
     client, shards = cluster
-    shards.down.add(1)
-    threading.Timer(0.3, shards.down.discard, args=(1,)).start()
-    with client.writer("db", "t", part_bytes=256, linger_s=0.0) as w:
+    with client.writer("db", "t", part_bytes=256, linger_s=0.0) as w:  # the table is known
+        shards.down.add(1)
+        threading.Timer(0.3, shards.down.discard, args=(1,)).start()
         for b in range(20):
             w.write([{"k": b * 10 + i, "v": "x"} for i in range(10)])
     assert len(scan(client)) == 200
@@ -247,15 +247,33 @@ def test_a_shard_down_for_good_fails_the_writer_with_what_is_durable(cluster):
     assert scan(client)[2000] == "z"
 
 
-def test_a_redefined_table_fails_the_writer(cluster):
+@pytest.mark.parametrize("key_type", ["string", "int64"])
+def test_a_redefined_table_fails_the_writer(cluster, key_type):
+    """Dropped and created again, with another primary key or the very same definition: the
+    buffered batches were accepted for the old table, so the writer stops with StaleTable
+    and nothing of them reaches the new one."""
     client, _ = cluster
     w = client.writer("db", "t", linger_s=60.0)
     w.write([{"k": 1, "v": "x"}])
     client.drop_table("db", "t")
-    client.create_table("db", "t", {"k": "string", "v": "string"}, "k")
-    with pytest.raises(Unavailable, match="redefined"):
+    client.create_table("db", "t", {"k": key_type, "v": "string"}, "k")
+    with pytest.raises(StaleTable, match="redefined") as err:
         w.flush()
+    assert err.value.details["durable_seq"] == 0
     assert list(client.scan("db", "t")) == []
+    with client.writer("db", "t") as w2:  # a new writer writes to the new table
+        w2.write([{"k": "2" if key_type == "string" else 2, "v": "y"}])
+    assert len(list(client.scan("db", "t"))) == 1
+
+
+def test_writer_defaults_come_from_the_settings(cluster):
+    client, _ = cluster
+    cfg = client.settings
+    w = client.writer("db", "t")
+    assert (w.part_bytes, w.linger_s) == (cfg.writer_part_bytes, cfg.writer_linger_s)
+    assert w.max_buffer_bytes == cfg.writer_buffer_parts * cfg.writer_part_bytes
+    assert (w.part_bytes, w.linger_s, w.max_buffer_bytes) == (256 * 1024, 0.1, 1024 * 1024)
+    w.close()
 
 
 def test_a_buffer_over_max_batch_rows_is_sent_in_several_parts(cluster):

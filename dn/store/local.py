@@ -39,6 +39,7 @@ import secrets
 from pathlib import Path
 
 from dn.errors import InvalidArgument, ObjectExists, ObjectNotFound, Unavailable
+from dn.store.files import fsync_dir as _fsync_dir  # called by this name: a fault test replaces it
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,6 @@ def check_key(key: str, *, is_prefix: bool = False) -> str:
                 f"object {what} {key!r}: segments starting with {TEMP_PREFIX!r} are reserved"
             )
     return key
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _temp_name(final: Path) -> Path:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from dn.backoff import capped_delay
 from dn.errors import InvalidArgument, Unavailable
 from dn.store.base import ObjectStore
 
@@ -63,9 +64,9 @@ class RetryPolicy:
             raise InvalidArgument(f"RetryPolicy.deadline_s must be > 0, got {self.deadline_s}")
 
     def backoff(self, retry: int) -> float:
-        """The sleep before retry number ``retry`` (1-based), with full jitter."""
-        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (retry - 1)))
-        return self.rng.uniform(0.0, cap)
+        """The sleep before retry number ``retry`` (1-based), with full jitter (the schedule
+        of :func:`dn.backoff.capped_delay`)."""
+        return capped_delay(retry, self.base_delay_s, self.max_delay_s, self.rng)
 
 
 class RetryingStore:

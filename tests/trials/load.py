@@ -107,7 +107,7 @@ def run(seed: int, long: bool, tally: Tally) -> None:
     def sampler() -> None:
         while not stop.is_set():
             high["rss"] = max(high["rss"], rss_now_bytes())
-            high["queue"] = max(high["queue"], eng._queued_bytes())
+            high["queue"] = max(high["queue"], eng.queued_bytes())
             time.sleep(0.01)
 
     threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(WRITERS)]

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import random
 
-from dn import Corruption, DNError, Engine, ManualClock, codec
+from dn import Corruption, DNError, Engine, ManualClock
+from dn.objects import codec
 from dn.store import MemoryStore
 from tests.trials.checker import History, Workload, check, create_table
 from tests.trials.crash_child import crash_settings

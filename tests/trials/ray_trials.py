@@ -42,7 +42,7 @@ ENGINE = {
 
 def _writer(client, task: int, batches: int, size: int) -> dict:
     """Upsert fresh keys batch by batch; record acknowledged parts and retryable failures."""
-    from coordinator.routing import shard_of
+    from coordinator.client.routing import shard_of
 
     n = client.info["shards"]
     acked, failed = [], []

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from dn.errors import Unavailable
 from dn.store.base import ObjectStore
 
-#: Named points of a shard's life, as (operation, key prefix). Keys are laid out in dn.codec.
+#: Named points of a shard's life, as (operation, key prefix). Keys are laid out in
+#: dn.objects.codec.
 POINTS: dict[str, tuple[str | None, str]] = {
     "log": ("put_if_absent", "30/"),  # a group commit's log write (and fence records)
     "range": ("put", "20/"),  # a buffer checkpoint's (or compaction's) range object

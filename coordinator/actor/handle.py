@@ -1,0 +1,158 @@
+"""The Ray shell of the coordinator side: the coordinator actor, Ray sessions and tasks.
+
+Every Ray API call of the ``coordinator`` package lives here (``ray.init``, ``ray.remote``,
+``.remote()``, ``ray.get``, ``ray.wait``, ``ray.get_actor``, ``ray.kill``); errors are mapped
+by :func:`shards.group.map_error`, so callers only see :mod:`dn.errors`.
+
+The coordinator actor is ``dn-coordinator`` in the deployment's namespace: detached, restarted
+by Ray without limit, threaded. It is :class:`coordinator.actor.service.CoordinatorService` with a
+:class:`shards.group.ShardGroup` plugged in. Ray retries none of its calls; the client
+retries the idempotent ones (``info``, ``table``, ``status``) itself, with the shells' one
+backoff (:meth:`dn.settings.ShellSettings.backoff`). A DDL call whose
+coordinator died mid-call fails with ``Unavailable(outcome_unknown=True)``; the restarted
+coordinator finishes a DDL it had begun.
+
+Any thread. :class:`CoordinatorHandle` pickles as its namespace only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from coordinator.actor.service import CoordinatorService
+from coordinator.config import ClusterConfig
+from dn.backoff import Backoff
+from dn.errors import DNError, NotFound, Unavailable
+from dn.settings import ShellSettings
+from shards.group import ShardGroup, kill_actor, map_error, shard_name, start_shards
+
+log = logging.getLogger(__name__)
+
+
+COORDINATOR_NAME = "dn-coordinator"
+
+
+class CoordinatorActor(CoordinatorService):
+    """The coordinator as it runs inside its actor: shards reached through Ray."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        cfg = ClusterConfig.from_dict(config)
+        super().__init__(config, ShardGroup(cfg.namespace, cfg.shards, cfg.shell))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+_remote_coordinator: Any = None
+
+
+def start_deployment(cfg: ClusterConfig) -> None:
+    """Create (or find) the shard actors and the coordinator of ``cfg``, and wait until the
+    coordinator has opened the cluster record."""
+    global _remote_coordinator
+    start_shards(
+        cfg.namespace,
+        cfg.shards,
+        cfg.store,
+        cfg.engine.to_dict(),
+        cfg.clock_skew_ms,
+        cfg.shard_num_cpus,
+        cfg.shard_max_concurrency,
+        cfg.env,
+        cfg.shell.to_dict(),
+    )
+    if _remote_coordinator is None:
+        _remote_coordinator = ray.remote(CoordinatorActor)
+    opts: dict[str, Any] = dict(
+        name=COORDINATOR_NAME,
+        namespace=cfg.namespace,
+        lifetime="detached",
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=16,
+        num_cpus=0,
+        get_if_exists=True,
+    )
+    if cfg.env:
+        opts["runtime_env"] = {"env_vars": dict(cfg.env)}
+    actor = _remote_coordinator.options(**opts).remote(cfg.to_dict())
+    try:
+        ray.get(actor.info.remote(), timeout=cfg.shell.call_timeout_s)
+    except Exception as exc:
+        raise map_error(exc, "starting the coordinator") from exc
+    group = ShardGroup(cfg.namespace, cfg.shards, cfg.shell)
+    for r in group.call_each(
+        {i: ("pid", ()) for i in range(cfg.shards)}, cfg.shell.call_timeout_s
+    ).values():
+        if isinstance(r, BaseException):
+            raise r
+
+
+def stop_deployment(namespace: str, shards: int | None) -> list[str]:
+    """Kill the coordinator and shard actors of a namespace (no restart); returns the names
+    killed. Shards are asked to close first, so their maintenance stops cleanly."""
+    killed = []
+    if shards is None:
+        try:
+            shards = CoordinatorHandle(namespace).call("info")["shards"]
+        except DNError:
+            shards = 0
+    # a shutdown does not wait a whole call timeout for a shard that is gone already
+    group = ShardGroup(namespace, shards, ShellSettings(call_timeout_s=30.0))
+    group.call_each({i: ("close", ()) for i in range(shards)})
+    for name in [COORDINATOR_NAME] + [shard_name(i) for i in range(shards)]:
+        if kill_actor(name, namespace):
+            killed.append(name)
+    return killed
+
+
+class CoordinatorHandle:
+    """Calls to the coordinator actor of one namespace."""
+
+    def __init__(self, namespace: str, settings: ShellSettings | None = None, *,
+                 backoff: Backoff | None = None) -> None:
+        self.namespace = namespace
+        self.settings = settings if settings is not None else ShellSettings()
+        self._backoff = backoff if backoff is not None else self.settings.backoff()
+        self._actor: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "settings": self.settings}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["namespace"], state["settings"])
+
+    def _get_actor(self) -> Any:
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(COORDINATOR_NAME, namespace=self.namespace)
+            except ValueError:
+                raise NotFound(
+                    f"no DN deployment in Ray namespace {self.namespace!r} "
+                    "(deploy one with coordinator.deploy or `dn up`)",
+                    namespace=self.namespace,
+                ) from None
+        return self._actor
+
+    def call(self, method: str, *args: Any, retry_s: float = 0.0) -> Any:
+        """``method(*args)`` on the coordinator; an ``Unavailable`` failure is retried for
+        ``retry_s`` seconds."""
+        retries = self._backoff.within(retry_s)
+        while True:
+            try:
+                ref = getattr(self._get_actor(), method).remote(*args)
+                return ray.get(ref, timeout=self.settings.call_timeout_s)
+            except Exception as exc:
+                err = map_error(exc, f"coordinator.{method}")
+                if isinstance(err, Unavailable):
+                    self._actor = None
+                    if retries.wait():
+                        continue
+                raise err from None
+
+    def kill(self, restart: bool) -> bool:
+        return kill_actor(COORDINATOR_NAME, self.namespace, restart=restart)

@@ -1,0 +1,181 @@
+"""The coordinator: the cluster catalog, the shard map, and DDL sent to every shard.
+
+:class:`CoordinatorService` is a plain class; :mod:`coordinator.actor.handle` makes it the
+named, detached Ray actor ``dn-coordinator``, and tests use it in-process. Its state lives in
+the object store (:mod:`coordinator.actor.cluster_catalog`), so a restarted coordinator loses
+nothing: on start it loads the newest cluster record and finishes a DDL that was pending when
+it died.
+
+DDL protocol (one at a time, under ``_ddl_lock``):
+
+1. validate the request exactly as the engine would (names, types, existence), so the caller
+   gets the engine's typed error and no shard is touched;
+2. commit the intent (``pending``) to the cluster record;
+3. send the DDL to every shard in parallel; a shard that already applied it (AlreadyExists on
+   create, NotFound on drop: an earlier attempt got that far) counts as done; an unavailable
+   shard is retried for ``retry_s``;
+4. commit the catalog change and clear the intent; return the newest shard commit timestamp.
+
+If step 3 cannot finish, the caller gets ``Unavailable(outcome_unknown=True)`` and the intent
+stays: the next DDL, ``repair()``, or a restart finishes it first. Between steps 3 and 4 some
+shards have the change and others not yet: a read at a snapshot in that window gets NotFound
+for a table being created, and writes to it may fail on the shards that lack it.
+
+Not on the write path: clients cache ``info()`` and table definitions and write to the shards
+directly. Any thread (the actor is threaded); DDL is serialized.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from coordinator.actor.cluster_catalog import ClusterCatalog
+from coordinator.client.fanout import ShardCalls
+from coordinator.client.routing import HASH_NAME
+from coordinator.config import ClusterConfig
+from dn import catalog as dncat
+from dn.errors import AlreadyExists, NotFound, Unavailable
+from dn.schema import check_name
+from dn.store import open_store
+from dn.store.base import ObjectStore
+from shards.group import shard_name
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorService:
+    """Owns the cluster record of one deployment."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        shards: ShardCalls,
+        *,
+        store: ObjectStore | None = None,
+        now_ms: int | None = None,
+    ) -> None:
+        self.config = ClusterConfig.from_dict(config)
+        self._shards = shards
+        self._store = store or open_store(self.config.store)
+        self._catalog = ClusterCatalog(self._store)
+        self._catalog.open(
+            self.config.shards, HASH_NAME, now_ms if now_ms is not None else int(time.time() * 1000)
+        )
+        self._ddl_lock = threading.Lock()
+        if self._catalog.state and self._catalog.state.pending:
+            log.info(
+                "finishing DDL left pending by a previous coordinator: %s",
+                self._catalog.state.pending,
+            )
+            try:
+                self.repair()
+            except Unavailable as exc:
+                log.warning("pending DDL not finished yet (shards unavailable): %s", exc)
+
+    # -- what clients cache -----------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """The shard map and what a client needs to route and read (cheap; cached)."""
+        st = self._catalog.state
+        assert st is not None
+        cfg = self.config
+        return {
+            "namespace": cfg.namespace,
+            "shards": st.shards,
+            "hash": st.hash,
+            "shard_names": [shard_name(i) for i in range(st.shards)],
+            "store": cfg.store,
+            "shell": cfg.shell.to_dict(),
+            "max_value_bytes": cfg.engine.max_value_bytes,
+            "max_batch_rows": cfg.engine.max_batch_rows,
+            "max_batch_bytes": cfg.engine.max_batch_bytes,
+            "catalog_version": st.version,
+            "config": cfg.to_dict(),
+        }
+
+    def table(self, db: str, table: str) -> list:
+        """The live table's definition in wire form (:meth:`dn.schema.TableDef.to_wire`)."""
+        return self._catalog.table(db, table).to_wire()
+
+    def databases(self) -> list[str]:
+        return self._catalog.databases()
+
+    def tables(self, db: str) -> list[str]:
+        return self._catalog.tables(db)
+
+    def status(self) -> dict[str, Any]:
+        st = self._catalog.state
+        assert st is not None
+        return {
+            "catalog_version": st.version,
+            "shards": st.shards,
+            "hash": st.hash,
+            "pending_ddl": st.pending,
+            "ddl_seq": st.ddl_seq,
+            "databases": {db: sorted(e["tables"]) for db, e in st.databases.items()},
+            "store": self.config.store,
+            "namespace": self.config.namespace,
+        }
+
+    # -- DDL --------------------------------------------------------------------------------
+
+    def create_database(self, db: str) -> int:
+        return self._ddl("create_database", dncat.ddl_create_database(db)[1:])
+
+    def drop_database(self, db: str) -> int:
+        return self._ddl("drop_database", dncat.ddl_drop_database(db)[1:])
+
+    def create_table(
+        self, db: str, table: str, schema: dict[str, str], primary_key: str | list[str]
+    ) -> int:
+        cmd = dncat.ddl_create_table(db, table, schema, primary_key)
+        return self._ddl("create_table", cmd[1:])
+
+    def drop_table(self, db: str, table: str) -> int:
+        check_name("database", db)
+        check_name("table", table)
+        return self._ddl("drop_table", [db, table])
+
+    def _ddl(self, op: str, args: list) -> int:
+        with self._ddl_lock:
+            self._finish_pending()
+            self._catalog.begin(op, args)
+            return self._finish_pending()
+
+    def repair(self) -> int | None:
+        """Finish a pending DDL, if any; returns its timestamp."""
+        with self._ddl_lock:
+            return self._finish_pending()
+
+    def _finish_pending(self) -> int | None:
+        st = self._catalog.state
+        if st is None or st.pending is None:
+            return None
+        op, args = st.pending["op"], st.pending["args"]
+        shard_args = (
+            [args[0], args[1], {c: t for c, t in args[2]}, list(args[3])]
+            if op == "create_table"
+            else list(args)
+        )
+        calls = {i: ("ddl", (op, shard_args)) for i in range(len(self._shards))}
+        results = self._shards.call_each(calls, self.config.shell.retry_s)
+        done_kind = AlreadyExists if op.startswith("create") else NotFound
+        ts = 0
+        for i in sorted(results):
+            r = results[i]
+            if isinstance(r, done_kind):
+                continue  # applied by an earlier attempt
+            if isinstance(r, Unavailable):
+                raise Unavailable(
+                    f"{op} {args[:2]} reached only some shards (shard {i}: {r}); it stays "
+                    "pending and is finished by the next DDL or a coordinator restart",
+                    outcome_unknown=True,
+                )
+            if isinstance(r, BaseException):
+                raise r
+            ts = max(ts, r)
+        self._catalog.finish()
+        return ts

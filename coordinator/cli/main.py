@@ -1,0 +1,269 @@
+"""The ``dn`` command line.
+
+::
+
+    dn up      [--config cluster.yaml] [--address ADDR] [--shards N] [--store URL]
+               [--namespace NS] [--num-cpus N]
+    dn down    [--namespace NS] [--address ADDR] [--stop-ray]
+    dn status  [--namespace NS] [--address ADDR] [--json]
+    dn scan    DB TABLE [--snapshot TS] [--columns a,b] [--limit N]
+    dn changes DB TABLE --from TS [--snapshot TS] [--columns a,b]
+    dn demo    [--address ADDR] [--shards N] [--tasks N] [--rows N] [--store DIR] [--keep]
+
+``dn up`` without ``--address`` starts a local Ray head on 127.0.0.1 (``ray start --head``,
+so the cluster outlives the command) and deploys there; with ``--address`` (e.g. ``auto`` on
+a cluster's head node, as ``cluster.yaml`` does) it deploys into that cluster. Without
+``--config`` it uses the embedded defaults (4 shards, store ``./data``). ``dn down`` removes
+the deployment (its data stays in the store); ``--stop-ray`` also runs ``ray stop``.
+
+Other commands connect to the cluster at ``--address`` (default ``auto``: the one ``ray
+start`` left on this machine, or RAY_ADDRESS). ``dn scan`` and ``dn changes`` print JSON
+lines; bytes values are printed as base64 strings (standard alphabet, padded); composite
+primary keys as arrays. Exit status: 0 ok, 1 a DN error (printed as ``error: <Kind>: msg``).
+
+Output to stdout/stderr is this module's job (a command line, not library code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from typing import Any
+
+from dn.errors import DNError
+
+_LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def _columns(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def _loopback_ray(address: str | None) -> None:
+    """Keep Ray on 127.0.0.1 when the cluster is local (must run before ``import ray``):
+    Ray otherwise advertises the machine's first non-loopback address."""
+    addr = address or os.environ.get("RAY_ADDRESS") or "auto"
+    if addr == "auto":
+        try:
+            with open("/tmp/ray/ray_current_cluster") as f:
+                addr = f.read().strip()
+        except OSError:
+            return
+    if addr.split(":")[0] in _LOOPBACK:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        _token_auth()
+
+
+def _token_auth() -> None:
+    """A head started with ``ray start`` (Ray >= 2.5x) requires its token: a driver that
+    connects to it must send the token ``ray start`` left in ``~/.ray/auth_token``."""
+    if os.path.exists(os.path.expanduser("~/.ray/auth_token")) or os.environ.get(
+            "RAY_AUTH_TOKEN"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _connect_ray(address: str | None, namespace: str) -> None:
+    from coordinator.cli import ray_node
+
+    ray_node.ensure_ray(address or os.environ.get("RAY_ADDRESS") or "auto", namespace)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from coordinator.cli import ray_node
+    from coordinator.cli.deployment import deploy
+    from coordinator.config import load_config
+
+    overrides = {
+        k: v
+        for k, v in (("shards", args.shards), ("store", args.store), ("namespace", args.namespace))
+        if v is not None
+    }
+    cfg = load_config(args.config, overrides)
+    address = args.address
+    if address is None:
+        address = ray_node.start_ray_head(args.num_cpus)
+        print(f"started a local Ray head at {address} (stop it with `dn down --stop-ray`)")
+    _connect_ray(address, cfg.namespace)
+    client = deploy(cfg)
+    info = client.info
+    print(
+        f"DN is up: {info['shards']} shards in namespace {cfg.namespace!r}, store {info['store']}"
+    )
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from coordinator.cli import ray_node
+    from coordinator.cli.deployment import shutdown
+
+    try:
+        _connect_ray(args.address, args.namespace)
+        killed = shutdown(args.namespace)
+        print(
+            f"removed {len(killed)} actors from namespace {args.namespace!r}: "
+            f"{', '.join(killed) or '-'}"
+        )
+    except ConnectionError as exc:
+        print(f"no Ray cluster to connect to ({exc})")
+    if args.stop_ray:
+        ray_node.stop_local_ray()
+        ray_node.stop_ray_head()
+        print("stopped Ray (`ray stop`)")
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from coordinator.cli.deployment import connect
+
+    _connect_ray(args.address, args.namespace)
+    return connect(args.namespace)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from coordinator.cli.statusview import render
+
+    st = _client(args).status()
+    if args.json:
+        print(json.dumps(_jsonable(st), indent=2, default=str))
+    else:
+        print(render(st))
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    client = _client(args)
+    n = 0
+    for row in client.scan(
+        args.db, args.table, snapshot=args.snapshot, columns=_columns(args.columns)
+    ):
+        if args.limit is not None and n >= args.limit:
+            break
+        sys.stdout.write(json.dumps(_jsonable(row)) + "\n")
+        n += 1
+    return 0
+
+
+def cmd_changes(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for ch in client.changes(
+        args.db, args.table, args.from_ts, snapshot=args.snapshot, columns=_columns(args.columns)
+    ):
+        rec = {"ts": ch.ts, "kind": ch.kind, "pk": ch.pk, "row": ch.row}
+        sys.stdout.write(json.dumps(_jsonable(rec)) + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from coordinator.cli.demo import run_demo
+
+    if args.address:
+        _connect_ray(args.address, "dn-demo")
+    run_demo(
+        address=args.address,
+        shards=args.shards,
+        tasks=args.tasks,
+        rows=args.rows,
+        store=args.store,
+        keep=args.keep,
+        namespace=args.namespace,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dn", description="DN: a sharded table store on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, namespace: bool = True) -> None:
+        sp.add_argument(
+            "--address", default=None, help="Ray cluster address (default: auto / RAY_ADDRESS)"
+        )
+        if namespace:
+            sp.add_argument("--namespace", default="dn", help="DN deployment namespace")
+
+    up = sub.add_parser("up", help="start (or join) Ray and deploy DN")
+    up.add_argument("--config", default=None, help="cluster.yaml (metadata.dn section)")
+    up.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto)")
+    up.add_argument("--namespace", default=None)
+    up.add_argument("--shards", type=int, default=None)
+    up.add_argument("--store", default=None, help="object store URL or directory")
+    up.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray head")
+    up.set_defaults(fn=cmd_up)
+
+    down = sub.add_parser("down", help="remove the DN deployment (data stays)")
+    common(down)
+    down.add_argument("--stop-ray", action="store_true", help="also run `ray stop`")
+    down.set_defaults(fn=cmd_down)
+
+    status = sub.add_parser("status", help="a table per shard")
+    common(status)
+    status.add_argument("--json", action="store_true", help="raw status as JSON")
+    status.set_defaults(fn=cmd_status)
+
+    scan = sub.add_parser("scan", help="rows as JSON lines")
+    common(scan)
+    scan.add_argument("db")
+    scan.add_argument("table")
+    scan.add_argument("--snapshot", type=int, default=None)
+    scan.add_argument("--columns", default=None, help="comma-separated column names")
+    scan.add_argument("--limit", type=int, default=None)
+    scan.set_defaults(fn=cmd_scan)
+
+    ch = sub.add_parser("changes", help="the change feed as JSON lines")
+    common(ch)
+    ch.add_argument("db")
+    ch.add_argument("table")
+    ch.add_argument("--from", dest="from_ts", type=int, required=True)
+    ch.add_argument("--snapshot", type=int, default=None)
+    ch.add_argument("--columns", default=None)
+    ch.set_defaults(fn=cmd_changes)
+
+    demo = sub.add_parser("demo", help="deploy, write from Ray tasks, read, summarize")
+    demo.add_argument(
+        "--address",
+        default=None,
+        help="use this Ray cluster (default: a local Ray instance started and stopped by the demo)",
+    )
+    demo.add_argument("--namespace", default=None)
+    demo.add_argument("--shards", type=int, default=4)
+    demo.add_argument("--tasks", type=int, default=16)
+    demo.add_argument("--rows", type=int, default=100_000)
+    demo.add_argument("--store", default=None, help="directory (default: a new temp dir)")
+    demo.add_argument("--keep", action="store_true", help="leave the deployment running")
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("up", "demo") and args.address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local cluster
+        if args.command == "up":  # it starts a `ray start` head, which requires a token
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+    else:
+        _loopback_ray(args.address)
+    try:
+        return args.fn(args)
+    except DNError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:
+        print(f"error: cannot reach a Ray cluster: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The client: DN's public API across every shard, for drivers, Ray tasks and actors.
+
+A :class:`Client` is cheap and picklable: it holds the namespace, the cached shard map
+(``info``) and its causality token; actor handles, table definitions and the reader cache are
+fetched lazily in whichever process it lands in. Pass one to a Ray task as an argument.
+
+Methods take the same arguments and give the same results (and typed errors) as
+:class:`dn.Engine`, across all shards:
+
+- DDL (``create_database``, ``drop_database``, ``create_table``, ``drop_table``) goes through
+  the coordinator, which applies it to every shard (see :mod:`coordinator.actor.service`).
+- ``write`` validates the whole batch (bad input: nothing is written anywhere), routes rows by
+  primary key (:mod:`coordinator.client.routing`) and sends each shard its part directly, in
+  parallel, as one :class:`dn.write.part.WritePart` (:mod:`coordinator.client.writes`). The
+  coordinator is not involved.
+- ``get``/``scan``/``changes`` read at one snapshot across shards
+  (:mod:`coordinator.client.fanout`); ``scan`` and ``changes`` return iterators;
+  ``scan_pages`` yields lists of ``page_rows``.
+- ``writer`` gives a :class:`coordinator.client.writer.BatchWriter` for ingest: batches are buffered
+  per shard and sent as large parts; durable on ``flush()``.
+
+Atomicity across shards, plainly: a batch is atomic *per shard*. A batch whose keys land on
+several shards commits as several independent commits with different timestamps. A reader at
+any snapshot sees each shard's part entirely or not at all, but may see one shard's part and
+not another's while the batch is in flight, and if a shard fails for good (after
+``retry_s``) the other parts stay committed: the error raised carries
+``details["committed"]`` = {shard: ts} for them. ``write`` returns the newest of the parts'
+timestamps; ``write_each`` returns them per shard.
+
+Retries: a write whose shard is unavailable (restarting after a crash, or refusing writes
+because it is behind) is retried for ``retry_s`` seconds, then raises ``Unavailable``
+(retryable). Upserts and deletes are idempotent, so a retried part leaves the same state; it
+may show twice in the change feed if its first attempt had landed. A part refused with
+``StaleTable`` (the table was dropped and created again since this client cached it) is
+validated again against the new definition and sent again.
+
+Settings: the deployment's :class:`dn.settings.ShellSettings` (``client.settings``, from the
+coordinator's ``info``) give the retry budget and backoff, call timeout, read cache, the
+writer's defaults and when a scan runs in Ray tasks.
+
+Causality: the client remembers the newest timestamp it has seen (writes, snapshots) and
+sends it with each write; with the shards' commit wait this orders writes across shards (see
+:mod:`shards.shard`). Thread-safe for concurrent calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from coordinator.actor.handle import CoordinatorHandle
+from coordinator.client import fanout
+from coordinator.client.routing import shard_of, validate_batch, validate_columns
+from coordinator.client.tables import TableCache
+from coordinator.client.tasks import alive_nodes, stream_tasks
+from coordinator.client.writer import BatchWriter
+from coordinator.client.writes import Causality, Limits, reusable, write_batch
+from dn.backoff import Backoff
+from dn.errors import DNError, InvalidArgument
+from dn.read.change import Change
+from dn.read.collector import paused_gc
+from dn.read.plan import check_from_ts
+from dn.schema import check_name
+from dn.settings import ShellSettings
+from dn.write.part import pk_signature
+from shards.group import ShardGroup
+
+
+class Client:
+    """DN across all shards of the deployment in ``namespace``."""
+
+    def __init__(
+        self,
+        namespace: str = "dn",
+        info: dict[str, Any] | None = None,
+        token: int = 0,
+        *,
+        coordinator: Any = None,
+        shards: fanout.ShardCalls | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Usually made by :func:`coordinator.connect`. ``coordinator`` and ``shards``
+        replace the Ray handles (tests run the whole client in-process with them);
+        ``backoff`` replaces the one the settings give (tests)."""
+        self.namespace = namespace
+        self._info = info
+        self._causality = Causality(token)
+        self._coord = coordinator if coordinator is not None else CoordinatorHandle(namespace)
+        self._group: Any = shards
+        self._backoff = backoff
+        self._settings: ShellSettings | None = None
+        self._table_cache: TableCache | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "info": self._info, "token": self.token}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["namespace"], state["info"], state["token"])
+
+    def __repr__(self) -> str:
+        n = self._info["shards"] if self._info else "?"
+        return f"<dn Client namespace={self.namespace!r} shards={n}>"
+
+    # -- cached cluster facts ---------------------------------------------------------------
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The shard map and settings, fetched from the coordinator once."""
+        if self._info is None:  # the deployment's retry_s is not known before: its own budget
+            self._info = self._coord.call("info", retry_s=10.0)
+        return self._info
+
+    @property
+    def settings(self) -> ShellSettings:
+        """The deployment's settings of clients and shard actors."""
+        if self._settings is None:
+            self._settings = ShellSettings.from_dict(self.info.get("shell"))
+            if isinstance(self._coord, CoordinatorHandle):  # made before they were known
+                self._coord = CoordinatorHandle(self.namespace, self._settings)
+        return self._settings
+
+    @property
+    def shards(self) -> fanout.ShardCalls:
+        if self._group is None:
+            self._group = ShardGroup(self.namespace, self.info["shards"], self.settings)
+        return self._group
+
+    @property
+    def retry_s(self) -> float:
+        return float(self.settings.retry_s)
+
+    @property
+    def token(self) -> int:
+        """The newest timestamp this client has seen (writes are ordered after it)."""
+        return self._causality.token
+
+    def _pool(self) -> fanout.ReaderPool:
+        return fanout.ReaderPool.for_url(self.info["store"], self.settings.client_cache_bytes)
+
+    def _tables(self) -> TableCache:
+        if self._table_cache is None:
+            cfg = self.settings
+            backoff = self._backoff if self._backoff is not None else cfg.backoff()
+            self._table_cache = TableCache(self._coord, self.shards, cfg.retry_s, backoff)
+        return self._table_cache
+
+    def _see(self, ts: int) -> None:
+        self._causality.observe(ts)
+
+    # -- DDL --------------------------------------------------------------------------------
+
+    def _ddl(self, op: str, *args: Any) -> int:
+        ts = self._coord.call(op, *args)
+        self._tables().clear()
+        self._see(ts)
+        return ts
+
+    def create_database(self, db: str) -> int:
+        """Create a database on every shard; returns the newest shard commit timestamp."""
+        return self._ddl("create_database", db)
+
+    def drop_database(self, db: str) -> int:
+        return self._ddl("drop_database", db)
+
+    def create_table(
+        self, db: str, table: str, schema: dict[str, str], primary_key: str | list[str]
+    ) -> int:
+        return self._ddl("create_table", db, table, schema, primary_key)
+
+    def drop_table(self, db: str, table: str) -> int:
+        return self._ddl("drop_table", db, table)
+
+    def databases(self) -> list[str]:
+        return self._coord.call("databases", retry_s=self.retry_s)
+
+    def tables(self, db: str) -> list[str]:
+        return self._coord.call("tables", db, retry_s=self.retry_s)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def write(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
+        """Upserts (row dicts) and deletes (primary keys); atomic per shard. Returns the
+        newest commit timestamp of the shards' parts."""
+        return max(self.write_each(db, table, upserts, deletes).values())
+
+    def write_columns(self, db: str, table: str, columns: Any, deletes: Any = ()) -> int:
+        """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
+        of equal length (lists, tuples, numpy arrays), one value per row; a column left out
+        is null in every row. No dict or tuple is made per row."""
+        lim = self._limits(db, table)
+        deletes = reusable(deletes)  # validated again if the table is redefined meanwhile
+        return max(self._write(db, table, lambda t: validate_columns(
+            t, columns, deletes, lim.max_value_bytes, lim.max_batch_rows)).values())
+
+    def write_each(
+        self, db: str, table: str, upserts: Any = (), deletes: Any = ()
+    ) -> dict[int, int]:
+        """Like :meth:`write`; returns {shard: commit timestamp} of each part."""
+        lim = self._limits(db, table)
+        if isinstance(upserts, dict):
+            raise InvalidArgument("upserts must be a list of row dicts")
+        if upserts is not None and not isinstance(upserts, list | tuple | dict | str | bytes):
+            upserts = list(upserts)
+        deletes = reusable(deletes)
+        return self._write(db, table, lambda t: validate_batch(
+            t, upserts, deletes, lim.max_value_bytes, lim.max_batch_rows))
+
+    def _limits(self, db: str, table: str) -> Limits:
+        """The deployment's batch limits, once the names are known to be names."""
+        check_name("database", db)  # a typed error for a name that is not even a str
+        check_name("table", table)
+        return Limits.from_info(self.info)
+
+    def _write(self, db: str, table: str, validate: Any) -> dict[int, int]:
+        return write_batch(self.shards, self._tables(), self._causality, self.retry_s, db,
+                           table, validate)
+
+    def writer(
+        self,
+        db: str,
+        table: str,
+        *,
+        part_bytes: int | None = None,
+        linger_s: float | None = None,
+        max_buffer_bytes: int | None = None,
+        on_durable: Any = None,
+    ) -> BatchWriter:
+        """A buffered writer for ingest (see :mod:`coordinator.client.writer`): ``write``
+        returns at once, rows go to each shard in parts of ``part_bytes`` (or after
+        ``linger_s``), and ``flush()`` (or leaving a ``with`` block) waits until everything is
+        durable. Many small batches cost far fewer shard calls than with :meth:`write`.
+        Options left out take the deployment's settings (``writer_*``)."""
+        return BatchWriter(self.shards, self._tables().get(db, table), self._causality,
+                           self._limits(db, table), self.settings, part_bytes=part_bytes,
+                           linger_s=linger_s, max_buffer_bytes=max_buffer_bytes,
+                           on_durable=on_durable, backoff=self._backoff)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def snapshot(self) -> int:
+        """A timestamp for repeatable reads (pass as ``snapshot=``): every write acknowledged
+        before this call is visible at it, and no later write lands at or below it."""
+        s = fanout.choose_snapshot(self.shards, self.token, self.retry_s)
+        fanout.raise_first(
+            self.shards.call_each(
+                {i: ("advance_floor", (s,)) for i in range(len(self.shards))}, self.retry_s
+            )
+        )
+        self._see(s)
+        return s
+
+    def _views(
+        self, db: str, table: str, snapshot: int | None, from_ts: int | None = None
+    ) -> dict[int, Any]:
+        s = snapshot
+        if s is None:
+            s = fanout.choose_snapshot(self.shards, self.token, self.retry_s)
+        with paused_gc():  # decoding the shards' tails makes many objects that live on
+            views = fanout.fetch_views(self.shards, db, table, s, from_ts, self.retry_s)
+        fanout.check_same_schema(views)
+        self._see(views[0].snapshot)
+        return views
+
+    def get(
+        self,
+        db: str,
+        table: str,
+        pk: Any,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+    ) -> dict | None:
+        """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
+        n = self.info["shards"]
+        for attempt in range(2):
+            t = self._tables().get(db, table, refresh=attempt > 0).table
+            key = t.check_key(pk)
+            s = shard_of(key, n)
+            view = fanout.fetch_views(
+                self.shards, db, table, snapshot, None, self.retry_s, only=[s]
+            )[s]
+            if pk_signature(view.table) == pk_signature(t):
+                break  # routed with the table the shard serves at this snapshot
+        return fanout.get(self._pool(), s, view, key, columns)
+
+    def scan(
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+        tasks: bool | None = None,
+    ) -> Iterator[dict]:
+        """Rows with start <= pk < end at ``snapshot`` (None: now), in primary-key order
+        across shards, as an iterator of dicts. ``tasks``: read each shard in a Ray task
+        (True), in this process (False), or decide (None: tasks when the cluster has more
+        than one node and the shards' plans name ``settings.large_read_objects`` objects or
+        more, or their in-memory tails hold ``settings.large_read_tail_rows`` rows or more; on
+        one machine the tasks only add copies)."""
+        views = self._views(db, table, snapshot)
+        t = views[0].table
+        start = None if start is None else t.check_key(start)
+        end = None if end is None else t.check_key(end)
+        fanout.check_projection(t, columns)
+        cfg = self.settings
+        if tasks is None:  # tasks pay off when they run next to data on other nodes
+            tasks = (self._on_ray() and fanout.is_large(views, cfg.large_read_objects,
+                                                       cfg.large_read_tail_rows)
+                     and alive_nodes() > 1)
+        if not tasks:
+            return fanout.scan(self._pool(), views, columns, start, end)
+        store = self.info["store"]
+        args = {i: (store, cfg.client_cache_bytes, i, v, start, end, cfg.read_page_rows)
+                for i, v in views.items()}
+        # the tasks read the store with this process's credentials
+        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        pages = stream_tasks(fanout.shard_pages, args, env)
+        return fanout.merge_pages(views, pages, columns)
+
+    def _on_ray(self) -> bool:
+        return isinstance(self._coord, CoordinatorHandle)
+
+    def scan_pages(
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+        page_rows: int = 1000,
+    ) -> Iterator[list[dict]]:
+        """:meth:`scan` in lists of at most ``page_rows`` rows."""
+        if type(page_rows) is not int or page_rows <= 0:
+            raise InvalidArgument("page_rows must be a positive int")
+        rows = self.scan(db, table, snapshot, columns, start, end)
+        return _pages(rows, page_rows)
+
+    def changes(
+        self,
+        db: str,
+        table: str,
+        from_ts: int,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+    ) -> Iterator[Change]:
+        """Every change with from_ts <= ts <= snapshot, in (ts, pk) order across shards."""
+        views = self._views(db, table, snapshot, check_from_ts(from_ts))
+        return fanout.changes(self._pool(), views, from_ts, columns)
+
+    # -- operations -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The coordinator's view and every shard's status (an error string for a shard that
+        does not answer)."""
+        try:
+            coord: Any = self._coord.call("status", retry_s=2.0)
+        except DNError as exc:
+            coord = {"error": f"{type(exc).__name__}: {exc}"}
+        results = self.shards.call_each({i: ("status", ()) for i in range(len(self.shards))})
+        shards = {
+            i: (r if not isinstance(r, BaseException) else {"error": f"{type(r).__name__}: {r}"})
+            for i, r in results.items()
+        }
+        return {"namespace": self.namespace, "coordinator": coord, "shards": shards}
+
+
+def _pages(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
+    page: list[dict] = []
+    for row in rows:
+        page.append(row)
+        if len(page) == n:
+            yield page
+            page = []
+    if page:
+        yield page

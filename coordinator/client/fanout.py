@@ -1,0 +1,324 @@
+"""Cross-shard reads: choosing the snapshot, materializing shard views, merging across shards.
+
+A read at snapshot S (DESIGN.md §4):
+
+1. S = the caller's snapshot, or the max of every shard's ``clock()`` (and of the client's
+   causality token, the newest timestamp it has seen);
+2. every shard is asked for its :class:`dn.ReadView` at S, in parallel. ``read_view`` first
+   advances the shard's floor to S and waits for commits in flight at or below S, so every
+   write acknowledged before the read began is in the view, no later commit can land at or
+   below S, and a batch (one commit on one shard) is entirely in or entirely out;
+3. the client fetches the planned objects straight from the object store through its own
+   immutable-object cache (one thread per shard), materializes each shard's view with
+   :mod:`dn.read.view` exactly as :meth:`dn.Engine.scan` does, then merges across shards:
+   rows by primary key (shards own disjoint keys), changes by (ts, pk)
+   (:func:`dn.read.feed.merge_changes`). A *large* scan runs each shard's fetch and merge in
+   a Ray task instead (:func:`shard_pages`), next to the data and on other cores; the tasks
+   stream msgpack pages of rows and the client only merges them (:func:`merge_pages`).
+
+Results are iterators; nothing builds one list of the whole table across shards (a shard's
+own merge holds its keys in memory, as the engine's does).
+
+Pure with respect to Ray: shards are reached through a :class:`ShardCalls` object (the Ray
+one is :class:`shards.group.ShardGroup`; tests pass in-process shards). Any thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from itertools import chain
+from operator import itemgetter
+from typing import Any, Protocol
+
+import numpy as np
+
+from dn.errors import NotFound
+from dn.objects.codec import pack, unpack_tuples
+from dn.read.cache import ObjectCache
+from dn.read.change import Change
+from dn.read.feed import merge_changes
+from dn.read.reader import Reader
+from dn.read.rows import column_maker, projection, row_maker
+from dn.read.run import Runs
+from dn.read.view import (
+    ReadView,
+    materialize,
+    materialize_get,
+    scan_columns,
+    scan_rows,
+    view_runs,
+)
+from dn.store import open_store
+from dn.store.base import ObjectStore
+
+
+class ShardCalls(Protocol):
+    """How the client reaches the shards (implemented by :class:`shards.group.ShardGroup`)."""
+
+    def __len__(self) -> int: ...
+
+    def call_each(
+        self, calls: Mapping[int, tuple[str, tuple]], retry_s: float = 0.0
+    ) -> dict[int, Any]:
+        """Run ``method(*args)`` on each listed shard in parallel; a failed call's entry is
+        its :class:`dn.errors.DNError` (Ray failures already mapped to ``Unavailable``)."""
+        ...
+
+    def start(self, i: int, method: str, args: tuple, done: Callable[[Any], None]) -> None:
+        """Start ``method(*args)`` on shard ``i`` and return at once; ``done`` is called with
+        the result or the DNError when it ends (from any thread; it must not block)."""
+        ...
+
+
+def raise_first(results: Mapping[int, Any]) -> dict[int, Any]:
+    """``results`` unchanged when no entry is an error; else raise the lowest shard's error."""
+    for i in sorted(results):
+        if isinstance(results[i], BaseException):
+            raise results[i]
+    return dict(results)
+
+
+class ReaderPool:
+    """One object store, one cache and one Reader per shard for a store URL, shared by every
+    client of this process (so Ray tasks and drivers reuse decoded objects)."""
+
+    _pools: dict[tuple[str, int], ReaderPool] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, store: ObjectStore, cache_bytes: int) -> None:
+        self.store = store
+        self.cache = ObjectCache(cache_bytes)
+        self._readers: dict[int, Reader] = {}
+
+    @classmethod
+    def for_url(cls, url: str, cache_bytes: int) -> ReaderPool:
+        with cls._lock:
+            pool = cls._pools.get((url, cache_bytes))
+            if pool is None:
+                pool = cls._pools[(url, cache_bytes)] = cls(open_store(url), cache_bytes)
+            return pool
+
+    def reader(self, shard: int) -> Reader:
+        r = self._readers.get(shard)
+        if r is None:
+            r = self._readers[shard] = Reader(self.store, shard, self.cache)
+        return r
+
+
+def choose_snapshot(shards: ShardCalls, floor: int, retry_s: float) -> int:
+    """S = max(every shard's clock, ``floor``)."""
+    clocks = raise_first(shards.call_each({i: ("clock", ()) for i in range(len(shards))}, retry_s))
+    return max([floor, *clocks.values()])
+
+
+def fetch_views(
+    shards: ShardCalls,
+    db: str,
+    table: str,
+    snapshot: int,
+    from_ts: int | None,
+    retry_s: float,
+    only: Sequence[int] | None = None,
+) -> dict[int, ReadView]:
+    ids = range(len(shards)) if only is None else only
+    calls = {i: ("read_view", (db, table, snapshot, from_ts)) for i in ids}
+    return raise_first(shards.call_each(calls, retry_s))
+
+
+def _runs_per_shard(pool: ReaderPool, views: Mapping[int, ReadView]) -> dict[int, Runs]:
+    """Fetch every shard's planned objects, one thread per shard (I/O bound)."""
+
+    def one(i: int) -> Runs:
+        return view_runs(pool.reader(i), views[i])
+
+    ids = sorted(views)
+    if len(ids) == 1:
+        return {ids[0]: one(ids[0])}
+    with ThreadPoolExecutor(max_workers=min(16, len(ids))) as ex:
+        return dict(zip(ids, ex.map(one, ids)))
+
+
+def scan(
+    pool: ReaderPool, views: Mapping[int, ReadView], columns: list[str] | None, start: Any, end: Any
+) -> Iterator[dict]:
+    """Rows with start <= pk < end at the views' snapshot, in primary-key order. Each shard's
+    rows come as sorted columns (:func:`dn.read.view.scan_columns`); with int keys the
+    shards are merged by one numpy sort of all their keys and the dicts are made straight
+    from the columns (no tuple per row); otherwise each shard's rows become tuples, merged
+    across shards page by page (:func:`merge_sorted`), and dicts at the end."""
+    first = views[min(views)]
+    make = column_maker(first.table, columns)  # raises InvalidArgument early
+    to_dict = row_maker(first.table, columns)
+
+    def merged() -> Iterator[dict]:
+        runs = _runs_per_shard(pool, views)
+        parts = [scan_columns(pool.reader(i), views[i], start, end, runs=runs[i])
+                 for i in sorted(views)]
+        del runs
+        parts = [p for p in parts if p[0]]
+        if all(keys is not None for _, keys in parts):
+            yield from make(_merge_by_int_key(parts))
+            return
+        lists = [list(zip(*cols)) for cols, _ in parts]
+        del parts
+        # rows become dicts in C-level iteration (no generator step per row)
+        yield from chain.from_iterable(
+            map(partial(map, to_dict), merge_sorted(lists, _pk_key(first.table))))
+
+    return merged()
+
+
+def _merge_by_int_key(parts: list[tuple[list[list], Any]]) -> list[list]:
+    """Shards' sorted columns (each with its int keys, unique across shards) as one set of
+    columns in key order."""
+    if len(parts) <= 1:
+        return parts[0][0] if parts else []
+    order = np.argsort(np.concatenate([keys for _, keys in parts]), kind="stable").tolist()
+    width = len(parts[0][0])
+    return [list(map(list(chain.from_iterable(cols[i] for cols, _ in parts)).__getitem__,
+                     order)) for i in range(width)]
+
+
+#: Rows a merge step takes from each list (see :func:`merge_sorted`).
+MERGE_STEP = 4096
+
+
+def merge_sorted(lists: list[list], key: Callable[[Any], Any]) -> Iterator[list]:
+    """Pages of the rows of ``lists`` (each sorted by ``key``, keys unique across lists: the
+    shards partition the keys) in ``key`` order. Each step takes up to ``MERGE_STEP`` rows
+    from every list, cuts all of them at the smallest of their last keys, and sorts what is
+    at or below the cut: a C-level sort of a few sorted runs, instead of a Python-level heap
+    step per row."""
+    lists = [x for x in lists if x]
+    if len(lists) <= 1:
+        for x in lists:
+            for i in range(0, len(x), MERGE_STEP * 4):
+                yield x[i:i + MERGE_STEP * 4]
+        return
+    pos = [0] * len(lists)
+    while True:
+        live = [j for j, x in enumerate(lists) if pos[j] < len(x)]
+        if not live:
+            return
+        if len(live) == 1:
+            j = live[0]
+            x = lists[j]
+            for i in range(pos[j], len(x), MERGE_STEP * 4):
+                yield x[i:i + MERGE_STEP * 4]
+            return
+        cut = min(key(lists[j][min(pos[j] + MERGE_STEP, len(lists[j])) - 1]) for j in live)
+        page: list = []
+        for j in live:
+            x, p = lists[j], pos[j]
+            # rows p..p+MERGE_STEP-1 are sorted; take those with key <= cut
+            lo = bisect_right(x, cut, p, min(p + MERGE_STEP, len(x)), key=key)
+            page.extend(x[p:lo])
+            pos[j] = lo
+        page.sort(key=key)
+        yield page
+
+
+def _pk_key(table: Any) -> Callable[[tuple], Any]:
+    pk_pos = table.pk_pos
+    return itemgetter(pk_pos[0]) if len(pk_pos) == 1 else itemgetter(*pk_pos)
+
+
+def check_projection(table: Any, columns: list[str] | None) -> None:
+    """Raise InvalidArgument now (not when the iterator is first used) for bad columns."""
+    projection(table, columns)
+
+
+def is_large(views: Mapping[int, ReadView], objects: int, tail_rows: int) -> bool:
+    """Whether a scan of these views is worth Ray tasks: many objects, or a big tail."""
+    if len(views) < 2:
+        return False
+    n_objects = sum(len(v.plan.ranges) + (v.plan.checkpoint is not None)
+                    for v in views.values())
+    n_tail = sum(len(run) for v in views.values() for run in v.tail)
+    return n_objects >= objects or n_tail >= tail_rows
+
+
+def shard_pages(
+    store_url: str,
+    cache_bytes: int,
+    shard: int,
+    view: ReadView,
+    start: Any,
+    end: Any,
+    page_rows: int,
+) -> Iterator[bytes]:
+    """One shard's rows at the view's snapshot, in primary-key order, as msgpack pages of
+    row arrays: the body of a large read's Ray task, which fetches and merges the shard's
+    objects next to the data so the client only merges pages across shards."""
+    reader = ReaderPool.for_url(store_url, cache_bytes).reader(shard)
+    rows = scan_rows(reader, view, start, end)
+    for i in range(0, len(rows), page_rows):
+        yield pack(rows[i:i + page_rows])
+
+
+def merge_pages(
+    views: Mapping[int, ReadView],
+    pages: Mapping[int, Iterator[bytes]],
+    columns: list[str] | None,
+) -> Iterator[dict]:
+    """Rows from every shard's pages (each in key order), merged by primary key."""
+    first = views[min(views)]
+    to_dict = row_maker(first.table, columns)
+    key = _pk_key(first.table)
+
+    def rows(it: Iterator[bytes]) -> Iterator[tuple]:
+        for page in it:
+            yield from unpack_tuples(page)
+
+    streams = [rows(pages[i]) for i in sorted(pages)]
+    merged = heapq.merge(*streams, key=key) if len(streams) > 1 else streams[0]
+    yield from map(to_dict, merged)
+
+
+def changes(
+    pool: ReaderPool, views: Mapping[int, ReadView], from_ts: int, columns: list[str] | None
+) -> Iterator[Change]:
+    """Every change with from_ts <= ts <= snapshot, in (ts, pk) order across shards (the
+    views' range plans start at ``from_ts``)."""
+    assert all(v.from_ts == from_ts for v in views.values()), "views of another feed"
+    projection(views[min(views)].table, columns)  # raises InvalidArgument before any fetch
+    runs = _runs_per_shard(pool, views)
+    return merge_changes([materialize(pool.reader(i), views[i], columns=columns, runs=runs[i])
+                          for i in sorted(views)])
+
+
+def get(
+    pool: ReaderPool, shard: int, view: ReadView, key: Any, columns: list[str] | None
+) -> dict | None:
+    return materialize_get(pool.reader(shard), view, key, columns)
+
+
+def check_same_schema(views: Mapping[int, ReadView]) -> None:
+    """Every shard must serve the same columns (a DDL half-applied is not readable)."""
+    cols = {(v.table.columns, v.table.primary_key) for v in views.values()}
+    if len(cols) > 1:
+        v = next(iter(views.values()))
+        raise NotFound(
+            f"table {v.table.db}.{v.table.name} is being redefined at snapshot {v.snapshot}: "
+            "its DDL had not reached every shard by then",
+            database=v.table.db,
+            table=v.table.name,
+        )
+
+
+__all__ = [
+    "ReaderPool",
+    "ShardCalls",
+    "changes",
+    "check_same_schema",
+    "choose_snapshot",
+    "fetch_views",
+    "get",
+    "raise_first",
+    "scan",
+]

@@ -1,0 +1,93 @@
+"""What a client knows of the tables it writes: each table as every shard has it, cached.
+
+A write part must carry the id of the table it was made for *on the shard it goes to*: a table's
+id is its creation timestamp on each shard, so the ids differ between shards, and the cluster
+catalog's definition (what the coordinator serves) has none. :class:`TableCache` therefore asks
+the coordinator for the definition and every shard for its own version of it
+(``ShardService.live_table``), and keeps them together as a :class:`RoutedTable` once they agree
+on the columns and the primary key. They disagree only while a DDL is reaching the shards; the
+lookup is then tried again, with backoff, for ``retry_s``. So a client's first write to a table
+(or first writer of it) needs every shard to answer; a shard that is restarting is waited for,
+as any shard call is, for ``retry_s``.
+
+A cached entry goes stale when the table is dropped and created again; the shards then refuse
+the parts made from it (:class:`dn.errors.StaleTable`) and the client looks the table up again
+(``refresh=True``). DDL made through the client clears the cache.
+
+Not done here: validation and routing (:mod:`coordinator.client.routing`), sending
+(:mod:`coordinator.client.writes`). Any thread: a lookup that two threads make at once is made
+twice, and either answer is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dn.backoff import Backoff
+from dn.errors import Unavailable
+from dn.schema import TableDef, check_name
+from dn.write.part import WritePart
+
+if TYPE_CHECKING:
+    from coordinator.client.fanout import ShardCalls
+    from coordinator.client.routing import ShardPart
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedTable:
+    """A table as a client writes it: ``table``, its definition (columns and primary key;
+    its id means nothing cluster-wide), and ``shard_tables``, shard ``i``'s own definition of
+    it (the same columns and key, and that shard's table id)."""
+
+    table: TableDef
+    shard_tables: tuple[TableDef, ...]
+
+    def part(self, shard: int, share: ShardPart, after: int) -> WritePart:
+        """The write part of a batch's share for ``shard``, packed, committed after
+        ``after``."""
+        return WritePart.from_columns(self.shard_tables[shard], share.cols, share.deletes, after)
+
+
+class TableCache:
+    """The :class:`RoutedTable` of each table a client used, fetched on first use."""
+
+    def __init__(self, coordinator: Any, shards: ShardCalls, retry_s: float,
+                 backoff: Backoff) -> None:
+        self._coord = coordinator
+        self._shards = shards
+        self._retry_s = retry_s
+        self._backoff = backoff
+        self._tables: dict[tuple[str, str], RoutedTable] = {}
+
+    def get(self, db: str, table: str, refresh: bool = False) -> RoutedTable:
+        """The table ``db.table`` (from the cache unless ``refresh``). NotFound when it does
+        not exist; Unavailable when the shards still disagree about it after ``retry_s``."""
+        check_name("database", db)  # a typed error for a name that is not even a str
+        check_name("table", table)
+        key = (db, table)
+        hit = None if refresh else self._tables.get(key)
+        if hit is not None:
+            return hit
+        retries = self._backoff.within(self._retry_s)
+        while True:
+            t = TableDef.from_wire(self._coord.call("table", db, table, retry_s=self._retry_s))
+            n = len(self._shards)
+            answers = self._shards.call_each(
+                {i: ("live_table", (db, table)) for i in range(n)}, self._retry_s)
+            for i in sorted(answers):
+                if isinstance(answers[i], BaseException):
+                    raise answers[i]
+            mine = tuple(TableDef.from_wire(answers[i]) for i in range(n))
+            if all(m.columns == t.columns and m.primary_key == t.primary_key for m in mine):
+                routed = self._tables[key] = RoutedTable(t, mine)
+                return routed
+            if not retries.wait():
+                raise Unavailable(f"table {db}.{table} is being redefined on the shards; retry",
+                                  database=db, table=table)
+
+    def forget(self, db: str, table: str) -> None:
+        self._tables.pop((db, table), None)
+
+    def clear(self) -> None:
+        self._tables.clear()

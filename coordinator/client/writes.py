@@ -1,0 +1,117 @@
+"""A client's durable writes: one batch validated whole, split by shard, sent as write parts.
+
+:func:`write_batch` is ``Client.write``/``write_columns``/``write_each``: validate the batch
+against the table (bad input: nothing is written anywhere), split it by shard, pack each share
+as one :class:`dn.write.part.WritePart` and send every part at once (shard method
+:data:`WRITE_PART`). A part refused with :class:`dn.errors.StaleTable` (the table was dropped
+and created again since the client cached it) makes the client look the table up again,
+validate the batch against the new definition and send the parts that did not commit; at most
+:data:`ATTEMPTS` times in all. Any other failure is raised, with ``details["committed"]`` =
+{shard: ts} for the parts that did commit.
+
+Also here, shared with the buffered writer (:mod:`coordinator.client.writer`): the causality
+token (:class:`Causality`) and the batch limits of the deployment (:class:`Limits`).
+
+Not done here: retrying an unavailable shard (the shard calls do, for ``retry_s``), buffering.
+Any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from coordinator.client.routing import Batch, split
+from coordinator.client.tables import TableCache
+from dn.errors import DNError, NotFound, StaleTable
+from dn.schema import TableDef
+from shards.shard import ShardService
+
+if TYPE_CHECKING:
+    from coordinator.client.fanout import ShardCalls
+
+#: The shard method that takes a write part (its arguments: ``WritePart.to_call()``).
+WRITE_PART = ShardService.write_part.__name__
+#: Sends of one batch at most: the first, and one per redefinition of the table met.
+ATTEMPTS = 3
+
+
+class Causality:
+    """The newest timestamp a client has seen (its writes, its snapshots). Writes carry it
+    (``WritePart.after``), so they commit after everything the client saw. Thread-safe."""
+
+    def __init__(self, token: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._token = token
+
+    @property
+    def token(self) -> int:
+        return self._token
+
+    def observe(self, ts: int) -> None:
+        """Note a timestamp seen; the token only moves forward."""
+        with self._lock:
+            if ts > self._token:
+                self._token = ts
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The engine's batch limits of the deployment, which a client checks before sending."""
+
+    max_value_bytes: int
+    max_batch_rows: int
+    max_batch_bytes: int
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> Limits:
+        return cls(info["max_value_bytes"], info["max_batch_rows"], info["max_batch_bytes"])
+
+
+def write_batch(shards: ShardCalls, tables: TableCache, causality: Causality, retry_s: float,
+                db: str, table: str, validate: Callable[[TableDef], Batch]) -> dict[int, int]:
+    """Validate a batch against the table (``validate(tdef)``), split it by shard and send
+    every part at once; returns {shard: commit ts}. See the module docstring."""
+    done: dict[int, int] = {}
+    errors: dict[int, BaseException] = {}
+    for attempt in range(ATTEMPTS):
+        routed = tables.get(db, table, refresh=attempt > 0)
+        try:
+            shares = split(validate(routed.table), len(shards))
+        except DNError as exc:  # only after a redefinition: the batch fits the old table
+            raise with_committed(exc, done) from None
+        after = causality.token
+        calls = {s: (WRITE_PART, routed.part(s, share, after).to_call())
+                 for s, share in shares.items() if s not in done}
+        results = shards.call_each(calls, retry_s)
+        for s, r in results.items():
+            if isinstance(r, int):
+                done[s] = r
+                causality.observe(r)
+        errors = {s: r for s, r in results.items() if isinstance(r, BaseException)}
+        if not errors:
+            return done
+        other = {s: e for s, e in errors.items() if not isinstance(e, StaleTable)}
+        if other:
+            first = other[min(other)]
+            if isinstance(first, NotFound):
+                tables.forget(db, table)
+            raise with_committed(first, done)
+    raise with_committed(errors[min(errors)], done)
+
+
+def reusable(values: Any) -> Any:
+    """A one-shot iterable of values as a list (a batch may be validated again on a retry);
+    anything else as it is, for validation to accept or refuse."""
+    if isinstance(values, list | tuple | str | bytes | dict) or not hasattr(values, "__iter__"):
+        return values
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def with_committed(err: BaseException, done: dict[int, int]) -> BaseException:
+    """The error to raise, noting which shards' parts did commit."""
+    if isinstance(err, DNError) and done:
+        return type(err)(err.message, **{**err.details, "committed": dict(done)})
+    return err

@@ -1,0 +1,56 @@
+"""The object cache: a byte-bounded LRU of decoded immutable objects.
+
+Range objects and checkpoints never change once written, so a decoded one can be shared by
+every read that names it. The cache maps an object's key to its decoded value and counts each
+entry at the size of its stored bytes; past ``capacity`` bytes it drops the least recently used
+entries (always keeping the newest one, however large).
+
+Invariants: the byte count is the sum of the entries' sizes; values are never mutated by the
+cache or by its users. Not here: fetching or decoding (the caller's ``load`` does both, outside
+the lock, so two threads may load the same key at once; the first to finish is kept).
+
+Thread-safe: one lock guards the entries and the counters.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+
+class ObjectCache:
+    """A byte-bounded LRU of decoded immutable objects."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, load: Callable[[], tuple[Any, int]]) -> Any:
+        """The value cached at ``key``; on a miss, ``load()`` gives (value, size in bytes)."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return item[0]
+            self.misses += 1
+        value, size = load()
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = (value, size)
+                self._bytes += size
+                while self._bytes > self.capacity and len(self._items) > 1:
+                    _, (_, s) = self._items.popitem(last=False)
+                    self._bytes -= s
+        return value
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"objects": len(self._items), "bytes": self._bytes, "hits": self.hits,
+                    "misses": self.misses}

@@ -1,0 +1,76 @@
+"""The reader: fetches one shard's checkpoints and range objects and turns plans into runs.
+
+Given a plan (:mod:`dn.read.plan`), the table's definition and the tail runs handed out by the
+shard, :meth:`Reader.runs` fetches the checkpoint and range objects the plan names from the
+object store, through an :class:`dn.read.cache.ObjectCache` of decoded immutable objects, and
+lists the table's runs (:mod:`dn.read.run`) oldest first: the ranges a checkpoint lists, the
+plan's working ranges, then the tail. Readers visit runs in that order, so a later version
+overwrites an earlier one.
+
+Not here: choosing visible versions (:mod:`dn.read.pick`), feeds (:mod:`dn.read.feed`), dicts
+(:mod:`dn.read.rows`); a read goes through :func:`dn.read.view.materialize`. The reader never
+talks to the shard and never writes. It is safe to share between threads: the cache has its
+own lock, and decoded objects are never mutated after their runs are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dn.objects import checkpoint as ckpt
+from dn.objects import codec, rangeobj
+from dn.read.cache import ObjectCache
+from dn.read.plan import Plan
+from dn.read.run import Run, Runs
+from dn.schema import TableDef
+from dn.store.base import ObjectStore
+
+
+class Reader:
+    """Fetches and lists the objects of one shard's plans."""
+
+    def __init__(self, store: ObjectStore, shard: int, cache: ObjectCache) -> None:
+        self._store = store
+        self._shard = shard
+        self.cache = cache
+
+    def checkpoint(self, ts: int) -> ckpt.Checkpoint:
+        key = codec.checkpoint_key(self._shard, ts)
+
+        def load():
+            data = self._store.get(key)
+            return ckpt.decode(data, key), len(data)
+
+        return self.cache.get(key, load)
+
+    def range(self, r: tuple[int, int]) -> rangeobj.RangeObject:
+        key = codec.range_key(self._shard, r[0], r[1])
+
+        def load():
+            data = self._store.get(key)
+            return rangeobj.decode(data, key), len(data)
+
+        return self.cache.get(key, load)
+
+    def runs(self, table: TableDef, plan: Plan, tail: Sequence[Run], key: Any = None) -> Runs:
+        """The runs of ``table`` the plan names, oldest first, each with its newest ts. For a
+        point read, ``key`` skips the checkpoint's ranges whose key span excludes it."""
+        out: Runs = []
+        ranges: list[tuple[int, int]] = []
+        if plan.checkpoint is not None:
+            cp = self.checkpoint(plan.checkpoint)
+            for r, st in cp.tables.get(table.id, ()):
+                if key is not None and st.pk_min is not None and not (
+                    st.pk_min <= key <= st.pk_max
+                ):
+                    continue
+                ranges.append(r)
+        ranges.extend(plan.ranges)
+        for r in ranges:
+            run = self.range(r).run(table.id, table.pk_pos)
+            if run is not None and len(run):
+                out.append((run, r[1]))
+        hi = plan.tail[1] if plan.tail else 0
+        out.extend((run, hi) for run in tail if len(run))
+        return out

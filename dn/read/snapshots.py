@@ -1,0 +1,147 @@
+"""The read side of one shard: snapshots, floors, plans and read views.
+
+One part of :class:`dn.engine.Engine`, over the shard's :class:`dn.state.ShardState`. A read
+resolves its snapshot S under the shard's lock (raising the clock's floor to S, waiting for
+groups in flight at or below S, settling an unknown log outcome, refusing S before the
+retention window), takes the plan of seed 001 and copies the in-memory tail out as runs: a
+:class:`ReadView`. Materializing the view (fetching and merging objects) happens outside the
+lock, in this process or in another (:mod:`dn.read.view`). Any thread.
+
+Not here: fetching objects, merging versions, anything that writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dn.clock import LOGICAL_BITS
+from dn.errors import InvalidArgument
+from dn.read.plan import Plan, check_from_ts, range_plan, snapshot_plan
+from dn.read.run import Run
+from dn.read.view import ReadView
+from dn.schema import TableDef
+from dn.state import ShardState
+
+
+class Snapshots:
+    """Snapshots, floors, plans and read views of one shard."""
+
+    def __init__(self, state: ShardState, settle: Callable[[], None]) -> None:
+        self._s = state
+        self._settle = settle  # settles an unknown log outcome (the write path's)
+
+    def snapshot(self) -> int:
+        """A timestamp to pass as ``snapshot=`` for repeatable reads: it covers every write
+        acknowledged so far, and no later commit gets a timestamp at or below it."""
+        with self._s.cv:
+            return self._resolve_snapshot_locked(None)
+
+    def advance_floor(self, ts: int) -> int:
+        """Promise that no later commit gets a timestamp <= ``ts`` and wait for commits in
+        flight at or below it; returns ``ts``. Used by cross-shard snapshot reads."""
+        with self._s.cv:
+            return self._resolve_snapshot_locked(ts)
+
+    def clock(self) -> int:
+        """The newest timestamp this shard has issued or promised."""
+        with self._s.cv:
+            return self._s.hlc.peek()
+
+    def _resolve_snapshot_locked(self, snapshot: int | None) -> int:
+        self._s.check_usable_locked()
+        if snapshot is None:
+            s = self._s.hlc.peek()
+        else:
+            if type(snapshot) is not int or snapshot < 0:
+                raise InvalidArgument(f"snapshot must be an int64 timestamp, got {snapshot!r}")
+            limit = self._s.hlc.peek() + (int(self._s.settings.snapshot_future_s * 1000)
+                                        << LOGICAL_BITS)
+            if snapshot > limit:
+                raise InvalidArgument(
+                    f"snapshot {snapshot} is too far in the future (shard clock at "
+                    f"{self._s.hlc.peek()})")
+            s = snapshot
+            oldest = self._s.oldest_readable()
+            if s < oldest:
+                raise InvalidArgument(
+                    f"snapshot {s} is before the retention window; the oldest readable "
+                    f"timestamp is {oldest}", oldest=oldest)
+        self._s.hlc.advance(s)
+        while True:
+            inflight = self._s.queue.inflight
+            if inflight is not None and inflight[0] <= s:
+                self._s.cv.wait()
+                continue
+            if self._s.unknown_lo is not None and self._s.unknown_lo <= s:
+                self._s.cv.release()
+                try:
+                    self._settle()
+                finally:
+                    self._s.cv.acquire()
+                continue
+            return s
+
+    def read_view(self, db: str, table: str, snapshot: int | None = None,
+                  from_ts: int | None = None) -> ReadView:
+        """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
+        for a change feed, from ``from_ts``). Readers in other processes materialize it."""
+        if from_ts is not None:
+            check_from_ts(from_ts)
+        with self._s.cv:
+            s = self._resolve_snapshot_locked(snapshot)
+            tdef = self._s.catalog.table_at(db, table, s)
+            if from_ts is not None and from_ts < self._s.oldest_readable():
+                oldest = self._s.oldest_readable()
+                raise InvalidArgument(
+                    f"from_ts {from_ts} is before the retention window; the oldest readable "
+                    f"timestamp is {oldest}", oldest=oldest)
+            if from_ts is None:
+                plan = snapshot_plan(self._s.ranges, self._s.checkpoints, s)
+            else:
+                plan = range_plan(self._s.ranges, self._s.checkpoints, s, from_ts)
+            buffers = [*self._s.frozen, self._s.mutable] if plan.tail is not None else []
+        # Copied outside the lock, so a big tail does not stall writers: every commit at or
+        # below s is applied (s is resolved), later ones only append above s, and a buffer a
+        # flush drops meanwhile stays whole through this reference.
+        tail: list[Run] = []
+        if plan.tail is not None:
+            lo, hi = plan.tail
+            for buf in buffers:
+                run = buf.run(tdef.id, lo, hi)
+                if run is not None and len(run):
+                    tail.append(run)
+        return ReadView(tdef, s, plan, tuple(tail), from_ts)
+
+    def snapshot_plan(self, ts: int) -> Plan:
+        """Seed 001's snapshot-read plan at ``ts``."""
+        with self._s.cv:
+            s = self._resolve_snapshot_locked(ts)
+            return snapshot_plan(self._s.ranges, self._s.checkpoints, s)
+
+    def range_plan(self, snapshot: int, from_ts: int) -> Plan:
+        """Seed 001's range-read plan for from_ts <= ts <= snapshot."""
+        with self._s.cv:
+            s = self._resolve_snapshot_locked(snapshot)
+            return range_plan(self._s.ranges, self._s.checkpoints, s, from_ts)
+
+    def databases(self, snapshot: int | None = None) -> list[str]:
+        with self._s.cv:
+            s = self._resolve_snapshot_locked(snapshot)
+            return self._s.catalog.databases_at(s)
+
+    def tables(self, db: str, snapshot: int | None = None) -> list[str]:
+        with self._s.cv:
+            s = self._resolve_snapshot_locked(snapshot)
+            return self._s.catalog.tables_at(db, s)
+
+    def live_table(self, db: str, table: str) -> TableDef:
+        """The table as it is now, without waiting for commits in flight (a catalog lookup:
+        for checks on the write path, not for reads)."""
+        with self._s.cv:
+            self._s.check_usable_locked()
+            return self._s.catalog.live_table(db, table)
+
+    def table(self, db: str, table: str, snapshot: int | None = None) -> TableDef:
+        with self._s.cv:
+            s = self._resolve_snapshot_locked(snapshot)
+            return self._s.catalog.table_at(db, table, s)

@@ -1,0 +1,111 @@
+"""Read views and their materialization: what a shard hands a reader, and what a read returns.
+
+A :class:`ReadView` is made by the shard under its lock (:mod:`dn.read.snapshots`): the table as
+of the snapshot S, S, the plan of seed 001 and the tail runs copied out of memory; for a change
+feed also ``from_ts`` (then the plan is a range plan, which names no checkpoint). It is all a
+reader in any process needs; it pickles (Ray passes it to clients and read tasks). Immutable.
+
+Materializing a view is done here and only here, for the engine, the cluster's client and its
+read tasks alike:
+
+- :func:`view_runs` — the view's plan and tail as runs, fetched through a
+  :class:`dn.read.reader.Reader` (the only place a view becomes runs);
+- :func:`materialize` — what a read returns: for a snapshot view, row dicts with start <= pk <
+  end in primary-key order; for a feed view, :class:`dn.read.change.Change` records in (ts, pk)
+  order;
+- :func:`materialize_get` — the row of one key, or None;
+- :func:`scan_columns`, :func:`scan_rows` — a snapshot view's rows by column (with numpy int
+  keys) or as tuples, for merges across shards and for read-task pages.
+
+Keys (``key``, ``start``, ``end``) come normalized (:meth:`dn.schema.TableDef.check_key`);
+``columns`` are validated here, before any work. :func:`materialize` and :func:`scan_columns`
+take ``runs=`` when the caller has already fetched the view's runs (the client fetches shards in
+parallel). Not here: resolving snapshots or making plans (the shard), merging across shards
+(the client). Any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dn.errors import Internal
+from dn.read import feed, pick
+from dn.read.change import Change
+from dn.read.plan import Plan
+from dn.read.reader import Reader
+from dn.read.rows import column_maker, projection, row_dict
+from dn.read.run import Run, Runs
+from dn.schema import TableDef
+
+
+@dataclass(frozen=True, slots=True)
+class ReadView:
+    """Everything a reader needs for one read: the table as of the snapshot, the snapshot,
+    the plan, and the tail runs copied out of memory; ``from_ts`` for a change feed."""
+
+    table: TableDef
+    snapshot: int
+    plan: Plan
+    tail: tuple[Run, ...]
+    from_ts: int | None = None
+
+
+def view_runs(reader: Reader, view: ReadView, key: Any = None) -> Runs:
+    """The view's runs, oldest first, each with its newest ts. ``key``: a point read's key
+    (ranges a checkpoint lists outside it are skipped)."""
+    return reader.runs(view.table, view.plan, view.tail, key)
+
+
+def materialize(reader: Reader, view: ReadView, *, columns: Sequence[str] | None = None,
+                start: Any = None, end: Any = None, runs: Runs | None = None
+                ) -> Iterator[dict] | Iterator[Change]:
+    """What a read of ``view`` returns, rows projected on ``columns``: for a snapshot view,
+    the rows with start <= pk < end visible at its snapshot, as dicts in primary-key order;
+    for a feed view (``from_ts`` set), every change with from_ts <= ts <= snapshot, in (ts,
+    pk) order. The versions are picked now; the dicts are made as the iterator is read."""
+    if view.from_ts is None:
+        make = column_maker(view.table, columns)  # checks the columns before any fetch
+        return make(scan_columns(reader, view, start, end, runs=runs)[0])
+    if start is not None or end is not None:
+        raise Internal("a change feed has no key bounds")
+    projection(view.table, columns)  # checks the columns before any fetch
+    if runs is None:
+        runs = view_runs(reader, view)
+    return feed.changes(view.table, view.from_ts, view.snapshot, runs, columns)
+
+
+def materialize_get(reader: Reader, view: ReadView, key: Any,
+                    columns: Sequence[str] | None = None) -> dict | None:
+    """The row of ``key`` visible at the view's snapshot, as a dict projected on
+    ``columns``; None when there is none."""
+    _snapshot_only(view)
+    proj = projection(view.table, columns)
+    row = pick.lookup(view_runs(reader, view, key), key, view.snapshot)
+    return None if row is None else row_dict(proj, row)
+
+
+def scan_columns(reader: Reader, view: ReadView, start: Any = None, end: Any = None, *,
+                 runs: Runs | None = None) -> tuple[list[list], np.ndarray | None]:
+    """The table's columns of the rows with start <= pk < end visible at the view's snapshot,
+    in primary-key order (``[]`` for no rows), and their keys as a numpy int64 array when
+    they are ints (else None): no tuple per row."""
+    _snapshot_only(view)
+    if runs is None:
+        runs = view_runs(reader, view)
+    return pick.sorted_columns(view.snapshot, runs, start, end)
+
+
+def scan_rows(reader: Reader, view: ReadView, start: Any = None, end: Any = None
+              ) -> list[tuple]:
+    """:func:`scan_columns` as one list of row tuples in column order (to ship rows on)."""
+    _snapshot_only(view)
+    return pick.sorted_rows(view.snapshot, view_runs(reader, view), start, end)
+
+
+def _snapshot_only(view: ReadView) -> None:
+    if view.from_ts is not None:
+        raise Internal("a change feed's view (a range plan) cannot serve a snapshot read")

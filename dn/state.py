@@ -1,0 +1,144 @@
+"""The state of one shard, shared by the parts of :class:`dn.engine.Engine`.
+
+An engine is composed of three parts that each own one concern and share this object: the
+write path (:class:`dn.write.path.WritePath`), upkeep (:class:`dn.upkeep.scheduler.Upkeep`)
+and the read side (:class:`dn.read.snapshots.Snapshots`). This module holds the fields they
+share and the few rules every part applies the same way: whether the shard may be used, how
+it stops for good, and the oldest readable timestamp.
+
+Locks, and what each guards:
+
+- ``cv`` (a condition over one lock): the in-memory state — catalog, buffers, range and
+  checkpoint lists, statistics, the clock, the unknown-outcome mark. No I/O happens under it.
+- ``flush_lock``: every manifest commit and the objects written for it (buffer checkpoints,
+  checkpoints, compaction swaps, retention drops, garbage collection).
+- ``compact_lock``: one compaction at a time (its merging runs outside ``flush_lock``).
+
+The log is touched only by the current group-commit leader (:class:`dn.write.commit.
+CommitQueue`). Any thread may read a field under the lock that guards it.
+
+Not here: any behaviour of a part; I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from dn.catalog import Catalog
+from dn.clock import LOGICAL_BITS, Clock, HybridClock
+from dn.errors import Closed, DNError, Fenced
+from dn.objects import rangeobj
+from dn.objects.manifest import Manifest
+from dn.read.cache import ObjectCache
+from dn.read.reader import Reader
+from dn.settings import Settings
+from dn.store.base import ObjectStore
+from dn.upkeep import compaction
+from dn.upkeep.gc import Collector
+from dn.write.buffer import Buffer
+from dn.write.commit import CommitQueue
+from dn.write.log import Log
+
+log = logging.getLogger(__name__)
+
+
+class ShardState:
+    """The fields of one open shard (see the module docstring for which lock guards what)."""
+
+    def __init__(self, store: ObjectStore, log_store: ObjectStore, shard: int,
+                 settings: Settings, clock: Clock) -> None:
+        self.shard = shard
+        self.settings = settings
+        self.store = store
+        self.log_store = log_store
+        self.clock = clock
+        self.hlc = HybridClock(clock)
+        self.cv = threading.Condition(threading.Lock())
+        self.flush_lock = threading.Lock()
+        self.compact_lock = threading.Lock()
+        self.queue = CommitQueue(self.cv, settings.group_commit_max_bytes)
+        self.manifest = Manifest(store, shard)
+        self.catalog = Catalog()
+        self.cache = ObjectCache(settings.cache_bytes)
+        self.reader = Reader(store, shard, self.cache)
+        self.log: Log | None = None  # set by recovery
+        self.epoch = 0
+        # buffers: the mutable one, and the checkpoint queue (frozen, oldest first)
+        self.mutable = Buffer(1, clock.monotonic())
+        self.frozen: list[Buffer] = []
+        # what the manifest says is live, adopted after each manifest commit
+        self.ranges: list[tuple[int, int]] = []
+        self.checkpoints: list[int] = []
+        self.stats: dict[tuple[int, int], dict[int, rangeobj.TableStats]] = {}
+        self.sizes: dict[tuple[int, int], int] = {}  # encoded bytes of each live range
+        self.policy = compaction.Policy(settings.compaction_fanout,
+                                        settings.compaction_base_bytes,
+                                        settings.compaction_max_bytes)
+        self.collector = Collector(store, shard, settings.gc_grace_s)
+        self.gc_dirty = True  # something may have become garbage since the last scan
+        self.manifest_unsure = False  # a manifest commit failed in a way that may have landed
+        self.last_applied = 0  # the newest commit ts applied to memory
+        self.unknown_lo: int | None = None  # lowest ts of a log write whose outcome is unknown
+        self.last_cp_time = clock.monotonic()
+        self.broken: DNError | None = None
+        self.closed = False
+        self.counters = {"buffer_checkpoints": 0, "checkpoints": 0, "compactions": 0,
+                         "rows_written": 0, "replayed_commands": 0, "maintain_errors": 0}
+
+    # -- whether the shard may be used ------------------------------------------------------
+
+    def check_usable(self) -> None:
+        with self.cv:
+            self.check_usable_locked()
+
+    def check_usable_locked(self) -> None:
+        if self.closed:
+            raise Closed(f"shard {self.shard} is closed")
+        if self.broken is not None:
+            raise self.broken
+
+    def fail(self, error: DNError) -> None:
+        """Stop the shard for good (fenced, or memory no longer matches the log): every
+        waiting and later call gets ``error``."""
+        with self.cv:
+            if self.broken is None:
+                self.broken = error
+                log.error("shard %d stops: %s", self.shard, error)
+            self.queue.fail_all(error)
+
+    def state_locked(self) -> str:
+        if self.closed:
+            return "closed"
+        if self.broken is not None:
+            return "fenced" if isinstance(self.broken, Fenced) else "broken"
+        if self.unknown_lo is not None:
+            return "settling"
+        return "open"
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def oldest_readable(self) -> int:
+        """The oldest timestamp snapshot and range reads are served for (0: no limit)."""
+        if self.settings.retention_s is None:
+            return 0
+        ms = self.clock.now_ms() - int(self.settings.retention_s * 1000)
+        return max(0, ms << LOGICAL_BITS)
+
+    # -- invariants ---------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Invariants of the whole shard (tests call this after each step)."""
+        with self.cv:
+            bufs = [*self.frozen, self.mutable]
+            for b in bufs:
+                b._check()
+            for a, b in zip(bufs, bufs[1:]):
+                assert a.to_ts is not None and b.from_ts == a.to_ts + 1, "buffers not contiguous"
+            if self.ranges:
+                assert bufs[0].from_ts == self.ranges[-1][1] + 1, "buffers do not follow ranges"
+            for (_, t0), (f1, _) in zip(self.ranges, self.ranges[1:]):
+                assert f1 == t0 + 1, "ranges not contiguous"
+            assert set(self.stats) >= set(self.ranges), "ranges without statistics"
+            assert self.hlc.last >= self.last_applied
+            self.catalog._check()

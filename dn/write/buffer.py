@@ -1,0 +1,156 @@
+"""Buffers: the mutable buffer and the frozen (immutable) buffers of one shard.
+
+A buffer covers the commit timestamps ``[from_ts, to_ts]`` (``to_ts`` is the newest commit
+applied; None while empty). It holds (seed 001):
+
+- ``commands``: the DDL commands, as ``(ts, cmd)``;
+- per table an appendable :class:`TableBlock`: columnar lists (one per column), the commit
+  timestamp of each row version, and the block's delete nodes (primary key, timestamp).
+  Reads copy versions out as runs (:mod:`dn.read.run`), which answer point lookups.
+
+Invariants: timestamps are appended in ascending order; a group commit is applied whole, so a
+buffer boundary never splits one; a frozen buffer never changes again. ``nbytes`` counts the
+encoded bytes of the commands applied (the same bytes the log wrote), a good proxy for memory.
+
+Callers hold the engine's lock for every mutation. Frozen buffers may be read without it, and
+so may the versions of a mutable buffer at or below a resolved snapshot: later commits only
+append above them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+from dn.read.run import Run
+
+
+class TableBlock:
+    """The appendable block of one table in one buffer."""
+
+    __slots__ = ("pk_pos", "cols", "ts", "del_pks", "del_ts")
+
+    def __init__(self, ncols: int, pk_pos: tuple[int, ...]) -> None:
+        self.pk_pos = pk_pos
+        self.cols: list[list] = [[] for _ in range(ncols)]
+        self.ts: list[int] = []
+        self.del_pks: list = []
+        self.del_ts: list[int] = []
+
+    def append(self, ts: int, rows: list[tuple], deletes: list) -> None:
+        if rows:
+            for i, col in enumerate(self.cols):
+                col.extend([r[i] for r in rows])
+            self.ts.extend([ts] * len(rows))
+        self._append_deletes(ts, deletes)
+
+    def append_columns(self, ts: int, chunks: list, deletes: list) -> None:
+        """:meth:`append` for rows given by column: ``chunks`` is a list of column lists."""
+        cols = self.cols
+        for chunk in chunks:
+            for col, values in zip(cols, chunk, strict=True):
+                col.extend(values)
+            self.ts.extend([ts] * len(chunk[0]))
+        self._append_deletes(ts, deletes)
+
+    def _append_deletes(self, ts: int, deletes: list) -> None:
+        if deletes:
+            self.del_pks.extend(deletes)
+            self.del_ts.extend([ts] * len(deletes))
+
+    def pks(self) -> list:
+        pos = self.pk_pos
+        if len(pos) == 1:
+            return self.cols[pos[0]][:]
+        return list(zip(*(self.cols[p] for p in pos)))
+
+    def run(self, lo_ts: int, hi_ts: int) -> Run:
+        """The versions with lo_ts <= ts <= hi_ts, in commit order."""
+        a, b = bisect_left(self.ts, lo_ts), bisect_right(self.ts, hi_ts)
+        cols = [c[a:b] for c in self.cols]
+        pos = self.pk_pos
+        pks = cols[pos[0]] if len(pos) == 1 else list(zip(*(cols[p] for p in pos)))
+        da, db = bisect_left(self.del_ts, lo_ts), bisect_right(self.del_ts, hi_ts)
+        return Run(pks, self.ts[a:b], None, self.del_pks[da:db], self.del_ts[da:db],
+                   pk_pos=self.pk_pos, cols=cols)
+
+    def __len__(self) -> int:
+        return len(self.ts) + len(self.del_ts)
+
+
+class Buffer:
+    """A mutable buffer, or a frozen one once ``frozen`` is set."""
+
+    __slots__ = ("from_ts", "to_ts", "commands", "tables", "nbytes", "ncommits", "born",
+                 "frozen")
+
+    def __init__(self, from_ts: int, born: float) -> None:
+        self.from_ts = from_ts
+        self.to_ts: int | None = None
+        self.commands: list[tuple[int, list]] = []
+        self.tables: dict[int, TableBlock] = {}
+        self.nbytes = 0
+        self.ncommits = 0
+        self.born = born
+        self.frozen = False
+
+    @property
+    def empty(self) -> bool:
+        return self.to_ts is None
+
+    def _stamp(self, ts: int, nbytes: int) -> None:
+        assert not self.frozen, "frozen buffers never change"
+        assert ts >= self.from_ts and (self.to_ts is None or ts > self.to_ts), "ts out of order"
+        self.to_ts = ts
+        self.nbytes += nbytes
+        self.ncommits += 1
+
+    def apply_write(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
+                    rows: list[tuple], deletes: list, nbytes: int) -> None:
+        self._block(ts, table_id, ncols, pk_pos, nbytes).append(ts, rows, deletes)
+
+    def apply_columns(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
+                      chunks: list, deletes: list, nbytes: int) -> None:
+        self._block(ts, table_id, ncols, pk_pos, nbytes).append_columns(ts, chunks, deletes)
+
+    def _block(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
+               nbytes: int) -> TableBlock:
+        """Stamp a write at ``ts`` and return its table's block (made on first use)."""
+        self._stamp(ts, nbytes)
+        block = self.tables.get(table_id)
+        if block is None:
+            block = self.tables[table_id] = TableBlock(ncols, pk_pos)
+        return block
+
+    def apply_ddl(self, ts: int, cmd: list, nbytes: int) -> None:
+        self._stamp(ts, nbytes)
+        self.commands.append((ts, cmd))
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def run(self, table_id: int, lo_ts: int, hi_ts: int) -> Run | None:
+        block = self.tables.get(table_id)
+        if block is None or self.to_ts is None or hi_ts < self.from_ts or lo_ts > self.to_ts:
+            return None
+        return block.run(lo_ts, hi_ts)
+
+    def rows(self) -> int:
+        return sum(len(b) for b in self.tables.values())
+
+    def describe(self) -> dict:
+        return {"from": self.from_ts, "to": self.to_ts, "bytes": self.nbytes,
+                "commits": self.ncommits, "rows": self.rows(), "frozen": self.frozen}
+
+    def _check(self) -> None:
+        for block in self.tables.values():
+            n = len(block.ts)
+            assert all(len(c) == n for c in block.cols), "columns of unequal length"
+            assert block.ts == sorted(block.ts), "row timestamps out of order"
+            assert block.del_ts == sorted(block.del_ts), "delete timestamps out of order"
+            assert len(block.del_pks) == len(block.del_ts)
+            if n or block.del_ts:
+                lo = min(block.ts[:1] + block.del_ts[:1])
+                hi = max(block.ts[-1:] + block.del_ts[-1:])
+                assert self.from_ts <= lo and hi <= (self.to_ts or -1), "versions outside range"
+        ts = [t for t, _ in self.commands]
+        assert ts == sorted(ts)

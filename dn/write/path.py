@@ -1,0 +1,280 @@
+"""The write path of one shard: validate, stamp, log, apply.
+
+One part of :class:`dn.engine.Engine` (see :mod:`dn.state` for the state it shares)::
+
+    write -> validate against the live catalog -> group commit (dn.write.commit):
+        under the lock: re-check the table, stamp a TS            (stamp)
+        leader, no lock: settle an unknown outcome, log the group  (persist)
+        under the lock: apply to the mutable buffer, maybe freeze  (apply_group)
+    -> the commit TS, once the command is durable
+
+A client's pre-packed part (:class:`dn.write.part.WritePart`) is checked and decoded by the
+part's own codec and logged as the bytes that were sent. A write prepared for a table that was
+dropped and created again before it was stamped is refused with :class:`StaleTable`.
+
+Recovery replays log records through :meth:`WritePath.replay`, the same apply step.
+
+Backpressure: a writer that finds the checkpoint queue over ``queue_slow_bytes`` runs a buffer
+checkpoint itself; over ``queue_stop_bytes`` it is refused with :class:`Unavailable`.
+
+Failure: a log write whose outcome is unknown marks the lowest TS it held; the next leader (or
+a read at or above that TS) settles it before going on (:meth:`WritePath.settle`). A fenced
+log stops the shard. Any thread may call the public methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dn import catalog as cat
+from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, WRITE_OPS
+from dn.errors import (
+    Corruption,
+    DNError,
+    Fenced,
+    Internal,
+    InvalidArgument,
+    StaleTable,
+    Unavailable,
+)
+from dn.objects import codec
+from dn.schema import TableDef
+from dn.state import ShardState
+from dn.upkeep.scheduler import Upkeep
+from dn.write.aio import AsyncFrontDoor
+from dn.write.commit import Pending
+from dn.write.log import LogRecord, encode_command
+from dn.write.part import WritePart
+
+
+class WritePath:
+    """DDL and row writes of one shard, and the replay of logged commands."""
+
+    def __init__(self, state: ShardState, upkeep: Upkeep) -> None:
+        self._s = state
+        self._upkeep = upkeep
+        self._aio = AsyncFrontDoor(self.submit_all)
+
+    # -- DDL ----------------------------------------------------------------------------------
+
+    def create_database(self, db: str) -> int:
+        return self._ddl(cat.ddl_create_database(db))
+
+    def drop_database(self, db: str) -> int:
+        return self._ddl(cat.ddl_drop_database(db))
+
+    def create_table(self, db: str, table: str, schema: dict[str, str],
+                     primary_key: str | list[str]) -> int:
+        return self._ddl(cat.ddl_create_table(db, table, schema, primary_key))
+
+    def drop_table(self, db: str, table: str) -> int:
+        return self._ddl(cat.ddl_drop_table(db, table))
+
+    def _ddl(self, cmd: list) -> int:
+        self._s.check_usable()
+        args = cmd[1:]
+        return self._submit(Pending(cmd[0], args, codec.pack(args)))
+
+    # -- row writes ---------------------------------------------------------------------------
+
+    def write(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
+        return self._submit(self._prepare_write(db, table, upserts, deletes))
+
+    async def write_async(self, db: str, table: str, upserts: Any = (),
+                          deletes: Any = ()) -> int:
+        p = self._prepare_write(db, table, upserts, deletes)
+        return await self._aio.submit(p)
+
+    def _prepare_write(self, db: str, table: str, upserts: Any, deletes: Any) -> Pending:
+        s = self._s
+        s.check_usable()
+        tdef = s.catalog.live_table(db, table)
+        rows = tdef.normalize_rows(upserts, s.settings.max_value_bytes)
+        dels = tdef.normalize_deletes(deletes)
+        tdef.check_batch(rows, dels, s.settings.max_batch_rows)
+        args = [tdef.id, rows, dels]
+        payload = codec.pack(args)
+        self._check_size(payload)
+        return Pending(OP_WRITE, args, payload, tdef, len(rows) + len(dels))
+
+    def write_columns(self, db: str, table: str, columns: Any, deletes: Any = ()) -> int:
+        s = self._s
+        s.check_usable()
+        tdef = s.catalog.live_table(db, table)
+        cols, _ = tdef.normalize_columns(columns, s.settings.max_value_bytes)
+        dels = tdef.normalize_deletes(deletes)
+        n = len(tdef.check_keys(tdef.column_keys(cols), dels, s.settings.max_batch_rows))
+        chunks = [cols] if cols else []
+        args = [tdef.id, chunks, dels]
+        return self._submit_write(tdef, args, codec.pack(args), n, OP_WRITE_COLUMNS)
+
+    def write_packed_columns(self, part: WritePart) -> int:
+        """Commit a client's pre-packed part (:mod:`dn.write.part`): checked and decoded
+        against the live table, logged as the bytes that were sent."""
+        s = self._s
+        s.check_usable()
+        tdef = s.catalog.live_table(part.db, part.table)
+        d = part.decode(tdef, s.settings.max_value_bytes, s.settings.max_batch_rows)
+        return self._submit_write(tdef, [tdef.id, d.chunks, d.deletes], part.log_payload(),
+                                  d.nrows, OP_WRITE_COLUMNS)
+
+    def _submit_write(self, tdef: TableDef, args: list, payload: bytes, n: int,
+                      op: int = OP_WRITE) -> int:
+        self._check_size(payload)
+        return self._submit(Pending(op, args, payload, tdef, n))
+
+    def _check_size(self, payload: bytes) -> None:
+        limit = self._s.settings.max_batch_bytes
+        if len(payload) > limit:
+            raise InvalidArgument(f"batch is {len(payload)} bytes, over max_batch_bytes={limit}")
+
+    # -- group commit -------------------------------------------------------------------------
+
+    def _submit(self, p: Pending) -> int:
+        self._admit()
+        return self._s.queue.submit(p, self._stamp, self._persist, self._apply_group)
+
+    def submit_all(self, ps: list[Pending]) -> None:
+        """Commit many prepared commands from one thread (each ends with its ts or error)."""
+        try:
+            self._admit()
+        except DNError as exc:
+            for p in ps:
+                p.error, p.done = exc, True
+            return
+        self._s.queue.submit_all(ps, self._stamp, self._persist, self._apply_group)
+
+    def _admit(self) -> None:
+        """Backpressure: slow writers (they run a buffer checkpoint) or refuse them."""
+        s = self._s
+        queued = self.queued_bytes()
+        if queued >= s.settings.queue_slow_bytes:
+            self._upkeep.flush_one()
+            queued = self.queued_bytes()
+        if queued >= s.settings.queue_stop_bytes:
+            raise Unavailable(
+                f"shard {s.shard} is behind: {queued} bytes await buffer checkpoints "
+                f"(limit {s.settings.queue_stop_bytes}); retry later")
+
+    def queued_bytes(self) -> int:
+        """Encoded bytes in the checkpoint queue. Read without the lock: an advisory figure
+        for backpressure, read on every write; a copy of the list is atomic under the GIL and
+        buffers only ever leave it."""
+        return sum(b.nbytes for b in self._s.frozen[:])
+
+    def _stamp(self, p: Pending) -> None:
+        """Under the lock: re-check against the live catalog and take a timestamp."""
+        s = self._s
+        s.check_usable_locked()
+        if p.op in WRITE_OPS:
+            live = s.catalog.live_table(p.table.db, p.table.name)
+            if live.id != p.table.id:
+                raise StaleTable(
+                    f"table {p.table.db}.{p.table.name} was dropped and created again while "
+                    "this write was being prepared; retry it", database=p.table.db,
+                    table=p.table.name)
+        else:
+            s.catalog.check([p.op, *p.args], 0)
+        p.ts = s.hlc.next()
+
+    def _persist(self, group: list[Pending]) -> None:
+        """Outside the lock (leader only): settle an unknown outcome, then log the group."""
+        s = self._s
+        assert s.log is not None
+        if s.log.unknown:
+            self.settle()
+        try:
+            s.log.append([encode_command(p.ts, p.op, p.payload) for p in group], group[-1].ts)
+        except Fenced as exc:
+            s.fail(exc)
+            raise
+        except Unavailable as exc:
+            if exc.outcome_unknown:
+                with s.cv:
+                    s.unknown_lo = group[0].ts
+            raise
+
+    def settle(self) -> None:
+        """Leader only, lock not held: resolve the log's unknown outcome and apply what had
+        landed. Raises Unavailable while the store still fails."""
+        s = self._s
+        assert s.log is not None
+        try:
+            landed = s.log.resolve()
+        except Fenced as exc:
+            s.fail(exc)
+            raise
+        with s.cv:
+            if landed is not None:
+                self.replay(landed)  # the commands are durable: apply them as recovery would
+            s.unknown_lo = None
+            s.cv.notify_all()
+
+    def settle_for_read(self) -> None:
+        """Any thread, lock not held: take the leadership and settle an unknown outcome, so a
+        read can be served at a timestamp the unknown write may hold."""
+        s = self._s
+        with s.cv:
+            s.queue.acquire_leadership()
+        try:
+            if s.log is not None and s.log.unknown:
+                self.settle()
+        finally:
+            with s.cv:
+                s.queue.release_leadership()
+
+    # -- applying durable commands ------------------------------------------------------------
+
+    def _apply_group(self, group: list[Pending]) -> None:
+        s = self._s
+        try:
+            for p in group:
+                self._apply_command(p.ts, p.op, p.args, len(p.payload) + 16, p.table)
+                s.counters["rows_written"] += p.nrows
+            self._upkeep.maybe_freeze_locked()
+        except Exception as exc:
+            s.fail(Internal(f"shard {s.shard}: applying a durable group failed: {exc!r}"))
+            raise
+
+    def replay(self, rec: LogRecord) -> None:
+        """Under the lock: apply a durable log record's commands not applied yet (recovery,
+        and the settling of an unknown outcome). A command applied before is skipped, so
+        nothing is applied twice."""
+        s = self._s
+        share = rec.nbytes // max(1, len(rec.commands))
+        for ts, op, args in rec.commands:
+            if ts <= s.last_applied:
+                continue  # already in a range object, or replayed: never apply twice
+            try:
+                self._apply_command(ts, op, args, share)
+            except (DNError, KeyError, TypeError, ValueError, IndexError) as exc:
+                key = codec.log_key(s.shard, rec.seq)  # checksummed, yet not a command
+                raise Corruption(f"object {key} holds a command that does not apply: {exc!r}",
+                                 key=key) from exc
+            s.counters["replayed_commands"] += 1
+            self._upkeep.maybe_freeze_locked()
+
+    def _apply_command(self, ts: int, op: int, args: list, nbytes: int,
+                       tdef: TableDef | None = None) -> None:
+        """Under the lock: apply one durable command to the mutable buffer (and catalog)."""
+        s = self._s
+        buf = s.mutable
+        if buf.empty:
+            buf.born = s.clock.monotonic()
+        if op in WRITE_OPS:
+            table_id, rows, dels = args  # rows: row tuples, or chunks of columns
+            if tdef is None:  # replayed: msgpack gave lists; keys must be hashable tuples
+                tdef = s.catalog.table_by_id(table_id)
+                if len(tdef.pk_pos) > 1:
+                    dels = [tuple(k) for k in dels]
+            if op == OP_WRITE:
+                buf.apply_write(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
+            else:
+                buf.apply_columns(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels,
+                                  nbytes)
+        else:
+            cmd = [op, *args]
+            s.catalog.apply(cmd, ts)
+            buf.apply_ddl(ts, cmd, nbytes)
+        s.last_applied = ts
+

@@ -1,0 +1,160 @@
+"""The body of one shard actor: a :class:`dn.Engine` plus what the cluster adds around it.
+
+:class:`ShardService` is a plain class; :mod:`shards.group` turns it into the Ray actor
+(threaded, ``max_concurrency`` calls at once) and tests use it in-process. Construction opens
+the engine from the store, which *is* recovery: when Ray restarts a dead shard actor, the new
+instance replays the log, takes a higher epoch and fences any stale incarnation.
+
+What it adds to the engine:
+
+- **Causality.** ``write(..., after=T)`` makes the commit timestamp greater than ``T`` (the
+  newest timestamp the calling client has seen), so a client's writes are ordered across
+  shards in timestamp order.
+- **Commit wait.** A write returns only once the wall clock has passed its timestamp plus
+  ``clock_skew_ms``: a write that starts later, on any shard, gets a larger timestamp. Together
+  these make the cross-shard order promise hold: if W2 was acknowledged after W1, any snapshot
+  that shows W2 shows W1. (A wait longer than ``ShellSettings.commit_wait_max_s`` is skipped:
+  the clock was pushed far ahead by a future snapshot, and only the causality token orders
+  writes then.)
+- **Write parts.** A client's write arrives as one :class:`dn.write.part.WritePart`, spread
+  over the call's arguments (:meth:`ShardService.write_part`); the engine checks it against
+  its live table. A part made for a table since dropped and created again is refused with
+  :class:`dn.errors.StaleTable`, so the client refreshes its table definition and routes
+  again. :meth:`ShardService.live_table` gives a client this shard's version of a table (its
+  id, which a part must carry).
+- **Maintenance** by :class:`shards.loop.MaintenanceLoop` (the engine's own thread is off).
+
+Concurrency: any number of threads call these methods; the engine's group commit makes
+concurrent writes share one log write. No per-row work here beyond the engine's validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from dn import Engine, ReadView, Settings
+from dn.clock import LOGICAL_BITS, Clock, SystemClock
+from dn.errors import InvalidArgument
+from dn.settings import ShellSettings
+from dn.write.part import WritePart
+from shards.loop import MaintenanceLoop
+
+log = logging.getLogger(__name__)
+
+_DDL = ("create_database", "drop_database", "create_table", "drop_table")
+
+
+class ShardService:
+    """One shard: its engine, maintenance loop, and the cluster-facing calls."""
+
+    def __init__(
+        self,
+        store_url: str,
+        shard: int,
+        settings: dict[str, Any],
+        clock_skew_ms: int = 0,
+        shell: dict[str, Any] | None = None,
+        *,
+        clock: Clock | None = None,
+        store: Any = None,
+    ) -> None:
+        self.shard = shard
+        self._clock = clock or SystemClock()
+        self._skew_ms = clock_skew_ms
+        self._max_wait_s = ShellSettings.from_dict(shell).commit_wait_max_s
+        s = Settings.from_dict(settings).replace(background=False)
+        t0 = time.monotonic()
+        self.engine = Engine.open(store_url, shard, s, store=store, clock=self._clock)
+        self.opened_s = time.monotonic() - t0
+        self.loop = MaintenanceLoop(self.engine, s.background_interval_s).start()
+        self.started_at = time.time()
+        log.info("shard %d up (epoch %d) in %.2fs", shard, self.engine.epoch, self.opened_s)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def write(
+        self, db: str, table: str, upserts: Any = (), deletes: Any = (), after: int = 0
+    ) -> int:
+        """:meth:`dn.Engine.write`, committed after ``after``."""
+        if after and after > self.engine.clock():
+            self.engine.advance_floor(after)
+        ts = self.engine.write(db, table, upserts, deletes)
+        self._commit_wait(ts)
+        return ts
+
+    def write_part(self, head: tuple, deletes: bytes, *chunks: bytes) -> int:
+        """A client's pre-packed part of a batch (the arguments of
+        :meth:`dn.write.part.WritePart.to_call`: each chunk a separate argument, so that Ray
+        passes it inline), committed after the part's ``after`` by
+        :meth:`dn.Engine.write_packed_columns`."""
+        part = WritePart.from_call(head, deletes, *chunks)
+        if part.after and part.after > self.engine.clock():
+            self.engine.advance_floor(part.after)
+        ts = self.engine.write_packed_columns(part)
+        self._commit_wait(ts)
+        return ts
+
+    def live_table(self, db: str, table: str) -> list:
+        """This shard's live definition of a table, in wire form
+        (:meth:`dn.schema.TableDef.to_wire`; its id is this shard's)."""
+        return self.engine.live_table(db, table).to_wire()
+
+    def _commit_wait(self, ts: int) -> None:
+        target_ms = (ts >> LOGICAL_BITS) + self._skew_ms
+        wait_s = (target_ms - self._clock.now_ms() + 1) / 1000.0
+        if 0 < wait_s <= self._max_wait_s + self._skew_ms / 1000.0:
+            time.sleep(wait_s)
+
+    def ddl(self, op: str, args: list) -> int:
+        """One DDL command (``op`` is an Engine method name); returns its commit timestamp."""
+        if op not in _DDL:
+            raise InvalidArgument(f"unknown DDL op {op!r}")
+        ts = getattr(self.engine, op)(*args)
+        self._commit_wait(ts)
+        return ts
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def clock(self) -> int:
+        return self.engine.clock()
+
+    def advance_floor(self, ts: int) -> int:
+        return self.engine.advance_floor(ts)
+
+    def read_view(
+        self, db: str, table: str, snapshot: int | None = None, from_ts: int | None = None
+    ) -> ReadView:
+        return self.engine.read_view(db, table, snapshot, from_ts)
+
+    # -- operations -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        out = self.engine.status()
+        out["actor"] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "opened_s": round(self.opened_s, 3),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+        out["maintenance"] = self.loop.status()
+        return out
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def flush(self) -> int:
+        """Freeze and buffer-checkpoint everything now (tests, ``dn`` operators)."""
+        self.engine.freeze()
+        return self.engine.flush()
+
+    def checkpoint(self) -> int | None:
+        self.flush()
+        return self.engine.checkpoint()
+
+    def close(self) -> None:
+        self.loop.stop()
+        self.engine.close()

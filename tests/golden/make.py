@@ -1,0 +1,243 @@
+"""Golden fixtures: one small object of every stored format, made by the project's own encoders.
+
+``tests/test_formats.py`` checks that today's code encodes the inputs below to exactly the
+bytes checked in here, decodes them to the values it expects, and re-encodes what it decoded to
+the same bytes. This script writes the fixtures (into this directory, or the one given); only
+a person runs it, never a test::
+
+    python -m tests.golden.make [DIR]
+
+When regenerating is legitimate: only with a deliberate change of a stored format, made the
+way docs/formats.md says formats change (a new format version of the kind, written from then
+on, with the reader still accepting every version already in stores; the fixture of the old
+version kept, renamed, and still read by a test), or a deliberate change of the inputs below.
+The same change updates docs/formats.md, the grammar in the encoder's module docstring and the
+expected values in tests/test_formats.py. Never regenerate to make a failing test pass: a
+golden test that fails says the engine now writes, or reads, other bytes than it did; unless
+that was the point of the change, the code is wrong, not the fixture.
+
+Not written here: ``checkpoint_v1_no_sizes.bin`` and ``checkpoint_v1_sizes.bin``, checkpoints of
+format version 1 made once from the inputs below by the version-1 encoder as it stood before
+range sizes were recorded (ranges ``[from, to]``) and as it stood last (``[from, to, bytes]``).
+They are records of what stores may still hold, kept as they are: today's code writes version 2
+and cannot make them again.
+
+Everything here is fixed: shard 7, epoch 2, timestamps 100-108, log sequence numbers 5-14. No
+clock, no randomness (the log segments are written to a temporary directory, and only their
+bytes are kept).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from coordinator.actor.cluster_catalog import ClusterCatalog
+from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, WRITE_OPS, Catalog
+from dn.objects import checkpoint as ckpt
+from dn.objects import codec, rangeobj
+from dn.objects.manifest import Manifest, ManifestState
+from dn.store.locallog import LocalLogStore
+from dn.store.memory import MemoryStore
+from dn.write.buffer import Buffer
+from dn.write.log import Log, encode_command
+
+HERE = Path(__file__).resolve().parent
+
+SHARD = 7
+EPOCH = 2
+FENCE_SEQ = 5  # the log's low sequence number when this epoch opened: its fence record
+RANGE_FROM = 90  # the previous range object ended at 89
+CHECKPOINT_TS = 108
+LOG_LOW_SEQ = 15  # every record below is in the range object
+CLUSTER_SHARDS = 4
+CLUSTER_HASH = "crc32-msgpack-v1"
+CLUSTER_CREATED_MS = 1_767_225_600_000
+SEGMENT_BYTES = (2048, 4096)  # min_segment, max_segment of the local log store
+
+SCHEMA_T = {"k": "int64", "v": "string", "blob": "bytes", "ok": "bool"}
+SCHEMA_U = {"a": "string", "b": "int64", "x": "float64"}
+
+#: The group commits after the fence, one command each (the engine logs a DDL alone):
+#: (seq, ts, op, args). Writes are filled in by :func:`commands` (table ids are create ts).
+DDL = [
+    (6, 100, 1, ["shop"]),
+    (7, 101, 3, ["shop", "t", [list(c) for c in SCHEMA_T.items()], ["k"]]),
+    (8, 102, 3, ["shop", "u", [list(c) for c in SCHEMA_U.items()], ["a", "b"]]),
+    (9, 103, 1, ["old"]),
+    (10, 104, 3, ["old", "gone", [["id", "int64"]], ["id"]]),
+    (13, 107, 4, ["old", "gone"]),
+    (14, 108, 2, ["old"]),
+]
+#: A write of rows (op 0) to shop.t: upserts as row dicts, deletes as keys.
+ROWS = [{"k": 2, "v": "two", "blob": bytes(range(256)) * 2, "ok": True},
+        {"k": 1, "v": "one", "ok": False}]
+ROWS_DELETES = [9]
+#: A write by column (op 5) to shop.u, in two chunks (as a client packs a batch in parts).
+CHUNKS = [{"a": ["m", "a"], "b": [2, 1], "x": [0.5, -1.5]},
+          {"a": ["m"], "b": [1], "x": [None]}]
+CHUNKS_DELETES = [("q", 3)]
+
+#: The log fixtures checked in: file name -> seq.
+LOG_FILES = {
+    "log_fence.bin": 5,
+    "log_create_database.bin": 6,
+    "log_create_table.bin": 8,
+    "log_write_rows.bin": 11,
+    "log_write_columns.bin": 12,
+    "log_drop_table.bin": 13,
+    "log_drop_database.bin": 14,
+}
+
+
+def commands() -> list[tuple[int, int, int, list]]:
+    """Every command after the fence as ``(seq, ts, op, args)``, its arguments as the engine
+    makes them (``Engine._ddl``, ``Engine._prepare_write``, ``Engine.write_columns``)."""
+    cat = Catalog()
+    for _, ts, op, args in DDL:
+        if ts < 105:
+            cat.apply([op, *args], ts)
+    t = cat.live_table("shop", "t")
+    u = cat.live_table("shop", "u")
+    rows = [list(r) for r in t.normalize_rows(ROWS, 1 << 20)]
+    dels = t.normalize_deletes(ROWS_DELETES)
+    chunks = [u.normalize_columns(c, 1 << 20)[0] for c in CHUNKS]
+    udels = [list(k) for k in u.normalize_deletes(CHUNKS_DELETES)]
+    writes = [(11, 105, OP_WRITE, [t.id, rows, dels]),
+              (12, 106, OP_WRITE_COLUMNS, [u.id, chunks, udels])]
+    return sorted(DDL + writes)
+
+
+def log_record(seq: int, cmds: list[tuple[int, int, list]], epoch: int = EPOCH) -> bytes:
+    """The log object ``seq`` as :class:`dn.write.log.Log` writes it: a fence record when
+    ``cmds`` is empty, else one group commit of ``(ts, op, args)``."""
+    store = MemoryStore()
+    log = Log(store, SHARD, epoch)
+    log.recover(seq)
+    if cmds:
+        log.append([encode_command(ts, op, codec.pack(args)) for ts, op, args in cmds],
+                   cmds[-1][0])
+    else:
+        log.fence()
+    return store.get(codec.log_key(SHARD, seq))
+
+
+def log_records() -> dict[int, bytes]:
+    """seq -> log object, for every seq from the fence on."""
+    out = {FENCE_SEQ: log_record(FENCE_SEQ, [])}
+    for seq, ts, op, args in commands():
+        out[seq] = log_record(seq, [(ts, op, args)])
+    return out
+
+
+def buffer_of(cmds: list[tuple[int, int, int, list]], from_ts: int = RANGE_FROM) -> Buffer:
+    """A frozen buffer holding ``cmds`` (``(seq, ts, op, args)``) as recovery replays them
+    (``Engine._apply_command``)."""
+    cat = Catalog()
+    buf = Buffer(from_ts, 0.0)
+    for _, ts, op, args in cmds:
+        if op in WRITE_OPS:
+            table_id, rows, dels = args
+            tdef = cat.table_by_id(table_id)
+            if len(tdef.pk_pos) > 1:
+                dels = [tuple(k) for k in dels]
+            apply = buf.apply_write if op == OP_WRITE else buf.apply_columns
+            apply(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, 0)
+        else:
+            cmd = [op, *args]
+            cat.apply(cmd, ts)
+            buf.apply_ddl(ts, cmd, 0)
+    buf.freeze()
+    return buf
+
+
+def range_object() -> tuple[bytes, dict[int, rangeobj.TableStats]]:
+    """The range object ``[90, 108]`` of every command after the fence, and its statistics."""
+    return rangeobj.build(SHARD, buffer_of(commands()))
+
+
+def checkpoint_catalog() -> dict:
+    cat = Catalog()
+    for _, ts, op, args in DDL:
+        cat.apply([op, *args], ts)
+    return cat.as_of(CHECKPOINT_TS)
+
+
+def checkpoint_object() -> bytes:
+    """The checkpoint at 108 over the one range object ``[90, 108]``."""
+    data, stats = range_object()
+    r = (RANGE_FROM, CHECKPOINT_TS)
+    return ckpt.build(SHARD, CHECKPOINT_TS, checkpoint_catalog(), [r], {r: stats},
+                      {r: len(data)})
+
+
+def manifest_version() -> bytes:
+    """Manifest version 3: epoch 1 opened (version 1), epoch 2 opened (version 2), then epoch
+    2 committed the range object, the checkpoint and the log's new low seq (version 3)."""
+    store = MemoryStore()
+    Manifest(store, SHARD).open_epoch()
+    m = Manifest(store, SHARD)
+    m.open_epoch()
+
+    def update(s: ManifestState) -> ManifestState:
+        return replace(s, ranges=((RANGE_FROM, CHECKPOINT_TS),), checkpoints=(CHECKPOINT_TS,),
+                       log_low_seq=LOG_LOW_SEQ)
+
+    state = m.commit(update)
+    return store.get(codec.manifest_key(SHARD, state.version))
+
+
+def cluster_record() -> bytes:
+    """Cluster record version 6: created (1), database shop (2, 3), table shop.t (4, 5), and
+    the creation of shop.u pending (6)."""
+    store = MemoryStore()
+    cat = ClusterCatalog(store)
+    cat.open(CLUSTER_SHARDS, CLUSTER_HASH, CLUSTER_CREATED_MS)
+    cat.begin("create_database", DDL[0][3])
+    cat.finish()
+    cat.begin("create_table", DDL[1][3])
+    cat.finish()
+    state = cat.begin("create_table", DDL[2][3])
+    assert state["seq"] == 3
+    return store.get(f"90/cluster/{codec.num(6)}")
+
+
+def segments(objects: dict[int, bytes]) -> dict[str, bytes]:
+    """The segment files of a local log directory holding ``objects`` (seq -> log object):
+    file name -> bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalLogStore(tmp, min_segment=SEGMENT_BYTES[0], max_segment=SEGMENT_BYTES[1])
+        try:
+            for seq in sorted(objects):
+                store.put_if_absent(codec.log_key(SHARD, seq), objects[seq])
+        finally:
+            store.close()
+        folder = Path(tmp) / "30" / str(SHARD)
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.seg"))}
+
+
+def build_all() -> dict[str, bytes]:
+    """Every fixture this script writes: file name -> bytes."""
+    logs = log_records()
+    out = {name: logs[seq] for name, seq in LOG_FILES.items()}
+    out["range.bin"] = range_object()[0]
+    out["checkpoint.bin"] = checkpoint_object()
+    out["manifest.bin"] = manifest_version()
+    out["cluster.bin"] = cluster_record()
+    for name, data in segments(logs).items():
+        out[f"segment_{int(name.removesuffix('.seg'))}.bin"] = data
+    return out
+
+
+def main(argv: list[str]) -> int:
+    target = Path(argv[0]) if argv else HERE
+    for name, data in build_all().items():
+        (target / name).write_bytes(data)
+        print(f"{name}: {len(data)} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
