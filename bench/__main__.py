@@ -32,15 +32,26 @@ NO_RAY = False
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rows, 3 runs per figure")
-    ap.add_argument("--only", action="append", choices=sorted(GROUPS),
-                    help="run only this group (repeatable)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent),
-                    help="directory for results.json and results.png")
-    ap.add_argument("--no-ray", action="store_true",
-                    help="skip the Ray cluster figures (report them as skipped)")
-    ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
-                    help="do not measure: combine earlier results.json files (a later file's "
-                         "figures replace the same ids of an earlier one, e.g. a re-run group)")
+    ap.add_argument(
+        "--only", action="append", choices=sorted(GROUPS), help="run only this group (repeatable)"
+    )
+    ap.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent),
+        help="directory for results.json and results.png",
+    )
+    ap.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="skip the Ray cluster figures (report them as skipped)",
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="do not measure: combine earlier results.json files (a later file's "
+        "figures replace the same ids of an earlier one, e.g. a re-run group)",
+    )
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, Path(args.out))
@@ -63,19 +74,28 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"mode": mode, "runs_per_figure": 3 if args.quick else 5, "groups": groups,
-            "elapsed_s": round(elapsed, 1), "errors": errors,
-            "note": ("quick mode: fewer rows and 3 runs per figure" if args.quick else
-                     "full mode: 5 runs per figure")}
+    meta = {
+        "mode": mode,
+        "runs_per_figure": 3 if args.quick else 5,
+        "groups": groups,
+        "elapsed_s": round(elapsed, 1),
+        "errors": errors,
+        "note": (
+            "quick mode: fewer rows and 3 runs per figure"
+            if args.quick
+            else "full mode: 5 runs per figure"
+        ),
+    }
     report.write_json(out / "results.json", figs, meta)
-    title = (f"python -m bench{' --quick' if args.quick else ''}: {cpu_count()} CPUs, "
-             f"{meta['note']}, {time.strftime('%Y-%m-%d %H:%M')}")
+    title = (
+        f"python -m bench{' --quick' if args.quick else ''}: {cpu_count()} CPUs, "
+        f"{meta['note']}, {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     try:
         report.chart(out / "results.png", figs, title)
     except Exception as exc:
         progress(f"chart failed: {exc!r}")
-    print(f"\nDN benchmark ({mode}; {meta['note']}; {cpu_count()} CPUs; "
-          f"{elapsed:.0f} s)\n")
+    print(f"\nDN benchmark ({mode}; {meta['note']}; {cpu_count()} CPUs; {elapsed:.0f} s)\n")
     print(report.table(figs))
     if errors:
         print("\nfailed groups: " + "; ".join(f"{g}: {e}" for g, e in errors.items()))
@@ -95,17 +115,21 @@ def merge(paths: list[str], out: Path) -> int:
         for f in data["figures"]:
             figs[f["id"]] = figure_from_json(f)
     ordered = list(figs.values())
-    meta = {"mode": " + ".join(m.get("mode", "?") for m in metas),
-            "runs_per_figure": max(m.get("runs_per_figure", 0) for m in metas),
-            "groups": sorted({g for m in metas for g in m.get("groups", [])}),
-            "elapsed_s": round(sum(m.get("elapsed_s", 0) for m in metas), 1),
-            "errors": {}, "merged_from": [m.get("when") for m in metas],
-            "note": "merged: " + "; ".join(f"{m.get('when')} {m.get('groups')}" for m in metas)}
+    meta = {
+        "mode": " + ".join(m.get("mode", "?") for m in metas),
+        "runs_per_figure": max(m.get("runs_per_figure", 0) for m in metas),
+        "groups": sorted({g for m in metas for g in m.get("groups", [])}),
+        "elapsed_s": round(sum(m.get("elapsed_s", 0) for m in metas), 1),
+        "errors": {},
+        "merged_from": [m.get("when") for m in metas],
+        "note": "merged: " + "; ".join(f"{m.get('when')} {m.get('groups')}" for m in metas),
+    }
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "results.json", ordered, meta)
     try:
-        report.chart(out / "results.png", ordered,
-                     f"python -m bench (merged runs): {cpu_count()} CPUs")
+        report.chart(
+            out / "results.png", ordered, f"python -m bench (merged runs): {cpu_count()} CPUs"
+        )
     except Exception as exc:
         progress(f"chart failed: {exc!r}")
     print(report.table(ordered))

@@ -57,13 +57,23 @@ def shard_figures(quick: bool) -> list[Figure]:
     sizes = [50_000, 200_000] if quick else [100_000, 300_000, 1_000_000]
     runs = 3 if quick else 5
     top = sizes[-1]
-    fr = Figure("4d", "cluster", f"recovery: log replay of {top:,} rows", "rows/s",
-                target=200_000, absolute=True,
-                note="time of Engine.open on a log of N/1,000 objects of 1,000 rows; "
-                     "extra.series holds the other N")
-    fb = Figure("4e", "cluster", f"buffer checkpoint of {top:,} rows", "rows/s",
-                note="freeze + flush: merge-sort, encode, put the range object, commit the "
-                     "manifest")
+    fr = Figure(
+        "4d",
+        "cluster",
+        f"recovery: log replay of {top:,} rows",
+        "rows/s",
+        target=200_000,
+        absolute=True,
+        note="time of Engine.open on a log of N/1,000 objects of 1,000 rows; "
+        "extra.series holds the other N",
+    )
+    fb = Figure(
+        "4e",
+        "cluster",
+        f"buffer checkpoint of {top:,} rows",
+        "rows/s",
+        note="freeze + flush: merge-sort, encode, put the range object, commit the manifest",
+    )
     series: dict[int, list[float]] = {}
     for n in sizes:
         for r in range(runs):
@@ -86,8 +96,10 @@ def shard_figures(quick: bool) -> list[Figure]:
             if n == top:
                 fr.ours.append(n / t_open)
                 fb.ours.append(n / t_flush)
-    fr.extra["series"] = [{"rows": n, "open_s_median": statistics.median(v),
-                           "open_s": [round(x, 4) for x in v]} for n, v in series.items()]
+    fr.extra["series"] = [
+        {"rows": n, "open_s_median": statistics.median(v), "open_s": [round(x, 4) for x in v]}
+        for n, v in series.items()
+    ]
     return [fr, fb]
 
 
@@ -97,29 +109,53 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     # weigh more (16 batches per task measured ~80k rows/s into 1 shard, 64 ~250k).
     per_task = {1: 16, 2: 16, 4: 16} if quick else {1: 64, 2: 64, 4: 64}
     sync_batches = 4 if quick else 16  # client.write: one durable call per shard per batch
-    fi = {s: Figure(f"4a-{s}", "cluster",
-                    f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.writer",
-                    "rows/s", target=300_000 if s == 4 else None, absolute=s == 4,
-                    note="each task writes its batches through one client.writer (parts of "
-                         "256 KiB per shard, durable on flush); latency: write() to durable")
-          for s in (1, 2, 4)}
-    fk = {s: Figure(f"4a-cols-{s}", "cluster",
-                    f"ingest from 16 Ray tasks, batches of 1,000 by column, {s} shard(s), "
-                    "client.writer", "rows/s",
-                    target=300_000 if s == 4 else None, absolute=s == 4,
-                    note="each task writes its batches as a dict of column lists (the form of "
-                         "a Ray Data batch) through one client.writer's write_columns; "
-                         "latency: write_columns() to durable")
-          for s in (1, 2, 4)}
-    fw = {s: Figure(f"4a-sync-{s}", "cluster",
-                    f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.write",
-                    "rows/s",
-                    note="each batch durable before the next: one Ray call per shard per "
-                         "batch; 16 batches per task (the writer figures: 64); latency: one "
-                         "write() call")
-          for s in (1, 2, 4)}
-    fs = Figure("4b", "cluster", "snapshot scan over 4 shards into one client", "rows/s",
-                target=500_000, absolute=True)
+    fi = {
+        s: Figure(
+            f"4a-{s}",
+            "cluster",
+            f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.writer",
+            "rows/s",
+            target=300_000 if s == 4 else None,
+            absolute=s == 4,
+            note="each task writes its batches through one client.writer (parts of "
+            "256 KiB per shard, durable on flush); latency: write() to durable",
+        )
+        for s in (1, 2, 4)
+    }
+    fk = {
+        s: Figure(
+            f"4a-cols-{s}",
+            "cluster",
+            f"ingest from 16 Ray tasks, batches of 1,000 by column, {s} shard(s), client.writer",
+            "rows/s",
+            target=300_000 if s == 4 else None,
+            absolute=s == 4,
+            note="each task writes its batches as a dict of column lists (the form of "
+            "a Ray Data batch) through one client.writer's write_columns; "
+            "latency: write_columns() to durable",
+        )
+        for s in (1, 2, 4)
+    }
+    fw = {
+        s: Figure(
+            f"4a-sync-{s}",
+            "cluster",
+            f"ingest from 16 Ray tasks, batches of 1,000, {s} shard(s), client.write",
+            "rows/s",
+            note="each batch durable before the next: one Ray call per shard per "
+            "batch; 16 batches per task (the writer figures: 64); latency: one "
+            "write() call",
+        )
+        for s in (1, 2, 4)
+    }
+    fs = Figure(
+        "4b",
+        "cluster",
+        "snapshot scan over 4 shards into one client",
+        "rows/s",
+        target=500_000,
+        absolute=True,
+    )
     fc = Figure("4c", "cluster", "change feed over 4 shards into one client", "changes/s")
     figs = [*fi.values(), *fk.values(), *fw.values(), fs, fc]
     if not ray_ok:
@@ -134,8 +170,10 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         deploy = coordinator.deploy
         shutdown = coordinator.shutdown
     except (ImportError, AttributeError) as exc:
-        reason = (f"coordinator.deploy is not available yet ({exc}); the Ray cluster layer "
-                  "(issue 3) is still being built")
+        reason = (
+            f"coordinator.deploy is not available yet ({exc}); the Ray cluster layer "
+            "(issue 3) is still being built"
+        )
         for f in figs:
             f.skipped = reason
         return figs
@@ -147,18 +185,20 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     def _buffered(client, table: str, task: int, nbatches: int, by_column: bool) -> list[float]:
         sent: dict[int, float] = {}
         durable: dict[int, float] = {}
-        with client.writer("bench", table,
-                           on_durable=lambda q: durable.__setitem__(q, time.perf_counter())
-                           ) as w:
+        with client.writer(
+            "bench", table, on_durable=lambda q: durable.__setitem__(q, time.perf_counter())
+        ) as w:
             for b in range(nbatches):
                 base = (task * nbatches + b) * 1000
                 t0 = time.perf_counter()
                 if by_column:
-                    seq = w.write_columns({"k": list(range(base, base + 1000)),
-                                           "v": [b"v" * 100] * 1000})
+                    seq = w.write_columns(
+                        {"k": list(range(base, base + 1000)), "v": [b"v" * 100] * 1000}
+                    )
                 else:
-                    seq = w.write(upserts=[{"k": k, "v": b"v" * 100}
-                                           for k in range(base, base + 1000)])
+                    seq = w.write(
+                        upserts=[{"k": k, "v": b"v" * 100} for k in range(base, base + 1000)]
+                    )
                 sent[seq] = t0
         return [durable[q] - t0 for q, t0 in sent.items()]
 
@@ -176,8 +216,11 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
         for b in range(nbatches):
             base = (task * nbatches + b) * 1000
             t0 = time.perf_counter()
-            client.write("bench", table, upserts=[{"k": k, "v": b"v" * 100}
-                                                for k in range(base, base + 1000)])
+            client.write(
+                "bench",
+                table,
+                upserts=[{"k": k, "v": b"v" * 100} for k in range(base, base + 1000)],
+            )
             lat.append(time.perf_counter() - t0)
         return lat
 
@@ -202,11 +245,14 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
             d = None
             try:
                 for r in range(runs):
-                    for kind, fig, task in (("client.writer", fi[shards], buffered),
-                                            ("client.writer by column", fk[shards], by_column),
-                                            ("client.write", fw[shards], synchronous)):
-                        progress(f"4a: ingest into {shards} shard(s) with {kind}, "
-                                 f"run {r + 1}/{runs}")
+                    for kind, fig, task in (
+                        ("client.writer", fi[shards], buffered),
+                        ("client.writer by column", fk[shards], by_column),
+                        ("client.write", fw[shards], synchronous),
+                    ):
+                        progress(
+                            f"4a: ingest into {shards} shard(s) with {kind}, run {r + 1}/{runs}"
+                        )
                         if client is None:
                             d = tempdir("dn-cluster")
                             client = deploy(shards=shards, store=d, namespace=NAMESPACE)
@@ -233,8 +279,10 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
     finally:
         ray.shutdown()
     for f in (fs, fc):
-        f.note = (f"{16 * per_task[4] * 1000:,} rows written by the 4-shard client.writer "
-                  "runs, read right after (in the shards' memory, not yet flushed)")
+        f.note = (
+            f"{16 * per_task[4] * 1000:,} rows written by the 4-shard client.writer "
+            "runs, read right after (in the shards' memory, not yet flushed)"
+        )
     return figs
 
 
@@ -243,8 +291,7 @@ def _ray_figures(quick: bool, ray_ok: bool) -> list[Figure]:
 SETTLE_S = 2.0
 
 
-def _read_figures(client: Any, table: str, before: int, total: int, fs: Figure, fc: Figure
-                  ) -> None:
+def _read_figures(client: Any, table: str, before: int, total: int, fs: Figure, fc: Figure) -> None:
     snap = client.snapshot()
     t0 = time.perf_counter()
     n = sum(1 for _ in client.scan("bench", table, snapshot=snap))

@@ -108,8 +108,11 @@ class Figure:
             "ratio": None if r is None else (r if r != float("inf") else "inf"),
         }
         if self.target is not None:
-            out["target"] = ({"min_ratio": self.target} if not self.absolute else
-                             {("min" if self.higher_is_better else "max"): self.target})
+            out["target"] = (
+                {"min_ratio": self.target}
+                if not self.absolute
+                else {("min" if self.higher_is_better else "max"): self.target}
+            )
             out["target_met"] = self.target_met()
         if self.note:
             out["note"] = self.note
@@ -125,13 +128,18 @@ def figure_from_json(d: dict[str, Any]) -> Figure:
     target = d.get("target") or {}
     absolute = bool(target) and "min_ratio" not in target
     return Figure(
-        id=d["id"], group=d["group"], title=d["title"], unit=d["unit"],
+        id=d["id"],
+        group=d["group"],
+        title=d["title"],
+        unit=d["unit"],
         higher_is_better=d["higher_is_better"],
         ours=list((d.get("ours") or {}).get("values", [])),
         peer=list((d.get("peer") or {}).get("values", [])),
         peer_name=d.get("peer_name"),
         target=next(iter(target.values()), None) if target else None,
-        absolute=absolute, note=d.get("note", ""), skipped=d.get("skipped"),
+        absolute=absolute,
+        note=d.get("note", ""),
+        skipped=d.get("skipped"),
         extra=d.get("extra", {}),
     )
 

@@ -33,10 +33,16 @@ KEYS = 20_000
 def run(compaction: bool, batches: int, every: int) -> list[dict]:
     root = tempfile.mkdtemp(prefix="dn-over-time-")
     try:
-        settings = Settings(background=False, freeze_bytes=256 * 1024, freeze_interval_s=None,
-                            checkpoint_interval_s=None, compaction=compaction,
-                            compaction_base_bytes=256 * 1024, gc_grace_s=0,
-                            retention_s=1.0 if compaction else None)
+        settings = Settings(
+            background=False,
+            freeze_bytes=256 * 1024,
+            freeze_interval_s=None,
+            checkpoint_interval_s=None,
+            compaction=compaction,
+            compaction_base_bytes=256 * 1024,
+            gc_grace_s=0,
+            retention_s=1.0 if compaction else None,
+        )
         eng = Engine.open(root, settings=settings)
         eng.create_database("db")
         eng.create_table("db", "t", {"k": "int64", "v": "bytes"}, "k")
@@ -51,9 +57,13 @@ def run(compaction: bool, batches: int, every: int) -> list[dict]:
                 eng.flush()
                 points.append(_measure(eng, root, i))
                 p = points[-1]
-                print(f"  compaction={'on ' if compaction else 'off'} batch {i}/{batches}: "
-                      f"{p['live_ranges']} objects, scan reads {p['objects_read']}, "
-                      f"{p['scan_rows_per_s']:,.0f} rows/s", file=sys.stderr, flush=True)
+                print(
+                    f"  compaction={'on ' if compaction else 'off'} batch {i}/{batches}: "
+                    f"{p['live_ranges']} objects, scan reads {p['objects_read']}, "
+                    f"{p['scan_rows_per_s']:,.0f} rows/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         eng.close()
         return points
     finally:
@@ -68,9 +78,15 @@ def _measure(eng: Engine, root: str, batch: int) -> dict:
     n = sum(1 for _ in materialize(reader, view, runs=runs))
     dt = time.perf_counter() - t0
     st = eng.status()
-    return {"batch": batch, "live_ranges": st["objects"]["live_ranges"],
-            "objects_read": len(runs), "rows": n, "scan_s": round(dt, 4),
-            "scan_rows_per_s": round(n / dt), "bytes_live": st["objects"]["live_range_bytes"]}
+    return {
+        "batch": batch,
+        "live_ranges": st["objects"]["live_ranges"],
+        "objects_read": len(runs),
+        "rows": n,
+        "scan_s": round(dt, 4),
+        "scan_rows_per_s": round(n / dt),
+        "bytes_live": st["objects"]["live_range_bytes"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,12 +100,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ingest with compaction {'on' if compaction else 'off'}", file=sys.stderr)
         result["on" if compaction else "off"] = run(compaction, args.batches, args.every)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print("| batches | objects (on) | read by scan (on) | scan rows/s (on) | objects (off) | "
-          "scan rows/s (off) |")
+    print(
+        "| batches | objects (on) | read by scan (on) | scan rows/s (on) | objects (off) | "
+        "scan rows/s (off) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for a, b in zip(result["on"], result["off"]):
-        print(f"| {a['batch']} | {a['live_ranges']} | {a['objects_read']} | "
-              f"{a['scan_rows_per_s']:,} | {b['live_ranges']} | {b['scan_rows_per_s']:,} |")
+        print(
+            f"| {a['batch']} | {a['live_ranges']} | {a['objects_read']} | "
+            f"{a['scan_rows_per_s']:,} | {b['live_ranges']} | {b['scan_rows_per_s']:,} |"
+        )
 
 
 if __name__ == "__main__":

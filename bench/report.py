@@ -39,22 +39,25 @@ def _fmt(v: float | None) -> str:
 
 def table(figs: list[Figure]) -> str:
     """A Markdown table: id, figure, ours (median [min-max]), peer, ratio, target, met."""
-    lines = ["| id | figure | unit | ours median [min-max] | peer median | ratio | target | met |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| id | figure | unit | ours median [min-max] | peer median | ratio | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for f in figs:
         if f.skipped:
-            lines.append(f"| {f.id} | {f.title} | {f.unit} | skipped | - | - | "
-                         f"{_target(f)} | - |")
+            lines.append(f"| {f.id} | {f.title} | {f.unit} | skipped | - | - | {_target(f)} | - |")
             continue
-        o = f"{_fmt(statistics.median(f.ours))} [{_fmt(min(f.ours))}-{_fmt(max(f.ours))}]" \
-            if f.ours else "-"
+        o = (
+            f"{_fmt(statistics.median(f.ours))} [{_fmt(min(f.ours))}-{_fmt(max(f.ours))}]"
+            if f.ours
+            else "-"
+        )
         p = f"{_fmt(statistics.median(f.peer))} ({f.peer_name})" if f.peer else "-"
         r = f.ratio()
         rs = "-" if r is None else ("inf" if r == float("inf") else f"{r:.2f}x")
         met = f.target_met()
         ms = "-" if met is None else ("yes" if met else "NO")
-        lines.append(f"| {f.id} | {f.title} | {f.unit} | {o} | {p} | {rs} | {_target(f)} | "
-                     f"{ms} |")
+        lines.append(f"| {f.id} | {f.title} | {f.unit} | {o} | {p} | {rs} | {_target(f)} | {ms} |")
     return "\n".join(lines)
 
 
@@ -69,8 +72,11 @@ def _target(f: Figure) -> str:
 
 def write_json(path: Path, figs: list[Figure], meta: dict[str, Any]) -> None:
     out = {
-        "machine": {"cpu_count": cpu_count(), "python": sys.version.split()[0],
-                    "platform": platform.platform()},
+        "machine": {
+            "cpu_count": cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **meta,
         "figures": [f.to_json() for f in figs],
@@ -84,17 +90,24 @@ def chart(path: Path, figs: list[Figure], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    peer = [f for f in figs if f.peer and f.ours and not f.skipped and f.ratio() not in
-            (None, float("inf"))]
+    peer = [
+        f
+        for f in figs
+        if f.peer and f.ours and not f.skipped and f.ratio() not in (None, float("inf"))
+    ]
     absolute = [f for f in figs if not f.peer_name and f.ours and not f.skipped]
-    fig, axes = plt.subplots(1, 2, figsize=(15, max(4, 0.38 * max(len(peer), 6))),
-                             gridspec_kw={"width_ratios": [3, 2]})
+    fig, axes = plt.subplots(
+        1, 2, figsize=(15, max(4, 0.38 * max(len(peer), 6))), gridspec_kw={"width_ratios": [3, 2]}
+    )
     ax = axes[0]
     names = [f"{f.id} {f.title[:46]}" for f in peer]
     ratios = [f.ratio() for f in peer]
-    colors = ["tab:green" if f.target_met() or (f.target is None and r >= 1) else
-              ("tab:red" if f.target is not None else "tab:orange")
-              for f, r in zip(peer, ratios)]
+    colors = [
+        "tab:green"
+        if f.target_met() or (f.target is None and r >= 1)
+        else ("tab:red" if f.target is not None else "tab:orange")
+        for f, r in zip(peer, ratios)
+    ]
     y = range(len(peer))
     ax.barh(list(y), ratios, color=colors)
     for i, f in enumerate(peer):
@@ -110,9 +123,16 @@ def chart(path: Path, figs: list[Figure], title: str) -> None:
     ax2 = axes[1]
     if absolute:
         vals = [statistics.median(f.ours) for f in absolute]
-        ax2.barh(range(len(absolute)), vals, color=[
-            "tab:green" if f.target_met() else ("tab:red" if f.target_met() is False else
-                                                "tab:blue") for f in absolute])
+        ax2.barh(
+            range(len(absolute)),
+            vals,
+            color=[
+                "tab:green"
+                if f.target_met()
+                else ("tab:red" if f.target_met() is False else "tab:blue")
+                for f in absolute
+            ],
+        )
         for i, f in enumerate(absolute):
             if f.target:
                 ax2.plot([f.target, f.target], [i - 0.4, i + 0.4], color="black", lw=2)

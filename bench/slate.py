@@ -38,10 +38,14 @@ async def open_db(path: str, s3: dict[str, Any] | None = None):
         store = sdb.ObjectStore.resolve("file:///")
     else:
         b = sdb.ObjectStoreBuilder(sdb.ObjectStoreType.S3)
-        for k, v in (("bucket", s3["bucket"]), ("endpoint", s3["endpoint_url"]),
-                     ("allow_http", "true"), ("access_key_id", s3["access_key_id"]),
-                     ("secret_access_key", s3["secret_access_key"]),
-                     ("region", s3["region"])):
+        for k, v in (
+            ("bucket", s3["bucket"]),
+            ("endpoint", s3["endpoint_url"]),
+            ("allow_http", "true"),
+            ("access_key_id", s3["access_key_id"]),
+            ("secret_access_key", s3["secret_access_key"]),
+            ("region", s3["region"]),
+        ):
             b.with_config(k, v)
         store = b.build()
     builder = sdb.DbBuilder(path, store)
@@ -58,11 +62,12 @@ def requests(recorder) -> dict[str, int]:
     counts: dict[str, int] = {}
     errors: dict[str, int] = {}
     for m in recorder.snapshot():
-        if m.name not in ("slatedb.object_store.request_count",
-                          "slatedb.object_store.error_count"):
+        if m.name not in ("slatedb.object_store.request_count", "slatedb.object_store.error_count"):
             continue
-        labels = {lb.key if hasattr(lb, "key") else lb[0]: lb.value if hasattr(lb, "value")
-                  else lb[1] for lb in m.labels}
+        labels = {
+            lb.key if hasattr(lb, "key") else lb[0]: lb.value if hasattr(lb, "value") else lb[1]
+            for lb in m.labels
+        }
         api = labels.get("api", "?")
         target = counts if m.name.endswith("request_count") else errors
         target[api] = target.get(api, 0) + int(m.value[0])
@@ -130,8 +135,9 @@ async def gets(db, keys: list[int]) -> int:
 
 
 async def scan(db, batch: int = 1000) -> int:
-    it = await db.scan(sdb.KeyRange(start=None, start_inclusive=True, end=None,
-                                    end_inclusive=False))
+    it = await db.scan(
+        sdb.KeyRange(start=None, start_inclusive=True, end=None, end_inclusive=False)
+    )
     n = 0
     next_batch = it.next_batch
     is_async = asyncio.iscoroutinefunction(next_batch)

@@ -22,8 +22,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing",
-               "region": "us-east-1"}
+CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
 
 
 class CountingStore:
@@ -73,8 +72,9 @@ class CountingStore:
         self.inner.close()
 
 
-def objects_written(before: tuple[dict[str, int], int], after: tuple[dict[str, int], int]
-                    ) -> tuple[int, int]:
+def objects_written(
+    before: tuple[dict[str, int], int], after: tuple[dict[str, int], int]
+) -> tuple[int, int]:
     """(objects put, bytes put) between two :meth:`CountingStore.snapshot` calls."""
     (c0, b0), (c1, b1) = before, after
     objs = (c1["put"] - c0["put"]) + (c1["put_if_absent"] - c0["put_if_absent"])
@@ -111,7 +111,9 @@ class MotoServer:
     def __enter__(self) -> MotoServer:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -138,9 +140,13 @@ class MotoServer:
 
         c = CREDENTIALS
         bucket = f"dnbench-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=c["access_key_id"],
-                     aws_secret_access_key=c["secret_access_key"],
-                     region_name=c["region"]).create_bucket(Bucket=bucket)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=c["access_key_id"],
+            aws_secret_access_key=c["secret_access_key"],
+            region_name=c["region"],
+        ).create_bucket(Bucket=bucket)
         return bucket
 
     def s3_options(self) -> dict[str, Any]:

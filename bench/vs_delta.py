@@ -39,8 +39,11 @@ def _ours(commits: int) -> tuple[float, float, float, int, int, float]:
         t0 = time.perf_counter()
         for c in range(commits):
             base = c * ROWS
-            ts.append(e.write("bench", "t", upserts=[{"k": k, "v": VALUE}
-                                                     for k in range(base, base + ROWS)]))
+            ts.append(
+                e.write(
+                    "bench", "t", upserts=[{"k": k, "v": VALUE} for k in range(base, base + ROWS)]
+                )
+            )
         t_commit = time.perf_counter() - t0
         t0 = time.perf_counter()
         e.freeze()
@@ -78,15 +81,21 @@ def _delta(commits: int) -> tuple[float, float, float, int, int]:
         t0 = time.perf_counter()
         for c in range(commits):
             base = c * ROWS
-            write_deltalake(d, pa.table({"k": pa.array(range(base, base + ROWS), pa.int64()),
-                                         "v": values}), mode="append")
+            write_deltalake(
+                d,
+                pa.table({"k": pa.array(range(base, base + ROWS), pa.int64()), "v": values}),
+                mode="append",
+            )
         t_commit = time.perf_counter() - t0
         t0 = time.perf_counter()
         n_tt = DeltaTable(d, version=commits // 2).to_pyarrow_table().num_rows
         t_tt = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cdf = DeltaTable(d).load_cdf(starting_version=commits // 5,
-                                     ending_version=4 * commits // 5).read_all()
+        cdf = (
+            DeltaTable(d)
+            .load_cdf(starting_version=commits // 5, ending_version=4 * commits // 5)
+            .read_all()
+        )
         t_cdf = time.perf_counter() - t0
         return t_commit, t_tt, t_cdf, n_tt, cdf.num_rows
     finally:
@@ -97,16 +106,34 @@ def run(quick: bool) -> list[Figure]:
     commits = 200 if quick else 1000
     runs = 3 if quick else 5
     c1, c2, c3 = commits // 2, commits // 5, 4 * commits // 5
-    fc = Figure("3a", "delta", f"{commits:,} commits of {ROWS} rows", "commits/s",
-                peer_name="Delta Lake", target=20.0)
-    ft = Figure("3b", "delta", f"time-travel read at commit {c1} ({c1 * ROWS:,} rows)",
-                "rows/s", peer_name="Delta Lake", target=1.0,
-                note="read from the store with a cold cache (engine reopened); ours as "
-                     "dicts, Delta as an Arrow table")
-    ff = Figure("3c", "delta", f"change feed, commits {c2} to {c3}", "changes/s",
-                peer_name="Delta Lake", target=1.0,
-                note="read from the store with a cold cache (engine reopened); ours as "
-                     "Change records, Delta's change data feed as an Arrow table")
+    fc = Figure(
+        "3a",
+        "delta",
+        f"{commits:,} commits of {ROWS} rows",
+        "commits/s",
+        peer_name="Delta Lake",
+        target=20.0,
+    )
+    ft = Figure(
+        "3b",
+        "delta",
+        f"time-travel read at commit {c1} ({c1 * ROWS:,} rows)",
+        "rows/s",
+        peer_name="Delta Lake",
+        target=1.0,
+        note="read from the store with a cold cache (engine reopened); ours as "
+        "dicts, Delta as an Arrow table",
+    )
+    ff = Figure(
+        "3c",
+        "delta",
+        f"change feed, commits {c2} to {c3}",
+        "changes/s",
+        peer_name="Delta Lake",
+        target=1.0,
+        note="read from the store with a cold cache (engine reopened); ours as "
+        "Change records, Delta's change data feed as an Arrow table",
+    )
     flush_s: list[float] = []
     for r in range(runs):
         progress(f"3 run {r + 1}/{runs}: ours ({commits} commits)")
@@ -123,7 +150,9 @@ def run(quick: bool) -> list[Figure]:
         ft.peer.append(n_tt / t_tt)
         ff.peer.append(n_cdf / t_cdf)
     fc.extra["ours_buffer_checkpoint_s"] = flush_s
-    fc.note = ("ours: each commit durable in the log on return; the buffer checkpoint that "
-               "later writes the range object is background work, timed separately in "
-               "extra.ours_buffer_checkpoint_s")
+    fc.note = (
+        "ours: each commit durable in the log on return; the buffer checkpoint that "
+        "later writes the range object is background work, timed separately in "
+        "extra.ours_buffer_checkpoint_s"
+    )
     return [fc, ft, ff]

@@ -23,22 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from dataclasses import dataclass
 
-import dn
 from bench import slate
-from bench.harness import Figure, progress, rmtree, tempdir
+from bench.harness import Figure, progress
+from bench.ours import DB, TABLE, WRITERS, Ours
 from bench.slate import Slate
-from bench.stores import CountingStore, MotoServer, objects_written
-from dn.store import RetryingStore, open_store
-from dn.store.locallog import LocalLogStore
+from bench.stores import MotoServer, objects_written
 
-DB, TABLE = "bench", "kv"
-SCHEMA = {"k": "int64", "v": "bytes"}
 VALUE = slate.VALUE
-WRITERS = 100
 
 
 @dataclass(frozen=True)
@@ -53,126 +47,32 @@ class Sizes:
     idle_s: float  # 2f idle window
 
 
-FULL = Sizes(runs=5, single=500, concurrent=3000, batches=20, get_rows=100_000, gets=5000,
-             scan_rows=1_000_000, idle_s=3.0)
-QUICK = Sizes(runs=3, single=150, concurrent=1000, batches=5, get_rows=20_000, gets=2000,
-              scan_rows=100_000, idle_s=1.0)
-S3_FULL = Sizes(runs=5, single=200, concurrent=1000, batches=5, get_rows=0, gets=0,
-                scan_rows=0, idle_s=0)
-S3_QUICK = Sizes(runs=3, single=60, concurrent=400, batches=3, get_rows=0, gets=0,
-                 scan_rows=0, idle_s=0)
-
-
-# -- our side -----------------------------------------------------------------------------------
-
-
-class Ours:
-    """One engine on a fresh directory (or S3 prefix), its store counted."""
-
-    def __init__(self, tag: str, s3: tuple[MotoServer, str] | None = None) -> None:
-        self.dir = None
-        if s3 is None:
-            self.dir = tempdir(f"dn-{tag}")
-            inner = open_store(self.dir)
-        else:
-            moto, bucket = s3
-            inner = open_store(f"s3://{bucket}/dn-{tag}-{time.monotonic_ns()}",
-                               s3_options=moto.s3_options())
-        self.store = CountingStore(inner)
-        # On a local directory the engine keeps its log in the log's own layout (one
-        # fdatasync per group commit); counted too, so objects and bytes cover the log.
-        self.log_store = (CountingStore(RetryingStore(LocalLogStore(self.dir)))
-                          if self.dir else None)
-        self.engine = dn.Engine.open(store=self.store, log_store=self.log_store,
-                                     settings=dn.Settings())
-        self.engine.create_database(DB)
-        self.engine.create_table(DB, TABLE, SCHEMA, "k")
-
-    def counts(self) -> tuple[dict[str, int], int]:
-        """Requests by kind and bytes put, over the data store and the log store."""
-        counts, nbytes = self.store.snapshot()
-        if self.log_store is not None:
-            more, extra = self.log_store.snapshot()
-            counts = {k: counts.get(k, 0) + more.get(k, 0) for k in counts.keys() | more.keys()}
-            nbytes += extra
-        return counts, nbytes
-
-    def requests(self) -> int:
-        return sum(self.counts()[0].values())
-
-    def close(self) -> None:
-        self.engine.close()
-        if self.log_store is not None:
-            self.log_store.close()
-        if self.dir:
-            rmtree(self.dir)
-
-    def single(self, n: int) -> None:
-        w = self.engine.write
-        for i in range(n):
-            w(DB, TABLE, upserts=[{"k": i, "v": VALUE}])
-
-    def concurrent(self, n: int, writers: int = WRITERS) -> float:
-        """Seconds for ``n`` single-row writes from ``writers`` asyncio tasks (the engine's
-        ``write_async``), as SlateDB's side is measured."""
-        it = iter(range(n))
-        w = self.engine.write_async
-
-        async def writer():
-            for i in it:
-                await w(DB, TABLE, upserts=[{"k": i, "v": VALUE}])
-
-        async def main():
-            t0 = time.perf_counter()
-            await asyncio.gather(*[writer() for _ in range(writers)])
-            return time.perf_counter() - t0
-
-        return asyncio.run(main())
-
-    def concurrent_threads(self, n: int, writers: int = WRITERS) -> float:
-        """Seconds for ``n`` single-row writes from ``writers`` threads (started beforehand)."""
-        it = iter(range(n))
-        lock = threading.Lock()
-        gate = threading.Barrier(writers + 1)
-        errors: list[BaseException] = []
-        w = self.engine.write
-
-        def run():
-            gate.wait()
-            try:
-                while True:
-                    with lock:
-                        i = next(it, None)
-                    if i is None:
-                        return
-                    w(DB, TABLE, upserts=[{"k": i, "v": VALUE}])
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, daemon=True) for _ in range(writers)]
-        for t in threads:
-            t.start()
-        gate.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        dt = time.perf_counter() - t0
-        if errors:
-            raise errors[0]
-        return dt
-
-    def batches(self, nbatches: int, size: int = 1000) -> None:
-        w = self.engine.write
-        for b in range(nbatches):
-            base = b * size
-            w(DB, TABLE, upserts=[{"k": i, "v": VALUE} for i in range(base, base + size)])
-
-    def load(self, n: int) -> None:
-        for start in range(0, n, 1000):
-            self.engine.write(DB, TABLE, upserts=[{"k": i, "v": VALUE}
-                                                  for i in range(start, min(n, start + 1000))])
-        self.engine.freeze()
-        self.engine.flush()
+FULL = Sizes(
+    runs=5,
+    single=500,
+    concurrent=3000,
+    batches=20,
+    get_rows=100_000,
+    gets=5000,
+    scan_rows=1_000_000,
+    idle_s=3.0,
+)
+QUICK = Sizes(
+    runs=3,
+    single=150,
+    concurrent=1000,
+    batches=5,
+    get_rows=20_000,
+    gets=2000,
+    scan_rows=100_000,
+    idle_s=1.0,
+)
+S3_FULL = Sizes(
+    runs=5, single=200, concurrent=1000, batches=5, get_rows=0, gets=0, scan_rows=0, idle_s=0
+)
+S3_QUICK = Sizes(
+    runs=3, single=60, concurrent=400, batches=3, get_rows=0, gets=0, scan_rows=0, idle_s=0
+)
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -181,36 +81,74 @@ class Ours:
 def _write_figures(sz: Sizes, where: str, s3) -> list[Figure]:
     pre = "2" if where == "local" else "5"
     sfx = "" if where == "local" else " (S3, moto)"
-    fa = Figure(f"{pre}a", where, f"durable single-row writes, 1 writer{sfx}", "writes/s",
-                peer_name="SlateDB", target=2.0 if where == "local" else None)
-    fb = Figure(f"{pre}b", where, f"durable single-row writes, {WRITERS} writers{sfx}",
-                "writes/s", peer_name="SlateDB", target=5.0 if where == "local" else None)
-    fc = Figure(f"{pre}c", where, f"durable batches of 1,000 rows{sfx}", "rows/s",
-                peer_name="SlateDB", target=20.0 if where == "local" else None)
-    fb.note = ("asyncio tasks on both sides: ours Engine.write_async, SlateDB put + "
-               "await_durable")
-    ft = Figure(f"{pre}b-threads", where,
-                f"durable single-row writes, {WRITERS} threads (ours) vs {WRITERS} asyncio "
-                f"tasks (SlateDB){sfx}", "writes/s", peer_name="SlateDB",
-                note="ours with blocking Engine.write from threads; bounded by CPython thread "
-                     "wake-ups on 2 cores")
-    cost = {k: Figure(f"{pre}f-{k}-objects", where,
-                      f"objects written per 1,000 writes in {pre}{k}{sfx}", "objects",
-                      higher_is_better=False, peer_name="SlateDB",
-                      target=1.0 if (k == "b" and where == "local") else None)
-            for k in "abc"}
-    size = {k: Figure(f"{pre}f-{k}-bytes", where,
-                      f"bytes written per 1,000 writes in {pre}{k}{sfx}", "bytes",
-                      higher_is_better=False, peer_name="SlateDB")
-            for k in "abc"}
+    fa = Figure(
+        f"{pre}a",
+        where,
+        f"durable single-row writes, 1 writer{sfx}",
+        "writes/s",
+        peer_name="SlateDB",
+        target=2.0 if where == "local" else None,
+    )
+    fb = Figure(
+        f"{pre}b",
+        where,
+        f"durable single-row writes, {WRITERS} writers{sfx}",
+        "writes/s",
+        peer_name="SlateDB",
+        target=5.0 if where == "local" else None,
+    )
+    fc = Figure(
+        f"{pre}c",
+        where,
+        f"durable batches of 1,000 rows{sfx}",
+        "rows/s",
+        peer_name="SlateDB",
+        target=20.0 if where == "local" else None,
+    )
+    fb.note = "asyncio tasks on both sides: ours Engine.write_async, SlateDB put + await_durable"
+    ft = Figure(
+        f"{pre}b-threads",
+        where,
+        f"durable single-row writes, {WRITERS} threads (ours) vs {WRITERS} asyncio "
+        f"tasks (SlateDB){sfx}",
+        "writes/s",
+        peer_name="SlateDB",
+        note="ours with blocking Engine.write from threads; bounded by CPython thread "
+        "wake-ups on 2 cores",
+    )
+    cost = {
+        k: Figure(
+            f"{pre}f-{k}-objects",
+            where,
+            f"objects written per 1,000 writes in {pre}{k}{sfx}",
+            "objects",
+            higher_is_better=False,
+            peer_name="SlateDB",
+            target=1.0 if (k == "b" and where == "local") else None,
+        )
+        for k in "abc"
+    }
+    size = {
+        k: Figure(
+            f"{pre}f-{k}-bytes",
+            where,
+            f"bytes written per 1,000 writes in {pre}{k}{sfx}",
+            "bytes",
+            higher_is_better=False,
+            peer_name="SlateDB",
+        )
+        for k in "abc"
+    }
     for run in range(sz.runs):
         for side in ("ours", "peer"):
             progress(f"{pre}a-c {where} run {run + 1}/{sz.runs}: {side}")
             if side == "ours":
-                for k, fig, n, rows in (("a", fa, sz.single, sz.single),
-                                        ("b", fb, sz.concurrent, sz.concurrent),
-                                        ("t", ft, sz.concurrent, sz.concurrent),
-                                        ("c", fc, sz.batches, sz.batches * 1000)):
+                for k, fig, n, rows in (
+                    ("a", fa, sz.single, sz.single),
+                    ("b", fb, sz.concurrent, sz.concurrent),
+                    ("t", ft, sz.concurrent, sz.concurrent),
+                    ("c", fc, sz.batches, sz.batches * 1000),
+                ):
                     o = Ours(f"w{run}{k}", s3)
                     try:
                         before = o.counts()
@@ -231,9 +169,11 @@ def _write_figures(sz: Sizes, where: str, s3) -> list[Figure]:
                     finally:
                         o.close()
             else:
-                for k, fig, n, rows in (("a", fa, sz.single, sz.single),
-                                        ("b", fb, sz.concurrent, sz.concurrent),
-                                        ("c", fc, sz.batches, sz.batches * 1000)):
+                for k, fig, n, rows in (
+                    ("a", fa, sz.single, sz.single),
+                    ("b", fb, sz.concurrent, sz.concurrent),
+                    ("c", fc, sz.batches, sz.batches * 1000),
+                ):
                     p = Slate(f"w{run}{k}", s3)
                     try:
                         p0, u0 = slate.puts(p.recorder), p.usage()
@@ -255,11 +195,12 @@ def _write_figures(sz: Sizes, where: str, s3) -> list[Figure]:
                     finally:
                         p.close()
     for k in "abc":
-        cost[k].note = ("a write = one durable call (a row in a/b, a batch of 1,000 in c); "
-                        "ours counted by a store wrapper, SlateDB by its metrics recorder "
-                        "(successful PUTs)")
-        size[k].note = ("ours: bytes put through the store wrapper; SlateDB: growth of its "
-                        "directory")
+        cost[k].note = (
+            "a write = one durable call (a row in a/b, a batch of 1,000 in c); "
+            "ours counted by a store wrapper, SlateDB by its metrics recorder "
+            "(successful PUTs)"
+        )
+        size[k].note = "ours: bytes put through the store wrapper; SlateDB: growth of its directory"
     out = [fa, fb, ft, fc, *cost.values()]
     if where == "local":
         out.extend(size.values())
@@ -267,15 +208,27 @@ def _write_figures(sz: Sizes, where: str, s3) -> list[Figure]:
 
 
 def _read_figures(sz: Sizes) -> list[Figure]:
-    fd = Figure("2d", "local", "point gets on flushed data, cache warm", "gets/s",
-                peer_name="SlateDB", target=3.0,
-                note=f"{sz.get_rows:,} rows loaded and flushed once per side; each run is "
-                     f"{sz.gets:,} gets of random keys after one warm-up pass")
-    fe = Figure("2e", "local", f"full scan of {sz.scan_rows:,} rows", "rows/s",
-                peer_name="SlateDB", target=3.0,
-                note="rows loaded and flushed once per side; one warm-up scan, then timed "
-                     "scans; ours yields a dict per row, SlateDB a KeyValue per row "
-                     "(next_batch(1000))")
+    fd = Figure(
+        "2d",
+        "local",
+        "point gets on flushed data, cache warm",
+        "gets/s",
+        peer_name="SlateDB",
+        target=3.0,
+        note=f"{sz.get_rows:,} rows loaded and flushed once per side; each run is "
+        f"{sz.gets:,} gets of random keys after one warm-up pass",
+    )
+    fe = Figure(
+        "2e",
+        "local",
+        f"full scan of {sz.scan_rows:,} rows",
+        "rows/s",
+        peer_name="SlateDB",
+        target=3.0,
+        note="rows loaded and flushed once per side; one warm-up scan, then timed "
+        "scans; ours yields a dict per row, SlateDB a KeyValue per row "
+        "(next_batch(1000))",
+    )
     rng = random.Random(7)
     keys = [rng.randrange(sz.get_rows) for _ in range(sz.gets)]
 
@@ -326,10 +279,18 @@ def _read_figures(sz: Sizes) -> list[Figure]:
 
 
 def _idle_figure(sz: Sizes) -> Figure:
-    f = Figure("2f-idle", "local", "store requests per second while idle", "requests/s",
-               higher_is_better=False, peer_name="SlateDB", target=0.0, absolute=True,
-               note=f"after 100 durable writes and 0.5 s of settling, requests counted over "
-                    f"{sz.idle_s:g} s; ours with its background maintenance thread running")
+    f = Figure(
+        "2f-idle",
+        "local",
+        "store requests per second while idle",
+        "requests/s",
+        higher_is_better=False,
+        peer_name="SlateDB",
+        target=0.0,
+        absolute=True,
+        note=f"after 100 durable writes and 0.5 s of settling, requests counted over "
+        f"{sz.idle_s:g} s; ours with its background maintenance thread running",
+    )
     for run in range(sz.runs):
         progress(f"2f idle run {run + 1}/{sz.runs}")
         o = Ours(f"idle{run}")

@@ -80,8 +80,9 @@ class ClusterConfig:
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise InvalidArgument(f"shard_num_cpus must be a number >= 0, got {v!r}")
         if type(self.shard_max_concurrency) is not int or self.shard_max_concurrency <= 0:
-            raise InvalidArgument("shard_max_concurrency must be a positive int, got "
-                                  f"{self.shard_max_concurrency!r}")
+            raise InvalidArgument(
+                f"shard_max_concurrency must be a positive int, got {self.shard_max_concurrency!r}"
+            )
         if type(self.clock_skew_ms) is not int or self.clock_skew_ms < 0:
             raise InvalidArgument("clock_skew_ms must be an int >= 0")
         if not isinstance(self.engine, Settings):
@@ -117,8 +118,11 @@ class ClusterConfig:
         if "env" in values:
             values["env"] = {str(k): str(v) for k, v in (values["env"] or {}).items()}
         sections["engine"].setdefault("background", False)
-        return cls(engine=Settings.from_dict(sections["engine"]),
-                   shell=ShellSettings.from_dict(sections["shell"]), **values)
+        return cls(
+            engine=Settings.from_dict(sections["engine"]),
+            shell=ShellSettings.from_dict(sections["shell"]),
+            **values,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (picklable, YAML-able); ``from_dict(to_dict())`` round-trips."""

@@ -34,8 +34,14 @@ from dataclasses import dataclass, field
 from dn.errors import InvalidArgument
 
 
-def capped_delay(retry: int, base_delay_s: float, max_delay_s: float, rng: random.Random,
-                 jitter_min: float = 0.0, jitter_max: float = 1.0) -> float:
+def capped_delay(
+    retry: int,
+    base_delay_s: float,
+    max_delay_s: float,
+    rng: random.Random,
+    jitter_min: float = 0.0,
+    jitter_max: float = 1.0,
+) -> float:
     """The sleep before retry number ``retry`` (1-based): a uniform draw from
     ``[jitter_min * d, jitter_max * d]`` with ``d = min(max_delay_s, base_delay_s * 2 **
     (retry - 1))``."""
@@ -66,8 +72,9 @@ class Backoff:
 
     def delay(self, retry: int) -> float:
         """The sleep before retry number ``retry`` (1-based)."""
-        return capped_delay(retry, self.base_delay_s, self.max_delay_s, self.rng,
-                            self.jitter_min, self.jitter_max)
+        return capped_delay(
+            retry, self.base_delay_s, self.max_delay_s, self.rng, self.jitter_min, self.jitter_max
+        )
 
     def within(self, budget_s: float) -> Retries:
         """The retries of one operation that may go on for ``budget_s`` seconds from now."""

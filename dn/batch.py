@@ -61,8 +61,7 @@ def normalize_rows(table: TableDef, upserts: Any, max_value_bytes: int) -> list[
             if v is None:
                 if is_pk:
                     raise InvalidArgument(
-                        f"primary-key column {name!r} of {table.db}.{table.name} is missing "
-                        "or null"
+                        f"primary-key column {name!r} of {table.db}.{table.name} is missing or null"
                     )
                 continue
             ok, v2 = CHECKERS[typ](v, max_value_bytes)
@@ -101,8 +100,7 @@ def _columns_ok(table: TableDef, rows: list, max_value_bytes: int) -> bool:
     """True when every column of ``rows`` (tuples in column order) holds only non-null
     values of exactly its type, within limits; checked column by column with C-level
     builtins. False means: look value by value (which also builds the error message)."""
-    return all(_column_ok(table, i, col, max_value_bytes)
-               for i, col in enumerate(zip(*rows)))
+    return all(_column_ok(table, i, col, max_value_bytes) for i, col in enumerate(zip(*rows)))
 
 
 def _column_ok(table: TableDef, i: int, col: Any, max_value_bytes: int) -> bool:
@@ -135,6 +133,7 @@ def _column_ok_or_null(table: TableDef, i: int, col: Any, max_value_bytes: int) 
     present = [v for v in col if v is not None]
     return not present or _column_ok(table, i, present, max_value_bytes)
 
+
 # -- columnar batches -------------------------------------------------------------------
 
 
@@ -149,12 +148,15 @@ def normalize_columns(table: TableDef, columns: Any, max_value_bytes: int) -> tu
         raise InvalidArgument("columns must be a dict of column name to a list of values")
     unknown = sorted(str(k) for k in columns if k not in table.nameset)
     if unknown:
-        raise InvalidArgument(f"unknown column(s) {unknown} for table {table.db}.{table.name};"
-                              f" columns are {list(table.names)}")
+        raise InvalidArgument(
+            f"unknown column(s) {unknown} for table {table.db}.{table.name};"
+            f" columns are {list(table.names)}"
+        )
     for c in table.primary_key:
         if columns.get(c) is None:
-            raise InvalidArgument(f"primary-key column {c!r} of {table.db}.{table.name} is "
-                                  "missing from the columns")
+            raise InvalidArgument(
+                f"primary-key column {c!r} of {table.db}.{table.name} is missing from the columns"
+            )
     cols: list = []
     lengths: dict[str, int] = {}
     for name in table.names:
@@ -164,8 +166,7 @@ def normalize_columns(table: TableDef, columns: Any, max_value_bytes: int) -> tu
             lengths[name] = len(col)
         cols.append(col)
     if len(set(lengths.values())) > 1:
-        raise InvalidArgument(f"the columns of a batch must have equal lengths, got "
-                              f"{lengths}")
+        raise InvalidArgument(f"the columns of a batch must have equal lengths, got {lengths}")
     n = next(iter(lengths.values()))
     if n == 0:
         return [], 0
@@ -186,8 +187,9 @@ def _normalize_column(table: TableDef, i: int, col: Any, max_value_bytes: int) -
     for v in col:
         if v is None:
             if is_pk:
-                raise InvalidArgument(f"primary-key column {name!r} of {table.db}."
-                                      f"{table.name} may not be null")
+                raise InvalidArgument(
+                    f"primary-key column {name!r} of {table.db}.{table.name} may not be null"
+                )
             out.append(None)
             continue
         ok, v2 = check(v, max_value_bytes)
@@ -204,14 +206,19 @@ def rows_as_columns(table: TableDef, upserts: Any, max_value_bytes: int) -> tupl
     :func:`normalize_rows`, by column. A batch of plain dicts naming exactly the table's
     columns is read column by column (no tuple per row)."""
     names = table.names
-    if (type(upserts) is list and len(upserts) >= _FAST_MIN_ROWS
-            and set(map(type, upserts)) == {dict} and set(map(len, upserts)) == {len(names)}):
+    if (
+        type(upserts) is list
+        and len(upserts) >= _FAST_MIN_ROWS
+        and set(map(type, upserts)) == {dict}
+        and set(map(len, upserts)) == {len(names)}
+    ):
         try:
             cols = [list(map(itemgetter(c), upserts)) for c in names]
         except KeyError:
             cols = None
-        if cols is not None and all(_column_ok(table, i, c, max_value_bytes)
-                                    for i, c in enumerate(cols)):
+        if cols is not None and all(
+            _column_ok(table, i, c, max_value_bytes) for i, c in enumerate(cols)
+        ):
             return cols, len(upserts)
     rows = normalize_rows(table, upserts, max_value_bytes)
     return ([list(c) for c in zip(*rows)] if rows else []), len(rows)
@@ -222,14 +229,16 @@ def check_packed_columns(table: TableDef, cols: Any, max_value_bytes: int) -> No
     array of one array per column, all of the same non-zero length; checked exactly as
     :func:`check_row_tuples` checks rows."""
     n = len(table.names)
-    if (not isinstance(cols, list | tuple) or len(cols) != n
-            or set(map(type, cols)) - {tuple, list}):
+    if not isinstance(cols, list | tuple) or len(cols) != n or set(map(type, cols)) - {tuple, list}:
         raise InvalidArgument(
-            f"a packed chunk of {table.db}.{table.name} must be an array of {n} columns")
+            f"a packed chunk of {table.db}.{table.name} must be an array of {n} columns"
+        )
     lengths = set(map(len, cols))
     if len(lengths) != 1 or 0 in lengths:
-        raise InvalidArgument(f"the columns of a packed chunk of {table.db}.{table.name} "
-                              "must have equal, non-zero lengths")
+        raise InvalidArgument(
+            f"the columns of a packed chunk of {table.db}.{table.name} "
+            "must have equal, non-zero lengths"
+        )
     if not all(_column_ok_or_null(table, i, c, max_value_bytes) for i, c in enumerate(cols)):
         check_row_tuples(table, list(zip(*cols)), max_value_bytes)  # the precise error
 
@@ -243,7 +252,8 @@ def check_row_tuples(table: TableDef, rows: Any, max_value_bytes: int) -> list:
     n = len(table.names)
     if rows and (set(map(type, rows)) - {tuple, list} or set(map(len, rows)) != {n}):
         raise InvalidArgument(
-            f"each packed row of {table.db}.{table.name} must be an array of {n} values")
+            f"each packed row of {table.db}.{table.name} must be an array of {n} values"
+        )
     if _columns_ok(table, rows, max_value_bytes):
         return rows
     for row in rows:  # the slow path: the precise error, or acceptance with nulls
@@ -251,7 +261,8 @@ def check_row_tuples(table: TableDef, rows: Any, max_value_bytes: int) -> list:
         (normal,) = normalize_rows(table, [as_dict], max_value_bytes)
         if normal != tuple(row) or any(type(a) is not type(b) for a, b in zip(normal, row)):
             raise InvalidArgument(
-                f"a packed row of {table.db}.{table.name} is not in normal form: {row!r}")
+                f"a packed row of {table.db}.{table.name} is not in normal form: {row!r}"
+            )
     return rows
 
 
@@ -259,8 +270,7 @@ def check_batch(table: TableDef, rows: Any, dels: list, max_batch_rows: int) -> 
     """The primary keys of a normalized batch (rows' keys, then the deletes), after the
     checks every write gets: not empty, not over ``max_batch_rows``, each key once."""
     pos = table.pk_pos
-    keys = (list(map(itemgetter(pos[0]), rows)) if len(pos) == 1
-            else [table.pk_of(r) for r in rows])
+    keys = list(map(itemgetter(pos[0]), rows)) if len(pos) == 1 else [table.pk_of(r) for r in rows]
     return check_keys(table, keys, dels, max_batch_rows)
 
 
@@ -277,7 +287,8 @@ def check_keys(table: TableDef, keys: list, dels: list, max_batch_rows: int) -> 
         dup = next(k for k in keys if k in seen or seen.add(k))
         raise InvalidArgument(
             f"primary key {dup!r} appears twice in one batch of {table.db}.{table.name}; a "
-            "batch may name each key once")
+            "batch may name each key once"
+        )
     return keys
 
 
@@ -306,9 +317,11 @@ def _as_column(name: str, col: Any) -> list | tuple:
     if type(col) is list:
         return tuple(col)
     if isinstance(col, str | bytes | bytearray | Mapping) or not (
-            hasattr(col, "tolist") or isinstance(col, Sequence)):
-        raise InvalidArgument(f"column {name!r} must be a list, tuple or array of values, "
-                              f"got {type(col).__name__}")
+        hasattr(col, "tolist") or isinstance(col, Sequence)
+    ):
+        raise InvalidArgument(
+            f"column {name!r} must be a list, tuple or array of values, got {type(col).__name__}"
+        )
     out = col.tolist() if hasattr(col, "tolist") else list(col)
     if not isinstance(out, list):
         raise InvalidArgument(f"column {name!r} must be one-dimensional")

@@ -93,14 +93,16 @@ class Catalog:
     def tables_at(self, db: str, ts: int) -> list[str]:
         _check_names(db)
         return sorted(
-            name for (d, name), vs in self._tables.items() if d == db and any(
-                t.live_at(ts) for t in vs)
+            name
+            for (d, name), vs in self._tables.items()
+            if d == db and any(t.live_at(ts) for t in vs)
         )
 
     def _not_found(self, db: str, table: str, ts: int | None):
         when = "" if ts is None else f" at timestamp {ts}"
-        if not any(d.live_at(ts) if ts is not None else d.drop_ts is None
-                   for d in self._dbs.get(db, ())):
+        if not any(
+            d.live_at(ts) if ts is not None else d.drop_ts is None for d in self._dbs.get(db, ())
+        ):
             raise NotFound(f"database {db!r} does not exist{when}", database=db)
         raise NotFound(f"table {db}.{table} does not exist{when}", database=db, table=table)
 
@@ -121,8 +123,7 @@ class Catalog:
                 raise NotFound(f"database {db!r} does not exist", database=db)
             versions = self._tables.get((db, table))
             if versions and versions[-1].drop_ts is None:
-                raise AlreadyExists(f"table {db}.{table} already exists", database=db,
-                                    table=table)
+                raise AlreadyExists(f"table {db}.{table} already exists", database=db, table=table)
         elif op == OP_DROP_TABLE:
             self.live_table(cmd[1], cmd[2])
         else:
@@ -217,4 +218,5 @@ def _check_names(*names: object) -> None:
     for name in names:
         if not isinstance(name, str):
             raise InvalidArgument(
-                f"database and table names are strings, got {type(name).__name__} {name!r:.60}")
+                f"database and table names are strings, got {type(name).__name__} {name!r:.60}"
+            )

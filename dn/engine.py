@@ -63,9 +63,16 @@ class Engine:
     # -- opening and recovery ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str | None = None, shard_id: int = 0, settings: Settings | None = None,
-             *, store: ObjectStore | None = None, log_store: ObjectStore | None = None,
-             clock: Clock | None = None) -> Engine:
+    def open(
+        cls,
+        url: str | None = None,
+        shard_id: int = 0,
+        settings: Settings | None = None,
+        *,
+        store: ObjectStore | None = None,
+        log_store: ObjectStore | None = None,
+        clock: Clock | None = None,
+    ) -> Engine:
         """Open (or create) shard ``shard_id`` in the store at ``url`` and recover it.
 
         ``url``: a directory path, ``file:///abs/path``, ``s3://bucket/prefix`` or
@@ -81,8 +88,9 @@ class Engine:
         for name, part in (("store", store), ("log_store", log_store)):
             if part is not None and not isinstance(part, ObjectStore):
                 raise InvalidArgument(f"{name} must be a dn.store.ObjectStore, got {part!r}")
-        if clock is not None and not (callable(getattr(clock, "now_ms", None))
-                                      and callable(getattr(clock, "monotonic", None))):
+        if clock is not None and not (
+            callable(getattr(clock, "now_ms", None)) and callable(getattr(clock, "monotonic", None))
+        ):
             raise InvalidArgument(f"clock must be a dn.Clock, got {clock!r}")
         if type(shard_id) is not int or shard_id < 0:
             raise InvalidArgument(f"shard_id must be an int >= 0, got {shard_id!r}")
@@ -97,8 +105,9 @@ class Engine:
             store = open_store(os.fspath(url), retry=policy)
         made_log = None
         if log_store is None:
-            log_store = _log_store_for(open_store(settings.log_url, retry=policy)
-                                       if settings.log_url else store, policy)
+            log_store = _log_store_for(
+                open_store(settings.log_url, retry=policy) if settings.log_url else store, policy
+            )
             made_log = log_store if log_store is not store else None
         engine = cls(store, log_store, shard_id, settings, clock or SystemClock())
         engine._made_log_store = made_log  # the engine's own: closed with it
@@ -107,8 +116,14 @@ class Engine:
             engine._start_background()
         return engine
 
-    def __init__(self, store: ObjectStore, log_store: ObjectStore, shard: int,
-                 settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        log_store: ObjectStore,
+        shard: int,
+        settings: Settings,
+        clock: Clock,
+    ) -> None:
         self._state = ShardState(store, log_store, shard, settings, clock)
         self._upkeep = Upkeep(self._state)
         self._writes = WritePath(self._state, self._upkeep)
@@ -156,8 +171,9 @@ class Engine:
         """Drop a database and every table in it; returns the commit timestamp."""
         return self._writes.drop_database(db)
 
-    def create_table(self, db: str, table: str, schema: dict[str, str],
-                     primary_key: str | list[str]) -> int:
+    def create_table(
+        self, db: str, table: str, schema: dict[str, str], primary_key: str | list[str]
+    ) -> int:
         """Create a table; ``schema`` maps column names to type names."""
         return self._writes.create_table(db, table, schema, primary_key)
 
@@ -170,8 +186,7 @@ class Engine:
         timestamp once the batch is durable."""
         return self._writes.write(db, table, upserts, deletes)
 
-    async def write_async(self, db: str, table: str, upserts: Any = (),
-                          deletes: Any = ()) -> int:
+    async def write_async(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
         """:meth:`write` for asyncio: validation runs in the calling coroutine; the writes of
         all coroutines waiting meanwhile go to the log together (see :mod:`dn.write.aio`)."""
         return await self._writes.write_async(db, table, upserts, deletes)
@@ -248,8 +263,9 @@ class Engine:
         """The newest timestamp this shard has issued or promised."""
         return self._reads.clock()
 
-    def read_view(self, db: str, table: str, snapshot: int | None = None,
-                  from_ts: int | None = None) -> ReadView:
+    def read_view(
+        self, db: str, table: str, snapshot: int | None = None, from_ts: int | None = None
+    ) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
         for a change feed, from ``from_ts``). Readers in other processes materialize it."""
         return self._reads.read_view(db, table, snapshot, from_ts)
@@ -262,16 +278,28 @@ class Engine:
         """Seed 001's range-read plan for from_ts <= ts <= snapshot."""
         return self._reads.range_plan(snapshot, from_ts)
 
-    def get(self, db: str, table: str, pk: Any, snapshot: int | None = None,
-            columns: list[str] | None = None) -> dict | None:
+    def get(
+        self,
+        db: str,
+        table: str,
+        pk: Any,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+    ) -> dict | None:
         """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
         view = self.read_view(db, table, snapshot)
         key = view.table.check_key(pk)
         return materialize_get(self._state.reader, view, key, columns)
 
-    def scan(self, db: str, table: str, snapshot: int | None = None,
-             columns: list[str] | None = None, start: Any = None,
-             end: Any = None) -> Iterator[dict]:
+    def scan(
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+    ) -> Iterator[dict]:
         """Rows with start <= pk < end at ``snapshot``, in primary-key order, as dicts."""
         view = self.read_view(db, table, snapshot)
         t = view.table
@@ -279,8 +307,14 @@ class Engine:
         end = None if end is None else t.check_key(end)
         return materialize(self._state.reader, view, columns=columns, start=start, end=end)
 
-    def changes(self, db: str, table: str, from_ts: int, snapshot: int | None = None,
-                columns: list[str] | None = None) -> Iterator[Change]:
+    def changes(
+        self,
+        db: str,
+        table: str,
+        from_ts: int,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+    ) -> Iterator[Change]:
         """Every change with from_ts <= ts <= snapshot, in (ts, pk) order, as Change
         records (``ts``, ``kind``, ``pk``, ``row``)."""
         view = self.read_view(db, table, snapshot, check_from_ts(from_ts))
@@ -304,44 +338,7 @@ class Engine:
 
     def status(self) -> dict:
         """The state of the shard at a glance."""
-        s = self._state
-        with s.cv:
-            buffers = [s.mutable.describe()] + [b.describe() for b in reversed(s.frozen)]
-            out = {
-                "shard": s.shard,
-                "epoch": s.epoch,
-                "state": s.state_locked(),
-                "clock": s.hlc.last,
-                "last_applied": s.last_applied,
-                "buffers": buffers,
-                "queue_length": len(s.frozen),
-                "queue_bytes": sum(b.nbytes for b in s.frozen),
-                "ranges": list(s.ranges),
-                "checkpoints": list(s.checkpoints),
-                "last_checkpoint": s.checkpoints[-1] if s.checkpoints else None,
-                "commits_since_checkpoint": self._upkeep.commits_since_checkpoint_locked(),
-                "rows_in_memory": sum(b.rows() for b in [s.mutable, *s.frozen]),
-                "group_commits": s.queue.groups,
-                "commits": s.queue.commands,
-                "counters": dict(s.counters),
-            }
-        with s.cv:
-            sized = [(r, s.sizes.get(r, 0)) for r in s.ranges]
-        out["objects"] = {
-            "live_ranges": len(sized),
-            "live_range_bytes": sum(n for _, n in sized),
-            "live_checkpoints": len(out["checkpoints"]),
-            "awaiting_gc": len(s.collector.pending),
-            "deleted_by_gc": s.collector.deleted,
-            "compaction_debt": s.policy.debt(sized),
-            "compaction_bound": s.policy.bound(
-                sum(n for _, n in sized if n < s.settings.compaction_max_bytes)),
-        }
-        out["oldest_readable"] = s.oldest_readable()
-        out["log"] = s.log.status() if s.log else None
-        out["cache"] = s.cache.status()
-        out["manifest_version"] = s.manifest.current.version if s.manifest.current else 0
-        return out
+        return self._state.status()
 
     def close(self) -> None:
         """Stop background work and release the engine. Everything acknowledged is in the
@@ -370,8 +367,9 @@ class Engine:
     # -- background -------------------------------------------------------------------------
 
     def _start_background(self) -> None:
-        self._thread = threading.Thread(target=self._background, name=f"dn-shard-{self.shard}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._background, name=f"dn-shard-{self.shard}", daemon=True
+        )
         self._thread.start()
 
     def _background(self) -> None:

@@ -32,8 +32,7 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
     after the newest range, each applied once (``replay``: the write path's)."""
     state = s.manifest.open_epoch()
     s.epoch = state.epoch
-    log.info("shard %d: opened epoch %d (manifest version %d)", s.shard, state.epoch,
-             state.version)
+    log.info("shard %d: opened epoch %d (manifest version %d)", s.shard, state.epoch, state.version)
     after = 0
     if state.checkpoints:
         cp = s.reader.checkpoint(state.checkpoints[-1])
@@ -60,8 +59,7 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
     s.last_applied = max(max_range, state.checkpoints[-1] if state.checkpoints else 0)
     s.mutable = Buffer(max_range + 1, s.clock.monotonic())
     s.log = Log(s.log_store, s.shard, state.epoch)
-    records = s.log.recover(state.log_low_seq,
-                            s.clock.monotonic() + s.settings.log_delete_grace_s)
+    records = s.log.recover(state.log_low_seq, s.clock.monotonic() + s.settings.log_delete_grace_s)
     for i, rec in enumerate(records):
         replay(rec)
         if (i + 1) % 1000 == 0:
@@ -69,11 +67,15 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
     for rec in s.log.fence():
         replay(rec)
     s.hlc.advance(s.last_applied)
-    log.info("shard %d: recovered: %d ranges, %d checkpoints, %d log objects replayed, "
-             "clock at %d", s.shard, len(s.ranges), len(s.checkpoints),
-             len(records), s.hlc.last)
+    log.info(
+        "shard %d: recovered: %d ranges, %d checkpoints, %d log objects replayed, clock at %d",
+        s.shard,
+        len(s.ranges),
+        len(s.checkpoints),
+        len(records),
+        s.hlc.last,
+    )
     s._check()
-
 
 
 def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeobj.TableStats]:
@@ -81,8 +83,9 @@ def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeo
     for table_id in ro.tables:
         run = ro.run(table_id, catalog.table_by_id(table_id).pk_pos)
         keys = ([run.pks[0], run.pks[-1]] if run.pks else []) + (
-            [run.del_pks[0], run.del_pks[-1]] if run.del_pks else [])
-        out[table_id] = rangeobj.TableStats(len(run.ts), len(run.del_ts),
-                                            min(keys) if keys else None,
-                                            max(keys) if keys else None)
+            [run.del_pks[0], run.del_pks[-1]] if run.del_pks else []
+        )
+        out[table_id] = rangeobj.TableStats(
+            len(run.ts), len(run.del_ts), min(keys) if keys else None, max(keys) if keys else None
+        )
     return out

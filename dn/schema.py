@@ -71,8 +71,14 @@ class TableDef:
         return self.create_ts <= ts and (self.drop_ts is None or ts < self.drop_ts)
 
     def to_wire(self) -> list:
-        return [self.db, self.name, [list(c) for c in self.columns], list(self.primary_key),
-                self.create_ts, self.drop_ts]
+        return [
+            self.db,
+            self.name,
+            [list(c) for c in self.columns],
+            list(self.primary_key),
+            self.create_ts,
+            self.drop_ts,
+        ]
 
     @classmethod
     def from_wire(cls, w: list) -> TableDef:

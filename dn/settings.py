@@ -112,8 +112,12 @@ class Settings:
                 raise InvalidArgument(f"setting {name} must be a positive integer, got {value!r}")
         if not isinstance(self.compaction_fanout, int) or self.compaction_fanout < 2:
             raise InvalidArgument("setting compaction_fanout must be an integer >= 2")
-        for name in ("log_delete_grace_s", "snapshot_future_s", "background_interval_s",
-                     "gc_grace_s"):
+        for name in (
+            "log_delete_grace_s",
+            "snapshot_future_s",
+            "background_interval_s",
+            "gc_grace_s",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value >= 0:  # NaN fails too
                 raise InvalidArgument(f"setting {name} must be a number >= 0")
@@ -175,13 +179,25 @@ class ShellSettings:
     commit_wait_max_s: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("client_cache_bytes", "writer_part_bytes", "writer_buffer_parts",
-                     "large_read_objects", "large_read_tail_rows", "read_page_rows"):
+        for name in (
+            "client_cache_bytes",
+            "writer_part_bytes",
+            "writer_buffer_parts",
+            "large_read_objects",
+            "large_read_tail_rows",
+            "read_page_rows",
+        ):
             value = getattr(self, name)
             if type(value) is not int or value <= 0:
                 raise InvalidArgument(f"setting {name} must be a positive integer, got {value!r}")
-        for name in ("retry_s", "call_timeout_s", "retry_base_delay_s", "retry_max_delay_s",
-                     "writer_linger_s", "commit_wait_max_s"):
+        for name in (
+            "retry_s",
+            "call_timeout_s",
+            "retry_base_delay_s",
+            "retry_max_delay_s",
+            "writer_linger_s",
+            "commit_wait_max_s",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
                 raise InvalidArgument(f"setting {name} must be a number >= 0, got {value!r}")

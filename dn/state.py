@@ -46,8 +46,14 @@ log = logging.getLogger(__name__)
 class ShardState:
     """The fields of one open shard (see the module docstring for which lock guards what)."""
 
-    def __init__(self, store: ObjectStore, log_store: ObjectStore, shard: int,
-                 settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        log_store: ObjectStore,
+        shard: int,
+        settings: Settings,
+        clock: Clock,
+    ) -> None:
         self.shard = shard
         self.settings = settings
         self.store = store
@@ -72,9 +78,11 @@ class ShardState:
         self.checkpoints: list[int] = []
         self.stats: dict[tuple[int, int], dict[int, rangeobj.TableStats]] = {}
         self.sizes: dict[tuple[int, int], int] = {}  # encoded bytes of each live range
-        self.policy = compaction.Policy(settings.compaction_fanout,
-                                        settings.compaction_base_bytes,
-                                        settings.compaction_max_bytes)
+        self.policy = compaction.Policy(
+            settings.compaction_fanout,
+            settings.compaction_base_bytes,
+            settings.compaction_max_bytes,
+        )
         self.collector = Collector(store, shard, settings.gc_grace_s)
         self.gc_dirty = True  # something may have become garbage since the last scan
         self.manifest_unsure = False  # a manifest commit failed in a way that may have landed
@@ -83,8 +91,14 @@ class ShardState:
         self.last_cp_time = clock.monotonic()
         self.broken: DNError | None = None
         self.closed = False
-        self.counters = {"buffer_checkpoints": 0, "checkpoints": 0, "compactions": 0,
-                         "rows_written": 0, "replayed_commands": 0, "maintain_errors": 0}
+        self.counters = {
+            "buffer_checkpoints": 0,
+            "checkpoints": 0,
+            "compactions": 0,
+            "rows_written": 0,
+            "replayed_commands": 0,
+            "maintain_errors": 0,
+        }
 
     # -- whether the shard may be used ------------------------------------------------------
 
@@ -124,6 +138,56 @@ class ShardState:
             return 0
         ms = self.clock.now_ms() - int(self.settings.retention_s * 1000)
         return max(0, ms << LOGICAL_BITS)
+
+    # -- status --------------------------------------------------------------------------------
+
+    def commits_since_checkpoint_locked(self) -> int:
+        last = self.checkpoints[-1] if self.checkpoints else 0
+        n = sum(b.ncommits for b in self.frozen) + self.mutable.ncommits
+        # ranges after the last checkpoint count too; a range holds at least one commit
+        n += sum(1 for r in self.ranges if r[1] > last)
+        return n
+
+    def status(self) -> dict:
+        """The state of the shard at a glance."""
+        with self.cv:
+            buffers = [self.mutable.describe()] + [b.describe() for b in reversed(self.frozen)]
+            out = {
+                "shard": self.shard,
+                "epoch": self.epoch,
+                "state": self.state_locked(),
+                "clock": self.hlc.last,
+                "last_applied": self.last_applied,
+                "buffers": buffers,
+                "queue_length": len(self.frozen),
+                "queue_bytes": sum(b.nbytes for b in self.frozen),
+                "ranges": list(self.ranges),
+                "checkpoints": list(self.checkpoints),
+                "last_checkpoint": self.checkpoints[-1] if self.checkpoints else None,
+                "commits_since_checkpoint": self.commits_since_checkpoint_locked(),
+                "rows_in_memory": sum(b.rows() for b in [self.mutable, *self.frozen]),
+                "group_commits": self.queue.groups,
+                "commits": self.queue.commands,
+                "counters": dict(self.counters),
+            }
+        with self.cv:
+            sized = [(r, self.sizes.get(r, 0)) for r in self.ranges]
+        out["objects"] = {
+            "live_ranges": len(sized),
+            "live_range_bytes": sum(n for _, n in sized),
+            "live_checkpoints": len(out["checkpoints"]),
+            "awaiting_gc": len(self.collector.pending),
+            "deleted_by_gc": self.collector.deleted,
+            "compaction_debt": self.policy.debt(sized),
+            "compaction_bound": self.policy.bound(
+                sum(n for _, n in sized if n < self.settings.compaction_max_bytes)
+            ),
+        }
+        out["oldest_readable"] = self.oldest_readable()
+        out["log"] = self.log.status() if self.log else None
+        out["cache"] = self.cache.status()
+        out["manifest_version"] = self.manifest.current.version if self.manifest.current else 0
+        return out
 
     # -- invariants ---------------------------------------------------------------------------
 

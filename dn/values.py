@@ -59,9 +59,8 @@ def type_message(t: TableDef, col: str, typ: str, v: object, limit: int | None) 
         shown = shown[:57] + "..."
     if typ == "string" and type(v) is str:
         return f"column {col!r} of {t.db}.{t.name} is a string that is not valid UTF-8: {shown}"
-    return (
-        f"column {col!r} of {t.db}.{t.name} is {typ}, got {type(v).__name__} {shown}"
-        + (" (out of int64 range)" if typ == "int64" and type(v) is int else "")
+    return f"column {col!r} of {t.db}.{t.name} is {typ}, got {type(v).__name__} {shown}" + (
+        " (out of int64 range)" if typ == "int64" and type(v) is int else ""
     )
 
 

@@ -72,9 +72,9 @@ GC_THRESHOLDS = (100_000, 50, 100)
 #: write as large transient buffers (Ray's copy of the arguments, the decoded columns, the log
 #: payload) while its buffers grow. With glibc's defaults, freed memory above the heap's top
 #: went back to the kernel and buffers over the mmap threshold were mapped and unmapped each
-#: time, so the next write faulted the same pages in again, zeroed: a shard took ~250,000
-#: page faults per million rows ingested, and a third of its CPU time was in the kernel.
-#: Larger thresholds keep that memory for reuse (at most ``M_TRIM_THRESHOLD`` idle).
+#: time, so the next write faulted the same pages in again, zeroed, and much of a shard's CPU
+#: time went to the kernel (figures: decision 0011). Larger thresholds keep that memory for
+#: reuse (at most ``M_TRIM_THRESHOLD`` idle).
 MALLOC_TUNING = (  # (mallopt parameter, its environment variable, value)
     (-3, "MALLOC_MMAP_THRESHOLD_", 32 << 20),  # allocations below 32 MiB come from the heap
     (-1, "MALLOC_TRIM_THRESHOLD_", 128 << 20),  # keep up to 128 MiB free at the heap's top
@@ -210,8 +210,14 @@ def kill_actor(name: str, namespace: str, restart: bool = False) -> bool:
 class ShardGroup:
     """Calls to the shard actors of one deployment (implements ``ShardCalls``)."""
 
-    def __init__(self, namespace: str, shards: int, settings: ShellSettings | None = None, *,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        shards: int,
+        settings: ShellSettings | None = None,
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.namespace = namespace
         self.shards = shards
         self.settings = settings if settings is not None else ShellSettings()
@@ -300,8 +306,12 @@ class ShardGroup:
             delay = retries.next_delay() if failed else None
             if delay is None:
                 break
-            log.info("retrying %s on shards %s: %s", [m for m, _ in failed.values()],
-                     sorted(failed), out[min(failed)])
+            log.info(
+                "retrying %s on shards %s: %s",
+                [m for m, _ in failed.values()],
+                sorted(failed),
+                out[min(failed)],
+            )
             self._backoff.sleep(delay)
             pending = failed
         return out

@@ -115,9 +115,12 @@ def deploy_cluster(ray_session: str, tmp_path_factory: pytest.TempPathFactory):
         overrides.setdefault("store", str(tmp_path_factory.mktemp(f"store-{name}")))
         overrides.setdefault("retry_s", 30.0)
         overrides.setdefault("call_timeout_s", 60.0)
-        client = coordinator.deploy(None, namespace=namespace,
-                                    engine=dict(RAY_TEST_ENGINE, **overrides.pop("engine", {})),
-                                    **overrides)
+        client = coordinator.deploy(
+            None,
+            namespace=namespace,
+            engine=dict(RAY_TEST_ENGINE, **overrides.pop("engine", {})),
+            **overrides,
+        )
         made.append(namespace)
         return client
 

@@ -19,11 +19,18 @@ from dn import AlreadyExists, Engine, Settings
 
 def main() -> None:
     url, first = sys.argv[1], int(sys.argv[2])
-    settings = Settings(freeze_bytes=8_000, checkpoint_delta=40, log_delete_grace_s=0,
-                        background=True, background_interval_s=0.002)
+    settings = Settings(
+        freeze_bytes=8_000,
+        checkpoint_delta=40,
+        log_delete_grace_s=0,
+        background=True,
+        background_interval_s=0.002,
+    )
     eng = Engine.open(url, settings=settings)
-    for ddl in (lambda: eng.create_database("db"),
-                lambda: eng.create_table("db", "t", {"k": "int64", "v": "string"}, "k")):
+    for ddl in (
+        lambda: eng.create_database("db"),
+        lambda: eng.create_table("db", "t", {"k": "int64", "v": "string"}, "k"),
+    ):
         try:
             ddl()
         except AlreadyExists:

@@ -81,5 +81,8 @@ class Model:
     def changes(self, name: str, from_ts: int, snapshot: int) -> list[tuple]:
         t = self.version_at(name, snapshot)
         assert t is not None
-        return [(ts, kind, pk, None if row is None else {c: row.get(c) for c in t.columns})
-                for ts, kind, pk, row in t.history if from_ts <= ts <= snapshot]
+        return [
+            (ts, kind, pk, None if row is None else {c: row.get(c) for c in t.columns})
+            for ts, kind, pk, row in t.history
+            if from_ts <= ts <= snapshot
+        ]

@@ -108,8 +108,9 @@ def _buffered_writer(client, task: int, batches: int, size: int) -> dict:
     keys. The writer retries parts on a restarting shard for retry_s."""
     keys: dict[int, list[int]] = {}
     durable: list[int] = []
-    with client.writer("db", "w", part_bytes=8 * 1024, linger_s=0.01,
-                       on_durable=durable.append) as w:
+    with client.writer(
+        "db", "w", part_bytes=8 * 1024, linger_s=0.01, on_durable=durable.append
+    ) as w:
         for b in range(batches):
             base = (task * batches + b) * size
             seq = w.write([{"k": base + i, "v": f"t{task}b{b}"} for i in range(size)])

@@ -64,7 +64,6 @@ class LocalShards:
                 out[i] = pickle.loads(pickle.dumps(exc))
         return out
 
-
     def start(self, i, method, args, done):
         done(self.call_each({i: (method, args)})[i])
 
@@ -125,8 +124,11 @@ def test_cluster_yaml_comments_every_dn_key():
             if indent == 6 and key.isupper():
                 continue  # an example under env:
             keys[key] = section[i - 1].strip().startswith("#")
-    wanted = ({f.name for f in fields(ClusterConfig)} | {f.name for f in fields(Settings)}
-              | {f.name for f in fields(ShellSettings)})
+    wanted = (
+        {f.name for f in fields(ClusterConfig)}
+        | {f.name for f in fields(Settings)}
+        | {f.name for f in fields(ShellSettings)}
+    )
     wanted -= {"background"}  # always off on a cluster
     assert wanted <= set(keys), f"keys missing from cluster.yaml: {wanted - set(keys)}"
     assert all(keys.values()), f"uncommented keys: {[k for k, c in keys.items() if not c]}"
@@ -154,10 +156,17 @@ def test_shell_settings_defaults_are_the_old_constants():
     from dn.write.part import MAX_CHUNK_BYTES
 
     assert ShellSettings().to_dict() == {
-        "retry_s": 60.0, "call_timeout_s": 120.0, "retry_base_delay_s": 0.05,
-        "retry_max_delay_s": 1.0, "client_cache_bytes": 256 * 1024 * 1024,
-        "writer_part_bytes": 256 * 1024, "writer_linger_s": 0.1, "writer_buffer_parts": 4,
-        "large_read_objects": 8, "large_read_tail_rows": 200_000, "read_page_rows": 5_000,
+        "retry_s": 60.0,
+        "call_timeout_s": 120.0,
+        "retry_base_delay_s": 0.05,
+        "retry_max_delay_s": 1.0,
+        "client_cache_bytes": 256 * 1024 * 1024,
+        "writer_part_bytes": 256 * 1024,
+        "writer_linger_s": 0.1,
+        "writer_buffer_parts": 4,
+        "large_read_objects": 8,
+        "large_read_tail_rows": 200_000,
+        "read_page_rows": 5_000,
         "commit_wait_max_s": 0.25,
     }
     assert MAX_CHUNK_BYTES == 90 * 1024  # a fact of Ray, not a setting
@@ -178,12 +187,18 @@ def test_shell_settings_round_trip_through_yaml_and_overrides(tmp_path):
     assert ClusterConfig.from_dict(pickle.loads(pickle.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(InvalidArgument, match="unknown shell settings: read_page_row"):
         load_config({"shell": {"read_page_row": 1}})
-    for bad in ({"read_page_rows": 0}, {"retry_s": -1}, {"writer_linger_s": 61},
-                {"client_cache_bytes": 1.5}):
+    for bad in (
+        {"read_page_rows": 0},
+        {"retry_s": -1},
+        {"writer_linger_s": 61},
+        {"client_cache_bytes": 1.5},
+    ):
         with pytest.raises(InvalidArgument):
             ShellSettings(**bad)
-    info = CoordinatorService(ClusterConfig(store=f"memory://cfg-{uuid.uuid4().hex}",
-                                            shell=cfg.shell).to_dict(), LocalShards([])).info()
+    info = CoordinatorService(
+        ClusterConfig(store=f"memory://cfg-{uuid.uuid4().hex}", shell=cfg.shell).to_dict(),
+        LocalShards([]),
+    ).info()
     assert ShellSettings.from_dict(info["shell"]) == cfg.shell
 
 
@@ -237,8 +252,11 @@ def test_shard_group_retries_unavailable_with_its_backoff_and_not_stale_tables()
     from shards.group import ShardGroup
 
     t = SleepClock(100.0)
-    answers = {0: [Unavailable("down"), Unavailable("down"), 7], 1: [StaleTable("stale")],
-               2: [Unavailable("down")] * 100}
+    answers = {
+        0: [Unavailable("down"), Unavailable("down"), 7],
+        1: [StaleTable("stale")],
+        2: [Unavailable("down")] * 100,
+    }
 
     class Scripted(ShardGroup):
         def _submit(self, i, method, args):
@@ -250,8 +268,11 @@ def test_shard_group_retries_unavailable_with_its_backoff_and_not_stale_tables()
                 raise out
             return out
 
-    group = Scripted("ns", 3, backoff=Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep,
-                                              rng=random.Random(1), clock=t.clock))
+    group = Scripted(
+        "ns",
+        3,
+        backoff=Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep, rng=random.Random(1), clock=t.clock),
+    )
     out = group.call_each({i: ("m", ()) for i in range(3)}, retry_s=1.0)
     assert out[0] == 7 and type(out[1]) is StaleTable and type(out[2]) is Unavailable
     assert t.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.25])  # cut at the deadline
@@ -279,8 +300,10 @@ def test_coordinator_handle_retries_with_its_backoff(monkeypatch):
 
     monkeypatch.setattr(handle, "ray", SimpleNamespace(get=get))
     actor = SimpleNamespace(info=SimpleNamespace(remote=lambda: "ref"))
-    h = handle.CoordinatorHandle("ns", backoff=Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep,
-                                                       rng=random.Random(1), clock=t.clock))
+    h = handle.CoordinatorHandle(
+        "ns",
+        backoff=Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep, rng=random.Random(1), clock=t.clock),
+    )
     monkeypatch.setattr(h, "_get_actor", lambda: actor)
     assert h.call("info", retry_s=5.0) == {"shards": 3}
     assert t.sleeps == pytest.approx([0.05, 0.1])
@@ -296,8 +319,10 @@ def test_stale_table_maps_through_ray_errors():
     from shards.group import map_error
 
     err = StaleTable("table db.t was redefined", database="db", table="t")
-    for raised in (rx.RayTaskError("write_part", "tb", err),
-                   rx.RayTaskError("write_part", "tb", err).as_instanceof_cause()):
+    for raised in (
+        rx.RayTaskError("write_part", "tb", err),
+        rx.RayTaskError("write_part", "tb", err).as_instanceof_cause(),
+    ):
         got = map_error(raised, "shard 0.write_part")
         assert type(got) is StaleTable and got.details == {"database": "db", "table": "t"}
 
@@ -345,14 +370,18 @@ def test_a_column_batch_splits_like_the_same_rows():
     t = TableDef("db", "t", (("k", "int64"), ("v", "string"), ("f", "float64")), ("k",), 1)
     rows = [{"k": k, "v": f"v{k}", "f": k / 2} for k in range(200)]
     by_rows = split_batch(t, rows, [500, 501], 4, 1 << 20, 1000)
-    cols = {"k": list(range(200)), "v": [f"v{k}" for k in range(200)],
-            "f": [k / 2 for k in range(200)]}
+    cols = {
+        "k": list(range(200)),
+        "v": [f"v{k}" for k in range(200)],
+        "f": [k / 2 for k in range(200)],
+    }
     by_cols = split(validate_columns(t, cols, [500, 501], 1 << 20, 1000), 4)
     assert by_rows == by_cols
     for s, part in by_cols.items():
         assert all(shard_of(k, 4) == s for k in part.cols[0] + part.deletes)
         assert [dict(zip(("k", "v", "f"), r)) for r in zip(*part.cols)] == [
-            r for r in rows if shard_of(r["k"], 4) == s]
+            r for r in rows if shard_of(r["k"], 4) == s
+        ]
     assert sorted(k for p in by_cols.values() for k in p.cols[0]) == list(range(200))
 
 
@@ -460,7 +489,8 @@ def test_client_errors_match_the_engine(local_cluster):
         # reads resolve their snapshots at different moments
         same = re.compile(r"timestamp \d+")
         assert same.sub("timestamp T", str(from_client.value)) == same.sub(
-            "timestamp T", str(from_engine.value))
+            "timestamp T", str(from_engine.value)
+        )
     assert list(client.scan("db", "t")) == []  # nothing written by any bad batch
 
 
@@ -581,8 +611,9 @@ def test_large_read_rule_counts_objects_and_tail_rows():
 
 
 @pytest.mark.parametrize("threshold", [0, None])
-def test_scans_over_shards_match_a_model_whichever_merge_runs(local_cluster, monkeypatch,
-                                                              threshold):
+def test_scans_over_shards_match_a_model_whichever_merge_runs(
+    local_cluster, monkeypatch, threshold
+):
     """Int keys are merged across shards by one numpy sort of the shards' columns (every scan
     at threshold 0; at the default, the large ones); other keys by pages of tuples. Either
     way a scan is the model's state at its snapshot, in key order, with projections and
@@ -603,8 +634,8 @@ def test_scans_over_shards_match_a_model_whichever_merge_runs(local_cluster, mon
     for step in range(12):
         for name, key in (("i", lambda k: k - 3000), ("s", lambda k: f"k{k:05d}")):
             keys = rng.sample(range(12000), 7000 if step % 4 == 0 else 60)
-            dels = [key(k) for k in keys[:len(keys) // 5]]
-            ups = [{"k": key(k), "v": f"v{step}", "n": step * 0.5} for k in keys[len(dels):]]
+            dels = [key(k) for k in keys[: len(keys) // 5]]
+            ups = [{"k": key(k), "v": f"v{step}", "n": step * 0.5} for k in keys[len(dels) :]]
             client.write("m", name, ups, dels)
             for d in dels:
                 models[name].pop(d, None)
@@ -617,8 +648,7 @@ def test_scans_over_shards_match_a_model_whichever_merge_runs(local_cluster, mon
             assert list(client.scan("m", name, snapshot=snap)) == want
             ks = sorted(state[name])
             lo, hi = ks[len(ks) // 4], ks[len(ks) // 2]
-            got = list(client.scan("m", name, snapshot=snap, columns=["n", "k"], start=lo,
-                                   end=hi))
+            got = list(client.scan("m", name, snapshot=snap, columns=["n", "k"], start=lo, end=hi))
             assert got == [{"n": state[name][k]["n"], "k": k} for k in ks if lo <= k < hi]
             assert list(client.scan("m", name, snapshot=snap, columns=[])) == [{}] * len(ks)
 
@@ -637,8 +667,8 @@ def test_change_feeds_over_shards_are_in_order_and_replay_to_the_state(local_clu
         model: dict = {}
         for step in range(8):
             keys = rng.sample(range(5000), 3000 if step % 3 == 0 else 50)
-            dels = [key(k) for k in keys[:len(keys) // 6]]
-            ups = [{"k": key(k), "v": step} for k in keys[len(dels):]]
+            dels = [key(k) for k in keys[: len(keys) // 6]]
+            ups = [{"k": key(k), "v": step} for k in keys[len(dels) :]]
             client.write("f", name, ups, dels)
             for d in dels:
                 model.pop(d, None)

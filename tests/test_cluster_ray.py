@@ -222,8 +222,12 @@ def test_large_reads_by_ray_tasks_equal_reads_in_the_client(cluster):
         rows = [{"k": k, "s": f"s{k}", "f": k / 3} for k in range(lo, lo + 1000)]
         cluster.write("big", "t", rows)
     mid = cluster.snapshot()
-    cluster.write("big", "t", [{"k": k, "s": "new"} for k in range(0, 6000, 7)],
-                  deletes=list(range(1, 6000, 7)))
+    cluster.write(
+        "big",
+        "t",
+        [{"k": k, "s": "new"} for k in range(0, 6000, 7)],
+        deletes=list(range(1, 6000, 7)),
+    )
     for kw in ({}, {"snapshot": mid}, {"columns": ["s", "k"]}, {"start": 100, "end": 4321}):
         by_tasks = list(cluster.scan("big", "t", tasks=True, **kw))
         assert by_tasks == list(cluster.scan("big", "t", tasks=False, **kw))
@@ -239,8 +243,9 @@ def _buffered(client, table: str, task: int, batches: int, size: int) -> list:
             base = (task * batches + b) * size
             rows = [{"k": base + i, "v": f"t{task}b{b}", "w": b} for i in range(size)]
             if b:
-                rows += [{"k": base - size + i, "v": f"t{task}b{b}-again", "w": b}
-                         for i in range(10)]
+                rows += [
+                    {"k": base - size + i, "v": f"t{task}b{b}-again", "w": b} for i in range(10)
+                ]
             w.write(rows)
     return durable
 
@@ -321,10 +326,19 @@ def test_a_local_node_starts_on_loopback_when_ray_was_imported_first(tmp_path):
         "ray.get_runtime_context().gcs_address)\n"
         "stop_local_ray()\n"
     )
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("NODE ")]
     _, node, gcs = line.split()

@@ -15,8 +15,9 @@ SCHEMA = {"k": "int64", "v": "string"}
 
 
 def _engine(store=None) -> Engine:
-    eng = Engine.open(settings=Settings(background=False), store=store or MemoryStore(),
-                      clock=ManualClock())
+    eng = Engine.open(
+        settings=Settings(background=False), store=store or MemoryStore(), clock=ManualClock()
+    )
     eng.create_database("db")
     eng.create_table("db", "t", SCHEMA, "k")
     return eng
@@ -26,8 +27,9 @@ def test_many_coroutines_share_log_writes_and_all_land():
     eng = _engine()
 
     async def writer(w):
-        return [await eng.write_async("db", "t", [{"k": w * 1000 + i, "v": f"{w}"}])
-                for i in range(20)]
+        return [
+            await eng.write_async("db", "t", [{"k": w * 1000 + i, "v": f"{w}"}]) for i in range(20)
+        ]
 
     async def main():
         return await asyncio.gather(*[writer(w) for w in range(50)])
@@ -66,7 +68,8 @@ def test_store_failure_fails_every_write_of_the_round_and_none_is_visible():
     async def main():
         return await asyncio.gather(
             *[eng.write_async("db", "t", [{"k": i, "v": "x"}]) for i in range(10)],
-            return_exceptions=True)
+            return_exceptions=True,
+        )
 
     results = asyncio.run(main())
     failed = [r for r in results if isinstance(r, Unavailable)]
@@ -84,8 +87,9 @@ def test_threads_and_coroutines_write_together():
             eng.write("db", "t", [{"k": 10_000 + w * 100 + i, "v": "t"}])
 
     async def main():
-        await asyncio.gather(*[eng.write_async("db", "t", [{"k": i, "v": "a"}])
-                               for i in range(200)])
+        await asyncio.gather(
+            *[eng.write_async("db", "t", [{"k": i, "v": "a"}]) for i in range(200)]
+        )
 
     threads = [threading.Thread(target=thread_writer, args=(w,)) for w in range(4)]
     for t in threads:
@@ -104,8 +108,10 @@ def test_each_event_loop_gets_its_own_drain(loops):
 
     def run(n):
         async def main():
-            await asyncio.gather(*[eng.write_async("db", "t", [{"k": n * 1000 + i, "v": "x"}])
-                                   for i in range(100)])
+            await asyncio.gather(
+                *[eng.write_async("db", "t", [{"k": n * 1000 + i, "v": "x"}]) for i in range(100)]
+            )
+
         asyncio.run(main())
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(loops)]

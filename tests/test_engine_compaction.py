@@ -27,9 +27,17 @@ SCHEMA = {"k": "int64", "v": "string"}
 
 
 def _settings(**kw) -> Settings:
-    base = dict(background=False, freeze_interval_s=None, checkpoint_interval_s=None,
-                log_delete_grace_s=0, gc_grace_s=0, freeze_bytes=3_000,
-                compaction_fanout=4, compaction_base_bytes=4_000, checkpoint_delta=200)
+    base = dict(
+        background=False,
+        freeze_interval_s=None,
+        checkpoint_interval_s=None,
+        log_delete_grace_s=0,
+        gc_grace_s=0,
+        freeze_bytes=3_000,
+        compaction_fanout=4,
+        compaction_base_bytes=4_000,
+        checkpoint_delta=200,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -97,8 +105,12 @@ def _workload(eng: Engine, acked: list) -> None:
     eng.create_database("db")
     eng.create_table("db", "t", SCHEMA, "k")
     for i in range(24):
-        ts = eng.write("db", "t", [{"k": i % 7, "v": f"v{i}"}, {"k": 100 + i, "v": "x"}],
-                       deletes=[i % 5 + 50] if i % 3 else [])
+        ts = eng.write(
+            "db",
+            "t",
+            [{"k": i % 7, "v": f"v{i}"}, {"k": 100 + i, "v": "x"}],
+            deletes=[i % 5 + 50] if i % 3 else [],
+        )
         acked.append(i)
         eng.freeze()
         eng.flush()
@@ -212,10 +224,17 @@ def test_recovery_replays_a_bounded_log():
 def test_an_idle_shard_makes_no_store_requests():
     faulty = FaultyStore(MemoryStore())
     ops = []
-    eng = Engine.open(settings=Settings(background=True, background_interval_s=0.005,
-                                        freeze_interval_s=0.05, checkpoint_interval_s=0.1,
-                                        log_delete_grace_s=0, gc_grace_s=0),
-                      store=faulty)
+    eng = Engine.open(
+        settings=Settings(
+            background=True,
+            background_interval_s=0.005,
+            freeze_interval_s=0.05,
+            checkpoint_interval_s=0.1,
+            log_delete_grace_s=0,
+            gc_grace_s=0,
+        ),
+        store=faulty,
+    )
     eng.create_database("db")
     eng.create_table("db", "t", SCHEMA, "k")
     for i in range(20):

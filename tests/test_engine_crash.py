@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _open(url_or_store, **kw) -> Engine:
-    settings = Settings(background=False, log_delete_grace_s=0, freeze_interval_s=None,
-                        checkpoint_interval_s=None, retention_s=None, **kw)
+    settings = Settings(
+        background=False,
+        log_delete_grace_s=0,
+        freeze_interval_s=None,
+        checkpoint_interval_s=None,
+        retention_s=None,
+        **kw,
+    )
     if isinstance(url_or_store, str):
         return Engine.open(url_or_store, settings=settings)
     return Engine.open(settings=settings, store=url_or_store, clock=ManualClock())
@@ -41,7 +47,10 @@ def _run_and_kill(url: str, first: int, acks_before_kill: int) -> list[tuple[int
     return every acknowledgement it printed (it may print more before the kill lands)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.crash_writer", url, str(first)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines = []
     try:
@@ -160,8 +169,9 @@ def _workload(eng: Engine, acked: list, attempted: list) -> None:
             elif arg % 3 == 1:
                 ts = eng.write_columns("db", "t", {"k": keys, "v": [f"w{arg}"] * 3}, dels)
             else:
-                part = WritePart.from_columns(eng.live_table("db", "t"),
-                                              [keys, [f"w{arg}"] * 3], dels)
+                part = WritePart.from_columns(
+                    eng.live_table("db", "t"), [keys, [f"w{arg}"] * 3], dels
+                )
                 ts = eng.write_packed_columns(part)
             acked.append((arg, ts))
         elif kind == "freeze":
@@ -196,8 +206,9 @@ def _verify(inner, acked: list, attempted: list) -> None:
         done = [i for i, _ in acked]
         in_flight = [i for i in attempted if i not in done]
         # the write in flight at the crash may have landed or not; nothing else may differ
-        candidates = [_expected(done)] + [_expected(done + in_flight)] if in_flight else [
-            _expected(done)]
+        candidates = (
+            [_expected(done)] + [_expected(done + in_flight)] if in_flight else [_expected(done)]
+        )
         assert rows in candidates
         ups = [c.pk for c in eng.changes("db", "t", 0) if c.kind == "upsert"]
         assert len(ups) == len(set(ups)), "a write was applied twice"

@@ -23,8 +23,9 @@ SCHEMA = {"k": "int64", "v": "string"}
 
 
 def _settings(**kw) -> Settings:
-    base = dict(background=False, log_delete_grace_s=0, freeze_interval_s=None,
-                checkpoint_interval_s=None)
+    base = dict(
+        background=False, log_delete_grace_s=0, freeze_interval_s=None, checkpoint_interval_s=None
+    )
     base.update(kw)
     return Settings(**base)
 

@@ -31,8 +31,11 @@ SCHEMA = {"k": "int64", "s": "string", "f": "float64", "b": "bytes", "ok": "bool
 @pytest.fixture(scope="module")
 def shard():
     store = MemoryStore()
-    eng = Engine.open(settings=Settings(background=False, max_value_bytes=64, max_batch_rows=50),
-                      store=store, clock=ManualClock())
+    eng = Engine.open(
+        settings=Settings(background=False, max_value_bytes=64, max_batch_rows=50),
+        store=store,
+        clock=ManualClock(),
+    )
     eng.create_database("db")
     eng.create_table("db", "t", SCHEMA, "k")
     eng.create_table("db", "c", {"g": "string", "n": "int64", "v": "float64"}, ["g", "n"])
@@ -56,61 +59,124 @@ BAD_CALLS = [
     ("wrong type", lambda e: e.write("db", "t", [{"k": "1"}]), InvalidArgument, "int64"),
     ("bool for int", lambda e: e.write("db", "t", [{"k": True}]), InvalidArgument, "int64"),
     ("float for int", lambda e: e.write("db", "t", [{"k": 1.0}]), InvalidArgument, "int64"),
-    ("int out of range", lambda e: e.write("db", "t", [{"k": 1 << 63}]), InvalidArgument,
-     "range"),
-    ("str for bytes", lambda e: e.write("db", "t", [{"k": 3, "b": "x"}]), InvalidArgument,
-     "bytes"),
+    ("int out of range", lambda e: e.write("db", "t", [{"k": 1 << 63}]), InvalidArgument, "range"),
+    ("str for bytes", lambda e: e.write("db", "t", [{"k": 3, "b": "x"}]), InvalidArgument, "bytes"),
     ("int for bool", lambda e: e.write("db", "t", [{"k": 3, "ok": 1}]), InvalidArgument, "bool"),
-    ("unknown column", lambda e: e.write("db", "t", [{"k": 3, "zz": 1}]), InvalidArgument,
-     "zz"),
-    ("oversized string", lambda e: e.write("db", "t", [{"k": 3, "s": "x" * 65}]),
-     InvalidArgument, "max_value_bytes"),
-    ("oversized bytes", lambda e: e.write("db", "t", [{"k": 3, "b": b"x" * 65}]),
-     InvalidArgument, "max_value_bytes"),
-    ("lone surrogate", lambda e: e.write("db", "t", [{"k": 3, "s": "\ud800"}]), InvalidArgument,
-     "string"),
-    ("duplicate key", lambda e: e.write("db", "t", [{"k": 3}, {"k": 3}]), InvalidArgument,
-     "twice"),
-    ("upsert and delete", lambda e: e.write("db", "t", [{"k": 3}], [3]), InvalidArgument,
-     "twice"),
+    ("unknown column", lambda e: e.write("db", "t", [{"k": 3, "zz": 1}]), InvalidArgument, "zz"),
+    (
+        "oversized string",
+        lambda e: e.write("db", "t", [{"k": 3, "s": "x" * 65}]),
+        InvalidArgument,
+        "max_value_bytes",
+    ),
+    (
+        "oversized bytes",
+        lambda e: e.write("db", "t", [{"k": 3, "b": b"x" * 65}]),
+        InvalidArgument,
+        "max_value_bytes",
+    ),
+    (
+        "lone surrogate",
+        lambda e: e.write("db", "t", [{"k": 3, "s": "\ud800"}]),
+        InvalidArgument,
+        "string",
+    ),
+    ("duplicate key", lambda e: e.write("db", "t", [{"k": 3}, {"k": 3}]), InvalidArgument, "twice"),
+    ("upsert and delete", lambda e: e.write("db", "t", [{"k": 3}], [3]), InvalidArgument, "twice"),
     ("empty batch", lambda e: e.write("db", "t", []), InvalidArgument, "at least one"),
-    ("huge batch", lambda e: e.write("db", "t", [{"k": i} for i in range(51)]),
-     InvalidArgument, "max_batch_rows"),
+    (
+        "huge batch",
+        lambda e: e.write("db", "t", [{"k": i} for i in range(51)]),
+        InvalidArgument,
+        "max_batch_rows",
+    ),
     ("row not a dict", lambda e: e.write("db", "t", [(3, "x")]), InvalidArgument, "dict"),
     ("rows not a list", lambda e: e.write("db", "t", {"k": 3}), InvalidArgument, "list"),
-    ("composite key scalar", lambda e: e.write("db", "c", deletes=[1]), InvalidArgument,
-     "composite"),
+    (
+        "composite key scalar",
+        lambda e: e.write("db", "c", deletes=[1]),
+        InvalidArgument,
+        "composite",
+    ),
     ("composite key arity", lambda e: e.get("db", "c", ("a",)), InvalidArgument, "composite"),
-    ("composite delete arity", lambda e: e.write("db", "c", deletes=[("a", 1, 2)]),
-     InvalidArgument, "composite"),
-    ("composite key type", lambda e: e.write("db", "c", deletes=[(1, "a")]), InvalidArgument,
-     "string"),
+    (
+        "composite delete arity",
+        lambda e: e.write("db", "c", deletes=[("a", 1, 2)]),
+        InvalidArgument,
+        "composite",
+    ),
+    (
+        "composite key type",
+        lambda e: e.write("db", "c", deletes=[(1, "a")]),
+        InvalidArgument,
+        "string",
+    ),
     ("bad db name", lambda e: e.create_database("no spaces"), InvalidArgument, "name"),
     ("db exists", lambda e: e.create_database("db"), AlreadyExists, "'db'"),
-    ("table exists", lambda e: e.create_table("db", "t", {"k": "int64"}, "k"), AlreadyExists,
-     "db.t"),
-    ("unknown type", lambda e: e.create_table("db", "u", {"k": "int32"}, "k"), InvalidArgument,
-     "int32"),
-    ("pk not in schema", lambda e: e.create_table("db", "u", {"k": "int64"}, "x"),
-     InvalidArgument, "'x'"),
+    (
+        "table exists",
+        lambda e: e.create_table("db", "t", {"k": "int64"}, "k"),
+        AlreadyExists,
+        "db.t",
+    ),
+    (
+        "unknown type",
+        lambda e: e.create_table("db", "u", {"k": "int32"}, "k"),
+        InvalidArgument,
+        "int32",
+    ),
+    (
+        "pk not in schema",
+        lambda e: e.create_table("db", "u", {"k": "int64"}, "x"),
+        InvalidArgument,
+        "'x'",
+    ),
     ("empty schema", lambda e: e.create_table("db", "u", {}, "k"), InvalidArgument, "schema"),
     ("drop unknown table", lambda e: e.drop_table("db", "u"), NotFound, "db.u"),
     ("drop unknown db", lambda e: e.drop_database("u"), NotFound, "'u'"),
-    ("snapshot not int", lambda e: list(e.scan("db", "t", snapshot="5")), InvalidArgument,
-     "snapshot"),
-    ("snapshot negative", lambda e: list(e.scan("db", "t", snapshot=-1)), InvalidArgument,
-     "snapshot"),
-    ("snapshot far future", lambda e: list(e.scan("db", "t", snapshot=1 << 62)),
-     InvalidArgument, "future"),
-    ("table before creation", lambda e: list(e.scan("db", "t", snapshot=1)), NotFound,
-     "timestamp 1"),
-    ("from after snapshot", lambda e: list(e.changes("db", "t", 10, snapshot=5)),
-     InvalidArgument, "after"),
+    (
+        "snapshot not int",
+        lambda e: list(e.scan("db", "t", snapshot="5")),
+        InvalidArgument,
+        "snapshot",
+    ),
+    (
+        "snapshot negative",
+        lambda e: list(e.scan("db", "t", snapshot=-1)),
+        InvalidArgument,
+        "snapshot",
+    ),
+    (
+        "snapshot far future",
+        lambda e: list(e.scan("db", "t", snapshot=1 << 62)),
+        InvalidArgument,
+        "future",
+    ),
+    (
+        "table before creation",
+        lambda e: list(e.scan("db", "t", snapshot=1)),
+        NotFound,
+        "timestamp 1",
+    ),
+    (
+        "from after snapshot",
+        lambda e: list(e.changes("db", "t", 10, snapshot=5)),
+        InvalidArgument,
+        "after",
+    ),
     ("from not int", lambda e: list(e.changes("db", "t", None)), InvalidArgument, "from_ts"),
-    ("unknown projection", lambda e: list(e.scan("db", "t", columns=["zz"])), InvalidArgument,
-     "zz"),
-    ("scan start wrong type", lambda e: list(e.scan("db", "t", start="a")), InvalidArgument,
-     "int64"),
+    (
+        "unknown projection",
+        lambda e: list(e.scan("db", "t", columns=["zz"])),
+        InvalidArgument,
+        "zz",
+    ),
+    (
+        "scan start wrong type",
+        lambda e: list(e.scan("db", "t", start="a")),
+        InvalidArgument,
+        "int64",
+    ),
 ]
 
 
@@ -133,8 +199,11 @@ def test_errors_pickle_with_their_kind_and_details():
 
     from dn.errors import Corruption, Unavailable
 
-    for exc in (NotFound("x", table="t"), Unavailable("y", outcome_unknown=True),
-                Corruption("z", key="k", truncated=True)):
+    for exc in (
+        NotFound("x", table="t"),
+        Unavailable("y", outcome_unknown=True),
+        Corruption("z", key="k", truncated=True),
+    ):
         back = pickle.loads(pickle.dumps(exc))
         assert type(back) is type(exc) and str(back) == str(exc)
         assert back.details == exc.details
@@ -148,15 +217,25 @@ values = {
     "b": st.one_of(st.none(), st.binary(max_size=20)),
     "ok": st.one_of(st.none(), st.booleans()),
 }
-junk = st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=5),
-                 st.binary(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2),
-                 st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+junk = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(row=st.fixed_dictionaries({}, optional={**values, "zz": junk}),
-       garbage=st.dictionaries(st.sampled_from(list(SCHEMA) + ["x"]), junk, max_size=3))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    row=st.fixed_dictionaries({}, optional={**values, "zz": junk}),
+    garbage=st.dictionaries(st.sampled_from(list(SCHEMA) + ["x"]), junk, max_size=3),
+)
 def test_fuzzed_rows_are_stored_exactly_or_rejected_cleanly(shard, row, garbage):
     eng, store = shard
     for candidate in (row, {**row, **garbage}):
@@ -182,7 +261,8 @@ def _write_packed(eng: Engine, table: str, chunks, dels=b"\x90") -> int:
     """``chunks`` and ``dels`` (packed) written as one part made for the live ``db.table``."""
     live = eng.live_table("db", table)
     return eng.write_packed_columns(
-        WritePart("db", table, live.id, pk_signature(live), 0, dels, chunks))
+        WritePart("db", table, live.id, pk_signature(live), 0, dels, chunks)
+    )
 
 
 PACKED_BAD = [
@@ -191,10 +271,13 @@ PACKED_BAD = [
     ("trailing bytes", [_cols(k=[5]) + b"\x90"], b"\x90", "decode"),
     ("chunk not an array", [codec_pack({"k": 1})], b"\x90", "array of 5 columns"),
     ("column count", [codec_pack([[5], ["x"]])], b"\x90", "array of 5 columns"),
-    ("a column not an array", [codec_pack([5, None, None, None, None])], b"\x90",
-     "array of 5 columns"),
-    ("uneven columns", [codec_pack([[5, 6], [None], [None], [None], [None]])], b"\x90",
-     "equal"),
+    (
+        "a column not an array",
+        [codec_pack([5, None, None, None, None])],
+        b"\x90",
+        "array of 5 columns",
+    ),
+    ("uneven columns", [codec_pack([[5, 6], [None], [None], [None], [None]])], b"\x90", "equal"),
     ("empty columns", [codec_pack([[], [], [], [], []])], b"\x90", "non-zero"),
     ("int in float column", [_cols(k=[5], f=[3])], b"\x90", "normal form"),
     ("wrong type", [_cols(k=[5], s=[7])], b"\x90", "string"),
@@ -218,7 +301,7 @@ PACKED_BAD = [
 def test_packed_chunks_read_back_as_one_batch(shard):
     eng, _ = shard
     rows = [(200 + i, f"s{i}", i * 0.5, b"b", True) for i in range(40)]
-    chunks = [codec_pack([list(c) for c in zip(*rows[i:i + 7])]) for i in range(0, 40, 7)]
+    chunks = [codec_pack([list(c) for c in zip(*rows[i : i + 7])]) for i in range(0, 40, 7)]
     ts = _write_packed(eng, "t", chunks, codec_pack([2]))
     got = list(eng.scan("db", "t", snapshot=ts, start=200, end=240))
     assert got == [dict(zip(SCHEMA, r)) for r in rows]
@@ -230,8 +313,10 @@ def test_packed_columns_with_nulls_read_back(shard):
     eng, _ = shard
     ts = _write_packed(eng, "t", [_cols(2, k=[400, 401], f=[None, 1.5])])
     got = list(eng.scan("db", "t", snapshot=ts, start=400, end=402))
-    assert got == [{"k": 400, "s": None, "f": None, "b": None, "ok": None},
-                   {"k": 401, "s": None, "f": 1.5, "b": None, "ok": None}]
+    assert got == [
+        {"k": 400, "s": None, "f": None, "b": None, "ok": None},
+        {"k": 401, "s": None, "f": 1.5, "b": None, "ok": None},
+    ]
 
 
 BAD_COLUMNS = [
@@ -244,8 +329,7 @@ BAD_COLUMNS = [
     ("a column is a scalar", {"k": 1}, (), "list, tuple or array"),
     ("a column is a set", {"k": {3, 1, 2}, "s": ["a", "b", "c"]}, (), "list, tuple or array"),
     ("a column is a generator", {"k": (i for i in range(3))}, (), "list, tuple or array"),
-    ("null among strings, wrong type after", {"k": [1, 2, 3], "s": [None, "x", 7]}, (),
-     "string"),
+    ("null among strings, wrong type after", {"k": [1, 2, 3], "s": [None, "x", 7]}, (), "string"),
     ("wrong type", {"k": [1, "2"]}, (), "int64"),
     ("bool for int", {"k": [True]}, (), "int64"),
     ("null key", {"k": [1, None]}, (), "'k'"),
@@ -260,13 +344,16 @@ BAD_COLUMNS = [
 BAD_BY_COLUMN = [("packed", *c) for c in PACKED_BAD] + [("columns", *c) for c in BAD_COLUMNS]
 
 
-@pytest.mark.parametrize("how, what, batch, dels, words", BAD_BY_COLUMN,
-                         ids=[f"{c[0]}: {c[1]}" for c in BAD_BY_COLUMN])
-def test_bad_batches_by_column_are_refused_and_change_nothing(shard, how, what, batch, dels,
-                                                              words):
+@pytest.mark.parametrize(
+    "how, what, batch, dels, words", BAD_BY_COLUMN, ids=[f"{c[0]}: {c[1]}" for c in BAD_BY_COLUMN]
+)
+def test_bad_batches_by_column_are_refused_and_change_nothing(shard, how, what, batch, dels, words):
     eng, store = shard
-    write = ((lambda _db, table, chunks, d: _write_packed(eng, table, chunks, d))
-             if how == "packed" else eng.write_columns)
+    write = (
+        (lambda _db, table, chunks, d: _write_packed(eng, table, chunks, d))
+        if how == "packed"
+        else eng.write_columns
+    )
     before = store.snapshot()
     with pytest.raises(InvalidArgument) as err:
         write("db", "t", batch, dels)
@@ -278,11 +365,16 @@ def test_column_batch_reads_back_like_a_dict_batch(shard):
     eng, _ = shard
     np = pytest.importorskip("numpy")
     keys = np.arange(500, 520, dtype=np.int64)
-    cols = {"k": keys, "s": [f"s{i}" for i in range(20)], "f": list(range(20)),
-            "ok": np.array([i % 2 == 0 for i in range(20)])}
+    cols = {
+        "k": keys,
+        "s": [f"s{i}" for i in range(20)],
+        "f": list(range(20)),
+        "ok": np.array([i % 2 == 0 for i in range(20)]),
+    }
     ts = eng.write_columns("db", "t", cols, deletes=[2])
-    want = [{"k": 500 + i, "s": f"s{i}", "f": float(i), "b": None, "ok": i % 2 == 0}
-            for i in range(20)]
+    want = [
+        {"k": 500 + i, "s": f"s{i}", "f": float(i), "b": None, "ok": i % 2 == 0} for i in range(20)
+    ]
     got = list(eng.scan("db", "t", snapshot=ts, start=500, end=520))
     assert got == want
     assert all(type(r["k"]) is int and type(r["f"]) is float for r in got)
@@ -309,8 +401,11 @@ def test_composite_key_columns_survive_a_reopen():
     eng.write_columns("db", "c", {"g": ["a", "a", "b"], "n": [1, 2, 1], "v": [1, 2, None]})
     _write_packed(eng, "c", [codec_pack([["b"], [2], [0.5]])], codec_pack([("a", 1)]))
     want = list(eng.scan("db", "c"))
-    assert want == [{"g": "a", "n": 2, "v": 2.0}, {"g": "b", "n": 1, "v": None},
-                    {"g": "b", "n": 2, "v": 0.5}]
+    assert want == [
+        {"g": "a", "n": 2, "v": 2.0},
+        {"g": "b", "n": 1, "v": None},
+        {"g": "b", "n": 2, "v": 0.5},
+    ]
     eng.close()
     again = Engine.open(settings=Settings(background=False), store=store, clock=ManualClock())
     try:
@@ -323,12 +418,15 @@ def test_composite_key_columns_survive_a_reopen():
 
 def test_columns_may_be_ranges_and_hold_nulls_outside_the_key(shard):
     eng, _ = shard
-    ts = eng.write_columns("db", "t", {"k": range(800, 803), "s": [None, "b", None],
-                                       "f": (None, 2, 0.5)})
+    ts = eng.write_columns(
+        "db", "t", {"k": range(800, 803), "s": [None, "b", None], "f": (None, 2, 0.5)}
+    )
     got = list(eng.scan("db", "t", snapshot=ts, start=800, end=803))
-    assert got == [{"k": 800, "s": None, "f": None, "b": None, "ok": None},
-                   {"k": 801, "s": "b", "f": 2.0, "b": None, "ok": None},
-                   {"k": 802, "s": None, "f": 0.5, "b": None, "ok": None}]
+    assert got == [
+        {"k": 800, "s": None, "f": None, "b": None, "ok": None},
+        {"k": 801, "s": "b", "f": 2.0, "b": None, "ok": None},
+        {"k": 802, "s": None, "f": 0.5, "b": None, "ok": None},
+    ]
 
 
 # -- the write part's codec (dn.write.part) -----------------------------------------------------
@@ -375,23 +473,30 @@ BAD_CALLS_OF_A_PART = [
     # (what, the call's arguments given the live table, words the message must contain)
     ("head not an array", lambda t: ("db", b"\x90"), "head"),
     ("head too short", lambda t: (("db", "t", t.id, pk_signature(t)), b"\x90"), "head"),
-    ("table id not an int", lambda t: (("db", "t", str(t.id), pk_signature(t), 0), b"\x90"),
-     "table_id"),
+    (
+        "table id not an int",
+        lambda t: (("db", "t", str(t.id), pk_signature(t), 0), b"\x90"),
+        "table_id",
+    ),
     ("negative after", lambda t: (("db", "t", t.id, pk_signature(t), -1), b"\x90"), "after"),
     ("table name not a str", lambda t: (("db", 7, t.id, pk_signature(t), 0), b"\x90"), "names"),
     ("signature not pairs", lambda t: (("db", "t", t.id, ["k"], 0), b"\x90"), "pairs"),
     ("deletes not bytes", lambda t: (("db", "t", t.id, pk_signature(t), 0), [5]), "bytes"),
-    ("a chunk not bytes", lambda t: (("db", "t", t.id, pk_signature(t), 0), b"\x90", "x"),
-     "bytes"),
-    ("routed by another key", lambda t: (("db", "t", t.id, (("s", "string"),), 0), b"\x90",
-                                         _cols(k=[5])), "routed by primary key"),
+    ("a chunk not bytes", lambda t: (("db", "t", t.id, pk_signature(t), 0), b"\x90", "x"), "bytes"),
+    (
+        "routed by another key",
+        lambda t: (("db", "t", t.id, (("s", "string"),), 0), b"\x90", _cols(k=[5])),
+        "routed by primary key",
+    ),
 ]
 
 
-@pytest.mark.parametrize("what, args, words", BAD_CALLS_OF_A_PART,
-                         ids=[c[0] for c in BAD_CALLS_OF_A_PART])
-def test_a_malformed_part_is_refused_with_a_typed_error_and_changes_nothing(shard, what, args,
-                                                                             words):
+@pytest.mark.parametrize(
+    "what, args, words", BAD_CALLS_OF_A_PART, ids=[c[0] for c in BAD_CALLS_OF_A_PART]
+)
+def test_a_malformed_part_is_refused_with_a_typed_error_and_changes_nothing(
+    shard, what, args, words
+):
     eng, store = shard
     before = store.snapshot()
     with pytest.raises(InvalidArgument) as err:
@@ -414,8 +519,7 @@ def test_a_part_made_for_a_dropped_and_recreated_table_is_stale():
         eng.create_table("db", "r", {"k": "int64", "v": "string"}, "k")
         old = eng.live_table("db", "r")
         part = WritePart.from_columns(old, [[1], ["x"]], [])
-        assert eng.get("db", "r", 1, snapshot=eng.write_packed_columns(part)) == {"k": 1,
-                                                                                  "v": "x"}
+        assert eng.get("db", "r", 1, snapshot=eng.write_packed_columns(part)) == {"k": 1, "v": "x"}
         eng.drop_table("db", "r")
         eng.create_table("db", "r", {"k": "int64", "v": "string"}, "k")
         before = store.snapshot()

@@ -22,12 +22,18 @@ SCHEMA_C = {"g": "string", "n": "int64", "v": "string"}
 def _settings(rng: random.Random, retention: bool) -> Settings:
     # small, randomized thresholds so that freezes, checkpoints and compactions also happen on
     # their own; GC deletes as soon as an object is unreferenced
-    return Settings(background=False, freeze_bytes=rng.choice([2_000, 20_000, 1 << 20]),
-                    freeze_interval_s=None, checkpoint_interval_s=None,
-                    checkpoint_delta=rng.choice([25, 100, 10_000]), log_delete_grace_s=0,
-                    compaction_fanout=rng.choice([2, 3]),
-                    compaction_base_bytes=rng.choice([5_000, 20_000]), gc_grace_s=0,
-                    retention_s=rng.choice([3.0, 20.0]) if retention else None)
+    return Settings(
+        background=False,
+        freeze_bytes=rng.choice([2_000, 20_000, 1 << 20]),
+        freeze_interval_s=None,
+        checkpoint_interval_s=None,
+        checkpoint_delta=rng.choice([25, 100, 10_000]),
+        log_delete_grace_s=0,
+        compaction_fanout=rng.choice([2, 3]),
+        compaction_base_bytes=rng.choice([5_000, 20_000]),
+        gc_grace_s=0,
+        retention_s=rng.choice([3.0, 20.0]) if retention else None,
+    )
 
 
 def _row_a(rng: random.Random, k: int) -> dict:
@@ -107,6 +113,7 @@ def check_bucket(eng: Engine) -> None:
     """After GC with no grace, the bucket holds exactly what the manifest references."""
     st = eng.status()
     from dn.objects import codec
+
     want = {codec.range_key(0, a, b) for a, b in st["ranges"]}
     want |= {codec.checkpoint_key(0, c) for c in st["checkpoints"]}
     have = set(eng.store.list("20/")) | set(eng.store.list("10/"))
@@ -134,7 +141,8 @@ def verify(eng: Engine, model: Model, rng: random.Random, stamps: list[int]) -> 
     if name == "a":
         cols = ["s", "k"]
         assert list(eng.scan("db", "a", snapshot=snapshot, columns=cols)) == model.rows(
-            "a", snapshot, cols)
+            "a", snapshot, cols
+        )
         lo, hi = sorted(rng.sample(range(61), 2))
         want = [r for r in model.rows("a", snapshot) if lo <= r["k"] < hi]
         assert list(eng.scan("db", "a", snapshot=snapshot, start=lo, end=hi)) == want

@@ -78,15 +78,15 @@ def body_of(data: bytes, kind: str, version: int = 1) -> Any:
     assert got_kind == ord(kind)
     assert got_version == version
     assert length == len(data) - FRAME.size
-    assert body_crc == zlib.crc32(data[FRAME.size:])
+    assert body_crc == zlib.crc32(data[FRAME.size :])
     assert header_crc == zlib.crc32(data[:16])
-    return codec.unpack(data[FRAME.size:])
+    return codec.unpack(data[FRAME.size :])
 
 
 def flips(data: bytes, positions: range | None = None):
     """``data`` with one byte flipped, at each position in turn."""
     for i in positions if positions is not None else range(len(data)):
-        yield i, data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+        yield i, data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
 
 
 # -- the log (kind L) ----------------------------------------------------------------------
@@ -95,10 +95,14 @@ LOG = {  # file -> (seq, commands), every record of epoch 2
     "log_fence.bin": (5, []),
     "log_create_database.bin": (6, [[100, 1, ["shop"]]]),
     "log_create_table.bin": (8, [[102, 3, ["shop", "u", COLS_U, ["a", "b"]]]]),
-    "log_write_rows.bin": (11, [[105, 0, [101, [[2, "two", BLOB, True],
-                                                [1, "one", None, False]], [9]]]]),
-    "log_write_columns.bin": (12, [[106, 5, [102, [[["m", "a"], [2, 1], [0.5, -1.5]],
-                                                   [["m"], [1], [None]]], [["q", 3]]]]]),
+    "log_write_rows.bin": (
+        11,
+        [[105, 0, [101, [[2, "two", BLOB, True], [1, "one", None, False]], [9]]]],
+    ),
+    "log_write_columns.bin": (
+        12,
+        [[106, 5, [102, [[["m", "a"], [2, 1], [0.5, -1.5]], [["m"], [1], [None]]], [["q", 3]]]]],
+    ),
     "log_drop_table.bin": (13, [[107, 4, ["old", "gone"]]]),
     "log_drop_database.bin": (14, [[108, 2, ["old"]]]),
 }
@@ -122,8 +126,7 @@ def test_log_fixture_decodes_and_encodes_again(name):
     assert ordered(body_of(data, "L")) == ordered([EPOCH, seq, commands])
     rec = _decode_log(data, seq)
     assert (rec.seq, rec.epoch, rec.commands, rec.nbytes) == (seq, EPOCH, commands, len(data))
-    again = make.log_record(rec.seq, [(ts, op, args) for ts, op, args in rec.commands],
-                            rec.epoch)
+    again = make.log_record(rec.seq, [(ts, op, args) for ts, op, args in rec.commands], rec.epoch)
     assert again == data
 
 
@@ -132,8 +135,13 @@ def test_a_packed_write_by_column_logs_the_same_bytes():
     # they must be the bytes Engine.write_columns packs in one go.
     data = fixture("log_write_columns.bin")
     _, _, (table_id, chunks, dels) = _decode_log(data, 12).commands[0]
-    packed = (b"\x93" + codec.pack(table_id) + codec.array_header(len(chunks))
-              + b"".join(codec.pack(c) for c in chunks) + codec.pack(dels))
+    packed = (
+        b"\x93"
+        + codec.pack(table_id)
+        + codec.array_header(len(chunks))
+        + b"".join(codec.pack(c) for c in chunks)
+        + codec.pack(dels)
+    )
     assert packed == codec.pack([table_id, chunks, dels])
     assert data.endswith(packed)
 
@@ -150,10 +158,18 @@ RANGE_COMMANDS = [
     [108, [2, "old"]],
 ]
 RANGE_TABLES = {
-    101: {"ts": [105, 105], "cols": [[1, 2], ["one", "two"], [None, BLOB], [False, True]],
-          "del_pks": [9], "del_ts": [105]},
-    102: {"ts": [106, 106, 106], "cols": [["a", "m", "m"], [1, 1, 2], [-1.5, None, 0.5]],
-          "del_pks": [["q", 3]], "del_ts": [106]},
+    101: {
+        "ts": [105, 105],
+        "cols": [[1, 2], ["one", "two"], [None, BLOB], [False, True]],
+        "del_pks": [9],
+        "del_ts": [105],
+    },
+    102: {
+        "ts": [106, 106, 106],
+        "cols": [["a", "m", "m"], [1, 1, 2], [-1.5, None, 0.5]],
+        "del_pks": [["q", 3]],
+        "del_ts": [106],
+    },
 }
 RANGE_STATS = {101: TableStats(2, 1, 1, 9), 102: TableStats(3, 1, ("a", 1), ("q", 3))}
 
@@ -166,9 +182,9 @@ def test_range_fixture_is_what_a_buffer_checkpoint_writes():
 
 def test_range_fixture_decodes():
     data = fixture("range.bin")
-    assert ordered(body_of(data, "R")) == ordered({
-        "shard": SHARD, "from": 90, "to": 108, "commands": RANGE_COMMANDS,
-        "tables": RANGE_TABLES})
+    assert ordered(body_of(data, "R")) == ordered(
+        {"shard": SHARD, "from": 90, "to": 108, "commands": RANGE_COMMANDS, "tables": RANGE_TABLES}
+    )
     ro = rangeobj.decode(data, RANGE_KEY)
     assert (ro.from_ts, ro.to_ts, ro.nbytes) == (90, 108, len(data))
     assert ro.commands == [(ts, cmd) for ts, cmd in RANGE_COMMANDS]
@@ -206,9 +222,11 @@ def test_compaction_writes_the_same_range_grammar():
 
 CATALOG = {
     "databases": [["shop", 100, None], ["old", 103, 108]],
-    "tables": [["shop", "t", COLS_T, ["k"], 101, None],
-               ["shop", "u", COLS_U, ["a", "b"], 102, None],
-               ["old", "gone", COLS_Z, ["id"], 104, 107]],
+    "tables": [
+        ["shop", "t", COLS_T, ["k"], 101, None],
+        ["shop", "u", COLS_U, ["a", "b"], 102, None],
+        ["old", "gone", COLS_Z, ["id"], 104, 107],
+    ],
 }
 CHECKPOINT_TABLES = {101: [[90, 108, 2, 1, 1, 9]], 102: [[90, 108, 3, 1, ["a", 1], ["q", 3]]]}
 DECODED_TABLES = {101: (((90, 108), RANGE_STATS[101]),), 102: (((90, 108), RANGE_STATS[102]),)}
@@ -216,8 +234,13 @@ RANGE_BYTES = 857  # the size of range.bin
 
 
 def _checkpoint_body(ranges: list) -> dict:
-    return {"shard": SHARD, "ts": 108, "catalog": CATALOG, "ranges": ranges,
-            "tables": CHECKPOINT_TABLES}
+    return {
+        "shard": SHARD,
+        "ts": 108,
+        "catalog": CATALOG,
+        "ranges": ranges,
+        "tables": CHECKPOINT_TABLES,
+    }
 
 
 def test_checkpoint_fixture_is_what_a_checkpoint_writes():
@@ -228,10 +251,12 @@ def test_checkpoint_fixture_is_what_a_checkpoint_writes():
 def test_checkpoint_fixture_decodes_and_encodes_again():
     data = fixture("checkpoint.bin")
     assert ordered(body_of(data, "C", version=2)) == ordered(
-        _checkpoint_body([[90, 108, RANGE_BYTES]]))
+        _checkpoint_body([[90, 108, RANGE_BYTES]])
+    )
     cp = ckpt.decode(data, CHECKPOINT_KEY)
-    assert cp == ckpt.Checkpoint(108, CATALOG, ((90, 108),), {(90, 108): RANGE_BYTES},
-                                 DECODED_TABLES)
+    assert cp == ckpt.Checkpoint(
+        108, CATALOG, ((90, 108),), {(90, 108): RANGE_BYTES}, DECODED_TABLES
+    )
     stats = {r: {} for r in cp.ranges}
     for table_id, entries in cp.tables.items():
         for r, st in entries:
@@ -245,10 +270,12 @@ def test_version_1_checkpoints_still_read():
     old = fixture("checkpoint_v1_no_sizes.bin")
     assert ordered(body_of(old, "C", version=1)) == ordered(_checkpoint_body([[90, 108]]))
     assert ckpt.decode(old, CHECKPOINT_KEY) == ckpt.Checkpoint(
-        108, CATALOG, ((90, 108),), {}, DECODED_TABLES)
+        108, CATALOG, ((90, 108),), {}, DECODED_TABLES
+    )
     sized = fixture("checkpoint_v1_sizes.bin")
     assert ordered(body_of(sized, "C", version=1)) == ordered(
-        _checkpoint_body([[90, 108, RANGE_BYTES]]))
+        _checkpoint_body([[90, 108, RANGE_BYTES]])
+    )
     cp = ckpt.decode(sized, CHECKPOINT_KEY)
     assert cp == ckpt.decode(fixture("checkpoint.bin"), CHECKPOINT_KEY)
     assert sized[20:] == fixture("checkpoint.bin")[20:]  # the same body: only the version differs
@@ -256,11 +283,13 @@ def test_version_1_checkpoints_still_read():
 
 def test_checkpoint_versions_that_do_not_read():
     with pytest.raises(Corruption, match="malformed"):  # version 2 always records sizes
-        ckpt.decode(codec.encode(codec.KIND_CHECKPOINT, _checkpoint_body([[90, 108]]), 2),
-                    CHECKPOINT_KEY)
+        ckpt.decode(
+            codec.encode(codec.KIND_CHECKPOINT, _checkpoint_body([[90, 108]]), 2), CHECKPOINT_KEY
+        )
     with pytest.raises(Corruption, match="unknown format version 3"):
-        ckpt.decode(codec.encode(codec.KIND_CHECKPOINT, _checkpoint_body([[90, 108, 1]]), 3),
-                    CHECKPOINT_KEY)
+        ckpt.decode(
+            codec.encode(codec.KIND_CHECKPOINT, _checkpoint_body([[90, 108, 1]]), 3), CHECKPOINT_KEY
+        )
 
 
 # -- the manifest (kind M) -----------------------------------------------------------------
@@ -274,9 +303,16 @@ def test_manifest_fixture_is_what_a_commit_writes():
 
 def test_manifest_fixture_decodes_and_encodes_again():
     data = fixture("manifest.bin")
-    assert ordered(body_of(data, "M")) == ordered({
-        "shard": SHARD, "version": 3, "epoch": EPOCH, "ranges": [[90, 108]],
-        "checkpoints": [108], "log_low_seq": 15})
+    assert ordered(body_of(data, "M")) == ordered(
+        {
+            "shard": SHARD,
+            "version": 3,
+            "epoch": EPOCH,
+            "ranges": [[90, 108]],
+            "checkpoints": [108],
+            "log_low_seq": 15,
+        }
+    )
     store = MemoryStore()
     store.put(MANIFEST_KEY, data)
     state = Manifest(store, SHARD).load()
@@ -287,8 +323,9 @@ def test_manifest_fixture_decodes_and_encodes_again():
 # -- the cluster record (kind K) -----------------------------------------------------------
 
 TABLE_U_ARGS = ["shop", "u", COLS_U, ["a", "b"]]
-CLUSTER_DATABASES = {"shop": {"tables": {"t": {"columns": COLS_T, "primary_key": ["k"],
-                                               "ddl_seq": 2}}}}
+CLUSTER_DATABASES = {
+    "shop": {"tables": {"t": {"columns": COLS_T, "primary_key": ["k"], "ddl_seq": 2}}}
+}
 CLUSTER_PENDING = {"op": "create_table", "args": TABLE_U_ARGS, "seq": 3}
 
 
@@ -298,14 +335,23 @@ def test_cluster_fixture_is_what_the_coordinator_writes():
 
 def test_cluster_fixture_decodes_and_encodes_again():
     data = fixture("cluster.bin")
-    assert ordered(body_of(data, "K")) == ordered({
-        "version": 6, "shards": 4, "hash": "crc32-msgpack-v1", "created_ms": 1_767_225_600_000,
-        "databases": CLUSTER_DATABASES, "pending": CLUSTER_PENDING, "ddl_seq": 3})
+    assert ordered(body_of(data, "K")) == ordered(
+        {
+            "version": 6,
+            "shards": 4,
+            "hash": "crc32-msgpack-v1",
+            "created_ms": 1_767_225_600_000,
+            "databases": CLUSTER_DATABASES,
+            "pending": CLUSTER_PENDING,
+            "ddl_seq": 3,
+        }
+    )
     store = MemoryStore()
     store.put(CLUSTER_KEY, data)
     state = ClusterCatalog(store).load()
-    assert state == CatalogState(6, 4, "crc32-msgpack-v1", 1_767_225_600_000,
-                                 CLUSTER_DATABASES, CLUSTER_PENDING, 3)
+    assert state == CatalogState(
+        6, 4, "crc32-msgpack-v1", 1_767_225_600_000, CLUSTER_DATABASES, CLUSTER_PENDING, 3
+    )
     assert codec.encode(codec.KIND_CLUSTER, state.to_body()) == data
 
 
@@ -313,8 +359,11 @@ def test_cluster_fixture_decodes_and_encodes_again():
 
 SEGMENTS = {  # fixture -> (file name, capacity, {seq: offset of its slot})
     "segment_5.bin": ("00000000000000000005.seg", 2048, {5: 512, 6: 1024, 7: 1536}),
-    "segment_8.bin": ("00000000000000000008.seg", 4096,
-                      {8: 512, 9: 1024, 10: 1536, 11: 2048, 12: 3072, 13: 3584}),
+    "segment_8.bin": (
+        "00000000000000000008.seg",
+        4096,
+        {8: 512, 9: 1024, 10: 1536, 11: 2048, 12: 3072, 13: 3584},
+    ),
     "segment_14.bin": ("00000000000000000014.seg", 4096, {14: 512}),
 }
 
@@ -350,18 +399,18 @@ def test_segment_fixture_layout(name):
     assert len(data) == capacity  # zeros written ahead up to the capacity (small objects)
     # re-encode from the decoded fields: header, zeros, each object at its slot, zeros
     again = bytearray(capacity)
-    again[:SEGHEAD.size] = SEGHEAD.pack(magic, version, pad, cap, zlib.crc32(data[:16]))
+    again[: SEGHEAD.size] = SEGHEAD.pack(magic, version, pad, cap, zlib.crc32(data[:16]))
     end = SLOT
     for seq, off in slots.items():
         assert off == -(-end // SLOT) * SLOT  # the first slot after the previous object
         size = FRAME.size + FRAME.unpack_from(data, off)[3]
-        obj = data[off:off + size]
+        obj = data[off : off + size]
         assert obj == objects[seq]
         assert _decode_log(obj, seq).seq == seq
-        again[off:off + size] = obj
+        again[off : off + size] = obj
         end = off + size
     # after the last object: the capacity, or an empty slot (its first 20 bytes zero)
-    assert -(-end // SLOT) * SLOT >= capacity or data[end:end + 20] == bytes(20)
+    assert -(-end // SLOT) * SLOT >= capacity or data[end : end + 20] == bytes(20)
     assert bytes(again) == data
 
 
@@ -387,8 +436,9 @@ def test_a_flipped_byte_in_a_segment_is_corruption(name, tmp_path):
     data = fixture(name)
     file_name, _, slots = SEGMENTS[name]
     objects = _log_objects()
-    checked = [range(0, SEGHEAD.size)] + [range(off, off + len(objects[seq]))
-                                          for seq, off in slots.items()]
+    checked = [range(0, SEGHEAD.size)] + [
+        range(off, off + len(objects[seq])) for seq, off in slots.items()
+    ]
     folder = tmp_path / "30" / str(SHARD)
     folder.mkdir(parents=True)
     for positions in checked:
@@ -427,7 +477,8 @@ def _decoders() -> dict[str, Any]:
     out["manifest.bin"] = lambda data: Manifest(MemoryStore(), SHARD)._read(MANIFEST_KEY, data)
     # ClusterCatalog.load reads with codec.decode and skips a version that raises
     out["cluster.bin"] = lambda data: CatalogState.from_body(
-        codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY))
+        codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY)
+    )
     return out
 
 

@@ -67,8 +67,12 @@ def test_remote_calls_only_in_the_ray_shells():
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
 def test_ruff_passes():
-    proc = subprocess.run(["ruff", "check", "dn", "shards", "coordinator", "tests", "bench"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["ruff", "check", "dn", "shards", "coordinator", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -77,7 +81,10 @@ def test_the_tree_is_formatted():
     """``ruff format`` is the house format: CI fails on a file it would change."""
     proc = subprocess.run(
         ["ruff", "format", "--check", "dn", "shards", "coordinator", "tests", "bench"],
-        cwd=ROOT, capture_output=True, text=True)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, "run `ruff format`:\n" + proc.stdout + proc.stderr
 
 
@@ -143,7 +150,8 @@ def _modules(root: Path, folders: tuple[str, ...]) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _walk_imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool, bool]]:
@@ -169,7 +177,7 @@ def _from_module(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
     base = importer.split(".")
     if not is_package:
         base.pop()
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -249,10 +257,14 @@ def _circle_report(root: Path, folders: tuple[str, ...]) -> list[str]:
     report = []
     for circle in _circles(edges):
         members = set(circle)
-        inside = sorted((e for e in edges if not e.type_only and e.importer in members
-                         and e.target in members), key=lambda e: (str(e.path), e.line))
-        report.append(f"circle of {len(circle)} modules: {', '.join(circle)}\n"
-                      + "\n".join(f"    {e.where(root)}" for e in inside))
+        inside = sorted(
+            (e for e in edges if not e.type_only and e.importer in members and e.target in members),
+            key=lambda e: (str(e.path), e.line),
+        )
+        report.append(
+            f"circle of {len(circle)} modules: {', '.join(circle)}\n"
+            + "\n".join(f"    {e.where(root)}" for e in inside)
+        )
     return report
 
 
@@ -320,7 +332,7 @@ def _check_module_path(module: str, importer: str, where: str, found: list[str])
     for i, part in enumerate(parts):
         owner = ".".join(parts[:i])
         if _is_private(part) and not importer.startswith(owner + "."):
-            found.append(f"{where}: imports the private module {'.'.join(parts[:i + 1])}")
+            found.append(f"{where}: imports the private module {'.'.join(parts[: i + 1])}")
 
 
 def _long_report(root: Path, folders: tuple[str, ...]) -> list[str]:
@@ -335,25 +347,30 @@ def _long_report(root: Path, folders: tuple[str, ...]) -> list[str]:
 
 def test_no_import_circle():
     circles = _circle_report(ROOT, GRAPH_FOLDERS)
-    assert not circles, (f"{len(circles)} import circle(s); cut one import of each (move the "
-                         "shared thing down, or import it from where it lives):\n"
-                         + "\n".join(circles))
+    assert not circles, (
+        f"{len(circles)} import circle(s); cut one import of each (move the "
+        "shared thing down, or import it from where it lives):\n" + "\n".join(circles)
+    )
 
 
 def test_no_private_name_is_imported_across_modules():
     found = _private_report(ROOT, GRAPH_FOLDERS)
-    assert not found, (f"{len(found)} private name(s) used across modules; make each public "
-                       "(a proper name, documented) or move it to its one user:\n"
-                       + "\n".join(found))
+    assert not found, (
+        f"{len(found)} private name(s) used across modules; make each public "
+        "(a proper name, documented) or move it to its one user:\n" + "\n".join(found)
+    )
 
 
 def test_no_module_is_over_the_line_limit():
     found = _long_report(ROOT, GRAPH_FOLDERS)
-    assert not found, (f"{len(found)} module(s) over {MAX_MODULE_LINES} lines; split each by "
-                       "concern:\n" + "\n".join(found))
+    assert not found, (
+        f"{len(found)} module(s) over {MAX_MODULE_LINES} lines; split each by "
+        "concern:\n" + "\n".join(found)
+    )
 
 
 # The checks above must be able to fail: each is run on a small planted tree.
+
 
 def _plant(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
@@ -363,16 +380,20 @@ def _plant(root: Path, files: dict[str, str]) -> None:
 
 
 def test_the_circle_check_finds_a_planted_circle(tmp_path):
-    _plant(tmp_path, {
-        "p/__init__.py": "from p.a import A\nfrom p.b import B\n",  # re-exports: no circle
-        "p/a.py": "import typing\nif typing.TYPE_CHECKING:\n    from p.b import B\nA = 1\n",
-        "p/b.py": "import p.c\nB = 2\n",
-        "p/c.py": "def f():\n    from p import d\n    return d\n",  # lazy: still an edge
-        "p/d.py": "from p.b import B\n",
-        "q/__init__.py": "from q.x import X\nY = 1\n",
-        "q/x.py": "X = 1\n",
-        "q/y.py": "from q import Y\n",  # the package's own name: no circle (q does not import y)
-    })
+    _plant(
+        tmp_path,
+        {
+            "p/__init__.py": "from p.a import A\nfrom p.b import B\n",  # re-exports: no circle
+            "p/a.py": "import typing\nif typing.TYPE_CHECKING:\n    from p.b import B\nA = 1\n",
+            "p/b.py": "import p.c\nB = 2\n",
+            "p/c.py": "def f():\n    from p import d\n    return d\n",  # lazy: still an edge
+            "p/d.py": "from p.b import B\n",
+            "q/__init__.py": "from q.x import X\nY = 1\n",
+            "q/x.py": "X = 1\n",
+            # the package's own name: no circle (q does not import y)
+            "q/y.py": "from q import Y\n",
+        },
+    )
     report = _circle_report(tmp_path, ("p", "q"))
     assert len(report) == 1, report
     assert report[0].startswith("circle of 3 modules: p.b, p.c, p.d"), report
@@ -383,22 +404,30 @@ def test_the_circle_check_finds_a_planted_circle(tmp_path):
 
 
 def test_the_private_check_finds_planted_private_imports(tmp_path):
-    _plant(tmp_path, {
-        "p/__init__.py": "",
-        "p/a.py": "_hidden = 1\n__all__ = []\n\ndef _f():\n    return _hidden\n",
-        "p/b.py": "from p.a import _hidden, __all__\n",
-        "p/c.py": "from p import a\nimport p.a as pa\nx = a._f() + pa._hidden + a.__all__\n",
-        "p/_impl.py": "",
-        "p/d.py": "from p._impl import *\n",  # inside its package: fine
-        "q/__init__.py": "import p._impl\n",
-    })
+    _plant(
+        tmp_path,
+        {
+            "p/__init__.py": "",
+            "p/a.py": "_hidden = 1\n__all__ = []\n\ndef _f():\n    return _hidden\n",
+            "p/b.py": "from p.a import _hidden, __all__\n",
+            "p/c.py": "from p import a\nimport p.a as pa\nx = a._f() + pa._hidden + a.__all__\n",
+            "p/_impl.py": "",
+            "p/d.py": "from p._impl import *\n",  # inside its package: fine
+            "q/__init__.py": "import p._impl\n",
+        },
+    )
     found = _private_report(tmp_path, ("p", "q"))
-    assert found == ["p/b.py:1: imports _hidden from p.a", "p/c.py:3: uses p.a._f",
-                     "p/c.py:3: uses p.a._hidden",
-                     "q/__init__.py:1: imports the private module p._impl"], found
+    assert found == [
+        "p/b.py:1: imports _hidden from p.a",
+        "p/c.py:3: uses p.a._f",
+        "p/c.py:3: uses p.a._hidden",
+        "q/__init__.py:1: imports the private module p._impl",
+    ], found
 
 
 def test_the_length_check_finds_a_planted_long_module(tmp_path):
-    _plant(tmp_path, {"p/ok.py": "x = 1\n" * MAX_MODULE_LINES,
-                      "p/long.py": "x = 1\n" * (MAX_MODULE_LINES + 1)})
+    _plant(
+        tmp_path,
+        {"p/ok.py": "x = 1\n" * MAX_MODULE_LINES, "p/long.py": "x = 1\n" * (MAX_MODULE_LINES + 1)},
+    )
     assert _long_report(tmp_path, ("p",)) == [f"p/long.py: {MAX_MODULE_LINES + 1} lines"]

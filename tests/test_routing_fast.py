@@ -31,17 +31,39 @@ from dn.schema import TableDef
 from dn.write.part import pack_columns
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-BOUNDARIES = (0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, -1, -32, -33,
-              -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63))
+BOUNDARIES = (
+    0,
+    127,
+    128,
+    255,
+    256,
+    65535,
+    65536,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+    -1,
+    -32,
+    -33,
+    -128,
+    -129,
+    -32768,
+    -32769,
+    -(2**31),
+    -(2**31) - 1,
+    -(2**63),
+)
 #: Every boundary and its neighbours inside int64.
-EDGE_KEYS = sorted({k + d for k in BOUNDARIES for d in (-2, -1, 0, 1, 2)
-                    if INT64_MIN <= k + d <= INT64_MAX})
+EDGE_KEYS = sorted(
+    {k + d for k in BOUNDARIES for d in (-2, -1, 0, 1, 2) if INT64_MIN <= k + d <= INT64_MAX}
+)
 SHARD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 16)
 
 INT_TABLE = TableDef("db", "t", (("k", "int64"), ("v", "bytes"), ("f", "float64")), ("k",), 1)
 STR_TABLE = TableDef("db", "s", (("k", "string"), ("v", "int64")), ("k",), 1)
-COMPOSITE_TABLE = TableDef("db", "c", (("a", "int64"), ("b", "string"), ("v", "bytes")),
-                           ("a", "b"), 1)
+COMPOSITE_TABLE = TableDef(
+    "db", "c", (("a", "int64"), ("b", "string"), ("v", "bytes")), ("a", "b"), 1
+)
 LIMITS = (1 << 20, 100_000)
 
 
@@ -93,8 +115,10 @@ def test_vector_owners_equal_shard_of_over_the_int64_range(shards):
 
 
 @settings(max_examples=200, deadline=None)
-@given(keys=st.lists(st.integers(INT64_MIN, INT64_MAX), min_size=1, max_size=50),
-       shards=st.integers(1, 300))
+@given(
+    keys=st.lists(st.integers(INT64_MIN, INT64_MAX), min_size=1, max_size=50),
+    shards=st.integers(1, 300),
+)
 def test_vector_owners_equal_shard_of_for_generated_keys(keys, shards):
     assert vector_owners(keys, shards) == per_key(keys, shards)
 
@@ -125,14 +149,16 @@ def _refuse(*_args, **_kwargs):
 def int_batch(rnd: random.Random, nrows: int, ndel: int, by_columns: bool) -> Batch:
     lo, hi = rnd.choice([(INT64_MIN, INT64_MAX), (-3000, 3000), (0, 70_000), (2**31, 2**33)])
     keys = list(dict.fromkeys(rnd.randint(lo, hi) for _ in range(3 * (nrows + ndel))))
-    keys = keys[:nrows + ndel]
+    keys = keys[: nrows + ndel]
     rnd.shuffle(keys)
-    vals = [rnd.randbytes(rnd.randrange(0, 120)) if rnd.random() < 0.9 else None
-            for _ in range(nrows)]
+    vals = [
+        rnd.randbytes(rnd.randrange(0, 120)) if rnd.random() < 0.9 else None for _ in range(nrows)
+    ]
     floats = [k / 3 for k in keys[:nrows]]
     if by_columns:
-        return validate_columns(INT_TABLE, {"k": keys[:nrows], "v": vals, "f": floats},
-                                keys[nrows:], *LIMITS)
+        return validate_columns(
+            INT_TABLE, {"k": keys[:nrows], "v": vals, "f": floats}, keys[nrows:], *LIMITS
+        )
     rows = [{"k": k, "v": v, "f": f} for k, v, f in zip(keys, vals, floats)]
     return validate_batch(INT_TABLE, rows, keys[nrows:], *LIMITS)
 
@@ -154,8 +180,19 @@ def assert_same_parts(new: dict, old: dict) -> None:
 @pytest.mark.parametrize("shards", (2, 3, 4, 7, 16, 300))
 def test_split_of_int64_keys_equals_the_per_key_split(shards, monkeypatch):
     rnd = random.Random(shards)
-    cases = [(1000, 0), (1000, 37), (VECTOR_MIN_KEYS, 0), (0, VECTOR_MIN_KEYS), (0, 500),
-             (VECTOR_MIN_KEYS - 1, 1), (250, 1), (1, 300), (5, 3), (1, 0), (0, 1)]
+    cases = [
+        (1000, 0),
+        (1000, 37),
+        (VECTOR_MIN_KEYS, 0),
+        (0, VECTOR_MIN_KEYS),
+        (0, 500),
+        (VECTOR_MIN_KEYS - 1, 1),
+        (250, 1),
+        (1, 300),
+        (5, 3),
+        (1, 0),
+        (0, 1),
+    ]
     cases += [(rnd.randrange(0, 400), rnd.randrange(0, 60)) for _ in range(12)]
     for nrows, ndel in cases:
         if nrows + ndel == 0:
@@ -174,8 +211,7 @@ def test_split_of_int64_keys_equals_the_per_key_split(shards, monkeypatch):
             want: dict = {}  # each part holds its own keys, in the batch's order
             for i, (k, s) in enumerate(zip(batch.keys, per_key(batch.keys, shards))):
                 want.setdefault(s, ([], []))[i >= batch.nrows].append(k)
-            assert {s: ((p.cols[0] if p.cols else []), p.deletes)
-                    for s, p in new.items()} == want
+            assert {s: ((p.cols[0] if p.cols else []), p.deletes) for s, p in new.items()} == want
 
 
 @pytest.mark.parametrize("shards", (2, 3, 4, 16))
@@ -184,14 +220,21 @@ def test_split_of_string_and_composite_keys_takes_the_per_key_path(shards, monke
     monkeypatch.setattr(routing, "_split_sorted", _refuse)
     for nrows, ndel in ((1000, 50), (0, 200), (300, 0), (3, 2)):
         names = [f"key-{i}-{rnd.random()}" for i in range(nrows + ndel)]
-        batch = validate_batch(STR_TABLE, [{"k": k, "v": i} for i, k in enumerate(names)][:nrows],
-                               names[nrows:], *LIMITS)
+        batch = validate_batch(
+            STR_TABLE,
+            [{"k": k, "v": i} for i, k in enumerate(names)][:nrows],
+            names[nrows:],
+            *LIMITS,
+        )
         assert not batch.int64_key
         assert_same_parts(split(batch, shards), routing._split_py(batch, shards))
         pairs = [(rnd.randint(INT64_MIN, INT64_MAX), rnd.choice("abc")) for _ in range(nrows)]
         pairs = list(dict.fromkeys(pairs))
-        cols = {"a": [a for a, _ in pairs], "b": [b for _, b in pairs],
-                "v": [b"x" * (i % 7) for i in range(len(pairs))]}
+        cols = {
+            "a": [a for a, _ in pairs],
+            "b": [b for _, b in pairs],
+            "v": [b"x" * (i % 7) for i in range(len(pairs))],
+        }
         dels = [(i, "d") for i in range(ndel)]
         batch = validate_columns(COMPOSITE_TABLE, cols, dels, *LIMITS)
         assert not batch.int64_key
@@ -210,8 +253,11 @@ def test_no_numpy_scalar_leaks_into_the_parts():
     # must hold those Python objects, never numpy scalars (np.int64 packs differently).
     n = 2000
     keys = np.arange(-(2**40), -(2**40) + 7 * n, 7, dtype=np.int64)
-    cols = {"k": keys, "v": np.array([b"v%d" % i for i in range(n)], dtype=object),
-            "f": np.linspace(0.0, 1.0, n)}
+    cols = {
+        "k": keys,
+        "v": np.array([b"v%d" % i for i in range(n)], dtype=object),
+        "f": np.linspace(0.0, 1.0, n),
+    }
     dels = [int(k) + 1 for k in keys[:300]]
     batch = validate_columns(INT_TABLE, cols, dels, *LIMITS)
     assert batch.int64_key and len(batch.keys) >= VECTOR_MIN_KEYS

@@ -20,8 +20,7 @@ def _pair(pks, ts, rows, del_pks=(), del_ts=(), pk_pos=(0,)):
     """The same versions as a run of row tuples and as a run of columns."""
     cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(2)]
     by_rows = Run(list(pks), list(ts), list(rows), list(del_pks), list(del_ts), pk_pos=pk_pos)
-    by_cols = Run(list(pks), list(ts), None, list(del_pks), list(del_ts), pk_pos=pk_pos,
-                  cols=cols)
+    by_cols = Run(list(pks), list(ts), None, list(del_pks), list(del_ts), pk_pos=pk_pos, cols=cols)
     return by_rows, by_cols
 
 
@@ -32,8 +31,9 @@ def test_a_column_run_pickles_to_the_same_versions(protocol, pk_pos):
     pks = [r[0] if len(pk_pos) == 1 else r for r in rows]
     _, run = _pair(pks, [10 + i // 9 for i in range(50)], rows, [3], [99], pk_pos=pk_pos)
     buffers: list = []
-    blob = pickle.dumps(run, protocol=protocol,
-                        buffer_callback=buffers.append if protocol >= 5 else None)
+    blob = pickle.dumps(
+        run, protocol=protocol, buffer_callback=buffers.append if protocol >= 5 else None
+    )
     assert len(buffers) == (1 if protocol >= 5 else 0)  # the rows travel out of band
     back = pickle.loads(blob, buffers=buffers)
     assert back.rows == rows
@@ -54,12 +54,17 @@ def test_column_runs_scan_like_row_runs_and_like_a_model():
         assert sorted_rows(snap, mixed, start, end) == want
         model: dict = {}
         for run, _ in runs_rows:
-            for t, k, row in sorted([(t, k, r) for k, t, r in zip(run.pks, run.ts, run.rows)]
-                                    + [(t, k, None) for k, t in zip(run.del_pks, run.del_ts)]):
+            for t, k, row in sorted(
+                [(t, k, r) for k, t, r in zip(run.pks, run.ts, run.rows)]
+                + [(t, k, None) for k, t in zip(run.del_pks, run.del_ts)]
+            ):
                 if t <= snap:
                     model[k] = row
-        expect = [model[k] for k in sorted(model) if model[k] is not None
-                  and (start is None or k >= start) and (end is None or k < end)]
+        expect = [
+            model[k]
+            for k in sorted(model)
+            if model[k] is not None and (start is None or k >= start) and (end is None or k < end)
+        ]
         assert want == expect
 
 
@@ -101,9 +106,13 @@ def _random_runs(rng, nruns, nversions, keyspace, key=lambda k: k, p_delete=0.2)
         for _ in range(rng.randint(0, nversions)):  # one version per timestamp
             (dels if rng.random() < p_delete else ups).append((key(rng.choice(keyspace)), ts))
             ts += 1
-        by_rows, by_cols = _pair([k for k, _ in ups], [t for _, t in ups],
-                                 [(k, f"v{k}-{t}") for k, t in ups],
-                                 [k for k, _ in dels], [t for _, t in dels])
+        by_rows, by_cols = _pair(
+            [k for k, _ in ups],
+            [t for _, t in ups],
+            [(k, f"v{k}-{t}") for k, t in ups],
+            [k for k, _ in dels],
+            [t for _, t in dels],
+        )
         runs_rows.append((by_rows, ts - 1))
         runs_cols.append((by_cols, ts - 1))
     return runs_rows, runs_cols, ts
@@ -129,11 +138,15 @@ def test_int_keys_sorted_by_numpy_scan_like_the_dict_path(monkeypatch, threshold
     for case in range(120):
         big = case % 6 == 0
         keyspace = list(range(-50, 3000 if big else 60)) + edge
-        runs_rows, runs_cols, ts = _random_runs(rng, rng.randint(1, 4), 1500 if big else 30,
-                                                keyspace, p_delete=(0.2, 0.0)[(case // 3) % 2])
+        runs_rows, runs_cols, ts = _random_runs(
+            rng,
+            rng.randint(1, 4),
+            1500 if big else 30,
+            keyspace,
+            p_delete=(0.2, 0.0)[(case // 3) % 2],
+        )
         snap = rng.randint(1, ts)
-        start, end = rng.choice([(None, None), (5, 30), (-(1 << 63), None), (None, 1000),
-                                 (0, 0)])
+        start, end = rng.choice([(None, None), (5, 30), (-(1 << 63), None), (None, 1000), (0, 0)])
         for runs in (runs_rows, runs_cols, [runs_rows[0], *runs_cols[1:]]):
             want = _dict_path(monkeypatch, snap, runs, start, end)
             assert sorted_rows(snap, runs, start, end) == want
@@ -165,21 +178,32 @@ def test_change_feeds_match_a_model(monkeypatch, threshold):
     for case in range(60):
         string = case % 3 == 2
         key = (lambda k: f"k{k}") if string else (lambda k: k)
-        table = TableDef("db", "t", (("k", "string" if string else "int64"), ("v", "string")),
-                         ("k",), 1)
+        table = TableDef(
+            "db", "t", (("k", "string" if string else "int64"), ("v", "string")), ("k",), 1
+        )
         big = case % 5 == 0
-        runs_rows, runs_cols, ts = _random_runs(rng, rng.randint(1, 4), 1500 if big else 30,
-                                                list(range(3000 if big else 50)), key,
-                                                p_delete=(0.2, 0.0)[case % 2])
+        runs_rows, runs_cols, ts = _random_runs(
+            rng,
+            rng.randint(1, 4),
+            1500 if big else 30,
+            list(range(3000 if big else 50)),
+            key,
+            p_delete=(0.2, 0.0)[case % 2],
+        )
         lo, hi = sorted(rng.randint(1, ts) for _ in range(2))
         model = []
         for run, _ in runs_rows:
-            model += [(t, "upsert", k, {"k": r[0], "v": r[1]})
-                      for k, t, r in zip(run.pks, run.ts, run.rows) if lo <= t <= hi]
-            model += [(t, "delete", k, None) for k, t in zip(run.del_pks, run.del_ts)
-                      if lo <= t <= hi]
+            model += [
+                (t, "upsert", k, {"k": r[0], "v": r[1]})
+                for k, t, r in zip(run.pks, run.ts, run.rows)
+                if lo <= t <= hi
+            ]
+            model += [
+                (t, "delete", k, None) for k, t in zip(run.del_pks, run.del_ts) if lo <= t <= hi
+            ]
         model.sort(key=lambda c: (c[0], c[2]))
         for runs in (runs_rows, runs_cols):
             assert [tuple(c) for c in feed.changes(table, lo, hi, runs)] == model
             assert [c.row for c in feed.changes(table, lo, hi, runs, ["v"])] == [
-                None if r is None else {"v": r["v"]} for *_, r in model]
+                None if r is None else {"v": r["v"]} for *_, r in model
+            ]

@@ -76,28 +76,43 @@ def test_buffers_ranges_and_checkpoints_land_where_the_seed_draws(seed):
     eng, _ = seed
     st = eng.status()
     assert st["checkpoints"] == [20, 90, 130]
-    assert st["ranges"] == [(1, 20), (21, 30), (31, 50), (51, 90), (91, 110), (111, 130),
-                            (131, 140)]
+    assert st["ranges"] == [
+        (1, 20),
+        (21, 30),
+        (31, 50),
+        (51, 90),
+        (91, 110),
+        (111, 130),
+        (131, 140),
+    ]
     assert [(b["from"], b["to"], b["frozen"]) for b in st["buffers"]] == [
-        (161, 170, False), (141, 160, True)]
+        (161, 170, False),
+        (141, 160, True),
+    ]
     assert st["queue_length"] == 1
 
 
-@pytest.mark.parametrize("snapshot, expected", [
-    (120, Plan(90, ((91, 110), (111, 130)), 130, None)),
-    (150, Plan(130, ((131, 140),), 140, (141, 150))),
-])
+@pytest.mark.parametrize(
+    "snapshot, expected",
+    [
+        (120, Plan(90, ((91, 110), (111, 130)), 130, None)),
+        (150, Plan(130, ((131, 140),), 140, (141, 150))),
+    ],
+)
 def test_snapshot_plans_equal_the_seed(seed, snapshot, expected):
     eng, _ = seed
     assert eng.snapshot_plan(snapshot) == expected
 
 
-@pytest.mark.parametrize("snapshot, from_ts, ranges, tail", [
-    (120, 100, ((91, 110), (111, 130)), None),
-    (120, 115, ((111, 130),), None),
-    (150, 132, ((131, 140),), (141, 150)),
-    (150, 142, (), (142, 150)),
-])
+@pytest.mark.parametrize(
+    "snapshot, from_ts, ranges, tail",
+    [
+        (120, 100, ((91, 110), (111, 130)), None),
+        (120, 115, ((111, 130),), None),
+        (150, 132, ((131, 140),), (141, 150)),
+        (150, 142, (), (142, 150)),
+    ],
+)
 def test_range_plans_equal_the_seed(seed, snapshot, from_ts, ranges, tail):
     eng, _ = seed
     plan = eng.range_plan(snapshot, from_ts)
@@ -114,8 +129,9 @@ def test_rows_at_seed_snapshots_equal_the_model(seed, snapshot):
         assert eng.get("db", "t", k, snapshot=snapshot) == want
 
 
-@pytest.mark.parametrize("snapshot, from_ts", [(120, 100), (120, 115), (150, 132), (150, 142),
-                                               (170, 1), (90, 90)])
+@pytest.mark.parametrize(
+    "snapshot, from_ts", [(120, 100), (120, 115), (150, 132), (150, 142), (170, 1), (90, 90)]
+)
 def test_change_feeds_at_seed_ranges_equal_the_model(seed, snapshot, from_ts):
     eng, history = seed
     got = [(c.ts, c.kind, c.pk, c.row) for c in eng.changes("db", "t", from_ts, snapshot)]

@@ -25,8 +25,12 @@ SCHEMA = {"k": "int64", "v": "string"}
 @pytest.fixture
 def cluster():
     url = f"memory://writer-{uuid.uuid4().hex}"
-    cfg = ClusterConfig(store=url, shards=3, shell=ShellSettings(retry_s=1.0),
-                        engine=Settings(background=False, max_batch_rows=500))
+    cfg = ClusterConfig(
+        store=url,
+        shards=3,
+        shell=ShellSettings(retry_s=1.0),
+        engine=Settings(background=False, max_batch_rows=500),
+    )
     services = [ShardService(url, i, cfg.engine.to_dict()) for i in range(3)]
     shards = LocalShards(services)
     coord = CoordinatorService(cfg.to_dict(), shards)
@@ -48,8 +52,7 @@ def test_writes_are_durable_after_flush_and_reported_in_order(cluster):
     model: dict[int, str] = {}
     rng = random.Random(7)
     before = client.snapshot()
-    with client.writer("db", "t", part_bytes=2048, linger_s=5.0,
-                       on_durable=seen.append) as w:
+    with client.writer("db", "t", part_bytes=2048, linger_s=5.0, on_durable=seen.append) as w:
         seqs = []
         for b in range(60):
             keys = rng.sample(range(400), 40)
@@ -117,8 +120,14 @@ def test_batches_by_column_and_by_row_coalesce_together(cluster):
     assert scan(client) == {1: "b", 2: None, 4: None, 5: "e", 6: "f"}
     assert w.stats["coalesced"] == 4
     feed = sorted((c.pk, c.kind) for c in client.changes("db", "t", before))
-    assert feed == [(1, "upsert"), (2, "upsert"), (3, "delete"), (4, "upsert"),
-                    (5, "upsert"), (6, "upsert")]
+    assert feed == [
+        (1, "upsert"),
+        (2, "upsert"),
+        (3, "delete"),
+        (4, "upsert"),
+        (5, "upsert"),
+        (6, "upsert"),
+    ]
     assert len({c.ts for c in client.changes("db", "t", before)}) <= len(client.shards)
 
 
@@ -126,8 +135,14 @@ def test_bad_columns_raise_at_write_and_keep_nothing_of_that_batch(cluster):
     client, _ = cluster
     with client.writer("db", "t", linger_s=60.0) as w:
         w.write_columns({"k": [1], "v": ["ok"]})
-        for bad in ({"k": [2, 3], "v": ["x"]}, {"k": [2, "x"]}, {"v": ["no key"]},
-                    {"k": [2], "zz": [1]}, {"k": [2, 2]}, [[2]]):
+        for bad in (
+            {"k": [2, 3], "v": ["x"]},
+            {"k": [2, "x"]},
+            {"v": ["no key"]},
+            {"k": [2], "zz": [1]},
+            {"k": [2, 2]},
+            [[2]],
+        ):
             with pytest.raises(InvalidArgument):
                 w.write_columns(bad)
         w.write_columns({"k": [5], "v": ["ok"]})
@@ -140,16 +155,19 @@ def test_client_write_columns_takes_one_shot_deletes(cluster):
     client.write_columns("db", "t", {"k": [900, 901], "v": ["a", "b"]})
     ts = client.write_columns("db", "t", {"k": [902]}, deletes=(k for k in [900, 901]))
     got = {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=ts)}
-    assert {k: got.get(k, "gone") for k in (900, 901, 902)} == {900: "gone", 901: "gone",
-                                                                902: None}
+    assert {k: got.get(k, "gone") for k in (900, 901, 902)} == {900: "gone", 901: "gone", 902: None}
 
 
 def test_numpy_columns_are_written_as_python_values(cluster):
     np = pytest.importorskip("numpy")
     client, _ = cluster
     with client.writer("db", "t") as w:
-        w.write_columns({"k": np.arange(100, 110, dtype=np.int64),
-                         "v": np.array([f"n{i}" for i in range(10)], dtype=object)})
+        w.write_columns(
+            {
+                "k": np.arange(100, 110, dtype=np.int64),
+                "v": np.array([f"n{i}" for i in range(10)], dtype=object),
+            }
+        )
     got = scan(client)
     assert {k: got[k] for k in range(100, 110)} == {100 + i: f"n{i}" for i in range(10)}
     assert all(type(k) is int for k in got)
@@ -196,8 +214,13 @@ def test_bad_input_raises_at_write_and_keeps_nothing_of_that_batch(cluster):
 
 def test_bad_options_are_refused(cluster):
     client, _ = cluster
-    for kwargs in ({"part_bytes": 0}, {"part_bytes": "1"}, {"linger_s": -1},
-                   {"max_buffer_bytes": 10, "part_bytes": 100}, {"on_durable": 3}):
+    for kwargs in (
+        {"part_bytes": 0},
+        {"part_bytes": "1"},
+        {"linger_s": -1},
+        {"max_buffer_bytes": 10, "part_bytes": 100},
+        {"on_durable": 3},
+    ):
         with pytest.raises(InvalidArgument):
             client.writer("db", "t", **kwargs)
 
@@ -279,8 +302,14 @@ def test_writer_defaults_come_from_the_settings(cluster):
 def test_a_buffer_over_max_batch_rows_is_sent_in_several_parts(cluster):
     client, _ = cluster  # max_batch_rows is 500 in this cluster
     seen: list[int] = []
-    with client.writer("db", "t", part_bytes=1 << 24, max_buffer_bytes=1 << 24,
-                       linger_s=60.0, on_durable=seen.append) as w:
+    with client.writer(
+        "db",
+        "t",
+        part_bytes=1 << 24,
+        max_buffer_bytes=1 << 24,
+        linger_s=60.0,
+        on_durable=seen.append,
+    ) as w:
         for b in range(8):
             w.write([{"k": b * 400 + i, "v": "x"} for i in range(400)])
     assert len(scan(client)) == 3200

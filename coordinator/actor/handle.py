@@ -113,8 +113,13 @@ def stop_deployment(namespace: str, shards: int | None) -> list[str]:
 class CoordinatorHandle:
     """Calls to the coordinator actor of one namespace."""
 
-    def __init__(self, namespace: str, settings: ShellSettings | None = None, *,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        settings: ShellSettings | None = None,
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.namespace = namespace
         self.settings = settings if settings is not None else ShellSettings()
         self._backoff = backoff if backoff is not None else self.settings.backoff()

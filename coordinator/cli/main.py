@@ -70,8 +70,7 @@ def _loopback_ray(address: str | None) -> None:
 def _token_auth() -> None:
     """A head started with ``ray start`` (Ray >= 2.5x) requires its token: a driver that
     connects to it must send the token ``ray start`` left in ``~/.ray/auth_token``."""
-    if os.path.exists(os.path.expanduser("~/.ray/auth_token")) or os.environ.get(
-            "RAY_AUTH_TOKEN"):
+    if os.path.exists(os.path.expanduser("~/.ray/auth_token")) or os.environ.get("RAY_AUTH_TOKEN"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 

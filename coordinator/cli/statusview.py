@@ -84,13 +84,21 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
     obj = s.get("objects")
     if obj:
         rows += [
-            ("objects live", f"{obj['live_ranges']} range objects, {obj['live_range_bytes']} B; "
-                             f"{obj['live_checkpoints']} checkpoints"),
-            ("awaiting gc", f"{obj['awaiting_gc']} objects ({obj['deleted_by_gc']} deleted "
-                            f"since start)"),
-            ("compaction", f"debt {obj['compaction_debt']} merges (bound "
-                           f"{obj['compaction_bound']} objects); "
-                           f"{s.get('counters', {}).get('compactions', 0)} since start"),
+            (
+                "objects live",
+                f"{obj['live_ranges']} range objects, {obj['live_range_bytes']} B; "
+                f"{obj['live_checkpoints']} checkpoints",
+            ),
+            (
+                "awaiting gc",
+                f"{obj['awaiting_gc']} objects ({obj['deleted_by_gc']} deleted since start)",
+            ),
+            (
+                "compaction",
+                f"debt {obj['compaction_debt']} merges (bound "
+                f"{obj['compaction_bound']} objects); "
+                f"{s.get('counters', {}).get('compactions', 0)} since start",
+            ),
             ("oldest readable", ts_text(s.get("oldest_readable"))),
         ]
     m = s.get("maintenance")

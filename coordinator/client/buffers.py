@@ -60,7 +60,7 @@ class ShardBuffer:
                 break
             head.append(p)
             rows += n
-        del self.shares[:len(head)]
+        del self.shares[: len(head)]
         self.rows -= rows
         return head, acked
 
@@ -75,8 +75,9 @@ def merge_shares(table: TableDef, shares: list[ShardPart]) -> tuple[ShardPart, i
     keys = list(chain.from_iterable(chain(keys_of(p.cols), p.deletes) for p in shares))
     if len(set(keys)) == len(keys):  # nothing repeats: join the columns
         width = max(len(p.cols) for p in shares)
-        cols = [list(chain.from_iterable(p.cols[i] for p in shares if p.cols))
-                for i in range(width)]
+        cols = [
+            list(chain.from_iterable(p.cols[i] for p in shares if p.cols)) for i in range(width)
+        ]
         return ShardPart(cols, list(chain.from_iterable(p.deletes for p in shares))), 0
     last: dict[Any, Any] = {}
     for p in shares:
@@ -85,8 +86,9 @@ def merge_shares(table: TableDef, shares: list[ShardPart]) -> tuple[ShardPart, i
         for k in p.deletes:
             last[k] = _DEL
     rows = [v for v in last.values() if v is not _DEL]
-    merged = ShardPart([list(c) for c in zip(*rows)] if rows else [],
-                       [k for k, v in last.items() if v is _DEL])
+    merged = ShardPart(
+        [list(c) for c in zip(*rows)] if rows else [], [k for k, v in last.items() if v is _DEL]
+    )
     return merged, len(keys) - len(last)
 
 

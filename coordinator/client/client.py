@@ -16,8 +16,8 @@ Methods take the same arguments and give the same results (and typed errors) as
 - ``get``/``scan``/``changes`` read at one snapshot across shards
   (:mod:`coordinator.client.fanout`); ``scan`` and ``changes`` return iterators;
   ``scan_pages`` yields lists of ``page_rows``.
-- ``writer`` gives a :class:`coordinator.client.writer.BatchWriter` for ingest: batches are buffered
-  per shard and sent as large parts; durable on ``flush()``.
+- ``writer`` gives a :class:`coordinator.client.writer.BatchWriter` for ingest: batches are
+  buffered per shard and sent as large parts; durable on ``flush()``.
 
 Atomicity across shards, plainly: a batch is atomic *per shard*. A batch whose keys land on
 several shards commits as several independent commits with different timestamps. A reader at
@@ -34,9 +34,7 @@ may show twice in the change feed if its first attempt had landed. A part refuse
 ``StaleTable`` (the table was dropped and created again since this client cached it) is
 validated again against the new definition and sent again.
 
-Settings: the deployment's :class:`dn.settings.ShellSettings` (``client.settings``, from the
-coordinator's ``info``) give the retry budget and backoff, call timeout, read cache, the
-writer's defaults and when a scan runs in Ray tasks.
+Settings: ``client.settings``, the deployment's :class:`dn.settings.ShellSettings`.
 
 Causality: the client remembers the newest timestamp it has seen (writes, snapshots) and
 sends it with each write; with the shards' commit wait this orders writes across shards (see
@@ -190,8 +188,15 @@ class Client:
         is null in every row. No dict or tuple is made per row."""
         lim = self._limits(db, table)
         deletes = reusable(deletes)  # validated again if the table is redefined meanwhile
-        return max(self._write(db, table, lambda t: validate_columns(
-            t, columns, deletes, lim.max_value_bytes, lim.max_batch_rows)).values())
+        return max(
+            self._write(
+                db,
+                table,
+                lambda t: validate_columns(
+                    t, columns, deletes, lim.max_value_bytes, lim.max_batch_rows
+                ),
+            ).values()
+        )
 
     def write_each(
         self, db: str, table: str, upserts: Any = (), deletes: Any = ()
@@ -203,8 +208,11 @@ class Client:
         if upserts is not None and not isinstance(upserts, list | tuple | dict | str | bytes):
             upserts = list(upserts)
         deletes = reusable(deletes)
-        return self._write(db, table, lambda t: validate_batch(
-            t, upserts, deletes, lim.max_value_bytes, lim.max_batch_rows))
+        return self._write(
+            db,
+            table,
+            lambda t: validate_batch(t, upserts, deletes, lim.max_value_bytes, lim.max_batch_rows),
+        )
 
     def _limits(self, db: str, table: str) -> Limits:
         """The deployment's batch limits, once the names are known to be names."""
@@ -213,8 +221,9 @@ class Client:
         return Limits.from_info(self.info)
 
     def _write(self, db: str, table: str, validate: Any) -> dict[int, int]:
-        return write_batch(self.shards, self._tables(), self._causality, self.retry_s, db,
-                           table, validate)
+        return write_batch(
+            self.shards, self._tables(), self._causality, self.retry_s, db, table, validate
+        )
 
     def writer(
         self,
@@ -231,10 +240,18 @@ class Client:
         ``linger_s``), and ``flush()`` (or leaving a ``with`` block) waits until everything is
         durable. Many small batches cost far fewer shard calls than with :meth:`write`.
         Options left out take the deployment's settings (``writer_*``)."""
-        return BatchWriter(self.shards, self._tables().get(db, table), self._causality,
-                           self._limits(db, table), self.settings, part_bytes=part_bytes,
-                           linger_s=linger_s, max_buffer_bytes=max_buffer_bytes,
-                           on_durable=on_durable, backoff=self._backoff)
+        return BatchWriter(
+            self.shards,
+            self._tables().get(db, table),
+            self._causality,
+            self._limits(db, table),
+            self.settings,
+            part_bytes=part_bytes,
+            linger_s=linger_s,
+            max_buffer_bytes=max_buffer_bytes,
+            on_durable=on_durable,
+            backoff=self._backoff,
+        )
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -306,14 +323,18 @@ class Client:
         fanout.check_projection(t, columns)
         cfg = self.settings
         if tasks is None:  # tasks pay off when they run next to data on other nodes
-            tasks = (self._on_ray() and fanout.is_large(views, cfg.large_read_objects,
-                                                       cfg.large_read_tail_rows)
-                     and alive_nodes() > 1)
+            tasks = (
+                self._on_ray()
+                and fanout.is_large(views, cfg.large_read_objects, cfg.large_read_tail_rows)
+                and alive_nodes() > 1
+            )
         if not tasks:
             return fanout.scan(self._pool(), views, columns, start, end)
         store = self.info["store"]
-        args = {i: (store, cfg.client_cache_bytes, i, v, start, end, cfg.read_page_rows)
-                for i, v in views.items()}
+        args = {
+            i: (store, cfg.client_cache_bytes, i, v, start, end, cfg.read_page_rows)
+            for i, v in views.items()
+        }
         # the tasks read the store with this process's credentials
         env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
         pages = stream_tasks(fanout.shard_pages, args, env)

@@ -157,8 +157,9 @@ def scan(
 
     def merged() -> Iterator[dict]:
         runs = _runs_per_shard(pool, views)
-        parts = [scan_columns(pool.reader(i), views[i], start, end, runs=runs[i])
-                 for i in sorted(views)]
+        parts = [
+            scan_columns(pool.reader(i), views[i], start, end, runs=runs[i]) for i in sorted(views)
+        ]
         del runs
         parts = [p for p in parts if p[0]]
         if all(keys is not None for _, keys in parts):
@@ -168,7 +169,8 @@ def scan(
         del parts
         # rows become dicts in C-level iteration (no generator step per row)
         yield from chain.from_iterable(
-            map(partial(map, to_dict), merge_sorted(lists, _pk_key(first.table))))
+            map(partial(map, to_dict), merge_sorted(lists, _pk_key(first.table)))
+        )
 
     return merged()
 
@@ -180,8 +182,10 @@ def _merge_by_int_key(parts: list[tuple[list[list], Any]]) -> list[list]:
         return parts[0][0] if parts else []
     order = np.argsort(np.concatenate([keys for _, keys in parts]), kind="stable").tolist()
     width = len(parts[0][0])
-    return [list(map(list(chain.from_iterable(cols[i] for cols, _ in parts)).__getitem__,
-                     order)) for i in range(width)]
+    return [
+        list(map(list(chain.from_iterable(cols[i] for cols, _ in parts)).__getitem__, order))
+        for i in range(width)
+    ]
 
 
 #: Rows a merge step takes from each list (see :func:`merge_sorted`).
@@ -198,7 +202,7 @@ def merge_sorted(lists: list[list], key: Callable[[Any], Any]) -> Iterator[list]
     if len(lists) <= 1:
         for x in lists:
             for i in range(0, len(x), MERGE_STEP * 4):
-                yield x[i:i + MERGE_STEP * 4]
+                yield x[i : i + MERGE_STEP * 4]
         return
     pos = [0] * len(lists)
     while True:
@@ -209,7 +213,7 @@ def merge_sorted(lists: list[list], key: Callable[[Any], Any]) -> Iterator[list]
             j = live[0]
             x = lists[j]
             for i in range(pos[j], len(x), MERGE_STEP * 4):
-                yield x[i:i + MERGE_STEP * 4]
+                yield x[i : i + MERGE_STEP * 4]
             return
         cut = min(key(lists[j][min(pos[j] + MERGE_STEP, len(lists[j])) - 1]) for j in live)
         page: list = []
@@ -237,8 +241,7 @@ def is_large(views: Mapping[int, ReadView], objects: int, tail_rows: int) -> boo
     """Whether a scan of these views is worth Ray tasks: many objects, or a big tail."""
     if len(views) < 2:
         return False
-    n_objects = sum(len(v.plan.ranges) + (v.plan.checkpoint is not None)
-                    for v in views.values())
+    n_objects = sum(len(v.plan.ranges) + (v.plan.checkpoint is not None) for v in views.values())
     n_tail = sum(len(run) for v in views.values() for run in v.tail)
     return n_objects >= objects or n_tail >= tail_rows
 
@@ -258,7 +261,7 @@ def shard_pages(
     reader = ReaderPool.for_url(store_url, cache_bytes).reader(shard)
     rows = scan_rows(reader, view, start, end)
     for i in range(0, len(rows), page_rows):
-        yield pack(rows[i:i + page_rows])
+        yield pack(rows[i : i + page_rows])
 
 
 def merge_pages(
@@ -288,8 +291,12 @@ def changes(
     assert all(v.from_ts == from_ts for v in views.values()), "views of another feed"
     projection(views[min(views)].table, columns)  # raises InvalidArgument before any fetch
     runs = _runs_per_shard(pool, views)
-    return merge_changes([materialize(pool.reader(i), views[i], columns=columns, runs=runs[i])
-                          for i in sorted(views)])
+    return merge_changes(
+        [
+            materialize(pool.reader(i), views[i], columns=columns, runs=runs[i])
+            for i in sorted(views)
+        ]
+    )
 
 
 def get(

@@ -88,7 +88,7 @@ class Batch:
 
     @property
     def deletes(self) -> list:
-        return self.keys[self.nrows:]
+        return self.keys[self.nrows :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +211,11 @@ def _split_sorted(batch: Batch, own: Any, shards: int) -> dict[int, ShardPart]:
     none: list = [None] * shards
     ups = _by_shard(batch.cols, own[:nrows], shards) if nrows else none
     dels = _by_shard([keys[nrows:]], own[nrows:], shards) if len(keys) > nrows else none
-    return {s: ShardPart(u or [], d[0] if d else [])
-            for s, (u, d) in enumerate(zip(ups, dels)) if u or d}
+    return {
+        s: ShardPart(u or [], d[0] if d else [])
+        for s, (u, d) in enumerate(zip(ups, dels))
+        if u or d
+    }
 
 
 def _by_shard(cols: list, own: Any, shards: int) -> list[list[list] | None]:
@@ -228,8 +231,13 @@ def _by_shard(cols: list, own: Any, shards: int) -> list[list[list] | None]:
     out: list[list[list] | None] = []
     lo = 0
     for n in counts:
-        out.append(None if not n else sorted_cols if n == len(order)
-                   else [c[lo:lo + n] for c in sorted_cols])
+        out.append(
+            None
+            if not n
+            else sorted_cols
+            if n == len(order)
+            else [c[lo : lo + n] for c in sorted_cols]
+        )
         lo += n
     return out
 
@@ -260,8 +268,9 @@ def _tables(low_byte: bool) -> tuple:
     ``searchsorted`` counts from 1); the four 16-bit tables. As uint32, or with ``low_byte``
     their low bytes only (all a power-of-two shard count up to 256 needs; 256 KiB, not 1 MiB)."""
     crc32 = zlib.crc32
-    byte = [[crc32(bytes([b]) + bytes(k)) ^ crc32(bytes(k + 1)) for b in range(256)]
-            for k in range(8)]
+    byte = [
+        [crc32(bytes([b]) + bytes(k)) ^ crc32(bytes(k + 1)) for b in range(256)] for k in range(8)
+    ]
     forms = [0]
     for low, header, p in INT_FORMS:
         k = crc32(header + bytes(p))
@@ -273,5 +282,8 @@ def _tables(low_byte: bool) -> tuple:
     by_chunk = [(t[2 * j + 1][:, None] ^ t[2 * j][None, :]).ravel() for j in range(4)]
     dtype = np.uint8 if low_byte else np.uint32  # uint8: truncated to the low byte
     lows = np.array([low for low, _, _ in INT_FORMS], dtype=np.int64)
-    return (lows, np.array(forms, dtype=np.uint32).astype(dtype),
-            tuple(c.astype(dtype) for c in by_chunk))
+    return (
+        lows,
+        np.array(forms, dtype=np.uint32).astype(dtype),
+        tuple(c.astype(dtype) for c in by_chunk),
+    )

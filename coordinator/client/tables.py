@@ -52,8 +52,9 @@ class RoutedTable:
 class TableCache:
     """The :class:`RoutedTable` of each table a client used, fetched on first use."""
 
-    def __init__(self, coordinator: Any, shards: ShardCalls, retry_s: float,
-                 backoff: Backoff) -> None:
+    def __init__(
+        self, coordinator: Any, shards: ShardCalls, retry_s: float, backoff: Backoff
+    ) -> None:
         self._coord = coordinator
         self._shards = shards
         self._retry_s = retry_s
@@ -74,7 +75,8 @@ class TableCache:
             t = TableDef.from_wire(self._coord.call("table", db, table, retry_s=self._retry_s))
             n = len(self._shards)
             answers = self._shards.call_each(
-                {i: ("live_table", (db, table)) for i in range(n)}, self._retry_s)
+                {i: ("live_table", (db, table)) for i in range(n)}, self._retry_s
+            )
             for i in sorted(answers):
                 if isinstance(answers[i], BaseException):
                     raise answers[i]
@@ -83,8 +85,11 @@ class TableCache:
                 routed = self._tables[key] = RoutedTable(t, mine)
                 return routed
             if not retries.wait():
-                raise Unavailable(f"table {db}.{table} is being redefined on the shards; retry",
-                                  database=db, table=table)
+                raise Unavailable(
+                    f"table {db}.{table} is being redefined on the shards; retry",
+                    database=db,
+                    table=table,
+                )
 
     def forget(self, db: str, table: str) -> None:
         self._tables.pop((db, table), None)

@@ -23,8 +23,9 @@ def _hold(seconds: float, preload: tuple[str, ...]) -> None:
     time.sleep(seconds)  # held, so that every task of the burst gets a worker of its own
 
 
-def warm_workers(n: int, num_cpus: float = 0.01,
-                 preload: tuple[str, ...] = ("coordinator.client.client",)) -> float:
+def warm_workers(
+    n: int, num_cpus: float = 0.01, preload: tuple[str, ...] = ("coordinator.client.client",)
+) -> float:
     """Make sure ``n`` worker processes for Ray tasks exist (``n`` short tasks held at once),
     each with the modules ``preload`` names imported, so that a following burst of ``n``
     tasks does not wait for Python start-ups (about a CPU-second each; the node keeps idle
@@ -93,8 +94,11 @@ def _pages_task(fn: Callable[..., Iterator[bytes]], *args: Any) -> Iterator[byte
     yield from fn(*args)
 
 
-def stream_tasks(fn: Callable[..., Iterator[bytes]], arg_lists: Mapping[int, tuple],
-                 env: Mapping[str, str] | None = None) -> dict[int, Iterator[bytes]]:
+def stream_tasks(
+    fn: Callable[..., Iterator[bytes]],
+    arg_lists: Mapping[int, tuple],
+    env: Mapping[str, str] | None = None,
+) -> dict[int, Iterator[bytes]]:
     """Run the generator ``fn(*args)`` as one streaming Ray task per entry; each entry's
     iterator yields the task's items as they are produced (pages of a large read)."""
     opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 1}

@@ -95,8 +95,11 @@ class BatchWriter:
             raise InvalidArgument(f"part_bytes must be an int from 1 to {most}")
         if not isinstance(linger_s, int | float) or not 0 <= linger_s <= 60:
             raise InvalidArgument("linger_s must be a number of seconds from 0 to 60")
-        limit = (settings.writer_buffer_parts * part_bytes if max_buffer_bytes is None
-                 else max_buffer_bytes)
+        limit = (
+            settings.writer_buffer_parts * part_bytes
+            if max_buffer_bytes is None
+            else max_buffer_bytes
+        )
         if type(limit) is not int or limit < part_bytes:
             raise InvalidArgument("max_buffer_bytes must be an int >= part_bytes")
         if on_durable is not None and not callable(on_durable):
@@ -129,12 +132,20 @@ class BatchWriter:
         self._error: DNError | None = None
         self._closed = False
         self._sender: threading.Thread | None = None
-        self.stats = {"batches": 0, "rows": 0, "parts": 0, "part_rows": 0, "retries": 0,
-                      "coalesced": 0}
+        self.stats = {
+            "batches": 0,
+            "rows": 0,
+            "parts": 0,
+            "part_rows": 0,
+            "retries": 0,
+            "coalesced": 0,
+        }
 
     def __repr__(self) -> str:
-        return (f"<dn BatchWriter {self.db}.{self.table} seq={self._seq} "
-                f"durable_seq={self._durable_seq}>")
+        return (
+            f"<dn BatchWriter {self.db}.{self.table} seq={self._seq} "
+            f"durable_seq={self._durable_seq}>"
+        )
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -161,28 +172,34 @@ class BatchWriter:
     def write(self, upserts: Any = (), deletes: Any = ()) -> int:
         """Validate and buffer one batch of row dicts and primary keys to delete; returns
         its sequence number (not yet durable)."""
-        return self._add(validate_batch(self._t, upserts, deletes, self._max_value,
-                                        self._max_rows))
+        return self._add(validate_batch(self._t, upserts, deletes, self._max_value, self._max_rows))
 
     def write_columns(self, columns: Any, deletes: Any = ()) -> int:
         """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
         of equal length (lists, tuples, numpy arrays), one value per row; a column left out
         is null in every row. No dict or tuple is made per row."""
-        return self._add(validate_columns(self._t, columns, deletes, self._max_value,
-                                          self._max_rows))
+        return self._add(
+            validate_columns(self._t, columns, deletes, self._max_value, self._max_rows)
+        )
 
     def _add(self, batch: Batch) -> int:
         parts = split(batch, self._n)
         with self._cv:
             self._check_usable()
             for s in parts:  # backpressure: wait while a full buffer is in flight
-                while (self._inflight[s] is not None and self._error is None
-                       and self._buffered_bytes(s) >= self.max_buffer_bytes):
+                while (
+                    self._inflight[s] is not None
+                    and self._error is None
+                    and self._buffered_bytes(s) >= self.max_buffer_bytes
+                ):
                     self._cv.wait(1.0)
             self._check_usable()
             if not self._row_bytes:
-                self._row_bytes = (len(pack([c[:16] for c in batch.cols])) / min(16, batch.nrows)
-                                   if batch.nrows else 16.0)
+                self._row_bytes = (
+                    len(pack([c[:16] for c in batch.cols])) / min(16, batch.nrows)
+                    if batch.nrows
+                    else 16.0
+                )
             self._seq += 1
             seq = self._seq
             now = time.monotonic()
@@ -206,7 +223,9 @@ class BatchWriter:
             try:
                 self._wake()
                 while self._error is None and (
-                    any(b.shares for b in self._buf) or any(self._inflight) or self._done
+                    any(b.shares for b in self._buf)
+                    or any(self._inflight)
+                    or self._done
                     or self._notifying
                 ):
                     self._cv.wait(1.0)
@@ -263,8 +282,7 @@ class BatchWriter:
             self._acked[s] = part.seq_hi
             self._causality.observe(out)
             newly = []
-            while self._open and all(self._acked[x] >= self._open[0][0]
-                                     for x in self._open[0][1]):
+            while self._open and all(self._acked[x] >= self._open[0][0] for x in self._open[0][1]):
                 self._durable_seq = self._open.popleft()[0]
                 newly.append(self._durable_seq)
             return newly

@@ -70,8 +70,15 @@ class Limits:
         return cls(info["max_value_bytes"], info["max_batch_rows"], info["max_batch_bytes"])
 
 
-def write_batch(shards: ShardCalls, tables: TableCache, causality: Causality, retry_s: float,
-                db: str, table: str, validate: Callable[[TableDef], Batch]) -> dict[int, int]:
+def write_batch(
+    shards: ShardCalls,
+    tables: TableCache,
+    causality: Causality,
+    retry_s: float,
+    db: str,
+    table: str,
+    validate: Callable[[TableDef], Batch],
+) -> dict[int, int]:
     """Validate a batch against the table (``validate(tdef)``), split it by shard and send
     every part at once; returns {shard: commit ts}. See the module docstring."""
     done: dict[int, int] = {}
@@ -83,8 +90,11 @@ def write_batch(shards: ShardCalls, tables: TableCache, causality: Causality, re
         except DNError as exc:  # only after a redefinition: the batch fits the old table
             raise with_committed(exc, done) from None
         after = causality.token
-        calls = {s: (WRITE_PART, routed.part(s, share, after).to_call())
-                 for s, share in shares.items() if s not in done}
+        calls = {
+            s: (WRITE_PART, routed.part(s, share, after).to_call())
+            for s, share in shares.items()
+            if s not in done
+        }
         results = shards.call_each(calls, retry_s)
         for s, r in results.items():
             if isinstance(r, int):

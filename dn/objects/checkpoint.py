@@ -55,9 +55,14 @@ class Checkpoint:
     tables: dict[int, tuple[tuple[tuple[int, int], TableStats], ...]]
 
 
-def build(shard: int, ts: int, catalog: dict, ranges: list[tuple[int, int]],
-          stats: dict[tuple[int, int], dict[int, TableStats]],
-          sizes: dict[tuple[int, int], int]) -> bytes:
+def build(
+    shard: int,
+    ts: int,
+    catalog: dict,
+    ranges: list[tuple[int, int]],
+    stats: dict[tuple[int, int], dict[int, TableStats]],
+    sizes: dict[tuple[int, int], int],
+) -> bytes:
     """Encode a checkpoint; ``stats`` maps each range to its per-table statistics."""
     tables: dict[int, list] = {}
     for r in ranges:
@@ -77,9 +82,7 @@ def decode(data: bytes, key: str) -> Checkpoint:
     body = codec.decode(codec.KIND_CHECKPOINT, data, key, READ_VERSIONS)
     try:
         tables = {
-            int(table_id): tuple(
-                ((e[0], e[1]), TableStats.from_wire(e[2:])) for e in entries
-            )
+            int(table_id): tuple(((e[0], e[1]), TableStats.from_wire(e[2:])) for e in entries)
             for table_id, entries in body["tables"].items()
         }
         codec.check_key_numbers(key, (body["ts"],))
@@ -89,8 +92,9 @@ def decode(data: bytes, key: str) -> Checkpoint:
         raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
 
 
-def _ranges(entries: list, version: int) -> tuple[tuple[tuple[int, int], ...],
-                                                  dict[tuple[int, int], int]]:
+def _ranges(
+    entries: list, version: int
+) -> tuple[tuple[tuple[int, int], ...], dict[tuple[int, int], int]]:
     """The live ranges and their sizes in bytes (only those the object records)."""
     ranges: list[tuple[int, int]] = []
     sizes: dict[tuple[int, int], int] = {}

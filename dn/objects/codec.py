@@ -95,15 +95,17 @@ def frame(kind: int, body: bytes, version: int = FORMAT_VERSION) -> bytes:
     return head + HEADER_CRC.pack(zlib.crc32(head)) + body
 
 
-def unframe(kind: int, data: bytes, key: str,
-            versions: tuple[int, ...] = (FORMAT_VERSION,)) -> memoryview:
+def unframe(
+    kind: int, data: bytes, key: str, versions: tuple[int, ...] = (FORMAT_VERSION,)
+) -> memoryview:
     """The body of a stored object after every check; raises Corruption naming ``key``.
     ``versions``: the format versions of ``kind`` the caller reads."""
     if len(data) < HEADER_SIZE:
-        raise Corruption(f"object {key} is truncated ({len(data)} bytes, no header)", key=key,
-                         truncated=True)
+        raise Corruption(
+            f"object {key} is truncated ({len(data)} bytes, no header)", key=key, truncated=True
+        )
     magic, got_kind, version, length, crc = HEADER.unpack_from(data)
-    if HEADER_CRC.unpack_from(data, HEADER.size)[0] != zlib.crc32(memoryview(data)[:HEADER.size]):
+    if HEADER_CRC.unpack_from(data, HEADER.size)[0] != zlib.crc32(memoryview(data)[: HEADER.size]):
         raise Corruption(f"object {key} fails its header checksum", key=key)
     if magic != MAGIC:
         raise Corruption(f"object {key} has a bad magic number", key=key)
@@ -127,8 +129,7 @@ def encode(kind: int, value: Any, version: int = FORMAT_VERSION) -> bytes:
     return frame(kind, pack(value), version)
 
 
-def decode(kind: int, data: bytes, key: str,
-           versions: tuple[int, ...] = (FORMAT_VERSION,)) -> Any:
+def decode(kind: int, data: bytes, key: str, versions: tuple[int, ...] = (FORMAT_VERSION,)) -> Any:
     body = unframe(kind, data, key, versions)
     try:
         return unpack(body)
@@ -192,5 +193,8 @@ def check_key_numbers(key: str, numbers: tuple[int, ...]) -> None:
     if not all(len(p) == PAD and p.isdigit() for p in parts):
         return
     if tuple(int(p) for p in parts) != tuple(numbers):
-        raise Corruption(f"object {key} holds the object of {numbers}, not the one its key "
-                         "names (a misplaced object)", key=key)
+        raise Corruption(
+            f"object {key} holds the object of {numbers}, not the one its key "
+            "names (a misplaced object)",
+            key=key,
+        )

@@ -136,7 +136,8 @@ class Manifest:
             raise Unavailable(
                 f"shard {self._shard}: the store listed manifest versions up to {version}, "
                 f"older than version {self.current.version} already seen (a stale listing); "
-                "retry")
+                "retry"
+            )
 
     def _read(self, key: str, data: bytes | None = None) -> ManifestState:
         if data is None:

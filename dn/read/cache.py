@@ -52,5 +52,9 @@ class ObjectCache:
 
     def status(self) -> dict:
         with self._lock:
-            return {"objects": len(self._items), "bytes": self._bytes, "hits": self.hits,
-                    "misses": self.misses}
+            return {
+                "objects": len(self._items),
+                "bytes": self._bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+            }

@@ -28,8 +28,9 @@ from dn.read.run import Runs
 from dn.schema import TableDef
 
 
-def changes(table: TableDef, from_ts: int, snapshot: int, runs: Runs,
-            columns: Sequence[str] | None = None) -> Iterator[Change]:
+def changes(
+    table: TableDef, from_ts: int, snapshot: int, runs: Runs, columns: Sequence[str] | None = None
+) -> Iterator[Change]:
     """Every version with from_ts <= ts <= snapshot as a :class:`Change`, in (ts, pk)
     order, rows projected on ``columns`` (validated now)."""
     make = column_maker(table, columns)
@@ -77,8 +78,7 @@ def feed_order(from_ts: int, snapshot: int, runs: Runs) -> tuple[list[int], list
             return t[order].tolist(), k[order].tolist(), pos[order].tolist()
     chosen = [i for i, t in enumerate(stamps) if from_ts <= t <= snapshot]
     chosen.sort(key=list(zip(stamps, keys)).__getitem__)
-    return ([stamps[i] for i in chosen], [keys[i] for i in chosen],
-            [places[i] for i in chosen])
+    return ([stamps[i] for i in chosen], [keys[i] for i in chosen], [places[i] for i in chosen])
 
 
 _TS_PK = itemgetter(0, 2)  # a Change's (ts, pk)

@@ -42,8 +42,9 @@ def sorted_rows(snapshot: int, runs: Runs, start: Any = None, end: Any = None) -
         return pick_rows(runs, picks(snapshot, runs, start, end)[0])
 
 
-def sorted_columns(snapshot: int, runs: Runs, start: Any = None, end: Any = None
-                   ) -> tuple[list[list], np.ndarray | None]:
+def sorted_columns(
+    snapshot: int, runs: Runs, start: Any = None, end: Any = None
+) -> tuple[list[list], np.ndarray | None]:
     """:func:`sorted_rows` by column: the table's columns of those rows (``[]`` when there
     are none), and their keys as a numpy int64 array when the keys are ints (else None). No
     tuple is made per row, so nothing is left for the collector to walk."""
@@ -52,8 +53,9 @@ def sorted_columns(snapshot: int, runs: Runs, start: Any = None, end: Any = None
         return pick_columns(runs, found), keys
 
 
-def picks(snapshot: int, runs: Runs, start: Any = None, end: Any = None
-          ) -> tuple[list[int], np.ndarray | None]:
+def picks(
+    snapshot: int, runs: Runs, start: Any = None, end: Any = None
+) -> tuple[list[int], np.ndarray | None]:
     """Positions into the runs' upserts (concatenated in order) of the rows with start <= pk
     < end visible at ``snapshot``, in primary-key order, and for int keys those keys (numpy;
     else None). For int keys by :func:`int_picks`; else the newest version of each key is
@@ -72,9 +74,7 @@ def picks(snapshot: int, runs: Runs, start: Any = None, end: Any = None
                 best.update(zip(run.pks, range(base, base + n)))
             else:
                 ts = run.ts
-                best.update(
-                    (pk, base + i) for i, pk in enumerate(run.pks) if ts[i] <= snapshot
-                )
+                best.update((pk, base + i) for i, pk in enumerate(run.pks) if ts[i] <= snapshot)
         for pk, t in zip(run.del_pks, run.del_ts):
             if t > snapshot:
                 continue
@@ -94,8 +94,9 @@ def picks(snapshot: int, runs: Runs, start: Any = None, end: Any = None
     return list(map(best.__getitem__, keys)), None
 
 
-def int_picks(snapshot: int, runs: Runs, start: Any, end: Any
-              ) -> tuple[list[int], np.ndarray] | None:
+def int_picks(
+    snapshot: int, runs: Runs, start: Any, end: Any
+) -> tuple[list[int], np.ndarray] | None:
     """:func:`picks` for runs whose primary keys are all ints (one int64 column): the
     positions of the newest version at or before ``snapshot`` of each key with start <= key <
     end that is not deleted, in key order, and those keys (a numpy int64 array). None when
@@ -105,8 +106,11 @@ def int_picks(snapshot: int, runs: Runs, start: Any, end: Any
     ascending ts per key), are in ascending ts; so a stable sort by key puts each key's
     newest version last. Deletes take part as versions of their own, placed by ts."""
     n_versions = sum(len(run.ts) + len(run.del_ts) for run, _ in runs)
-    if n_versions < INT_PICKS_MIN or (start is not None and type(start) is not int) or (
-            end is not None and type(end) is not int):
+    if (
+        n_versions < INT_PICKS_MIN
+        or (start is not None and type(start) is not int)
+        or (end is not None and type(end) is not int)
+    ):
         return None
     deletes = any(run.del_ts for run, _ in runs)
     need_ts = deletes or any(hi > snapshot for run, hi in runs if run.ts)
@@ -163,8 +167,11 @@ def pick_rows(runs: Runs, found: list[int]) -> list[tuple]:
     if not found:
         return []
     if not all(run.cols is not None for run, _ in runs):
-        rows = runs[0][0].rows if len(runs) == 1 else list(
-            chain.from_iterable(run.rows for run, _ in runs))
+        rows = (
+            runs[0][0].rows
+            if len(runs) == 1
+            else list(chain.from_iterable(run.rows for run, _ in runs))
+        )
         return list(map(rows.__getitem__, found))
     return list(zip(*pick_columns(runs, found)))
 
@@ -176,8 +183,11 @@ def pick_columns(runs: Runs, found: list[int]) -> list[list]:
     if not all(run.cols is not None for run, _ in runs):
         return [list(c) for c in zip(*pick_rows(runs, found))]
     parts = [run.cols for run, _ in runs if run.ts]
-    cols = parts[0] if len(parts) == 1 else [
-        list(chain.from_iterable(p[i] for p in parts)) for i in range(len(parts[0]))]
+    cols = (
+        parts[0]
+        if len(parts) == 1
+        else [list(chain.from_iterable(p[i] for p in parts)) for i in range(len(parts[0]))]
+    )
     return [list(map(col.__getitem__, found)) for col in cols]
 
 

@@ -51,8 +51,7 @@ def check_from_ts(from_ts: object, snapshot: int | None = None) -> int:
     return ts
 
 
-def snapshot_plan(ranges: Sequence[tuple[int, int]], checkpoints: Sequence[int],
-                  ts: int) -> Plan:
+def snapshot_plan(ranges: Sequence[tuple[int, int]], checkpoints: Sequence[int], ts: int) -> Plan:
     _check_ts("snapshot", ts)
     i = bisect_right(checkpoints, ts)
     cp = checkpoints[i - 1] if i else None
@@ -75,8 +74,9 @@ def snapshot_plan(ranges: Sequence[tuple[int, int]], checkpoints: Sequence[int],
     return Plan(cp, tuple(working), max_range, tail)
 
 
-def range_plan(ranges: Sequence[tuple[int, int]], checkpoints: Sequence[int], snapshot: int,
-               from_ts: int) -> Plan:
+def range_plan(
+    ranges: Sequence[tuple[int, int]], checkpoints: Sequence[int], snapshot: int, from_ts: int
+) -> Plan:
     _check_ts("snapshot", snapshot)
     check_from_ts(from_ts, snapshot)
     base = snapshot_plan(ranges, checkpoints, snapshot)

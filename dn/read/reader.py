@@ -61,8 +61,10 @@ class Reader:
         if plan.checkpoint is not None:
             cp = self.checkpoint(plan.checkpoint)
             for r, st in cp.tables.get(table.id, ()):
-                if key is not None and st.pk_min is not None and not (
-                    st.pk_min <= key <= st.pk_max
+                if (
+                    key is not None
+                    and st.pk_min is not None
+                    and not (st.pk_min <= key <= st.pk_max)
                 ):
                     continue
                 ranges.append(r)

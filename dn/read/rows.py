@@ -60,8 +60,9 @@ def row_maker(table: TableDef, columns: Sequence[str] | None) -> Callable[[tuple
     return eval(f"lambda r: {{{body}}}", {})  # noqa: S307 - validated names, see above
 
 
-def column_maker(table: TableDef, columns: Sequence[str] | None
-                 ) -> Callable[[list[list]], Iterator[dict]]:
+def column_maker(
+    table: TableDef, columns: Sequence[str] | None
+) -> Callable[[list[list]], Iterator[dict]]:
     """:func:`row_maker` for rows given by column: a function from the table's columns (one
     list each, in column order; ``[]`` for no rows) to an iterator of the rows' dicts,
     projected on ``columns``, made with no tuple per row (``map`` over the columns of a dict
@@ -70,7 +71,7 @@ def column_maker(table: TableDef, columns: Sequence[str] | None
     if pick is None:
         pick = [(n, i) for i, n in enumerate(names)]
     if not pick:
-        return lambda cols: (({} for _ in cols[0]) if cols else iter(()))
+        return lambda cols: ({} for _ in cols[0]) if cols else iter(())
     args = ", ".join(f"c{j}" for j in range(len(pick)))
     body = ", ".join(f"{n!r}: c{j}" for j, (n, _) in enumerate(pick))
     make = eval(f"lambda {args}: {{{body}}}", {})  # noqa: S307 - validated names, as above

@@ -28,9 +28,17 @@ class Run:
 
     __slots__ = ("pks", "ts", "_rows", "cols", "del_pks", "del_ts", "sorted_by_pk", "pk_pos")
 
-    def __init__(self, pks: list, ts: list[int], rows: list[tuple] | None, del_pks: list,
-                 del_ts: list[int], sorted_by_pk: bool = False,
-                 pk_pos: tuple[int, ...] | None = None, cols: list[list] | None = None) -> None:
+    def __init__(
+        self,
+        pks: list,
+        ts: list[int],
+        rows: list[tuple] | None,
+        del_pks: list,
+        del_ts: list[int],
+        sorted_by_pk: bool = False,
+        pk_pos: tuple[int, ...] | None = None,
+        cols: list[list] | None = None,
+    ) -> None:
         self.pks = pks
         self.ts = ts
         self._rows = rows
@@ -51,8 +59,10 @@ class Run:
         return self._rows
 
     def __repr__(self) -> str:
-        return (f"Run({len(self.ts)} versions, {len(self.del_ts)} deletes, "
-                f"sorted_by_pk={self.sorted_by_pk})")
+        return (
+            f"Run({len(self.ts)} versions, {len(self.del_ts)} deletes, "
+            f"sorted_by_pk={self.sorted_by_pk})"
+        )
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)
@@ -104,8 +114,20 @@ class Run:
         blob: Any = pack(self.cols if by_column else self.rows)
         if protocol >= 5:  # Ray's pickling: the blob goes out of band, copied once
             blob = pickle.PickleBuffer(blob)
-        return (_run_from_parts, (pks, ts_vals, ts_counts, blob, self.del_pks, self.del_ts,
-                                  self.sorted_by_pk, self.pk_pos, by_column))
+        return (
+            _run_from_parts,
+            (
+                pks,
+                ts_vals,
+                ts_counts,
+                blob,
+                self.del_pks,
+                self.del_ts,
+                self.sorted_by_pk,
+                self.pk_pos,
+                by_column,
+            ),
+        )
 
     def _check(self) -> None:
         assert len(self.pks) == len(self.ts) == len(self.rows)
@@ -122,9 +144,17 @@ class Run:
 Runs = list[tuple[Run, int]]
 
 
-def _run_from_parts(pks: list | None, ts_vals: list[int], ts_counts: list[int], blob: bytes,
-                    del_pks: list, del_ts: list[int], sorted_by_pk: bool,
-                    pk_pos: tuple[int, ...] | None, by_column: bool = False) -> Run:
+def _run_from_parts(
+    pks: list | None,
+    ts_vals: list[int],
+    ts_counts: list[int],
+    blob: bytes,
+    del_pks: list,
+    del_ts: list[int],
+    sorted_by_pk: bool,
+    pk_pos: tuple[int, ...] | None,
+    by_column: bool = False,
+) -> Run:
     ts = list(chain.from_iterable(map(repeat, ts_vals, ts_counts)))
     if by_column:
         cols = unpack(blob)

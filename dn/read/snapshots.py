@@ -54,18 +54,22 @@ class Snapshots:
         else:
             if type(snapshot) is not int or snapshot < 0:
                 raise InvalidArgument(f"snapshot must be an int64 timestamp, got {snapshot!r}")
-            limit = self._s.hlc.peek() + (int(self._s.settings.snapshot_future_s * 1000)
-                                        << LOGICAL_BITS)
+            limit = self._s.hlc.peek() + (
+                int(self._s.settings.snapshot_future_s * 1000) << LOGICAL_BITS
+            )
             if snapshot > limit:
                 raise InvalidArgument(
                     f"snapshot {snapshot} is too far in the future (shard clock at "
-                    f"{self._s.hlc.peek()})")
+                    f"{self._s.hlc.peek()})"
+                )
             s = snapshot
             oldest = self._s.oldest_readable()
             if s < oldest:
                 raise InvalidArgument(
                     f"snapshot {s} is before the retention window; the oldest readable "
-                    f"timestamp is {oldest}", oldest=oldest)
+                    f"timestamp is {oldest}",
+                    oldest=oldest,
+                )
         self._s.hlc.advance(s)
         while True:
             inflight = self._s.queue.inflight
@@ -81,8 +85,9 @@ class Snapshots:
                 continue
             return s
 
-    def read_view(self, db: str, table: str, snapshot: int | None = None,
-                  from_ts: int | None = None) -> ReadView:
+    def read_view(
+        self, db: str, table: str, snapshot: int | None = None, from_ts: int | None = None
+    ) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
         for a change feed, from ``from_ts``). Readers in other processes materialize it."""
         if from_ts is not None:
@@ -94,7 +99,9 @@ class Snapshots:
                 oldest = self._s.oldest_readable()
                 raise InvalidArgument(
                     f"from_ts {from_ts} is before the retention window; the oldest readable "
-                    f"timestamp is {oldest}", oldest=oldest)
+                    f"timestamp is {oldest}",
+                    oldest=oldest,
+                )
             if from_ts is None:
                 plan = snapshot_plan(self._s.ranges, self._s.checkpoints, s)
             else:

@@ -60,9 +60,15 @@ def view_runs(reader: Reader, view: ReadView, key: Any = None) -> Runs:
     return reader.runs(view.table, view.plan, view.tail, key)
 
 
-def materialize(reader: Reader, view: ReadView, *, columns: Sequence[str] | None = None,
-                start: Any = None, end: Any = None, runs: Runs | None = None
-                ) -> Iterator[dict] | Iterator[Change]:
+def materialize(
+    reader: Reader,
+    view: ReadView,
+    *,
+    columns: Sequence[str] | None = None,
+    start: Any = None,
+    end: Any = None,
+    runs: Runs | None = None,
+) -> Iterator[dict] | Iterator[Change]:
     """What a read of ``view`` returns, rows projected on ``columns``: for a snapshot view,
     the rows with start <= pk < end visible at its snapshot, as dicts in primary-key order;
     for a feed view (``from_ts`` set), every change with from_ts <= ts <= snapshot, in (ts,
@@ -78,8 +84,9 @@ def materialize(reader: Reader, view: ReadView, *, columns: Sequence[str] | None
     return feed.changes(view.table, view.from_ts, view.snapshot, runs, columns)
 
 
-def materialize_get(reader: Reader, view: ReadView, key: Any,
-                    columns: Sequence[str] | None = None) -> dict | None:
+def materialize_get(
+    reader: Reader, view: ReadView, key: Any, columns: Sequence[str] | None = None
+) -> dict | None:
     """The row of ``key`` visible at the view's snapshot, as a dict projected on
     ``columns``; None when there is none."""
     _snapshot_only(view)
@@ -88,8 +95,9 @@ def materialize_get(reader: Reader, view: ReadView, key: Any,
     return None if row is None else row_dict(proj, row)
 
 
-def scan_columns(reader: Reader, view: ReadView, start: Any = None, end: Any = None, *,
-                 runs: Runs | None = None) -> tuple[list[list], np.ndarray | None]:
+def scan_columns(
+    reader: Reader, view: ReadView, start: Any = None, end: Any = None, *, runs: Runs | None = None
+) -> tuple[list[list], np.ndarray | None]:
     """The table's columns of the rows with start <= pk < end visible at the view's snapshot,
     in primary-key order (``[]`` for no rows), and their keys as a numpy int64 array when
     they are ints (else None): no tuple per row."""
@@ -99,8 +107,7 @@ def scan_columns(reader: Reader, view: ReadView, start: Any = None, end: Any = N
     return pick.sorted_columns(view.snapshot, runs, start, end)
 
 
-def scan_rows(reader: Reader, view: ReadView, start: Any = None, end: Any = None
-              ) -> list[tuple]:
+def scan_rows(reader: Reader, view: ReadView, start: Any = None, end: Any = None) -> list[tuple]:
     """:func:`scan_columns` as one list of row tuples in column order (to ship rows on)."""
     _snapshot_only(view)
     return pick.sorted_rows(view.snapshot, view_runs(reader, view), start, end)

@@ -74,8 +74,13 @@ log = logging.getLogger(__name__)
 class LocalLogStore(LocalStore):
     """The log's store on a local directory (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike[str], *, min_segment: int = MIN_SEGMENT,
-                 max_segment: int = MAX_SEGMENT) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        min_segment: int = MIN_SEGMENT,
+        max_segment: int = MAX_SEGMENT,
+    ) -> None:
         super().__init__(root)
         if not SLOT * 2 <= min_segment <= max_segment:
             raise InvalidArgument(f"segment sizes must satisfy {2 * SLOT} <= min <= max")
@@ -92,8 +97,11 @@ class LocalLogStore(LocalStore):
         return {"root": str(self.root), "min": self.min_segment, "max": self.max_segment}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["root"], min_segment=state.get("min", MIN_SEGMENT),  # type: ignore
-                      max_segment=state.get("max", MAX_SEGMENT))
+        self.__init__(
+            state["root"],
+            min_segment=state.get("min", MIN_SEGMENT),  # type: ignore
+            max_segment=state.get("max", MAX_SEGMENT),
+        )
 
     # -- keys and directories ---------------------------------------------------------------
 
@@ -160,9 +168,12 @@ class LocalLogStore(LocalStore):
         if d.spare is not None or d.filling or off < seg.capacity // 2:
             return
         d.filling = True
-        threading.Thread(target=self._refill, args=(d, self._capacity_after(seg)),
-                         name="dn-log-spare",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._refill,
+            args=(d, self._capacity_after(seg)),
+            name="dn-log-spare",
+            daemon=True,
+        ).start()
 
     def _refill(self, d: LogDir, capacity: int) -> None:
         try:
@@ -183,8 +194,7 @@ class LocalLogStore(LocalStore):
     def put_if_absent(self, key: str, data: bytes) -> None:
         size = frame_size(bytes(data[:HEADER_SIZE]))
         if size is None or size != len(data):
-            raise InvalidArgument(f"{key}: the log store holds only whole dn.objects.codec "
-                                  "frames")
+            raise InvalidArgument(f"{key}: the log store holds only whole dn.objects.codec frames")
         with self._lock:
             d, seq, name = self._seq_of(key)
             try:
@@ -192,8 +202,9 @@ class LocalLogStore(LocalStore):
             except (ObjectExists, InvalidArgument):
                 raise
             except OSError as exc:
-                raise Unavailable(f"log write of {key} in {d.path} failed: {exc}",
-                                  outcome_unknown=True, key=key) from exc
+                raise Unavailable(
+                    f"log write of {key} in {d.path} failed: {exc}", outcome_unknown=True, key=key
+                ) from exc
 
     def _put(self, d: LogDir, seq: int, name: str, key: str, data: bytes) -> None:
         if d.legacy and legacy_size(d.path / name):
@@ -208,8 +219,11 @@ class LocalLogStore(LocalStore):
         if written is None:
             raise ObjectExists(f"object {key} already exists", key=key)
         if written != len(data):
-            raise Unavailable(f"log write of {key} was short ({written} of {len(data)} bytes)",
-                              outcome_unknown=True, key=key)
+            raise Unavailable(
+                f"log write of {key} was short ({written} of {len(data)} bytes)",
+                outcome_unknown=True,
+                key=key,
+            )
         nxt = d.written(seg, seq, off, len(data))
         if nxt is not None:
             self._maybe_refill(d, seg, nxt)
@@ -222,11 +236,14 @@ class LocalLogStore(LocalStore):
         prev = None
         if i >= 0:
             prev = d.segment(d.firsts[i])
-            if not (seq - 1 in d.ends or (self._locate(d, seq - 1) is not None
-                                          and d.next_slot(seq - 1) == "new")):
+            if not (
+                seq - 1 in d.ends
+                or (self._locate(d, seq - 1) is not None and d.next_slot(seq - 1) == "new")
+            ):
                 raise InvalidArgument(
                     f"log key {key} is not the next sequence number of {d.path} "
-                    "(the log writes its sequence numbers in order)")
+                    "(the log writes its sequence numbers in order)"
+                )
         seg = self._new_segment(d, seq, prev)
         d.where[seq] = (seq, SLOT)
         return seg, SLOT
@@ -274,7 +291,7 @@ class LocalLogStore(LocalStore):
                 seqs.add(int(name))
         seqs |= self._dir(directory).live_seqs()
         keys = [f"{base}{s:020d}" for s in sorted(seqs)]
-        return [k for k in keys if k[len(base):].startswith(name_part)]
+        return [k for k in keys if k[len(base) :].startswith(name_part)]
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -294,8 +311,9 @@ class LocalLogStore(LocalStore):
                 raise Unavailable(f"cannot delete {key} in {d.path}: {exc}", key=key) from exc
 
     def put(self, key: str, data: bytes) -> None:
-        raise InvalidArgument("the log store takes only put_if_absent: log objects are never "
-                              "replaced")
+        raise InvalidArgument(
+            "the log store takes only put_if_absent: log objects are never replaced"
+        )
 
     def close(self) -> None:
         with self._lock:

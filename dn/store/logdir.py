@@ -43,8 +43,17 @@ from dn.store.logsegment import (
 class LogDir:
     """What the store knows of one log directory (see the module docstring)."""
 
-    __slots__ = ("path", "legacy", "segments", "firsts", "where", "ends", "sizes", "spare",
-                 "filling")
+    __slots__ = (
+        "path",
+        "legacy",
+        "segments",
+        "firsts",
+        "where",
+        "ends",
+        "sizes",
+        "spare",
+        "filling",
+    )
 
     def __init__(self, path: Path, legacy: bool) -> None:
         self.path = path
@@ -227,5 +236,5 @@ def read_legacy(path: Path) -> bytes | None:
     if len(data) >= HEADER_SIZE:
         length = HEADER.unpack_from(data)[3]
         if len(data) > HEADER_SIZE + length:
-            return data[:HEADER_SIZE + length]
+            return data[: HEADER_SIZE + length]
     return data

@@ -70,7 +70,7 @@ def frame_size(head: bytes) -> int | None:
     verified frame header."""
     if len(head) < HEADER_SIZE or head[:2] != MAGIC:
         return None
-    if HEADER_CRC.unpack_from(head, HEADER.size)[0] != zlib.crc32(head[:HEADER.size]):
+    if HEADER_CRC.unpack_from(head, HEADER.size)[0] != zlib.crc32(head[: HEADER.size]):
         return None
     return HEADER_SIZE + HEADER.unpack_from(head)[3]
 
@@ -82,8 +82,8 @@ def segment_name(first: int) -> str:
 
 def segment_first(name: str) -> int | None:
     """The first seq of the segment file called ``name``; None if it is no segment's name."""
-    if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit():
-        return int(name[:-len(SEGMENT_SUFFIX)])
+    if name.endswith(SEGMENT_SUFFIX) and name[: -len(SEGMENT_SUFFIX)].isdigit():
+        return int(name[: -len(SEGMENT_SUFFIX)])
     return None
 
 
@@ -117,7 +117,7 @@ class Segment:
         if ok:
             magic, version, capacity = _SEGHEAD.unpack_from(head)
             crc = _SEGHEAD_CRC.unpack_from(head, _SEGHEAD.size)[0]
-            ok = magic == _SEGMAGIC and version == 1 and crc == zlib.crc32(head[:_SEGHEAD.size])
+            ok = magic == _SEGMAGIC and version == 1 and crc == zlib.crc32(head[: _SEGHEAD.size])
         if not ok:
             os.close(fd)
             raise Corruption(f"log segment {path} has a bad header", key=str(path))
@@ -154,10 +154,12 @@ class Segment:
             return None
         size = frame_size(head)
         if size is None:
-            return head[:HEADER_SIZE - 1]  # a header that did not reach the disk whole: torn
+            return head[: HEADER_SIZE - 1]  # a header that did not reach the disk whole: torn
         data = self.pread(size, off, shared=True)
-        if len(data) == size and zlib.crc32(memoryview(data)[HEADER_SIZE:]) == \
-                HEADER.unpack_from(data)[4]:
+        if (
+            len(data) == size
+            and zlib.crc32(memoryview(data)[HEADER_SIZE:]) == HEADER.unpack_from(data)[4]
+        ):
             return data
         cut = self.torn_cut(off, size, data)
         return data if cut is None else data[:cut]  # whole bytes: corrupt, for the codec
@@ -182,8 +184,8 @@ class Segment:
         zero = bytes(SECTOR)
         start = -(-(off + HEADER_SIZE) // SECTOR) * SECTOR  # first sector boundary in the body
         for pos in range(start, off + size, SECTOR):
-            chunk = data[pos - off:pos - off + SECTOR]
-            if chunk == zero[:len(chunk)]:
+            chunk = data[pos - off : pos - off + SECTOR]
+            if chunk == zero[: len(chunk)]:
                 return pos - off
         return None
 
@@ -201,7 +203,7 @@ def make_spare(directory: Path, capacity: int, *, zero_fill: bool) -> tuple[Path
         zeros = bytes(MiB)
         pos = SLOT
         while pos < filled:
-            pos += os.pwrite(fd, zeros[:min(MiB, filled - pos)], pos)
+            pos += os.pwrite(fd, zeros[: min(MiB, filled - pos)], pos)
         os.fsync(fd)
     except BaseException:
         unlink_quietly(path)
@@ -218,7 +220,7 @@ def clear_dead_spares(directory: Path, names: list[str]) -> None:
         if not name.startswith(SPARE_PREFIX):
             continue
         try:
-            pid = int(name[len(SPARE_PREFIX):].split("-", 1)[0])
+            pid = int(name[len(SPARE_PREFIX) :].split("-", 1)[0])
             os.kill(pid, 0)
             continue  # its maker is alive
         except ProcessLookupError:

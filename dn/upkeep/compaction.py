@@ -47,8 +47,7 @@ class Policy:
 
     def bound(self, total_bytes: int) -> int:
         """Most objects below ``max_bytes`` the policy lets stand."""
-        levels = 1 + max(0, math.ceil(math.log(max(total_bytes, 1) / self.base_bytes,
-                                                 self.fanout)))
+        levels = 1 + max(0, math.ceil(math.log(max(total_bytes, 1) / self.base_bytes, self.fanout)))
         return (self.fanout - 1) * levels
 
     def pick(self, ranges: list[tuple[tuple[int, int], int]]) -> list[tuple[int, int]] | None:
@@ -60,7 +59,7 @@ class Policy:
         best: tuple[int, int] | None = None  # (total bytes, start index)
         k = self.fanout
         for i in range(len(ranges) - k + 1):
-            window = ranges[i:i + k]
+            window = ranges[i : i + k]
             if any(size >= self.max_bytes for _, size in window):
                 continue
             t = sum(size for _, size in window)
@@ -68,10 +67,11 @@ class Policy:
                 best = (t, i)
         if best is None:
             return None
-        return [r for r, _ in ranges[best[1]:best[1] + k]]
+        return [r for r, _ in ranges[best[1] : best[1] + k]]
 
-    def _pick_shadowed(self, ranges: list[tuple[tuple[int, int], int]]
-                       ) -> list[tuple[int, int]] | None:
+    def _pick_shadowed(
+        self, ranges: list[tuple[tuple[int, int], int]]
+    ) -> list[tuple[int, int]] | None:
         """Read amplification: when the objects below ``max_bytes`` hold more than
         ``AMPLIFICATION`` times the bytes of the largest of them, merge their whole run (from
         the oldest), so that versions shadowed by newer ones and deletes go. Each such merge at
@@ -98,8 +98,13 @@ class Policy:
         return 0 if over <= 0 else math.ceil(over / (self.fanout - 1))
 
 
-def merge(shard: int, inputs: list[RangeObject], tables: dict[int, tuple[tuple[int, ...],
-          int | None]], horizon: int, oldest: bool) -> tuple[bytes, dict[int, TableStats]]:
+def merge(
+    shard: int,
+    inputs: list[RangeObject],
+    tables: dict[int, tuple[tuple[int, ...], int | None]],
+    horizon: int,
+    oldest: bool,
+) -> tuple[bytes, dict[int, TableStats]]:
     """Merge consecutive range objects (oldest first) into one encoded range object.
 
     ``tables`` maps each table id to (primary-key positions, drop timestamp or None);
@@ -117,8 +122,13 @@ def merge(shard: int, inputs: list[RangeObject], tables: dict[int, tuple[tuple[i
             continue
         out_tables[tid], stats[tid] = merged
     commands = [[ts, cmd] for ro in inputs for ts, cmd in ro.commands]
-    body = {"shard": shard, "from": inputs[0].from_ts, "to": inputs[-1].to_ts,
-            "commands": commands, "tables": out_tables}
+    body = {
+        "shard": shard,
+        "from": inputs[0].from_ts,
+        "to": inputs[-1].to_ts,
+        "commands": commands,
+        "tables": out_tables,
+    }
     return codec.encode(codec.KIND_RANGE, body), stats
 
 
@@ -133,8 +143,10 @@ def _merge_table(runs, horizon: int, oldest: bool):
             continue
         # within one run upserts and deletes of a key share no timestamp, so sorting the run's
         # two lists together by (pk, ts) keeps each key's versions in ts order
-        both = sorted(zip(run.pks + run.del_pks, run.ts + run.del_ts,
-                          run.rows + [None] * len(run.del_ts)), key=_pk_ts)
+        both = sorted(
+            zip(run.pks + run.del_pks, run.ts + run.del_ts, run.rows + [None] * len(run.del_ts)),
+            key=_pk_ts,
+        )
         for p, t, r in both:
             pks.append(p)
             ts.append(t)
@@ -173,7 +185,8 @@ def _merge_table(runs, horizon: int, oldest: bool):
     cols = [[r[c] for r in keep_rows] for c in range(ncols)]  # no rows: no column lists
     table = {"ts": keep_ts, "cols": cols, "del_pks": del_pk, "del_ts": del_ts}
     bounds = ([keep_pk[0], keep_pk[-1]] if keep_pk else []) + (
-        [del_pk[0], del_pk[-1]] if del_pk else [])
+        [del_pk[0], del_pk[-1]] if del_pk else []
+    )
     return table, TableStats(len(keep_ts), len(del_ts), min(bounds), max(bounds))
 
 

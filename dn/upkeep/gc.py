@@ -50,17 +50,23 @@ class Collector:
         state = self._current(epoch, version)
         live = {codec.range_key(self.shard, a, b) for a, b in state.ranges}
         live |= {codec.checkpoint_key(self.shard, c) for c in state.checkpoints}
-        live |= {codec.manifest_key(self.shard, v)
-                 for v in range(max(1, state.version - self.keep_manifests + 1),
-                                state.version + 1)}
+        live |= {
+            codec.manifest_key(self.shard, v)
+            for v in range(max(1, state.version - self.keep_manifests + 1), state.version + 1)
+        }
         garbage = set()
-        for prefix in (codec.range_prefix(self.shard), codec.checkpoint_prefix(self.shard),
-                       codec.manifest_prefix(self.shard)):
+        for prefix in (
+            codec.range_prefix(self.shard),
+            codec.checkpoint_prefix(self.shard),
+            codec.manifest_prefix(self.shard),
+        ):
             for key in self.store.list(prefix):
                 if key in live:
                     continue
-                if prefix == codec.manifest_prefix(self.shard) and \
-                        codec.last_number(key) > state.version:
+                if (
+                    prefix == codec.manifest_prefix(self.shard)
+                    and codec.last_number(key) > state.version
+                ):
                     continue  # a newer version than the one read: never garbage
                 garbage.add(key)
         self.pending = {k: self.pending.get(k, now) for k in garbage}
@@ -87,7 +93,8 @@ class Collector:
             raise Unavailable(
                 f"shard {self.shard}: the store listed manifest version "
                 f"{state.version if state else 'none'}, older than committed version {version} "
-                "(a stale listing); collecting nothing")
+                "(a stale listing); collecting nothing"
+            )
         if state.epoch != epoch:
             raise Fenced(
                 f"shard {self.shard}: the manifest belongs to epoch "

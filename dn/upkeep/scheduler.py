@@ -121,8 +121,9 @@ class Upkeep:
             return
         state = self._s.manifest.load()
         if state is None or state.epoch != self._s.epoch:
-            exc = Fenced(f"shard {self._s.shard}: a newer incarnation owns the manifest",
-                         shard=self._s.shard)
+            exc = Fenced(
+                f"shard {self._s.shard}: a newer incarnation owns the manifest", shard=self._s.shard
+            )
             self._s.fail(exc)
             raise exc
         self._adopt(state)
@@ -138,8 +139,9 @@ class Upkeep:
             self._s.gc_dirty = True
             self._s.cv.notify_all()
         assert self._s.log is not None
-        self._s.log.truncate(state.log_low_seq,
-                           self._s.clock.monotonic() + self._s.settings.log_delete_grace_s)
+        self._s.log.truncate(
+            state.log_low_seq, self._s.clock.monotonic() + self._s.settings.log_delete_grace_s
+        )
 
     def checkpoint(self) -> int | None:
         """Write a checkpoint at the newest range object (if there is one newer than the last
@@ -165,8 +167,7 @@ class Upkeep:
                 if [r for r in m.ranges if r[1] <= ts] != ranges:
                     # memory lagged the manifest (an earlier commit's outcome was unknown);
                     # the adoption after this attempt catches up, the next checkpoint is right
-                    raise Unavailable("the manifest moved while the checkpoint was written; "
-                                      "retry")
+                    raise Unavailable("the manifest moved while the checkpoint was written; retry")
                 return replace(m, checkpoints=m.checkpoints + (ts,))
 
             self._commit(add_checkpoint)
@@ -181,12 +182,13 @@ class Upkeep:
         self._s.check_usable()
         with self._s.cv:
             self.maybe_freeze_locked()
-            since = self.commits_since_checkpoint_locked()
+            since = self._s.commits_since_checkpoint_locked()
         self.flush()
         s = self._s.settings
-        due_interval = (s.checkpoint_interval_s is not None
-                        and self._s.clock.monotonic() - self._s.last_cp_time
-                        >= s.checkpoint_interval_s)
+        due_interval = (
+            s.checkpoint_interval_s is not None
+            and self._s.clock.monotonic() - self._s.last_cp_time >= s.checkpoint_interval_s
+        )
         if since >= s.checkpoint_delta or (due_interval and since > 0):
             with self._s.cv:
                 self._freeze_locked()
@@ -219,8 +221,9 @@ class Upkeep:
                 return False
             horizon = self._s.oldest_readable()
             inputs = [self._s.reader.range(r) for r in pick]
-            data, stats = compaction.merge(self._s.shard, inputs, tables, horizon,
-                                           oldest=pick[0] == ranges[0])
+            data, stats = compaction.merge(
+                self._s.shard, inputs, tables, horizon, oldest=pick[0] == ranges[0]
+            )
             out = (pick[0][0], pick[-1][1])
             self._s.store.put(codec.range_key(self._s.shard, *out), data)
             first_to = pick[0][1]
@@ -230,12 +233,15 @@ class Upkeep:
 
             def swap(m):
                 i = m.ranges.index(pick[0]) if pick[0] in m.ranges else -1
-                if i < 0 or list(m.ranges[i:i + len(pick)]) != pick:
+                if i < 0 or list(m.ranges[i : i + len(pick)]) != pick:
                     if out in m.ranges:
                         return m  # this very swap landed already (a lost acknowledgement)
                     raise Internal(f"compaction inputs {pick} are no longer live")
-                return replace(m, ranges=m.ranges[:i] + (out,) + m.ranges[i + len(pick):],
-                               checkpoints=tuple(c for c in m.checkpoints if c < first_to))
+                return replace(
+                    m,
+                    ranges=m.ranges[:i] + (out,) + m.ranges[i + len(pick) :],
+                    checkpoints=tuple(c for c in m.checkpoints if c < first_to),
+                )
 
             with self._s.flush_lock:
                 self._commit(swap)
@@ -244,8 +250,13 @@ class Upkeep:
                         self._s.stats.pop(r, None)
                         self._s.sizes.pop(r, None)
             self._s.counters["compactions"] += 1
-            log.info("shard %d: compacted %d ranges into %s (%d bytes)", self._s.shard, len(pick),
-                     out, len(data))
+            log.info(
+                "shard %d: compacted %d ranges into %s (%d bytes)",
+                self._s.shard,
+                len(pick),
+                out,
+                len(data),
+            )
         self.checkpoint()  # record the new live set
         return True
 
@@ -282,10 +293,3 @@ class Upkeep:
             return replace(m, checkpoints=tuple(c for c in m.checkpoints if c not in stale))
 
         self._commit(drop)
-
-    def commits_since_checkpoint_locked(self) -> int:
-        last = self._s.checkpoints[-1] if self._s.checkpoints else 0
-        n = sum(b.ncommits for b in self._s.frozen) + self._s.mutable.ncommits
-        # ranges after the last checkpoint count too; a range holds at least one commit
-        n += sum(1 for r in self._s.ranges if r[1] > last)
-        return n

@@ -70,8 +70,15 @@ class TableBlock:
         pos = self.pk_pos
         pks = cols[pos[0]] if len(pos) == 1 else list(zip(*(cols[p] for p in pos)))
         da, db = bisect_left(self.del_ts, lo_ts), bisect_right(self.del_ts, hi_ts)
-        return Run(pks, self.ts[a:b], None, self.del_pks[da:db], self.del_ts[da:db],
-                   pk_pos=self.pk_pos, cols=cols)
+        return Run(
+            pks,
+            self.ts[a:b],
+            None,
+            self.del_pks[da:db],
+            self.del_ts[da:db],
+            pk_pos=self.pk_pos,
+            cols=cols,
+        )
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)
@@ -80,8 +87,7 @@ class TableBlock:
 class Buffer:
     """A mutable buffer, or a frozen one once ``frozen`` is set."""
 
-    __slots__ = ("from_ts", "to_ts", "commands", "tables", "nbytes", "ncommits", "born",
-                 "frozen")
+    __slots__ = ("from_ts", "to_ts", "commands", "tables", "nbytes", "ncommits", "born", "frozen")
 
     def __init__(self, from_ts: int, born: float) -> None:
         self.from_ts = from_ts
@@ -104,16 +110,33 @@ class Buffer:
         self.nbytes += nbytes
         self.ncommits += 1
 
-    def apply_write(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
-                    rows: list[tuple], deletes: list, nbytes: int) -> None:
+    def apply_write(
+        self,
+        ts: int,
+        table_id: int,
+        ncols: int,
+        pk_pos: tuple[int, ...],
+        rows: list[tuple],
+        deletes: list,
+        nbytes: int,
+    ) -> None:
         self._block(ts, table_id, ncols, pk_pos, nbytes).append(ts, rows, deletes)
 
-    def apply_columns(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
-                      chunks: list, deletes: list, nbytes: int) -> None:
+    def apply_columns(
+        self,
+        ts: int,
+        table_id: int,
+        ncols: int,
+        pk_pos: tuple[int, ...],
+        chunks: list,
+        deletes: list,
+        nbytes: int,
+    ) -> None:
         self._block(ts, table_id, ncols, pk_pos, nbytes).append_columns(ts, chunks, deletes)
 
-    def _block(self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...],
-               nbytes: int) -> TableBlock:
+    def _block(
+        self, ts: int, table_id: int, ncols: int, pk_pos: tuple[int, ...], nbytes: int
+    ) -> TableBlock:
         """Stamp a write at ``ts`` and return its table's block (made on first use)."""
         self._stamp(ts, nbytes)
         block = self.tables.get(table_id)
@@ -138,8 +161,14 @@ class Buffer:
         return sum(len(b) for b in self.tables.values())
 
     def describe(self) -> dict:
-        return {"from": self.from_ts, "to": self.to_ts, "bytes": self.nbytes,
-                "commits": self.ncommits, "rows": self.rows(), "frozen": self.frozen}
+        return {
+            "from": self.from_ts,
+            "to": self.to_ts,
+            "bytes": self.nbytes,
+            "commits": self.ncommits,
+            "rows": self.rows(),
+            "frozen": self.frozen,
+        }
 
     def _check(self) -> None:
         for block in self.tables.values():

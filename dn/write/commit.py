@@ -29,8 +29,9 @@ class Pending:
 
     __slots__ = ("op", "args", "payload", "table", "nrows", "ts", "error", "done", "waiter")
 
-    def __init__(self, op: int, args: list, payload: bytes, table: Any = None,
-                 nrows: int = 0) -> None:
+    def __init__(
+        self, op: int, args: list, payload: bytes, table: Any = None, nrows: int = 0
+    ) -> None:
         self.op = op
         self.args = args
         self.payload = payload  # msgpack of args
@@ -96,9 +97,13 @@ class CommitQueue:
             self._cv.acquire()
             p.waiter = None
 
-    def submit(self, p: Pending, stamp: Callable[[Pending], None],
-               persist: Callable[[list[Pending]], None],
-               apply: Callable[[list[Pending]], None]) -> int:
+    def submit(
+        self,
+        p: Pending,
+        stamp: Callable[[Pending], None],
+        persist: Callable[[list[Pending]], None],
+        apply: Callable[[list[Pending]], None],
+    ) -> int:
         """Queue ``p`` and return once it is durable and applied (its timestamp), or raise."""
         with self._cv:
             self._queue.append(p)
@@ -115,9 +120,13 @@ class CommitQueue:
                 self.release_leadership()
         return p.result()
 
-    def submit_all(self, ps: list[Pending], stamp: Callable[[Pending], None],
-                   persist: Callable[[list[Pending]], None],
-                   apply: Callable[[list[Pending]], None]) -> None:
+    def submit_all(
+        self,
+        ps: list[Pending],
+        stamp: Callable[[Pending], None],
+        persist: Callable[[list[Pending]], None],
+        apply: Callable[[list[Pending]], None],
+    ) -> None:
         """Queue every command of ``ps`` (in order) and return once all are done; each then
         holds its timestamp or its error. One caller, many commands: the asyncio front door
         (:mod:`dn.write.aio`) hands a whole batch of coroutines' writes over in one call. Waits on
@@ -174,8 +183,11 @@ class CommitQueue:
                         self.groups += 1
                         self.commands += len(stamped)
                 except Exception as exc:  # the engine marks itself broken in apply
-                    error = exc if isinstance(exc, DNError) else Internal(
-                        f"applying a durable group failed: {exc!r}")
+                    error = (
+                        exc
+                        if isinstance(exc, DNError)
+                        else Internal(f"applying a durable group failed: {exc!r}")
+                    )
                     raise
                 finally:
                     for q in stamped:
@@ -196,8 +208,9 @@ class CommitQueue:
         size = 0
         while self._queue:
             q = self._queue[0]
-            if group and (q.is_ddl or group[0].is_ddl
-                          or size + len(q.payload) > self._max_group_bytes):
+            if group and (
+                q.is_ddl or group[0].is_ddl or size + len(q.payload) > self._max_group_bytes
+            ):
                 break
             group.append(self._queue.popleft())
             size += len(q.payload)

@@ -140,8 +140,7 @@ class Log:
         except Corruption as exc:
             if not exc.truncated:
                 raise
-            log.warning("log object %s is torn (a failed, unacknowledged write); skipping it",
-                        key)
+            log.warning("log object %s is torn (a failed, unacknowledged write); skipping it", key)
             return None
 
     def _skip(self, seq: int) -> None:

@@ -82,7 +82,7 @@ def pack_columns(cols: list, limit: int = MAX_CHUNK_BYTES) -> list[bytes]:
         per = max(1, n // 2)
     out: list[bytes] = []
     for i in range(0, n, per):
-        chunk = [c[i:i + per] for c in cols]
+        chunk = [c[i : i + per] for c in cols]
         blob = codec.pack(chunk)
         if len(blob) > limit and per > 1:
             out.extend(pack_columns(chunk, limit))
@@ -119,18 +119,26 @@ class WritePart:
         for name in ("table_id", "after"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
-                raise InvalidArgument(f"a write part's {name} must be an int >= 0, "
-                                      f"got {value!r}")
+                raise InvalidArgument(f"a write part's {name} must be an int >= 0, got {value!r}")
         sig = self.pk_signature
-        if (not isinstance(sig, list | tuple) or not sig
-                or not all(isinstance(p, list | tuple) and len(p) == 2
-                           and all(isinstance(x, str) for x in p) for p in sig)):
+        if (
+            not isinstance(sig, list | tuple)
+            or not sig
+            or not all(
+                isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                for p in sig
+            )
+        ):
             raise InvalidArgument("a write part's pk_signature must be (column, type) pairs")
         chunks = self.chunks
-        if (not isinstance(chunks, list | tuple) or not all(type(c) is bytes for c in chunks)
-                or type(self.deletes) is not bytes):
-            raise InvalidArgument("a write part's packed chunks and deletes must be bytes "
-                                  "(chunks: a list of them)")
+        if (
+            not isinstance(chunks, list | tuple)
+            or not all(type(c) is bytes for c in chunks)
+            or type(self.deletes) is not bytes
+        ):
+            raise InvalidArgument(
+                "a write part's packed chunks and deletes must be bytes (chunks: a list of them)"
+            )
         if type(sig) is not tuple or not all(type(p) is tuple for p in sig):
             object.__setattr__(self, "pk_signature", tuple(tuple(p) for p in sig))
         if type(chunks) is not tuple:
@@ -139,15 +147,29 @@ class WritePart:
     # -- 1. packing, on the client ----------------------------------------------------------
 
     @classmethod
-    def from_columns(cls, table: TableDef, cols: list, deletes: list, after: int = 0, *,
-                     chunk_bytes: int = MAX_CHUNK_BYTES) -> WritePart:
+    def from_columns(
+        cls,
+        table: TableDef,
+        cols: list,
+        deletes: list,
+        after: int = 0,
+        *,
+        chunk_bytes: int = MAX_CHUNK_BYTES,
+    ) -> WritePart:
         """The part of a validated batch share: ``cols`` its upserts by column (column order,
         values in normal form; ``[]`` when there are none), ``deletes`` its primary keys.
         ``table`` is the definition the share was validated against, *as the receiving shard
         has it*: its ``id`` is that shard's table id."""
         chunks = pack_columns(cols, chunk_bytes) if cols and cols[0] else []
-        return cls(table.db, table.name, table.id, pk_signature(table), after,
-                   codec.pack(deletes), tuple(chunks))
+        return cls(
+            table.db,
+            table.name,
+            table.id,
+            pk_signature(table),
+            after,
+            codec.pack(deletes),
+            tuple(chunks),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -167,8 +189,9 @@ class WritePart:
         """The part from the arguments :meth:`to_call` gave; InvalidArgument if they are not
         such arguments."""
         if not isinstance(head, list | tuple) or len(head) != 5:
-            raise InvalidArgument("a write part's head must be (db, table, table_id, "
-                                  "pk_signature, after)")
+            raise InvalidArgument(
+                "a write part's head must be (db, table, table_id, pk_signature, after)"
+            )
         db, table, table_id, sig, after = head
         return cls(db, table, table_id, sig, after, deletes, chunks)
 
@@ -183,11 +206,15 @@ class WritePart:
             raise StaleTable(
                 f"table {self.db}.{self.table} was redefined (dropped and created again, now "
                 f"with primary key {list(pk_signature(live))}) after this write was prepared; "
-                "refresh its definition and retry", database=self.db, table=self.table)
+                "refresh its definition and retry",
+                database=self.db,
+                table=self.table,
+            )
         if self.pk_signature != pk_signature(live):
             raise InvalidArgument(
                 f"a write part for {self.db}.{self.table} was routed by primary key "
-                f"{list(self.pk_signature)}, not its table's {list(pk_signature(live))}")
+                f"{list(self.pk_signature)}, not its table's {list(pk_signature(live))}"
+            )
         try:
             decoded = [codec.unpack_tuples(c) for c in self.chunks]
             dels = codec.unpack_tuples(self.deletes)
@@ -204,8 +231,13 @@ class WritePart:
     def log_payload(self) -> bytes:
         """The arguments of the op-5 log command, ``[table_id, [chunk, ...], deletes]``,
         assembled from the bytes sent (only for a part :meth:`decode` accepted)."""
-        return (b"\x93" + codec.pack(self.table_id) + codec.array_header(len(self.chunks))
-                + b"".join(self.chunks) + self.deletes)
+        return (
+            b"\x93"
+            + codec.pack(self.table_id)
+            + codec.array_header(len(self.chunks))
+            + b"".join(self.chunks)
+            + self.deletes
+        )
 
 
 def _normal_deletes(table: TableDef, dels: Any, dels_blob: bytes) -> list:
@@ -220,5 +252,11 @@ def _normal_deletes(table: TableDef, dels: Any, dels_blob: bytes) -> list:
     return dels
 
 
-__all__ = ["MAX_CHUNK_BYTES", "DecodedPart", "Signature", "WritePart", "pack_columns",
-           "pk_signature"]
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "DecodedPart",
+    "Signature",
+    "WritePart",
+    "pack_columns",
+    "pk_signature",
+]

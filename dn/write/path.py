@@ -63,8 +63,9 @@ class WritePath:
     def drop_database(self, db: str) -> int:
         return self._ddl(cat.ddl_drop_database(db))
 
-    def create_table(self, db: str, table: str, schema: dict[str, str],
-                     primary_key: str | list[str]) -> int:
+    def create_table(
+        self, db: str, table: str, schema: dict[str, str], primary_key: str | list[str]
+    ) -> int:
         return self._ddl(cat.ddl_create_table(db, table, schema, primary_key))
 
     def drop_table(self, db: str, table: str) -> int:
@@ -80,8 +81,7 @@ class WritePath:
     def write(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
         return self._submit(self._prepare_write(db, table, upserts, deletes))
 
-    async def write_async(self, db: str, table: str, upserts: Any = (),
-                          deletes: Any = ()) -> int:
+    async def write_async(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
         p = self._prepare_write(db, table, upserts, deletes)
         return await self._aio.submit(p)
 
@@ -115,11 +115,13 @@ class WritePath:
         s.check_usable()
         tdef = s.catalog.live_table(part.db, part.table)
         d = part.decode(tdef, s.settings.max_value_bytes, s.settings.max_batch_rows)
-        return self._submit_write(tdef, [tdef.id, d.chunks, d.deletes], part.log_payload(),
-                                  d.nrows, OP_WRITE_COLUMNS)
+        return self._submit_write(
+            tdef, [tdef.id, d.chunks, d.deletes], part.log_payload(), d.nrows, OP_WRITE_COLUMNS
+        )
 
-    def _submit_write(self, tdef: TableDef, args: list, payload: bytes, n: int,
-                      op: int = OP_WRITE) -> int:
+    def _submit_write(
+        self, tdef: TableDef, args: list, payload: bytes, n: int, op: int = OP_WRITE
+    ) -> int:
         self._check_size(payload)
         return self._submit(Pending(op, args, payload, tdef, n))
 
@@ -154,7 +156,8 @@ class WritePath:
         if queued >= s.settings.queue_stop_bytes:
             raise Unavailable(
                 f"shard {s.shard} is behind: {queued} bytes await buffer checkpoints "
-                f"(limit {s.settings.queue_stop_bytes}); retry later")
+                f"(limit {s.settings.queue_stop_bytes}); retry later"
+            )
 
     def queued_bytes(self) -> int:
         """Encoded bytes in the checkpoint queue. Read without the lock: an advisory figure
@@ -171,8 +174,10 @@ class WritePath:
             if live.id != p.table.id:
                 raise StaleTable(
                     f"table {p.table.db}.{p.table.name} was dropped and created again while "
-                    "this write was being prepared; retry it", database=p.table.db,
-                    table=p.table.name)
+                    "this write was being prepared; retry it",
+                    database=p.table.db,
+                    table=p.table.name,
+                )
         else:
             s.catalog.check([p.op, *p.args], 0)
         p.ts = s.hlc.next()
@@ -249,13 +254,15 @@ class WritePath:
                 self._apply_command(ts, op, args, share)
             except (DNError, KeyError, TypeError, ValueError, IndexError) as exc:
                 key = codec.log_key(s.shard, rec.seq)  # checksummed, yet not a command
-                raise Corruption(f"object {key} holds a command that does not apply: {exc!r}",
-                                 key=key) from exc
+                raise Corruption(
+                    f"object {key} holds a command that does not apply: {exc!r}", key=key
+                ) from exc
             s.counters["replayed_commands"] += 1
             self._upkeep.maybe_freeze_locked()
 
-    def _apply_command(self, ts: int, op: int, args: list, nbytes: int,
-                       tdef: TableDef | None = None) -> None:
+    def _apply_command(
+        self, ts: int, op: int, args: list, nbytes: int, tdef: TableDef | None = None
+    ) -> None:
         """Under the lock: apply one durable command to the mutable buffer (and catalog)."""
         s = self._s
         buf = s.mutable
@@ -270,11 +277,9 @@ class WritePath:
             if op == OP_WRITE:
                 buf.apply_write(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
             else:
-                buf.apply_columns(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels,
-                                  nbytes)
+                buf.apply_columns(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
         else:
             cmd = [op, *args]
             s.catalog.apply(cmd, ts)
             buf.apply_ddl(ts, cmd, nbytes)
         s.last_applied = ts
-

@@ -72,12 +72,13 @@ DDL = [
     (14, 108, 2, ["old"]),
 ]
 #: A write of rows (op 0) to shop.t: upserts as row dicts, deletes as keys.
-ROWS = [{"k": 2, "v": "two", "blob": bytes(range(256)) * 2, "ok": True},
-        {"k": 1, "v": "one", "ok": False}]
+ROWS = [
+    {"k": 2, "v": "two", "blob": bytes(range(256)) * 2, "ok": True},
+    {"k": 1, "v": "one", "ok": False},
+]
 ROWS_DELETES = [9]
 #: A write by column (op 5) to shop.u, in two chunks (as a client packs a batch in parts).
-CHUNKS = [{"a": ["m", "a"], "b": [2, 1], "x": [0.5, -1.5]},
-          {"a": ["m"], "b": [1], "x": [None]}]
+CHUNKS = [{"a": ["m", "a"], "b": [2, 1], "x": [0.5, -1.5]}, {"a": ["m"], "b": [1], "x": [None]}]
 CHUNKS_DELETES = [("q", 3)]
 
 #: The log fixtures checked in: file name -> seq.
@@ -105,8 +106,10 @@ def commands() -> list[tuple[int, int, int, list]]:
     dels = t.normalize_deletes(ROWS_DELETES)
     chunks = [u.normalize_columns(c, 1 << 20)[0] for c in CHUNKS]
     udels = [list(k) for k in u.normalize_deletes(CHUNKS_DELETES)]
-    writes = [(11, 105, OP_WRITE, [t.id, rows, dels]),
-              (12, 106, OP_WRITE_COLUMNS, [u.id, chunks, udels])]
+    writes = [
+        (11, 105, OP_WRITE, [t.id, rows, dels]),
+        (12, 106, OP_WRITE_COLUMNS, [u.id, chunks, udels]),
+    ]
     return sorted(DDL + writes)
 
 
@@ -117,8 +120,7 @@ def log_record(seq: int, cmds: list[tuple[int, int, list]], epoch: int = EPOCH) 
     log = Log(store, SHARD, epoch)
     log.recover(seq)
     if cmds:
-        log.append([encode_command(ts, op, codec.pack(args)) for ts, op, args in cmds],
-                   cmds[-1][0])
+        log.append([encode_command(ts, op, codec.pack(args)) for ts, op, args in cmds], cmds[-1][0])
     else:
         log.fence()
     return store.get(codec.log_key(SHARD, seq))
@@ -169,8 +171,7 @@ def checkpoint_object() -> bytes:
     """The checkpoint at 108 over the one range object ``[90, 108]``."""
     data, stats = range_object()
     r = (RANGE_FROM, CHECKPOINT_TS)
-    return ckpt.build(SHARD, CHECKPOINT_TS, checkpoint_catalog(), [r], {r: stats},
-                      {r: len(data)})
+    return ckpt.build(SHARD, CHECKPOINT_TS, checkpoint_catalog(), [r], {r: stats}, {r: len(data)})
 
 
 def manifest_version() -> bytes:
@@ -182,8 +183,12 @@ def manifest_version() -> bytes:
     m.open_epoch()
 
     def update(s: ManifestState) -> ManifestState:
-        return replace(s, ranges=((RANGE_FROM, CHECKPOINT_TS),), checkpoints=(CHECKPOINT_TS,),
-                       log_low_seq=LOG_LOW_SEQ)
+        return replace(
+            s,
+            ranges=((RANGE_FROM, CHECKPOINT_TS),),
+            checkpoints=(CHECKPOINT_TS,),
+            log_low_seq=LOG_LOW_SEQ,
+        )
 
     state = m.commit(update)
     return store.get(codec.manifest_key(SHARD, state.version))
