@@ -19,6 +19,12 @@ and tasks), :mod:`coordinator.actor` (the coordinator actor: cluster catalog and
 
 from typing import Any
 
+from coordinator.cli.ray_env import keep_ray_on_loopback
+
+# A script that imports coordinator and then calls ray.init (or connect) reaches a cluster on
+# this machine's loopback address with nothing set in its environment (see ray_env).
+keep_ray_on_loopback()
+
 __all__ = ["Client", "ClusterConfig", "connect", "deploy", "load_config", "shutdown"]
 
 _WHERE = {

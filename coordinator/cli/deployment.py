@@ -22,6 +22,7 @@ from typing import Any
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
 from coordinator.actor.handle import start_deployment, stop_deployment
+from coordinator.cli.ray_env import keep_ray_on_loopback
 from coordinator.cli.ray_node import ensure_ray
 from coordinator.client.client import Client
 from coordinator.client.routing import HASH_NAME
@@ -47,6 +48,7 @@ def deploy(
     e.g. ``deploy("cluster.yaml", shards=8, store="s3://bucket/prefix")``.
     """
     cfg = load_config(config, overrides)
+    keep_ray_on_loopback(address)
     ensure_ray(address, cfg.namespace)
     _check_store(cfg)
     log.info("deploying %d shards in namespace %r over %s", cfg.shards, cfg.namespace, cfg.store)
@@ -55,7 +57,10 @@ def deploy(
 
 
 def connect(namespace: str = "dn", *, address: str | None = None) -> Client:
-    """A client of the deployment running in ``namespace``; NotFound if there is none."""
+    """A client of the deployment running in ``namespace``; NotFound if there is none.
+    Connects this process to Ray first unless it is (``address``, ``RAY_ADDRESS``, or the
+    cluster ``ray start`` left on this machine; a loopback one works with nothing set)."""
+    keep_ray_on_loopback(address)
     ensure_ray(address, namespace)
     client = Client(namespace)
     client.info  # noqa: B018 - fetch the shard map now: fail here, not on first use

@@ -3,7 +3,7 @@
 ::
 
     dn up      [--config cluster.yaml] [--address ADDR] [--shards N] [--store URL]
-               [--namespace NS] [--num-cpus N]
+               [--namespace NS] [--num-cpus N] [--port P]
     dn down    [--namespace NS] [--address ADDR] [--stop-ray]
     dn status  [--namespace NS] [--address ADDR] [--json]
     dn scan    DB TABLE [--snapshot TS] [--columns a,b] [--limit N]
@@ -14,7 +14,8 @@
 so the cluster outlives the command) and deploys there; with ``--address`` (e.g. ``auto`` on
 a cluster's head node, as ``cluster.yaml`` does) it deploys into that cluster. Without
 ``--config`` it uses the embedded defaults (4 shards, store ``./data``). ``dn down`` removes
-the deployment (its data stays in the store); ``--stop-ray`` also runs ``ray stop``.
+the deployment (its data stays in the store); ``--stop-ray`` also stops the Ray head ``dn up``
+started (only its processes: other Ray clusters on the machine are left alone).
 
 Other commands connect to the cluster at ``--address`` (default ``auto``: the one ``ray
 start`` left on this machine, or RAY_ADDRESS). ``dn scan`` and ``dn changes`` print JSON
@@ -33,9 +34,8 @@ import os
 import sys
 from typing import Any
 
+from coordinator.cli.ray_env import connect_lines, keep_ray_on_loopback
 from dn.errors import DNError
-
-_LOOPBACK = ("127.0.0.1", "localhost")
 
 
 def _jsonable(v: Any) -> Any:
@@ -50,28 +50,6 @@ def _jsonable(v: Any) -> Any:
 
 def _columns(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
-
-
-def _loopback_ray(address: str | None) -> None:
-    """Keep Ray on 127.0.0.1 when the cluster is local (must run before ``import ray``):
-    Ray otherwise advertises the machine's first non-loopback address."""
-    addr = address or os.environ.get("RAY_ADDRESS") or "auto"
-    if addr == "auto":
-        try:
-            with open("/tmp/ray/ray_current_cluster") as f:
-                addr = f.read().strip()
-        except OSError:
-            return
-    if addr.split(":")[0] in _LOOPBACK:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        _token_auth()
-
-
-def _token_auth() -> None:
-    """A head started with ``ray start`` (Ray >= 2.5x) requires its token: a driver that
-    connects to it must send the token ``ray start`` left in ``~/.ray/auth_token``."""
-    if os.path.exists(os.path.expanduser("~/.ray/auth_token")) or os.environ.get("RAY_AUTH_TOKEN"):
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def _connect_ray(address: str | None, namespace: str) -> None:
@@ -93,7 +71,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     address = args.address
     if address is None:
-        address = ray_node.start_ray_head(args.num_cpus)
+        address = ray_node.start_ray_head(args.num_cpus, args.port)
         print(f"started a local Ray head at {address} (stop it with `dn down --stop-ray`)")
     _connect_ray(address, cfg.namespace)
     client = deploy(cfg)
@@ -101,6 +79,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"DN is up: {info['shards']} shards in namespace {cfg.namespace!r}, store {info['store']}"
     )
+    for line in connect_lines(address, cfg.namespace):
+        print(line)
     return 0
 
 
@@ -119,8 +99,11 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"no Ray cluster to connect to ({exc})")
     if args.stop_ray:
         ray_node.stop_local_ray()
-        ray_node.stop_ray_head()
-        print("stopped Ray (`ray stop`)")
+        n = ray_node.stop_ray_head()
+        if n:
+            print(f"stopped the Ray head `dn up` started ({n} processes)")
+        else:
+            print("no Ray head started by `dn up` here (stop another one with `ray stop`)")
     return 0
 
 
@@ -200,11 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--shards", type=int, default=None)
     up.add_argument("--store", default=None, help="object store URL or directory")
     up.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray head")
+    up.add_argument("--port", type=int, default=6379, help="GCS port of a local Ray head")
     up.set_defaults(fn=cmd_up)
 
     down = sub.add_parser("down", help="remove the DN deployment (data stays)")
     common(down)
-    down.add_argument("--stop-ray", action="store_true", help="also run `ray stop`")
+    down.add_argument(
+        "--stop-ray", action="store_true", help="also stop the Ray head `dn up` started"
+    )
     down.set_defaults(fn=cmd_down)
 
     status = sub.add_parser("status", help="a table per shard")
@@ -253,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":  # it starts a `ray start` head, which requires a token
             os.environ.setdefault("RAY_AUTH_MODE", "token")
     else:
-        _loopback_ray(args.address)
+        keep_ray_on_loopback(args.address)
     try:
         return args.fn(args)
     except DNError as exc:

@@ -7,8 +7,16 @@ but a process has one Ray session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
 from typing import Any
 
 import ray
@@ -78,14 +86,34 @@ def stop_local_ray() -> None:
     ray.shutdown()
 
 
+#: The environment variable that marks every process of a head ``dn up`` started (the head's
+#: own processes and the workers its raylet starts inherit it), so that ``dn down --stop-ray``
+#: stops exactly those and no other Ray cluster of the user.
+HEAD_MARKER_VAR = "DN_RAY_HEAD"
+
+
+def _head_record() -> str:
+    return os.path.join(tempfile.gettempdir(), "ray", "dn_head.json")
+
+
+def _ray_command() -> list[str]:
+    """The ``ray`` command of this Python installation (a virtual environment's own, even
+    when it is not activated), else the one on ``PATH``, else Ray's module."""
+    beside = os.path.join(os.path.dirname(sys.executable), "ray")
+    if os.access(beside, os.X_OK):
+        return [beside]
+    found = shutil.which("ray")
+    return [found] if found else [sys.executable, "-m", "ray.scripts.scripts"]
+
+
 def start_ray_head(num_cpus: int | None, port: int = 6379) -> str:
     """``ray start --head`` on loopback: a Ray cluster that outlives this process. Returns
-    its address. A head already running on ``port`` is reused."""
-    import subprocess
-
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    its address. A head already running on ``port`` is reused. Every process of the head is
+    marked (:data:`HEAD_MARKER_VAR`) for :func:`stop_ray_head`."""
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **{HEAD_MARKER_VAR: marker})
     cmd = [
-        "ray",
+        *_ray_command(),
         "start",
         "--head",
         "--node-ip-address=127.0.0.1",
@@ -97,13 +125,57 @@ def start_ray_head(num_cpus: int | None, port: int = 6379) -> str:
         cmd.append(f"--num-cpus={num_cpus}")
     cmd.append(f"--system-config={json.dumps(WARM_WORKERS)}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 and "already" not in (proc.stdout + proc.stderr).lower():
-        raise Unavailable(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip()[-2000:]}")
-    return f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{port}"
+    if proc.returncode != 0:
+        if "already" not in (proc.stdout + proc.stderr).lower():
+            raise Unavailable(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip()[-2000:]}")
+        return address  # reused: the head's record, if dn up started it, stays as it was
+    os.makedirs(os.path.dirname(_head_record()), exist_ok=True)
+    with open(_head_record(), "w") as f:
+        json.dump({"marker": marker, "address": address}, f)
+    return address
 
 
-def stop_ray_head() -> None:
-    """``ray stop``: stops every Ray process of this user on this machine."""
-    import subprocess
+def _marked_pids(marker: str) -> list[int]:
+    """The processes whose environment carries ``marker`` (Linux ``/proc``)."""
+    needle = f"{HEAD_MARKER_VAR}={marker}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            continue  # gone, or not ours to read
+    return pids
 
-    subprocess.run(["ray", "stop"], capture_output=True, text=True)
+
+def stop_ray_head(timeout_s: float = 15.0) -> int:
+    """Stop the head :func:`start_ray_head` started (its processes and its workers, found by
+    their marker; no other Ray cluster on the machine is touched). Returns how many
+    processes were stopped; 0 when ``dn up`` started no head here."""
+    try:
+        with open(_head_record()) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    pids = _marked_pids(record["marker"])
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _marked_pids(record["marker"]):
+        time.sleep(0.2)
+    for pid in _marked_pids(record["marker"]):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    recorded = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    with contextlib.suppress(OSError):
+        with open(recorded) as f:
+            if f.read().strip() == record["address"]:
+                os.remove(recorded)
+    with contextlib.suppress(OSError):
+        os.remove(_head_record())
+    return len(pids)
