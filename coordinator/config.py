@@ -165,9 +165,22 @@ def load_config(
     env = os.environ if environ is None else environ
     for var, key in _ENV.items():
         if env.get(var):
-            base[key] = int(env[var]) if key == "shards" else env[var]
+            base[key] = _env_value(var, key, env[var])
     cfg = ClusterConfig.from_dict(base)
     return cfg.replace(**dict(overrides or {})) if overrides else cfg
+
+
+def _env_value(var: str, key: str, text: str) -> Any:
+    """An environment variable's value for config key ``key``; InvalidArgument naming the
+    variable when it is not of the key's type."""
+    if key != "shards":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"{var}={text!r} is not a number of shards (a positive integer)", variable=var
+        ) from None
 
 
 def read_yaml_section(path: Path) -> dict[str, Any]:

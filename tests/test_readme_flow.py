@@ -97,6 +97,7 @@ def test_dn_up_then_plain_scripts_connect_write_and_read(ray_session, tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"127.0.0.1:{port}" in up.stdout
+        assert "starting 2 shard actors" in up.stderr  # progress while dn up waits
         assert 'coordinator.connect("readme")' in up.stdout.replace("'", '"')
 
         script = tmp_path / "ingest.py"

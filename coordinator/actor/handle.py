@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -50,11 +52,14 @@ class CoordinatorActor(CoordinatorService):
 _remote_coordinator: Any = None
 
 
-def start_deployment(cfg: ClusterConfig) -> None:
-    """Create (or find) the shard actors and the coordinator of ``cfg``, and wait until the
-    coordinator has opened the cluster record."""
+def start_deployment(cfg: ClusterConfig, progress: Callable[[str], None] | None = None) -> None:
+    """Create (or find) the shard actors and the coordinator of ``cfg``, and wait until every
+    shard has recovered and the coordinator has opened the cluster record. ``progress`` hears
+    what is being waited for, about once a second while anything is."""
     global _remote_coordinator
-    start_shards(
+    say = progress or (lambda _msg: None)
+    say(f"starting {cfg.shards} shard actors in namespace {cfg.namespace!r}")
+    handles = start_shards(
         cfg.namespace,
         cfg.shards,
         cfg.store,
@@ -80,16 +85,26 @@ def start_deployment(cfg: ClusterConfig) -> None:
     if cfg.env:
         opts["runtime_env"] = {"env_vars": dict(cfg.env)}
     actor = _remote_coordinator.options(**opts).remote(cfg.to_dict())
-    try:
-        ray.get(actor.info.remote(), timeout=cfg.shell.call_timeout_s)
-    except Exception as exc:
-        raise map_error(exc, "starting the coordinator") from exc
-    group = ShardGroup(cfg.namespace, cfg.shards, cfg.shell)
-    for r in group.call_each(
-        {i: ("pid", ()) for i in range(cfg.shards)}, cfg.shell.call_timeout_s
-    ).values():
-        if isinstance(r, BaseException):
-            raise r
+    waiting = {actor.info.remote(): "the coordinator"}
+    waiting.update({h.pid.remote(): f"shard {i}" for i, h in enumerate(handles)})
+    deadline = time.monotonic() + cfg.shell.call_timeout_s
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unavailable(
+                f"gave up after {cfg.shell.call_timeout_s:.0f} s waiting for "
+                f"{', '.join(sorted(waiting.values()))} (still recovering, or no resources)"
+            )
+        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=min(1.0, left))
+        for ref in done:
+            what = waiting.pop(ref)
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                raise map_error(exc, f"starting {what}") from exc
+        if waiting:
+            up = cfg.shards + 1 - len(waiting)
+            say(f"{up}/{cfg.shards + 1} up; waiting for {', '.join(sorted(waiting.values()))}")
 
 
 def stop_deployment(namespace: str, shards: int | None) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
@@ -37,6 +37,7 @@ def deploy(
     config: str | os.PathLike[str] | Mapping[str, Any] | ClusterConfig | None = None,
     *,
     address: str | None = None,
+    progress: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> Client:
     """Deploy DN into the Ray cluster this process is connected to (or ``address``; or a new
@@ -45,14 +46,15 @@ def deploy(
     ``config``: a cluster-launcher file such as ``"cluster.yaml"`` (its ``metadata.dn``
     section), a mapping of the same keys, a :class:`ClusterConfig`, or None for the embedded
     defaults (4 shards, a local directory store at ``./data``). ``overrides`` win over it,
-    e.g. ``deploy("cluster.yaml", shards=8, store="s3://bucket/prefix")``.
+    e.g. ``deploy("cluster.yaml", shards=8, store="s3://bucket/prefix")``. ``progress`` hears
+    what the deployment waits for while shards start and recover (``dn up`` prints it).
     """
     cfg = load_config(config, overrides)
     keep_ray_on_loopback(address)
     ensure_ray(address, cfg.namespace)
     _check_store(cfg)
     log.info("deploying %d shards in namespace %r over %s", cfg.shards, cfg.namespace, cfg.store)
-    start_deployment(cfg)
+    start_deployment(cfg, progress)
     return connect(cfg.namespace)
 
 

@@ -74,7 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         address = ray_node.start_ray_head(args.num_cpus, args.port)
         print(f"started a local Ray head at {address} (stop it with `dn down --stop-ray`)")
     _connect_ray(address, cfg.namespace)
-    client = deploy(cfg)
+    client = deploy(cfg, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     info = client.info
     print(
         f"DN is up: {info['shards']} shards in namespace {cfg.namespace!r}, store {info['store']}"

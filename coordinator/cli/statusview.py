@@ -28,6 +28,17 @@ def ts_text(ts: int | None) -> str:
     return f"{ts} ({when}Z)"
 
 
+def size_text(n: Any) -> str:
+    """Bytes for people: ``999 B``, ``1.5 KiB``, ``12.0 MiB``, ``3.2 GiB`` (``?`` if unknown)."""
+    if not isinstance(n, int | float):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def _table(rows: list[tuple[str, str]]) -> list[str]:
     width = max(len(k) for k, _ in rows)
     return [f"  {k.ljust(width)}  {v}" for k, v in rows]
@@ -46,7 +57,7 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
         kind = "immutable" if b.get("frozen") else "mutable  "
         buf_lines.append(
             f"{kind} [{b['from']} - {b['to'] if b['to'] is not None else '...'}] "
-            f"{b['commits']} commits, {b['rows']} rows, {b['bytes']} B"
+            f"{b['commits']} commits, {b['rows']} rows, {size_text(b['bytes'])}"
         )
     ranges = s.get("ranges", [])
     cps = s.get("checkpoints", [])
@@ -56,7 +67,7 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
         ("clock", ts_text(s.get("clock"))),
         ("buffers", buf_lines[0] if buf_lines else "-"),
         *[("", b) for b in buf_lines[1:]],
-        ("checkpoint queue", f"{s['queue_length']} buffers, {s['queue_bytes']} B"),
+        ("checkpoint queue", f"{s['queue_length']} buffers, {size_text(s['queue_bytes'])}"),
         (
             "ranges",
             f"{len(ranges)}"
@@ -72,7 +83,7 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
             "log size",
             f"{logst.get('live_objects', '?')} live objects (seq "
             f"{logst.get('low_seq', '?')}..{logst.get('next_seq', '?')}), "
-            f"{logst.get('bytes_written', '?')} B written since start",
+            f"{size_text(logst.get('bytes_written'))} written since start",
         ),
         (
             "rows",
@@ -86,7 +97,7 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
         rows += [
             (
                 "objects live",
-                f"{obj['live_ranges']} range objects, {obj['live_range_bytes']} B; "
+                f"{obj['live_ranges']} range objects, {size_text(obj['live_range_bytes'])}; "
                 f"{obj['live_checkpoints']} checkpoints",
             ),
             (

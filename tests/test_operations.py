@@ -1,0 +1,63 @@
+"""Operations without Ray: typed errors for bad environment settings, and ``dn status``'s
+human-readable sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.cli.statusview import render_shard, size_text
+from coordinator.config import load_config
+from dn.errors import InvalidArgument
+
+
+def test_a_bad_shard_count_in_the_environment_is_a_typed_error_naming_the_variable():
+    """Regression: DN_SHARDS=x raised a bare ValueError the dn command did not catch."""
+    with pytest.raises(InvalidArgument, match="DN_SHARDS='x'") as info:
+        load_config(None, environ={"DN_SHARDS": "x"})
+    assert info.value.details["variable"] == "DN_SHARDS"
+    assert load_config(None, environ={"DN_SHARDS": "3"}).shards == 3
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (12 * 1024**2, "12.0 MiB"),
+        (3 * 1024**3 + 200 * 1024**2, "3.2 GiB"),
+        (5 * 1024**5, "5120.0 TiB"),
+        (None, "?"),
+    ],
+)
+def test_sizes_read_as_people_write_them(n, text):
+    assert size_text(n) == text
+
+
+def test_dn_status_shows_sizes_not_raw_byte_counts():
+    shard = {
+        "epoch": 3,
+        "state": "open",
+        "buffers": [
+            {"frozen": False, "from": 1, "to": None, "commits": 2, "rows": 5, "bytes": 3 * 1024**2}
+        ],
+        "queue_length": 1,
+        "queue_bytes": 256 * 1024**2,
+        "ranges": [],
+        "checkpoints": [],
+        "log": {"live_objects": 1, "low_seq": 0, "next_seq": 1, "bytes_written": 2048},
+        "objects": {
+            "live_ranges": 2,
+            "live_range_bytes": 5 * 1024**3,
+            "live_checkpoints": 1,
+            "awaiting_gc": 0,
+            "deleted_by_gc": 0,
+            "compaction_debt": 0,
+            "compaction_bound": 4,
+        },
+    }
+    text = "\n".join(render_shard(0, shard))
+    for size in ("3.0 MiB", "256.0 MiB", "2.0 KiB written", "5.0 GiB"):
+        assert size in text
+    assert " B;" not in text and "3145728" not in text
