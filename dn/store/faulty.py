@@ -8,6 +8,8 @@ a real object store or disk does. Rule kinds:
 kind          effect when the rule fires
 ============  ===========================================================================
 error         raise ``Unavailable`` before doing anything
+denied        raise ``InvalidArgument`` before doing anything: a definite, non-retryable
+              refusal, as a store answers a request with expired credentials (a 403)
 lost_ack      perform the operation, then raise ``Unavailable(outcome_unknown=True)``
 torn          put/put_if_absent only: store a strict prefix of the bytes (a truncated
               object), then raise ``Unavailable(outcome_unknown=True)``
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OPS = frozenset({"get", "put", "put_if_absent", "list", "delete"})
-KINDS = frozenset({"error", "lost_ack", "torn", "latency", "stale_list"})
+KINDS = frozenset({"error", "denied", "lost_ack", "torn", "latency", "stale_list"})
 _PUTS = frozenset({"put", "put_if_absent"})
 
 
@@ -194,12 +196,14 @@ class FaultyStore:
         return rule
 
     def _apply(self, op: str, key: str, rule: FaultRule | None, run: Callable[[], T]) -> T:
-        """Run the operation under the generic kinds: error, latency, lost_ack."""
+        """Run the operation under the generic kinds: error, denied, latency, lost_ack."""
         if rule is None:
             return run()
         log.debug("fault %s fires on %s %r", rule.kind, op, key)
         if rule.kind == "error":
             raise Unavailable(f"injected error on {op} {key!r}")
+        if rule.kind == "denied":
+            raise InvalidArgument(f"injected refusal (403) of {op} {key!r}")
         if rule.kind == "latency":
             self._sleep(rule.latency_s)
             return run()

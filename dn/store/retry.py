@@ -1,20 +1,25 @@
 """RetryingStore: retries transient object-store failures with capped exponential backoff.
 
 Only :class:`dn.errors.Unavailable` is retried. ``ObjectExists``, ``ObjectNotFound``,
-``InvalidArgument``, ``Corruption`` and every other error pass through at once: retrying them
-cannot change the answer.
+``InvalidArgument``, ``Corruption`` and every other error are not: retrying them cannot change
+the answer. They pass through as they are, unless an earlier attempt of the same write may
+have landed (see the invariant below).
 
 Backoff before retry ``n`` (1-based) is "full jitter": a uniform draw from
 ``[0, min(max_delay_s, base_delay_s * 2 ** (n - 1))]``. A call gives up after ``max_attempts``
 attempts, or earlier when the next sleep would cross ``deadline_s`` (measured from the first
 attempt), and re-raises the last ``Unavailable``.
 
-Invariant: if any attempt of a ``put`` or ``put_if_absent`` failed with
-``outcome_unknown=True``, the error raised on giving up also has ``outcome_unknown=True`` (an
-earlier attempt may have landed even if the last one clearly did not). Note that a retried
-``put_if_absent`` whose earlier attempt landed raises ``ObjectExists`` on the retry: callers
-that care (the log, the manifest) read the object back and compare bytes, as the store
-contract says.
+Invariant: once an attempt of a ``put`` or ``put_if_absent`` has failed with
+``outcome_unknown=True`` (a lost acknowledgement, a timeout, a connection cut mid-request), the
+operation may have taken effect, and every later failure of it is raised as
+``Unavailable(outcome_unknown=True)``: giving up on ``Unavailable``, and also a definite error
+of a later attempt (``InvalidArgument`` for a 403 of expired credentials, or any other
+exception), which says nothing of the earlier attempt. The original error is the cause
+(``__cause__``) and is named in the details (``cause``). The one exception is ``ObjectExists``
+on a retried ``put_if_absent``: it may be the earlier attempt's own object, and callers that
+care (the log, the manifest) read the object back and compare bytes, as the store contract
+says.
 
 Not done: circuit breaking, per-operation policies, retrying ``Corruption`` reads.
 
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dn.backoff import capped_delay
-from dn.errors import InvalidArgument, Unavailable
+from dn.errors import InvalidArgument, ObjectExists, Unavailable
 from dn.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -107,32 +112,44 @@ class RetryingStore:
                 delay = policy.backoff(attempt)
                 out_of_time = policy.clock() - started + delay > policy.deadline_s
                 if attempt >= policy.max_attempts or out_of_time:
-                    self._count("failures")
-                    log.warning(
-                        "%s %r on %s failed after %d attempt(s): %s",
-                        op,
-                        key,
-                        self.url,
-                        attempt,
-                        e,
-                    )
+                    self._give_up(op, key, attempt, e)
                     if maybe_landed and not e.outcome_unknown:
-                        details = {**e.details, "outcome_unknown": True}
-                        raise Unavailable(e.message, **details) from e
+                        raise self._unknown(op, key, e) from e
                     raise
-                self._count("retries")
-                level = logging.WARNING if attempt >= _WARN_FROM_ATTEMPT else logging.DEBUG
-                log.log(
-                    level,
-                    "%s %r on %s: attempt %d failed (%s); retrying in %.3fs",
-                    op,
-                    key,
-                    self.url,
-                    attempt,
-                    e,
-                    delay,
-                )
-                policy.sleep(delay)
+                error: Exception = e
+            except ObjectExists:
+                raise  # perhaps the earlier attempt's own object: the caller compares bytes
+            except Exception as e:
+                if not maybe_landed:
+                    raise  # a definite answer, and no earlier attempt can have landed
+                self._give_up(op, key, attempt, e)
+                raise self._unknown(op, key, e) from e
+            self._count("retries")
+            level = logging.WARNING if attempt >= _WARN_FROM_ATTEMPT else logging.DEBUG
+            log.log(
+                level,
+                "%s %r on %s: attempt %d failed (%s); retrying in %.3fs",
+                op,
+                key,
+                self.url,
+                attempt,
+                error,
+                delay,
+            )
+            policy.sleep(delay)
+
+    def _give_up(self, op: str, key: str, attempt: int, e: Exception) -> None:
+        self._count("failures")
+        log.warning("%s %r on %s failed after %d attempt(s): %r", op, key, self.url, attempt, e)
+
+    def _unknown(self, op: str, key: str, e: Exception) -> Unavailable:
+        """The error of a write that failed after an attempt that may have landed."""
+        details = dict(e.details) if isinstance(e, Unavailable) else {}
+        details.update(outcome_unknown=True, cause=repr(e))
+        return Unavailable(
+            f"{op} {key!r} on {self.url} failed after an attempt that may have landed: {e}",
+            **details,
+        )
 
     def get(self, key: str) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key))

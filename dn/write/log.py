@@ -10,6 +10,8 @@ version 1)::
     record  := [epoch, seq, [command, ...]]        an empty list: a skip or fence record
     command := [ts, OP_WRITE, [table_id, [row, ...], [pk, ...]]]           op 0
              | [ts, OP_WRITE_COLUMNS, [table_id, [chunk, ...], [pk, ...]]] op 5
+             | [ts, OP_WRITE_COLUMNS_TOKEN,
+                    [table_id, [chunk, ...], [pk, ...], token]]            op 6
              | [ts, ddl_op, [ddl_arg, ...]]        ops 1-4, see dn.catalog
     row     := [value, ...]                        every column, in column order
     chunk   := [column, ...]                       one array per column, in column order,
@@ -22,7 +24,8 @@ A write by column holds the rows op 0 would, column by column, in zero or more c
 when it only deletes). DDL arguments are those of the catalog's command without its op:
 ``[db]`` (1 create database, 2 drop database), ``[db, table, [[col, type], ...], [pk_col,
 ...]]`` (3 create table), ``[db, table]`` (4 drop table). The engine logs a DDL command alone
-in its group commit; a write shares one with other writes.
+in its group commit; a write shares one with other writes. Op 6 is op 5 with the idempotency
+token of the part it came from (32 bytes, :mod:`dn.write.tokens`; decision 0014).
 
 Commands arrive pre-encoded (each writer packs its own arguments outside the engine's lock);
 the record is assembled from those bytes without unpacking them.
@@ -31,11 +34,18 @@ Fencing. Opening a shard writes a fence record (no commands) at the next sequenc
 its new epoch. A stale incarnation's next put lands on an existing object; seeing a record of a
 higher epoch there, it raises :class:`dn.errors.Fenced` and stops.
 
-Unknown outcomes. When a put fails in a way that may have landed, the log enters the
-*unknown* state (sticky, like leveldb's failed sync) and the caller gets ``Unavailable`` with
-``outcome_unknown``. Before any further write, :meth:`Log.resolve` settles the sequence number:
-it creates a skip record there, which succeeds only if the failed put never landed; if the put
-did land, its commands are returned so the engine applies them (they are durable).
+Unknown outcomes. When a put fails, the log enters the *unknown* state (sticky, like leveldb's
+failed sync) and the caller gets ``Unavailable`` with ``outcome_unknown``: whatever the
+exception — ``Unavailable``, a definite-looking error such as ``InvalidArgument`` (a 403 on a
+retry may follow an attempt whose acknowledgement was lost), or anything else — the put may
+have landed, and only reading the store can tell. Only ``Fenced`` (a newer incarnation's
+record is there) and ``Internal`` (an invariant broke) are raised as they are. Before any
+further write, :meth:`Log.resolve` settles the sequence number: it creates a skip record there,
+which succeeds only if the failed put never landed; if the put did land, its commands are
+returned so the engine applies them (they are durable). A failure of the skip record's own put
+leaves the log unknown and is raised as ``Unavailable(outcome_unknown=True)`` too; so is a
+failure of the fence record's put (the shard does not open, and the next opening recovers
+whatever landed).
 
 Finalizing. After a range object covering timestamps up to T is committed, the objects whose
 commands are all <= T are no longer needed: :meth:`Log.finalize` returns the new low sequence
@@ -52,7 +62,15 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from dn.errors import Corruption, Fenced, Internal, ObjectExists, ObjectNotFound, Unavailable
+from dn.errors import (
+    Corruption,
+    DNError,
+    Fenced,
+    Internal,
+    ObjectExists,
+    ObjectNotFound,
+    Unavailable,
+)
 from dn.objects import codec
 from dn.store.base import ObjectStore
 
@@ -148,6 +166,17 @@ class Log:
         with self._lock:
             self.index.append((seq, 0))
 
+    def _maybe_landed(self, what: str, seq: int, exc: Exception) -> Unavailable:
+        """The error for a failed log write that may or may not have landed; ``cause`` names
+        the first error (the store's own, when the store already wrapped it)."""
+        cause = exc.details.get("cause") if isinstance(exc, DNError) else None
+        return Unavailable(
+            f"{what} {self._key(seq)} failed and may or may not have landed: {exc}",
+            outcome_unknown=True,
+            key=self._key(seq),
+            cause=cause or repr(exc),
+        )
+
     def _fenced(self, rec: LogRecord, key: str) -> Fenced:
         return Fenced(
             f"shard {self._shard}: a newer incarnation (epoch {rec.epoch}) wrote {key}; "
@@ -165,17 +194,20 @@ class Log:
                 self._put_new(seq, self._encode(seq, []), 0)
                 return extra
             except ObjectExists:
-                key = self._key(seq)
-                rec = self._read_existing(key, self._store.get(key))
-                if rec is None:
-                    self._skip(seq)
-                    continue
-                if rec.epoch > self.epoch:
-                    raise self._fenced(rec, key) from None
-                extra.append(rec)
-                with self._lock:
-                    self.index.append((seq, max((c[0] for c in rec.commands), default=0)))
-                self.next_seq = seq + 1
+                pass
+            except Exception as exc:  # the shard does not open; the next opening reads it
+                raise self._maybe_landed("log fence write", seq, exc) from exc
+            key = self._key(seq)
+            rec = self._read_existing(key, self._store.get(key))
+            if rec is None:
+                self._skip(seq)
+                continue
+            if rec.epoch > self.epoch:
+                raise self._fenced(rec, key)
+            extra.append(rec)
+            with self._lock:
+                self.index.append((seq, max((c[0] for c in rec.commands), default=0)))
+            self.next_seq = seq + 1
 
     # -- appending --------------------------------------------------------------------------
 
@@ -190,16 +222,18 @@ class Log:
             try:
                 if self._attempt(seq, data, max_ts):
                     return seq
-            except Unavailable as exc:
+            except (Fenced, Internal):
+                raise
+            except BaseException as exc:  # whatever failed, the put may have landed
                 self._unknown = (seq, data, max_ts)
-                raise Unavailable(
-                    f"log write {self._key(seq)} failed and may or may not have landed: {exc}",
-                    outcome_unknown=True,
-                ) from exc
+                if not isinstance(exc, Exception):
+                    raise  # an interrupt or a simulated crash: not the log's to turn into an error
+                raise self._maybe_landed("log write", seq, exc) from exc
 
     def _attempt(self, seq: int, data: bytes, max_ts: int) -> bool:
         """One try at ``seq``: True once ``data`` is there, False if ``seq`` held a torn
-        object and was skipped. Unavailable means the outcome is unknown."""
+        object and was skipped. Any exception but Fenced and Internal means the outcome is
+        unknown."""
         try:
             self._put_new(seq, data, max_ts)
             return True
@@ -231,8 +265,9 @@ class Log:
 
     def resolve(self) -> LogRecord | None:
         """Settle an unknown outcome. Returns the record of the failed put if it did land
-        (its commands are durable and must be applied), else None. Raises Unavailable if the
-        store is still failing, Fenced if a newer incarnation took over."""
+        (its commands are durable and must be applied), else None. Raises Unavailable (with
+        ``outcome_unknown``; the log stays unknown) if the store still fails, Fenced if a newer
+        incarnation took over."""
         if self._unknown is None:
             return None
         seq, data, max_ts = self._unknown
@@ -241,29 +276,35 @@ class Log:
         try:
             self._store.put_if_absent(key, skip)
         except ObjectExists:
-            try:
-                existing = self._store.get(key)
-            except ObjectNotFound:
-                return self.resolve()
-            if existing == skip:  # our skip record landed; its acknowledgement was lost
-                self._unknown = None
-                self._landed(seq, len(skip), 0)
-                return None
-            if existing == data:
-                self._unknown = None
-                self._landed(seq, len(data), max_ts)
-                return self._decode(data, key)
-            rec = self._read_existing(key, existing)
-            if rec is None:
-                self._unknown = None
-                self._skip(seq)
-                return None
-            if rec.epoch > self.epoch:
-                raise self._fenced(rec, key) from None
-            raise Internal(f"log object {key} holds another record of epoch {rec.epoch}") from None
-        self._unknown = None
-        self._landed(seq, 0, 0)
-        return None
+            pass
+        except Exception as exc:  # the skip record may have landed, or the failed put
+            raise self._maybe_landed("log skip write", seq, exc) from exc
+        else:
+            self._unknown = None
+            self._landed(seq, 0, 0)
+            return None
+        try:
+            existing = self._store.get(key)
+        except ObjectNotFound:
+            return self.resolve()
+        except Exception as exc:  # still unknown: no error of this read may read as definite
+            raise self._maybe_landed("settling of log write", seq, exc) from exc
+        if existing == skip:  # our skip record landed; its acknowledgement was lost
+            self._unknown = None
+            self._landed(seq, len(skip), 0)
+            return None
+        if existing == data:
+            self._unknown = None
+            self._landed(seq, len(data), max_ts)
+            return self._decode(data, key)
+        rec = self._read_existing(key, existing)
+        if rec is None:
+            self._unknown = None
+            self._skip(seq)
+            return None
+        if rec.epoch > self.epoch:
+            raise self._fenced(rec, key)
+        raise Internal(f"log object {key} holds another record of epoch {rec.epoch}")
 
     # -- finalizing -------------------------------------------------------------------------
 

@@ -4,12 +4,13 @@
 One trial (one seed) runs one to three rounds over a fresh store directory. Each round starts a
 :mod:`tests.trials.crash_child` process that writes batches and is killed at a seeded point —
 the n-th log write, range-object put, manifest commit, checkpoint put or delete, before the
-operation, after it landed, or half-way through it (a torn object) — with one writer thread and
-seeded maintenance, or several writer threads and the engine's background thread. Sometimes a
-second child is then killed at a random operation of its own recovery. Finally this process
-recovers the shard and :func:`tests.trials.checker.check` compares it with the reference
-model: every acknowledged batch present at its timestamp, none applied twice, snapshot and
-range reads at random timestamps equal to the model.
+operation, after it landed, or half-way through it (a torn object; a log write into the local
+segment files is torn in its slot, at the file level: :mod:`tests.trials.tear`) — with one
+writer thread and seeded maintenance, or several writer threads and the engine's background
+thread. Sometimes a second child is then killed at a random operation of its own recovery.
+Finally this process recovers the shard and :func:`tests.trials.checker.check` compares it with
+the reference model: every acknowledged batch present at its timestamp, none applied twice,
+snapshot and range reads at random timestamps equal to the model.
 
 Stores live under /dev/shm when it exists (the trials test crash points, not fsync speed).
 

@@ -3,7 +3,9 @@
 
 One trial (one seed) opens a shard over ``RetryingStore(FaultyStore(MemoryStore))`` and adds a
 seeded set of rules: errors, lost acknowledgements and torn writes on log, range, manifest and
-checkpoint keys, failing reads, latency, and stale listings. It then writes batches with
+checkpoint keys, definite refusals of log writes (a 403, also on the retry of a put whose
+acknowledgement was lost: an unknown outcome all the same), failing reads, latency, and stale
+listings. It then writes batches with
 seeded freezes, buffer checkpoints, checkpoints, compactions and garbage collection in
 between, and now and then reads at a random timestamp (the rows are kept, to be checked once
 the truth is known). A write that fails must fail with a retryable ``Unavailable``; nothing
@@ -36,6 +38,10 @@ def add_rules(faulty: FaultyStore, rng: random.Random, long: bool) -> list[str]:
                 rate = rng.choice([0.05, 0.15, 0.3, 0.5])
                 faulty.add_rule(None, prefix, error_rate=rate, kind=kind)
                 made.append(f"{kind}@{prefix}:{rate}")
+        if prefix == "30/" and rng.random() < 0.5:
+            rate = rng.choice([0.05, 0.15, 0.3])
+            faulty.add_rule("put_if_absent", prefix, error_rate=rate, kind="denied")
+            made.append(f"denied@{prefix}:{rate}")
         if rng.random() < 0.3:
             faulty.add_rule("get", prefix, error_rate=0.2, kind="error")
             made.append(f"get-error@{prefix}")

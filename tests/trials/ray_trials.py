@@ -200,6 +200,7 @@ def run(seed: int, long: bool, tally: Tally) -> None:
     started = not ray.is_initialized()
     if started:
         ray.init(
+            address="local",  # a session of its own, never another test run's cluster
             num_cpus=2,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

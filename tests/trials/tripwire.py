@@ -11,9 +11,11 @@ counts the operations that match a :class:`Point` (operation name and key prefix
 ===========  ===================================================================================
 before       ``action()`` before the operation runs (it never reaches the store)
 after        the operation runs (it has landed), then ``action()`` before the caller hears of it
-torn         put/put_if_absent only: a strict prefix of the bytes is stored, then ``action()``
-             (a store that is not atomic, killed half-way through a write); if the action
-             returns, the caller gets ``Unavailable(outcome_unknown=True)``
+torn         put/put_if_absent only: part of the bytes is stored, then ``action()`` (a store
+             that is not atomic, killed half-way through a write); if the action returns, the
+             caller gets ``Unavailable(outcome_unknown=True)``. On an object store, a strict
+             prefix under the key; on the log's segment files (LocalLogStore), a partial
+             write of the object's slot, sector by sector (:mod:`tests.trials.tear`)
 ===========  ===================================================================================
 
 The action is ``os.kill(os.getpid(), SIGKILL)`` in the crash trials (a real kill -9 of the
@@ -37,8 +39,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dn.errors import Unavailable
+from dn.errors import ObjectExists, Unavailable
 from dn.store.base import ObjectStore
+from dn.store.locallog import LocalLogStore
+from tests.trials.tear import tear_object, tear_segment_write
 
 #: Named points of a shard's life, as (operation, key prefix). Keys are laid out in
 #: dn.objects.codec.
@@ -83,6 +87,7 @@ class Tripwire:
         self.action = action
         self.fired = False
         self.seen = 0
+        self.torn = ""  # what a torn write left, once one was made
         self._lock = threading.Lock()
 
     def _trips(self, op: str, key: str) -> bool:
@@ -100,7 +105,11 @@ class Tripwire:
             return run()
         when = self.point.when
         if when == "torn" and data is not None and len(data) > 1:
-            self.inner.put(key, data[: len(data) // 2])
+            try:
+                self._tear(op, key, data)
+            except ObjectExists:  # nothing was written: the crash comes all the same
+                self.action()
+                raise
             self.action()
             raise Unavailable(f"torn write of {key!r} (tripwire)", outcome_unknown=True)
         if when == "after":
@@ -109,6 +118,13 @@ class Tripwire:
             return out
         self.action()
         return run()
+
+    def _tear(self, op: str, key: str, data: bytes) -> None:
+        if isinstance(self.inner, LocalLogStore):
+            self.torn = tear_segment_write(self.inner, key, data, self.point.nth)
+        else:
+            tear_object(self.inner, op, key, data)
+            self.torn = f"a prefix of {key} ({len(data) // 2} of {len(data)} bytes)"
 
     def get(self, key: str) -> bytes:
         return self._run("get", key, lambda: self.inner.get(key))
