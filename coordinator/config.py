@@ -42,6 +42,16 @@ _ENV = {
 }
 
 
+#: Parts of an environment variable's name that mark a secret (never put in a runtime env).
+SECRET_NAME_PARTS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name says it holds a secret."""
+    upper = name.upper()
+    return any(part in upper for part in SECRET_NAME_PARTS)
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """Everything a deployment needs. Every field is documented in ``cluster.yaml``."""
@@ -52,7 +62,9 @@ class ClusterConfig:
     shards: int = 4
     #: Object store URL: a directory, ``file:///path``, ``s3://bucket/prefix`` or ``memory://n``.
     store: str = "./data"
-    #: Environment variables for the actors (e.g. ``AWS_ENDPOINT_URL``); never secrets.
+    #: Environment variables for the actors (e.g. ``AWS_ENDPOINT_URL``); secrets are refused
+    #: (a runtime env is visible to anyone who can list tasks): nodes take credentials from
+    #: their own environment or instance profile.
     env: dict[str, str] = field(default_factory=dict)
     #: CPUs reserved per shard actor (0: shards do not block task slots).
     shard_num_cpus: float = 0.0
@@ -76,6 +88,14 @@ class ClusterConfig:
             isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
         ):
             raise InvalidArgument("env must map variable names to string values")
+        secret = sorted(k for k in self.env if is_secret_name(k))
+        if secret:
+            raise InvalidArgument(
+                f"env must not hold secrets ({', '.join(secret)}): Ray shows a runtime "
+                "environment to anyone who can list tasks; give the nodes credentials in their "
+                "own environment or an instance profile",
+                variables=secret,
+            )
         v = self.shard_num_cpus
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise InvalidArgument(f"shard_num_cpus must be a number >= 0, got {v!r}")

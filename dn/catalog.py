@@ -32,7 +32,9 @@ OP_CREATE_TABLE = 3
 OP_DROP_TABLE = 4
 #: A write of columns (the rows of ``OP_WRITE``, by column); see :mod:`dn.write.log`.
 OP_WRITE_COLUMNS = 5
-WRITE_OPS = (OP_WRITE, OP_WRITE_COLUMNS)
+#: A write of columns with the idempotency token of its part (:mod:`dn.write.tokens`).
+OP_WRITE_COLUMNS_TOKEN = 6
+WRITE_OPS = (OP_WRITE, OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN)
 DDL_OPS = (OP_CREATE_DATABASE, OP_DROP_DATABASE, OP_CREATE_TABLE, OP_DROP_TABLE)
 
 

@@ -4,6 +4,8 @@ A timestamp (TS) is an int64 ``physical_ms << 16 | logical``. :class:`HybridCloc
 strictly increasing timestamps: ``next()`` returns ``max(last + 1, wall_ms << 16)``. It never
 goes backwards, and :meth:`HybridClock.advance` lets a caller raise its floor (snapshot reads
 do this so that no later commit gets a timestamp at or below the snapshot).
+:meth:`HybridClock.next_within` hands out the next timestamp only if it is at or below a
+ceiling (the shard's durable timestamp ceiling, :mod:`dn.upkeep.ceiling`).
 
 Wall clocks are components: :class:`SystemClock` reads ``time.time``; :class:`ManualClock` is
 set by tests. The engine never calls ``time`` directly for timestamps.
@@ -68,6 +70,14 @@ class HybridClock:
     def next(self) -> int:
         """A timestamp greater than every one issued before and than the floor."""
         ts = max(self.last + 1, self._clock.now_ms() << LOGICAL_BITS)
+        self.last = ts
+        return ts
+
+    def next_within(self, ceiling: int) -> int | None:
+        """:meth:`next`, if that timestamp is <= ``ceiling``; else None and nothing changes."""
+        ts = max(self.last + 1, self._clock.now_ms() << LOGICAL_BITS)
+        if ts > ceiling:
+            return None
         self.last = ts
         return ts
 

@@ -127,7 +127,8 @@ class Engine:
         self._state = ShardState(store, log_store, shard, settings, clock)
         self._upkeep = Upkeep(self._state)
         self._writes = WritePath(self._state, self._upkeep)
-        self._reads = Snapshots(self._state, self._writes.settle_for_read)
+        ceiling = self._upkeep.ceiling  # extended before a read's result is handed out
+        self._reads = Snapshots(self._state, self._writes.settle_for_read, ceiling.cover)
         self._made_log_store: ObjectStore | None = None  # made by open(): closed with the engine
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -202,7 +203,8 @@ class Engine:
         """:meth:`write_columns` for a batch a client validated and packed
         (:class:`dn.write.part.WritePart`): checked here again (cheaply, column by column),
         then logged as it came, without packing it again. A part made for another table of
-        its name raises :class:`dn.errors.StaleTable`; a malformed one InvalidArgument."""
+        its name raises :class:`dn.errors.StaleTable`; a malformed one InvalidArgument. A part
+        with a token is applied once (decision 0014)."""
         return self._writes.write_packed_columns(part)
 
     def queued_bytes(self) -> int:
@@ -264,11 +266,16 @@ class Engine:
         return self._reads.clock()
 
     def read_view(
-        self, db: str, table: str, snapshot: int | None = None, from_ts: int | None = None
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        from_ts: int | None = None,
+        columns: list[str] | None = None,
     ) -> ReadView:
-        """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
-        for a change feed, from ``from_ts``). Readers in other processes materialize it."""
-        return self._reads.read_view(db, table, snapshot, from_ts)
+        """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (from
+        ``from_ts`` for a change feed; ``columns`` checked first), for any process to read."""
+        return self._reads.checked_view(db, table, snapshot, from_ts, columns)[0]
 
     def snapshot_plan(self, ts: int) -> Plan:
         """Seed 001's snapshot-read plan at ``ts``."""
@@ -287,8 +294,7 @@ class Engine:
         columns: list[str] | None = None,
     ) -> dict | None:
         """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
-        view = self.read_view(db, table, snapshot)
-        key = view.table.check_key(pk)
+        view, (key,) = self._reads.checked_view(db, table, snapshot, columns=columns, keys=(pk,))
         return materialize_get(self._state.reader, view, key, columns)
 
     def scan(
@@ -301,10 +307,9 @@ class Engine:
         end: Any = None,
     ) -> Iterator[dict]:
         """Rows with start <= pk < end at ``snapshot``, in primary-key order, as dicts."""
-        view = self.read_view(db, table, snapshot)
-        t = view.table
-        start = None if start is None else t.check_key(start)
-        end = None if end is None else t.check_key(end)
+        view, (start, end) = self._reads.checked_view(
+            db, table, snapshot, columns=columns, bounds=(start, end)
+        )
         return materialize(self._state.reader, view, columns=columns, start=start, end=end)
 
     def changes(
@@ -317,7 +322,7 @@ class Engine:
     ) -> Iterator[Change]:
         """Every change with from_ts <= ts <= snapshot, in (ts, pk) order, as Change
         records (``ts``, ``kind``, ``pk``, ``row``)."""
-        view = self.read_view(db, table, snapshot, check_from_ts(from_ts))
+        view, _ = self._reads.checked_view(db, table, snapshot, check_from_ts(from_ts), columns)
         return materialize(self._state.reader, view, columns=columns)
 
     def databases(self, snapshot: int | None = None) -> list[str]:

@@ -7,6 +7,8 @@ tells the caller what to do next:
 kind                meaning                                                    retry?
 ==================  =========================================================  ==========
 InvalidArgument     the request is malformed; nothing was written              no
+FutureSnapshot      (an InvalidArgument) a snapshot too far past the wall      no
+                    clock (``snapshot_future_s``); nothing was promised
 NotFound            a database, table, key or object does not exist            no
 AlreadyExists       the thing to create exists already                         no
 Unavailable         a transient failure (store, backpressure, restart)         yes
@@ -62,6 +64,15 @@ class InvalidArgument(DNError):
     """The request is malformed (bad name, type, size or timestamp). Nothing was written."""
 
     code = "invalid_argument"
+
+
+class FutureSnapshot(InvalidArgument):
+    """A snapshot lies further past the shard's wall clock than ``snapshot_future_s`` allows
+    (decision 0013). Nothing was promised: no floor was raised. ``details``: ``snapshot``,
+    ``limit`` (the newest snapshot the shard serves now) and ``bound_s`` (the setting). The
+    limit moves with the wall clock, so the same snapshot may be served later."""
+
+    code = "future_snapshot"
 
 
 class NotFound(DNError):
@@ -149,6 +160,7 @@ __all__ = [
     "Corruption",
     "DNError",
     "Fenced",
+    "FutureSnapshot",
     "Internal",
     "InvalidArgument",
     "NotFound",

@@ -3,10 +3,12 @@
 Steps (seed 001 and 003)::
 
     manifest: open a new writer epoch (fences every older incarnation)
-    newest checkpoint -> catalog, live ranges and their statistics
-    ranges after it   -> catalog changes (DDL) and statistics
+    newest checkpoint -> catalog, live ranges and their statistics, idempotency tokens
+    ranges after it   -> catalog changes (DDL), statistics, commit counts, tokens
     log records after the newest range -> replayed through the write path's apply step
-    fence the log (a record no stale incarnation can write past), advance the clock
+                         (which notes the tokens of op 6)
+    fence the log (a record no stale incarnation can write past), advance the clock to the
+    manifest's timestamp ceiling (decision 0013) and above every timestamp seen
 
 Runs once, from :meth:`dn.engine.Engine.open`, before any other thread uses the shard.
 Progress goes to the log every 100 ranges and every 1,000 log objects.
@@ -22,6 +24,7 @@ from dn.objects import rangeobj
 from dn.state import ShardState
 from dn.write.buffer import Buffer
 from dn.write.log import Log, LogRecord
+from dn.write.tokens import unpack_entries
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
     s.epoch = state.epoch
     log.info("shard %d: opened epoch %d (manifest version %d)", s.shard, state.epoch, state.version)
     after = 0
+    floor = s.tokens.floor(s.clock.now_ms())  # tokens older than the window are not kept
     if state.checkpoints:
         cp = s.reader.checkpoint(state.checkpoints[-1])
         s.catalog = Catalog.from_dict(cp.catalog)
@@ -43,6 +47,7 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
         for table_id, entries in cp.tables.items():
             for r, st in entries:
                 s.stats.setdefault(r, {})[table_id] = st
+        s.tokens.load(unpack_entries(cp.tokens), floor)
         after = cp.ts
     later = [r for r in state.ranges if r[1] > after]
     for i, r in enumerate(later):
@@ -51,6 +56,8 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
             s.catalog.apply(cmd, ts)
         s.stats[r] = _range_stats(ro, s.catalog)
         s.sizes[r] = ro.nbytes
+        s.commits[r] = ro.ncommits  # what the checkpoint trigger counts
+        s.tokens.load(unpack_entries(ro.tokens), floor)
         if (i + 1) % 100 == 0:
             log.info("shard %d: recovery read %d/%d ranges", s.shard, i + 1, len(later))
     s.ranges = list(state.ranges)
@@ -66,7 +73,11 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
             log.info("shard %d: replayed %d/%d log objects", s.shard, i + 1, len(records))
     for rec in s.log.fence():
         replay(rec)
-    s.hlc.advance(s.last_applied)
+    # Every timestamp an older incarnation issued or promised (a snapshot it served) is at or
+    # below the ceiling of the version just superseded, which the new epoch's version keeps;
+    # the clock starts there whatever this node's wall clock says (dn.upkeep.ceiling).
+    s.ceiling = state.ceiling
+    s.hlc.advance(max(s.last_applied, state.ceiling))
     log.info(
         "shard %d: recovered: %d ranges, %d checkpoints, %d log objects replayed, clock at %d",
         s.shard,

@@ -68,11 +68,24 @@ class Settings:
     #: Truncated log objects are deleted this long after a range object made them redundant
     #: (seconds), so a stale incarnation paused for less than this cannot write into the hole.
     log_delete_grace_s: float = 300.0
-    #: How far past the shard's clock a snapshot timestamp may lie (seconds).
+    #: How far past the shard's wall clock a snapshot timestamp may lie (seconds); a snapshot
+    #: beyond it is refused with :class:`dn.errors.FutureSnapshot`. It also bounds how far
+    #: floors push the shard's clock ahead of wall time (decision 0013).
     snapshot_future_s: float = 60.0
+    #: How far past the wall clock one extension of the shard's durable timestamp ceiling
+    #: reaches (seconds). A shard in use commits one manifest version per half of this to keep
+    #: its ceiling ahead; after a restart its clock may start up to this far ahead of the wall
+    #: clock (decision 0013).
+    timestamp_lease_s: float = 2.0
     #: Snapshot and range reads are served for timestamps at most this old (seconds); older
     #: versions are dropped by compaction. None keeps every version forever.
     retention_s: float | None = 86_400.0
+    #: How long a shard remembers a write part's idempotency token after its commit (seconds;
+    #: decision 0014). A part is taken only if its token was minted at most half of this ago
+    #: (a resend later than that is refused, never applied twice), so it must exceed twice a
+    #: client's longest retry (``retry_s`` plus ``call_timeout_s``). Checkpoints carry the
+    #: tokens inside it: 40 bytes per part committed in this span.
+    token_window_s: float = 600.0
     #: Merge range objects in the background (see dn/upkeep/compaction.py for the policy).
     compaction: bool = True
     #: Objects merged at once (K); the policy keeps at most (K-1) objects per size level.
@@ -121,6 +134,10 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value >= 0:  # NaN fails too
                 raise InvalidArgument(f"setting {name} must be a number >= 0")
+        if not isinstance(self.timestamp_lease_s, int | float) or not self.timestamp_lease_s > 0:
+            raise InvalidArgument("setting timestamp_lease_s must be a positive number")
+        if not isinstance(self.token_window_s, int | float) or not self.token_window_s >= 1:
+            raise InvalidArgument("setting token_window_s must be a number of seconds >= 1")
         for name in ("freeze_interval_s", "checkpoint_interval_s", "retention_s"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or not value > 0):

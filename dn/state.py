@@ -9,9 +9,15 @@ it stops for good, and the oldest readable timestamp.
 Locks, and what each guards:
 
 - ``cv`` (a condition over one lock): the in-memory state — catalog, buffers, range and
-  checkpoint lists, statistics, the clock, the unknown-outcome mark. No I/O happens under it.
-- ``flush_lock``: every manifest commit and the objects written for it (buffer checkpoints,
-  checkpoints, compaction swaps, retention drops, garbage collection).
+  checkpoint lists, statistics, the clock and its ceiling, the unknown-outcome mark, the
+  idempotency tokens (``tokens``, :class:`dn.write.tokens.TokenTable`). No I/O happens under
+  it.
+- ``flush_lock``: every manifest commit that commits objects, and the objects written for it
+  (buffer checkpoints, checkpoints, compaction swaps, retention drops, garbage collection).
+- ``manifest_lock`` (reentrant): the manifest itself — every commit or read-back and the
+  adoption after it. Upkeep takes it inside ``flush_lock``; an extension of the timestamp
+  ceiling (:mod:`dn.upkeep.ceiling`), which writes no object, takes it alone, so it never
+  waits behind an upload. Order: ``flush_lock``, then ``manifest_lock``, then ``cv``.
 - ``compact_lock``: one compaction at a time (its merging runs outside ``flush_lock``).
 
 The log is touched only by the current group-commit leader (:class:`dn.write.commit.
@@ -39,6 +45,7 @@ from dn.upkeep.gc import Collector
 from dn.write.buffer import Buffer
 from dn.write.commit import CommitQueue
 from dn.write.log import Log
+from dn.write.tokens import TokenTable
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class ShardState:
         self.hlc = HybridClock(clock)
         self.cv = threading.Condition(threading.Lock())
         self.flush_lock = threading.Lock()
+        self.manifest_lock = threading.RLock()
         self.compact_lock = threading.Lock()
         self.queue = CommitQueue(self.cv, settings.group_commit_max_bytes)
         self.manifest = Manifest(store, shard)
@@ -70,6 +78,9 @@ class ShardState:
         self.reader = Reader(store, shard, self.cache)
         self.log: Log | None = None  # set by recovery
         self.epoch = 0
+        # the timestamp ceiling of the newest manifest version known committed: no timestamp
+        # is issued or promised above it (raised only after the commit that holds it)
+        self.ceiling = 0
         # buffers: the mutable one, and the checkpoint queue (frozen, oldest first)
         self.mutable = Buffer(1, clock.monotonic())
         self.frozen: list[Buffer] = []
@@ -78,6 +89,9 @@ class ShardState:
         self.checkpoints: list[int] = []
         self.stats: dict[tuple[int, int], dict[int, rangeobj.TableStats]] = {}
         self.sizes: dict[tuple[int, int], int] = {}  # encoded bytes of each live range
+        # commits each live range holds: known for every range after the newest checkpoint
+        # (flush and compaction set them, recovery reads them from those range objects)
+        self.commits: dict[tuple[int, int], int] = {}
         self.policy = compaction.Policy(
             settings.compaction_fanout,
             settings.compaction_base_bytes,
@@ -88,6 +102,8 @@ class ShardState:
         self.manifest_unsure = False  # a manifest commit failed in a way that may have landed
         self.last_applied = 0  # the newest commit ts applied to memory
         self.unknown_lo: int | None = None  # lowest ts of a log write whose outcome is unknown
+        # the write parts' tokens: committed ones inside the window, claimed, unsettled
+        self.tokens = TokenTable(settings.token_window_s)
         self.last_cp_time = clock.monotonic()
         self.broken: DNError | None = None
         self.closed = False
@@ -98,6 +114,8 @@ class ShardState:
             "rows_written": 0,
             "replayed_commands": 0,
             "maintain_errors": 0,
+            "ceiling_extensions": 0,
+            "duplicate_parts": 0,  # parts whose token had committed: answered, not applied
         }
 
     # -- whether the shard may be used ------------------------------------------------------
@@ -144,8 +162,10 @@ class ShardState:
     def commits_since_checkpoint_locked(self) -> int:
         last = self.checkpoints[-1] if self.checkpoints else 0
         n = sum(b.ncommits for b in self.frozen) + self.mutable.ncommits
-        # ranges after the last checkpoint count too; a range holds at least one commit
-        n += sum(1 for r in self.ranges if r[1] > last)
+        # and the commits of the ranges after the last checkpoint (seed 003 counts commit ids);
+        # a range without a known count (recovery took it from a checkpoint a compaction has
+        # since dropped) holds at least one, until the checkpoint that compaction writes
+        n += sum(self.commits.get(r, 1) for r in self.ranges if r[1] > last)
         return n
 
     def status(self) -> dict:
@@ -157,6 +177,7 @@ class ShardState:
                 "epoch": self.epoch,
                 "state": self.state_locked(),
                 "clock": self.hlc.last,
+                "ceiling": self.ceiling,
                 "last_applied": self.last_applied,
                 "buffers": buffers,
                 "queue_length": len(self.frozen),
@@ -169,6 +190,7 @@ class ShardState:
                 "group_commits": self.queue.groups,
                 "commits": self.queue.commands,
                 "counters": dict(self.counters),
+                "tokens": len(self.tokens),
             }
         with self.cv:
             sized = [(r, self.sizes.get(r, 0)) for r in self.ranges]

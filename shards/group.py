@@ -10,10 +10,11 @@ threaded (``max_concurrency`` calls at once, so concurrent writes share a log wr
 itself retries no actor task (``max_task_retries=0``): :meth:`ShardGroup.call_each` retries
 calls that failed with ``Unavailable`` until ``retry_s`` runs out, sleeping between rounds as
 the shells' one backoff says (:meth:`dn.settings.ShellSettings.backoff`; a ShardGroup takes its
-settings, and a :class:`dn.backoff.Backoff` may be injected). That includes writes: an
-upsert or delete applied twice leaves the same state, so a write whose shard died mid-call is
-sent again to the restarted shard (it may then appear twice in the change feed, with two
-timestamps and the same values). With ``retry_s=0`` the caller gets the ``Unavailable``.
+settings, and a :class:`dn.backoff.Backoff` may be injected). That includes writes: a write
+part carries its idempotency token, and a resend carries the same arguments, token and all, so
+a part whose shard died mid-call, or whose call timed out while the original may still be
+queued in the actor, is applied once (decision 0014): a shard that committed the token answers
+with the first commit's timestamp. With ``retry_s=0`` the caller gets the ``Unavailable``.
 
 Error mapping (:func:`map_error`):
 

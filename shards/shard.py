@@ -14,14 +14,16 @@ What it adds to the engine:
   ``clock_skew_ms``: a write that starts later, on any shard, gets a larger timestamp. Together
   these make the cross-shard order promise hold: if W2 was acknowledged after W1, any snapshot
   that shows W2 shows W1. (A wait longer than ``ShellSettings.commit_wait_max_s`` is skipped:
-  the clock was pushed far ahead by a future snapshot, and only the causality token orders
-  writes then.)
+  the clock was pushed far ahead by a future snapshot, or a restart started it at its
+  timestamp ceiling ahead of this node's wall clock (decision 0013), and only the causality
+  token orders writes then.)
 - **Write parts.** A client's write arrives as one :class:`dn.write.part.WritePart`, spread
   over the call's arguments (:meth:`ShardService.write_part`); the engine checks it against
   its live table. A part made for a table since dropped and created again is refused with
   :class:`dn.errors.StaleTable`, so the client refreshes its table definition and routes
   again. :meth:`ShardService.live_table` gives a client this shard's version of a table (its
-  id, which a part must carry).
+  id, which a part must carry). A part carries an idempotency token: a copy of a part already
+  committed (a resend, a late original) gets the first commit's timestamp (decision 0014).
 - **Maintenance** by :class:`shards.loop.MaintenanceLoop` (the engine's own thread is off).
 
 Concurrency: any number of threads call these methods; the engine's group commit makes
@@ -126,9 +128,14 @@ class ShardService:
         return self.engine.advance_floor(ts)
 
     def read_view(
-        self, db: str, table: str, snapshot: int | None = None, from_ts: int | None = None
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        from_ts: int | None = None,
+        columns: list[str] | None = None,
     ) -> ReadView:
-        return self.engine.read_view(db, table, snapshot, from_ts)
+        return self.engine.read_view(db, table, snapshot, from_ts, columns)
 
     # -- operations -------------------------------------------------------------------------
 

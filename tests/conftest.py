@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -95,7 +96,22 @@ def ray_session() -> Iterator[str]:
 
     from coordinator.cli.ray_node import start_local_ray
 
-    start_local_ray(num_cpus=2, namespace=RAY_TEST_NAMESPACE)  # the node as the project has it
+    # The node's own environment holds the (fake) credentials of the test S3 server, as a real
+    # node's environment or instance profile would: nothing secret travels in a runtime env.
+    node_env = {
+        "AWS_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["secret_access_key"],
+    }
+    saved = {k: os.environ.get(k) for k in node_env}
+    os.environ.update(node_env)
+    try:
+        start_local_ray(num_cpus=2, namespace=RAY_TEST_NAMESPACE)  # the node as the project has
+    finally:  # the raylet has them; this process's tests set their own
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

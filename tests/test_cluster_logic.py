@@ -593,6 +593,61 @@ def test_causality_token_orders_writes_across_shards(local_cluster):
     assert t1 > t0
 
 
+def test_a_snapshot_stays_the_same_when_a_shard_restarts_on_a_clock_behind():
+    """Shards on clocks set apart (one 4 s ahead, one 3 s behind): a client reads at S (the
+    newest shard clock, so S is ahead of the slow shard's wall clock), the slow shard restarts
+    a second later on its own clock, another client (no causality token) writes, and the
+    read at S again gives the same rows: the restarted shard starts above its durable
+    timestamp ceiling, which covered S before S was served (decision 0013)."""
+    import time
+
+    from dn import ManualClock
+
+    url = f"memory://skew-{uuid.uuid4().hex}"
+    cfg = ClusterConfig(store=url, shards=3)
+    t0 = time.time_ns() // 1_000_000  # near the client's own clock
+    offsets = [0, 4_000, -3_000]
+    clocks = [ManualClock(ms=t0 + offsets[i]) for i in range(3)]
+    services = [ShardService(url, i, cfg.engine.to_dict(), clock=clocks[i]) for i in range(3)]
+    shards = LocalShards(services)
+    coord = CoordinatorService(cfg.to_dict(), shards)
+    try:
+        reader = Client("local", coordinator=LocalCoordinator(coord), shards=shards)
+        reader.create_database("db")
+        reader.create_table("db", "t", {"k": "int64", "v": "string"}, "k")
+        reader.write("db", "t", [{"k": k, "v": "a"} for k in range(30)])
+        for clock in clocks:
+            clock.advance(10)  # time passes on every node
+        s = reader.snapshot()
+        assert s >= shards.services[1].clock()  # the fast shard's clock
+        before = list(reader.scan("db", "t", snapshot=s))
+        assert len(before) == 30
+        shards.services[2].close()
+        clocks[2] = ManualClock(ms=clocks[2].ms + 1_000)  # restarted a second later
+        shards.services[2] = ShardService(url, 2, cfg.engine.to_dict(), clock=clocks[2])
+        assert shards.services[2].clock() >= s
+        writer = Client("local", coordinator=LocalCoordinator(coord), shards=shards)
+        writer.write("db", "t", [{"k": k, "v": "b"} for k in range(60)])
+        assert {shard_of(k, 3) for k in range(60)} == {0, 1, 2}
+        assert list(reader.scan("db", "t", snapshot=s)) == before
+        assert [r["v"] for r in reader.scan("db", "t")] == ["b"] * 60
+        for svc in shards.services:
+            svc.engine._check()
+        # a read the shards refuse (an unknown column) promises nothing, so it writes nothing,
+        # even once every shard's ceiling has run out
+        for clock in clocks:
+            clock.advance(30)
+        time.sleep(0.2)  # the maintenance rounds after the last use
+        store = open_store(url).inner  # the named memory store the shards write to
+        before = store.snapshot()
+        with pytest.raises(InvalidArgument):
+            list(reader.scan("db", "t", columns=["zz"]))
+        assert store.snapshot() == before
+    finally:
+        for svc in shards.services:
+            svc.close()
+
+
 def test_large_read_rule_counts_objects_and_tail_rows():
     from coordinator.client import fanout
     from dn.read.plan import Plan

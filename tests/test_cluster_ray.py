@@ -1,5 +1,6 @@
 """End-to-end on Ray: concurrent ingest from Ray tasks, snapshot and change-feed reads across
-shards, cross-shard order, typed errors through Ray, and a coordinator restart.
+shards, cross-shard order, typed errors through Ray, a coordinator restart, and a write part
+resent after a call timeout applied once.
 
 All tests share the session's Ray instance and the 4-shard ``cluster`` deployment (a local
 directory store), each in its own table.
@@ -272,6 +273,53 @@ def test_a_batch_over_rays_inline_limit_travels_in_chunks(cluster):
     ts = cluster.write("chunks", "big", rows)
     got = list(cluster.scan("chunks", "big", snapshot=ts))
     assert got == sorted(rows, key=lambda r: r["k"])
+
+
+def test_a_part_resent_after_a_call_timeout_is_applied_once(cluster):
+    """Every write-part call times out after 1 ms and is sent again while the original is
+    still queued or running in the actor (decision 0014): each part carries one token, so each
+    shard applies it once, whichever of its copies runs first."""
+    from coordinator.client.client import Client
+    from dn.errors import Unavailable
+    from dn.settings import ShellSettings
+    from shards.group import ShardGroup
+
+    cluster.create_database("once")
+    cluster.create_table("once", "t", SCHEMA, "k")
+    before = cluster.snapshot()
+
+    class Impatient(ShardGroup):
+        sends = 0
+
+        def _submit(self, i, method, args):
+            if method == "write_part":
+                Impatient.sends += 1
+            return super()._submit(i, method, args)
+
+        def _get(self, i, method, ref):
+            self.call_timeout_s = 0.001 if method == "write_part" else 60.0
+            return super()._get(i, method, ref)
+
+    shell = {**cluster.info["shell"], "retry_s": 2.0}
+    client = Client(
+        cluster.namespace,
+        {**cluster.info, "shell": shell},
+        shards=Impatient(cluster.namespace, 4, ShellSettings.from_dict(shell)),
+    )
+    try:
+        client.write("once", "t", [{"k": k, "v": "once", "w": 0} for k in range(40)])
+    except Unavailable:
+        pass  # every attempt may have timed out; the copies still run in the actors
+    assert Impatient.sends > 4  # parts were sent again
+    deadline = time.time() + 30
+    while len(list(cluster.scan("once", "t"))) < 40:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)  # any copy still queued runs meanwhile
+    feed = list(cluster.changes("once", "t", before + 1))
+    assert sorted(c.pk for c in feed) == list(range(40))  # each key once
+    per_shard = {shard_of(c.pk, 4): c.ts for c in feed}
+    assert all(c.ts == per_shard[shard_of(c.pk, 4)] for c in feed)  # one commit per part
 
 
 @ray.remote(num_cpus=0)

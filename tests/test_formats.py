@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from dn.store.locallog import LocalLogStore
 from dn.store.memory import MemoryStore
 from dn.upkeep import compaction
 from dn.write.log import Log, LogRecord
+from dn.write.part import WritePart
+from dn.write.tokens import unpack_entries
 from tests.golden import make
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -50,6 +53,8 @@ BLOB = bytes(range(256)) * 2
 COLS_T = [["k", "int64"], ["v", "string"], ["blob", "bytes"], ["ok", "bool"]]
 COLS_U = [["a", "string"], ["b", "int64"], ["x", "float64"]]
 COLS_Z = [["id", "int64"]]
+# the idempotency token of the write at 106 in its op-6 form: client id, minted ms, seq
+TOKEN = bytes(range(16)) + (1_767_225_600_000).to_bytes(8, "big") + (1).to_bytes(8, "big")
 RANGE_KEY = codec.range_key(SHARD, 90, 108)
 CHECKPOINT_KEY = codec.checkpoint_key(SHARD, 108)
 MANIFEST_KEY = codec.manifest_key(SHARD, 3)
@@ -130,6 +135,43 @@ def test_log_fixture_decodes_and_encodes_again(name):
     assert again == data
 
 
+TOKEN_LOG = (  # the write at 106 as a client's part with a token logs it: op 6
+    "log_write_columns_token.bin",
+    12,
+    [[106, 6, [102, [[["m", "a"], [2, 1], [0.5, -1.5]], [["m"], [1], [None]]], [["q", 3]], TOKEN]]],
+)
+
+
+def test_the_op_6_fixture_is_what_the_log_writes_and_reads():
+    name, seq, commands = TOKEN_LOG
+    assert make.TOKEN == TOKEN and make.TOKEN_LOG_FILE == name
+    data = fixture(name)
+    assert make.build_all()[name] == data
+    assert ordered(body_of(data, "L")) == ordered([EPOCH, seq, commands])
+    rec = _decode_log(data, seq)
+    assert (rec.seq, rec.epoch, rec.commands, rec.nbytes) == (seq, EPOCH, commands, len(data))
+    again = make.log_record(rec.seq, [(ts, op, args) for ts, op, args in rec.commands], rec.epoch)
+    assert again == data
+    # op 6 is op 5's arguments with the token appended: the same record otherwise
+    (ts, _, args), op5 = rec.commands[0], _decode_log(fixture("log_write_columns.bin"), seq)
+    assert op5.commands == [[ts, 5, args[:3]]]
+
+
+def test_a_part_with_a_token_logs_op_6_as_sent():
+    # Engine.write_packed_columns logs a part with a token as op 6, its arguments assembled
+    # from the bytes the client sent: the fixture's command, byte for byte.
+    _, seq, [[ts, op, (table_id, chunks, dels, token)]] = TOKEN_LOG
+    part = WritePart(
+        "shop", "u", table_id, (("a", "string"), ("b", "int64")), 0, codec.pack(dels),
+        tuple(codec.pack(c) for c in chunks), token,
+    )  # fmt: skip
+    assert (part.log_op, op) == (6, 6)
+    assert fixture(TOKEN_LOG[0]).endswith(part.log_payload())
+    assert part.log_payload() == codec.pack([table_id, chunks, dels, token])
+    assert WritePart.from_call(*part.to_call()) == part
+    assert replace(part, token=None).log_op == 5
+
+
 def test_a_packed_write_by_column_logs_the_same_bytes():
     # Engine.write_packed_columns assembles op 5's arguments from the client's packed chunks;
     # they must be the bytes Engine.write_columns packs in one go.
@@ -172,6 +214,28 @@ RANGE_TABLES = {
     },
 }
 RANGE_STATS = {101: TableStats(2, 1, 1, 9), 102: TableStats(3, 1, ("a", 1), ("q", 3))}
+RANGE_COMMITS = 9  # one per timestamp 100-108: seven DDL commands and two writes
+# the write at 106 carried a token (op 6): one 40-byte entry, ts:u64 token:32, big-endian
+RANGE_TOKENS = (106).to_bytes(8, "big") + TOKEN
+
+
+def _entries(*entries: tuple[int, bytes]) -> bytes:
+    """Stored token entries, packed here by hand: ts:u64 token:32, big-endian."""
+    return b"".join(ts.to_bytes(8, "big") + token for ts, token in entries)
+
+
+def _range_body(tokens: Any = None, **extra: Any) -> dict:
+    """The range fixture's body: version 1's, with ``extra`` after "to" (version 2: commits)
+    and ``tokens`` last (version 2), unless None."""
+    body = {
+        "shard": SHARD,
+        "from": 90,
+        "to": 108,
+        **extra,
+        "commands": RANGE_COMMANDS,
+        "tables": RANGE_TABLES,
+    }
+    return body if tokens is None else {**body, "tokens": tokens}
 
 
 def test_range_fixture_is_what_a_buffer_checkpoint_writes():
@@ -182,11 +246,14 @@ def test_range_fixture_is_what_a_buffer_checkpoint_writes():
 
 def test_range_fixture_decodes():
     data = fixture("range.bin")
-    assert ordered(body_of(data, "R")) == ordered(
-        {"shard": SHARD, "from": 90, "to": 108, "commands": RANGE_COMMANDS, "tables": RANGE_TABLES}
+    assert ordered(body_of(data, "R", version=2)) == ordered(
+        _range_body(RANGE_TOKENS, commits=RANGE_COMMITS)
     )
     ro = rangeobj.decode(data, RANGE_KEY)
     assert (ro.from_ts, ro.to_ts, ro.nbytes) == (90, 108, len(data))
+    assert ro.ncommits == RANGE_COMMITS
+    assert ro.tokens == RANGE_TOKENS
+    assert unpack_entries(ro.tokens) == [(106, TOKEN)]
     assert ro.commands == [(ts, cmd) for ts, cmd in RANGE_COMMANDS]
     assert ro.tables == RANGE_TABLES
     run = ro.run(102, (0, 1))
@@ -204,7 +271,8 @@ def test_range_fixture_encodes_again():
             rows = [list(r) for r, rts in zip(zip(*t["cols"]), t["ts"]) if rts == ts]
             dels = [k for k, dts in zip(t["del_pks"], t["del_ts"]) if dts == ts]
             cmds.append((0, ts, 0, [table_id, rows, dels]))
-    again, stats = rangeobj.build(SHARD, make.buffer_of(sorted(cmds), ro.from_ts))
+    buf = make.buffer_of(sorted(cmds), ro.from_ts, dict(unpack_entries(ro.tokens)))
+    again, stats = rangeobj.build(SHARD, buf)
     assert again == data
     assert stats == RANGE_STATS
 
@@ -216,6 +284,47 @@ def test_compaction_writes_the_same_range_grammar():
     data, stats = compaction.merge(SHARD, [ro], tables, horizon=0, oldest=True)
     assert data == fixture("range.bin")
     assert stats == RANGE_STATS
+    # a version-1 input: its derived count goes on, and the output is version 2 (no tokens)
+    old = rangeobj.decode(fixture("range_v1.bin"), RANGE_KEY)
+    no_tokens = make.range_object(token=False)[0]
+    assert compaction.merge(SHARD, [old], tables, horizon=0, oldest=True)[0] == no_tokens
+    # a token committed before the token window's floor is left out
+    assert compaction.merge(SHARD, [ro], tables, 0, True, token_floor=106)[0] == data
+    assert compaction.merge(SHARD, [ro], tables, 0, True, token_floor=107)[0] == no_tokens
+
+
+def test_version_1_range_objects_still_read():
+    # As version-1 code wrote them: no "commits"; the count is derived from the distinct
+    # timestamps the object holds (exact for a buffer checkpoint). Today's writer writes 2.
+    old = fixture("range_v1.bin")
+    assert ordered(body_of(old, "R", version=1)) == ordered(_range_body())
+    ro = rangeobj.decode(old, RANGE_KEY)
+    new = rangeobj.decode(fixture("range.bin"), RANGE_KEY)
+    assert (ro.from_ts, ro.to_ts, ro.nbytes) == (90, 108, len(old))
+    assert (ro.commands, ro.tables) == (new.commands, new.tables)
+    assert ro.ncommits == RANGE_COMMITS
+    assert ro.tokens == b""
+
+
+@pytest.mark.parametrize(
+    "version, tokens, extra, error",
+    [
+        (2, RANGE_TOKENS, {}, "malformed"),  # version 2 always records its commits
+        (2, RANGE_TOKENS, {"commits": 0}, "malformed"),
+        (2, RANGE_TOKENS, {"commits": 20}, "malformed"),  # more than timestamps in [90, 108]
+        (2, RANGE_TOKENS, {"commits": "9"}, "malformed"),
+        (2, None, {"commits": RANGE_COMMITS}, "malformed"),  # and its tokens
+        (2, [[106, TOKEN]], {"commits": RANGE_COMMITS}, "malformed"),  # as one byte string
+        (2, RANGE_TOKENS[:-1], {"commits": RANGE_COMMITS}, "malformed"),  # of 40-byte entries
+        (2, _entries((109, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),  # in [from, to]
+        (2, _entries((106, TOKEN), (105, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),
+        (3, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "unknown format version 3"),
+    ],
+)
+def test_range_versions_that_do_not_read(version, tokens, extra, error):
+    data = codec.encode(codec.KIND_RANGE, _range_body(tokens, **extra), version)
+    with pytest.raises(Corruption, match=error):
+        rangeobj.decode(data, RANGE_KEY)
 
 
 # -- the checkpoint (kind C) ---------------------------------------------------------------
@@ -230,38 +339,55 @@ CATALOG = {
 }
 CHECKPOINT_TABLES = {101: [[90, 108, 2, 1, 1, 9]], 102: [[90, 108, 3, 1, ["a", 1], ["q", 3]]]}
 DECODED_TABLES = {101: (((90, 108), RANGE_STATS[101]),), 102: (((90, 108), RANGE_STATS[102]),)}
-RANGE_BYTES = 857  # the size of range.bin
+RANGE_BYTES = 857  # the size of range_v1.bin, which the checkpoints record (make.RANGE_BYTES)
 
 
-def _checkpoint_body(ranges: list) -> dict:
-    return {
+CHECKPOINT_TOKENS = RANGE_TOKENS  # inside the window when the checkpoint was written
+
+
+def _checkpoint_body(ranges: list, tokens: list | None = None) -> dict:
+    """A checkpoint's body: versions 1 and 2 (``tokens`` None) or 3."""
+    body = {
         "shard": SHARD,
         "ts": 108,
         "catalog": CATALOG,
         "ranges": ranges,
         "tables": CHECKPOINT_TABLES,
     }
+    return body if tokens is None else {**body, "tokens": tokens}
 
 
 def test_checkpoint_fixture_is_what_a_checkpoint_writes():
-    assert len(fixture("range.bin")) == RANGE_BYTES
+    assert len(fixture("range_v1.bin")) == RANGE_BYTES == make.RANGE_BYTES
     assert make.checkpoint_object() == fixture("checkpoint.bin")
 
 
 def test_checkpoint_fixture_decodes_and_encodes_again():
     data = fixture("checkpoint.bin")
-    assert ordered(body_of(data, "C", version=2)) == ordered(
-        _checkpoint_body([[90, 108, RANGE_BYTES]])
+    assert ordered(body_of(data, "C", version=3)) == ordered(
+        _checkpoint_body([[90, 108, RANGE_BYTES]], CHECKPOINT_TOKENS)
     )
     cp = ckpt.decode(data, CHECKPOINT_KEY)
     assert cp == ckpt.Checkpoint(
-        108, CATALOG, ((90, 108),), {(90, 108): RANGE_BYTES}, DECODED_TABLES
+        108, CATALOG, ((90, 108),), {(90, 108): RANGE_BYTES}, DECODED_TABLES, RANGE_TOKENS
     )
     stats = {r: {} for r in cp.ranges}
     for table_id, entries in cp.tables.items():
         for r, st in entries:
             stats[r][table_id] = st
-    assert ckpt.build(SHARD, cp.ts, cp.catalog, list(cp.ranges), stats, cp.sizes) == data
+    tokens = unpack_entries(cp.tokens)
+    again = ckpt.build(SHARD, cp.ts, cp.catalog, list(cp.ranges), stats, cp.sizes, tokens)
+    assert again == data
+
+
+def test_version_2_checkpoints_still_read():
+    # As version-2 code wrote it: no tokens (it holds none). Today's writer writes version 3.
+    old = fixture("checkpoint_v2.bin")
+    assert ordered(body_of(old, "C", version=2)) == ordered(
+        _checkpoint_body([[90, 108, RANGE_BYTES]])
+    )
+    cp = ckpt.decode(old, CHECKPOINT_KEY)
+    assert cp == replace(ckpt.decode(fixture("checkpoint.bin"), CHECKPOINT_KEY), tokens=b"")
 
 
 def test_version_1_checkpoints_still_read():
@@ -277,24 +403,46 @@ def test_version_1_checkpoints_still_read():
         _checkpoint_body([[90, 108, RANGE_BYTES]])
     )
     cp = ckpt.decode(sized, CHECKPOINT_KEY)
-    assert cp == ckpt.decode(fixture("checkpoint.bin"), CHECKPOINT_KEY)
-    assert sized[20:] == fixture("checkpoint.bin")[20:]  # the same body: only the version differs
+    assert cp == ckpt.decode(fixture("checkpoint_v2.bin"), CHECKPOINT_KEY)
+    assert sized[20:] == fixture("checkpoint_v2.bin")[20:]  # the same body: the version differs
 
 
-def test_checkpoint_versions_that_do_not_read():
-    with pytest.raises(Corruption, match="malformed"):  # version 2 always records sizes
-        ckpt.decode(
-            codec.encode(codec.KIND_CHECKPOINT, _checkpoint_body([[90, 108]]), 2), CHECKPOINT_KEY
-        )
-    with pytest.raises(Corruption, match="unknown format version 3"):
-        ckpt.decode(
-            codec.encode(codec.KIND_CHECKPOINT, _checkpoint_body([[90, 108, 1]]), 3), CHECKPOINT_KEY
-        )
+@pytest.mark.parametrize(
+    "version, ranges, tokens, error",
+    [
+        (2, [[90, 108]], None, "malformed"),  # versions 2 and 3 always record sizes
+        (3, [[90, 108]], CHECKPOINT_TOKENS, "malformed"),
+        (3, [[90, 108, 1]], None, "malformed"),  # version 3 always records its tokens
+        (3, [[90, 108, 1]], [[106, TOKEN]], "malformed"),  # as one byte string
+        (3, [[90, 108, 1]], RANGE_TOKENS + b"x", "malformed"),  # of 40-byte entries
+        (3, [[90, 108, 1]], _entries((109, TOKEN)), "malformed"),  # at or before its ts
+        (4, [[90, 108, 1]], CHECKPOINT_TOKENS, "unknown format version 4"),
+    ],
+)
+def test_checkpoint_versions_that_do_not_read(version, ranges, tokens, error):
+    data = codec.encode(codec.KIND_CHECKPOINT, _checkpoint_body(ranges, tokens), version)
+    with pytest.raises(Corruption, match=error):
+        ckpt.decode(data, CHECKPOINT_KEY)
 
 
 # -- the manifest (kind M) -----------------------------------------------------------------
 
-MANIFEST_STATE = ManifestState(3, EPOCH, ((90, 108),), (108,), 15)
+CEILING = 65_644
+MANIFEST_STATE = ManifestState(3, EPOCH, ((90, 108),), (108,), 15, CEILING)
+MANIFEST_BODY_V1 = {
+    "shard": SHARD,
+    "version": 3,
+    "epoch": EPOCH,
+    "ranges": [[90, 108]],
+    "checkpoints": [108],
+    "log_low_seq": 15,
+}
+
+
+def _load_manifest(data: bytes) -> ManifestState | None:
+    store = MemoryStore()
+    store.put(MANIFEST_KEY, data)
+    return Manifest(store, SHARD).load()
 
 
 def test_manifest_fixture_is_what_a_commit_writes():
@@ -303,21 +451,32 @@ def test_manifest_fixture_is_what_a_commit_writes():
 
 def test_manifest_fixture_decodes_and_encodes_again():
     data = fixture("manifest.bin")
-    assert ordered(body_of(data, "M")) == ordered(
-        {
-            "shard": SHARD,
-            "version": 3,
-            "epoch": EPOCH,
-            "ranges": [[90, 108]],
-            "checkpoints": [108],
-            "log_low_seq": 15,
-        }
+    assert ordered(body_of(data, "M", version=2)) == ordered(
+        {**MANIFEST_BODY_V1, "ceiling": CEILING}
     )
-    store = MemoryStore()
-    store.put(MANIFEST_KEY, data)
-    state = Manifest(store, SHARD).load()
+    state = _load_manifest(data)
     assert state == MANIFEST_STATE
-    assert codec.encode(codec.KIND_MANIFEST, state.to_body(SHARD)) == data
+    assert codec.encode(codec.KIND_MANIFEST, state.to_body(SHARD), 2) == data
+    assert state.encode(SHARD) == data
+
+
+def test_version_1_manifests_still_read():
+    # As version-1 code wrote it: no timestamp ceiling, read as 0 (recovery then starts the
+    # clock from the contents alone). Today's writer writes version 2.
+    old = fixture("manifest_v1.bin")
+    assert ordered(body_of(old, "M")) == ordered(MANIFEST_BODY_V1)
+    assert _load_manifest(old) == replace(MANIFEST_STATE, ceiling=0)
+
+
+def test_manifest_versions_that_do_not_read():
+    for body, version, error in (
+        (MANIFEST_BODY_V1, 2, "malformed"),  # version 2 always carries the ceiling
+        ({**MANIFEST_BODY_V1, "ceiling": -1}, 2, "malformed"),
+        ({**MANIFEST_BODY_V1, "ceiling": "x"}, 2, "malformed"),
+        ({**MANIFEST_BODY_V1, "ceiling": CEILING}, 3, "unknown format version 3"),
+    ):
+        with pytest.raises(Corruption, match=error):
+            _load_manifest(codec.encode(codec.KIND_MANIFEST, body, version))
 
 
 # -- the cluster record (kind K) -----------------------------------------------------------
@@ -470,11 +629,19 @@ def _decoders() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (seq, _) in LOG.items():
         out[name] = lambda data, seq=seq: _decode_log(data, seq)
-    out["range.bin"] = lambda data: rangeobj.decode(data, RANGE_KEY)
-    for name in ("checkpoint.bin", "checkpoint_v1_sizes.bin", "checkpoint_v1_no_sizes.bin"):
+    out[TOKEN_LOG[0]] = lambda data: _decode_log(data, TOKEN_LOG[1])
+    for name in ("range.bin", "range_v1.bin"):
+        out[name] = lambda data: rangeobj.decode(data, RANGE_KEY)
+    for name in (
+        "checkpoint.bin",
+        "checkpoint_v2.bin",
+        "checkpoint_v1_sizes.bin",
+        "checkpoint_v1_no_sizes.bin",
+    ):
         out[name] = lambda data: ckpt.decode(data, CHECKPOINT_KEY)
 
-    out["manifest.bin"] = lambda data: Manifest(MemoryStore(), SHARD)._read(MANIFEST_KEY, data)
+    for name in ("manifest.bin", "manifest_v1.bin"):
+        out[name] = lambda data: Manifest(MemoryStore(), SHARD)._read(MANIFEST_KEY, data)
     # ClusterCatalog.load reads with codec.decode and skips a version that raises
     out["cluster.bin"] = lambda data: CatalogState.from_body(
         codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY)

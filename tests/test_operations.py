@@ -61,3 +61,30 @@ def test_dn_status_shows_sizes_not_raw_byte_counts():
     for size in ("3.0 MiB", "256.0 MiB", "2.0 KiB written", "5.0 GiB"):
         assert size in text
     assert " B;" not in text and "3145728" not in text
+
+
+def test_secrets_are_refused_in_the_actors_environment():
+    """A runtime environment is shown to anyone who can list tasks or open the dashboard."""
+    ok = load_config({"env": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}}, environ={})
+    assert ok.env == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DB_PASSWORD", "RAY_AUTH_TOKEN"):
+        with pytest.raises(InvalidArgument, match=name):
+            load_config({"env": {name: "x"}}, environ={})
+
+
+def test_read_tasks_get_where_the_store_is_never_credentials():
+    """Regression: the client copied every AWS_* variable, the secret key included, into the
+    runtime environment of its read tasks."""
+    from coordinator.client.tasks import store_env
+
+    environ = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_SESSION_TOKEN": "token",
+    }
+    assert store_env(environ) == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }

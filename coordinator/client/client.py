@@ -27,10 +27,10 @@ not another's while the batch is in flight, and if a shard fails for good (after
 ``details["committed"]`` = {shard: ts} for them. ``write`` returns the newest of the parts'
 timestamps; ``write_each`` returns them per shard.
 
-Retries: a write whose shard is unavailable (restarting after a crash, or refusing writes
-because it is behind) is retried for ``retry_s`` seconds, then raises ``Unavailable``
-(retryable). Upserts and deletes are idempotent, so a retried part leaves the same state; it
-may show twice in the change feed if its first attempt had landed. A part refused with
+Retries: a write whose shard is unavailable (restarting, behind, or silent past
+``call_timeout_s``) is retried for ``retry_s`` seconds, then raises ``Unavailable``. Each part
+carries an idempotency token, the same on every resend, so it is applied once (decision 0014);
+a ``write`` called again after it raised is a new write. A part refused with
 ``StaleTable`` (the table was dropped and created again since this client cached it) is
 validated again against the new definition and sent again.
 
@@ -43,7 +43,6 @@ sends it with each write; with the shards' commit wait this orders writes across
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,9 +50,9 @@ from coordinator.actor.handle import CoordinatorHandle
 from coordinator.client import fanout
 from coordinator.client.routing import shard_of, validate_batch, validate_columns
 from coordinator.client.tables import TableCache
-from coordinator.client.tasks import alive_nodes, stream_tasks
+from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
 from coordinator.client.writer import BatchWriter
-from coordinator.client.writes import Causality, Limits, reusable, write_batch
+from coordinator.client.writes import Causality, Limits, TokenMinter, reusable, write_batch
 from dn.backoff import Backoff
 from dn.errors import DNError, InvalidArgument
 from dn.read.change import Change
@@ -84,6 +83,7 @@ class Client:
         self.namespace = namespace
         self._info = info
         self._causality = Causality(token)
+        self._tokens = TokenMinter()  # not pickled: each copy (each Ray task) has its own id
         self._coord = coordinator if coordinator is not None else CoordinatorHandle(namespace)
         self._group: Any = shards
         self._backoff = backoff
@@ -221,9 +221,8 @@ class Client:
         return Limits.from_info(self.info)
 
     def _write(self, db: str, table: str, validate: Any) -> dict[int, int]:
-        return write_batch(
-            self.shards, self._tables(), self._causality, self.retry_s, db, table, validate
-        )
+        c, t = self._causality, self._tokens
+        return write_batch(self.shards, self._tables(), c, t, self.retry_s, db, table, validate)
 
     def writer(
         self,
@@ -268,13 +267,13 @@ class Client:
         return s
 
     def _views(
-        self, db: str, table: str, snapshot: int | None, from_ts: int | None = None
+        self, db: str, table: str, snap: int | None, from_ts: int | None = None, cols: Any = None
     ) -> dict[int, Any]:
-        s = snapshot
+        s = snap  # the shards check the columns ``cols`` before they promise anything
         if s is None:
             s = fanout.choose_snapshot(self.shards, self.token, self.retry_s)
         with paused_gc():  # decoding the shards' tails makes many objects that live on
-            views = fanout.fetch_views(self.shards, db, table, s, from_ts, self.retry_s)
+            views = fanout.fetch_views(self.shards, db, table, s, from_ts, self.retry_s, None, cols)
         fanout.check_same_schema(views)
         self._see(views[0].snapshot)
         return views
@@ -294,7 +293,7 @@ class Client:
             key = t.check_key(pk)
             s = shard_of(key, n)
             view = fanout.fetch_views(
-                self.shards, db, table, snapshot, None, self.retry_s, only=[s]
+                self.shards, db, table, snapshot, None, self.retry_s, only=[s], columns=columns
             )[s]
             if pk_signature(view.table) == pk_signature(t):
                 break  # routed with the table the shard serves at this snapshot
@@ -316,7 +315,7 @@ class Client:
         than one node and the shards' plans name ``settings.large_read_objects`` objects or
         more, or their in-memory tails hold ``settings.large_read_tail_rows`` rows or more; on
         one machine the tasks only add copies)."""
-        views = self._views(db, table, snapshot)
+        views = self._views(db, table, snapshot, cols=columns)
         t = views[0].table
         start = None if start is None else t.check_key(start)
         end = None if end is None else t.check_key(end)
@@ -335,9 +334,8 @@ class Client:
             i: (store, cfg.client_cache_bytes, i, v, start, end, cfg.read_page_rows)
             for i, v in views.items()
         }
-        # the tasks read the store with this process's credentials
-        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-        pages = stream_tasks(fanout.shard_pages, args, env)
+        # the tasks find the store as this process does; credentials are the node's own
+        pages = stream_tasks(fanout.shard_pages, args, store_env())
         return fanout.merge_pages(views, pages, columns)
 
     def _on_ray(self) -> bool:
@@ -368,7 +366,7 @@ class Client:
         columns: list[str] | None = None,
     ) -> Iterator[Change]:
         """Every change with from_ts <= ts <= snapshot, in (ts, pk) order across shards."""
-        views = self._views(db, table, snapshot, check_from_ts(from_ts))
+        views = self._views(db, table, snapshot, check_from_ts(from_ts), columns)
         return fanout.changes(self._pool(), views, from_ts, columns)
 
     # -- operations -------------------------------------------------------------------------

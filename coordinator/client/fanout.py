@@ -124,9 +124,12 @@ def fetch_views(
     from_ts: int | None,
     retry_s: float,
     only: Sequence[int] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> dict[int, ReadView]:
+    """Each shard's view at ``snapshot``; the shards check ``columns`` first, so a read they
+    refuse promises (and writes) nothing."""
     ids = range(len(shards)) if only is None else only
-    calls = {i: ("read_view", (db, table, snapshot, from_ts)) for i in ids}
+    calls = {i: ("read_view", (db, table, snapshot, from_ts, columns)) for i in ids}
     return raise_first(shards.call_each(calls, retry_s))
 
 

@@ -43,10 +43,14 @@ class RoutedTable:
     table: TableDef
     shard_tables: tuple[TableDef, ...]
 
-    def part(self, shard: int, share: ShardPart, after: int) -> WritePart:
+    def part(
+        self, shard: int, share: ShardPart, after: int, token: bytes | None = None
+    ) -> WritePart:
         """The write part of a batch's share for ``shard``, packed, committed after
-        ``after``."""
-        return WritePart.from_columns(self.shard_tables[shard], share.cols, share.deletes, after)
+        ``after``, carrying the idempotency ``token`` (a new one per part)."""
+        return WritePart.from_columns(
+            self.shard_tables[shard], share.cols, share.deletes, after, token=token
+        )
 
 
 class TableCache:

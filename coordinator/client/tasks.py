@@ -8,6 +8,7 @@ here; errors are mapped by :func:`shards.group.map_error`, so callers only see
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -21,6 +22,18 @@ def _hold(seconds: float, preload: tuple[str, ...]) -> None:
     for name in preload:  # imported once per worker, before any timed work
         importlib.import_module(name)
     time.sleep(seconds)  # held, so that every task of the burst gets a worker of its own
+
+
+#: The variables a read task needs to reach the store as this process does: where the store
+#: is, never who may read it (credentials come from the node's own environment or instance
+#: profile; a runtime environment is visible to anyone who can list tasks).
+STORE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+def store_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's :data:`STORE_ENV_VARS` that are set: the environment of read tasks."""
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in STORE_ENV_VARS if env.get(k)}
 
 
 def warm_workers(

@@ -32,13 +32,14 @@ Promises, plainly:
   the earlier versions; the change feed shows the key once, at the part's timestamp.
 - **Atomicity** is per part, and a part holds rows of several batches; the rows of one batch
   on different shards commit in different parts (as with ``Client.write``).
-- **Failures.** A part refused as unavailable (a shard restarting or behind) is sent again,
-  whole, with the shells' backoff until ``retry_s`` runs out; upserts and deletes are
-  idempotent. Any other failure, or running out of ``retry_s``, fails the writer: no more
-  parts are sent, and ``write``, ``flush`` and ``close`` raise that error, with
-  ``details["durable_seq"]`` (every batch up to it is durable; later ones may be in part).
-  Make a new writer to go on. That includes :class:`dn.errors.StaleTable`: the table was
-  dropped and created again, and the buffered batches were accepted for the old one.
+- **Failures.** A part refused as unavailable (a shard restarting or behind, or a call that timed
+  out) is sent again, whole, with the shells' backoff until ``retry_s`` runs out. The part carries
+  the idempotency token minted when it was first sent, so it is applied once however many times it
+  is sent (decision 0014). Any other failure, or running out of ``retry_s``, fails the writer: no
+  more parts are sent, and ``write``, ``flush`` and ``close`` raise that error, with
+  ``details["durable_seq"]`` (every batch up to it is durable; later ones may be in part). Make a
+  new writer to go on. That includes :class:`dn.errors.StaleTable`: the table was dropped and
+  created again, and the buffered batches were accepted for the old one.
 
 The writer is given what it needs by the client (the shard calls, the table as every shard
 has it, the client's causality token, the limits and settings); it never reaches into the
@@ -64,6 +65,7 @@ from dn.backoff import Backoff
 from dn.errors import DNError, InvalidArgument, Unavailable
 from dn.objects.codec import pack
 from dn.settings import ShellSettings
+from dn.write.tokens import TokenMinter
 
 if TYPE_CHECKING:
     from coordinator.client.fanout import ShardCalls
@@ -109,6 +111,7 @@ class BatchWriter:
         self._causality = causality
         self._retry_s = settings.retry_s
         self._backoff = backoff if backoff is not None else settings.backoff()
+        self._tokens = TokenMinter()  # this writer's, in this process
         self.db, self.table = routed.table.db, routed.table.name
         self._t = routed.table
         self._n = len(routed.shard_tables)
@@ -375,7 +378,8 @@ class BatchWriter:
         inflight = self._inflight[s]
         assert inflight is not None
         whole, coalesced = merge_shares(self._t, shares)
-        part = self._routed.part(s, whole, self._causality.token)
+        # minted once: a resend of this part (_start again) carries the same token
+        part = self._routed.part(s, whole, self._causality.token, self._tokens.mint())
         if part.chunks:
             packed = sum(map(len, part.chunks))
             self._row_bytes = 0.5 * self._row_bytes + 0.5 * packed / whole.nrows

@@ -3,11 +3,15 @@
 :func:`write_batch` is ``Client.write``/``write_columns``/``write_each``: validate the batch
 against the table (bad input: nothing is written anywhere), split it by shard, pack each share
 as one :class:`dn.write.part.WritePart` and send every part at once (shard method
-:data:`WRITE_PART`). A part refused with :class:`dn.errors.StaleTable` (the table was dropped
-and created again since the client cached it) makes the client look the table up again,
-validate the batch against the new definition and send the parts that did not commit; at most
-:data:`ATTEMPTS` times in all. Any other failure is raised, with ``details["committed"]`` =
-{shard: ts} for the parts that did commit.
+:data:`WRITE_PART`). Each part carries an idempotency token of its own (:mod:`dn.write.tokens`),
+minted here before it is first sent: the shard calls' resends of that part (after a timeout, a lost
+response, a restarted shard) carry the same token, and a shard applies it once (decision 0014). A
+part refused with :class:`dn.errors.StaleTable` (the table was dropped and created again since the
+client cached it) makes the client look the table up again, validate the batch against the new
+definition and send the parts that did not commit, as new parts with new tokens (made for the new
+table: a part of the old one that did commit stays with the table it was made for); at most
+:data:`ATTEMPTS` times in all. Any other failure is raised, with ``details["committed"]`` = {shard:
+ts} for the parts that did commit.
 
 Also here, shared with the buffered writer (:mod:`coordinator.client.writer`): the causality
 token (:class:`Causality`) and the batch limits of the deployment (:class:`Limits`).
@@ -27,6 +31,7 @@ from coordinator.client.routing import Batch, split
 from coordinator.client.tables import TableCache
 from dn.errors import DNError, NotFound, StaleTable
 from dn.schema import TableDef
+from dn.write.tokens import TokenMinter
 from shards.shard import ShardService
 
 if TYPE_CHECKING:
@@ -74,13 +79,15 @@ def write_batch(
     shards: ShardCalls,
     tables: TableCache,
     causality: Causality,
+    tokens: TokenMinter,
     retry_s: float,
     db: str,
     table: str,
     validate: Callable[[TableDef], Batch],
 ) -> dict[int, int]:
     """Validate a batch against the table (``validate(tdef)``), split it by shard and send
-    every part at once; returns {shard: commit ts}. See the module docstring."""
+    every part at once, each with a token from ``tokens``; returns {shard: commit ts}. See the
+    module docstring."""
     done: dict[int, int] = {}
     errors: dict[int, BaseException] = {}
     for attempt in range(ATTEMPTS):
@@ -91,7 +98,7 @@ def write_batch(
             raise with_committed(exc, done) from None
         after = causality.token
         calls = {
-            s: (WRITE_PART, routed.part(s, share, after).to_call())
+            s: (WRITE_PART, routed.part(s, share, after, tokens.mint()).to_call())
             for s, share in shares.items()
             if s not in done
         }

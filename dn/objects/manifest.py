@@ -6,15 +6,23 @@ Opening a shard writes a version with ``epoch + 1``; a stale incarnation's next 
 its version taken by a higher epoch and fails :class:`dn.errors.Fenced`.
 
 Body grammar (msgpack, inside the framing of :mod:`dn.objects.codec`, kind ``M``, format
-version 1; map keys in the order written)::
+version ``VERSION`` = 2; map keys in the order written)::
 
     body := {"shard": int, "version": int, "epoch": int,
              "ranges": [[from, to], ...],        committed range objects, ascending, contiguous
              "checkpoints": [ts, ...],           live checkpoints, ascending
-             "log_low_seq": int}                 first log object recovery must read
+             "log_low_seq": int,                 first log object recovery must read
+             "ceiling": int}                     the timestamp ceiling (format version 2)
 
 ``version`` is the number in the object's key (a reader checks it); ``epoch`` the incarnation
 that wrote it. Contiguous: each range's ``from`` is the ``to`` of the one before it plus one.
+``ceiling``: no timestamp the shard has issued (a commit) or promised (a snapshot served) is
+above it (:mod:`dn.upkeep.ceiling`, decision 0013); it never decreases from one version to
+the next (:meth:`Manifest.commit` and :meth:`Manifest.open_epoch` keep the larger).
+
+Versions read (``READ_VERSIONS``): 2, and 1, the same body without ``ceiling`` (written before
+the ceiling existed; read as ceiling 0: recovery then derives the clock from the contents
+alone). A version-2 body without ``ceiling`` is corrupt.
 
 The current manifest is the newest version. Listings may be stale (an eventually consistent
 store, or one that lists from a lagging index): ``load`` reads past the end of a listing, key by
@@ -49,6 +57,11 @@ from dn.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: The format version written: its body carries the timestamp ceiling.
+VERSION = 2
+#: The format versions read: 1 as well (no ceiling: read as 0).
+READ_VERSIONS = (1, 2)
+
 
 @dataclass(frozen=True, slots=True)
 class ManifestState:
@@ -57,6 +70,7 @@ class ManifestState:
     ranges: tuple[tuple[int, int], ...] = ()
     checkpoints: tuple[int, ...] = ()
     log_low_seq: int = 0
+    ceiling: int = 0
 
     @property
     def max_range(self) -> int | None:
@@ -70,22 +84,31 @@ class ManifestState:
             "ranges": [list(r) for r in self.ranges],
             "checkpoints": list(self.checkpoints),
             "log_low_seq": self.log_low_seq,
+            "ceiling": self.ceiling,
         }
 
+    def encode(self, shard: int) -> bytes:
+        return codec.encode(codec.KIND_MANIFEST, self.to_body(shard), VERSION)
+
     @classmethod
-    def from_body(cls, body: dict) -> ManifestState:
+    def from_body(cls, body: dict, version: int = VERSION) -> ManifestState:
+        ceiling = body["ceiling"] if version >= 2 else 0
+        if type(ceiling) is not int or ceiling < 0:
+            raise ValueError(f"ceiling {ceiling!r} is not a timestamp")
         return cls(
             body["version"],
             body["epoch"],
             tuple((a, b) for a, b in body["ranges"]),
             tuple(body["checkpoints"]),
             body["log_low_seq"],
+            ceiling,
         )
 
     def _check(self) -> None:
         for (_, t0), (f1, t1) in zip(self.ranges, self.ranges[1:]):
             assert f1 == t0 + 1 and t1 >= f1, f"ranges not contiguous at {t0}/{f1}"
         assert list(self.checkpoints) == sorted(set(self.checkpoints))
+        assert self.ceiling >= 0
 
 
 class Manifest:
@@ -142,16 +165,17 @@ class Manifest:
     def _read(self, key: str, data: bytes | None = None) -> ManifestState:
         if data is None:
             data = self._store.get(key)
-        body = codec.decode(codec.KIND_MANIFEST, data, key)
+        body = codec.decode(codec.KIND_MANIFEST, data, key, READ_VERSIONS)
         try:
-            state = ManifestState.from_body(body)
+            state = ManifestState.from_body(body, codec.version_of(data))
         except (KeyError, TypeError, ValueError) as exc:
             raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
         codec.check_key_numbers(key, (state.version,))
         return state
 
     def open_epoch(self) -> ManifestState:
-        """Take ownership of the shard: commit a version with a higher epoch."""
+        """Take ownership of the shard: commit a version with a higher epoch (and the same
+        contents and ceiling as the newest version)."""
         while True:
             prev = self.load()
             epoch = (prev.epoch if prev else 0) + 1
@@ -170,9 +194,12 @@ class Manifest:
         mine = self.current.epoch
         while True:
             prev = self.current
-            state = replace(update(prev), version=self._next_version, epoch=mine)
+            new = update(prev)
+            # the ceiling never goes down: whatever the update, keep the larger
+            ceiling = max(new.ceiling, prev.ceiling)
+            state = replace(new, version=self._next_version, epoch=mine, ceiling=ceiling)
             state._check()
-            data = codec.encode(codec.KIND_MANIFEST, state.to_body(self._shard))
+            data = state.encode(self._shard)
             key = codec.manifest_key(self._shard, state.version)
             try:
                 self._store.put_if_absent(key, data)
@@ -210,6 +237,6 @@ class Manifest:
         return False
 
     def _put(self, state: ManifestState) -> None:
-        data = codec.encode(codec.KIND_MANIFEST, state.to_body(self._shard))
+        data = state.encode(self._shard)
         self._store.put_if_absent(codec.manifest_key(self._shard, state.version), data)
         self._next_version = state.version + 1

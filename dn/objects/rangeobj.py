@@ -1,17 +1,27 @@
 """Range objects: what a buffer checkpoint writes to ``20/<shard>/<from>_<to>``.
 
 Body grammar (msgpack, inside the framing of :mod:`dn.objects.codec`, kind ``R``, format
-version 1; map keys in the order written)::
+version ``VERSION`` = 2; map keys in the order written)::
 
     body     := {"shard": int, "from": int, "to": int,
+                 "commits": int,                            commands (commits) it holds
                  "commands": [[ts, [ddl_op, ddl_arg, ...]], ...],  DDL, in commit order
-                 "tables": {table_id: table, ...}}          table ids ascending
+                 "tables": {table_id: table, ...},          table ids ascending
+                 "tokens": bin}                             (ts, token) entries, see below
     table    := {"ts": [int, ...],                          one per row version
                  "cols": [[value, ...], ...],               one list per column, schema order
                  "del_pks": [pk, ...], "del_ts": [int, ...]}   one per delete (tombstone)
 
 ``from`` and ``to`` are the commit timestamps the object covers (``from`` is the ``to`` of the
-range before it plus one, so it may precede the first command). A DDL command is as the catalog
+range before it plus one, so it may precede the first command). ``commits`` counts the commands
+the range holds, DDL and writes alike, each a commit with a timestamp of its own (so 1 <=
+commits <= to - from + 1): a buffer checkpoint writes its buffer's count, compaction the sum of
+its inputs' (the commits the output covers, whatever versions it drops). The checkpoint trigger
+counts commits since the last checkpoint with it (seed 003). ``tokens`` are the idempotency
+tokens of the range's writes that carried one, with their commit timestamps: 40-byte entries
+``ts:u64 token:32`` (big-endian), ``ts`` strictly ascending and in ``[from, to]``
+(:mod:`dn.write.tokens`); recovery reads them from the ranges after the newest checkpoint.
+Compaction keeps those still inside the token window. A DDL command is as the catalog
 applies it (:mod:`dn.catalog`): ``[1, db]``, ``[2, db]``, ``[3, db, table, [[col, type], ...],
 [pk_col, ...]]``, ``[4, db, table]``. ``tables`` holds the tables written in the range; row
 versions are sorted by (primary key, ts), and deletes likewise. A composite primary key is a
@@ -19,6 +29,14 @@ msgpack array. ``cols`` is an empty array when a table has no row versions in a 
 (:func:`dn.upkeep.compaction.merge`, the other writer of this grammar; :func:`build` writes one
 list per column, empty ones included). Encoding is deterministic: the same commands always give
 the same bytes, so a stale incarnation that rewrites a key it also wrote writes identical bytes.
+
+Versions read (``READ_VERSIONS``): 2, as above; and 1, the same body without ``commits`` and
+``tokens`` (written before ranges counted their commits; it holds no tokens). A version-1 object's
+count is derived when it is decoded (:attr:`RangeObject.ncommits`): the number of distinct
+timestamps it holds, at least 1; exact for a buffer checkpoint (every write holds a row or a delete,
+so every commit left its timestamp), a lower bound for a compaction that dropped versions. A
+version-2 object without a valid ``commits`` or ``tokens`` is corrupt; code that reads only version
+1 refuses version 2 as corrupt.
 
 ``build`` also returns the per-table statistics a checkpoint records: rows, deletes, primary
 key min and max.
@@ -33,6 +51,12 @@ from dn.errors import Corruption
 from dn.objects import codec
 from dn.read.run import Run
 from dn.write.buffer import Buffer
+from dn.write.tokens import check_entries, pack_entries
+
+#: The format version written: the body records ``commits`` and ``tokens``.
+VERSION = 2
+#: The format versions read: 1 as well, whose count of commits is derived.
+READ_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +78,34 @@ class TableStats:
 class RangeObject:
     """A decoded range object. Runs are converted per table on first use and kept."""
 
-    __slots__ = ("from_ts", "to_ts", "commands", "tables", "nbytes", "_runs")
+    __slots__ = (
+        "from_ts",
+        "to_ts",
+        "ncommits",
+        "commands",
+        "tables",
+        "nbytes",
+        "tokens",
+        "_runs",
+    )
 
-    def __init__(self, from_ts: int, to_ts: int, commands: list, tables: dict, nbytes: int):
+    def __init__(
+        self,
+        from_ts: int,
+        to_ts: int,
+        ncommits: int,
+        commands: list,
+        tables: dict,
+        nbytes: int,
+        tokens: bytes = b"",
+    ):
         self.from_ts = from_ts
         self.to_ts = to_ts
+        self.ncommits = ncommits  # the commits (commands) it holds
         self.commands: list[tuple[int, list]] = commands
         self.tables: dict[int, dict] = tables
         self.nbytes = nbytes
+        self.tokens = tokens  # (ts, token) entries, packed (dn.write.tokens.unpack_entries)
         self._runs: dict[int, Run] = {}
 
     def run(self, table_id: int, pk_pos: tuple[int, ...]) -> Run | None:
@@ -96,19 +140,36 @@ def build(shard: int, buf: Buffer) -> tuple[bytes, dict[int, TableStats]]:
         stats[table_id] = TableStats(
             len(ts), len(del_ts), min(keys) if keys else None, max(keys) if keys else None
         )
+    commands = [[ts, cmd] for ts, cmd in buf.commands]
+    data = encode(shard, buf.from_ts, buf.to_ts, buf.ncommits, commands, tables, buf.tokens)
+    return data, stats
+
+
+def encode(
+    shard: int,
+    from_ts: int,
+    to_ts: int,
+    ncommits: int,
+    commands: list,
+    tables: dict,
+    tokens: list[tuple[int, bytes]],
+) -> bytes:
+    """The range object of the grammar above, in format version ``VERSION`` (both writers)."""
     body = {
         "shard": shard,
-        "from": buf.from_ts,
-        "to": buf.to_ts,
-        "commands": [[ts, cmd] for ts, cmd in buf.commands],
+        "from": from_ts,
+        "to": to_ts,
+        "commits": ncommits,
+        "commands": commands,
         "tables": tables,
+        "tokens": pack_entries(tokens),
     }
-    return codec.encode(codec.KIND_RANGE, body), stats
+    return codec.encode(codec.KIND_RANGE, body, VERSION)
 
 
 def decode(data: bytes, key: str) -> RangeObject:
     """Decode and check a range object; raises Corruption naming ``key``."""
-    body = codec.decode(codec.KIND_RANGE, data, key)
+    body = codec.decode(codec.KIND_RANGE, data, key, READ_VERSIONS)
     try:
         commands = [(ts, cmd) for ts, cmd in body["commands"]]
         tables = body["tables"]
@@ -116,11 +177,28 @@ def decode(data: bytes, key: str) -> RangeObject:
             n = len(t["ts"])
             if any(len(c) != n for c in t["cols"]) or len(t["del_pks"]) != len(t["del_ts"]):
                 raise ValueError("column and timestamp lengths differ")
-        ro = RangeObject(body["from"], body["to"], commands, tables, len(data))
+        tokens = b""
+        if codec.version_of(data) == 1:
+            ncommits = _derived_commits(commands, tables)
+        else:
+            ncommits = body["commits"]
+            if type(ncommits) is not int or not 1 <= ncommits <= body["to"] - body["from"] + 1:
+                raise ValueError(f"commits {ncommits!r} is not a count of the range's commits")
+            tokens = check_entries(body["tokens"], body["from"], body["to"])
+        ro = RangeObject(body["from"], body["to"], ncommits, commands, tables, len(data), tokens)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
     codec.check_key_numbers(key, (ro.from_ts, ro.to_ts))
     return ro
+
+
+def _derived_commits(commands: list, tables: dict) -> int:
+    """The commits of a version-1 object: its distinct timestamps, at least 1."""
+    seen = {ts for ts, _ in commands}
+    for t in tables.values():
+        seen.update(t["ts"])
+        seen.update(t["del_ts"])
+    return max(1, len(seen))
 
 
 def to_run(t: dict, pk_pos: tuple[int, ...]) -> Run:

@@ -4,15 +4,18 @@ Snapshot read at S (seed 001, steps 1-4):
 
 1. working checkpoint = the newest checkpoint <= S (None if there is none);
 2. working ranges = the committed ranges after it, up to and including the first range that
-   covers S; ``max_range`` = the ``to`` of the last working range (or of the checkpoint);
+   covers S, and never one that starts after S (at S equal to the checkpoint's timestamp there
+   is none: the checkpoint serves S); ``max_range`` = the ``to`` of the last working range (or
+   of the checkpoint);
 3. if S <= max_range the plan is complete;
 4. otherwise the commands (max_range, S] come from memory: ``tail = (max_range + 1, S)``.
 
-Range read (S, from_ts) covers from_ts <= ts <= S: every committed range that overlaps it, and
-the tail ``(max(max_range + 1, from_ts), S)`` when S > max_range. Its ``max_range`` is that of
-the snapshot plan at S; it has no checkpoint (``checkpoint`` is None): a checkpoint describes
-the state at its timestamp, while a range read wants the versions in its window, which the
-overlapping ranges and the tail hold (the seed's range read answers ranges and commands only).
+Range read (S, from_ts) covers from_ts <= ts <= S: every committed range that overlaps it
+(never one that starts after S or ends before from_ts), and the tail ``(max(max_range + 1,
+from_ts), S)`` when S > max_range. Its ``max_range`` is that of the snapshot plan at S; it has
+no checkpoint (``checkpoint`` is None): a checkpoint describes the state at its timestamp,
+while a range read wants the versions in its window, which the overlapping ranges and the tail
+hold (the seed's range read answers ranges and commands only).
 
 :func:`check_from_ts` is the one validation of a change feed's ``from_ts``, for the engine, the
 client and the plans. Pure functions of the manifest's range and checkpoint lists; no I/O;
@@ -59,6 +62,8 @@ def snapshot_plan(ranges: Sequence[tuple[int, int]], checkpoints: Sequence[int],
     for r in ranges:
         if cp is not None and r[1] <= cp:
             continue
+        if r[0] > ts:
+            break  # starts after S: nothing in it is visible at S
         working.append(r)
         if r[1] >= ts:
             break

@@ -1,11 +1,22 @@
 """The read side of one shard: snapshots, floors, plans and read views.
 
 One part of :class:`dn.engine.Engine`, over the shard's :class:`dn.state.ShardState`. A read
-resolves its snapshot S under the shard's lock (raising the clock's floor to S, waiting for
-groups in flight at or below S, settling an unknown log outcome, refusing S before the
-retention window), takes the plan of seed 001 and copies the in-memory tail out as runs: a
-:class:`ReadView`. Materializing the view (fetching and merging objects) happens outside the
-lock, in this process or in another (:mod:`dn.read.view`). Any thread.
+resolves its snapshot S under the shard's lock (refusing S past the future bound or before the
+retention window, making the timestamp ceiling cover S, raising the clock's floor to S,
+waiting for groups in flight at or below S, settling an unknown log outcome), takes the plan of
+seed 001 and copies the in-memory tail out as runs: a :class:`ReadView`. Materializing the view
+(fetching and merging objects) happens outside the lock, in this process or in another
+(:mod:`dn.read.view`). Any thread.
+
+Snapshots and time (decision 0013): a snapshot served is a promise that no later commit gets a
+timestamp at or below it, kept across restarts. The floor is raised in memory when S is
+resolved; the promise is made durable (:meth:`Snapshots.promise`: the timestamp ceiling
+extended to S if it is below, one manifest commit, without the lock) once the request is
+validated and before its result is handed out, so a refused request writes nothing. A snapshot
+further past the shard's *wall* clock than ``snapshot_future_s`` (and past the shard's own
+clock) is refused with :class:`dn.errors.FutureSnapshot`: measured from the wall clock, not from
+the hybrid clock that earlier floors already raised, so floors never push the clock further
+ahead.
 
 Not here: fetching objects, merging versions, anything that writes.
 """
@@ -15,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dn.clock import LOGICAL_BITS
-from dn.errors import InvalidArgument
+from dn.errors import FutureSnapshot, InvalidArgument
 from dn.read.plan import Plan, check_from_ts, range_plan, snapshot_plan
+from dn.read.rows import projection
 from dn.read.run import Run
 from dn.read.view import ReadView
 from dn.schema import TableDef
@@ -26,21 +38,34 @@ from dn.state import ShardState
 class Snapshots:
     """Snapshots, floors, plans and read views of one shard."""
 
-    def __init__(self, state: ShardState, settle: Callable[[], None]) -> None:
+    def __init__(
+        self, state: ShardState, settle: Callable[[], None], cover: Callable[[int], None]
+    ) -> None:
         self._s = state
         self._settle = settle  # settles an unknown log outcome (the write path's)
+        self._cover = cover  # makes the durable timestamp ceiling cover a timestamp served
 
     def snapshot(self) -> int:
         """A timestamp to pass as ``snapshot=`` for repeatable reads: it covers every write
         acknowledged so far, and no later commit gets a timestamp at or below it."""
         with self._s.cv:
-            return self._resolve_snapshot_locked(None)
+            s = self._resolve_snapshot_locked(None)
+        self.promise(s)
+        return s
 
     def advance_floor(self, ts: int) -> int:
         """Promise that no later commit gets a timestamp <= ``ts`` and wait for commits in
         flight at or below it; returns ``ts``. Used by cross-shard snapshot reads."""
         with self._s.cv:
-            return self._resolve_snapshot_locked(ts)
+            s = self._resolve_snapshot_locked(ts)
+        self.promise(s)
+        return s
+
+    def promise(self, s: int) -> None:
+        """Lock not held: make durable the promise a read at ``s`` makes, before its result
+        is handed out (the timestamp ceiling extended to ``s`` if it is below: one manifest
+        commit). Raises ``Unavailable`` if the store fails: the result must not be served."""
+        self._cover(s)
 
     def clock(self) -> int:
         """The newest timestamp this shard has issued or promised."""
@@ -54,13 +79,15 @@ class Snapshots:
         else:
             if type(snapshot) is not int or snapshot < 0:
                 raise InvalidArgument(f"snapshot must be an int64 timestamp, got {snapshot!r}")
-            limit = self._s.hlc.peek() + (
-                int(self._s.settings.snapshot_future_s * 1000) << LOGICAL_BITS
-            )
+            limit = self.future_limit_locked()
             if snapshot > limit:
-                raise InvalidArgument(
-                    f"snapshot {snapshot} is too far in the future (shard clock at "
-                    f"{self._s.hlc.peek()})"
+                bound = self._s.settings.snapshot_future_s
+                raise FutureSnapshot(
+                    f"snapshot {snapshot} is more than snapshot_future_s = {bound} s past shard "
+                    f"{self._s.shard}'s wall clock: the latest snapshot it serves now is {limit}",
+                    snapshot=snapshot,
+                    limit=limit,
+                    bound_s=bound,
                 )
             s = snapshot
             oldest = self._s.oldest_readable()
@@ -70,7 +97,7 @@ class Snapshots:
                     f"timestamp is {oldest}",
                     oldest=oldest,
                 )
-        self._s.hlc.advance(s)
+        self._s.hlc.advance(s)  # in memory; the caller makes it durable (promise)
         while True:
             inflight = self._s.queue.inflight
             if inflight is not None and inflight[0] <= s:
@@ -85,11 +112,25 @@ class Snapshots:
                 continue
             return s
 
+    def future_limit_locked(self) -> int:
+        """The latest snapshot served now: the end of the wall clock's millisecond plus
+        ``snapshot_future_s``, or the shard's clock if that is later (after a restart on a
+        node whose clock is behind, or a floor raised earlier)."""
+        future_ms = int(self._s.settings.snapshot_future_s * 1000)
+        wall = ((self._s.clock.now_ms() + future_ms + 1) << LOGICAL_BITS) - 1
+        return max(wall, self._s.hlc.peek())
+
     def read_view(
-        self, db: str, table: str, snapshot: int | None = None, from_ts: int | None = None
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        from_ts: int | None = None,
+        durable: bool = True,
     ) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
-        for a change feed, from ``from_ts``). Readers in other processes materialize it."""
+        for a change feed, from ``from_ts``). Readers in other processes materialize it.
+        ``durable=False``: the caller checks more and calls :meth:`promise` itself."""
         if from_ts is not None:
             check_from_ts(from_ts)
         with self._s.cv:
@@ -117,29 +158,60 @@ class Snapshots:
                 run = buf.run(tdef.id, lo, hi)
                 if run is not None and len(run):
                     tail.append(run)
+        if durable:
+            self.promise(s)
         return ReadView(tdef, s, plan, tuple(tail), from_ts)
+
+    def checked_view(
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None,
+        from_ts: int | None = None,
+        columns: list[str] | None = None,
+        keys: tuple = (),
+        bounds: tuple = (),
+    ) -> tuple[ReadView, list]:
+        """:meth:`read_view` for a read in this process, with its ``columns``, ``keys`` and
+        key ``bounds`` (None: unbounded) checked against the table before the promise is made
+        durable; returns the view and the checked keys and bounds."""
+        view = self.read_view(db, table, snapshot, from_ts, durable=False)
+        t = view.table
+        checked = [t.check_key(k) for k in keys]
+        checked += [None if b is None else t.check_key(b) for b in bounds]
+        projection(t, columns)
+        self.promise(view.snapshot)
+        return view, checked
 
     def snapshot_plan(self, ts: int) -> Plan:
         """Seed 001's snapshot-read plan at ``ts``."""
         with self._s.cv:
             s = self._resolve_snapshot_locked(ts)
-            return snapshot_plan(self._s.ranges, self._s.checkpoints, s)
+            plan = snapshot_plan(self._s.ranges, self._s.checkpoints, s)
+        self.promise(s)
+        return plan
 
     def range_plan(self, snapshot: int, from_ts: int) -> Plan:
         """Seed 001's range-read plan for from_ts <= ts <= snapshot."""
         with self._s.cv:
             s = self._resolve_snapshot_locked(snapshot)
-            return range_plan(self._s.ranges, self._s.checkpoints, s, from_ts)
+            plan = range_plan(self._s.ranges, self._s.checkpoints, s, from_ts)
+        self.promise(s)
+        return plan
 
     def databases(self, snapshot: int | None = None) -> list[str]:
         with self._s.cv:
             s = self._resolve_snapshot_locked(snapshot)
-            return self._s.catalog.databases_at(s)
+            out = self._s.catalog.databases_at(s)
+        self.promise(s)
+        return out
 
     def tables(self, db: str, snapshot: int | None = None) -> list[str]:
         with self._s.cv:
             s = self._resolve_snapshot_locked(snapshot)
-            return self._s.catalog.tables_at(db, s)
+            out = self._s.catalog.tables_at(db, s)
+        self.promise(s)
+        return out
 
     def live_table(self, db: str, table: str) -> TableDef:
         """The table as it is now, without waiting for commits in flight (a catalog lookup:
@@ -151,4 +223,6 @@ class Snapshots:
     def table(self, db: str, table: str, snapshot: int | None = None) -> TableDef:
         with self._s.cv:
             s = self._resolve_snapshot_locked(snapshot)
-            return self._s.catalog.table_at(db, table, s)
+            out = self._s.catalog.table_at(db, table, s)
+        self.promise(s)
+        return out

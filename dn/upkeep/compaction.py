@@ -13,7 +13,10 @@ read may still ask for (now - retention):
 - the newest version with ts < horizon (the state at the horizon), unless it is a delete and
   the inputs begin with the shard's oldest object, so that nothing older remains to hide;
 - nothing of a table dropped at or before the horizon (no permitted read can name it);
-- every DDL command (recovery rebuilds the catalog from them when no checkpoint follows).
+- every DDL command (recovery rebuilds the catalog from them when no checkpoint follows);
+- the count of commits: the sum of the inputs' (:func:`commits`);
+- the idempotency tokens committed at or after ``token_floor`` (those still inside the token
+  window, decision 0014); older ones can no longer be asked for.
 
 Policy (:class:`Policy`): with ``n`` live objects below ``max_bytes`` holding ``total`` bytes,
 the bound is ``(K - 1) * (1 + ceil(log_K(total / base)))``. While ``n`` is above it, merge the
@@ -32,8 +35,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dn.objects import codec
+from dn.objects import rangeobj
 from dn.objects.rangeobj import RangeObject, TableStats
+from dn.write.tokens import unpack_entries
 
 #: Merge a whole run of objects once it holds this many times the bytes of its largest.
 AMPLIFICATION = 2.0
@@ -104,11 +108,13 @@ def merge(
     tables: dict[int, tuple[tuple[int, ...], int | None]],
     horizon: int,
     oldest: bool,
+    token_floor: int = 0,
 ) -> tuple[bytes, dict[int, TableStats]]:
     """Merge consecutive range objects (oldest first) into one encoded range object.
 
     ``tables`` maps each table id to (primary-key positions, drop timestamp or None);
-    ``oldest`` says the inputs begin with the shard's oldest live object.
+    ``oldest`` says the inputs begin with the shard's oldest live object; the tokens committed
+    before ``token_floor`` are left out.
     """
     out_tables: dict[int, dict] = {}
     stats: dict[int, TableStats] = {}
@@ -122,14 +128,18 @@ def merge(
             continue
         out_tables[tid], stats[tid] = merged
     commands = [[ts, cmd] for ro in inputs for ts, cmd in ro.commands]
-    body = {
-        "shard": shard,
-        "from": inputs[0].from_ts,
-        "to": inputs[-1].to_ts,
-        "commands": commands,
-        "tables": out_tables,
-    }
-    return codec.encode(codec.KIND_RANGE, body), stats
+    tokens = [e for ro in inputs for e in unpack_entries(ro.tokens) if e[0] >= token_floor]
+    data = rangeobj.encode(
+        shard, inputs[0].from_ts, inputs[-1].to_ts, commits(inputs), commands, out_tables, tokens
+    )
+    return data, stats
+
+
+def commits(inputs: list[RangeObject]) -> int:
+    """The commits the output of merging ``inputs`` records: the sum of theirs. It counts
+    the commits the output covers, not the versions it keeps, so that the commits after a
+    checkpoint (seed 003's trigger) do not depend on which compactions ran."""
+    return sum(ro.ncommits for ro in inputs)
 
 
 def _merge_table(runs, horizon: int, oldest: bool):

@@ -8,22 +8,26 @@ help.
 Locks (see :mod:`dn.state`): ``flush_lock`` serializes every manifest commit and the objects
 written for it; ``compact_lock`` serializes compactions, whose merging runs outside
 ``flush_lock`` so buffer checkpoints go on meanwhile; ``cv`` guards the in-memory lists, and
-no I/O happens under it. After every manifest commit, memory adopts the manifest's newest state
-(:meth:`Upkeep._adopt`), the single source of truth for ranges, checkpoints and the log's
-low-water mark.
+no I/O happens under it; ``manifest_lock`` the manifest commits themselves. After every
+manifest commit, memory adopts the manifest's newest state (:meth:`Upkeep._adopt`), the single
+source of truth for ranges, checkpoints, the log's low-water mark and the timestamp ceiling
+(kept ahead of the clock by :class:`dn.upkeep.ceiling.Ceiling`, from :meth:`Upkeep.maintain`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 
 from dn.errors import Fenced, Internal, Unavailable
 from dn.objects import checkpoint as ckpt
 from dn.objects import codec, rangeobj
 from dn.state import ShardState
 from dn.upkeep import compaction
+from dn.upkeep.ceiling import Ceiling
 from dn.write.buffer import Buffer
+from dn.write.tokens import window
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ class Upkeep:
 
     def __init__(self, state: ShardState) -> None:
         self._s = state
+        # a ceiling extension writes no object: its version alone is no reason for a GC scan
+        self.ceiling = Ceiling(state, partial(self._commit, garbage=False))
 
     def maybe_freeze_locked(self) -> None:
         buf = self._s.mutable
@@ -86,6 +92,7 @@ class Upkeep:
             with self._s.cv:
                 self._s.stats[r] = stats  # before the commit: adoption needs them
                 self._s.sizes[r] = len(data)
+                self._s.commits[r] = buf.ncommits
 
             def add_range(m):
                 if r in m.ranges:
@@ -96,22 +103,23 @@ class Upkeep:
             self._s.counters["buffer_checkpoints"] += 1
             return True
 
-    def _commit(self, update) -> None:
+    def _commit(self, update, garbage: bool = True) -> None:
         """Commit a manifest update, then make memory agree with the manifest's newest known
         state, whatever happened: after a commit whose outcome was unknown and that did land,
         the next commit finds it and memory catches up here."""
-        try:
-            self._s.manifest.commit(update)
-        except Fenced as exc:
-            self._s.fail(exc)
-            raise
-        except BaseException:
-            self._s.manifest_unsure = True
-            raise
-        finally:
-            state = self._s.manifest.current
-            if state is not None:
-                self._adopt(state)
+        with self._s.manifest_lock:
+            try:
+                self._s.manifest.commit(update)
+            except Fenced as exc:
+                self._s.fail(exc)
+                raise
+            except BaseException:
+                self._s.manifest_unsure = True
+                raise
+            finally:
+                state = self._s.manifest.current
+                if state is not None:
+                    self._adopt(state, garbage)
 
     def _settle_manifest(self) -> None:
         """Under the flush lock, before writing any object: if an earlier manifest commit
@@ -119,24 +127,28 @@ class Upkeep:
         already committed is written again (a torn rewrite would damage it)."""
         if not self._s.manifest_unsure:
             return
-        state = self._s.manifest.load()
-        if state is None or state.epoch != self._s.epoch:
-            exc = Fenced(
-                f"shard {self._s.shard}: a newer incarnation owns the manifest", shard=self._s.shard
-            )
-            self._s.fail(exc)
-            raise exc
-        self._adopt(state)
-        self._s.manifest_unsure = False
+        with self._s.manifest_lock:
+            state = self._s.manifest.load()
+            if state is None or state.epoch != self._s.epoch:
+                exc = Fenced(
+                    f"shard {self._s.shard}: a newer incarnation owns the manifest",
+                    shard=self._s.shard,
+                )
+                self._s.fail(exc)
+                raise exc
+            self._adopt(state)
+            self._s.manifest_unsure = False
 
-    def _adopt(self, state) -> None:
+    def _adopt(self, state, garbage: bool = True) -> None:
         with self._s.cv:
             self._s.ranges = list(state.ranges)
             self._s.checkpoints = list(state.checkpoints)
+            self._s.ceiling = max(self._s.ceiling, state.ceiling)  # that version is committed
             top = state.max_range
             while self._s.frozen and top is not None and self._s.frozen[0].to_ts <= top:
                 self._s.frozen.pop(0)  # its range object is committed
-            self._s.gc_dirty = True
+            if garbage:
+                self._s.gc_dirty = True
             self._s.cv.notify_all()
         assert self._s.log is not None
         self._s.log.truncate(
@@ -158,7 +170,10 @@ class Upkeep:
                 catalog = self._s.catalog.as_of(ts)
                 stats = dict(self._s.stats)
                 sizes = dict(self._s.sizes)
-            data = ckpt.build(self._s.shard, ts, catalog, ranges, stats, sizes)
+                remembered = self._s.tokens.snapshot()
+            # the tokens recovery needs from here (decision 0014): those still in the window
+            tokens = window(remembered, ts, self._token_floor())
+            data = ckpt.build(self._s.shard, ts, catalog, ranges, stats, sizes, tokens)
             self._s.store.put(codec.checkpoint_key(self._s.shard, ts), data)
 
             def add_checkpoint(m):
@@ -177,12 +192,15 @@ class Upkeep:
             return ts
 
     def maintain(self) -> None:
-        """One round of background work: freeze on age, run queued buffer checkpoints,
+        """One round of background work: keep the timestamp ceiling ahead of the clock, freeze
+        on age, forget idempotency tokens past their window, run queued buffer checkpoints,
         checkpoint on the delta or interval trigger, delete truncated log objects."""
         self._s.check_usable()
+        self.ceiling.keep()
         with self._s.cv:
             self.maybe_freeze_locked()
             since = self._s.commits_since_checkpoint_locked()
+            self._s.tokens.prune(self._token_floor())  # forget tokens past the window
         self.flush()
         s = self._s.settings
         due_interval = (
@@ -206,6 +224,10 @@ class Upkeep:
     def oldest_readable(self) -> int:
         return self._s.oldest_readable()
 
+    def _token_floor(self) -> int:
+        """The oldest commit timestamp whose idempotency token is still remembered."""
+        return self._s.tokens.floor(self._s.clock.now_ms())
+
     def compact(self) -> bool:
         """Run one compaction the policy asks for (see dn/upkeep/compaction.py); False if none."""
         self._s.check_usable()
@@ -222,7 +244,12 @@ class Upkeep:
             horizon = self._s.oldest_readable()
             inputs = [self._s.reader.range(r) for r in pick]
             data, stats = compaction.merge(
-                self._s.shard, inputs, tables, horizon, oldest=pick[0] == ranges[0]
+                self._s.shard,
+                inputs,
+                tables,
+                horizon,
+                oldest=pick[0] == ranges[0],
+                token_floor=self._token_floor(),
             )
             out = (pick[0][0], pick[-1][1])
             self._s.store.put(codec.range_key(self._s.shard, *out), data)
@@ -230,6 +257,7 @@ class Upkeep:
             with self._s.cv:
                 self._s.stats[out] = stats  # before the commit: adoption needs them
                 self._s.sizes[out] = len(data)
+                self._s.commits[out] = compaction.commits(inputs)
 
             def swap(m):
                 i = m.ranges.index(pick[0]) if pick[0] in m.ranges else -1
@@ -249,6 +277,7 @@ class Upkeep:
                     for r in pick:
                         self._s.stats.pop(r, None)
                         self._s.sizes.pop(r, None)
+                        self._s.commits.pop(r, None)
             self._s.counters["compactions"] += 1
             log.info(
                 "shard %d: compacted %d ranges into %s (%d bytes)",

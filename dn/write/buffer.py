@@ -6,7 +6,9 @@ applied; None while empty). It holds (seed 001):
 - ``commands``: the DDL commands, as ``(ts, cmd)``;
 - per table an appendable :class:`TableBlock`: columnar lists (one per column), the commit
   timestamp of each row version, and the block's delete nodes (primary key, timestamp).
-  Reads copy versions out as runs (:mod:`dn.read.run`), which answer point lookups.
+  Reads copy versions out as runs (:mod:`dn.read.run`), which answer point lookups;
+- ``tokens``: the idempotency tokens of its writes that carried one, as ``(ts, token)`` in
+  commit order (:mod:`dn.write.tokens`); its range object keeps them.
 
 Invariants: timestamps are appended in ascending order; a group commit is applied whole, so a
 buffer boundary never splits one; a frozen buffer never changes again. ``nbytes`` counts the
@@ -87,13 +89,24 @@ class TableBlock:
 class Buffer:
     """A mutable buffer, or a frozen one once ``frozen`` is set."""
 
-    __slots__ = ("from_ts", "to_ts", "commands", "tables", "nbytes", "ncommits", "born", "frozen")
+    __slots__ = (
+        "from_ts",
+        "to_ts",
+        "commands",
+        "tables",
+        "tokens",
+        "nbytes",
+        "ncommits",
+        "born",
+        "frozen",
+    )
 
     def __init__(self, from_ts: int, born: float) -> None:
         self.from_ts = from_ts
         self.to_ts: int | None = None
         self.commands: list[tuple[int, list]] = []
         self.tables: dict[int, TableBlock] = {}
+        self.tokens: list[tuple[int, bytes]] = []
         self.nbytes = 0
         self.ncommits = 0
         self.born = born
@@ -144,6 +157,11 @@ class Buffer:
             block = self.tables[table_id] = TableBlock(ncols, pk_pos)
         return block
 
+    def note_token(self, ts: int, token: bytes) -> None:
+        """The write just applied at ``ts`` carried ``token``."""
+        assert ts == self.to_ts, "a token belongs to the newest write"
+        self.tokens.append((ts, token))
+
     def apply_ddl(self, ts: int, cmd: list, nbytes: int) -> None:
         self._stamp(ts, nbytes)
         self.commands.append((ts, cmd))
@@ -183,3 +201,6 @@ class Buffer:
                 assert self.from_ts <= lo and hi <= (self.to_ts or -1), "versions outside range"
         ts = [t for t, _ in self.commands]
         assert ts == sorted(ts)
+        ts = [t for t, _ in self.tokens]
+        assert ts == sorted(set(ts)), "token timestamps out of order"
+        assert not ts or (self.from_ts <= ts[0] and ts[-1] <= (self.to_ts or -1))

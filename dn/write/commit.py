@@ -8,9 +8,13 @@ and wakes the others. Writers that arrived meanwhile form the next group. This i
 writer queue; with many concurrent writers, one durable log write serves many commits.
 
 The queue knows nothing of the engine: the engine supplies ``stamp`` (validate against the
-catalog and take a timestamp, under the lock), ``persist`` (the log write, outside the lock)
-and ``apply`` (under the lock). Ordering: groups are stamped, persisted and applied one at a
-time, so timestamps reach the buffers in ascending order and no buffer boundary splits a group.
+catalog and take a timestamp, under the lock; False when the shard's timestamp ceiling leaves
+none: the group ends before that command, which stays queued at the front), ``reserve`` (make
+room under the ceiling, outside the lock: the leader calls it before stamping again after a
+stamp found none, so a command refused by its stamp never costs one), ``persist`` (the log
+write, outside the lock) and ``apply`` (under the lock). Ordering: groups are stamped,
+persisted and applied one at a time, so timestamps reach the buffers in ascending order and no
+buffer boundary splits a group.
 """
 
 from __future__ import annotations
@@ -27,16 +31,34 @@ from dn.errors import DNError, Internal
 class Pending:
     """One command on its way to the log."""
 
-    __slots__ = ("op", "args", "payload", "table", "nrows", "ts", "error", "done", "waiter")
+    __slots__ = (
+        "op",
+        "args",
+        "payload",
+        "table",
+        "nrows",
+        "token",
+        "ts",
+        "error",
+        "done",
+        "waiter",
+    )
 
     def __init__(
-        self, op: int, args: list, payload: bytes, table: Any = None, nrows: int = 0
+        self,
+        op: int,
+        args: list,
+        payload: bytes,
+        table: Any = None,
+        nrows: int = 0,
+        token: bytes | None = None,
     ) -> None:
         self.op = op
         self.args = args
         self.payload = payload  # msgpack of args
         self.table = table  # TableDef the rows were validated against (writes)
         self.nrows = nrows
+        self.token = token  # the idempotency token of a write part (dn.write.tokens), or None
         self.ts = 0
         self.error: DNError | None = None
         self.done = False
@@ -62,6 +84,8 @@ class CommitQueue:
         self.leader_busy = False
         #: (lowest, highest) timestamp of the group being persisted, for readers to wait on.
         self.inflight: tuple[int, int] | None = None
+        #: Commands the last stamp found no room for under the ceiling (the leader's alone).
+        self._short = 0
         self.groups = 0
         self.commands = 0
 
@@ -100,7 +124,8 @@ class CommitQueue:
     def submit(
         self,
         p: Pending,
-        stamp: Callable[[Pending], None],
+        reserve: Callable[[int], None],
+        stamp: Callable[[Pending], bool],
         persist: Callable[[list[Pending]], None],
         apply: Callable[[list[Pending]], None],
     ) -> int:
@@ -114,7 +139,7 @@ class CommitQueue:
             self.leader_busy = True
         try:
             while not p.done:
-                self._lead_one(stamp, persist, apply)
+                self._lead_one(reserve, stamp, persist, apply)
         finally:
             with self._cv:
                 self.release_leadership()
@@ -123,7 +148,8 @@ class CommitQueue:
     def submit_all(
         self,
         ps: list[Pending],
-        stamp: Callable[[Pending], None],
+        reserve: Callable[[int], None],
+        stamp: Callable[[Pending], bool],
         persist: Callable[[list[Pending]], None],
         apply: Callable[[list[Pending]], None],
     ) -> None:
@@ -143,18 +169,33 @@ class CommitQueue:
             self.leader_busy = True
         try:
             while not last.done:  # groups leave the queue in order: last done, all done
-                self._lead_one(stamp, persist, apply)
+                self._lead_one(reserve, stamp, persist, apply)
         finally:
             with self._cv:
                 self.release_leadership()
 
-    def _lead_one(self, stamp, persist, apply) -> None:
+    def _lead_one(self, reserve, stamp, persist, apply) -> None:
+        if self._short:  # the last stamp found no room: make some first, outside the lock
+            n, self._short = self._short, 0
+            try:
+                reserve(n)
+            except DNError as exc:  # no timestamp can be had: fail the next group
+                with self._cv:
+                    for q in self._take():
+                        q.error = exc
+                        q.done = True
+                        _wake(q)
+                    self._cv.notify_all()
+                return
         with self._cv:
             group = self._take()
             stamped = []
-            for q in group:
+            for i, q in enumerate(group):
                 try:
-                    stamp(q)
+                    if not stamp(q):  # no timestamp under the ceiling: end the group here
+                        self._queue.extendleft(reversed(group[i:]))
+                        self._short = len(group) - i
+                        break
                 except DNError as exc:
                     q.error = exc
                     q.done = True

@@ -14,25 +14,30 @@ A client validates a batch whole, splits it by shard and sends each shard a :cla
   timestamp must be greater;
 - ``deletes``: the msgpack array of the primary keys to delete (in normal form);
 - ``chunks``: the upserts, as msgpack arrays of columns (one array per column, in column order,
-  of equal non-zero lengths, values in normal form), each over a run of consecutive rows.
+  of equal non-zero lengths, values in normal form), each over a run of consecutive rows;
+- ``token``: the part's idempotency token (:mod:`dn.write.tokens`), or None. Minted once, before
+  the part is first sent, and sent again with every resend of the part: a shard applies a
+  token once and answers it again with the first commit's timestamp (decision 0014).
 
 The codec, end to end:
 
 1. packed once, on the client: :meth:`WritePart.from_columns` (chunks of at most
    :data:`MAX_CHUNK_BYTES`, :func:`pack_columns`);
 2. carried as the arguments of one shard call: :meth:`WritePart.to_call` gives
-   ``(head, deletes, chunk, chunk, ...)`` with the small fields in ``head``; every chunk is an
+   ``(head, deletes, chunk, chunk, ...)`` with the small fields in ``head`` (the token last, when
+   there is one); every chunk is an
    argument of its own so that Ray passes each inline with the call (an argument over
    100 KiB goes through Ray's object store, which makes the call much slower: decision
    0009); the shard takes them back with :meth:`WritePart.from_call`;
 3. checked and decoded by the engine against its live table (:meth:`WritePart.decode`), then
    logged as the very bytes that were sent (:meth:`WritePart.log_payload`: op 5 of
-   ``docs/formats.md``; nothing is packed twice).
+   ``docs/formats.md``, or op 6 with the token; nothing is packed twice).
 
 Invariants: a WritePart's fields have their types (checked when it is made, so a malformed
 call is refused with :class:`dn.errors.InvalidArgument` before anything else); a part that
-:meth:`decode` accepted logs exactly ``[table_id, [chunk, ...], deletes]``, the same bytes as
-``codec.pack`` of the decoded values.
+:meth:`decode` accepted logs exactly ``[table_id, [chunk, ...], deletes]`` (op 5), or
+``[table_id, [chunk, ...], deletes, token]`` (op 6), the same bytes as ``codec.pack`` of the
+decoded values.
 
 Not done here: validating a caller's batch (:mod:`dn.batch`, through :class:`TableDef`),
 routing (the client's), committing (:mod:`dn.write.path`). No I/O, no Ray; pure values. Any
@@ -44,9 +49,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dn.catalog import OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN
 from dn.errors import InvalidArgument, StaleTable
 from dn.objects import codec
 from dn.schema import TableDef
+from dn.write.tokens import TOKEN_BYTES, is_token
 
 #: The largest chunk of a part, in bytes. A fact of Ray, not a tunable: Ray passes an argument
 #: of up to 100 KiB inline with a call, and a larger one through its object store, which costs
@@ -112,6 +119,7 @@ class WritePart:
     after: int
     deletes: bytes
     chunks: tuple[bytes, ...]
+    token: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, str) or not isinstance(self.table, str):
@@ -139,6 +147,8 @@ class WritePart:
             raise InvalidArgument(
                 "a write part's packed chunks and deletes must be bytes (chunks: a list of them)"
             )
+        if self.token is not None and not is_token(self.token):
+            raise InvalidArgument(f"a write part's token must be {TOKEN_BYTES} bytes or None")
         if type(sig) is not tuple or not all(type(p) is tuple for p in sig):
             object.__setattr__(self, "pk_signature", tuple(tuple(p) for p in sig))
         if type(chunks) is not tuple:
@@ -155,11 +165,13 @@ class WritePart:
         after: int = 0,
         *,
         chunk_bytes: int = MAX_CHUNK_BYTES,
+        token: bytes | None = None,
     ) -> WritePart:
         """The part of a validated batch share: ``cols`` its upserts by column (column order,
         values in normal form; ``[]`` when there are none), ``deletes`` its primary keys.
         ``table`` is the definition the share was validated against, *as the receiving shard
-        has it*: its ``id`` is that shard's table id."""
+        has it*: its ``id`` is that shard's table id. ``token``: the part's idempotency token
+        (a new one for each new part; None: a part without one)."""
         chunks = pack_columns(cols, chunk_bytes) if cols and cols[0] else []
         return cls(
             table.db,
@@ -169,6 +181,7 @@ class WritePart:
             after,
             codec.pack(deletes),
             tuple(chunks),
+            token,
         )
 
     @property
@@ -180,20 +193,23 @@ class WritePart:
 
     def to_call(self) -> tuple:
         """The arguments of the shard call: ``(head, deletes, *chunks)``, ``head`` holding the
-        small fields. Each chunk is an argument of its own (inline in a Ray call)."""
-        head = (self.db, self.table, self.table_id, self.pk_signature, self.after)
+        small fields (and the token last, if the part has one). Each chunk is an argument of
+        its own (inline in a Ray call)."""
+        head: tuple = (self.db, self.table, self.table_id, self.pk_signature, self.after)
+        if self.token is not None:
+            head += (self.token,)
         return (head, self.deletes, *self.chunks)
 
     @classmethod
     def from_call(cls, head: Any, deletes: Any, *chunks: Any) -> WritePart:
         """The part from the arguments :meth:`to_call` gave; InvalidArgument if they are not
         such arguments."""
-        if not isinstance(head, list | tuple) or len(head) != 5:
+        if not isinstance(head, list | tuple) or len(head) not in (5, 6):
             raise InvalidArgument(
-                "a write part's head must be (db, table, table_id, pk_signature, after)"
+                "a write part's head must be (db, table, table_id, pk_signature, after[, token])"
             )
-        db, table, table_id, sig, after = head
-        return cls(db, table, table_id, sig, after, deletes, chunks)
+        db, table, table_id, sig, after, *token = head
+        return cls(db, table, table_id, sig, after, deletes, chunks, token[0] if token else None)
 
     # -- 3. checking, decoding and logging, in the engine ------------------------------------
 
@@ -228,15 +244,24 @@ class WritePart:
         n = len(live.check_keys(keys, dels, max_batch_rows))
         return DecodedPart(decoded, dels, n)
 
+    @property
+    def log_op(self) -> int:
+        """The op the part is logged as: 5, or 6 with its token."""
+        return OP_WRITE_COLUMNS if self.token is None else OP_WRITE_COLUMNS_TOKEN
+
     def log_payload(self) -> bytes:
-        """The arguments of the op-5 log command, ``[table_id, [chunk, ...], deletes]``,
-        assembled from the bytes sent (only for a part :meth:`decode` accepted)."""
+        """The arguments of the log command :attr:`log_op`, ``[table_id, [chunk, ...],
+        deletes]`` (op 5) or ``[table_id, [chunk, ...], deletes, token]`` (op 6), assembled from
+        the bytes sent (only for a part :meth:`decode` accepted)."""
+        head = b"\x93" if self.token is None else b"\x94"
+        tail = b"" if self.token is None else codec.pack(self.token)
         return (
-            b"\x93"
+            head
             + codec.pack(self.table_id)
             + codec.array_header(len(self.chunks))
             + b"".join(self.chunks)
             + self.deletes
+            + tail
         )
 
 

@@ -4,6 +4,7 @@ One part of :class:`dn.engine.Engine` (see :mod:`dn.state` for the state it shar
 
     write -> validate against the live catalog -> group commit (dn.write.commit):
         under the lock: re-check the table, stamp a TS            (stamp)
+        leader, no lock, if a stamp found no room: extend ceiling  (reserve)
         leader, no lock: settle an unknown outcome, log the group  (persist)
         under the lock: apply to the mutable buffer, maybe freeze  (apply_group)
     -> the commit TS, once the command is durable
@@ -12,7 +13,19 @@ A client's pre-packed part (:class:`dn.write.part.WritePart`) is checked and dec
 part's own codec and logged as the bytes that were sent. A write prepared for a table that was
 dropped and created again before it was stamped is refused with :class:`StaleTable`.
 
+Exactly once (decision 0014): a part with an idempotency token is applied once. A token
+committed before gets that commit's TS back and changes nothing; a part whose token is being
+committed waits for that outcome; a token in a log write whose outcome is unknown is settled
+first. Applying a command with a token records it (:class:`dn.write.tokens.TokenTable`, the
+buffer), and so does replaying one (op 6).
+
 Recovery replays log records through :meth:`WritePath.replay`, the same apply step.
+
+Timestamps: a commit's TS is at or below the shard's durable timestamp ceiling
+(:mod:`dn.upkeep.ceiling`, decision 0013). The background round keeps the ceiling ahead; when
+a stamp finds no room under it, the group ends there and the leader extends the ceiling (one
+manifest commit, without the lock) before stamping the rest. A command its stamp refuses
+never causes an extension.
 
 Backpressure: a writer that finds the checkpoint queue over ``queue_slow_bytes`` runs a buffer
 checkpoint itself; over ``queue_stop_bytes`` it is refused with :class:`Unavailable`.
@@ -27,7 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 from dn import catalog as cat
-from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, WRITE_OPS
+from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN, WRITE_OPS
 from dn.errors import (
     Corruption,
     DNError,
@@ -45,6 +58,7 @@ from dn.write.aio import AsyncFrontDoor
 from dn.write.commit import Pending
 from dn.write.log import LogRecord, encode_command
 from dn.write.part import WritePart
+from dn.write.tokens import is_token
 
 
 class WritePath:
@@ -110,20 +124,65 @@ class WritePath:
 
     def write_packed_columns(self, part: WritePart) -> int:
         """Commit a client's pre-packed part (:mod:`dn.write.part`): checked and decoded
-        against the live table, logged as the bytes that were sent."""
+        against the live table, logged as the bytes that were sent. A part with a token is
+        applied once: see :meth:`_write_once`."""
+        self._s.check_usable()
+        if part.token is not None:
+            return self._write_once(part, part.token)
+        return self._write_part(part)
+
+    def _write_part(self, part: WritePart) -> int:
         s = self._s
-        s.check_usable()
         tdef = s.catalog.live_table(part.db, part.table)
         d = part.decode(tdef, s.settings.max_value_bytes, s.settings.max_batch_rows)
-        return self._submit_write(
-            tdef, [tdef.id, d.chunks, d.deletes], part.log_payload(), d.nrows, OP_WRITE_COLUMNS
-        )
+        args = [tdef.id, d.chunks, d.deletes]
+        return self._submit_write(tdef, args, part.log_payload(), d.nrows, part.log_op, part.token)
+
+    def _write_once(self, part: WritePart, token: bytes) -> int:
+        """A part with a token, applied once (decision 0014). A token minted outside the
+        window is refused; one committed before gives that commit's TS (nothing changes, not
+        even for a table dropped since); one another part is committing right now is waited
+        for (its TS, or this part goes on if it failed); one held by a log write whose outcome
+        is unknown is settled first (it may have landed). Else this part claims the token for
+        its commit."""
+        s, tokens = self._s, self._s.tokens
+        tokens.check_minted(token, s.clock.now_ms())
+        while True:
+            with s.cv:
+                while True:
+                    s.check_usable_locked()
+                    ts = tokens.committed.get(token)
+                    if ts is not None:
+                        s.counters["duplicate_parts"] += 1
+                        return ts
+                    if token not in tokens.claims:
+                        break
+                    s.cv.wait()  # every group's end and every claim's release notify
+                if token not in tokens.unsettled:
+                    tokens.claims.add(token)
+                    break
+            self.settle_for_read()  # raises Unavailable while the store still fails
+            with s.cv:
+                if s.unknown_lo is None:  # settled: each unsettled token landed or never will
+                    tokens.unsettled.clear()
+        try:
+            return self._write_part(part)
+        finally:
+            with s.cv:
+                tokens.claims.discard(token)
+                s.cv.notify_all()
 
     def _submit_write(
-        self, tdef: TableDef, args: list, payload: bytes, n: int, op: int = OP_WRITE
+        self,
+        tdef: TableDef,
+        args: list,
+        payload: bytes,
+        n: int,
+        op: int = OP_WRITE,
+        token: bytes | None = None,
     ) -> int:
         self._check_size(payload)
-        return self._submit(Pending(op, args, payload, tdef, n))
+        return self._submit(Pending(op, args, payload, tdef, n, token))
 
     def _check_size(self, payload: bytes) -> None:
         limit = self._s.settings.max_batch_bytes
@@ -134,7 +193,7 @@ class WritePath:
 
     def _submit(self, p: Pending) -> int:
         self._admit()
-        return self._s.queue.submit(p, self._stamp, self._persist, self._apply_group)
+        return self._s.queue.submit(p, self._reserve, self._stamp, self._persist, self._apply_group)
 
     def submit_all(self, ps: list[Pending]) -> None:
         """Commit many prepared commands from one thread (each ends with its ts or error)."""
@@ -144,7 +203,7 @@ class WritePath:
             for p in ps:
                 p.error, p.done = exc, True
             return
-        self._s.queue.submit_all(ps, self._stamp, self._persist, self._apply_group)
+        self._s.queue.submit_all(ps, self._reserve, self._stamp, self._persist, self._apply_group)
 
     def _admit(self) -> None:
         """Backpressure: slow writers (they run a buffer checkpoint) or refuse them."""
@@ -165,8 +224,14 @@ class WritePath:
         buffers only ever leave it."""
         return sum(b.nbytes for b in self._s.frozen[:])
 
-    def _stamp(self, p: Pending) -> None:
-        """Under the lock: re-check against the live catalog and take a timestamp."""
+    def _reserve(self, n: int) -> None:
+        """Leader, lock not held, after a stamp found no room: room for ``n`` more
+        timestamps under the ceiling."""
+        self._upkeep.ceiling.reserve(n)
+
+    def _stamp(self, p: Pending) -> bool:
+        """Under the lock: re-check against the live catalog and take a timestamp at or below
+        the timestamp ceiling; False (nothing taken) when the ceiling leaves none."""
         s = self._s
         s.check_usable_locked()
         if p.op in WRITE_OPS:
@@ -180,7 +245,11 @@ class WritePath:
                 )
         else:
             s.catalog.check([p.op, *p.args], 0)
-        p.ts = s.hlc.next()
+        ts = s.hlc.next_within(s.ceiling)
+        if ts is None:
+            return False
+        p.ts = ts
+        return True
 
     def _persist(self, group: list[Pending]) -> None:
         """Outside the lock (leader only): settle an unknown outcome, then log the group."""
@@ -197,6 +266,8 @@ class WritePath:
             if exc.outcome_unknown:
                 with s.cv:
                     s.unknown_lo = group[0].ts
+                    # not committed until settled: a resend of one of them waits (decision 0014)
+                    s.tokens.unsettled.update(p.token for p in group if p.token is not None)
             raise
 
     def settle(self) -> None:
@@ -213,6 +284,7 @@ class WritePath:
             if landed is not None:
                 self.replay(landed)  # the commands are durable: apply them as recovery would
             s.unknown_lo = None
+            s.tokens.unsettled.clear()  # replay noted those that landed; the rest never will
             s.cv.notify_all()
 
     def settle_for_read(self) -> None:
@@ -234,7 +306,7 @@ class WritePath:
         s = self._s
         try:
             for p in group:
-                self._apply_command(p.ts, p.op, p.args, len(p.payload) + 16, p.table)
+                self._apply_command(p.ts, p.op, p.args, len(p.payload) + 16, p.table, p.token)
                 s.counters["rows_written"] += p.nrows
             self._upkeep.maybe_freeze_locked()
         except Exception as exc:
@@ -261,15 +333,27 @@ class WritePath:
             self._upkeep.maybe_freeze_locked()
 
     def _apply_command(
-        self, ts: int, op: int, args: list, nbytes: int, tdef: TableDef | None = None
+        self,
+        ts: int,
+        op: int,
+        args: list,
+        nbytes: int,
+        tdef: TableDef | None = None,
+        token: bytes | None = None,
     ) -> None:
-        """Under the lock: apply one durable command to the mutable buffer (and catalog)."""
+        """Under the lock: apply one durable command to the mutable buffer (and catalog), and
+        note its token (a replayed op 6 carries it as its last argument)."""
         s = self._s
         buf = s.mutable
         if buf.empty:
             buf.born = s.clock.monotonic()
         if op in WRITE_OPS:
-            table_id, rows, dels = args  # rows: row tuples, or chunks of columns
+            if op == OP_WRITE_COLUMNS_TOKEN and token is None:  # replayed: the token is last
+                table_id, rows, dels, token = args
+                if not is_token(token):
+                    raise ValueError(f"op 6 carries {token!r}, not a token")
+            else:
+                table_id, rows, dels = args  # rows: row tuples, or chunks of columns
             if tdef is None:  # replayed: msgpack gave lists; keys must be hashable tuples
                 tdef = s.catalog.table_by_id(table_id)
                 if len(tdef.pk_pos) > 1:
@@ -278,6 +362,9 @@ class WritePath:
                 buf.apply_write(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
             else:
                 buf.apply_columns(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, nbytes)
+            if token is not None:
+                buf.note_token(ts, token)
+                s.tokens.note(ts, token)
         else:
             cmd = [op, *args]
             s.catalog.apply(cmd, ts)

@@ -18,9 +18,18 @@ that was the point of the change, the code is wrong, not the fixture.
 
 Not written here: ``checkpoint_v1_no_sizes.bin`` and ``checkpoint_v1_sizes.bin``, checkpoints of
 format version 1 made once from the inputs below by the version-1 encoder as it stood before
-range sizes were recorded (ranges ``[from, to]``) and as it stood last (``[from, to, bytes]``).
-They are records of what stores may still hold, kept as they are: today's code writes version 2
-and cannot make them again.
+range sizes were recorded (ranges ``[from, to]``) and as it stood last (``[from, to, bytes]``);
+and ``range_v1.bin``, the range object below as the version-1 encoder made it (before ranges
+recorded their commits); and ``manifest_v1.bin``, the manifest version below as the version-1
+encoder made it (before manifests carried the timestamp ceiling); and ``checkpoint_v2.bin``, the
+checkpoint below as the version-2 encoder made it (before checkpoints carried idempotency
+tokens). They are records of what stores may still hold, kept as they are: today's code writes
+newer versions of these kinds and cannot make them again.
+
+The write at 106 comes in two forms: as ``Engine.write_columns`` logs it (op 5,
+``log_write_columns.bin``; the segments hold this one) and as the engine logs a client's part
+carrying the idempotency token ``TOKEN`` (op 6, ``log_write_columns_token.bin``). The range
+object and the checkpoint are made from the second form, so they carry that token.
 
 Everything here is fixed: shard 7, epoch 2, timestamps 100-108, log sequence numbers 5-14. No
 clock, no randomness (the log segments are written to a temporary directory, and only their
@@ -35,7 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
-from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, WRITE_OPS, Catalog
+from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN, WRITE_OPS, Catalog
 from dn.objects import checkpoint as ckpt
 from dn.objects import codec, rangeobj
 from dn.objects.manifest import Manifest, ManifestState
@@ -43,6 +52,7 @@ from dn.store.locallog import LocalLogStore
 from dn.store.memory import MemoryStore
 from dn.write.buffer import Buffer
 from dn.write.log import Log, encode_command
+from dn.write.tokens import make_token
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,10 +62,15 @@ FENCE_SEQ = 5  # the log's low sequence number when this epoch opened: its fence
 RANGE_FROM = 90  # the previous range object ended at 89
 CHECKPOINT_TS = 108
 LOG_LOW_SEQ = 15  # every record below is in the range object
+CEILING = 65_644  # the manifest's timestamp ceiling: 108 plus a millisecond of timestamps
 CLUSTER_SHARDS = 4
 CLUSTER_HASH = "crc32-msgpack-v1"
 CLUSTER_CREATED_MS = 1_767_225_600_000
 SEGMENT_BYTES = (2048, 4096)  # min_segment, max_segment of the local log store
+#: The size the checkpoints record for their one range: that of range_v1.bin, the range object
+#: when they were made. Fixed, so that a new range format leaves the checkpoint fixtures as
+#: they are (checkpoint_v1_sizes.bin records the same size).
+RANGE_BYTES = 857
 
 SCHEMA_T = {"k": "int64", "v": "string", "blob": "bytes", "ok": "bool"}
 SCHEMA_U = {"a": "string", "b": "int64", "x": "float64"}
@@ -80,6 +95,9 @@ ROWS_DELETES = [9]
 #: A write by column (op 5) to shop.u, in two chunks (as a client packs a batch in parts).
 CHUNKS = [{"a": ["m", "a"], "b": [2, 1], "x": [0.5, -1.5]}, {"a": ["m"], "b": [1], "x": [None]}]
 CHUNKS_DELETES = [("q", 3)]
+#: The idempotency token of the write at 106 in its op-6 form: client id 0x00..0x0f, minted at
+#: 2026-01-01T00:00:00Z, the client's first token.
+TOKEN = make_token(bytes(range(16)), 1_767_225_600_000, 1)
 
 #: The log fixtures checked in: file name -> seq.
 LOG_FILES = {
@@ -91,11 +109,15 @@ LOG_FILES = {
     "log_drop_table.bin": 13,
     "log_drop_database.bin": 14,
 }
+#: The op-6 form of the write at 106 (seq 12), checked in beside the op-5 one.
+TOKEN_LOG_FILE = "log_write_columns_token.bin"
 
 
-def commands() -> list[tuple[int, int, int, list]]:
+def commands(token: bool = False) -> list[tuple[int, int, int, list]]:
     """Every command after the fence as ``(seq, ts, op, args)``, its arguments as the engine
-    makes them (``Engine._ddl``, ``Engine._prepare_write``, ``Engine.write_columns``)."""
+    makes them (``Engine._ddl``, ``Engine._prepare_write``, ``Engine.write_columns``; with
+    ``token``, the write at 106 as ``Engine.write_packed_columns`` logs a part carrying
+    ``TOKEN``: op 6)."""
     cat = Catalog()
     for _, ts, op, args in DDL:
         if ts < 105:
@@ -106,10 +128,12 @@ def commands() -> list[tuple[int, int, int, list]]:
     dels = t.normalize_deletes(ROWS_DELETES)
     chunks = [u.normalize_columns(c, 1 << 20)[0] for c in CHUNKS]
     udels = [list(k) for k in u.normalize_deletes(CHUNKS_DELETES)]
-    writes = [
-        (11, 105, OP_WRITE, [t.id, rows, dels]),
-        (12, 106, OP_WRITE_COLUMNS, [u.id, chunks, udels]),
-    ]
+    by_column = (
+        (12, 106, OP_WRITE_COLUMNS_TOKEN, [u.id, chunks, udels, TOKEN])
+        if token
+        else (12, 106, OP_WRITE_COLUMNS, [u.id, chunks, udels])
+    )
+    writes = [(11, 105, OP_WRITE, [t.id, rows, dels]), by_column]
     return sorted(DDL + writes)
 
 
@@ -134,19 +158,30 @@ def log_records() -> dict[int, bytes]:
     return out
 
 
-def buffer_of(cmds: list[tuple[int, int, int, list]], from_ts: int = RANGE_FROM) -> Buffer:
+def buffer_of(
+    cmds: list[tuple[int, int, int, list]],
+    from_ts: int = RANGE_FROM,
+    tokens: dict[int, bytes] | None = None,
+) -> Buffer:
     """A frozen buffer holding ``cmds`` (``(seq, ts, op, args)``) as recovery replays them
-    (``Engine._apply_command``)."""
+    (``WritePath._apply_command``); ``tokens`` (ts -> token) adds tokens to writes of other
+    ops than 6."""
     cat = Catalog()
     buf = Buffer(from_ts, 0.0)
+    tokens = dict(tokens or {})
     for _, ts, op, args in cmds:
         if op in WRITE_OPS:
-            table_id, rows, dels = args
+            if op == OP_WRITE_COLUMNS_TOKEN:
+                table_id, rows, dels, tokens[ts] = args
+            else:
+                table_id, rows, dels = args
             tdef = cat.table_by_id(table_id)
             if len(tdef.pk_pos) > 1:
                 dels = [tuple(k) for k in dels]
             apply = buf.apply_write if op == OP_WRITE else buf.apply_columns
             apply(ts, table_id, len(tdef.columns), tdef.pk_pos, rows, dels, 0)
+            if ts in tokens:
+                buf.note_token(ts, tokens[ts])
         else:
             cmd = [op, *args]
             cat.apply(cmd, ts)
@@ -155,9 +190,10 @@ def buffer_of(cmds: list[tuple[int, int, int, list]], from_ts: int = RANGE_FROM)
     return buf
 
 
-def range_object() -> tuple[bytes, dict[int, rangeobj.TableStats]]:
-    """The range object ``[90, 108]`` of every command after the fence, and its statistics."""
-    return rangeobj.build(SHARD, buffer_of(commands()))
+def range_object(token: bool = True) -> tuple[bytes, dict[int, rangeobj.TableStats]]:
+    """The range object ``[90, 108]`` of every command after the fence, and its statistics
+    (with ``token``, the write at 106 in its op-6 form: the fixture)."""
+    return rangeobj.build(SHARD, buffer_of(commands(token)))
 
 
 def checkpoint_catalog() -> dict:
@@ -168,15 +204,25 @@ def checkpoint_catalog() -> dict:
 
 
 def checkpoint_object() -> bytes:
-    """The checkpoint at 108 over the one range object ``[90, 108]``."""
-    data, stats = range_object()
+    """The checkpoint at 108 over the one range object ``[90, 108]`` of ``RANGE_BYTES``, with
+    the token of the write at 106 (inside the token window)."""
+    _, stats = range_object()
     r = (RANGE_FROM, CHECKPOINT_TS)
-    return ckpt.build(SHARD, CHECKPOINT_TS, checkpoint_catalog(), [r], {r: stats}, {r: len(data)})
+    return ckpt.build(
+        SHARD,
+        CHECKPOINT_TS,
+        checkpoint_catalog(),
+        [r],
+        {r: stats},
+        {r: RANGE_BYTES},
+        [(106, TOKEN)],
+    )
 
 
 def manifest_version() -> bytes:
     """Manifest version 3: epoch 1 opened (version 1), epoch 2 opened (version 2), then epoch
-    2 committed the range object, the checkpoint and the log's new low seq (version 3)."""
+    2 committed the range object, the checkpoint, the log's new low seq and its timestamp
+    ceiling (version 3)."""
     store = MemoryStore()
     Manifest(store, SHARD).open_epoch()
     m = Manifest(store, SHARD)
@@ -188,6 +234,7 @@ def manifest_version() -> bytes:
             ranges=((RANGE_FROM, CHECKPOINT_TS),),
             checkpoints=(CHECKPOINT_TS,),
             log_low_seq=LOG_LOW_SEQ,
+            ceiling=CEILING,
         )
 
     state = m.commit(update)
@@ -227,6 +274,8 @@ def build_all() -> dict[str, bytes]:
     """Every fixture this script writes: file name -> bytes."""
     logs = log_records()
     out = {name: logs[seq] for name, seq in LOG_FILES.items()}
+    token_write = [c for c in commands(token=True) if c[2] == OP_WRITE_COLUMNS_TOKEN]
+    out[TOKEN_LOG_FILE] = log_record(token_write[0][0], [c[1:] for c in token_write])
     out["range.bin"] = range_object()[0]
     out["checkpoint.bin"] = checkpoint_object()
     out["manifest.bin"] = manifest_version()
