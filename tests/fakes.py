@@ -1,6 +1,9 @@
-"""Injected components shared by the tests: a clock that moves only when slept on."""
+"""Injected components shared by the tests: a clock that moves only when slept on, and
+object-store wrappers that tap or count what goes through them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SleepClock:
@@ -17,3 +20,43 @@ class SleepClock:
 
     def clock(self) -> float:
         return self.now
+
+
+class PassThroughStore:
+    """An object store that hands every operation to ``inner`` (a ``dn.store.ObjectStore``);
+    tests subclass it and override the operations they tap. ``close`` leaves ``inner`` open:
+    it is the test's."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.url = getattr(inner, "url", None)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self.inner.put_if_absent(key, data)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        pass
+
+
+class CountingStore(PassThroughStore):
+    """Records every key read through it (``gets``), e.g. to count the objects a read fetched."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.gets: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.gets.append(key)
+        return self.inner.get(key)

@@ -22,6 +22,7 @@ from dn.read.cache import ObjectCache
 from dn.read.reader import Reader
 from dn.read.view import materialize
 from dn.store import FaultyStore, MemoryStore, SimulatedCrash
+from tests.fakes import CountingStore
 
 SCHEMA = {"k": "int64", "v": "string"}
 
@@ -45,17 +46,6 @@ def _settings(**kw) -> Settings:
 def _open(store, clock=None, **kw) -> Engine:
     eng = Engine.open(settings=_settings(**kw), store=store, clock=clock or ManualClock())
     return eng
-
-
-class CountingStore(MemoryStore):
-    def __init__(self, inner: MemoryStore) -> None:
-        super().__init__()
-        self.inner = inner
-        self.gets: list[str] = []
-
-    def get(self, key):
-        self.gets.append(key)
-        return self.inner.get(key)
 
 
 def _range_objects_read_by_latest_scan(eng: Engine, store: MemoryStore) -> int:

@@ -36,7 +36,7 @@ from dn.objects import codec
 from dn.store.memory import shared_memory_store
 from shards.group import ShardGroup
 from shards.shard import ShardService
-from tests.fakes import SleepClock
+from tests.fakes import PassThroughStore, SleepClock
 from tests.test_cluster_logic import LocalCoordinator
 
 SCHEMA = {"k": "int64", "v": "string"}
@@ -47,23 +47,16 @@ def _copy(value: Any) -> Any:
     return pickle.loads(pickle.dumps(value))
 
 
-class LogTap:
+class LogTap(PassThroughStore):
     """The shared memory store of a cluster's url, with hooks on the log's puts: ``gate``
     (block each log put until set) and ``lose_acks`` (that many log puts land, then raise as
     if their response was lost)."""
 
     def __init__(self, name: str) -> None:
-        self.inner = shared_memory_store(name)
-        self.url = self.inner.url
+        super().__init__(shared_memory_store(name))
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
         self.lose_acks = 0
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.inner.put(key, data)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         if key.startswith("30/"):
@@ -75,15 +68,6 @@ class LogTap:
                 self.inner.put_if_absent(key, data)
                 raise Unavailable(f"put {key}: the response was lost")
         self.inner.put_if_absent(key, data)
-
-    def list(self, prefix: str) -> list[str]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        pass
 
 
 class InProcessGroup(ShardGroup):

@@ -23,6 +23,7 @@ import pytest
 from dn import Engine, InvalidArgument, ManualClock, Settings, Unavailable
 from dn.store import FaultyStore, LocalStore, MemoryStore, ObjectStore, RetryingStore, RetryPolicy
 from dn.store.locallog import LocalLogStore
+from tests.fakes import PassThroughStore
 
 SCHEMA = {"k": "int64", "v": "string"}
 LOG = "30/"
@@ -128,33 +129,19 @@ def test_a_refused_log_put_without_a_retrying_store_is_settled_not_internal(
         again.close()
 
 
-class LandsThenFails:
+class LandsThenFails(PassThroughStore):
     """A log store whose n-th put_if_absent lands and then raises an untyped error (a client
     library's exception after the request went out)."""
 
     def __init__(self, inner: ObjectStore, nth: int) -> None:
-        self.inner, self.url, self.left = inner, inner.url, nth
+        super().__init__(inner)
+        self.left = nth
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         self.inner.put_if_absent(key, data)
         self.left -= 1
         if self.left == 0:
             raise ConnectionResetError("connection reset by peer after the request was sent")
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.inner.put(key, data)
-
-    def list(self, prefix: str) -> list[str]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        pass
 
 
 def test_any_exception_of_a_log_put_that_landed_is_settled_and_applied_once() -> None:

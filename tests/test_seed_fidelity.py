@@ -22,6 +22,7 @@ from dn.read.reader import Reader
 from dn.read.view import materialize
 from dn.store import MemoryStore
 from dn.upkeep import compaction
+from tests.fakes import CountingStore
 
 SCHEMA = {"k": "int64", "v": "string"}
 
@@ -172,19 +173,6 @@ def test_plans_at_every_snapshot_cover_it_and_name_no_range_after_it(layout):
             assert all(r[0] <= s and r[1] >= from_ts for r in rp.ranges), (s, from_ts, rp)
             assert rp.checkpoint is None and rp.max_range == plan.max_range
             check(list(rp.ranges) + ([rp.tail] if rp.tail else []), max(from_ts, 1), s, rp)
-
-
-class CountingStore(MemoryStore):
-    """Reads through to ``inner`` and records every key it was asked for."""
-
-    def __init__(self, inner: MemoryStore) -> None:
-        super().__init__()
-        self.inner = inner
-        self.gets: list[str] = []
-
-    def get(self, key):
-        self.gets.append(key)
-        return self.inner.get(key)
 
 
 def test_a_read_at_a_checkpoint_fetches_no_range_after_it():
