@@ -6,7 +6,12 @@ without Ray against the :class:`coordinator.client.fanout.ShardCalls` protocol.
 
 Shard actors are named ``dn-shard-<i>`` in the deployment's namespace, detached (they outlive
 the driver that deployed them), restarted by Ray without limit (``max_restarts=-1``) and
-threaded (``max_concurrency`` calls at once, so concurrent writes share a log write). Ray
+threaded (``max_concurrency`` calls at once, so concurrent writes share a log write), and
+placed with Ray's ``SPREAD`` scheduling strategy: one shard per node in turn, over the nodes
+that have room for it, rather than Ray's default of filling one node first. The strategy is
+the actor's, so a shard Ray restarts after its node died is placed the same way, on any node
+left (a placement group would pin it to a bundle, which must be rescheduled first and, if
+strict, finds no room); on a single node every shard lands there, as before. Ray
 itself retries no actor task (``max_task_retries=0``): :meth:`ShardGroup.call_each` retries
 calls that failed with ``Unavailable`` until ``retry_s`` runs out, sleeping between rounds as
 the shells' one backoff says (:meth:`dn.settings.ShellSettings.backoff`; a ShardGroup takes its
@@ -192,6 +197,7 @@ def start_shards(
             max_concurrency=max_concurrency,
             num_cpus=num_cpus,
             get_if_exists=True,
+            scheduling_strategy="SPREAD",
         )
         opts["runtime_env"] = runtime_env
         handles.append(cls.options(**opts).remote(store, i, settings, clock_skew_ms, shell))

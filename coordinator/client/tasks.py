@@ -2,7 +2,8 @@
 
 Every ``.remote()`` the client library makes outside the shard and coordinator handles lives
 here; errors are mapped by :func:`shards.group.map_error`, so callers only see
-:mod:`dn.errors`. Any thread.
+:mod:`dn.errors`. Streaming read tasks are spread over the cluster's nodes (Ray's ``SPREAD``
+strategy), as the shards are. Any thread.
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ def stream_tasks(
     env: Mapping[str, str] | None = None,
 ) -> dict[int, Iterator[bytes]]:
     """Run the generator ``fn(*args)`` as one streaming Ray task per entry; each entry's
-    iterator yields the task's items as they are produced (pages of a large read)."""
-    opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 1}
+    iterator yields the task's items as they are produced (pages of a large read). The tasks
+    are spread over the cluster's nodes (Ray's ``SPREAD`` strategy; by default Ray would run
+    them all on this process's node, which has room for tasks of no CPU)."""
+    opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 1, "scheduling_strategy": "SPREAD"}
     if env:
         opts["runtime_env"] = {"env_vars": dict(env)}
     remote = ray.remote(_pages_task).options(**opts)
