@@ -6,6 +6,9 @@ the delta/interval trigger and deletes log objects past their grace (see
 runs this loop instead of the engine's own thread, so that the actor's status reports the
 loop (rounds, failures, the last error) and stopping the actor stops the loop first.
 
+Metrics: after each round the loop hands the engine to :meth:`shards.metrics.ShardMetrics.publish`
+(which turns its status into the ``dn_`` gauges and counters, at most once a second).
+
 Failures: a :class:`dn.errors.DNError` (the store is down, say) is logged and counted and the
 next round retries; Fenced or Closed ends the loop (this incarnation is finished).
 
@@ -21,6 +24,7 @@ from typing import Any
 
 from dn import Engine
 from dn.errors import Closed, DNError, Fenced
+from shards.metrics import ShardMetrics
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +32,11 @@ log = logging.getLogger(__name__)
 class MaintenanceLoop:
     """Calls ``engine.maintain()`` every ``interval_s`` seconds until stopped."""
 
-    def __init__(self, engine: Engine, interval_s: float) -> None:
+    def __init__(
+        self, engine: Engine, interval_s: float, metrics: ShardMetrics | None = None
+    ) -> None:
         self._engine = engine
+        self._metrics = metrics
         self._interval = max(0.001, interval_s)
         self._stop = threading.Event()
         self.rounds = 0
@@ -68,6 +75,17 @@ class MaintenanceLoop:
                 log.exception("shard %d: maintenance failed", self._engine.shard)
             self.rounds += 1
             self.last_round_s = time.monotonic() - t0
+            self._publish()
+
+    def _publish(self) -> None:
+        if self._metrics is None:
+            return
+        try:
+            self._metrics.publish(self._engine, self.failures)
+        except (Fenced, Closed):
+            return  # the next round ends the loop
+        except Exception:  # metrics never stop maintenance
+            log.debug("shard %d: publishing metrics failed", self._engine.shard, exc_info=True)
 
     def status(self) -> dict[str, Any]:
         return {

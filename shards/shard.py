@@ -25,6 +25,8 @@ What it adds to the engine:
   id, which a part must carry). A part carries an idempotency token: a copy of a part already
   committed (a resend, a late original) gets the first commit's timestamp (decision 0014).
 - **Maintenance** by :class:`shards.loop.MaintenanceLoop` (the engine's own thread is off).
+- **Metrics** (:mod:`shards.metrics`): each write call's latency, each read view's object
+  count and each failed call's error kind here; the engine's figures from the loop.
 
 Concurrency: any number of threads call these methods; the engine's group commit makes
 concurrent writes share one log write. No per-row work here beyond the engine's validation.
@@ -44,6 +46,7 @@ from dn.errors import InvalidArgument
 from dn.settings import ShellSettings
 from dn.write.part import WritePart
 from shards.loop import MaintenanceLoop
+from shards.metrics import ShardMetrics
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,8 @@ class ShardService:
         t0 = time.monotonic()
         self.engine = Engine.open(store_url, shard, s, store=store, clock=self._clock)
         self.opened_s = time.monotonic() - t0
-        self.loop = MaintenanceLoop(self.engine, s.background_interval_s).start()
+        self.metrics = ShardMetrics(shard, self.opened_s)
+        self.loop = MaintenanceLoop(self.engine, s.background_interval_s, self.metrics).start()
         self.started_at = time.time()
         log.info("shard %d up (epoch %d) in %.2fs", shard, self.engine.epoch, self.opened_s)
 
@@ -82,10 +86,16 @@ class ShardService:
         self, db: str, table: str, upserts: Any = (), deletes: Any = (), after: int = 0
     ) -> int:
         """:meth:`dn.Engine.write`, committed after ``after``."""
-        if after and after > self.engine.clock():
-            self.engine.advance_floor(after)
-        ts = self.engine.write(db, table, upserts, deletes)
-        self._commit_wait(ts)
+        t0 = time.monotonic()
+        try:
+            if after and after > self.engine.clock():
+                self.engine.advance_floor(after)
+            ts = self.engine.write(db, table, upserts, deletes)
+            self._commit_wait(ts)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+        self.metrics.write_done(time.monotonic() - t0)
         return ts
 
     def write_part(self, head: tuple, deletes: bytes, *chunks: bytes) -> int:
@@ -93,11 +103,17 @@ class ShardService:
         :meth:`dn.write.part.WritePart.to_call`: each chunk a separate argument, so that Ray
         passes it inline), committed after the part's ``after`` by
         :meth:`dn.Engine.write_packed_columns`."""
-        part = WritePart.from_call(head, deletes, *chunks)
-        if part.after and part.after > self.engine.clock():
-            self.engine.advance_floor(part.after)
-        ts = self.engine.write_packed_columns(part)
-        self._commit_wait(ts)
+        t0 = time.monotonic()
+        try:
+            part = WritePart.from_call(head, deletes, *chunks)
+            if part.after and part.after > self.engine.clock():
+                self.engine.advance_floor(part.after)
+            ts = self.engine.write_packed_columns(part)
+            self._commit_wait(ts)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+        self.metrics.write_done(time.monotonic() - t0)
         return ts
 
     def live_table(self, db: str, table: str) -> list:
@@ -115,8 +131,14 @@ class ShardService:
         """One DDL command (``op`` is an Engine method name); returns its commit timestamp."""
         if op not in _DDL:
             raise InvalidArgument(f"unknown DDL op {op!r}")
-        ts = getattr(self.engine, op)(*args)
-        self._commit_wait(ts)
+        t0 = time.monotonic()
+        try:
+            ts = getattr(self.engine, op)(*args)
+            self._commit_wait(ts)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+        self.metrics.write_done(time.monotonic() - t0)
         return ts
 
     # -- reads ------------------------------------------------------------------------------
@@ -135,7 +157,14 @@ class ShardService:
         from_ts: int | None = None,
         columns: list[str] | None = None,
     ) -> ReadView:
-        return self.engine.read_view(db, table, snapshot, from_ts, columns)
+        try:
+            view = self.engine.read_view(db, table, snapshot, from_ts, columns)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+        plan = view.plan
+        self.metrics.read_done(len(plan.ranges) + (plan.checkpoint is not None))
+        return view
 
     # -- operations -------------------------------------------------------------------------
 

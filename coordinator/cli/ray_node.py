@@ -106,10 +106,12 @@ def _ray_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def start_ray_head(num_cpus: int | None, port: int = 6379) -> str:
+def start_ray_head(num_cpus: int | None, port: int = 6379, dashboard: bool = True) -> str:
     """``ray start --head`` on loopback: a Ray cluster that outlives this process. Returns
     its address. A head already running on ``port`` is reused. Every process of the head is
-    marked (:data:`HEAD_MARKER_VAR`) for :func:`stop_ray_head`."""
+    marked (:data:`HEAD_MARKER_VAR`) for :func:`stop_ray_head`. With ``dashboard``, Ray's
+    dashboard runs on 127.0.0.1 (port 8265): the cluster's state, the shard actors' logs and
+    the DN metrics (``docs/metrics.md``); the metrics endpoint is there either way."""
     marker = uuid.uuid4().hex
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **{HEAD_MARKER_VAR: marker})
     cmd = [
@@ -118,7 +120,8 @@ def start_ray_head(num_cpus: int | None, port: int = 6379) -> str:
         "--head",
         "--node-ip-address=127.0.0.1",
         f"--port={port}",
-        "--include-dashboard=false",
+        f"--include-dashboard={'true' if dashboard else 'false'}",
+        "--dashboard-host=127.0.0.1",
         "--disable-usage-stats",
     ]
     if num_cpus is not None:
