@@ -738,3 +738,28 @@ def test_change_feeds_over_shards_are_in_order_and_replay_to_the_state(local_clu
             else:
                 state[c.pk] = c.row
         assert state == model
+
+
+def test_the_client_reads_at_times_and_makes_snapshots_from_them(local_cluster):
+    """Timestamps for people on the cluster: snapshot_at, and times wherever a snapshot or a
+    feed's start is taken (scan, get, changes)."""
+    import datetime as dt
+
+    from dn.timestamps import time_of
+
+    client, *_ = local_cluster
+    client.create_database("db")
+    client.create_table("db", "t", {"k": "int64"}, "k")
+    ts1 = client.write("db", "t", [{"k": k} for k in range(6)])
+    when = time_of(ts1)  # the millisecond of the first write: its state includes it
+    s = client.snapshot_at(when)
+    assert s >= ts1 and client.snapshot_at(when.isoformat()) == s
+    assert client.snapshot_at(s) == s
+    with pytest.raises(InvalidArgument, match="UTC offset"):
+        client.snapshot_at(when.replace(tzinfo=None))
+    assert sorted(r["k"] for r in client.scan("db", "t", snapshot=when)) == list(range(6))
+    assert client.get("db", "t", 3, snapshot=when.isoformat()) == {"k": 3}
+    feed = list(client.changes("db", "t", from_ts=when - dt.timedelta(seconds=1)))
+    assert sorted(c.pk for c in feed) == list(range(6))
+    with pytest.raises(InvalidArgument, match="from_ts"):
+        list(client.changes("db", "t", from_ts="not a time"))

@@ -3,11 +3,12 @@
 ::
 
     dn up      [--config cluster.yaml] [--address ADDR] [--shards N] [--store URL]
-               [--namespace NS] [--num-cpus N] [--port P]
+               [--namespace NS] [--num-cpus N] [--port P] [--no-dashboard]
     dn down    [--namespace NS] [--address ADDR] [--stop-ray]
     dn status  [--namespace NS] [--address ADDR] [--json]
-    dn scan    DB TABLE [--snapshot TS] [--columns a,b] [--limit N]
-    dn changes DB TABLE --from TS [--snapshot TS] [--columns a,b]
+    dn snapshot [--namespace NS] [--address ADDR]
+    dn scan    DB TABLE [--snapshot TS|TIME] [--columns a,b] [--limit N]
+    dn changes DB TABLE --from TS|TIME [--snapshot TS|TIME] [--columns a,b]
     dn demo    [--address ADDR] [--shards N] [--tasks N] [--rows N] [--store DIR] [--keep]
 
 ``dn up`` without ``--address`` starts a local Ray head on 127.0.0.1 (``ray start --head``,
@@ -15,12 +16,16 @@ so the cluster outlives the command) and deploys there; with ``--address`` (e.g.
 a cluster's head node, as ``cluster.yaml`` does) it deploys into that cluster. Without
 ``--config`` it uses the embedded defaults (4 shards, store ``./data``). ``dn down`` removes
 the deployment (its data stays in the store); ``--stop-ray`` also stops the Ray head ``dn up``
-started (only its processes: other Ray clusters on the machine are left alone).
+started (only its processes: other Ray clusters on the machine are left alone). The head
+``dn up`` starts runs Ray's dashboard on 127.0.0.1:8265 (shard logs, the DN metrics of
+``docs/metrics.md``) unless ``--no-dashboard``.
 
 Other commands connect to the cluster at ``--address`` (default ``auto``: the one ``ray
 start`` left on this machine, or RAY_ADDRESS). ``dn scan`` and ``dn changes`` print JSON
 lines; bytes values are printed as base64 strings (standard alphabet, padded); composite
-primary keys as arrays. Exit status: 0 ok, 1 a DN error (printed as ``error: <Kind>: msg``).
+primary keys as arrays. A snapshot or ``--from`` may be a timestamp or an ISO-8601 time with a
+UTC offset (:mod:`dn.timestamps`); ``dn snapshot`` prints the current one and its time. Exit
+status: 0 ok, 1 a DN error (printed as ``error: <Kind>: msg``).
 
 Output to stdout/stderr is this module's job (a command line, not library code).
 """
@@ -36,6 +41,15 @@ from typing import Any
 
 from coordinator.cli.ray_env import connect_lines, keep_ray_on_loopback
 from dn.errors import DNError
+
+#: How the commands take a snapshot or the start of a feed (see dn.timestamps).
+TIME_HELP = "a timestamp, or an ISO-8601 time with a UTC offset (2026-12-06T07:30:00Z)"
+
+
+def _time_arg(text: str) -> int | str:
+    """A command line's snapshot or ``--from``: digits are a timestamp, anything else a time
+    for the client to read (dn.timestamps)."""
+    return int(text) if text.strip().isdigit() else text
 
 
 def _jsonable(v: Any) -> Any:
@@ -71,8 +85,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     address = args.address
     if address is None:
-        address = ray_node.start_ray_head(args.num_cpus, args.port)
+        address = ray_node.start_ray_head(args.num_cpus, args.port, not args.no_dashboard)
         print(f"started a local Ray head at {address} (stop it with `dn down --stop-ray`)")
+        if not args.no_dashboard:
+            print("Ray dashboard: http://127.0.0.1:8265")
     _connect_ray(address, cfg.namespace)
     client = deploy(cfg, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     info = client.info
@@ -122,6 +138,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(_jsonable(st), indent=2, default=str))
     else:
         print(render(st))
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from dn.timestamps import time_of
+
+    ts = _client(args).snapshot()
+    print(f"{ts}  {time_of(ts).isoformat(timespec='milliseconds').replace('+00:00', 'Z')}")
     return 0
 
 
@@ -184,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--store", default=None, help="object store URL or directory")
     up.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray head")
     up.add_argument("--port", type=int, default=6379, help="GCS port of a local Ray head")
+    up.add_argument(
+        "--no-dashboard", action="store_true", help="start a local Ray head without its dashboard"
+    )
     up.set_defaults(fn=cmd_up)
 
     down = sub.add_parser("down", help="remove the DN deployment (data stays)")
@@ -192,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-ray", action="store_true", help="also stop the Ray head `dn up` started"
     )
     down.set_defaults(fn=cmd_down)
+
+    snap = sub.add_parser("snapshot", help="the current snapshot timestamp and its time")
+    common(snap)
+    snap.set_defaults(fn=cmd_snapshot)
 
     status = sub.add_parser("status", help="a table per shard")
     common(status)
@@ -202,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(scan)
     scan.add_argument("db")
     scan.add_argument("table")
-    scan.add_argument("--snapshot", type=int, default=None)
+    scan.add_argument("--snapshot", type=_time_arg, default=None, help=TIME_HELP)
     scan.add_argument("--columns", default=None, help="comma-separated column names")
     scan.add_argument("--limit", type=int, default=None)
     scan.set_defaults(fn=cmd_scan)
@@ -211,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(ch)
     ch.add_argument("db")
     ch.add_argument("table")
-    ch.add_argument("--from", dest="from_ts", type=int, required=True)
-    ch.add_argument("--snapshot", type=int, default=None)
+    ch.add_argument("--from", dest="from_ts", type=_time_arg, required=True, help=TIME_HELP)
+    ch.add_argument("--snapshot", type=_time_arg, default=None, help=TIME_HELP)
     ch.add_argument("--columns", default=None)
     ch.set_defaults(fn=cmd_changes)
 

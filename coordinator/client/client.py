@@ -14,8 +14,8 @@ Methods take the same arguments and give the same results (and typed errors) as
   parallel, as one :class:`dn.write.part.WritePart` (:mod:`coordinator.client.writes`). The
   coordinator is not involved.
 - ``get``/``scan``/``changes`` read at one snapshot across shards
-  (:mod:`coordinator.client.fanout`); ``scan`` and ``changes`` return iterators;
-  ``scan_pages`` yields lists of ``page_rows``.
+  (:mod:`coordinator.client.fanout`); a snapshot or ``from_ts`` may be a time
+  (:mod:`dn.timestamps`); ``scan``/``changes`` return iterators, ``scan_pages`` lists.
 - ``writer`` gives a :class:`coordinator.client.writer.BatchWriter` for ingest: batches are
   buffered per shard and sent as large parts; durable on ``flush()``.
 
@@ -34,9 +34,8 @@ a ``write`` called again after it raised is a new write. A part refused with
 ``StaleTable`` (the table was dropped and created again since this client cached it) is
 validated again against the new definition and sent again.
 
-Settings: ``client.settings``, the deployment's :class:`dn.settings.ShellSettings`.
-
-Causality: the client remembers the newest timestamp it has seen (writes, snapshots) and
+Settings: ``client.settings``, the deployment's :class:`dn.settings.ShellSettings`. Causality:
+the client remembers the newest timestamp it has seen (writes, snapshots) and
 sends it with each write; with the shards' commit wait this orders writes across shards (see
 :mod:`shards.shard`). Thread-safe for concurrent calls.
 """
@@ -60,6 +59,7 @@ from dn.read.collector import paused_gc
 from dn.read.plan import check_from_ts
 from dn.schema import check_name
 from dn.settings import ShellSettings
+from dn.timestamps import to_timestamp
 from dn.write.part import pk_signature
 from shards.group import ShardGroup
 
@@ -266,10 +266,18 @@ class Client:
         self._see(s)
         return s
 
+    def snapshot_at(self, when: Any) -> int:
+        """The snapshot of the state at time ``when`` (an aware datetime or ISO-8601 string):
+        every commit made at or before it, to the millisecond (:mod:`dn.timestamps`)."""
+        s = to_timestamp(when)
+        if type(s) is not int:
+            raise InvalidArgument(f"when must be a time or a timestamp, got {when!r}")
+        return s
+
     def _views(
         self, db: str, table: str, snap: int | None, from_ts: int | None = None, cols: Any = None
     ) -> dict[int, Any]:
-        s = snap  # the shards check the columns ``cols`` before they promise anything
+        s = to_timestamp(snap)  # the shards check the columns before they promise anything
         if s is None:
             s = fanout.choose_snapshot(self.shards, self.token, self.retry_s)
         with paused_gc():  # decoding the shards' tails makes many objects that live on
@@ -287,7 +295,7 @@ class Client:
         columns: list[str] | None = None,
     ) -> dict | None:
         """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
-        n = self.info["shards"]
+        n, snapshot = self.info["shards"], to_timestamp(snapshot)
         for attempt in range(2):
             t = self._tables().get(db, table, refresh=attempt > 0).table
             key = t.check_key(pk)
@@ -355,7 +363,7 @@ class Client:
         if type(page_rows) is not int or page_rows <= 0:
             raise InvalidArgument("page_rows must be a positive int")
         rows = self.scan(db, table, snapshot, columns, start, end)
-        return _pages(rows, page_rows)
+        return fanout.pages(rows, page_rows)
 
     def changes(
         self,
@@ -366,7 +374,7 @@ class Client:
         columns: list[str] | None = None,
     ) -> Iterator[Change]:
         """Every change with from_ts <= ts <= snapshot, in (ts, pk) order across shards."""
-        views = self._views(db, table, snapshot, check_from_ts(from_ts), columns)
+        views = self._views(db, table, snapshot, from_ts := check_from_ts(from_ts), columns)
         return fanout.changes(self._pool(), views, from_ts, columns)
 
     # -- operations -------------------------------------------------------------------------
@@ -384,14 +392,3 @@ class Client:
             for i, r in results.items()
         }
         return {"namespace": self.namespace, "coordinator": coord, "shards": shards}
-
-
-def _pages(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
-    page: list[dict] = []
-    for row in rows:
-        page.append(row)
-        if len(page) == n:
-            yield page
-            page = []
-    if page:
-        yield page

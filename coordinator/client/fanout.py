@@ -321,6 +321,18 @@ def check_same_schema(views: Mapping[int, ReadView]) -> None:
         )
 
 
+def pages(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
+    """``rows`` in lists of at most ``n`` (``Client.scan_pages``)."""
+    page: list[dict] = []
+    for row in rows:
+        page.append(row)
+        if len(page) == n:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
 __all__ = [
     "ReaderPool",
     "ShardCalls",
@@ -329,6 +341,7 @@ __all__ = [
     "choose_snapshot",
     "fetch_views",
     "get",
+    "pages",
     "raise_first",
     "scan",
 ]

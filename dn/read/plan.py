@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dn.errors import InvalidArgument
+from dn.timestamps import to_timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +47,10 @@ def _check_ts(name: str, ts: object) -> int:
 
 
 def check_from_ts(from_ts: object, snapshot: int | None = None) -> int:
-    """``from_ts`` if it is a valid start of a change feed: a non-negative int64 timestamp,
-    and not after ``snapshot`` when that is known; else raises InvalidArgument."""
-    ts = _check_ts("from_ts", from_ts)
+    """``from_ts`` as the timestamp a change feed starts at: a non-negative int64 timestamp,
+    or a time (:mod:`dn.timestamps`: its millisecond's first timestamp), not after
+    ``snapshot`` when that is known; else raises InvalidArgument."""
+    ts = _check_ts("from_ts", to_timestamp(from_ts, "from_ts", first=True))
     if snapshot is not None and ts > snapshot:
         raise InvalidArgument(f"from_ts {ts} is after the snapshot {snapshot}")
     return ts

@@ -33,6 +33,7 @@ from dn.read.run import Run
 from dn.read.view import ReadView
 from dn.schema import TableDef
 from dn.state import ShardState
+from dn.timestamps import to_timestamp
 
 
 class Snapshots:
@@ -74,6 +75,7 @@ class Snapshots:
 
     def _resolve_snapshot_locked(self, snapshot: int | None) -> int:
         self._s.check_usable_locked()
+        snapshot = to_timestamp(snapshot)
         if snapshot is None:
             s = self._s.hlc.peek()
         else:
