@@ -38,6 +38,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dn import Engine, ReadView, Settings
@@ -86,29 +87,32 @@ class ShardService:
         self, db: str, table: str, upserts: Any = (), deletes: Any = (), after: int = 0
     ) -> int:
         """:meth:`dn.Engine.write`, committed after ``after``."""
-        t0 = time.monotonic()
-        try:
-            if after and after > self.engine.clock():
-                self.engine.advance_floor(after)
-            ts = self.engine.write(db, table, upserts, deletes)
-            self._commit_wait(ts)
-        except Exception as exc:
-            self.metrics.error(exc)
-            raise
-        self.metrics.write_done(time.monotonic() - t0)
-        return ts
+        return self._timed_commit(
+            lambda: (after, lambda: self.engine.write(db, table, upserts, deletes))
+        )
 
     def write_part(self, head: tuple, deletes: bytes, *chunks: bytes) -> int:
         """A client's pre-packed part of a batch (the arguments of
         :meth:`dn.write.part.WritePart.to_call`: each chunk a separate argument, so that Ray
         passes it inline), committed after the part's ``after`` by
         :meth:`dn.Engine.write_packed_columns`."""
+
+        def prepared() -> tuple[int, Callable[[], int]]:
+            part = WritePart.from_call(head, deletes, *chunks)
+            return part.after, lambda: self.engine.write_packed_columns(part)
+
+        return self._timed_commit(prepared)
+
+    def _timed_commit(self, prepare: Callable[[], tuple[int, Callable[[], int]]]) -> int:
+        """Run a write: ``prepare()`` gives its causality timestamp and the engine call; the
+        commit comes after that timestamp and is waited out (:meth:`_commit_wait`); the call's
+        latency, or its error, goes to the shard's metrics."""
         t0 = time.monotonic()
         try:
-            part = WritePart.from_call(head, deletes, *chunks)
-            if part.after and part.after > self.engine.clock():
-                self.engine.advance_floor(part.after)
-            ts = self.engine.write_packed_columns(part)
+            after, commit = prepare()
+            if after and after > self.engine.clock():
+                self.engine.advance_floor(after)
+            ts = commit()
             self._commit_wait(ts)
         except Exception as exc:
             self.metrics.error(exc)

@@ -65,6 +65,11 @@ def test_dn_up_status_scan_changes_down(ray_session, tmp_path):
             "db.t",
         ):
             assert word in st.stdout, f"{word!r} missing from dn status:\n{st.stdout}"
+        watch = dn(
+            "status", "--address", ray_session, "--namespace", ns, "--watch", "0.2", "--count", "2"
+        )
+        assert watch.returncode == 0, watch.stderr
+        assert watch.stdout.count("shard 0  (pid") == 2 and "rows/s" in watch.stdout
 
         scan = dn("scan", "db", "t", "--address", ray_session, "--namespace", ns)
         assert scan.returncode == 0, scan.stderr

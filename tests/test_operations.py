@@ -88,3 +88,21 @@ def test_read_tasks_get_where_the_store_is_never_credentials():
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+def test_dn_status_watch_shows_rates_per_shard():
+    from coordinator.cli.statusview import rates
+
+    def shard(rows: int, commits: int, logged: int) -> dict:
+        return {
+            "counters": {"rows_written": rows},
+            "commits": commits,
+            "log": {"bytes_written": logged},
+        }
+
+    prev = {"shards": {"0": shard(1000, 10, 4096), "1": {"error": "down"}}}
+    cur = {"shards": {"0": shard(3000, 30, 4096 + 2 * 1024**2), "1": shard(5, 1, 10)}}
+    lines = rates(prev, cur, 2.0)
+    assert lines[0] == "rates over the last 2.0 s:"
+    assert lines[1] == "  shard 0: 1,000 rows/s, 10 commits/s, 1.0 MiB/s logged"
+    assert lines[2] == "  shard 1: -"

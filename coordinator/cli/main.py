@@ -5,7 +5,7 @@
     dn up      [--config cluster.yaml] [--address ADDR] [--shards N] [--store URL]
                [--namespace NS] [--num-cpus N] [--port P] [--no-dashboard]
     dn down    [--namespace NS] [--address ADDR] [--stop-ray]
-    dn status  [--namespace NS] [--address ADDR] [--json]
+    dn status  [--namespace NS] [--address ADDR] [--json] [--watch S [--count N]]
     dn snapshot [--namespace NS] [--address ADDR]
     dn scan    DB TABLE [--snapshot TS|TIME] [--columns a,b] [--limit N]
     dn changes DB TABLE --from TS|TIME [--snapshot TS|TIME] [--columns a,b]
@@ -37,6 +37,7 @@ import base64
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from coordinator.cli.ray_env import connect_lines, keep_ray_on_loopback
@@ -131,13 +132,25 @@ def _client(args: argparse.Namespace):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from coordinator.cli.statusview import render
+    from coordinator.cli.statusview import rates, render
 
-    st = _client(args).status()
+    client = _client(args)
+    st = client.status()
     if args.json:
         print(json.dumps(_jsonable(st), indent=2, default=str))
-    else:
+        return 0
+    print(render(st))
+    prev, t_prev, shown = st, time.monotonic(), 1
+    while args.watch and (args.count is None or shown < args.count):
+        try:
+            time.sleep(args.watch)
+            st, now = client.status(), time.monotonic()
+        except KeyboardInterrupt:
+            return 0
+        print("\033[2J\033[H" if sys.stdout.isatty() else "", end="")
         print(render(st))
+        print("\n" + "\n".join(rates(prev, st, now - t_prev)))
+        prev, t_prev, shown = st, now, shown + 1
     return 0
 
 
@@ -227,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a table per shard")
     common(status)
     status.add_argument("--json", action="store_true", help="raw status as JSON")
+    status.add_argument(
+        "--watch", type=float, default=None, metavar="S", help="refresh every S seconds, with rates"
+    )
+    status.add_argument(
+        "--count", type=int, default=None, help="with --watch: refreshes, then exit"
+    )
     status.set_defaults(fn=cmd_status)
 
     scan = sub.add_parser("scan", help="rows as JSON lines")

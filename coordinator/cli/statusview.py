@@ -124,6 +124,30 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
     return lines + _table(rows)
 
 
+def _per_s(a: dict, b: dict, seconds: float, get: Any) -> float:
+    return max(0.0, (get(b) - get(a)) / seconds)
+
+
+def rates(prev: dict[str, Any], cur: dict[str, Any], seconds: float) -> list[str]:
+    """One line per shard: rows written, commits and log bytes per second between two
+    statuses ``seconds`` apart (``dn status --watch``)."""
+    out = [f"rates over the last {seconds:.1f} s:"]
+    for i in sorted(cur.get("shards", {}), key=int):
+        a, b = prev.get("shards", {}).get(i, {}), cur["shards"][i]
+        if "error" in a or "error" in b or seconds <= 0:
+            out.append(f"  shard {i}: -")
+            continue
+
+        rows = _per_s(a, b, seconds, lambda s: s.get("counters", {}).get("rows_written", 0))
+        commits = _per_s(a, b, seconds, lambda s: s.get("commits", 0))
+        logged = _per_s(a, b, seconds, lambda s: (s.get("log") or {}).get("bytes_written") or 0)
+        out.append(
+            f"  shard {i}: {rows:,.0f} rows/s, {commits:,.0f} commits/s, "
+            f"{size_text(logged)}/s logged"
+        )
+    return out
+
+
 def render(status: dict[str, Any]) -> str:
     c = status.get("coordinator", {})
     out = [f"DN deployment {status.get('namespace')!r}"]
