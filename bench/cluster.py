@@ -9,7 +9,7 @@ With ``dn.Engine`` directly (no Ray), fresh temp directory per run, ``background
 
 Through the coordinator (``coordinator.deploy(shards=N, store=...)`` and its ``Client``, see
 issue 3), Ray started on loopback with 2 CPUs as the project starts it
-(``coordinator.actor.handle.start_local_ray``) and shut down at the end:
+(``coordinator.cli.ray_node.start_local_ray``) and shut down at the end:
 
 - ingest: 16 Ray tasks each write B batches of 1,000 rows into 1, 2 and 4 shards, three ways:
   through one ``client.writer`` per task with batches of row dicts (4a-N: buffered, parts of

@@ -30,12 +30,16 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 SINGLE_NODE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+def recorded_address_file() -> str:
+    """The file in which ``ray start`` records the address of the cluster it started on this
+    machine (the one Ray's own ``address="auto"`` reads)."""
+    return os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+
+
 def recorded_address() -> str | None:
-    """The address ``ray start`` recorded for the cluster running on this machine, if any
-    (the file Ray's own ``address="auto"`` reads)."""
-    path = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    """The address ``ray start`` recorded for the cluster running on this machine, if any."""
     try:
-        with open(path) as f:
+        with open(recorded_address_file()) as f:
             return f.read().strip() or None
     except OSError:
         return None

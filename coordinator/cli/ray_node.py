@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 
+from coordinator.cli.ray_env import recorded_address, recorded_address_file
 from dn.errors import Unavailable
 
 
@@ -174,11 +175,9 @@ def stop_ray_head(timeout_s: float = 15.0) -> int:
     for pid in _marked_pids(record["marker"]):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    recorded = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
-    with contextlib.suppress(OSError):
-        with open(recorded) as f:
-            if f.read().strip() == record["address"]:
-                os.remove(recorded)
+    if recorded_address() == record["address"]:
+        with contextlib.suppress(OSError):
+            os.remove(recorded_address_file())
     with contextlib.suppress(OSError):
         os.remove(_head_record())
     return len(pids)
