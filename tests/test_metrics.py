@@ -1,6 +1,8 @@
-"""The DN metrics (shards/metrics.py) on the node's real Prometheus endpoint: write and read
-through the shared deployment, then scrape Ray's metrics export port on 127.0.0.1 until every
-DN series is there (Ray exports every few seconds; the wait is bounded).
+"""The DN metrics (shards/metrics.py, coordinator/actor/metrics.py) on the node's real
+Prometheus endpoint: write and read through the shared deployment, then scrape Ray's metrics
+export port on 127.0.0.1 until every DN series is there (Ray exports every few seconds; the
+wait is bounded). The coordinator's series are told apart by their ``namespace`` tag (the
+session holds several deployments).
 
 Ray prefixes exported names with ``ray_``: ``dn_rows_written_total`` is scraped as
 ``ray_dn_rows_written_total``.
@@ -39,6 +41,17 @@ SERIES = [
     "dn_recovery_seconds",
 ]
 
+#: Every series the coordinator exports once it has served DDL (one refused) and published.
+COORDINATOR_SERIES = [
+    "dn_coordinator_requests_total",
+    "dn_coordinator_request_latency_seconds_bucket",
+    "dn_coordinator_request_latency_seconds_count",
+    "dn_coordinator_request_errors_total",
+    "dn_coordinator_catalog_version",
+    "dn_coordinator_pending_ddl",
+    "dn_coordinator_shard_restarts",
+]
+
 _SAMPLE = re.compile(r"^(?:ray_)?(dn_[a-z_]+)\{([^}]*)\}\s+(\S+)$")
 
 
@@ -50,20 +63,40 @@ def _metrics_url() -> str:
     return f"http://127.0.0.1:{port}/metrics"
 
 
-def _scrape(url: str) -> dict[str, dict[str, float]]:
-    """``{series: {shard: sum of its samples over other tags}}`` for the DN series."""
+def _samples(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every DN sample on the endpoint: ``(series, {tag: value}, value)``."""
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
-    out: dict[str, dict[str, float]] = {}
+    out = []
     for line in text.splitlines():
         m = _SAMPLE.match(line)
-        if not m:
-            continue
-        name, labels, value = m.groups()
-        shard = re.search(r'(?:^|,)shard="([^"]*)"', labels)
-        key = shard.group(1) if shard else ""
+        if m:
+            name, labels, value = m.groups()
+            out.append((name, dict(re.findall(r'([A-Za-z_]+)="([^"]*)"', labels)), float(value)))
+    return out
+
+
+def _scrape(url: str) -> dict[str, dict[str, float]]:
+    """``{series: {shard: sum of its samples over other tags}}`` for the DN series."""
+    out: dict[str, dict[str, float]] = {}
+    for name, tags, value in _samples(url):
         per = out.setdefault(name, {})
-        per[key] = per.get(key, 0.0) + float(value)
+        key = tags.get("shard", "")
+        per[key] = per.get(key, 0.0) + value
+    return out
+
+
+def _coordinator(url: str, namespace: str) -> dict[str, dict[tuple, float]]:
+    """``{series: {(method or shard, kind): value}}`` for one deployment's coordinator (the
+    newest value of a gauge, the sum over other tags of the rest)."""
+    out: dict[str, dict[tuple, float]] = {}
+    for name, tags, value in _samples(url):
+        if not name.startswith("dn_coordinator_") or tags.get("namespace") != namespace:
+            continue
+        key = (tags.get("method") or tags.get("shard", ""), tags.get("kind", ""))
+        per = out.setdefault(name, {})
+        gauge = name in ("dn_coordinator_catalog_version", "dn_coordinator_shard_restarts")
+        per[key] = value if gauge else per.get(key, 0.0) + value
     return out
 
 
@@ -96,3 +129,45 @@ def test_dn_series_on_the_metrics_endpoint(cluster):
         assert found["dn_group_commits_total"][shard] >= 1
         assert found["dn_recovery_seconds"][shard] >= 0
     assert sum(found["dn_objects_per_read_count"].values()) >= len(shards)
+
+
+def test_coordinator_series_on_the_metrics_endpoint(cluster):
+    from dn.errors import AlreadyExists
+
+    namespace = cluster.info["namespace"]
+    cluster.create_database("coordmetrics")
+    with pytest.raises(AlreadyExists):  # refused by the coordinator: counted as an error
+        cluster.create_database("coordmetrics")
+    cluster.create_table("coordmetrics", "t", SCHEMA, "k")
+    cluster.write("coordmetrics", "t", [{"k": i, "v": "x"} for i in range(100)])
+    assert len(list(cluster.scan("coordmetrics", "t"))) == 100
+    assert cluster.databases()  # one more coordinator call, by method
+    version = cluster.status()["coordinator"]["catalog_version"]
+    shards = {str(s) for s in range(cluster.info["shards"])}
+
+    url = _metrics_url()
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        found = _coordinator(url, namespace)
+        missing = [s for s in COORDINATOR_SERIES if s not in found]
+        requests = found.get("dn_coordinator_requests_total", {})
+        restarts = found.get("dn_coordinator_shard_restarts", {})
+        ready = (
+            requests.get(("create_database", ""), 0) >= 2
+            and requests.get(("create_table", ""), 0) >= 1
+            and requests.get(("databases", ""), 0) >= 1
+            and {k for k, _ in restarts} >= shards
+            and found.get("dn_coordinator_catalog_version", {}).get(("", ""), 0) >= version
+        )
+        if not missing and ready:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {DEADLINE_S}s: missing {missing}, found {found}")
+        time.sleep(1.0)
+
+    errors = found["dn_coordinator_request_errors_total"]
+    assert errors[("create_database", "AlreadyExists")] >= 1
+    latency = found["dn_coordinator_request_latency_seconds_count"]
+    assert latency[("create_table", "")] >= 1 and latency[("info", "")] >= 1
+    assert found["dn_coordinator_pending_ddl"][("", "")] == 0
+    assert all(v >= 0 for v in restarts.values())

@@ -12,6 +12,11 @@ backoff (:meth:`dn.settings.ShellSettings.backoff`). A DDL call whose
 coordinator died mid-call fails with ``Unavailable(outcome_unknown=True)``; the restarted
 coordinator finishes a DDL it had begun.
 
+The actor runs one more thread of its own, the metrics publisher: every
+:data:`coordinator.actor.metrics.PUBLISH_INTERVAL_S` it sets the cluster record's gauges again
+and each shard actor's restart count from Ray's actor table (:func:`actor_record`, also used
+by ``dn logs``). It only reads; a failed round is logged at debug level and tried again.
+
 Any thread. :class:`CoordinatorHandle` pickles as its namespace only.
 """
 
@@ -19,12 +24,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import ray
+import ray._private.state as ray_state
 
+from coordinator.actor.metrics import PUBLISH_INTERVAL_S
 from coordinator.actor.service import CoordinatorService
 from coordinator.config import ClusterConfig
 from dn.backoff import Backoff
@@ -44,9 +52,37 @@ class CoordinatorActor(CoordinatorService):
     def __init__(self, config: dict[str, Any]) -> None:
         cfg = ClusterConfig.from_dict(config)
         super().__init__(config, ShardGroup(cfg.namespace, cfg.shards, cfg.shell))
+        self._stop_publishing = threading.Event()
+        threading.Thread(
+            target=self._publish_loop, name="dn-coordinator-metrics", daemon=True
+        ).start()
 
     def pid(self) -> int:
         return os.getpid()
+
+    def _publish_loop(self) -> None:
+        while not self._stop_publishing.wait(PUBLISH_INTERVAL_S):
+            self.publish_metrics()
+            for i in range(self.config.shards):
+                try:
+                    rec = actor_record(shard_name(i), self.config.namespace)
+                    self.metrics.shard_restarts(i, int(rec.get("NumRestarts", 0)))
+                except Exception as exc:  # noqa: BLE001 - metrics never stop the coordinator
+                    log.debug("shard %d's restart count not read this round: %s", i, exc)
+
+
+def actor_record(name: str, namespace: str) -> dict[str, Any]:
+    """Ray's record of the named actor (its entry in the GCS actor table): ``ActorID``,
+    ``State``, ``NumRestarts``, ``Pid`` and ``Address`` (``NodeID``, ``IPAddress``) of its
+    current incarnation. Raises :class:`NotFound` when no such actor is alive or restarting."""
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise NotFound(f"no actor {name!r} in Ray namespace {namespace!r}") from None
+    rec = ray_state.actors(actor_id=handle._actor_id.hex())
+    if not rec:
+        raise NotFound(f"Ray has no record of actor {name!r} in namespace {namespace!r}")
+    return rec
 
 
 _remote_coordinator: Any = None

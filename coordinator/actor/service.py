@@ -23,16 +23,23 @@ for a table being created, and writes to it may fail on the shards that lack it.
 
 Not on the write path: clients cache ``info()`` and table definitions and write to the shards
 directly. Any thread (the actor is threaded); DDL is serialized.
+
+Metrics (:mod:`coordinator.actor.metrics`): every public call is counted and timed by method,
+each shard's failed part of a DDL is counted by kind, and the cluster record's version and
+pending flag are set after each DDL (:meth:`CoordinatorService.publish_metrics`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
+from coordinator.actor.metrics import CoordinatorMetrics
 from coordinator.client.fanout import ShardCalls
 from coordinator.client.routing import HASH_NAME
 from coordinator.config import ClusterConfig
@@ -44,6 +51,19 @@ from dn.store.base import ObjectStore
 from shards.group import shard_name
 
 log = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _request(fn: _F) -> _F:
+    """A public call of the service: counted and timed under its name."""
+
+    @functools.wraps(fn)
+    def call(self: CoordinatorService, *args: Any, **kwargs: Any) -> Any:
+        with self.metrics.request(fn.__name__):
+            return fn(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 class CoordinatorService:
@@ -58,6 +78,7 @@ class CoordinatorService:
         now_ms: int | None = None,
     ) -> None:
         self.config = ClusterConfig.from_dict(config)
+        self.metrics = CoordinatorMetrics(self.config.namespace)
         self._shards = shards
         self._store = store or open_store(self.config.store)
         self._catalog = ClusterCatalog(self._store)
@@ -74,9 +95,11 @@ class CoordinatorService:
                 self.repair()
             except Unavailable as exc:
                 log.warning("pending DDL not finished yet (shards unavailable): %s", exc)
+        self.publish_metrics()
 
     # -- what clients cache -----------------------------------------------------------------
 
+    @_request
     def info(self) -> dict[str, Any]:
         """The shard map and what a client needs to route and read (cheap; cached)."""
         st = self._catalog.state
@@ -96,16 +119,20 @@ class CoordinatorService:
             "config": cfg.to_dict(),
         }
 
+    @_request
     def table(self, db: str, table: str) -> list:
         """The live table's definition in wire form (:meth:`dn.schema.TableDef.to_wire`)."""
         return self._catalog.table(db, table).to_wire()
 
+    @_request
     def databases(self) -> list[str]:
         return self._catalog.databases()
 
+    @_request
     def tables(self, db: str) -> list[str]:
         return self._catalog.tables(db)
 
+    @_request
     def status(self) -> dict[str, Any]:
         st = self._catalog.state
         assert st is not None
@@ -122,18 +149,22 @@ class CoordinatorService:
 
     # -- DDL --------------------------------------------------------------------------------
 
+    @_request
     def create_database(self, db: str) -> int:
         return self._ddl("create_database", dncat.ddl_create_database(db)[1:])
 
+    @_request
     def drop_database(self, db: str) -> int:
         return self._ddl("drop_database", dncat.ddl_drop_database(db)[1:])
 
+    @_request
     def create_table(
         self, db: str, table: str, schema: dict[str, str], primary_key: str | list[str]
     ) -> int:
         cmd = dncat.ddl_create_table(db, table, schema, primary_key)
         return self._ddl("create_table", cmd[1:])
 
+    @_request
     def drop_table(self, db: str, table: str) -> int:
         check_name("database", db)
         check_name("table", table)
@@ -141,14 +172,27 @@ class CoordinatorService:
 
     def _ddl(self, op: str, args: list) -> int:
         with self._ddl_lock:
-            self._finish_pending()
-            self._catalog.begin(op, args)
-            return self._finish_pending()
+            try:
+                self._finish_pending()
+                self._catalog.begin(op, args)
+                return self._finish_pending()
+            finally:
+                self.publish_metrics()
 
+    @_request
     def repair(self) -> int | None:
         """Finish a pending DDL, if any; returns its timestamp."""
         with self._ddl_lock:
-            return self._finish_pending()
+            try:
+                return self._finish_pending()
+            finally:
+                self.publish_metrics()
+
+    def publish_metrics(self) -> None:
+        """Set the cluster record's gauges (its version, whether a DDL is pending)."""
+        st = self._catalog.state
+        if st is not None:
+            self.metrics.catalog(st.version, st.pending is not None)
 
     def _finish_pending(self) -> int | None:
         st = self._catalog.state
@@ -163,6 +207,10 @@ class CoordinatorService:
         calls = {i: ("ddl", (op, shard_args)) for i in range(len(self._shards))}
         results = self._shards.call_each(calls, self.config.shell.retry_s)
         done_kind = AlreadyExists if op.startswith("create") else NotFound
+        for i in sorted(results):
+            r = results[i]
+            if isinstance(r, BaseException) and not isinstance(r, done_kind):
+                self.metrics.shard_error(i, r)
         ts = 0
         for i in sorted(results):
             r = results[i]

@@ -10,6 +10,8 @@
     dn scan    DB TABLE [--snapshot TS|TIME] [--columns a,b] [--limit N]
     dn changes DB TABLE --from TS|TIME [--snapshot TS|TIME] [--columns a,b]
     dn demo    [--address ADDR] [--shards N] [--tasks N] [--rows N] [--store DIR] [--keep]
+    dn logs    SHARD|coordinator [--tail N] [--follow] [--stream out|err|both]
+    dn bucket  [--config cluster.yaml] [--store URL] [--check]
 
 ``dn up`` without ``--address`` starts a local Ray head on 127.0.0.1 (``ray start --head``,
 so the cluster outlives the command) and deploys there; with ``--address`` (e.g. ``auto`` on
@@ -40,6 +42,8 @@ import sys
 import time
 from typing import Any
 
+from coordinator.cli import bucket as bucket_cmd
+from coordinator.cli import logs as logs_cmd
 from coordinator.cli.ray_env import connect_lines, keep_ray_on_loopback
 from dn.errors import DNError
 
@@ -279,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", default=None, help="directory (default: a new temp dir)")
     demo.add_argument("--keep", action="store_true", help="leave the deployment running")
     demo.set_defaults(fn=cmd_demo)
+
+    logs_cmd.add_parser(sub)
+    bkt = sub.add_parser("bucket", help="check that the store's S3 bucket exists; make it if not")
+    bucket_cmd.add_arguments(bkt)
+    bkt.set_defaults(fn=bucket_cmd.cmd_bucket)
     return p
 
 
