@@ -34,6 +34,9 @@ OP_DROP_TABLE = 4
 OP_WRITE_COLUMNS = 5
 #: A write of columns with the idempotency token of its part (:mod:`dn.write.tokens`).
 OP_WRITE_COLUMNS_TOKEN = 6
+#: A transaction's intent on this shard: its writes to every table here, at the transaction's
+#: commit timestamp, applied once decided (:mod:`dn.write.txn`, decision 0015).
+OP_PREPARE = 7
 WRITE_OPS = (OP_WRITE, OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN)
 DDL_OPS = (OP_CREATE_DATABASE, OP_DROP_DATABASE, OP_CREATE_TABLE, OP_DROP_TABLE)
 

@@ -32,13 +32,13 @@ Not here: Ray, routing across shards.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from dn.clock import Clock, SystemClock
-from dn.errors import Closed, DNError, Fenced, InvalidArgument
+from dn.errors import Closed, DNError, Fenced
+from dn.opening import open_components
 from dn.read.change import Change
 from dn.read.plan import Plan, check_from_ts
 from dn.read.reader import Reader
@@ -48,11 +48,11 @@ from dn.recovery import recover
 from dn.schema import TableDef
 from dn.settings import Settings
 from dn.state import ShardState
-from dn.store import LocalStore, ObjectStore, RetryingStore, RetryPolicy, open_store
-from dn.store.locallog import LocalLogStore
+from dn.store import ObjectStore
 from dn.upkeep.scheduler import Upkeep
 from dn.write.part import WritePart
 from dn.write.path import WritePath
+from dn.write.txn import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -81,34 +81,8 @@ class Engine:
         manual clocks here).
         """
         settings = Settings() if settings is None else settings
-        if not isinstance(settings, Settings):
-            raise InvalidArgument("settings must be a dn.Settings")
-        if url is not None and not isinstance(url, str | os.PathLike):
-            raise InvalidArgument(f"url must be a str or a path, got {type(url).__name__}")
-        for name, part in (("store", store), ("log_store", log_store)):
-            if part is not None and not isinstance(part, ObjectStore):
-                raise InvalidArgument(f"{name} must be a dn.store.ObjectStore, got {part!r}")
-        if clock is not None and not (
-            callable(getattr(clock, "now_ms", None)) and callable(getattr(clock, "monotonic", None))
-        ):
-            raise InvalidArgument(f"clock must be a dn.Clock, got {clock!r}")
-        if type(shard_id) is not int or shard_id < 0:
-            raise InvalidArgument(f"shard_id must be an int >= 0, got {shard_id!r}")
-        policy = RetryPolicy(
-            max_attempts=settings.store_retry_attempts,
-            base_delay_s=settings.store_retry_base_delay_s,
-            max_delay_s=settings.store_retry_max_delay_s,
-        )
-        if store is None:
-            if url is None:
-                raise InvalidArgument("give a store url (or a store)")
-            store = open_store(os.fspath(url), retry=policy)
-        made_log = None
-        if log_store is None:
-            log_store = _log_store_for(
-                open_store(settings.log_url, retry=policy) if settings.log_url else store, policy
-            )
-            made_log = log_store if log_store is not store else None
+        parts = open_components(url, shard_id, settings, store, log_store, clock)
+        store, log_store, made_log = parts
         engine = cls(store, log_store, shard_id, settings, clock or SystemClock())
         engine._made_log_store = made_log  # the engine's own: closed with it
         engine._recover()
@@ -127,8 +101,11 @@ class Engine:
         self._state = ShardState(store, log_store, shard, settings, clock)
         self._upkeep = Upkeep(self._state)
         self._writes = WritePath(self._state, self._upkeep)
+        self._txns = self._upkeep.txns = self._writes.txns = Transactions(self._state, self._writes)
         ceiling = self._upkeep.ceiling  # extended before a read's result is handed out
-        self._reads = Snapshots(self._state, self._writes.settle_for_read, ceiling.cover)
+        decided = self._txns.wait_decided_locked
+        self._reads = Snapshots(self._state, self._writes.settle_for_read, ceiling.cover, decided)
+        self._txns.reads = lambda db, t, s, f: self._reads.read_view(db, t, s, f)
         self._made_log_store: ObjectStore | None = None  # made by open(): closed with the engine
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -210,6 +187,21 @@ class Engine:
     def queued_bytes(self) -> int:
         """Encoded bytes waiting in the checkpoint queue (what backpressure counts)."""
         return self._writes.queued_bytes()
+
+    # -- transactions across shards (dn.write.txn, decision 0015) ------------------------------
+
+    def prepare(
+        self, token: bytes, at: int, parts: list[WritePart], snapshot: int | None = None
+    ) -> int:
+        """Prepare transaction ``token``'s writes here (``parts``, one per table) as an
+        undecided intent at commit timestamp ``at``; with ``snapshot``, refuse with Conflict a
+        key committed after it. Returns ``at`` once durable."""
+        return self._txns.prepare(token, at, parts, snapshot)
+
+    def resolve(self, token: bytes, ts: int) -> None:
+        """Apply the decision on transaction ``token`` (its commit timestamp, or 0: abort),
+        once it is durable in its decision object (:mod:`dn.objects.decision`)."""
+        self._txns.resolve(token, ts)
 
     # -- upkeep (dn.upkeep.scheduler) ---------------------------------------------------------
 
@@ -389,12 +381,3 @@ class Engine:
             except Exception:
                 self.counters["maintain_errors"] += 1
                 log.exception("shard %d: background work failed", self.shard)
-
-
-def _log_store_for(store: ObjectStore, policy: RetryPolicy) -> ObjectStore:
-    """The store the log writes to: on a local directory, the log's own layout that costs one
-    fdatasync per group commit (dn/store/locallog.py); elsewhere the store itself."""
-    inner = store.inner if isinstance(store, RetryingStore) else store
-    if type(inner) is LocalStore:
-        return RetryingStore(LocalLogStore(inner.root), policy)
-    return store

@@ -109,6 +109,25 @@ class StaleTable(DNError):
     code = "stale_table"
 
 
+class Conflict(DNError):
+    """A transaction (or atomic batch) could not commit: a key it writes was committed by
+    another after its snapshot, is held by another transaction still deciding, or a reader
+    gave up waiting for it and rolled it back. Nothing of it was applied; run it again (from
+    a new snapshot)."""
+
+    code = "conflict"
+    retryable = True
+
+
+class TimestampPassed(DNError):
+    """A shard has already issued or promised the commit timestamp a transaction asked to
+    prepare at (``details["clock"]`` is that shard's clock). Nothing was written; the
+    transaction picks a later timestamp and prepares again (clients do this themselves)."""
+
+    code = "timestamp_passed"
+    retryable = True
+
+
 class Corruption(DNError):
     """Stored bytes failed a checksum, length or format check. ``key`` names the object."""
 
@@ -157,6 +176,7 @@ class ObjectExists(DNError):
 __all__ = [
     "AlreadyExists",
     "Closed",
+    "Conflict",
     "Corruption",
     "DNError",
     "Fenced",
@@ -167,5 +187,6 @@ __all__ = [
     "ObjectExists",
     "ObjectNotFound",
     "StaleTable",
+    "TimestampPassed",
     "Unavailable",
 ]

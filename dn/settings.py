@@ -86,6 +86,11 @@ class Settings:
     #: client's longest retry (``retry_s`` plus ``call_timeout_s``). Checkpoints carry the
     #: tokens inside it: 40 bytes per part committed in this span.
     token_window_s: float = 600.0
+    #: How long a read (or a buffer checkpoint) waits for an undecided transaction's intent
+    #: at or below its snapshot before it decides the intent itself: committed if the
+    #: transaction's decision says so, else aborted (seconds; decision 0015). A client's
+    #: transaction needs less than this between its prepares and its decision.
+    txn_wait_s: float = 2.0
     #: Merge range objects in the background (see dn/upkeep/compaction.py for the policy).
     compaction: bool = True
     #: Objects merged at once (K); the policy keeps at most (K-1) objects per size level.
@@ -130,6 +135,7 @@ class Settings:
             "snapshot_future_s",
             "background_interval_s",
             "gc_grace_s",
+            "txn_wait_s",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value >= 0:  # NaN fails too

@@ -10,8 +10,8 @@ Locks, and what each guards:
 
 - ``cv`` (a condition over one lock): the in-memory state — catalog, buffers, range and
   checkpoint lists, statistics, the clock and its ceiling, the unknown-outcome mark, the
-  idempotency tokens (``tokens``, :class:`dn.write.tokens.TokenTable`). No I/O happens under
-  it.
+  idempotency tokens (``tokens``, :class:`dn.write.tokens.TokenTable`), the undecided intents
+  (``intents``, :class:`dn.write.intents.Intents`). No I/O happens under it.
 - ``flush_lock``: every manifest commit that commits objects, and the objects written for it
   (buffer checkpoints, checkpoints, compaction swaps, retention drops, garbage collection).
 - ``manifest_lock`` (reentrant): the manifest itself — every commit or read-back and the
@@ -44,6 +44,7 @@ from dn.upkeep import compaction
 from dn.upkeep.gc import Collector
 from dn.write.buffer import Buffer
 from dn.write.commit import CommitQueue
+from dn.write.intents import Intents
 from dn.write.log import Log
 from dn.write.tokens import TokenTable
 
@@ -104,6 +105,8 @@ class ShardState:
         self.unknown_lo: int | None = None  # lowest ts of a log write whose outcome is unknown
         # the write parts' tokens: committed ones inside the window, claimed, unsettled
         self.tokens = TokenTable(settings.token_window_s)
+        # the transactions' intents applied here and not decided yet (dn.write.txn)
+        self.intents = Intents()
         self.last_cp_time = clock.monotonic()
         self.broken: DNError | None = None
         self.closed = False
@@ -116,6 +119,10 @@ class ShardState:
             "maintain_errors": 0,
             "ceiling_extensions": 0,
             "duplicate_parts": 0,  # parts whose token had committed: answered, not applied
+            "txn_prepared": 0,  # intents applied (prepared or replayed)
+            "txn_committed": 0,
+            "txn_aborted": 0,
+            "txn_decided_here": 0,  # intents this shard decided from the store after waiting
         }
 
     # -- whether the shard may be used ------------------------------------------------------
@@ -191,6 +198,7 @@ class ShardState:
                 "commits": self.queue.commands,
                 "counters": dict(self.counters),
                 "tokens": len(self.tokens),
+                "intents": len(self.intents),
             }
         with self.cv:
             sized = [(r, self.sizes.get(r, 0)) for r in self.ranges]

@@ -120,6 +120,30 @@ class ShardService:
         self.metrics.write_done(time.monotonic() - t0)
         return ts
 
+    def prepare(self, token: bytes, at: int, snapshot: int | None, calls: list) -> int:
+        """Prepare a transaction's writes here at commit timestamp ``at``
+        (:meth:`dn.Engine.prepare`); ``calls`` holds each part as the arguments
+        :meth:`WritePart.to_call` gave. The commit wait comes with :meth:`resolve`."""
+        t0 = time.monotonic()
+        try:
+            if not isinstance(calls, list | tuple):
+                raise InvalidArgument("a prepare's parts must be a list of write-part calls")
+            parts = [WritePart.from_call(*c) for c in calls]
+            ts = self.engine.prepare(token, at, parts, snapshot)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+        self.metrics.write_done(time.monotonic() - t0)
+        return ts
+
+    def resolve(self, token: bytes, ts: int) -> int:
+        """Apply a transaction's decision (:meth:`dn.Engine.resolve`; ``ts`` its commit
+        timestamp, 0 an abort), then wait out the commit wait of a commit."""
+        self.engine.resolve(token, ts)
+        if ts:
+            self._commit_wait(ts)
+        return ts
+
     def live_table(self, db: str, table: str) -> list:
         """This shard's live definition of a table, in wire form
         (:meth:`dn.schema.TableDef.to_wire`; its id is this shard's)."""

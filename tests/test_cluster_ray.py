@@ -1,6 +1,6 @@
 """End-to-end on Ray: concurrent ingest from Ray tasks, snapshot and change-feed reads across
-shards, cross-shard order, typed errors through Ray, a coordinator restart, and a write part
-resent after a call timeout applied once.
+shards, cross-shard order, typed errors through Ray, a coordinator restart, a write part
+resent after a call timeout applied once, and atomic batches and transactions from Ray tasks.
 
 All tests share the session's Ray instance and the 4-shard ``cluster`` deployment (a local
 directory store), each in its own table.
@@ -391,3 +391,44 @@ def test_a_local_node_starts_on_loopback_when_ray_was_imported_first(tmp_path):
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("NODE ")]
     _, node, gcs = line.split()
     assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:"), line
+
+
+def _transfer_task(client, accounts: list, seed: int, count: int) -> dict:
+    """Bank transfers in snapshot-isolation transactions from a Ray task (decision 0015)."""
+    import random as _random
+
+    from dn.errors import Conflict
+
+    rng = _random.Random(seed)
+    out = {"committed": [], "conflicts": 0}
+    for _ in range(count):
+        a, b = rng.sample(accounts, 2)
+        try:
+            with client.transaction() as tx:
+                va, vb = tx.get("txn", "bank", a)["w"], tx.get("txn", "bank", b)["w"]
+                amount = rng.randint(1, 10)
+                tx.write("txn", "bank", [{"k": a, "v": "", "w": va - amount}])
+                tx.write("txn", "bank", [{"k": b, "v": "", "w": vb + amount}])
+            out["committed"].append(tx.commit_ts)
+        except Conflict:
+            out["conflicts"] += 1
+    return out
+
+
+def test_atomic_batches_and_transactions_from_ray_tasks(cluster):
+    cluster.create_database("txn")
+    cluster.create_table("txn", "bank", SCHEMA, "k")
+    accounts = list(range(12))
+    before = cluster.snapshot()
+    ts = cluster.write("txn", "bank", [{"k": a, "v": "", "w": 100} for a in accounts], atomic=True)
+    assert {c.ts for c in cluster.changes("txn", "bank", from_ts=before)} == {ts}
+    assert {shard_of(a, 4) for a in accounts} == {0, 1, 2, 3}
+    task = ray.remote(num_cpus=0.01)(_transfer_task)
+    results = ray.get([task.remote(cluster, accounts, seed, 10) for seed in range(6)])
+    stamps = sorted(t for r in results for t in r["committed"])
+    assert stamps and len(set(stamps)) == len(stamps)
+    feed = {c.ts for c in cluster.changes("txn", "bank", from_ts=ts + 1)}
+    assert feed == set(stamps)  # every commit once, each at its one timestamp
+    for s in [ts, *stamps]:
+        rows = list(cluster.scan("txn", "bank", snapshot=s))
+        assert sum(r["w"] for r in rows) == 100 * len(accounts), s

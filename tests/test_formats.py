@@ -27,7 +27,7 @@ import pytest
 from coordinator.actor.cluster_catalog import CatalogState, ClusterCatalog, catalog_key
 from dn.errors import Corruption, ObjectNotFound
 from dn.objects import checkpoint as ckpt
-from dn.objects import codec, rangeobj
+from dn.objects import codec, decision, rangeobj
 from dn.objects.manifest import Manifest, ManifestState
 from dn.objects.rangeobj import TableStats
 from dn.store.locallog import LocalLogStore
@@ -170,6 +170,37 @@ def test_a_part_with_a_token_logs_op_6_as_sent():
     assert part.log_payload() == codec.pack([table_id, chunks, dels, token])
     assert WritePart.from_call(*part.to_call()) == part
     assert replace(part, token=None).log_op == 5
+
+
+def test_the_op_7_fixture_is_a_transactions_intent_as_sent():
+    # a transaction's intent (decision 0015): the token, then op 5's arguments of each part,
+    # assembled from the bytes the client sent (dn/write/txn.py)
+    _, seq, [[ts, _, (table_id, chunks, dels, token)]] = TOKEN_LOG
+    data = fixture("log_prepare.bin")
+    assert make.build_all()["log_prepare.bin"] == data
+    rec = _decode_log(data, seq)
+    assert rec.commands == [[ts, 7, [token, [[table_id, chunks, dels]]]]]
+    part = WritePart(
+        "shop", "u", table_id, (("a", "string"), ("b", "int64")), 0, codec.pack(dels),
+        tuple(codec.pack(c) for c in chunks),
+    )  # fmt: skip
+    sent = b"\x92" + codec.pack(token) + codec.array_header(1) + part.log_payload()
+    assert sent == codec.pack([token, [[table_id, chunks, dels]]])
+    assert data.endswith(sent)
+
+
+@pytest.mark.parametrize(
+    "name, ts, shards",
+    [("decision_commit.bin", 106, [0, 7]), ("decision_abort.bin", 0, [7])],
+)
+def test_decision_fixtures(name, ts, shards):
+    data = fixture(name)
+    assert make.build_all()[name] == data
+    assert ordered(body_of(data, "D")) == ordered({"ts": ts, "shards": shards})
+    key = decision.key(TOKEN)
+    assert key == "40/txn/" + TOKEN.hex()
+    assert decision.decode(data, key) == ts
+    assert decision.encode(ts, list(reversed(shards))) == data
 
 
 def test_a_packed_write_by_column_logs_the_same_bytes():
@@ -630,6 +661,9 @@ def _decoders() -> dict[str, Any]:
     for name, (seq, _) in LOG.items():
         out[name] = lambda data, seq=seq: _decode_log(data, seq)
     out[TOKEN_LOG[0]] = lambda data: _decode_log(data, TOKEN_LOG[1])
+    out["log_prepare.bin"] = lambda data: _decode_log(data, TOKEN_LOG[1])
+    for name in ("decision_commit.bin", "decision_abort.bin"):
+        out[name] = lambda data: decision.decode(data, decision.key(TOKEN))
     for name in ("range.bin", "range_v1.bin"):
         out[name] = lambda data: rangeobj.decode(data, RANGE_KEY)
     for name in (

@@ -7,37 +7,35 @@ fetched lazily in whichever process it lands in. Pass one to a Ray task as an ar
 Methods take the same arguments and give the same results (and typed errors) as
 :class:`dn.Engine`, across all shards:
 
-- DDL (``create_database``, ``drop_database``, ``create_table``, ``drop_table``) goes through
-  the coordinator, which applies it to every shard (see :mod:`coordinator.actor.service`).
+- DDL goes through the coordinator, which applies it to every shard.
 - ``write`` validates the whole batch (bad input: nothing is written anywhere), routes rows by
   primary key (:mod:`coordinator.client.routing`) and sends each shard its part directly, in
-  parallel, as one :class:`dn.write.part.WritePart` (:mod:`coordinator.client.writes`). The
-  coordinator is not involved.
+  parallel (:mod:`coordinator.client.writes`; atomic ones: :mod:`coordinator.client.txn`).
 - ``get``/``scan``/``changes`` read at one snapshot across shards
   (:mod:`coordinator.client.fanout`); a snapshot or ``from_ts`` may be a time
   (:mod:`dn.timestamps`); ``scan``/``changes`` return iterators, ``scan_pages`` lists.
 - ``writer`` gives a :class:`coordinator.client.writer.BatchWriter` for ingest: batches are
   buffered per shard and sent as large parts; durable on ``flush()``.
 
-Atomicity across shards, plainly: a batch is atomic *per shard*. A batch whose keys land on
-several shards commits as several independent commits with different timestamps. A reader at
-any snapshot sees each shard's part entirely or not at all, but may see one shard's part and
-not another's while the batch is in flight, and if a shard fails for good (after
-``retry_s``) the other parts stay committed: the error raised carries
-``details["committed"]`` = {shard: ts} for them. ``write`` returns the newest of the parts'
-timestamps; ``write_each`` returns them per shard.
+Atomicity across shards, plainly. A plain ``write`` is atomic *per shard*: its parts commit
+independently, each at its own timestamp, so a reader may see one shard's part and not
+another's, and a part that fails for good (after ``retry_s``) leaves the others committed (the
+error's ``details["committed"]`` = {shard: ts}). ``write(..., atomic=True)`` (and
+``write_columns``) commits every part at **one** timestamp, returned: every snapshot read and
+every change feed shows all of the batch or none of it; a failure applies none of it. While
+an atomic batch is being decided (milliseconds), a read at or above its timestamp waits for
+the decision, at most ``txn_wait_s`` (then it rolls an undecided batch back itself).
+``transaction()`` gives a :class:`coordinator.client.txn.Transaction` with *snapshot
+isolation*: reads at its snapshot, and a commit that raises :class:`dn.errors.Conflict` (nothing
+applied) if another commit wrote one of its keys after that snapshot. Commit timestamps are
+never at or below a snapshot already served (decision 0013), on any shard.
 
-Retries: a write whose shard is unavailable (restarting, behind, or silent past
-``call_timeout_s``) is retried for ``retry_s`` seconds, then raises ``Unavailable``. Each part
-carries an idempotency token, the same on every resend, so it is applied once (decision 0014);
-a ``write`` called again after it raised is a new write. A part refused with
-``StaleTable`` (the table was dropped and created again since this client cached it) is
-validated again against the new definition and sent again.
-
-Settings: ``client.settings``, the deployment's :class:`dn.settings.ShellSettings`. Causality:
-the client remembers the newest timestamp it has seen (writes, snapshots) and
-sends it with each write; with the shards' commit wait this orders writes across shards (see
-:mod:`shards.shard`). Thread-safe for concurrent calls.
+Retries: a write whose shard is unavailable is retried for ``retry_s`` seconds, then raises
+``Unavailable``; its parts carry idempotency tokens, so each is applied once (decision 0014).
+A part refused with ``StaleTable`` (the table was redefined) is validated again and resent.
+Causality: the client sends the newest timestamp it has seen with each write; with the
+shards' commit wait this orders writes across shards (:mod:`shards.shard`). Settings:
+``client.settings`` (:class:`dn.settings.ShellSettings`). Thread-safe.
 """
 
 from __future__ import annotations
@@ -47,20 +45,27 @@ from typing import Any
 
 from coordinator.actor.handle import CoordinatorHandle
 from coordinator.client import fanout
-from coordinator.client.routing import shard_of, validate_batch, validate_columns
+from coordinator.client.routing import validate_batch, validate_columns
 from coordinator.client.tables import TableCache
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
+from coordinator.client.txn import Transaction, TxnContext, commit_atomic
 from coordinator.client.writer import BatchWriter
-from coordinator.client.writes import Causality, Limits, TokenMinter, reusable, write_batch
+from coordinator.client.writes import (
+    Causality,
+    Limits,
+    TokenMinter,
+    listed,
+    reusable,
+    write_batch,
+)
 from dn.backoff import Backoff
-from dn.errors import DNError, InvalidArgument
+from dn.errors import InvalidArgument
 from dn.read.change import Change
 from dn.read.collector import paused_gc
 from dn.read.plan import check_from_ts
 from dn.schema import check_name
 from dn.settings import ShellSettings
 from dn.timestamps import to_timestamp
-from dn.write.part import pk_signature
 from shards.group import ShardGroup
 
 
@@ -177,42 +182,48 @@ class Client:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def write(self, db: str, table: str, upserts: Any = (), deletes: Any = ()) -> int:
-        """Upserts (row dicts) and deletes (primary keys); atomic per shard. Returns the
-        newest commit timestamp of the shards' parts."""
-        return max(self.write_each(db, table, upserts, deletes).values())
+    def write(
+        self, db: str, table: str, upserts: Any = (), deletes: Any = (), *, atomic: bool = False
+    ) -> int:
+        """Upserts (row dicts) and deletes (primary keys); atomic per shard, or across every
+        shard with ``atomic=True`` (one commit timestamp). Returns the newest commit timestamp
+        of the shards' parts (with ``atomic``, the one)."""
+        return max(self.write_each(db, table, upserts, deletes, atomic=atomic).values())
 
-    def write_columns(self, db: str, table: str, columns: Any, deletes: Any = ()) -> int:
+    def write_columns(
+        self, db: str, table: str, columns: Any, deletes: Any = (), *, atomic: bool = False
+    ) -> int:
         """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
         of equal length (lists, tuples, numpy arrays), one value per row; a column left out
         is null in every row. No dict or tuple is made per row."""
         lim = self._limits(db, table)
         deletes = reusable(deletes)  # validated again if the table is redefined meanwhile
-        return max(
-            self._write(
-                db,
-                table,
-                lambda t: validate_columns(
-                    t, columns, deletes, lim.max_value_bytes, lim.max_batch_rows
-                ),
-            ).values()
+
+        def validate(t: Any) -> Any:
+            return validate_columns(t, columns, deletes, lim.max_value_bytes, lim.max_batch_rows)
+
+        return max(self._write(db, table, validate, atomic).values())
+
+    def transaction(self, snapshot: Any = None) -> Transaction:
+        """A snapshot-isolation transaction (:class:`coordinator.client.txn.Transaction`) at
+        ``snapshot`` (a timestamp or a time; None: :meth:`snapshot`)."""
+        return Transaction(
+            self, self.snapshot() if snapshot is None else self.snapshot_at(snapshot)
         )
 
+    def txn_context(self) -> TxnContext:
+        """What :func:`coordinator.client.txn.commit_atomic` needs of this client."""
+        c, t, store = self._causality, self._tokens, self._pool().store
+        return TxnContext(self.shards, self._tables(), store, c, t, self.retry_s)
+
     def write_each(
-        self, db: str, table: str, upserts: Any = (), deletes: Any = ()
+        self, db: str, table: str, upserts: Any = (), deletes: Any = (), atomic: bool = False
     ) -> dict[int, int]:
         """Like :meth:`write`; returns {shard: commit timestamp} of each part."""
         lim = self._limits(db, table)
-        if isinstance(upserts, dict):
-            raise InvalidArgument("upserts must be a list of row dicts")
-        if upserts is not None and not isinstance(upserts, list | tuple | dict | str | bytes):
-            upserts = list(upserts)
-        deletes = reusable(deletes)
-        return self._write(
-            db,
-            table,
-            lambda t: validate_batch(t, upserts, deletes, lim.max_value_bytes, lim.max_batch_rows),
-        )
+        upserts, deletes = listed(upserts), reusable(deletes)
+        mv, mr = lim.max_value_bytes, lim.max_batch_rows
+        return self._write(db, table, lambda t: validate_batch(t, upserts, deletes, mv, mr), atomic)
 
     def _limits(self, db: str, table: str) -> Limits:
         """The deployment's batch limits, once the names are known to be names."""
@@ -220,7 +231,9 @@ class Client:
         check_name("table", table)
         return Limits.from_info(self.info)
 
-    def _write(self, db: str, table: str, validate: Any) -> dict[int, int]:
+    def _write(self, db: str, table: str, validate: Any, atomic: bool = False) -> dict[int, int]:
+        if atomic:  # every part at one timestamp
+            return commit_atomic(self.txn_context(), [(db, table, validate)])
         c, t = self._causality, self._tokens
         return write_batch(self.shards, self._tables(), c, t, self.retry_s, db, table, validate)
 
@@ -295,17 +308,17 @@ class Client:
         columns: list[str] | None = None,
     ) -> dict | None:
         """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
-        n, snapshot = self.info["shards"], to_timestamp(snapshot)
-        for attempt in range(2):
-            t = self._tables().get(db, table, refresh=attempt > 0).table
-            key = t.check_key(pk)
-            s = shard_of(key, n)
-            view = fanout.fetch_views(
-                self.shards, db, table, snapshot, None, self.retry_s, only=[s], columns=columns
-            )[s]
-            if pk_signature(view.table) == pk_signature(t):
-                break  # routed with the table the shard serves at this snapshot
-        return fanout.get(self._pool(), s, view, key, columns)
+        return fanout.get_routed(
+            self.shards,
+            self._tables(),
+            self._pool(),
+            self.retry_s,
+            db,
+            table,
+            pk,
+            to_timestamp(snapshot),
+            columns,
+        )
 
     def scan(
         self,
@@ -382,13 +395,4 @@ class Client:
     def status(self) -> dict[str, Any]:
         """The coordinator's view and every shard's status (an error string for a shard that
         does not answer)."""
-        try:
-            coord: Any = self._coord.call("status", retry_s=2.0)
-        except DNError as exc:
-            coord = {"error": f"{type(exc).__name__}: {exc}"}
-        results = self.shards.call_each({i: ("status", ()) for i in range(len(self.shards))})
-        shards = {
-            i: (r if not isinstance(r, BaseException) else {"error": f"{type(r).__name__}: {r}"})
-            for i, r in results.items()
-        }
-        return {"namespace": self.namespace, "coordinator": coord, "shards": shards}
+        return fanout.cluster_status(self.namespace, self._coord, self.shards)

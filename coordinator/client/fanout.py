@@ -37,7 +37,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dn.errors import NotFound
+from coordinator.client.routing import shard_of
+from dn.errors import DNError, NotFound
 from dn.objects.codec import pack, unpack_tuples
 from dn.read.cache import ObjectCache
 from dn.read.change import Change
@@ -55,6 +56,7 @@ from dn.read.view import (
 )
 from dn.store import open_store
 from dn.store.base import ObjectStore
+from dn.write.part import pk_signature
 
 
 class ShardCalls(Protocol):
@@ -302,6 +304,30 @@ def changes(
     )
 
 
+def get_routed(
+    shards: ShardCalls,
+    tables: Any,
+    pool: ReaderPool,
+    retry_s: float,
+    db: str,
+    table: str,
+    pk: Any,
+    snapshot: int | None,
+    columns: list[str] | None,
+) -> dict | None:
+    """``Client.get``: the row of ``pk`` at ``snapshot``, read from the one shard that owns
+    it, routed with the table that shard serves at the snapshot (looked up again once if the
+    table was redefined since ``tables``, the client's cache, fetched it)."""
+    for attempt in range(2):
+        t = tables.get(db, table, refresh=attempt > 0).table
+        key = t.check_key(pk)
+        s = shard_of(key, len(shards))
+        view = fetch_views(shards, db, table, snapshot, None, retry_s, only=[s], columns=columns)[s]
+        if pk_signature(view.table) == pk_signature(t):
+            break  # routed with the table the shard serves at this snapshot
+    return get(pool, s, view, key, columns)
+
+
 def get(
     pool: ReaderPool, shard: int, view: ReadView, key: Any, columns: list[str] | None
 ) -> dict | None:
@@ -345,3 +371,18 @@ __all__ = [
     "raise_first",
     "scan",
 ]
+
+
+def cluster_status(namespace: str, coord: Any, shards: ShardCalls) -> dict[str, Any]:
+    """The coordinator's view and every shard's status (an error string for a shard that
+    does not answer): ``Client.status``."""
+    try:
+        view: Any = coord.call("status", retry_s=2.0)
+    except DNError as exc:
+        view = {"error": f"{type(exc).__name__}: {exc}"}
+    results = shards.call_each({i: ("status", ()) for i in range(len(shards))})
+    out = {
+        i: (r if not isinstance(r, BaseException) else {"error": f"{type(r).__name__}: {r}"})
+        for i, r in results.items()
+    }
+    return {"namespace": namespace, "coordinator": view, "shards": out}

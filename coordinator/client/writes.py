@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator.client.routing import Batch, split
 from coordinator.client.tables import TableCache
-from dn.errors import DNError, NotFound, StaleTable
+from dn.errors import DNError, InvalidArgument, NotFound, StaleTable
 from dn.schema import TableDef
 from dn.write.tokens import TokenMinter
 from shards.shard import ShardService
@@ -132,3 +132,12 @@ def with_committed(err: BaseException, done: dict[int, int]) -> BaseException:
     if isinstance(err, DNError) and done:
         return type(err)(err.message, **{**err.details, "committed": dict(done)})
     return err
+
+
+def listed(upserts: Any) -> Any:
+    """Row dicts as a list (validated again if the table is redefined meanwhile)."""
+    if isinstance(upserts, dict):
+        raise InvalidArgument("upserts must be a list of row dicts")
+    if upserts is not None and not isinstance(upserts, list | tuple | dict | str | bytes):
+        return list(upserts)
+    return upserts

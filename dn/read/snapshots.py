@@ -3,10 +3,11 @@
 One part of :class:`dn.engine.Engine`, over the shard's :class:`dn.state.ShardState`. A read
 resolves its snapshot S under the shard's lock (refusing S past the future bound or before the
 retention window, making the timestamp ceiling cover S, raising the clock's floor to S,
-waiting for groups in flight at or below S, settling an unknown log outcome), takes the plan of
-seed 001 and copies the in-memory tail out as runs: a :class:`ReadView`. Materializing the view
-(fetching and merging objects) happens outside the lock, in this process or in another
-(:mod:`dn.read.view`). Any thread.
+waiting for groups in flight at or below S, settling an unknown log outcome, waiting out or
+deciding the transactions' undecided intents at or below S: :mod:`dn.write.txn`), takes the
+plan of seed 001 and copies the in-memory tail out as runs: a :class:`ReadView`.
+Materializing the view (fetching and merging objects) happens outside the lock, in this
+process or in another (:mod:`dn.read.view`). Any thread.
 
 Snapshots and time (decision 0013): a snapshot served is a promise that no later commit gets a
 timestamp at or below it, kept across restarts. The floor is raised in memory when S is
@@ -40,11 +41,16 @@ class Snapshots:
     """Snapshots, floors, plans and read views of one shard."""
 
     def __init__(
-        self, state: ShardState, settle: Callable[[], None], cover: Callable[[int], None]
+        self,
+        state: ShardState,
+        settle: Callable[[], None],
+        cover: Callable[[int], None],
+        decided: Callable[[int], None],
     ) -> None:
         self._s = state
         self._settle = settle  # settles an unknown log outcome (the write path's)
         self._cover = cover  # makes the durable timestamp ceiling cover a timestamp served
+        self._decided = decided  # under the lock: waits out (or decides) intents at or below
 
     def snapshot(self) -> int:
         """A timestamp to pass as ``snapshot=`` for repeatable reads: it covers every write
@@ -112,6 +118,9 @@ class Snapshots:
                 finally:
                     self._s.cv.acquire()
                 continue
+            # no intent can be stamped at or below s any more (the floor is s): the undecided
+            # ones are waited for, or decided, and then whatever they wrote is final
+            self._decided(s)
             return s
 
     def future_limit_locked(self) -> int:

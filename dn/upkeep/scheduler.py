@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 from dn.errors import Fenced, Internal, Unavailable
 from dn.objects import checkpoint as ckpt
@@ -39,6 +40,7 @@ class Upkeep:
         self._s = state
         # a ceiling extension writes no object: its version alone is no reason for a GC scan
         self.ceiling = Ceiling(state, partial(self._commit, garbage=False))
+        self.txns: Any = None  # dn.write.txn.Transactions: decides intents before a flush
 
     def maybe_freeze_locked(self) -> None:
         buf = self._s.mutable
@@ -84,6 +86,8 @@ class Upkeep:
                 if not self._s.frozen:
                     return False
                 buf = self._s.frozen[0]
+                if buf.pending:  # a range object holds only decided commits
+                    self.txns.wait_decided_locked(buf.to_ts)
             assert self._s.log is not None and buf.to_ts is not None
             r = (buf.from_ts, buf.to_ts)
             data, stats = rangeobj.build(self._s.shard, buf)
@@ -197,6 +201,8 @@ class Upkeep:
         checkpoint on the delta or interval trigger, delete truncated log objects."""
         self._s.check_usable()
         self.ceiling.keep()
+        if len(self._s.intents):
+            self.txns.decide_stale()  # a transaction whose client went away
         with self._s.cv:
             self.maybe_freeze_locked()
             since = self._s.commits_since_checkpoint_locked()

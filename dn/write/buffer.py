@@ -8,7 +8,12 @@ applied; None while empty). It holds (seed 001):
   timestamp of each row version, and the block's delete nodes (primary key, timestamp).
   Reads copy versions out as runs (:mod:`dn.read.run`), which answer point lookups;
 - ``tokens``: the idempotency tokens of its writes that carried one, as ``(ts, token)`` in
-  commit order (:mod:`dn.write.tokens`); its range object keeps them.
+  commit order (:mod:`dn.write.tokens`); its range object keeps them;
+- ``pending``: the transactions' intents applied here and not yet decided, ``{ts: token}``
+  (:mod:`dn.write.txn`). Their rows sit at their commit timestamp like any others; no read
+  at or above that timestamp is served until the intent is decided. A commit keeps the rows
+  and notes the token; an abort takes them out again (the one change to a buffer below its
+  newest commit). A buffer with pending intents is not written out.
 
 Invariants: timestamps are appended in ascending order; a group commit is applied whole, so a
 buffer boundary never splits one; a frozen buffer never changes again. ``nbytes`` counts the
@@ -21,7 +26,7 @@ append above them.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 
 from dn.read.run import Run
 
@@ -29,7 +34,7 @@ from dn.read.run import Run
 class TableBlock:
     """The appendable block of one table in one buffer."""
 
-    __slots__ = ("pk_pos", "cols", "ts", "del_pks", "del_ts")
+    __slots__ = ("pk_pos", "cols", "ts", "del_pks", "del_ts", "_index", "_rows_in", "_dels_in")
 
     def __init__(self, ncols: int, pk_pos: tuple[int, ...]) -> None:
         self.pk_pos = pk_pos
@@ -37,6 +42,11 @@ class TableBlock:
         self.ts: list[int] = []
         self.del_pks: list = []
         self.del_ts: list[int] = []
+        # {primary key: newest ts}, over the first _rows_in rows and _dels_in deletes: built
+        # when a transaction first asks (no cost to writes), extended as versions append
+        self._index: dict = {}
+        self._rows_in = 0
+        self._dels_in = 0
 
     def append(self, ts: int, rows: list[tuple], deletes: list) -> None:
         if rows:
@@ -58,6 +68,41 @@ class TableBlock:
         if deletes:
             self.del_pks.extend(deletes)
             self.del_ts.extend([ts] * len(deletes))
+
+    def newest(self, keys: list) -> int:
+        """The newest commit timestamp of any version (row or delete) of ``keys`` here; 0 if
+        none. Extends the block's key index over what was appended since the last call."""
+        idx = self._index
+        n, d = len(self.ts), len(self.del_ts)
+        if self._rows_in < n:
+            a, pos = self._rows_in, self.pk_pos
+            if len(pos) == 1:
+                pks = self.cols[pos[0]][a:n]
+            else:
+                pks = list(zip(*(self.cols[p][a:n] for p in pos)))
+            idx.update(zip(pks, self.ts[a:n]))  # ascending: the newest version wins
+            self._rows_in = n
+        if self._dels_in < d:
+            get = idx.get
+            for k, t in zip(self.del_pks[self._dels_in : d], self.del_ts[self._dels_in : d]):
+                if get(k, 0) < t:
+                    idx[k] = t
+            self._dels_in = d
+        get = idx.get
+        return max((get(k, 0) for k in keys), default=0)
+
+    def remove(self, ts: int) -> None:
+        """Take out every version at ``ts`` (an aborted intent's)."""
+        a, b = bisect_left(self.ts, ts), bisect_right(self.ts, ts)
+        if a < b:
+            for col in self.cols:
+                del col[a:b]
+            del self.ts[a:b]
+        a, b = bisect_left(self.del_ts, ts), bisect_right(self.del_ts, ts)
+        if a < b:
+            del self.del_pks[a:b]
+            del self.del_ts[a:b]
+        self._index, self._rows_in, self._dels_in = {}, 0, 0
 
     def pks(self) -> list:
         pos = self.pk_pos
@@ -95,6 +140,7 @@ class Buffer:
         "commands",
         "tables",
         "tokens",
+        "pending",
         "nbytes",
         "ncommits",
         "born",
@@ -107,6 +153,7 @@ class Buffer:
         self.commands: list[tuple[int, list]] = []
         self.tables: dict[int, TableBlock] = {}
         self.tokens: list[tuple[int, bytes]] = []
+        self.pending: dict[int, bytes] = {}
         self.nbytes = 0
         self.ncommits = 0
         self.born = born
@@ -162,6 +209,29 @@ class Buffer:
         assert ts == self.to_ts, "a token belongs to the newest write"
         self.tokens.append((ts, token))
 
+    def apply_intent(self, ts: int, token: bytes, writes: list, nbytes: int) -> None:
+        """A transaction's intent at its commit timestamp ``ts``, undecided: ``writes`` is
+        ``[(table_id, ncols, pk_pos, chunks, deletes), ...]``, one per table it writes here."""
+        self._stamp(ts, nbytes)
+        for table_id, ncols, pk_pos, chunks, deletes in writes:
+            block = self.tables.get(table_id)
+            if block is None:
+                block = self.tables[table_id] = TableBlock(ncols, pk_pos)
+            block.append_columns(ts, chunks, deletes)
+        self.pending[ts] = token
+
+    def commit_intent(self, ts: int) -> None:
+        """The intent at ``ts`` committed: its rows stay, its token is noted."""
+        token = self.pending.pop(ts)
+        insort(self.tokens, (ts, token))
+
+    def abort_intent(self, ts: int) -> None:
+        """The intent at ``ts`` aborted: its rows go."""
+        del self.pending[ts]
+        for block in self.tables.values():
+            block.remove(ts)
+        self.ncommits -= 1
+
     def apply_ddl(self, ts: int, cmd: list, nbytes: int) -> None:
         self._stamp(ts, nbytes)
         self.commands.append((ts, cmd))
@@ -185,6 +255,7 @@ class Buffer:
             "bytes": self.nbytes,
             "commits": self.ncommits,
             "rows": self.rows(),
+            "pending": len(self.pending),
             "frozen": self.frozen,
         }
 

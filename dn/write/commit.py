@@ -38,6 +38,7 @@ class Pending:
         "table",
         "nrows",
         "token",
+        "txn",
         "ts",
         "error",
         "done",
@@ -59,6 +60,7 @@ class Pending:
         self.table = table  # TableDef the rows were validated against (writes)
         self.nrows = nrows
         self.token = token  # the idempotency token of a write part (dn.write.tokens), or None
+        self.txn: Any = None  # a prepare's checks (dn.write.txn.Prepare), or None
         self.ts = 0
         self.error: DNError | None = None
         self.done = False
@@ -66,7 +68,13 @@ class Pending:
 
     @property
     def is_ddl(self) -> bool:
-        return self.op not in WRITE_OPS
+        return self.op not in WRITE_OPS and self.txn is None
+
+    @property
+    def kind(self) -> int:
+        """Groups hold one kind: 0 writes, 1 prepares (checked against everything applied
+        below them, so no write of their own group may precede them), 2 DDL (alone)."""
+        return 1 if self.txn is not None else 2 if self.op not in WRITE_OPS else 0
 
     def result(self) -> int:
         if self.error is not None:
@@ -189,6 +197,8 @@ class CommitQueue:
                 return
         with self._cv:
             group = self._take()
+            if group and group[0].txn is not None:  # prepares: lowest commit timestamp first
+                group.sort(key=lambda q: q.txn.at)
             stamped = []
             for i, q in enumerate(group):
                 try:
@@ -250,7 +260,7 @@ class CommitQueue:
         while self._queue:
             q = self._queue[0]
             if group and (
-                q.is_ddl or group[0].is_ddl or size + len(q.payload) > self._max_group_bytes
+                q.kind != group[0].kind or q.is_ddl or size + len(q.payload) > self._max_group_bytes
             ):
                 break
             group.append(self._queue.popleft())

@@ -37,10 +37,11 @@ log stops the shard. Any thread may call the public methods.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dn import catalog as cat
-from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN, WRITE_OPS
+from dn.catalog import OP_PREPARE, OP_WRITE, OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN, WRITE_OPS
 from dn.errors import (
     Corruption,
     DNError,
@@ -68,6 +69,8 @@ class WritePath:
         self._s = state
         self._upkeep = upkeep
         self._aio = AsyncFrontDoor(self.submit_all)
+        self.txns: Any = None  # dn.write.txn.Transactions: stamps and applies prepares
+        self.reserve_to = 0  # a prepare's timestamp the ceiling must reach (the leader's)
 
     # -- DDL ----------------------------------------------------------------------------------
 
@@ -125,10 +128,10 @@ class WritePath:
     def write_packed_columns(self, part: WritePart) -> int:
         """Commit a client's pre-packed part (:mod:`dn.write.part`): checked and decoded
         against the live table, logged as the bytes that were sent. A part with a token is
-        applied once: see :meth:`_write_once`."""
+        applied once: see :meth:`once`."""
         self._s.check_usable()
         if part.token is not None:
-            return self._write_once(part, part.token)
+            return self.once(part.token, lambda: self._write_part(part))
         return self._write_part(part)
 
     def _write_part(self, part: WritePart) -> int:
@@ -138,13 +141,19 @@ class WritePath:
         args = [tdef.id, d.chunks, d.deletes]
         return self._submit_write(tdef, args, part.log_payload(), d.nrows, part.log_op, part.token)
 
-    def _write_once(self, part: WritePart, token: bytes) -> int:
-        """A part with a token, applied once (decision 0014). A token minted outside the
-        window is refused; one committed before gives that commit's TS (nothing changes, not
-        even for a table dropped since); one another part is committing right now is waited
-        for (its TS, or this part goes on if it failed); one held by a log write whose outcome
-        is unknown is settled first (it may have landed). Else this part claims the token for
-        its commit."""
+    def once(
+        self,
+        token: bytes,
+        commit: Callable[[], int],
+        pending: Callable[[bytes], int | None] | None = None,
+    ) -> int:
+        """Run ``commit`` for a write with a token, once (decision 0014). A token minted
+        outside the window is refused; one committed before gives that commit's TS (nothing
+        changes, not even for a table dropped since), and so does one ``pending`` knows (an
+        intent prepared and undecided: its TS); one another call is committing right now is
+        waited for (its TS, or this call goes on if it failed); one held by a log write whose
+        outcome is unknown is settled first (it may have landed). Else this call claims the
+        token for its commit."""
         s, tokens = self._s, self._s.tokens
         tokens.check_minted(token, s.clock.now_ms())
         while True:
@@ -152,6 +161,8 @@ class WritePath:
                 while True:
                     s.check_usable_locked()
                     ts = tokens.committed.get(token)
+                    if ts is None and pending is not None:
+                        ts = pending(token)
                     if ts is not None:
                         s.counters["duplicate_parts"] += 1
                         return ts
@@ -166,7 +177,7 @@ class WritePath:
                 if s.unknown_lo is None:  # settled: each unsettled token landed or never will
                     tokens.unsettled.clear()
         try:
-            return self._write_part(part)
+            return commit()
         finally:
             with s.cv:
                 tokens.claims.discard(token)
@@ -190,6 +201,10 @@ class WritePath:
             raise InvalidArgument(f"batch is {len(payload)} bytes, over max_batch_bytes={limit}")
 
     # -- group commit -------------------------------------------------------------------------
+
+    def submit_prepare(self, p: Pending) -> int:
+        """Commit a transaction's prepared intent (:mod:`dn.write.txn`)."""
+        return self._submit(p)
 
     def _submit(self, p: Pending) -> int:
         self._admit()
@@ -228,12 +243,17 @@ class WritePath:
         """Leader, lock not held, after a stamp found no room: room for ``n`` more
         timestamps under the ceiling."""
         self._upkeep.ceiling.reserve(n)
+        at, self.reserve_to = self.reserve_to, 0
+        if at > self._s.ceiling:  # a prepare's timestamp (0: none)
+            self._upkeep.ceiling.extend(at)
 
     def _stamp(self, p: Pending) -> bool:
         """Under the lock: re-check against the live catalog and take a timestamp at or below
         the timestamp ceiling; False (nothing taken) when the ceiling leaves none."""
         s = self._s
         s.check_usable_locked()
+        if p.txn is not None:
+            return self.txns.stamp_locked(p)
         if p.op in WRITE_OPS:
             live = s.catalog.live_table(p.table.db, p.table.name)
             if live.id != p.table.id:
@@ -259,15 +279,17 @@ class WritePath:
             self.settle()
         try:
             s.log.append([encode_command(p.ts, p.op, p.payload) for p in group], group[-1].ts)
-        except Fenced as exc:
-            s.fail(exc)
-            raise
-        except Unavailable as exc:
-            if exc.outcome_unknown:
-                with s.cv:
+        except BaseException as exc:
+            with s.cv:
+                if group[0].txn is not None:  # not applied: the keys are free again (one that
+                    for p in group:  # landed claims them again when it is settled, replayed)
+                        s.intents.unclaim(p.token)
+                if isinstance(exc, Unavailable) and exc.outcome_unknown:
                     s.unknown_lo = group[0].ts
                     # not committed until settled: a resend of one of them waits (decision 0014)
                     s.tokens.unsettled.update(p.token for p in group if p.token is not None)
+            if isinstance(exc, Fenced):
+                s.fail(exc)
             raise
 
     def settle(self) -> None:
@@ -306,7 +328,10 @@ class WritePath:
         s = self._s
         try:
             for p in group:
-                self._apply_command(p.ts, p.op, p.args, len(p.payload) + 16, p.table, p.token)
+                if p.txn is not None:
+                    self.txns.apply_locked(p.ts, p.args, len(p.payload) + 16, p.txn)
+                else:
+                    self._apply_command(p.ts, p.op, p.args, len(p.payload) + 16, p.table, p.token)
                 s.counters["rows_written"] += p.nrows
             self._upkeep.maybe_freeze_locked()
         except Exception as exc:
@@ -344,6 +369,9 @@ class WritePath:
         """Under the lock: apply one durable command to the mutable buffer (and catalog), and
         note its token (a replayed op 6 carries it as its last argument)."""
         s = self._s
+        if op == OP_PREPARE:  # replayed: undecided until its decision is read
+            self.txns.apply_locked(ts, args, nbytes, None)
+            return
         buf = s.mutable
         if buf.empty:
             buf.born = s.clock.monotonic()

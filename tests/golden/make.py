@@ -44,9 +44,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
-from dn.catalog import OP_WRITE, OP_WRITE_COLUMNS, OP_WRITE_COLUMNS_TOKEN, WRITE_OPS, Catalog
+from dn.catalog import (
+    OP_PREPARE,
+    OP_WRITE,
+    OP_WRITE_COLUMNS,
+    OP_WRITE_COLUMNS_TOKEN,
+    WRITE_OPS,
+    Catalog,
+)
 from dn.objects import checkpoint as ckpt
-from dn.objects import codec, rangeobj
+from dn.objects import codec, decision, rangeobj
 from dn.objects.manifest import Manifest, ManifestState
 from dn.store.locallog import LocalLogStore
 from dn.store.memory import MemoryStore
@@ -111,6 +118,11 @@ LOG_FILES = {
 }
 #: The op-6 form of the write at 106 (seq 12), checked in beside the op-5 one.
 TOKEN_LOG_FILE = "log_write_columns_token.bin"
+#: The write at 106 as a transaction's intent on this shard (op 7, seq 12), with the token as
+#: the transaction's, and the decision objects of that transaction: committed at 106 by a
+#: client whose transaction wrote shards 0 and 7, and aborted by a reader of shard 7.
+PREPARE_LOG_FILE = "log_prepare.bin"
+DECISIONS = {"decision_commit.bin": (106, [7, 0]), "decision_abort.bin": (0, [7])}
 
 
 def commands(token: bool = False) -> list[tuple[int, int, int, list]]:
@@ -276,6 +288,10 @@ def build_all() -> dict[str, bytes]:
     out = {name: logs[seq] for name, seq in LOG_FILES.items()}
     token_write = [c for c in commands(token=True) if c[2] == OP_WRITE_COLUMNS_TOKEN]
     out[TOKEN_LOG_FILE] = log_record(token_write[0][0], [c[1:] for c in token_write])
+    _, ts, _, (table_id, chunks, dels, token) = token_write[0]
+    out[PREPARE_LOG_FILE] = log_record(12, [(ts, OP_PREPARE, [token, [[table_id, chunks, dels]]])])
+    for name, (decided, shards) in DECISIONS.items():
+        out[name] = decision.encode(decided, shards)
     out["range.bin"] = range_object()[0]
     out["checkpoint.bin"] = checkpoint_object()
     out["manifest.bin"] = manifest_version()

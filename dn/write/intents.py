@@ -1,0 +1,81 @@
+"""The undecided intents of one shard's transactions, by token and by the keys they hold.
+
+An intent (:mod:`dn.write.txn`) is applied to a buffer at its commit timestamp and stays
+undecided until its decision is known here. While it does, it *holds* its keys: a prepare of
+another transaction writing one of them is refused with Conflict. A prepare claims its keys
+when it is stamped (before its log write) so that two prepares of one group see each other;
+a log write that fails frees them again.
+
+Under the shard's lock (``cv``); no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dn.write.buffer import Buffer
+
+
+@dataclass(slots=True)
+class Intent:
+    """An undecided intent applied to ``buffer`` at ``ts``, holding ``keys`` per table id."""
+
+    token: bytes
+    ts: int
+    buffer: Buffer
+    keys: dict[int, list]
+    born: float  # monotonic seconds when applied here (or replayed)
+
+
+class Intents:
+    """The shard's undecided intents, by token and by the keys they hold (under ``cv``)."""
+
+    def __init__(self) -> None:
+        self.by_token: dict[bytes, Intent] = {}
+        self._holders: dict[tuple[int, object], bytes] = {}
+        self.claimed: dict[bytes, list[tuple[int, object]]] = {}  # stamped, not yet applied
+
+    def __len__(self) -> int:
+        return len(self.by_token)
+
+    def get(self, token: bytes) -> Intent | None:
+        return self.by_token.get(token)
+
+    def holder(self, table_id: int, keys: list) -> bytes | None:
+        """The token of an intent (applied or stamped) holding one of ``keys``, or None."""
+        h = self._holders
+        for k in keys:
+            token = h.get((table_id, k))
+            if token is not None:
+                return token
+        return None
+
+    def claim(self, token: bytes, keys: dict[int, list]) -> None:
+        held = [(t, k) for t, ks in keys.items() for k in ks]
+        self._holders.update(dict.fromkeys(held, token))
+        self.claimed[token] = held
+
+    def unclaim(self, token: bytes) -> None:
+        for hk in self.claimed.pop(token, ()):
+            if self._holders.get(hk) == token:
+                del self._holders[hk]
+
+    def add(self, intent: Intent) -> None:
+        self.unclaim(intent.token)
+        self.claim(intent.token, intent.keys)
+        del self.claimed[intent.token]
+        self.by_token[intent.token] = intent
+
+    def remove(self, token: bytes) -> Intent | None:
+        intent = self.by_token.pop(token, None)
+        if intent is not None:
+            for t, ks in intent.keys.items():
+                for k in ks:
+                    if self._holders.get((t, k)) == token:
+                        del self._holders[(t, k)]
+        return intent
+
+    def oldest_through(self, ts: int) -> Intent | None:
+        """The undecided intent at the lowest timestamp <= ``ts``, or None."""
+        hits = [i for i in self.by_token.values() if i.ts <= ts]
+        return min(hits, key=lambda i: i.ts) if hits else None

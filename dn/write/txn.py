@@ -1,0 +1,306 @@
+"""One shard's side of transactions across shards: intents, their checks, their decisions.
+
+A transaction (an atomic batch, or a snapshot-isolation transaction: the client's
+:mod:`coordinator.client.txn`) commits every shard's share at one timestamp ``C`` (decision
+0015)::
+
+    client: pick C (after every timestamp it has seen, a little past its wall clock)
+      -> prepare(token, C, parts, snapshot) on every shard it writes, in parallel:
+           shard: check the parts; under the lock, refuse if its clock has reached C
+           (TimestampPassed), if another undecided intent holds one of the keys, or (with a
+           snapshot) if a key has a version committed after the snapshot (Conflict); else
+           stamp the intent at exactly C, log it (op 7) and apply it to the mutable buffer,
+           undecided
+      -> decide: the decision object 40/txn/<token> (dn.objects.decision), put if absent:
+           commit at C; the commit point
+      -> resolve(token, C) on every shard: the intent's rows stay, its token is noted
+    anyone who finds an intent undecided for longer than ``txn_wait_s`` decides it instead:
+    it reads the decision, or puts an abort if there is none; an abort takes the rows out.
+
+Why one timestamp holds (the argument of decision 0015): a shard stamps the intent at C only
+while its clock is below C, and stamping raises the clock to C, so every commit stamped there
+before the intent is below C and every one after is above it. No read at S >= C is served
+while an intent at C is undecided (:meth:`Transactions.wait_decided_locked`), and a buffer
+with an undecided intent is never written out, so whatever a read at S >= C sees, it sees
+after the decision, on every shard: all of the transaction or none of it. Reads at S < C never
+see its rows (they sit at C).
+
+Why snapshot isolation holds: the conflict check and the stamp run under the shard's lock,
+and an intent holds its keys until decided, so of two transactions writing one key, the
+second to prepare finds the first's intent (Conflict) or its committed version after its own
+snapshot (Conflict). Prepares are stamped in groups of their own, so every commit below C is
+applied, and checked, when an intent is stamped.
+
+Recovery replays an intent from the log as undecided; the first reader (or the background
+round) decides it from its decision object.
+
+Any thread; the lock and the fields are the shard's (:mod:`dn.state`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dn.catalog import OP_PREPARE
+from dn.clock import LOGICAL_BITS
+from dn.errors import Conflict, Internal, InvalidArgument, StaleTable, TimestampPassed
+from dn.objects import codec, decision
+from dn.read.view import materialize
+from dn.schema import TableDef
+from dn.write.commit import Pending
+from dn.write.intents import Intent
+from dn.write.part import WritePart
+
+
+@dataclass(slots=True)
+class Prepare:
+    """A prepare on its way to the log: the checked parts and what its stamp checks."""
+
+    at: int
+    tables: list[TableDef]
+    writes: list  # [(chunks, deletes)] per table, decoded
+    keys: dict[int, list]
+    snapshot: int | None
+    checked_to: int  # versions of its keys committed at or below this were checked already
+    nrows: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Transactions:
+    """The shard's side of transactions (see the module docstring)."""
+
+    def __init__(self, state, writes) -> None:
+        self._s = state
+        self._writes = writes  # dn.write.path.WritePath: checks, the group commit, the once-rule
+        self.reads: Callable | None = None  # (db, table, snapshot, from_ts) -> ReadView
+
+    # -- prepare -------------------------------------------------------------------------------
+
+    def prepare(
+        self, token: bytes, at: int, parts: list[WritePart], snapshot: int | None = None
+    ) -> int:
+        """Prepare the intent of transaction ``token`` at commit timestamp ``at``: ``parts``
+        are its writes on this shard (one per table, without tokens of their own). With a
+        ``snapshot``, refused with Conflict if a key was committed after it. Returns ``at``
+        once the intent is durable (again for a resend of one prepared before, or its commit
+        timestamp if it committed already)."""
+        s = self._s
+        s.check_usable()
+        if type(at) is not int or at <= 0:
+            raise InvalidArgument(f"a commit timestamp must be an int > 0, got {at!r}")
+        if snapshot is not None and (type(snapshot) is not int or not 0 <= snapshot < at):
+            raise InvalidArgument(f"a transaction's snapshot must be an int below {at}")
+        if not parts or len({(p.db, p.table) for p in parts}) != len(parts):
+            raise InvalidArgument("a prepare takes one part per table, at least one")
+        if any(p.token is not None for p in parts):
+            raise InvalidArgument("the parts of a prepare carry no tokens: the prepare has one")
+        return self._writes.once(
+            token, lambda: self._prepare(token, at, parts, snapshot), self._prepared_at
+        )
+
+    def _prepared_at(self, token: bytes) -> int | None:
+        intent = self._s.intents.get(token)
+        return None if intent is None else intent.ts
+
+    def _prepare(self, token: bytes, at: int, parts: list[WritePart], snapshot: int | None) -> int:
+        s = self._s
+        tables, writes, keys, nrows = [], [], {}, 0
+        for part in parts:
+            tdef = s.catalog.live_table(part.db, part.table)
+            d = part.decode(tdef, s.settings.max_value_bytes, s.settings.max_batch_rows)
+            tables.append(tdef)
+            writes.append((d.chunks, d.deletes))
+            ks = [k for cols in d.chunks for k in tdef.column_keys(cols)] + list(d.deletes)
+            keys[tdef.id] = ks
+            nrows += d.nrows
+        checked_to = self._check_flushed(tables, keys, snapshot)
+        payload = (
+            b"\x92"
+            + codec.pack(token)
+            + codec.array_header(len(parts))
+            + b"".join(p.log_payload() for p in parts)
+        )
+        p = Pending(OP_PREPARE, [token, writes], payload, None, nrows, token)
+        p.txn = Prepare(at, tables, writes, keys, snapshot, checked_to, nrows)
+        return self._writes.submit_prepare(p)
+
+    def _check_flushed(self, tables: list[TableDef], keys: dict, snapshot: int | None) -> int:
+        """With a snapshot older than every buffer in memory, look for versions of the keys
+        in the range objects after it (a change read); returns the timestamp checked to."""
+        s = self._s
+        if snapshot is None:
+            return 0
+        with s.cv:
+            below = (s.frozen[0] if s.frozen else s.mutable).from_ts - 1
+        if snapshot >= below:
+            return snapshot
+        assert self.reads is not None
+        for tdef in tables:
+            wanted = set(keys[tdef.id])
+            view = self.reads(tdef.db, tdef.name, below, snapshot + 1)
+            for change in materialize(s.reader, view):
+                if change.pk in wanted:
+                    raise _conflict(tdef, change.pk, f"committed at {change.ts}")
+        return below
+
+    def stamp_locked(self, p: Pending) -> bool:
+        """Under the lock, from the group commit: check and stamp a prepare at exactly its
+        timestamp (see the module docstring). False when the ceiling is below it."""
+        s, info = self._s, p.txn
+        for tdef in info.tables:
+            if s.catalog.live_table(tdef.db, tdef.name).id != tdef.id:
+                raise StaleTable(
+                    f"table {tdef.db}.{tdef.name} was dropped and created again; retry",
+                    database=tdef.db,
+                    table=tdef.name,
+                )
+        if s.hlc.last >= info.at:
+            raise TimestampPassed(
+                f"shard {s.shard} has issued timestamps up to {s.hlc.last}, at or past {info.at}",
+                clock=s.hlc.last,
+            )
+        future_ms = int(s.settings.snapshot_future_s * 1000)
+        if info.at > ((s.clock.now_ms() + future_ms + 1) << LOGICAL_BITS):
+            raise InvalidArgument(
+                f"commit timestamp {info.at} is more than snapshot_future_s = "
+                f"{s.settings.snapshot_future_s} s past shard {s.shard}'s wall clock"
+            )
+        by_id = {t.id: t for t in info.tables}
+        for table_id, ks in info.keys.items():
+            held = s.intents.holder(table_id, ks)
+            if held is not None and held != p.token:
+                raise _conflict(by_id[table_id], None, "held by another transaction deciding")
+        if info.snapshot is not None:
+            self._check_memory_locked(info, by_id)
+        if info.at > s.ceiling:
+            self._writes.reserve_to = info.at
+            return False
+        s.hlc.advance(info.at)
+        p.ts = info.at
+        s.intents.claim(p.token, info.keys)
+        return True
+
+    def _check_memory_locked(self, info: Prepare, by_id: dict[int, TableDef]) -> None:
+        s, snap = self._s, info.snapshot
+        bufs = [*s.frozen, s.mutable]
+        if bufs[0].from_ts - 1 > max(info.checked_to, snap):
+            raise Conflict(
+                f"shard {s.shard} wrote buffers out while the transaction was checked; retry"
+            )
+        for buf in bufs:
+            if buf.to_ts is None or buf.to_ts <= snap:
+                continue
+            for table_id, ks in info.keys.items():
+                block = buf.tables.get(table_id)
+                if block is not None and block.newest(ks) > snap:
+                    raise _conflict(by_id[table_id], None, f"committed after snapshot {snap}")
+
+    # -- apply, decide, resolve ------------------------------------------------------------------
+
+    def apply_locked(self, ts: int, args: list, nbytes: int, info: Prepare | None) -> None:
+        """Under the lock: apply a durable intent to the mutable buffer, undecided. ``args``
+        are op 7's (``[token, [[table_id, chunks, deletes], ...]]``, replayed) or, from the
+        group commit, ``[token, [(chunks, deletes), ...]]`` with ``info`` for the tables."""
+        s = self._s
+        token, writes = args
+        items, keys = [], {}
+        for i, w in enumerate(writes):
+            if info is not None:
+                tdef = info.tables[i]
+                chunks, dels = w
+                keys[tdef.id] = info.keys[tdef.id]
+            else:
+                table_id, chunks, dels = w
+                tdef = s.catalog.table_by_id(table_id)
+                if len(tdef.pk_pos) > 1:
+                    dels = [tuple(k) for k in dels]
+                keys[tdef.id] = [k for c in chunks for k in tdef.column_keys(c)] + list(dels)
+            items.append((tdef.id, len(tdef.columns), tdef.pk_pos, chunks, dels))
+        buf = s.mutable
+        if buf.empty:
+            buf.born = s.clock.monotonic()
+        buf.apply_intent(ts, token, items, nbytes)
+        s.intents.add(Intent(token, ts, buf, keys, s.clock.monotonic()))
+        s.last_applied = ts
+        s.counters["txn_prepared"] += 1
+
+    def resolve(self, token: bytes, ts: int) -> None:
+        """A decision taken (by the client that prepared it): apply it to the intent of
+        ``token`` here (``ts``: its commit timestamp, or 0: aborted). No-op when the intent
+        was decided here already; idempotent."""
+        s = self._s
+        if type(ts) is not int or ts < 0:
+            raise InvalidArgument(f"a decision is a commit timestamp or 0, got {ts!r}")
+        with s.cv:
+            s.check_usable_locked()
+            self._resolve_locked(token, ts)
+
+    def _resolve_locked(self, token: bytes, ts: int) -> None:
+        s = self._s
+        intent = s.intents.get(token)
+        if intent is None:
+            return
+        if ts not in (decision.ABORTED, intent.ts):
+            raise Internal(f"transaction {token.hex()[:16]}: decided {ts}, prepared {intent.ts}")
+        s.intents.remove(token)
+        if ts == decision.ABORTED:
+            intent.buffer.abort_intent(intent.ts)
+            s.counters["txn_aborted"] += 1
+        else:
+            intent.buffer.commit_intent(intent.ts)
+            s.tokens.note(intent.ts, token)
+            s.counters["txn_committed"] += 1
+        s.cv.notify_all()
+
+    def decide(self, token: bytes) -> None:
+        """Lock not held: decide an intent that waited too long, from its decision object
+        (abort if there is none yet), and apply the decision."""
+        s = self._s
+        ts = decision.lookup(s.store, token)
+        if ts is None:
+            ts = decision.decide(s.store, token, decision.ABORTED, [s.shard])
+        s.counters["txn_decided_here"] += 1
+        with s.cv:
+            self._resolve_locked(token, ts)
+
+    def wait_decided_locked(self, ts: int) -> None:
+        """Under the lock (released while waiting or deciding): return once no undecided
+        intent at or below ``ts`` is left. An intent younger than ``txn_wait_s`` is waited
+        for; an older one is decided here."""
+        s = self._s
+        while True:
+            intent = s.intents.oldest_through(ts)
+            if intent is None:
+                return
+            s.check_usable_locked()
+            left = s.settings.txn_wait_s - (s.clock.monotonic() - intent.born)
+            if left > 0:
+                s.cv.wait(min(left, 0.05))
+                continue
+            s.cv.release()
+            try:
+                self.decide(intent.token)
+            finally:
+                s.cv.acquire()
+
+    def decide_stale(self) -> int:
+        """Background round: decide every intent undecided for longer than ``txn_wait_s``;
+        returns how many."""
+        s = self._s
+        with s.cv:
+            limit = s.clock.monotonic() - s.settings.txn_wait_s
+            stale = [i.token for i in s.intents.by_token.values() if i.born <= limit]
+        for token in stale:
+            self.decide(token)
+        return len(stale)
+
+
+def _conflict(tdef: TableDef, key: object, why: str) -> Conflict:
+    what = "a key" if key is None else f"key {key!r}"
+    return Conflict(
+        f"{what} of {tdef.db}.{tdef.name} this transaction writes was {why}; nothing was "
+        "applied, run the transaction again",
+        database=tdef.db,
+        table=tdef.name,
+    )

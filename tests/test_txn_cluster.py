@@ -1,0 +1,203 @@
+"""Atomic batches and snapshot-isolation transactions through the client (decision 0015).
+
+The whole client runs in-process over three :class:`ShardService` shards (the cluster of
+``tests/test_exactly_once.py``: every call's arguments, results and errors pickled, as Ray
+would). No Ray.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import threading
+import time
+
+import pytest
+
+from coordinator.client.routing import shard_of
+from coordinator.client.txn import PREPARE
+from dn.clock import LOGICAL_BITS
+from dn.errors import Conflict, DNError
+from tests.test_exactly_once import SHARDS, Cluster
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    yield c
+    c.close()
+
+
+def _spread(n: int) -> list[int]:
+    """``n`` keys covering every shard."""
+    keys, k = [], 0
+    while len({shard_of(x, SHARDS) for x in keys}) < SHARDS or len(keys) < n:
+        keys.append(k)
+        k += 1
+    return keys
+
+
+def test_an_atomic_batch_commits_every_shards_part_at_one_timestamp(cluster):
+    c = cluster.client
+    before = c.snapshot()
+    keys = _spread(12)
+    ts = c.write("db", "t", [{"k": k, "v": f"a{k}"} for k in keys], atomic=True)
+    assert {t for t, *_ in cluster.feed(before)} == {ts}
+    assert sorted(pk for _, pk, *_ in cluster.feed(before)) == keys
+    assert list(c.scan("db", "t", snapshot=ts - 1)) == []
+    assert len(list(c.scan("db", "t", snapshot=ts))) == len(keys)
+    ts2 = c.write_columns("db", "t", {"k": keys[:4], "v": ["b"] * 4}, keys[4:6], atomic=True)
+    assert {t for t, *_ in cluster.feed(ts + 1)} == {ts2}
+    assert c.get("db", "t", keys[5]) is None and c.get("db", "t", keys[0])["v"] == "b"
+
+
+def test_a_lost_prepare_response_is_resent_and_applied_once(cluster):
+    c, group = cluster.client, cluster.group
+    lost = set()
+    submit = group._submit
+
+    def lossy(i, method, args):
+        out = submit(i, method, args)
+        if method == PREPARE and i not in lost:
+            lost.add(i)
+            from dn.errors import Unavailable
+
+            return Unavailable("lost", outcome_unknown=True)
+        return out
+
+    group._submit = lossy
+    before = c.snapshot()
+    ts = c.write("db", "t", [{"k": k, "v": "x"} for k in _spread(9)], atomic=True)
+    assert len(lost) == SHARDS
+    feed = cluster.feed(before)
+    assert {t for t, *_ in feed} == {ts} and len(feed) == len(_spread(9))
+    assert cluster.counter("txn_prepared") == SHARDS
+    assert cluster.counter("duplicate_parts") == SHARDS
+
+
+def test_a_shard_clock_ahead_makes_the_client_prepare_again_later(cluster):
+    c = cluster.client
+    before = c.snapshot()
+    ahead = ((time.time_ns() // 1_000_000 + 200) << LOGICAL_BITS) + 7
+    cluster.services[1].advance_floor(ahead)
+    ts = c.write("db", "t", [{"k": k, "v": "x"} for k in _spread(6)], atomic=True)
+    assert ts > ahead
+    assert cluster.counter("txn_aborted") >= 1  # the first attempt's intents, rolled back
+    assert {t for t, *_ in cluster.feed(before)} == {ts}
+
+
+def test_a_transaction_reads_its_snapshot_and_its_own_writes(cluster):
+    c = cluster.client
+    c.write("db", "t", [{"k": 1, "v": "one"}, {"k": 2, "v": "two"}, {"k": 3, "v": "three"}])
+    with c.transaction() as tx:
+        snap = tx.snapshot
+        c.write("db", "t", [{"k": 9, "v": "not seen"}])  # after the snapshot
+        tx.write("db", "t", [{"k": 4, "v": "four"}], deletes=[2])
+        tx.write_columns("db", "t", {"k": [1], "v": ["uno"]})
+        assert tx.get("db", "t", 2) is None
+        assert tx.get("db", "t", 1) == {"k": 1, "v": "uno"}
+        assert tx.get("db", "t", 9) is None
+        got = [(r["k"], r["v"]) for r in tx.scan("db", "t")]
+        assert got == [(1, "uno"), (3, "three"), (4, "four")]
+        assert [r["k"] for r in tx.scan("db", "t", columns=["k"], start=2, end=4)] == [3]
+    assert tx.state == "committed" and tx.commit_ts > snap
+    rows = {r["k"]: r["v"] for r in c.scan("db", "t")}
+    assert rows == {1: "uno", 3: "three", 4: "four", 9: "not seen"}
+
+
+def test_a_write_write_conflict_raises_and_applies_nothing(cluster):
+    c = cluster.client
+    c.write("db", "t", [{"k": 1, "v": "a"}])
+    t1, t2 = c.transaction(), c.transaction()
+    t1.write("db", "t", [{"k": 1, "v": "t1"}, {"k": 2, "v": "t1"}])
+    t2.write("db", "t", [{"k": 1, "v": "t2"}, {"k": 5, "v": "t2"}])
+    t1.commit()
+    with pytest.raises(Conflict) as err:
+        t2.commit()
+    assert err.value.retryable
+    assert t2.state == "aborted"
+    assert c.get("db", "t", 5) is None and c.get("db", "t", 1)["v"] == "t1"
+    with pytest.raises(DNError):
+        t2.commit()
+
+
+def test_an_exception_in_the_block_aborts(cluster):
+    c = cluster.client
+    with pytest.raises(RuntimeError), c.transaction() as tx:
+        tx.write("db", "t", [{"k": 1, "v": "x"}])
+        raise RuntimeError("boom")
+    assert tx.state == "aborted"
+    assert c.get("db", "t", 1) is None
+
+
+def test_a_transaction_pickles_and_commits_from_the_copy(cluster):
+    c = cluster.client
+    tx = c.transaction()
+    tx.write("db", "t", [{"k": 7, "v": "seven"}])
+    copy = pickle.loads(pickle.dumps(tx))
+    # the copy's client is a new one: give it this in-process cluster's calls
+    copy._client = c
+    ts = copy.commit()
+    assert c.get("db", "t", 7, snapshot=ts) == {"k": 7, "v": "seven"}
+
+
+def test_an_abandoned_transaction_is_rolled_back_by_the_next_reader(cluster):
+    c = cluster.client
+    snap = c.snapshot()
+    ctx = c.txn_context()
+    token = ctx.minter.mint()
+    at = max(s.engine.clock() for s in cluster.services) + (5 << LOGICAL_BITS)
+    parts = {}
+    routed = ctx.tables.get("db", "t")
+    from coordinator.client.routing import split, validate_batch
+
+    for s, share in split(
+        validate_batch(routed.table, [{"k": k, "v": "lost"} for k in _spread(6)], [], 1 << 20, 100),
+        SHARDS,
+    ).items():
+        parts[s] = (PREPARE, (token, at, None, [routed.part(s, share, 0).to_call()]))
+    assert all(isinstance(r, int) for r in ctx.shards.call_each(parts).values())
+    # the client is gone: a reader waits txn_wait_s, then decides the abort
+    t0 = time.monotonic()
+    assert list(c.scan("db", "t")) == []
+    assert time.monotonic() - t0 >= 1.5
+    assert cluster.counter("txn_aborted") == SHARDS
+    assert cluster.feed(snap) == []
+
+
+def test_bank_transfers_keep_the_total_in_every_snapshot(cluster):
+    c = cluster.client
+    accounts = _spread(8)
+    c.write("db", "t", [{"k": a, "v": "100"} for a in accounts])
+    start = c.snapshot()
+    stats = {"committed": 0, "conflicts": 0}
+    lock = threading.Lock()
+
+    def transfers(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(25):
+            a, b = rng.sample(accounts, 2)
+            try:
+                with c.transaction() as tx:
+                    va = int(tx.get("db", "t", a)["v"])
+                    vb = int(tx.get("db", "t", b)["v"])
+                    amount = rng.randint(1, 20)
+                    tx.write("db", "t", [{"k": a, "v": str(va - amount)}])
+                    tx.write("db", "t", [{"k": b, "v": str(vb + amount)}])
+                with lock:
+                    stats["committed"] += 1
+            except Conflict:
+                with lock:
+                    stats["conflicts"] += 1
+
+    threads = [threading.Thread(target=transfers, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stats["committed"] > 0
+    # every commit timestamp in the feed is a snapshot: the total holds at each
+    stamps = sorted({ts for ts, *_ in cluster.feed(start)})
+    assert len(stamps) == stats["committed"]
+    for s in [start, *stamps]:
+        assert sum(int(r["v"]) for r in c.scan("db", "t", snapshot=s)) == 100 * len(accounts)

@@ -1,0 +1,249 @@
+"""Transactions across shards at the engine level (decision 0015): intents, decisions, reads.
+
+Several :class:`dn.Engine` shards share one memory store; the tests play the client's part of
+the protocol themselves (prepare on every shard at one timestamp, decide, resolve), or stop it
+at any step, and check what reads, change feeds, restarts and conflicting transactions see.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from dn import Engine, Settings
+from dn.errors import Conflict, InvalidArgument, TimestampPassed
+from dn.objects import decision
+from dn.write.part import WritePart
+from dn.write.tokens import TokenMinter
+
+SCHEMA = {"k": "int64", "v": "string"}
+MINT = TokenMinter()
+STEP = 5 << 16  # 5 ms of timestamps: a commit timestamp a little past every shard's clock
+
+
+def _settings(**kw) -> Settings:
+    return Settings(**{"background": False, "txn_wait_s": 0.3, **kw})
+
+
+def _open(url: str, shards: int = 2, **kw) -> list[Engine]:
+    engines = [Engine.open(url, i, _settings(**kw)) for i in range(shards)]
+    for e in engines:
+        if "d" not in e.databases():
+            e.create_database("d")
+            e.create_table("d", "t", SCHEMA, "k")
+    return engines
+
+
+def _reopen(url: str, shards: int = 2, **kw) -> list[Engine]:
+    return [Engine.open(url, i, _settings(**kw)) for i in range(shards)]
+
+
+@pytest.fixture
+def url():
+    return f"memory://txn-{uuid.uuid4().hex[:8]}"
+
+
+def part(engine: Engine, rows: dict[int, str] | None = None, deletes=()) -> WritePart:
+    t = engine.live_table("d", "t")
+    cols, _ = t.normalize_columns(
+        {"k": list(rows or {}), "v": list((rows or {}).values())}, 1 << 20
+    )
+    return WritePart.from_columns(t, cols if rows else [], list(deletes))
+
+
+def prepare(engines, writes, snapshot=None, at=None):
+    """Prepare ``writes`` ({shard: rows}) at one timestamp; returns (token, at)."""
+    token = MINT.mint()
+    at = at or max(e.clock() for e in engines) + STEP
+    for i, rows in writes.items():
+        assert engines[i].prepare(token, at, [part(engines[i], rows)], snapshot) == at
+    return token, at
+
+
+def commit(engines, writes, snapshot=None):
+    token, at = prepare(engines, writes, snapshot)
+    assert decision.decide(engines[0].store, token, at, list(writes)) == at
+    for i in writes:
+        engines[i].resolve(token, at)
+    return at
+
+
+def rows(engines, snapshot=None):
+    s = snapshot or max(e.snapshot() for e in engines)
+    return {r["k"]: r["v"] for e in engines for r in e.scan("d", "t", snapshot=s)}
+
+
+def test_a_committed_transaction_is_seen_whole_at_its_one_timestamp(url):
+    a, b = engines = _open(url)
+    before = max(e.snapshot() for e in engines)
+    at = commit(engines, {0: {1: "x", 2: "y"}, 1: {3: "z"}})
+    assert rows(engines, before) == {}
+    assert rows(engines, at - 1) == {}
+    assert rows(engines, at) == {1: "x", 2: "y", 3: "z"}
+    feed = [(c.ts, c.pk) for e in engines for c in e.changes("d", "t", from_ts=before)]
+    assert sorted(feed) == [(at, 1), (at, 2), (at, 3)]
+    # the commit survives a restart and a buffer checkpoint, each shard's token noted once
+    for e in engines:
+        e.close()
+    engines = _open(url)
+    assert rows(engines, at) == {1: "x", 2: "y", 3: "z"}
+    for e in engines:
+        e.freeze()
+        e.flush()
+    engines[0]._check()
+    assert rows(engines, at) == {1: "x", 2: "y", 3: "z"}
+
+
+def test_a_read_at_or_after_an_undecided_intent_waits_then_aborts_it(url):
+    engines = _open(url)
+    token, at = prepare(engines, {0: {1: "x"}, 1: {2: "y"}})
+    assert rows(engines, at - 1) == {}  # below the intent: served at once
+    t0 = time.monotonic()
+    assert rows(engines, at) == {}  # waited txn_wait_s, found no decision: aborted it
+    assert time.monotonic() - t0 >= 0.25
+    assert decision.lookup(engines[0].store, token) == decision.ABORTED
+    # the client's late decision loses: every shard agrees on the abort
+    assert decision.decide(engines[0].store, token, at, [0, 1]) == decision.ABORTED
+    assert sum(e.counters["txn_aborted"] for e in engines) == 2
+
+
+def test_a_reader_waiting_on_an_intent_sees_the_commit_when_it_lands(url):
+    engines = _open(url, txn_wait_s=5.0)
+    token, at = prepare(engines, {0: {1: "x"}, 1: {2: "y"}})
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(rows(engines, at)))
+    reader.start()
+    time.sleep(0.1)
+    assert reader.is_alive()  # waiting for the decision
+    decision.decide(engines[0].store, token, at, [0, 1])
+    for e in engines:
+        e.resolve(token, at)
+    reader.join(5)
+    assert got == {1: "x", 2: "y"}
+
+
+@pytest.mark.parametrize("step", ["prepared", "decided"])
+def test_a_crash_after_each_step_resolves_to_the_decision(url, step):
+    engines = _open(url)
+    token, at = prepare(engines, {0: {1: "x"}, 1: {2: "y"}})
+    if step == "decided":
+        decision.decide(engines[0].store, token, at, [0, 1])
+    for e in engines:  # the client and both shards die: nothing was resolved anywhere
+        e.close()
+    engines = _reopen(url)
+    assert sum(len(e._state.intents) for e in engines) == 2  # replayed, undecided
+    want = {1: "x", 2: "y"} if step == "decided" else {}
+    assert rows(engines, at) == want
+    assert sum(len(e._state.intents) for e in engines) == 0
+    for e in engines:  # and the background round decides what no reader asked for
+        e.close()
+    engines = _reopen(url)
+    assert sum(len(e._state.intents) for e in engines) == 2
+    time.sleep(0.35)
+    for e in engines:
+        e.maintain()
+        assert len(e._state.intents) == 0
+    assert rows(engines, at) == want
+
+
+def test_a_buffer_with_an_undecided_intent_is_written_out_after_its_decision(url):
+    engines = _open(url)
+    token, at = prepare(engines, {0: {1: "x"}})
+    engines[0].write("d", "t", [{"k": 5, "v": "after"}])  # a commit above the intent
+    engines[0].freeze()
+    done = threading.Event()
+    threading.Thread(target=lambda: (engines[0].flush(), done.set())).start()
+    time.sleep(0.1)
+    assert not done.is_set()
+    decision.decide(engines[0].store, token, at, [0])
+    engines[0].resolve(token, at)
+    assert done.wait(5)
+    engines[0]._check()
+    for e in engines:
+        e.close()
+    engines = _open(url)
+    assert rows(engines) == {1: "x", 5: "after"}
+
+
+def test_an_abort_takes_out_only_the_intents_rows(url):
+    engines = _open(url)
+    engines[0].write("d", "t", [{"k": 1, "v": "old"}])
+    token, at = prepare(engines, {0: {1: "new", 2: "new"}})
+    engines[0].write("d", "t", [{"k": 3, "v": "later"}])
+    decision.decide(engines[0].store, token, decision.ABORTED, [0])
+    engines[0].resolve(token, decision.ABORTED)
+    engines[0]._check()
+    assert rows(engines) == {1: "old", 3: "later"}
+    engines[0].freeze()
+    engines[0].flush()
+    assert rows(engines) == {1: "old", 3: "later"}
+
+
+def test_a_prepare_below_a_shards_clock_is_refused_and_writes_nothing(url):
+    engines = _open(url)
+    snap = engines[0].snapshot()
+    token = MINT.mint()
+    with pytest.raises(TimestampPassed) as err:
+        engines[0].prepare(token, snap, [part(engines[0], {1: "x"})])
+    assert err.value.details["clock"] >= snap
+    assert len(engines[0]._state.intents) == 0
+    with pytest.raises(InvalidArgument):  # too far ahead of the wall clock
+        engines[0].prepare(MINT.mint(), snap + (3600_000 << 16), [part(engines[0], {1: "x"})])
+    assert rows(engines) == {}
+
+
+def test_a_resent_prepare_is_applied_once(url):
+    engines = _open(url)
+    token, at = prepare(engines, {0: {1: "x"}})
+    assert engines[0].prepare(token, at, [part(engines[0], {1: "x"})]) == at
+    assert engines[0].counters["txn_prepared"] == 1
+    decision.decide(engines[0].store, token, at, [0])
+    engines[0].resolve(token, at)
+    engines[0].resolve(token, at)  # idempotent
+    assert engines[0].prepare(token, at, [part(engines[0], {1: "x"})]) == at
+    assert engines[0].counters["txn_prepared"] == 1
+
+
+def test_write_write_conflicts_under_snapshot_isolation(url):
+    engines = _open(url)
+    engines[0].write("d", "t", [{"k": 1, "v": "a"}])
+    snap = max(e.snapshot() for e in engines)
+    # an undecided intent holds its keys
+    token, at = prepare(engines, {0: {1: "t1"}})
+    with pytest.raises(Conflict):
+        prepare(engines, {0: {1: "t2"}}, snapshot=snap)
+    decision.decide(engines[0].store, token, at, [0])
+    engines[0].resolve(token, at)
+    # committed after the snapshot: a conflict; from a newer snapshot: none
+    with pytest.raises(Conflict):
+        prepare(engines, {0: {1: "t2"}}, snapshot=snap)
+    assert commit(engines, {0: {1: "t3"}}, snapshot=engines[0].snapshot())
+    # a plain write after the snapshot conflicts too, and a key never touched does not
+    snap = engines[0].snapshot()
+    engines[0].write("d", "t", [{"k": 1, "v": "plain"}])
+    with pytest.raises(Conflict):
+        prepare(engines, {0: {1: "t4"}}, snapshot=snap)
+    commit(engines, {0: {7: "free"}}, snapshot=snap)
+    assert rows(engines) == {1: "plain", 7: "free"}
+    # a conflict found after the buffers were written out, in the range objects
+    snap = engines[0].snapshot()
+    engines[0].write("d", "t", [{"k": 1, "v": "flushed"}])
+    engines[0].freeze()
+    engines[0].flush()
+    with pytest.raises(Conflict):
+        prepare(engines, {0: {1: "t5"}}, snapshot=snap)
+    assert len(engines[0]._state.intents) == 0
+    assert rows(engines)[1] == "flushed"
+
+
+def test_a_conflict_leaves_no_claim_behind(url):
+    engines = _open(url)
+    snap = engines[0].snapshot()
+    engines[0].write("d", "t", [{"k": 1, "v": "a"}])
+    with pytest.raises(Conflict):
+        prepare(engines, {0: {1: "x", 2: "x"}}, snapshot=snap)
+    commit(engines, {0: {2: "y"}}, snapshot=engines[0].snapshot())  # key 2 was not held
+    assert rows(engines) == {1: "a", 2: "y"}
