@@ -247,3 +247,22 @@ def test_a_conflict_leaves_no_claim_behind(url):
         prepare(engines, {0: {1: "x", 2: "x"}}, snapshot=snap)
     commit(engines, {0: {2: "y"}}, snapshot=engines[0].snapshot())  # key 2 was not held
     assert rows(engines) == {1: "a", 2: "y"}
+
+
+def test_a_decided_intent_whose_client_died_is_read_from_its_decision_soon(url):
+    engines = _open(url, txn_wait_s=30.0)
+    token, at = prepare(engines, {0: {1: "x"}, 1: {2: "y"}})
+    decision.decide(engines[0].store, token, at, [0, 1])  # then the client dies: no resolve
+    t0 = time.monotonic()
+    assert rows(engines, at) == {1: "x", 2: "y"}
+    assert time.monotonic() - t0 < 5  # read from the decision object, not after txn_wait_s
+    # an undecided one is only looked at (not aborted) before txn_wait_s
+    token, at = prepare(engines, {0: {3: "z"}})
+    time.sleep(0.1)
+    engines[0].maintain()
+    assert len(engines[0]._state.intents) == 1
+    decision.decide(engines[0].store, token, at, [0])
+    time.sleep(0.06)
+    engines[0].maintain()
+    assert len(engines[0]._state.intents) == 0
+    assert rows(engines)[3] == "z"

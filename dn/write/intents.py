@@ -25,6 +25,7 @@ class Intent:
     buffer: Buffer
     keys: dict[int, list]
     born: float  # monotonic seconds when applied here (or replayed)
+    looked: float = 0.0  # monotonic seconds of the last look at its decision object
 
 
 class Intents:

@@ -52,6 +52,10 @@ from dn.write.commit import Pending
 from dn.write.intents import Intent
 from dn.write.part import WritePart
 
+#: How old an undecided intent is before a reader or the background round reads its decision
+#: object (its client has had time to decide it), and how often it reads it again (seconds).
+LOOK_S = 0.05
+
 
 @dataclass(slots=True)
 class Prepare:
@@ -253,47 +257,62 @@ class Transactions:
             s.counters["txn_committed"] += 1
         s.cv.notify_all()
 
-    def decide(self, token: bytes) -> None:
-        """Lock not held: decide an intent that waited too long, from its decision object
-        (abort if there is none yet), and apply the decision."""
+    def decide(self, token: bytes, abort: bool = True) -> bool:
+        """Lock not held: apply the decision on ``token``'s intent from its decision object;
+        if there is none yet, decide an abort (``abort``) or leave it undecided (returns
+        False)."""
         s = self._s
         ts = decision.lookup(s.store, token)
         if ts is None:
+            if not abort:
+                return False
             ts = decision.decide(s.store, token, decision.ABORTED, [s.shard])
         s.counters["txn_decided_here"] += 1
         with s.cv:
             self._resolve_locked(token, ts)
+        return True
+
+    def _due_locked(self, intent: Intent, now: float) -> str | None:
+        """What to do now about an undecided intent: "decide" (it waited ``txn_wait_s``),
+        "look" (old enough for its client to have decided: read the decision object, at most
+        every LOOK_S), or None (wait)."""
+        age = now - intent.born
+        if age >= self._s.settings.txn_wait_s:
+            return "decide"
+        if age >= LOOK_S and now - intent.looked >= LOOK_S:
+            intent.looked = now
+            return "look"
+        return None
 
     def wait_decided_locked(self, ts: int) -> None:
         """Under the lock (released while waiting or deciding): return once no undecided
-        intent at or below ``ts`` is left. An intent younger than ``txn_wait_s`` is waited
-        for; an older one is decided here."""
+        intent at or below ``ts`` is left. An intent is waited for (its client resolves it),
+        its decision object read every LOOK_S once it is that old (a client that decided and
+        died), and decided here once it is ``txn_wait_s`` old."""
         s = self._s
         while True:
             intent = s.intents.oldest_through(ts)
             if intent is None:
                 return
             s.check_usable_locked()
-            left = s.settings.txn_wait_s - (s.clock.monotonic() - intent.born)
-            if left > 0:
-                s.cv.wait(min(left, 0.05))
+            due = self._due_locked(intent, s.clock.monotonic())
+            if due is None:
+                s.cv.wait(LOOK_S / 5)
                 continue
             s.cv.release()
             try:
-                self.decide(intent.token)
+                self.decide(intent.token, abort=due == "decide")
             finally:
                 s.cv.acquire()
 
     def decide_stale(self) -> int:
-        """Background round: decide every intent undecided for longer than ``txn_wait_s``;
-        returns how many."""
+        """Background round: read the decisions of intents undecided for LOOK_S, and decide
+        those undecided for ``txn_wait_s``; returns how many were resolved."""
         s = self._s
         with s.cv:
-            limit = s.clock.monotonic() - s.settings.txn_wait_s
-            stale = [i.token for i in s.intents.by_token.values() if i.born <= limit]
-        for token in stale:
-            self.decide(token)
-        return len(stale)
+            now = s.clock.monotonic()
+            due = [(i.token, self._due_locked(i, now)) for i in s.intents.by_token.values()]
+        return sum(self.decide(token, abort=d == "decide") for token, d in due if d is not None)
 
 
 def _conflict(tdef: TableDef, key: object, why: str) -> Conflict:
