@@ -28,7 +28,8 @@ the decision, at most ``txn_wait_s`` (then it rolls an undecided batch back itse
 ``transaction()`` gives a :class:`coordinator.client.txn.Transaction` with *snapshot
 isolation*: reads at its snapshot, and a commit that raises :class:`dn.errors.Conflict` (nothing
 applied) if another commit wrote one of its keys after that snapshot. Commit timestamps are
-never at or below a snapshot already served (decision 0013), on any shard.
+never at or below a snapshot already served (decision 0013), on any shard. Everything this
+promises, with its bounds: ``docs/guarantees.md``.
 
 Retries: a write whose shard is unavailable is retried for ``retry_s`` seconds, then raises
 ``Unavailable``; its parts carry idempotency tokens, so each is applied once (decision 0014).
