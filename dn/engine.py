@@ -198,6 +198,15 @@ class Engine:
         key committed after it. Returns ``at`` once durable."""
         return self._txns.prepare(token, at, parts, snapshot)
 
+    def prepare_many(self, items: list) -> list:
+        """:meth:`prepare` for many transactions, ``(token, at, parts, snapshot)`` each,
+        logged together; each one's timestamp or the DNError that refused it."""
+        return self._txns.prepare_many(items)
+
+    def resolve_many(self, decisions: list) -> None:
+        """:meth:`resolve` for ``(token, ts)`` pairs."""
+        self._txns.resolve_many(decisions)
+
     def resolve(self, token: bytes, ts: int) -> None:
         """Apply the decision on transaction ``token`` (its commit timestamp, or 0: abort),
         once it is durable in its decision object (:mod:`dn.objects.decision`)."""

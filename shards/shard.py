@@ -136,6 +136,37 @@ class ShardService:
         self.metrics.write_done(time.monotonic() - t0)
         return ts
 
+    def prepare_many(self, items: list) -> list:
+        """A committer's batch of prepares (:meth:`dn.Engine.prepare_many`): ``items`` are
+        ``(token, at, snapshot, calls)``, as :meth:`prepare` takes them. Each result is the
+        item's timestamp or the DNError that refused it (returned, not raised)."""
+        t0 = time.monotonic()
+        try:
+            if not isinstance(items, list | tuple) or not all(
+                isinstance(it, list | tuple) and len(it) == 4 and isinstance(it[3], list | tuple)
+                for it in items
+            ):
+                raise InvalidArgument("a batch of prepares is (token, at, snapshot, calls) each")
+            parts = [
+                (t, at, [WritePart.from_call(*c) for c in calls], snap)
+                for t, at, snap, calls in items
+            ]
+            out = self.engine.prepare_many(parts)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+        self.metrics.write_done(time.monotonic() - t0)
+        return out
+
+    def resolve_many(self, decisions: list) -> int:
+        """Apply a batch's decisions, ``(token, ts)`` each (:meth:`dn.Engine.resolve_many`),
+        then wait out the commit wait of the newest commit; returns its timestamp (0: none)."""
+        self.engine.resolve_many(decisions)
+        newest = max((ts for _, ts in decisions), default=0)
+        if newest:
+            self._commit_wait(newest)
+        return newest
+
     def resolve(self, token: bytes, ts: int) -> int:
         """Apply a transaction's decision (:meth:`dn.Engine.resolve`; ``ts`` its commit
         timestamp, 0 an abort), then wait out the commit wait of a commit."""

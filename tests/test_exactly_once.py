@@ -135,7 +135,7 @@ class Cluster:
         t = SleepClock(100.0)
         backoff = Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep, rng=random.Random(1), clock=t.clock)
         self.group = InProcessGroup(self, backoff)
-        coord = CoordinatorService(cfg.to_dict(), self.group)
+        coord = self.coordinator = CoordinatorService(cfg.to_dict(), self.group)
         self.client = Client(
             "local", coordinator=LocalCoordinator(coord), shards=self.group, backoff=backoff
         )

@@ -14,10 +14,11 @@ import time
 
 import pytest
 
+from coordinator.actor.committer import PREPARE_MANY
 from coordinator.client.routing import shard_of
-from coordinator.client.txn import PREPARE
 from dn.clock import LOGICAL_BITS
-from dn.errors import Conflict, DNError
+from dn.errors import Conflict, DNError, Unavailable
+from dn.objects import decision
 from tests.test_exactly_once import SHARDS, Cluster
 
 
@@ -58,7 +59,7 @@ def test_a_lost_prepare_response_is_resent_and_applied_once(cluster):
 
     def lossy(i, method, args):
         out = submit(i, method, args)
-        if method == PREPARE and i not in lost:
+        if method == PREPARE_MANY and i not in lost:
             lost.add(i)
             from dn.errors import Unavailable
 
@@ -155,8 +156,8 @@ def test_an_abandoned_transaction_is_rolled_back_by_the_next_reader(cluster):
         validate_batch(routed.table, [{"k": k, "v": "lost"} for k in _spread(6)], [], 1 << 20, 100),
         SHARDS,
     ).items():
-        parts[s] = (PREPARE, (token, at, None, [routed.part(s, share, 0).to_call()]))
-    assert all(isinstance(r, int) for r in ctx.shards.call_each(parts).values())
+        parts[s] = ("prepare", (token, at, None, [routed.part(s, share, 0).to_call()]))
+    assert all(isinstance(r, int) for r in cluster.group.call_each(parts).values())
     # the client is gone: a reader waits txn_wait_s, then decides the abort
     t0 = time.monotonic()
     assert list(c.scan("db", "t")) == []
@@ -201,3 +202,60 @@ def test_bank_transfers_keep_the_total_in_every_snapshot(cluster):
     assert len(stamps) == stats["committed"]
     for s in [start, *stamps]:
         assert sum(int(r["v"]) for r in c.scan("db", "t", snapshot=s)) == 100 * len(accounts)
+
+
+def test_concurrent_commits_share_batches_and_get_ascending_timestamps(cluster):
+    c = cluster.client
+    keys = _spread(12)
+    stamps: list[int] = []
+    lock = threading.Lock()
+
+    def commit(i: int) -> None:
+        for j in range(5):
+            ts = c.write("db", "t", [{"k": k, "v": f"{i}.{j}"} for k in keys[i::4]], atomic=True)
+            with lock:
+                stamps.append(ts)
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    committer = cluster.coordinator._committer
+    assert len(set(stamps)) == len(stamps) == 20 == committer.commits
+    assert committer.batches <= committer.commits
+
+
+def test_a_committer_lost_after_its_decision_is_settled_by_the_client(cluster, monkeypatch):
+    c = cluster.client
+    service = cluster.coordinator
+    real = service.commit
+
+    def lost(*args):
+        real(*args)  # committed; then the answer is lost
+        raise Unavailable("the coordinator died", outcome_unknown=True)
+
+    monkeypatch.setattr(service, "commit", lost)
+    before = c.snapshot()
+    ts = c.write("db", "t", [{"k": k, "v": "once"} for k in _spread(6)], atomic=True)
+    feed = cluster.feed(before)
+    assert {t for t, *_ in feed} == {ts} and len(feed) == len(_spread(6))
+
+
+def test_a_committer_dying_before_its_decision_is_aborted_and_sent_again(cluster, monkeypatch):
+    c = cluster.client
+    real = decision.decide
+    died = []
+
+    def dies_once(store, token, ts, shards):
+        if threading.current_thread().name.startswith("dn-decide") and not died:
+            died.append(token)
+            raise RuntimeError("the coordinator process died here")
+        return real(store, token, ts, shards)
+
+    monkeypatch.setattr(decision, "decide", dies_once)
+    before = c.snapshot()
+    ts = c.write("db", "t", [{"k": k, "v": "again"} for k in _spread(6)], atomic=True)
+    assert died and real(cluster.client.txn_context().store, died[0], 1, []) == decision.ABORTED
+    feed = cluster.feed(before)  # the first attempt's intents: read, found aborted, gone
+    assert {t for t, *_ in feed} == {ts} and len(feed) == len(_spread(6))

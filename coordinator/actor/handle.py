@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 COORDINATOR_NAME = "dn-coordinator"
 
 
+#: Calls the coordinator actor serves at once: every client committing a transaction waits in
+#: one (its batch), and DDL, info and status calls must still find a thread.
+COORDINATOR_CONCURRENCY = 256
+
+
 class CoordinatorActor(CoordinatorService):
     """The coordinator as it runs inside its actor: shards reached through Ray."""
 
@@ -114,7 +119,7 @@ def start_deployment(cfg: ClusterConfig, progress: Callable[[str], None] | None 
         lifetime="detached",
         max_restarts=-1,
         max_task_retries=0,
-        max_concurrency=16,
+        max_concurrency=COORDINATOR_CONCURRENCY,
         num_cpus=0,
         get_if_exists=True,
     )

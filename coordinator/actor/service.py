@@ -21,8 +21,10 @@ stays: the next DDL, ``repair()``, or a restart finishes it first. Between steps
 shards have the change and others not yet: a read at a snapshot in that window gets NotFound
 for a table being created, and writes to it may fail on the shards that lack it.
 
-Not on the write path: clients cache ``info()`` and table definitions and write to the shards
-directly. Any thread (the actor is threaded); DDL is serialized.
+Not on the write path of plain writes: clients cache ``info()`` and table definitions and write
+to the shards directly. Atomic batches and transactions commit through it (``commit``), in
+batches that share their shard calls (:mod:`coordinator.actor.committer`). Any thread (the
+actor is threaded); DDL is serialized.
 
 Metrics (:mod:`coordinator.actor.metrics`): every public call is counted and timed by method,
 each shard's failed part of a DDL is counted by kind, and the cluster record's version and
@@ -39,6 +41,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
+from coordinator.actor.committer import Committer
 from coordinator.actor.metrics import CoordinatorMetrics
 from coordinator.client.fanout import ShardCalls
 from coordinator.client.routing import HASH_NAME
@@ -86,6 +89,7 @@ class CoordinatorService:
             self.config.shards, HASH_NAME, now_ms if now_ms is not None else int(time.time() * 1000)
         )
         self._ddl_lock = threading.Lock()
+        self._committer = Committer(shards, self._store, self.config.shell.retry_s)
         if self._catalog.state and self._catalog.state.pending:
             log.info(
                 "finishing DDL left pending by a previous coordinator: %s",
@@ -118,6 +122,12 @@ class CoordinatorService:
             "catalog_version": st.version,
             "config": cfg.to_dict(),
         }
+
+    @_request
+    def commit(self, token: bytes, after: int, snapshot: int | None, calls: dict) -> int:
+        """Commit a transaction across shards in the next batch (:mod:`coordinator.actor.
+        committer`): its commit timestamp, or the error that refused it."""
+        return self._committer.commit(token, after, snapshot, calls)
 
     @_request
     def table(self, db: str, table: str) -> list:

@@ -32,11 +32,10 @@ never at or below a snapshot already served (decision 0013), on any shard. Every
 promises, with its bounds: ``docs/guarantees.md``.
 
 Retries: a write whose shard is unavailable is retried for ``retry_s`` seconds, then raises
-``Unavailable``; its parts carry idempotency tokens, so each is applied once (decision 0014).
-A part refused with ``StaleTable`` (the table was redefined) is validated again and resent.
-Causality: the client sends the newest timestamp it has seen with each write; with the
-shards' commit wait this orders writes across shards (:mod:`shards.shard`). Settings:
-``client.settings`` (:class:`dn.settings.ShellSettings`). Thread-safe.
+``Unavailable``; its parts carry idempotency tokens, so each is applied once (decision 0014);
+one refused with ``StaleTable`` is validated again and resent. Causality: each write carries
+the newest timestamp the client has seen; with the shards' commit wait this orders writes
+across shards (:mod:`shards.shard`). Settings: ``client.settings``. Thread-safe.
 """
 
 from __future__ import annotations
@@ -214,8 +213,10 @@ class Client:
 
     def txn_context(self) -> TxnContext:
         """What :func:`coordinator.client.txn.commit_atomic` needs of this client."""
-        c, t, store = self._causality, self._tokens, self._pool().store
-        return TxnContext(self.shards, self._tables(), store, c, t, self.retry_s)
+        backoff = self._backoff if self._backoff is not None else self.settings.backoff()
+        c, t, pool = self._causality, self._tokens, self._pool()
+        n, tables = len(self.shards), self._tables()
+        return TxnContext(self._coord, n, tables, pool.store, c, t, self.retry_s, backoff)
 
     def write_each(
         self, db: str, table: str, upserts: Any = (), deletes: Any = (), atomic: bool = False

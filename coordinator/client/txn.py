@@ -1,24 +1,22 @@
 """Atomic batches and snapshot-isolation transactions across shards: the client's side.
 
 :func:`commit_atomic` commits the writes of one or more tables, spread over any shards, at
-**one** commit timestamp (decision 0015; the shard's side is :mod:`dn.write.txn`):
+**one** commit timestamp (decision 0015): it validates and splits them by shard as a plain write
+does, mints the transaction's token, and hands the parts to the coordinator's committer
+(:mod:`coordinator.actor.committer`), which commits concurrent transactions in batches that
+share their shard calls: every shard prepares its share as an undecided intent at the
+transaction's timestamp (:mod:`dn.write.txn`), one decision object per transaction commits or
+aborts it, and every shard is told. The result is that timestamp, or:
 
-1. pick a commit timestamp ``C``: after every timestamp this client has seen and a few
-   milliseconds past its wall clock (:class:`CommitClock` learns how far the shards' clocks
-   run ahead of this one, and the margin a prepare needs to arrive before its shard's clock
-   reaches ``C``);
-2. prepare every shard's parts at ``C``, in parallel (one shard call each, resent with the
-   same token while a shard is unavailable: a shard prepares a token once);
-3. all prepared: decide, by creating the decision object ``40/txn/<token>`` in the store (the
-   commit point, :mod:`dn.objects.decision`); any prepare refused: decide an abort;
-4. resolve: tell every shard the decision (each waits out its commit wait, so a write that
-   starts after the commit returned gets a later timestamp anywhere); a shard that misses it
-   reads the decision itself.
-
-A prepare refused because a shard's clock had passed ``C`` (``TimestampPassed``) is retried at
-a later ``C`` with a new token; a table redefined meanwhile (``StaleTable``), after looking it
-up again. ``Conflict`` (a key written after the snapshot, or held by another transaction) is
-raised: nothing was applied, and a new transaction may succeed.
+- ``TimestampPassed`` (a shard's clock had passed the timestamp): sent again, new token;
+- ``StaleTable`` (a table was redefined): looked up again, validated again, sent again;
+- ``Conflict`` (a key written after the snapshot, or held by another transaction deciding; or
+  rolled back by a reader that waited too long): raised, nothing applied;
+- ``Unavailable`` from the coordinator (it died, or did not answer in time): the client settles
+  the attempt itself by creating its abort decision, unless a commit decision is there already
+  (then it committed, and that is the result); an aborted attempt is sent again, new token,
+  for ``retry_s``. So every transaction is applied once or not at all, and the caller knows
+  which, unless the store itself fails (``Unavailable(outcome_unknown=True)``).
 
 :class:`Transaction` is the snapshot-isolation transaction of ``client.transaction()``: reads
 at its snapshot (seeing its own writes), writes buffered in the client, and one
@@ -31,8 +29,6 @@ task, whose commit is then the one that counts).
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,66 +36,30 @@ from typing import Any
 from coordinator.client.routing import Batch, split, validate_batch, validate_columns
 from coordinator.client.tables import TableCache
 from coordinator.client.writes import Causality, Limits
-from dn.clock import LOGICAL_BITS
-from dn.errors import Conflict, DNError, InvalidArgument, StaleTable, TimestampPassed
+from dn.backoff import Backoff
+from dn.errors import Conflict, DNError, InvalidArgument, StaleTable, TimestampPassed, Unavailable
 from dn.objects import decision
 from dn.schema import TableDef, check_name
 from dn.store.base import ObjectStore
 from dn.write.part import WritePart
 from dn.write.tokens import TokenMinter
-from shards.shard import ShardService
 
-PREPARE = ShardService.prepare.__name__
-RESOLVE = ShardService.resolve.__name__
-#: Prepares of one commit at most (a new commit timestamp, or a redefined table, each time).
+#: Attempts of one commit at most (a new token, or a redefined table, each time).
 ATTEMPTS = 8
-
-
-class CommitClock:
-    """Picks commit timestamps a little past every participant's clock. ``offset_ms``: how
-    far the shards' clocks have been seen ahead of this process's wall clock; ``margin_ms``:
-    how far past that a prepare is aimed (doubled after a prepare found its timestamp passed,
-    shrunk back after each commit). Shared by the clients of a process; thread-safe."""
-
-    MIN_MARGIN_MS = 2
-    MAX_MARGIN_MS = 500
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.offset_ms = 0
-        self.margin_ms = self.MIN_MARGIN_MS
-
-    def pick(self, after: int) -> int:
-        with self._lock:
-            wall = time.time_ns() // 1_000_000 + self.offset_ms + self.margin_ms
-        return max(after + 1, wall << LOGICAL_BITS)
-
-    def passed(self, clock: int) -> None:
-        """A shard's clock was at ``clock``, at or past the timestamp asked for."""
-        with self._lock:
-            ahead = (clock >> LOGICAL_BITS) - time.time_ns() // 1_000_000
-            self.offset_ms = max(self.offset_ms, ahead)
-            self.margin_ms = min(self.MAX_MARGIN_MS, self.margin_ms * 2)
-
-    def committed(self) -> None:
-        with self._lock:
-            self.margin_ms = max(self.MIN_MARGIN_MS, self.margin_ms - 1)
-            self.offset_ms = max(0, self.offset_ms - 1)
-
-
-CLOCK = CommitClock()
 
 
 @dataclass
 class TxnContext:
     """What a commit needs of its client."""
 
-    shards: Any  # coordinator.client.fanout.ShardCalls
+    coordinator: Any  # coordinator.actor.handle.CoordinatorHandle (or a test's stand-in)
+    shards: int
     tables: TableCache
     store: ObjectStore
     causality: Causality
     minter: TokenMinter
     retry_s: float
+    backoff: Backoff
 
 
 #: One table's share of a commit: (db, table, validate(table definition) -> Batch).
@@ -112,61 +72,44 @@ def commit_atomic(
     """Commit every share at one timestamp (see the module docstring); returns {shard: that
     timestamp} for every shard written."""
     stale: set[tuple[str, str]] = set()
+    retries = ctx.backoff.within(ctx.retry_s)
     last: DNError | None = None
     for _ in range(ATTEMPTS):
         parts = _parts(ctx, shares, stale)
         stale = set()
         token = ctx.minter.mint()
-        at = CLOCK.pick(max(ctx.causality.token, snapshot or 0))
-        calls = {
-            s: (PREPARE, (token, at, snapshot, [p.to_call() for p in ps]))
-            for s, ps in parts.items()
-        }
-        results = ctx.shards.call_each(calls, ctx.retry_s)
-        errors = {s: r for s, r in results.items() if isinstance(r, BaseException)}
-        outcome = decision.decide(ctx.store, token, decision.ABORTED if errors else at, [*calls])
-        _resolve(ctx, token, outcome, [*calls], at)
-        if not errors:
-            if outcome == decision.ABORTED:
-                raise Conflict(
-                    "a reader rolled the transaction back after waiting txn_wait_s for its "
-                    "decision; nothing was applied, run it again"
-                )
-            ctx.causality.observe(at)
-            CLOCK.committed()
-            return dict.fromkeys(calls, at)
-        for _, err in sorted(errors.items()):
-            if isinstance(err, TimestampPassed):
-                CLOCK.passed(err.details.get("clock", at))
-            elif isinstance(err, StaleTable):
-                stale.add((err.details.get("database"), err.details.get("table")))
-            else:
-                raise err
-        last = errors[min(errors)]
+        calls = {s: [p.to_call() for p in ps] for s, ps in parts.items()}
+        try:
+            ts = ctx.coordinator.call("commit", token, ctx.causality.token, snapshot, calls)
+        except Unavailable as exc:  # the committer failed: this attempt's fate is ours to seal
+            ts = decision.decide(ctx.store, token, decision.ABORTED, [*calls])
+            if ts == decision.ABORTED:
+                last = exc
+                if not retries.wait():
+                    break
+                continue
+        except TimestampPassed as exc:
+            last = exc
+            continue
+        except StaleTable as exc:
+            stale.add((exc.details.get("database"), exc.details.get("table")))
+            last = exc
+            continue
+        ctx.causality.observe(ts)
+        return dict.fromkeys(calls, ts)
     assert last is not None
     raise last
 
 
 def _parts(ctx: TxnContext, shares: list[Share], stale: set) -> dict[int, list[WritePart]]:
-    n = len(ctx.shards)
     out: dict[int, list[WritePart]] = {}
     for db, table, validate in shares:
         routed = ctx.tables.get(db, table, refresh=(db, table) in stale)
-        for s, share in split(validate(routed.table), n).items():
+        for s, share in split(validate(routed.table), ctx.shards).items():
             out.setdefault(s, []).append(routed.part(s, share, 0))
     if not out:
         raise InvalidArgument("an atomic write needs at least one row or delete")
     return out
-
-
-def _resolve(ctx: TxnContext, token: bytes, outcome: int, shards: list[int], at: int) -> None:
-    """Tell the participants the decision. One that does not answer reads it itself; then
-    the commit wait is done here, on this process's clock."""
-    got = ctx.shards.call_each({s: (RESOLVE, (token, outcome)) for s in shards}, 0.0)
-    if outcome and any(isinstance(r, BaseException) for r in got.values()):
-        wait_s = ((at >> LOGICAL_BITS) + 1) / 1000 - time.time()
-        if 0 < wait_s < 1.0:
-            time.sleep(wait_s)
 
 
 class Transaction:

@@ -2,9 +2,10 @@
 
 An intent (:mod:`dn.write.txn`) is applied to a buffer at its commit timestamp and stays
 undecided until its decision is known here. While it does, it *holds* its keys: a prepare of
-another transaction writing one of them is refused with Conflict. A prepare claims its keys
-when it is stamped (before its log write) so that two prepares of one group see each other;
-a log write that fails frees them again.
+a snapshot-isolation transaction writing one of them is refused with Conflict (an atomic
+batch without a snapshot is not: it commits after the holder, and both may stand). A prepare
+claims its keys when it is stamped (before its log write) so that two prepares of one group
+see each other; a log write that fails frees them again.
 
 Under the shard's lock (``cv``); no I/O.
 """
@@ -33,7 +34,7 @@ class Intents:
 
     def __init__(self) -> None:
         self.by_token: dict[bytes, Intent] = {}
-        self._holders: dict[tuple[int, object], bytes] = {}
+        self._holders: dict[tuple[int, object], set[bytes]] = {}
         self.claimed: dict[bytes, list[tuple[int, object]]] = {}  # stamped, not yet applied
 
     def __len__(self) -> int:
@@ -42,24 +43,38 @@ class Intents:
     def get(self, token: bytes) -> Intent | None:
         return self.by_token.get(token)
 
-    def holder(self, table_id: int, keys: list) -> bytes | None:
-        """The token of an intent (applied or stamped) holding one of ``keys``, or None."""
+    def holder(self, table_id: int, keys: list, but: bytes | None = None) -> bytes | None:
+        """The token of an intent (applied or stamped) other than ``but`` holding one of
+        ``keys``, or None."""
         h = self._holders
         for k in keys:
-            token = h.get((table_id, k))
-            if token is not None:
-                return token
+            for token in h.get((table_id, k), ()):
+                if token != but:
+                    return token
         return None
 
     def claim(self, token: bytes, keys: dict[int, list]) -> None:
         held = [(t, k) for t, ks in keys.items() for k in ks]
-        self._holders.update(dict.fromkeys(held, token))
+        h = self._holders
+        for hk in held:
+            tokens = h.get(hk)
+            if tokens is None:
+                h[hk] = {token}
+            else:
+                tokens.add(token)
         self.claimed[token] = held
 
+    def _free(self, token: bytes, held) -> None:
+        h = self._holders
+        for hk in held:
+            tokens = h.get(hk)
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del h[hk]
+
     def unclaim(self, token: bytes) -> None:
-        for hk in self.claimed.pop(token, ()):
-            if self._holders.get(hk) == token:
-                del self._holders[hk]
+        self._free(token, self.claimed.pop(token, ()))
 
     def add(self, intent: Intent) -> None:
         self.unclaim(intent.token)
@@ -70,10 +85,7 @@ class Intents:
     def remove(self, token: bytes) -> Intent | None:
         intent = self.by_token.pop(token, None)
         if intent is not None:
-            for t, ks in intent.keys.items():
-                for k in ks:
-                    if self._holders.get((t, k)) == token:
-                        del self._holders[(t, k)]
+            self._free(token, [(t, k) for t, ks in intent.keys.items() for k in ks])
         return intent
 
     def oldest_through(self, ts: int) -> Intent | None:

@@ -7,8 +7,8 @@ A transaction (an atomic batch, or a snapshot-isolation transaction: the client'
     client: pick C (after every timestamp it has seen, a little past its wall clock)
       -> prepare(token, C, parts, snapshot) on every shard it writes, in parallel:
            shard: check the parts; under the lock, refuse if its clock has reached C
-           (TimestampPassed), if another undecided intent holds one of the keys, or (with a
-           snapshot) if a key has a version committed after the snapshot (Conflict); else
+           (TimestampPassed); with a snapshot, if another undecided intent holds one of the
+           keys or a key has a version committed after the snapshot (Conflict); else
            stamp the intent at exactly C, log it (op 7) and apply it to the mutable buffer,
            undecided
       -> decide: the decision object 40/txn/<token> (dn.objects.decision), put if absent:
@@ -44,7 +44,15 @@ from dataclasses import dataclass, field
 
 from dn.catalog import OP_PREPARE
 from dn.clock import LOGICAL_BITS
-from dn.errors import Conflict, Internal, InvalidArgument, StaleTable, TimestampPassed
+from dn.errors import (
+    Conflict,
+    DNError,
+    Internal,
+    InvalidArgument,
+    StaleTable,
+    TimestampPassed,
+    Unavailable,
+)
 from dn.objects import codec, decision
 from dn.read.view import materialize
 from dn.schema import TableDef
@@ -89,25 +97,66 @@ class Transactions:
         ``snapshot``, refused with Conflict if a key was committed after it. Returns ``at``
         once the intent is durable (again for a resend of one prepared before, or its commit
         timestamp if it committed already)."""
+        self._s.check_usable()
+        _check_args(token, at, parts, snapshot)
+        return self._writes.once(
+            token,
+            lambda: self._writes.submit_prepare(self._pending(token, at, parts, snapshot)),
+            self._prepared_at,
+        )
+
+    def prepare_many(self, items: list) -> list:
+        """:meth:`prepare` for many transactions at once (a committer's batch): ``items`` are
+        ``(token, at, parts, snapshot)``. Their intents go to the group commit together,
+        lowest timestamp first, so they share log writes and none passes another's timestamp.
+        Returns each item's result: its timestamp, or the DNError that refused it."""
         s = self._s
         s.check_usable()
-        if type(at) is not int or at <= 0:
-            raise InvalidArgument(f"a commit timestamp must be an int > 0, got {at!r}")
-        if snapshot is not None and (type(snapshot) is not int or not 0 <= snapshot < at):
-            raise InvalidArgument(f"a transaction's snapshot must be an int below {at}")
-        if not parts or len({(p.db, p.table) for p in parts}) != len(parts):
-            raise InvalidArgument("a prepare takes one part per table, at least one")
-        if any(p.token is not None for p in parts):
-            raise InvalidArgument("the parts of a prepare carry no tokens: the prepare has one")
-        return self._writes.once(
-            token, lambda: self._prepare(token, at, parts, snapshot), self._prepared_at
-        )
+        out: list = [None] * len(items)
+        todo: list[tuple[int, Pending]] = []
+        claimed: list[bytes] = []
+        try:
+            for i in sorted(range(len(items)), key=lambda i: items[i][1]):
+                token, at, parts, snapshot = items[i]
+                try:
+                    _check_args(token, at, parts, snapshot)
+                    s.tokens.check_minted(token, s.clock.now_ms())
+                    with s.cv:
+                        ts = s.tokens.committed.get(token) or self._prepared_at(token)
+                        if ts is None and (token in s.tokens.claims or token in s.tokens.unsettled):
+                            raise Unavailable(
+                                "this transaction's prepare is being committed; retry",
+                                outcome_unknown=True,
+                            )
+                        if ts is None:
+                            s.tokens.claims.add(token)
+                            claimed.append(token)
+                    if ts is not None:
+                        s.counters["duplicate_parts"] += 1
+                        out[i] = ts
+                        continue
+                    todo.append((i, self._pending(token, at, parts, snapshot)))
+                except DNError as exc:
+                    out[i] = exc
+            if todo:
+                self._writes.submit_all([p for _, p in todo])
+        finally:
+            with s.cv:
+                for token in claimed:
+                    s.tokens.claims.discard(token)
+                s.cv.notify_all()
+        for i, p in todo:
+            out[i] = p.error if p.error is not None else p.ts
+        return out
 
     def _prepared_at(self, token: bytes) -> int | None:
         intent = self._s.intents.get(token)
         return None if intent is None else intent.ts
 
-    def _prepare(self, token: bytes, at: int, parts: list[WritePart], snapshot: int | None) -> int:
+    def _pending(
+        self, token: bytes, at: int, parts: list[WritePart], snapshot: int | None
+    ) -> Pending:
+        """A prepare on its way to the group commit: parts decoded, flushed versions checked."""
         s = self._s
         tables, writes, keys, nrows = [], [], {}, 0
         for part in parts:
@@ -127,7 +176,7 @@ class Transactions:
         )
         p = Pending(OP_PREPARE, [token, writes], payload, None, nrows, token)
         p.txn = Prepare(at, tables, writes, keys, snapshot, checked_to, nrows)
-        return self._writes.submit_prepare(p)
+        return p
 
     def _check_flushed(self, tables: list[TableDef], keys: dict, snapshot: int | None) -> int:
         """With a snapshot older than every buffer in memory, look for versions of the keys
@@ -170,12 +219,11 @@ class Transactions:
                 f"commit timestamp {info.at} is more than snapshot_future_s = "
                 f"{s.settings.snapshot_future_s} s past shard {s.shard}'s wall clock"
             )
-        by_id = {t.id: t for t in info.tables}
-        for table_id, ks in info.keys.items():
-            held = s.intents.holder(table_id, ks)
-            if held is not None and held != p.token:
-                raise _conflict(by_id[table_id], None, "held by another transaction deciding")
-        if info.snapshot is not None:
+        if info.snapshot is not None:  # snapshot isolation: first writer wins
+            by_id = {t.id: t for t in info.tables}
+            for table_id, ks in info.keys.items():
+                if s.intents.holder(table_id, ks, but=p.token) is not None:
+                    raise _conflict(by_id[table_id], None, "held by another transaction deciding")
             self._check_memory_locked(info, by_id)
         if info.at > s.ceiling:
             self._writes.reserve_to = info.at
@@ -233,12 +281,17 @@ class Transactions:
         """A decision taken (by the client that prepared it): apply it to the intent of
         ``token`` here (``ts``: its commit timestamp, or 0: aborted). No-op when the intent
         was decided here already; idempotent."""
+        self.resolve_many([(token, ts)])
+
+    def resolve_many(self, decisions: list) -> None:
+        """:meth:`resolve` for ``(token, ts)`` pairs, under one hold of the lock."""
         s = self._s
-        if type(ts) is not int or ts < 0:
-            raise InvalidArgument(f"a decision is a commit timestamp or 0, got {ts!r}")
+        if not all(type(ts) is int and ts >= 0 for _, ts in decisions):
+            raise InvalidArgument("a decision is a commit timestamp or 0")
         with s.cv:
             s.check_usable_locked()
-            self._resolve_locked(token, ts)
+            for token, ts in decisions:
+                self._resolve_locked(token, ts)
 
     def _resolve_locked(self, token: bytes, ts: int) -> None:
         s = self._s
@@ -313,6 +366,19 @@ class Transactions:
             now = s.clock.monotonic()
             due = [(i.token, self._due_locked(i, now)) for i in s.intents.by_token.values()]
         return sum(self.decide(token, abort=d == "decide") for token, d in due if d is not None)
+
+
+def _check_args(token: bytes, at: int, parts: list[WritePart], snapshot: int | None) -> None:
+    if type(at) is not int or at <= 0:
+        raise InvalidArgument(f"a commit timestamp must be an int > 0, got {at!r}")
+    if snapshot is not None and (type(snapshot) is not int or not 0 <= snapshot < at):
+        raise InvalidArgument(f"a transaction's snapshot must be an int below {at}")
+    if not isinstance(parts, list | tuple) or not all(isinstance(p, WritePart) for p in parts):
+        raise InvalidArgument("a prepare's parts must be a list of write parts")
+    if not parts or len({(p.db, p.table) for p in parts}) != len(parts):
+        raise InvalidArgument("a prepare takes one part per table, at least one")
+    if any(p.token is not None for p in parts):
+        raise InvalidArgument("the parts of a prepare carry no tokens: the prepare has one")
 
 
 def _conflict(tdef: TableDef, key: object, why: str) -> Conflict:

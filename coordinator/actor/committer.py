@@ -1,0 +1,220 @@
+"""The committer: transactions across shards, committed in batches (decision 0015).
+
+A client hands its transaction's commit to the coordinator (``CoordinatorService.commit``):
+the transaction's token, the newest timestamp the client has seen, its snapshot (or None for
+an atomic batch) and its write parts by shard. Commits that arrive while a batch is in flight
+form the next batch (the first to find none in flight leads it, as in the shards' group
+commit). For one batch the committer:
+
+1. gives each transaction its commit timestamp: ascending in arrival order, past every
+   timestamp its transactions have seen and a few milliseconds past the wall clock
+   (:class:`CommitClock`, which learns how far the shards' clocks run ahead);
+2. sends each shard one ``prepare_many`` with its share of every transaction, all shards in
+   parallel (resent while a shard is unavailable: each prepare carries its token);
+3. decides each transaction, all in parallel: commit at its timestamp if every shard it writes
+   prepared it, else abort; one decision object each (:mod:`dn.objects.decision`);
+4. sends each shard one ``resolve_many`` with the decisions of its transactions (each shard
+   answers after its commit wait); a shard that misses it reads the decisions itself;
+5. answers each commit: its timestamp, or the error that refused it (Conflict, StaleTable,
+   TimestampPassed: the client retries with a new token), or Unavailable.
+
+Batches run one at a time, so each shard receives every batch's prepares after the previous
+batch's, in timestamp order, and no prepare finds its timestamp passed by another's.
+
+Ray calls per commit, with B transactions per batch on n shards: 1 + 2n/B (a transaction sent
+alone over 4 shards: 9; 16 at once: 1.5). Store requests per commit: one decision, plus the
+shards' log writes, shared by their group commits.
+
+Failure: if the coordinator dies mid-batch, its clients get ``Unavailable`` and settle their own
+transaction (:func:`coordinator.client.txn.commit_atomic`: an abort decision unless a commit is
+there already); the intents it left are decided by their shards' readers. Any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from dn.clock import LOGICAL_BITS
+from dn.errors import Conflict, DNError, Internal, TimestampPassed, Unavailable
+from dn.objects import decision
+from dn.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+PREPARE_MANY = "prepare_many"
+RESOLVE_MANY = "resolve_many"
+
+
+class CommitClock:
+    """Picks commit timestamps a little past every participant's clock. ``offset_ms``: how
+    far the shards' clocks have been seen ahead of this process's wall clock; ``margin_ms``:
+    how far past that a batch is aimed (doubled after a prepare found its timestamp passed,
+    shrunk back after each batch that committed). Thread-safe."""
+
+    MIN_MARGIN_MS = 2
+    MAX_MARGIN_MS = 500
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.offset_ms = 0
+        self.margin_ms = self.MIN_MARGIN_MS
+
+    def pick(self, after: int) -> int:
+        with self._lock:
+            wall = time.time_ns() // 1_000_000 + self.offset_ms + self.margin_ms
+        return max(after + 1, wall << LOGICAL_BITS)
+
+    def passed(self, clock: int) -> None:
+        """A shard's clock was at ``clock``, at or past a timestamp asked for."""
+        with self._lock:
+            ahead = (clock >> LOGICAL_BITS) - time.time_ns() // 1_000_000
+            self.offset_ms = max(self.offset_ms, ahead)
+            self.margin_ms = min(self.MAX_MARGIN_MS, self.margin_ms * 2)
+
+    def committed(self) -> None:
+        with self._lock:
+            self.margin_ms = max(self.MIN_MARGIN_MS, self.margin_ms - 1)
+            self.offset_ms = max(0, self.offset_ms - 1)
+
+
+@dataclass
+class _Commit:
+    token: bytes
+    after: int
+    snapshot: int | None
+    calls: dict[int, list]  # shard -> the parts' call arguments (WritePart.to_call())
+    at: int = 0
+    result: Any = None
+    done: bool = False
+    error: DNError | None = field(default=None)
+
+
+class Committer:
+    """Batches of transactions over the shards (see the module docstring)."""
+
+    def __init__(self, shards: Any, store: ObjectStore, retry_s: float) -> None:
+        self._shards = shards  # coordinator.client.fanout.ShardCalls
+        self._store = store
+        self._retry_s = retry_s
+        self.clock = CommitClock()
+        self._cv = threading.Condition()
+        self._queue: list[_Commit] = []
+        self._leading = False
+        self._pool = ThreadPoolExecutor(16, thread_name_prefix="dn-decide")
+        self.batches = 0
+        self.commits = 0
+
+    def commit(self, token: bytes, after: int, snapshot: int | None, calls: dict) -> int:
+        """Commit one transaction in the next batch; its timestamp, or the error."""
+        if not isinstance(calls, dict) or not calls:
+            raise Internal("a commit needs its parts by shard")
+        c = _Commit(token, after, snapshot, calls)
+        with self._cv:
+            self._queue.append(c)
+            while not c.done and self._leading:
+                self._cv.wait()
+            if not c.done:
+                self._leading = True
+        if not c.done:
+            try:
+                while not c.done:
+                    with self._cv:
+                        batch, self._queue = self._queue, []
+                    self._run(batch)
+            finally:
+                with self._cv:
+                    self._leading = False
+                    self._cv.notify_all()
+        if c.error is not None:
+            raise c.error
+        return c.result
+
+    def _run(self, batch: list[_Commit]) -> None:
+        try:
+            self._run_batch(batch)
+        except Exception as exc:  # every client of the batch settles its own transaction
+            log.exception("a batch of %d commits failed", len(batch))
+            for c in batch:
+                if c.result is None and c.error is None:
+                    c.error = Unavailable(f"the commit failed: {exc!r}", outcome_unknown=True)
+        finally:
+            with self._cv:
+                for c in batch:
+                    c.done = True
+                self._cv.notify_all()
+
+    def _run_batch(self, batch: list[_Commit]) -> None:
+        at = self.clock.pick(max(max(c.after, c.snapshot or 0) for c in batch))
+        for i, c in enumerate(batch):
+            c.at = at + i
+        shares: dict[int, list] = {}
+        for c in batch:
+            for s, calls in c.calls.items():
+                shares.setdefault(s, []).append((c.token, c.at, c.snapshot, calls))
+        got = self._shards.call_each(
+            {s: (PREPARE_MANY, (items,)) for s, items in shares.items()}, self._retry_s
+        )
+        refused: dict[bytes, BaseException] = {}
+        for s, out in got.items():
+            answers = out if isinstance(out, list) else [out] * len(shares[s])
+            for (token, ts, _, _), answer in zip(shares[s], answers, strict=True):
+                if isinstance(answer, BaseException):
+                    refused.setdefault(token, answer)
+                elif answer != ts:
+                    refused.setdefault(token, Internal(f"shard {s} prepared at {answer}, not {ts}"))
+        decided = {
+            c.token: self._pool.submit(
+                decision.decide,
+                self._store,
+                c.token,
+                decision.ABORTED if c.token in refused else c.at,
+                list(c.calls),
+            )
+            for c in batch
+        }
+        outcome: dict[bytes, Any] = {}
+        for c in batch:
+            try:
+                outcome[c.token] = decided[c.token].result()
+            except DNError as exc:  # the store failed: this commit's outcome is unknown
+                outcome[c.token] = exc
+        known = {t: o for t, o in outcome.items() if type(o) is int}
+        self._shards.call_each(
+            {
+                s: (RESOLVE_MANY, ([(t, known[t]) for t, *_ in items if t in known],))
+                for s, items in shares.items()
+            },
+            0.0,
+        )  # a shard that missed it reads the decision object itself
+        self.batches += 1
+        for c in batch:
+            o = outcome[c.token]
+            if isinstance(o, BaseException):
+                c.error = o if isinstance(o, DNError) else Internal(repr(o))
+            elif o == decision.ABORTED:
+                err = refused.get(c.token)
+                if isinstance(err, TimestampPassed):
+                    self.clock.passed(err.details.get("clock", c.at))
+                if isinstance(err, Unavailable):  # decided: it is aborted, not unknown
+                    err = Unavailable(f"{err.message}; the transaction was aborted")
+                c.error = (
+                    err
+                    if isinstance(err, DNError)
+                    else Conflict(
+                        "a reader rolled the transaction back after waiting txn_wait_s for its "
+                        "decision; nothing was applied, run it again"
+                    )
+                )
+            else:
+                c.result = o
+                self.commits += 1
+        if not refused:
+            self.clock.committed()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
