@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from dn.columnar import from_arrow, is_columnar
 from dn.errors import InvalidArgument
 from dn.values import CHECKERS, INT64_MAX, INT64_MIN, type_message
 
@@ -144,8 +145,13 @@ def normalize_columns(table: TableDef, columns: Any, max_value_bytes: int) -> tu
     tuples, or anything with ``tolist()`` such as a numpy array). A column left out is
     null in every row; primary-key columns must be given. Values are checked and
     normalized exactly as :func:`normalize_rows` does it, column by column."""
+    if is_columnar(columns):  # an Arrow table or record batch, or a pandas DataFrame
+        columns = from_arrow(table, columns)
     if not isinstance(columns, Mapping):
-        raise InvalidArgument("columns must be a dict of column name to a list of values")
+        raise InvalidArgument(
+            "columns must be a dict of column name to a list of values, an Arrow table or "
+            "record batch, or a pandas DataFrame"
+        )
     unknown = sorted(str(k) for k in columns if k not in table.nameset)
     if unknown:
         raise InvalidArgument(

@@ -25,30 +25,33 @@ Failure. A fenced engine (a newer incarnation owns the shard) refuses everything
 write that may or may not have landed makes the engine settle it before the next write or read
 at a later timestamp (see :mod:`dn.write.log`). A failed buffer checkpoint leaves the buffer
 queued and is retried; writers are slowed, then refused, while the queue is over its limits.
-
 Not here: Ray, routing across shards.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
+
 from dn.clock import Clock, SystemClock
-from dn.errors import Closed, DNError, Fenced
+from dn.errors import Closed
 from dn.opening import open_components
+from dn.read import cdc
+from dn.read.arrow import to_arrow
 from dn.read.change import Change
 from dn.read.plan import Plan, check_from_ts
 from dn.read.reader import Reader
 from dn.read.snapshots import Snapshots
-from dn.read.view import ReadView, materialize, materialize_get
+from dn.read.view import ReadView, materialize, materialize_get, scan_columns
 from dn.recovery import recover
 from dn.schema import TableDef
 from dn.settings import Settings
 from dn.state import ShardState
 from dn.store import ObjectStore
+from dn.upkeep.background import Background
 from dn.upkeep.scheduler import Upkeep
 from dn.write.part import WritePart
 from dn.write.path import WritePath
@@ -73,21 +76,20 @@ class Engine:
         log_store: ObjectStore | None = None,
         clock: Clock | None = None,
     ) -> Engine:
-        """Open (or create) shard ``shard_id`` in the store at ``url`` and recover it.
-
-        ``url``: a directory path, ``file:///abs/path``, ``s3://bucket/prefix`` or
-        ``memory://name``. ``store``, ``log_store`` and ``clock`` are components that replace
-        what ``url`` and ``settings`` would build (tests inject fault-injecting stores and
-        manual clocks here).
-        """
+        """Open (or create) shard ``shard_id`` in the store at ``url`` (a directory,
+        ``file:///abs/path``, ``s3://bucket/prefix``, ``memory://name``) and recover it.
+        ``store``, ``log_store`` and ``clock`` replace what ``url`` and ``settings`` would
+        build (tests inject fault-injecting stores and manual clocks)."""
         settings = Settings() if settings is None else settings
         parts = open_components(url, shard_id, settings, store, log_store, clock)
         store, log_store, made_log = parts
         engine = cls(store, log_store, shard_id, settings, clock or SystemClock())
         engine._made_log_store = made_log  # the engine's own: closed with it
-        engine._recover()
+        recover(engine._state, engine._writes.replay)
         if settings.background:
-            engine._start_background()
+            engine._background = Background(
+                engine.maintain, settings.background_interval_s, engine.counters, shard_id
+            ).start()
         return engine
 
     def __init__(
@@ -107,8 +109,7 @@ class Engine:
         self._reads = Snapshots(self._state, self._writes.settle_for_read, ceiling.cover, decided)
         self._txns.reads = lambda db, t, s, f: self._reads.read_view(db, t, s, f)
         self._made_log_store: ObjectStore | None = None  # made by open(): closed with the engine
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background: Background | None = None  # the thread of maintain(), if on
 
     @property
     def shard(self) -> int:
@@ -135,9 +136,6 @@ class Engine:
     def reader(self) -> Reader:
         """This shard's reader (objects fetched through the engine's cache)."""
         return self._state.reader
-
-    def _recover(self) -> None:
-        recover(self._state, self._writes.replay)
 
     # -- DDL and writes (dn.write.path) ------------------------------------------------------
 
@@ -171,17 +169,14 @@ class Engine:
 
     def write_columns(self, db: str, table: str, columns: Any, deletes: Any = ()) -> int:
         """:meth:`write` for rows given by column: ``columns`` maps column names to sequences
-        of equal length (lists, tuples, numpy arrays), one value per row; a column left out
-        is null in every row. The same checks, atomicity and result as :meth:`write`, without
-        a dict or tuple per row."""
+        of equal length (lists, tuples, numpy arrays; or an Arrow table or record batch, or a
+        pandas DataFrame: :mod:`dn.columnar`); a column left out is null in every row."""
         return self._writes.write_columns(db, table, columns, deletes)
 
     def write_packed_columns(self, part: WritePart) -> int:
-        """:meth:`write_columns` for a batch a client validated and packed
-        (:class:`dn.write.part.WritePart`): checked here again (cheaply, column by column),
-        then logged as it came, without packing it again. A part made for another table of
-        its name raises :class:`dn.errors.StaleTable`; a malformed one InvalidArgument. A part
-        with a token is applied once (decision 0014)."""
+        """:meth:`write_columns` for a part a client validated and packed
+        (:class:`dn.write.part.WritePart`): checked again, logged as it came; StaleTable for a
+        part of a redefined table; a part with a token is applied once (decision 0014)."""
         return self._writes.write_packed_columns(part)
 
     def queued_bytes(self) -> int:
@@ -198,14 +193,10 @@ class Engine:
         key committed after it. Returns ``at`` once durable."""
         return self._txns.prepare(token, at, parts, snapshot)
 
-    def prepare_many(self, items: list) -> list:
-        """:meth:`prepare` for many transactions, ``(token, at, parts, snapshot)`` each,
-        logged together; each one's timestamp or the DNError that refused it."""
-        return self._txns.prepare_many(items)
-
-    def resolve_many(self, decisions: list) -> None:
-        """:meth:`resolve` for ``(token, ts)`` pairs."""
-        self._txns.resolve_many(decisions)
+    @property
+    def transactions(self) -> Transactions:
+        """The shard's side of transactions (batches: ``prepare_many``, ``resolve_many``)."""
+        return self._txns
 
     def resolve(self, token: bytes, ts: int) -> None:
         """Apply the decision on transaction ``token`` (its commit timestamp, or 0: abort),
@@ -253,13 +244,11 @@ class Engine:
     # -- reads (dn.read.snapshots, dn.read.view) ----------------------------------------------
 
     def snapshot(self) -> int:
-        """A timestamp to pass as ``snapshot=`` for repeatable reads: it covers every write
-        acknowledged so far, and no later commit gets a timestamp at or below it."""
+        """A timestamp for repeatable reads: covers every acknowledged write, below all later."""
         return self._reads.snapshot()
 
     def advance_floor(self, ts: int) -> int:
-        """Promise that no later commit gets a timestamp <= ``ts`` and wait for commits in
-        flight at or below it; returns ``ts``. Used by cross-shard snapshot reads."""
+        """Promise no later commit at or below ``ts``; wait for those in flight below it."""
         return self._reads.advance_floor(ts)
 
     def clock(self) -> int:
@@ -322,9 +311,50 @@ class Engine:
         columns: list[str] | None = None,
     ) -> Iterator[Change]:
         """Every change with from_ts <= ts <= snapshot, in (ts, pk) order, as Change
-        records (``ts``, ``kind``, ``pk``, ``row``)."""
+        records (``ts``, ``kind``, ``pk``, ``row``, ``change_type``: :mod:`dn.read.cdc`)."""
+        return iter(self._feed(db, table, from_ts, snapshot, columns)[1])
+
+    def changes_arrow(
+        self,
+        db: str,
+        table: str,
+        from_ts: int,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+        before_images: bool = False,
+    ) -> pa.Table:
+        """:meth:`changes` as an Arrow table: the row's columns, ``_commit_ts`` and
+        ``_change_type`` (with ``before_images``, ``update_preimage`` rows too)."""
+        view, changes, pre = self._feed(db, table, from_ts, snapshot, columns)
+        return cdc.arrow_feed(view.table, changes, pre, columns, before_images)
+
+    def _feed(self, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any) -> tuple:
         view, _ = self._reads.checked_view(db, table, snapshot, check_from_ts(from_ts), columns)
-        return materialize(self._state.reader, view, columns=columns)
+        return cdc.feed(self._state.reader, view, self._reads.read_view, columns)
+
+    def scan_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
+        """:meth:`scan_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""
+        return iter(self.scan_arrow(db, table, *a, **kw).to_batches(max_chunksize=batch_rows))
+
+    def changes_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
+        """:meth:`changes_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""
+        return iter(self.changes_arrow(db, table, *a, **kw).to_batches(max_chunksize=batch_rows))
+
+    def scan_arrow(
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+    ) -> pa.Table:
+        """:meth:`scan` as an Arrow table (the types of :mod:`dn.columnar`)."""
+        bounds = (start, end)
+        view, (lo, hi) = self._reads.checked_view(
+            db, table, snapshot, columns=columns, bounds=bounds
+        )
+        return to_arrow(view.table, scan_columns(self._state.reader, view, lo, hi)[0], columns)
 
     def databases(self, snapshot: int | None = None) -> list[str]:
         return self._reads.databases(snapshot)
@@ -350,9 +380,8 @@ class Engine:
         """Stop background work and release the engine. Everything acknowledged is in the
         log already; nothing is lost by closing without a flush."""
         s = self._state
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        if self._background is not None:
+            self._background.stop()
         with s.cv:
             already = s.closed
             s.closed = True
@@ -369,24 +398,3 @@ class Engine:
     def _check(self) -> None:
         """Invariants of the whole shard (tests call this after each step)."""
         self._state._check()
-
-    # -- background -------------------------------------------------------------------------
-
-    def _start_background(self) -> None:
-        self._thread = threading.Thread(
-            target=self._background, name=f"dn-shard-{self.shard}", daemon=True
-        )
-        self._thread.start()
-
-    def _background(self) -> None:
-        while not self._stop.wait(self.settings.background_interval_s):
-            try:
-                self.maintain()
-            except (Fenced, Closed):
-                return
-            except DNError as exc:
-                self.counters["maintain_errors"] += 1
-                log.warning("shard %d: background work failed, will retry: %s", self.shard, exc)
-            except Exception:
-                self.counters["maintain_errors"] += 1
-                log.exception("shard %d: background work failed", self.shard)

@@ -151,7 +151,7 @@ class ShardService:
                 (t, at, [WritePart.from_call(*c) for c in calls], snap)
                 for t, at, snap, calls in items
             ]
-            out = self.engine.prepare_many(parts)
+            out = self.engine.transactions.prepare_many(parts)
         except Exception as exc:
             self.metrics.error(exc)
             raise
@@ -161,7 +161,7 @@ class ShardService:
     def resolve_many(self, decisions: list) -> int:
         """Apply a batch's decisions, ``(token, ts)`` each (:meth:`dn.Engine.resolve_many`),
         then wait out the commit wait of the newest commit; returns its timestamp (0: none)."""
-        self.engine.resolve_many(decisions)
+        self.engine.transactions.resolve_many(decisions)
         newest = max((ts for _, ts in decisions), default=0)
         if newest:
             self._commit_wait(newest)

@@ -43,11 +43,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
+
 from coordinator.actor.handle import CoordinatorHandle
-from coordinator.client import fanout
+from coordinator.client import fanout, queries
 from coordinator.client.routing import validate_batch, validate_columns
 from coordinator.client.tables import TableCache
-from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
 from coordinator.client.txn import Transaction, TxnContext, commit_atomic
 from coordinator.client.writer import BatchWriter
 from coordinator.client.writes import (
@@ -61,8 +62,6 @@ from coordinator.client.writes import (
 from dn.backoff import Backoff
 from dn.errors import InvalidArgument
 from dn.read.change import Change
-from dn.read.collector import paused_gc
-from dn.read.plan import check_from_ts
 from dn.schema import check_name
 from dn.settings import ShellSettings
 from dn.timestamps import to_timestamp
@@ -138,7 +137,7 @@ class Client:
         """The newest timestamp this client has seen (writes are ordered after it)."""
         return self._causality.token
 
-    def _pool(self) -> fanout.ReaderPool:
+    def reader_pool(self) -> fanout.ReaderPool:
         return fanout.ReaderPool.for_url(self.info["store"], self.settings.client_cache_bytes)
 
     def _tables(self) -> TableCache:
@@ -148,7 +147,7 @@ class Client:
             self._table_cache = TableCache(self._coord, self.shards, cfg.retry_s, backoff)
         return self._table_cache
 
-    def _see(self, ts: int) -> None:
+    def observe(self, ts: int) -> None:
         self._causality.observe(ts)
 
     # -- DDL --------------------------------------------------------------------------------
@@ -156,7 +155,7 @@ class Client:
     def _ddl(self, op: str, *args: Any) -> int:
         ts = self._coord.call(op, *args)
         self._tables().clear()
-        self._see(ts)
+        self.observe(ts)
         return ts
 
     def create_database(self, db: str) -> int:
@@ -214,7 +213,7 @@ class Client:
     def txn_context(self) -> TxnContext:
         """What :func:`coordinator.client.txn.commit_atomic` needs of this client."""
         backoff = self._backoff if self._backoff is not None else self.settings.backoff()
-        c, t, pool = self._causality, self._tokens, self._pool()
+        c, t, pool = self._causality, self._tokens, self.reader_pool()
         n, tables = len(self.shards), self._tables()
         return TxnContext(self._coord, n, tables, pool.store, c, t, self.retry_s, backoff)
 
@@ -278,28 +277,15 @@ class Client:
                 {i: ("advance_floor", (s,)) for i in range(len(self.shards))}, self.retry_s
             )
         )
-        self._see(s)
+        self.observe(s)
         return s
 
     def snapshot_at(self, when: Any) -> int:
         """The snapshot of the state at time ``when`` (an aware datetime or ISO-8601 string):
         every commit made at or before it, to the millisecond (:mod:`dn.timestamps`)."""
-        s = to_timestamp(when)
-        if type(s) is not int:
+        if type(s := to_timestamp(when)) is not int:
             raise InvalidArgument(f"when must be a time or a timestamp, got {when!r}")
         return s
-
-    def _views(
-        self, db: str, table: str, snap: int | None, from_ts: int | None = None, cols: Any = None
-    ) -> dict[int, Any]:
-        s = to_timestamp(snap)  # the shards check the columns before they promise anything
-        if s is None:
-            s = fanout.choose_snapshot(self.shards, self.token, self.retry_s)
-        with paused_gc():  # decoding the shards' tails makes many objects that live on
-            views = fanout.fetch_views(self.shards, db, table, s, from_ts, self.retry_s, None, cols)
-        fanout.check_same_schema(views)
-        self._see(views[0].snapshot)
-        return views
 
     def get(
         self,
@@ -313,7 +299,7 @@ class Client:
         return fanout.get_routed(
             self.shards,
             self._tables(),
-            self._pool(),
+            self.reader_pool(),
             self.retry_s,
             db,
             table,
@@ -338,31 +324,31 @@ class Client:
         than one node and the shards' plans name ``settings.large_read_objects`` objects or
         more, or their in-memory tails hold ``settings.large_read_tail_rows`` rows or more; on
         one machine the tasks only add copies)."""
-        views = self._views(db, table, snapshot, cols=columns)
-        t = views[0].table
-        start = None if start is None else t.check_key(start)
-        end = None if end is None else t.check_key(end)
-        fanout.check_projection(t, columns)
-        cfg = self.settings
-        if tasks is None:  # tasks pay off when they run next to data on other nodes
-            tasks = (
-                self._on_ray()
-                and fanout.is_large(views, cfg.large_read_objects, cfg.large_read_tail_rows)
-                and alive_nodes() > 1
-            )
-        if not tasks:
-            return fanout.scan(self._pool(), views, columns, start, end)
-        store = self.info["store"]
-        args = {
-            i: (store, cfg.client_cache_bytes, i, v, start, end, cfg.read_page_rows)
-            for i, v in views.items()
-        }
-        # the tasks find the store as this process does; credentials are the node's own
-        pages = stream_tasks(fanout.shard_pages, args, store_env())
-        return fanout.merge_pages(views, pages, columns)
+        return queries.scan(self, db, table, snapshot, columns, start, end, tasks)
 
-    def _on_ray(self) -> bool:
+    def on_ray(self) -> bool:  # a deployment on Ray, not in-process stand-ins (tests)
         return isinstance(self._coord, CoordinatorHandle)
+
+    def scan_arrow(
+        self,
+        db: str,
+        table: str,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+    ) -> pa.Table:
+        """:meth:`scan` as one Arrow table (:mod:`dn.columnar`'s types); ``to_pandas()``
+        on it gives a DataFrame."""
+        return queries.scan_arrow(self, db, table, snapshot, columns, start, end)
+
+    def scan_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
+        """:meth:`scan_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""
+        return iter(self.scan_arrow(db, table, *a, **kw).to_batches(max_chunksize=batch_rows))
+
+    def changes_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
+        """:meth:`changes_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""
+        return iter(self.changes_arrow(db, table, *a, **kw).to_batches(max_chunksize=batch_rows))
 
     def scan_pages(
         self,
@@ -388,9 +374,23 @@ class Client:
         snapshot: int | None = None,
         columns: list[str] | None = None,
     ) -> Iterator[Change]:
-        """Every change with from_ts <= ts <= snapshot, in (ts, pk) order across shards."""
-        views = self._views(db, table, snapshot, from_ts := check_from_ts(from_ts), columns)
-        return fanout.changes(self._pool(), views, from_ts, columns)
+        """Every change with from_ts <= ts <= snapshot, in (ts, pk) order across shards, with
+        its ``change_type`` (:mod:`dn.read.cdc`)."""
+        return queries.changes(self, db, table, from_ts, snapshot, columns)
+
+    def changes_arrow(
+        self,
+        db: str,
+        table: str,
+        from_ts: int,
+        snapshot: int | None = None,
+        columns: list[str] | None = None,
+        before_images: bool = False,
+    ) -> pa.Table:
+        """:meth:`changes` as an Arrow table: the row's columns, ``_commit_ts`` and
+        ``_change_type`` (``insert``, ``update_postimage``, ``delete``; with
+        ``before_images`` also ``update_preimage``), in (``_commit_ts``, key) order."""
+        return queries.changes_arrow(self, db, table, from_ts, snapshot, columns, before_images)
 
     # -- operations -------------------------------------------------------------------------
 

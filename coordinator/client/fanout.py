@@ -168,7 +168,7 @@ def scan(
         del runs
         parts = [p for p in parts if p[0]]
         if all(keys is not None for _, keys in parts):
-            yield from make(_merge_by_int_key(parts))
+            yield from make(merge_by_int_key(parts))
             return
         lists = [list(zip(*cols)) for cols, _ in parts]
         del parts
@@ -180,7 +180,7 @@ def scan(
     return merged()
 
 
-def _merge_by_int_key(parts: list[tuple[list[list], Any]]) -> list[list]:
+def merge_by_int_key(parts: list[tuple[list[list], Any]]) -> list[list]:
     """Shards' sorted columns (each with its int keys, unique across shards) as one set of
     columns in key order."""
     if len(parts) <= 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, repeat
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -39,11 +40,11 @@ def changes(
         found = [p for p in pos_l if p >= 0] if any(run.del_ts for run, _ in runs) else pos_l
         dicts = list(make(pick.pick_columns(runs, found)))
     if len(found) == len(pos_l):
-        return map(new_change, zip(ts_l, repeat("upsert"), pk_l, dicts))
+        return map(new_change, zip(ts_l, repeat("upsert"), pk_l, dicts, repeat(None)))
     rows = iter(dicts)
     kinds = ["upsert" if p >= 0 else "delete" for p in pos_l]
     out = [next(rows) if p >= 0 else None for p in pos_l]
-    return map(new_change, zip(ts_l, kinds, pk_l, out))
+    return map(new_change, zip(ts_l, kinds, pk_l, out, repeat(None)))
 
 
 def feed_order(from_ts: int, snapshot: int, runs: Runs) -> tuple[list[int], list, list[int]]:
@@ -84,11 +85,12 @@ def feed_order(from_ts: int, snapshot: int, runs: Runs) -> tuple[list[int], list
 _TS_PK = itemgetter(0, 2)  # a Change's (ts, pk)
 
 
-def merge_changes(feeds: Sequence[Iterable[Change]]) -> Iterator[Change]:
+def merge_changes(feeds: Sequence[Iterable[Any]], key: Any = _TS_PK) -> Iterator[Any]:
     """Feeds of disjoint keys (one per shard), each in (ts, pk) order, as one feed in (ts, pk)
     order. A C-level sort of their concatenation merges them (a heap step per change in
-    Python cost several times more); it holds every change, as each shard's feed does."""
+    Python cost several times more); it holds every change, as each shard's feed does.
+    ``key``: the (ts, pk) of an item, for feeds of other items than Changes."""
     if len(feeds) == 1:
         return iter(feeds[0])
     with paused_gc():
-        return iter(sorted(chain.from_iterable(feeds), key=_TS_PK))
+        return iter(sorted(chain.from_iterable(feeds), key=key))

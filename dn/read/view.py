@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dn.errors import Internal
+from dn.errors import Internal, InvalidArgument, NotFound
 from dn.read import feed, pick
 from dn.read.change import Change
 from dn.read.plan import Plan
@@ -111,6 +111,23 @@ def scan_rows(reader: Reader, view: ReadView, start: Any = None, end: Any = None
     """:func:`scan_columns` as one list of row tuples in column order (to ship rows on)."""
     _snapshot_only(view)
     return pick.sorted_rows(view.snapshot, view_runs(reader, view), start, end)
+
+
+def before_view(read_view: Any, view: ReadView) -> ReadView | None:
+    """For a feed ``view``: the snapshot view of its table at ``from_ts - 1`` (the state its
+    change types are decided from, :mod:`dn.read.cdc`), made by ``read_view(db, table,
+    snapshot)``; None when there is no state before (``from_ts`` <= 1, the table did not exist
+    then or was another table of its name, or that time is past the retention window: every
+    key then counts as new)."""
+    assert view.from_ts is not None
+    if view.from_ts <= 1:
+        return None
+    t = view.table
+    try:
+        before = read_view(t.db, t.name, view.from_ts - 1)
+    except (NotFound, InvalidArgument):
+        return None
+    return before if before.table.id == t.id else None
 
 
 def _snapshot_only(view: ReadView) -> None:

@@ -1,0 +1,167 @@
+"""The client's reads across shards: one snapshot for every shard, the shards' views, and what
+the reads return — rows (in this process or from Ray read tasks), Arrow tables, change feeds
+with change types.
+
+``Client.get``/``scan``/``scan_arrow``/``changes``/``changes_arrow`` call these with the client
+(:class:`coordinator.client.client.Client`: its shard calls, settings, causality and reader
+pool). A read without a snapshot reads at ``S`` = max(every shard's clock, the client's
+causality token) (:func:`coordinator.client.fanout.choose_snapshot`); every shard then
+resolves ``S`` (raises its floor, waits for commits and undecided transactions at or below it)
+and hands out its view; the client fetches the objects from the store itself and merges the
+shards (:mod:`coordinator.client.fanout`). A change feed also fetches each shard's view at
+``from_ts - 1``, the state the change types are decided from (:mod:`dn.read.cdc`).
+
+Not here: Ray's calls (the shard group's), materializing a view (:mod:`dn.read.view`). Any
+thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from coordinator.client import fanout
+from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
+from dn.errors import InvalidArgument, NotFound
+from dn.read import cdc
+from dn.read.arrow import to_arrow
+from dn.read.change import Change
+from dn.read.collector import paused_gc
+from dn.read.feed import merge_changes
+from dn.read.plan import check_from_ts
+from dn.read.view import ReadView, materialize, scan_columns
+from dn.timestamps import to_timestamp
+
+
+def views(
+    client: Any, db: str, table: str, snap: Any, from_ts: int | None = None, cols: Any = None
+) -> dict[int, ReadView]:
+    """Every shard's view of ``db.table`` at ``snap`` (None: now), checked to agree."""
+    s = to_timestamp(snap)  # the shards check the columns before they promise anything
+    if s is None:
+        s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
+    with paused_gc():  # decoding the shards' tails makes many objects that live on
+        got = fanout.fetch_views(client.shards, db, table, s, from_ts, client.retry_s, None, cols)
+    fanout.check_same_schema(got)
+    client.observe(got[0].snapshot)
+    return got
+
+
+def scan(
+    client: Any,
+    db: str,
+    table: str,
+    snapshot: Any,
+    columns: list[str] | None,
+    start: Any,
+    end: Any,
+    tasks: bool | None,
+) -> Iterator[dict]:
+    """``Client.scan`` (see its docstring for ``tasks``)."""
+    got = views(client, db, table, snapshot, cols=columns)
+    t = got[0].table
+    start = None if start is None else t.check_key(start)
+    end = None if end is None else t.check_key(end)
+    fanout.check_projection(t, columns)
+    cfg = client.settings
+    if tasks is None:  # tasks pay off when they run next to data on other nodes
+        tasks = (
+            client.on_ray()
+            and fanout.is_large(got, cfg.large_read_objects, cfg.large_read_tail_rows)
+            and alive_nodes() > 1
+        )
+    if not tasks:
+        return fanout.scan(client.reader_pool(), got, columns, start, end)
+    store = client.info["store"]
+    args = {
+        i: (store, cfg.client_cache_bytes, i, v, start, end, cfg.read_page_rows)
+        for i, v in got.items()
+    }
+    # the tasks find the store as this process does; credentials are the node's own
+    pages = stream_tasks(fanout.shard_pages, args, store_env())
+    return fanout.merge_pages(got, pages, columns)
+
+
+def scan_arrow(
+    client: Any, db: str, table: str, snapshot: Any, columns: Any, start: Any, end: Any
+) -> pa.Table:
+    """``Client.scan_arrow``: every shard's rows as one Arrow table in primary-key order."""
+    got = views(client, db, table, snapshot, cols=columns)
+    t = got[0].table
+    lo = None if start is None else t.check_key(start)
+    hi = None if end is None else t.check_key(end)
+    fanout.check_projection(t, columns)
+    pool = client.reader_pool()
+    parts = [scan_columns(pool.reader(i), got[i], lo, hi) for i in sorted(got)]
+    parts = [p for p in parts if p[0]]
+    if parts and all(keys is not None for _, keys in parts):
+        return to_arrow(t, fanout.merge_by_int_key(parts), columns)
+    tables = [to_arrow(t, cols, None) for cols, _ in parts]
+    whole = pa.concat_tables(tables) if tables else to_arrow(t, [], None)
+    if len(tables) > 1:
+        whole = whole.sort_by([(k, "ascending") for k in t.primary_key])
+    return whole if columns is None else whole.select(list(columns))
+
+
+def feeds(
+    client: Any, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any
+) -> tuple[Any, list[tuple[Change, dict | None]]]:
+    """Every shard's changes with from_ts <= ts <= snapshot, classified (:mod:`dn.read.cdc`),
+    with their pre-images, merged in (ts, pk) order: ``(table, [(change, pre-image), ...])``."""
+    f = check_from_ts(from_ts)
+    got = views(client, db, table, snapshot, f, columns)
+    before = _before_views(client, got)
+    pool = client.reader_pool()
+    per_shard = []
+    for i in sorted(got):
+        reader = pool.reader(i)
+        changes = materialize(reader, got[i], columns=columns)
+        per_shard.append(zip(*cdc.classify(changes, cdc.rows_before(reader, before[i]))))
+    return got[0].table, list(merge_changes(per_shard, key=_pair_order))
+
+
+def _pair_order(pair: tuple) -> tuple:
+    return pair[0].ts, pair[0].pk
+
+
+def _before_views(client: Any, got: Mapping[int, ReadView]) -> dict[int, ReadView | None]:
+    """Each shard's view at ``from_ts - 1`` (None where there is no state before it: see
+    :func:`dn.read.view.before_view`)."""
+    first = got[min(got)]
+    none: dict[int, ReadView | None] = dict.fromkeys(got)
+    if first.from_ts is None or first.from_ts <= 1:
+        return none
+    t = first.table
+    try:
+        before = fanout.fetch_views(
+            client.shards, t.db, t.name, first.from_ts - 1, None, client.retry_s, only=sorted(got)
+        )
+    except (NotFound, InvalidArgument):
+        return none
+    return {i: v if v.table.id == got[i].table.id else None for i, v in before.items()}
+
+
+def changes(
+    client: Any, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any
+) -> Iterator[Change]:
+    """``Client.changes``."""
+    _, pairs = feeds(client, db, table, from_ts, snapshot, columns)
+    return (c for c, _ in pairs)
+
+
+def changes_arrow(
+    client: Any,
+    db: str,
+    table: str,
+    from_ts: Any,
+    snapshot: Any,
+    columns: Any,
+    before_images: bool,
+) -> pa.Table:
+    """``Client.changes_arrow``."""
+    t, pairs = feeds(client, db, table, from_ts, snapshot, columns)
+    changes = [c for c, _ in pairs]
+    pre = [p for _, p in pairs]
+    return cdc.arrow_feed(t, changes, pre, columns, before_images)

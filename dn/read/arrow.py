@@ -1,0 +1,41 @@
+"""Reads into Apache Arrow: a table's columns as a ``pyarrow.Table`` or record batches.
+
+The types are :data:`dn.columnar.ARROW_TYPES`; the primary-key columns of a schema are not
+nullable. Pure functions over the columns a read picked (:func:`dn.read.view.scan_columns`);
+any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+
+from dn.columnar import ARROW_TYPES
+from dn.read.rows import projection
+from dn.schema import TableDef
+
+
+def arrow_schema(table: TableDef, columns: Sequence[str] | None = None) -> pa.Schema:
+    """The Arrow schema of ``table``'s rows, projected on ``columns`` (checked)."""
+    names, pick = projection(table, columns)
+    types = dict(table.columns)
+    keys = set(table.primary_key)
+    chosen = names if pick is None else [n for n, _ in pick]
+    return pa.schema([pa.field(n, ARROW_TYPES[types[n]], nullable=n not in keys) for n in chosen])
+
+
+def to_arrow(table: TableDef, cols: list[list], columns: Sequence[str] | None = None) -> pa.Table:
+    """The table's columns (one list each, in column order; ``[]`` for no rows) as a
+    ``pyarrow.Table`` projected on ``columns``."""
+    schema = arrow_schema(table, columns)
+    index = {n: i for i, n in enumerate(table.names)}
+    if not cols:
+        return schema.empty_table()
+    arrays = [pa.array(cols[index[f.name]], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def batches(tbl: pa.Table, rows: int) -> Iterator[pa.RecordBatch]:
+    """``tbl`` as record batches of at most ``rows`` rows (none for an empty table)."""
+    yield from tbl.to_batches(max_chunksize=rows)
