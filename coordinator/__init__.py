@@ -10,6 +10,7 @@ Public API::
 :class:`Client` has the methods of :class:`dn.Engine` (create_database, drop_database,
 create_table, drop_table, write, get, scan, changes) across all shards, plus ``snapshot()``,
 ``status()`` and ``writer()`` (buffered ingest, :mod:`~coordinator.client.writer`).
+Ray Data: ``read_dn``, ``read_dn_changes`` and ``DNDatasink`` (:mod:`coordinator.client.raydata`).
 
 Sub-packages, by role: :mod:`coordinator.client` (the client library that runs in drivers
 and tasks), :mod:`coordinator.actor` (the coordinator actor: cluster catalog and shard map),
@@ -25,7 +26,17 @@ from coordinator.cli.ray_env import keep_ray_on_loopback
 # this machine's loopback address with nothing set in its environment (see ray_env).
 keep_ray_on_loopback()
 
-__all__ = ["Client", "ClusterConfig", "connect", "deploy", "load_config", "shutdown"]
+__all__ = [
+    "Client",
+    "ClusterConfig",
+    "DNDatasink",
+    "connect",
+    "deploy",
+    "load_config",
+    "read_dn",
+    "read_dn_changes",
+    "shutdown",
+]
 
 _WHERE = {
     "Client": "coordinator.client.client",
@@ -34,6 +45,9 @@ _WHERE = {
     "connect": "coordinator.cli.deployment",
     "deploy": "coordinator.cli.deployment",
     "shutdown": "coordinator.cli.deployment",
+    "read_dn": "coordinator.client.raydata",
+    "read_dn_changes": "coordinator.client.raydata",
+    "DNDatasink": "coordinator.client.raydata",
 }
 
 

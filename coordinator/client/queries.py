@@ -112,7 +112,7 @@ def feeds(
     with their pre-images, merged in (ts, pk) order: ``(table, [(change, pre-image), ...])``."""
     f = check_from_ts(from_ts)
     got = views(client, db, table, snapshot, f, columns)
-    before = _before_views(client, got)
+    before = before_views(client, got)
     pool = client.reader_pool()
     per_shard = []
     for i in sorted(got):
@@ -126,7 +126,7 @@ def _pair_order(pair: tuple) -> tuple:
     return pair[0].ts, pair[0].pk
 
 
-def _before_views(client: Any, got: Mapping[int, ReadView]) -> dict[int, ReadView | None]:
+def before_views(client: Any, got: Mapping[int, ReadView]) -> dict[int, ReadView | None]:
     """Each shard's view at ``from_ts - 1`` (None where there is no state before it: see
     :func:`dn.read.view.before_view`)."""
     first = got[min(got)]
