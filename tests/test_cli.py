@@ -83,7 +83,24 @@ def test_dn_up_status_scan_changes_down(ray_session, tmp_path):
         assert ch.returncode == 0, ch.stderr
         feed = [json.loads(line) for line in ch.stdout.splitlines()]
         assert [(c["kind"], c["pk"]) for c in feed][-1] == ("delete", 4)
-        assert len(feed) == 6
+        assert len(feed) == 6 and feed[-1]["type"] == "delete"
+
+        # --follow: the same changes, then it waits for more (stopped after the first lines)
+        exe = shutil.which("dn")
+        cmd = [exe] if exe else [sys.executable, "-m", "coordinator.cli"]
+        args = ["changes", "db", "t", "--from", str(t0), "--follow"]
+        follow = subprocess.Popen(
+            [*cmd, *args, "--address", ray_session, "--namespace", ns],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
+        )
+        try:
+            lines = [json.loads(follow.stdout.readline()) for _ in range(6)]
+        finally:
+            follow.kill()
+            follow.wait()
+        assert [(c["ts"], c["pk"]) for c in lines] == [(c["ts"], c["pk"]) for c in feed]
 
         bad = dn("scan", "db", "nope", "--address", ray_session, "--namespace", ns)
         assert bad.returncode == 1 and "NotFound" in bad.stderr

@@ -8,7 +8,7 @@
     dn status  [--namespace NS] [--address ADDR] [--json] [--watch S [--count N]]
     dn snapshot [--namespace NS] [--address ADDR]
     dn scan    DB TABLE [--snapshot TS|TIME] [--columns a,b] [--limit N]
-    dn changes DB TABLE --from TS|TIME [--snapshot TS|TIME] [--columns a,b]
+    dn changes DB TABLE --from TS|TIME [--snapshot TS|TIME] [--columns a,b] [--follow]
     dn demo    [--address ADDR] [--shards N] [--tasks N] [--rows N] [--store DIR] [--keep]
     dn logs    SHARD|coordinator [--tail N] [--follow] [--stream out|err|both]
     dn bucket  [--config cluster.yaml] [--store URL] [--check]
@@ -181,11 +181,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_changes(args: argparse.Namespace) -> int:
     client = _client(args)
-    for ch in client.changes(
-        args.db, args.table, args.from_ts, snapshot=args.snapshot, columns=_columns(args.columns)
-    ):
-        rec = {"ts": ch.ts, "kind": ch.kind, "pk": ch.pk, "row": ch.row}
+    cols = _columns(args.columns)
+    if args.follow:  # the live feed, until interrupted
+        feed = client.subscribe(args.db, args.table, args.from_ts, cols, as_dicts=True)
+    else:
+        feed = client.changes(
+            args.db, args.table, args.from_ts, snapshot=args.snapshot, columns=cols
+        )
+    for ch in feed:
+        rec = {"ts": ch.ts, "kind": ch.kind, "type": ch.change_type, "pk": ch.pk, "row": ch.row}
         sys.stdout.write(json.dumps(_jsonable(rec)) + "\n")
+        if args.follow:
+            sys.stdout.flush()
     return 0
 
 
@@ -268,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--from", dest="from_ts", type=_time_arg, required=True, help=TIME_HELP)
     ch.add_argument("--snapshot", type=_time_arg, default=None, help=TIME_HELP)
     ch.add_argument("--columns", default=None)
+    ch.add_argument("--follow", action="store_true", help="go on with new changes as they land")
     ch.set_defaults(fn=cmd_changes)
 
     demo = sub.add_parser("demo", help="deploy, write from Ray tasks, read, summarize")

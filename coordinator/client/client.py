@@ -238,33 +238,15 @@ class Client:
         c, t = self._causality, self._tokens
         return write_batch(self.shards, self._tables(), c, t, self.retry_s, db, table, validate)
 
-    def writer(
-        self,
-        db: str,
-        table: str,
-        *,
-        part_bytes: int | None = None,
-        linger_s: float | None = None,
-        max_buffer_bytes: int | None = None,
-        on_durable: Any = None,
-    ) -> BatchWriter:
+    def writer(self, db: str, table: str, **options: Any) -> BatchWriter:
         """A buffered writer for ingest (see :mod:`coordinator.client.writer`): ``write``
         returns at once, rows go to each shard in parts of ``part_bytes`` (or after
         ``linger_s``), and ``flush()`` (or leaving a ``with`` block) waits until everything is
-        durable. Many small batches cost far fewer shard calls than with :meth:`write`.
-        Options left out take the deployment's settings (``writer_*``)."""
-        return BatchWriter(
-            self.shards,
-            self._tables().get(db, table),
-            self._causality,
-            self._limits(db, table),
-            self.settings,
-            part_bytes=part_bytes,
-            linger_s=linger_s,
-            max_buffer_bytes=max_buffer_bytes,
-            on_durable=on_durable,
-            backoff=self._backoff,
-        )
+        durable. Options: ``part_bytes``, ``linger_s``, ``max_buffer_bytes``, ``on_durable``;
+        left out, the deployment's settings (``writer_*``)."""
+        t, lim = self._tables().get(db, table), self._limits(db, table)
+        c, cfg = self._causality, self.settings
+        return BatchWriter(self.shards, t, c, lim, cfg, backoff=self._backoff, **options)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -391,6 +373,13 @@ class Client:
         ``_change_type`` (``insert``, ``update_postimage``, ``delete``; with
         ``before_images`` also ``update_preimage``), in (``_commit_ts``, key) order."""
         return queries.changes_arrow(self, db, table, from_ts, snapshot, columns, before_images)
+
+    def subscribe(self, db: str, table: str, from_ts: Any, columns: Any = None, **kw: Any):
+        """The live change feed from ``from_ts`` (resume at the last ``_commit_ts`` seen + 1):
+        an Arrow table per batch of commits as they land, forever, in (``_commit_ts``, key)
+        order across shards with no gap or repeat (``as_dicts=True``: Change records;
+        ``poll_s``, ``stop``: :func:`coordinator.client.queries.subscribe`)."""
+        return queries.subscribe(self, db, table, from_ts, columns, **kw)
 
     # -- operations -------------------------------------------------------------------------
 

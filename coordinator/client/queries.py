@@ -17,6 +17,7 @@ thread.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -165,3 +166,35 @@ def changes_arrow(
     changes = [c for c, _ in pairs]
     pre = [p for _, p in pairs]
     return cdc.arrow_feed(t, changes, pre, columns, before_images)
+
+
+def subscribe(
+    client: Any,
+    db: str,
+    table: str,
+    from_ts: Any,
+    columns: Any = None,
+    as_dicts: bool = False,
+    poll_s: float = 0.02,
+    stop: Any = None,
+) -> Iterator[Any]:
+    """``Client.subscribe``: the change feed from ``from_ts`` on, as commits land. Each round
+    picks ``S`` (every shard's clock) and reads the window (last ``S``, ``S``] at ``S``: every
+    shard resolves ``S`` first (no commit at or below it can appear later, undecided
+    transactions are decided), so the rounds neither skip nor repeat a change. Yields an
+    Arrow table per round with changes (``as_dicts``: the Change records one by one), until
+    ``stop()`` is true (None: forever)."""
+    nxt = check_from_ts(from_ts)
+    while stop is None or not stop():
+        s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
+        if s >= nxt:
+            t, pairs = feeds(client, db, table, nxt, s, columns)
+            nxt = s + 1
+            if pairs:
+                if as_dicts:
+                    yield from (c for c, _ in pairs)
+                else:
+                    changes, pre = [c for c, _ in pairs], [p for _, p in pairs]
+                    yield cdc.arrow_feed(t, changes, pre, columns)
+                continue  # more may have landed meanwhile: look again at once
+        time.sleep(poll_s)
