@@ -175,6 +175,11 @@ class ShardService:
             self._commit_wait(ts)
         return ts
 
+    def flushed_through(self) -> int:
+        """The newest timestamp written out in range objects (0: none): no log record at or
+        below it is needed any more (:mod:`coordinator.actor.decisions`)."""
+        return max((to for _, to in self.engine.status()["ranges"]), default=0)
+
     def live_table(self, db: str, table: str) -> list:
         """This shard's live definition of a table, in wire form
         (:meth:`dn.schema.TableDef.to_wire`; its id is this shard's)."""

@@ -259,3 +259,28 @@ def test_a_committer_dying_before_its_decision_is_aborted_and_sent_again(cluster
     assert died and real(cluster.client.txn_context().store, died[0], 1, []) == decision.ABORTED
     feed = cluster.feed(before)  # the first attempt's intents: read, found aborted, gone
     assert {t for t, *_ in feed} == {ts} and len(feed) == len(_spread(6))
+
+
+def test_decisions_are_collected_once_old_and_written_out_everywhere(cluster, monkeypatch):
+    c = cluster.client
+    keys = _spread(6)
+    committed = c.write("db", "t", [{"k": k, "v": "a"} for k in keys], atomic=True)
+    store = c.txn_context().store
+    aborted_token = c.txn_context().minter.mint()
+    decision.decide(store, aborted_token, decision.ABORTED, [0])
+    assert len(store.list(decision.PREFIX)) == 2
+    service = cluster.coordinator
+    assert service.collect_decisions() == 0  # both too young
+    window = service.config.engine.token_window_s
+    later = time.time() + window + 5
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert service.collect_decisions() == 1  # the abort; the commit is still in the logs
+    assert decision.lookup(store, aborted_token) is None
+    for s in cluster.services:
+        s.flush()
+    assert min(s.flushed_through() for s in cluster.services) >= committed
+    assert service.collect_decisions() == 1
+    assert store.list(decision.PREFIX) == []
+    for s in cluster.services:  # a restart replays no intent: the rows stand without it
+        cluster.restart(cluster.services.index(s))
+    assert len(list(c.scan("db", "t"))) == len(keys)

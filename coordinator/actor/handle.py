@@ -32,6 +32,7 @@ from typing import Any
 import ray
 import ray._private.state as ray_state
 
+from coordinator.actor.decisions import DECISION_GC_INTERVAL_S
 from coordinator.actor.metrics import PUBLISH_INTERVAL_S
 from coordinator.actor.service import CoordinatorService
 from coordinator.config import ClusterConfig
@@ -61,9 +62,19 @@ class CoordinatorActor(CoordinatorService):
         threading.Thread(
             target=self._publish_loop, name="dn-coordinator-metrics", daemon=True
         ).start()
+        threading.Thread(
+            target=self._collect_loop, name="dn-coordinator-decisions", daemon=True
+        ).start()
 
     def pid(self) -> int:
         return os.getpid()
+
+    def _collect_loop(self) -> None:
+        while not self._stop_publishing.wait(DECISION_GC_INTERVAL_S):
+            try:
+                self.collect_decisions()
+            except Exception as exc:  # noqa: BLE001 - collection is retried next round
+                log.warning("transaction decisions not collected this round: %s", exc)
 
     def _publish_loop(self) -> None:
         while not self._stop_publishing.wait(PUBLISH_INTERVAL_S):

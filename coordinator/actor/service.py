@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from coordinator.actor import decisions
 from coordinator.actor.cluster_catalog import ClusterCatalog
 from coordinator.actor.committer import Committer
 from coordinator.actor.metrics import CoordinatorMetrics
@@ -128,6 +129,13 @@ class CoordinatorService:
         """Commit a transaction across shards in the next batch (:mod:`coordinator.actor.
         committer`): its commit timestamp, or the error that refused it."""
         return self._committer.commit(token, after, snapshot, calls)
+
+    @_request
+    def collect_decisions(self) -> int:
+        """Delete the transaction decisions nothing needs any more (:mod:`coordinator.actor.
+        decisions`); returns how many. The actor runs it every minute."""
+        window = self.config.engine.token_window_s
+        return decisions.collect(self._store, self._shards, window, int(time.time() * 1000))
 
     @_request
     def table(self, db: str, table: str) -> list:

@@ -39,15 +39,21 @@ def encode(ts: int, shards: list[int]) -> bytes:
 
 def decode(data: bytes, name: str) -> int:
     """The decision stored at ``name``: the commit timestamp, or :data:`ABORTED`."""
+    return decode_body(data, name)[0]
+
+
+def decode_body(data: bytes, name: str) -> tuple[int, list[int]]:
+    """The decision stored at ``name`` and its participants: ``(ts, shards)``."""
     body = codec.decode(codec.KIND_DECISION, data, name, (VERSION,))
     if (
         not isinstance(body, dict)
         or type(body.get("ts")) is not int
         or body["ts"] < 0
         or not isinstance(body.get("shards"), list)
+        or not all(type(i) is int for i in body["shards"])
     ):
         raise Corruption(f"object {name} is not a transaction decision", key=name)
-    return body["ts"]
+    return body["ts"], body["shards"]
 
 
 def lookup(store: ObjectStore, token: bytes) -> int | None:
