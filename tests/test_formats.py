@@ -22,6 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import pyarrow as pa
 import pytest
 
 from coordinator.actor.cluster_catalog import CatalogState, ClusterCatalog, catalog_key
@@ -275,11 +277,32 @@ def test_range_fixture_is_what_a_buffer_checkpoint_writes():
     assert stats == RANGE_STATS
 
 
+def _stored_range_body(data: bytes) -> Any:
+    """A version-3 range object's body, opened by hand: the frame as docs/formats.md says,
+    then raw_len:u64 (big-endian) and a zstd frame of the msgpack body."""
+    magic, kind, version, length, body_crc, header_crc = FRAME.unpack_from(data)
+    assert (magic, kind, version, length) == (b"DN", ord("R"), 3, len(data) - FRAME.size)
+    assert body_crc == zlib.crc32(data[FRAME.size :]) and header_crc == zlib.crc32(data[:16])
+    stored = data[FRAME.size :]
+    raw_len = int.from_bytes(stored[:8], "big")
+    raw = pa.Codec("zstd").decompress(stored[8:], decompressed_size=raw_len, asbytes=True)
+    assert len(raw) == raw_len
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
 def test_range_fixture_decodes():
     data = fixture("range.bin")
-    assert ordered(body_of(data, "R", version=2)) == ordered(
+    assert ordered(_stored_range_body(data)) == ordered(
         _range_body(RANGE_TOKENS, commits=RANGE_COMMITS)
     )
+    # the version-2 fixture holds the same body, stored uncompressed; it still reads
+    v2 = fixture("range_v2.bin")
+    assert ordered(body_of(v2, "R", version=2)) == ordered(_stored_range_body(data))
+    old = rangeobj.decode(v2, RANGE_KEY)
+    new = rangeobj.decode(data, RANGE_KEY)
+    assert (old.commands, old.tables, old.tokens, old.ncommits) == (
+        new.commands, new.tables, new.tokens, new.ncommits
+    )  # fmt: skip
     ro = rangeobj.decode(data, RANGE_KEY)
     assert (ro.from_ts, ro.to_ts, ro.nbytes) == (90, 108, len(data))
     assert ro.ncommits == RANGE_COMMITS
@@ -315,7 +338,7 @@ def test_compaction_writes_the_same_range_grammar():
     data, stats = compaction.merge(SHARD, [ro], tables, horizon=0, oldest=True)
     assert data == fixture("range.bin")
     assert stats == RANGE_STATS
-    # a version-1 input: its derived count goes on, and the output is version 2 (no tokens)
+    # a version-1 input: its derived count goes on, and the output is version 3 (no tokens)
     old = rangeobj.decode(fixture("range_v1.bin"), RANGE_KEY)
     no_tokens = make.range_object(token=False)[0]
     assert compaction.merge(SHARD, [old], tables, horizon=0, oldest=True)[0] == no_tokens
@@ -326,7 +349,7 @@ def test_compaction_writes_the_same_range_grammar():
 
 def test_version_1_range_objects_still_read():
     # As version-1 code wrote them: no "commits"; the count is derived from the distinct
-    # timestamps the object holds (exact for a buffer checkpoint). Today's writer writes 2.
+    # timestamps the object holds (exact for a buffer checkpoint). Today's writer writes 3.
     old = fixture("range_v1.bin")
     assert ordered(body_of(old, "R", version=1)) == ordered(_range_body())
     ro = rangeobj.decode(old, RANGE_KEY)
@@ -349,13 +372,26 @@ def test_version_1_range_objects_still_read():
         (2, RANGE_TOKENS[:-1], {"commits": RANGE_COMMITS}, "malformed"),  # of 40-byte entries
         (2, _entries((109, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),  # in [from, to]
         (2, _entries((106, TOKEN), (105, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),
-        (3, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "unknown format version 3"),
+        (4, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "unknown format version 4"),
     ],
 )
 def test_range_versions_that_do_not_read(version, tokens, extra, error):
     data = codec.encode(codec.KIND_RANGE, _range_body(tokens, **extra), version)
     with pytest.raises(Corruption, match=error):
         rangeobj.decode(data, RANGE_KEY)
+
+
+@pytest.mark.parametrize("damage", ["raw_len", "zstd", "msgpack"])
+def test_a_version_3_body_that_does_not_decompress_is_corruption(damage):
+    raw = codec.pack(_range_body(RANGE_TOKENS, commits=RANGE_COMMITS))
+    z = pa.Codec("zstd", compression_level=1)
+    stored = {
+        "raw_len": len(raw).to_bytes(8, "big")[:-1] + b"\x01" + z.compress(raw, asbytes=True),
+        "zstd": len(raw).to_bytes(8, "big") + b"\x00" * 40,
+        "msgpack": (3).to_bytes(8, "big") + z.compress(b"\xc1\xc1\xc1", asbytes=True),
+    }[damage]
+    with pytest.raises(Corruption, match="does not decompress or decode"):
+        rangeobj.decode(codec.frame(codec.KIND_RANGE, stored, 3), RANGE_KEY)
 
 
 # -- the checkpoint (kind C) ---------------------------------------------------------------
@@ -664,7 +700,7 @@ def _decoders() -> dict[str, Any]:
     out["log_prepare.bin"] = lambda data: _decode_log(data, TOKEN_LOG[1])
     for name in ("decision_commit.bin", "decision_abort.bin"):
         out[name] = lambda data: decision.decode(data, decision.key(TOKEN))
-    for name in ("range.bin", "range_v1.bin"):
+    for name in ("range.bin", "range_v2.bin", "range_v1.bin"):
         out[name] = lambda data: rangeobj.decode(data, RANGE_KEY)
     for name in (
         "checkpoint.bin",
@@ -709,3 +745,13 @@ def test_a_fixture_is_no_object_of_another_kind(name):
         if kind != chr(data[2]):
             with pytest.raises(Corruption, match="kind"):
                 codec.decode(ord(kind), data, "k", (1, 2))
+
+
+def test_a_range_object_cut_anywhere_is_a_torn_object_not_an_index_error():
+    # a planted trial cut a version-3 range object shorter than its header: the reader looked
+    # at the version byte first and raised IndexError (untyped) instead of Corruption
+    data = fixture("range.bin")
+    for n in range(len(data)):
+        with pytest.raises(Corruption) as err:
+            rangeobj.decode(data[:n], RANGE_KEY)
+        assert err.value.truncated, n

@@ -7,7 +7,7 @@ Grammar of one stored object (all integers little-endian; ``HEADER`` then ``HEAD
                kind:1              one of KIND_* below (frozen values)
                version:1           format version of this kind: FORMAT_VERSION (1), except
                                    checkpoints: 3 (dn.objects.checkpoint, which reads 1, 2)
-                                   and ranges: 2 (dn.objects.rangeobj, which reads 1 too)
+                                   and ranges: 3 (dn.objects.rangeobj, which reads 1, 2)
                                    and manifests: 2 (dn.objects.manifest, which reads 1 too)
                body_len:u64        length of body in bytes
                body_crc:u32        zlib.crc32 of body

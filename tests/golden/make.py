@@ -20,7 +20,8 @@ Not written here: ``checkpoint_v1_no_sizes.bin`` and ``checkpoint_v1_sizes.bin``
 format version 1 made once from the inputs below by the version-1 encoder as it stood before
 range sizes were recorded (ranges ``[from, to]``) and as it stood last (``[from, to, bytes]``);
 and ``range_v1.bin``, the range object below as the version-1 encoder made it (before ranges
-recorded their commits); and ``manifest_v1.bin``, the manifest version below as the version-1
+recorded their commits); and ``range_v2.bin``, as the version-2 encoder made it (before range
+bodies were compressed); and ``manifest_v1.bin``, the manifest version below as the version-1
 encoder made it (before manifests carried the timestamp ceiling); and ``checkpoint_v2.bin``, the
 checkpoint below as the version-2 encoder made it (before checkpoints carried idempotency
 tokens). They are records of what stores may still hold, kept as they are: today's code writes
