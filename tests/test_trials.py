@@ -1,7 +1,8 @@
 """The CI mode of every reliability trial (tests/trials/, issue 5), under pytest.
 
-Each engine-level kind runs its CI count of seeds (about 10 seconds in all); the Ray kind runs
-one trial in the shared Ray session. The long mode and the published figures:
+Each engine-level kind runs its CI count of seeds (about 25 seconds in all; the transaction
+kinds ``txn``, ``bank`` and ``clocks`` about 15 of them, each under 10 seconds); the Ray kind
+runs one trial in the shared Ray session. The long mode and the published figures:
 ``python -m tests.trials --long`` and docs/reliability.md.
 """
 

@@ -199,7 +199,7 @@ def test_bank_transfers_keep_the_total_in_every_snapshot(cluster):
     assert stats["committed"] > 0
     # every commit timestamp in the feed is a snapshot: the total holds at each
     stamps = sorted({ts for ts, *_ in cluster.feed(start)})
-    assert len(stamps) == stats["committed"]
+    assert 0 < len(stamps) <= stats["committed"]  # two commits may share a timestamp
     for s in [start, *stamps]:
         assert sum(int(r["v"]) for r in c.scan("db", "t", snapshot=s)) == 100 * len(accounts)
 
@@ -284,3 +284,15 @@ def test_decisions_are_collected_once_old_and_written_out_everywhere(cluster, mo
     for s in cluster.services:  # a restart replays no intent: the rows stand without it
         cluster.restart(cluster.services.index(s))
     assert len(list(c.scan("db", "t"))) == len(keys)
+
+
+def test_the_commit_clock_does_not_ratchet_ahead_of_the_wall_clock(cluster):
+    # found by the clocks and txn trials: each restart's ceiling made the committer learn an
+    # offset it kept, until commits were aimed a minute ahead and refused as FutureSnapshot
+    c = cluster.client
+    for i in range(12):
+        cluster.restart(i % SHARDS)
+        c.write("db", "t", [{"k": k, "v": str(i)} for k in _spread(4)], atomic=True)
+    clock = cluster.coordinator._committer.clock
+    ahead_ms = (clock.pick(0) >> LOGICAL_BITS) - time.time_ns() // 1_000_000
+    assert ahead_ms < 3_000  # a restart's ceiling reaches at most timestamp_lease_s ahead

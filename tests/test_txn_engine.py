@@ -266,3 +266,36 @@ def test_a_decided_intent_whose_client_died_is_read_from_its_decision_soon(url):
     engines[0].maintain()
     assert len(engines[0]._state.intents) == 0
     assert rows(engines)[3] == "z"
+
+
+def test_a_buffer_of_aborted_intents_alone_writes_a_readable_range(url):
+    # found by the txn trials: the abort took the buffer's count of commits to 0, the range
+    # object recorded 0 commits, and every later read refused it as Corruption
+    (e,) = _open(url, 1)
+    e.freeze()
+    e.flush()
+    token, at = prepare([e], {0: {1: "x"}})
+    decision.decide(e.store, token, decision.ABORTED, [0])
+    e.resolve(token, decision.ABORTED)
+    e.freeze()
+    e.flush()
+    assert list(e.scan("d", "t")) == []
+    e.close()
+    (e,) = _reopen(url, 1)
+    assert list(e.scan("d", "t")) == []
+
+
+def test_a_decision_that_exists_and_cannot_be_read_is_an_unknown_outcome():
+    # found by the txn trials: a client settling its attempt found the commit decision there,
+    # could not read it back, and reported a definite failure of a committed transaction
+    from dn.errors import Unavailable
+    from dn.store.faulty import FaultyStore
+    from dn.store.memory import MemoryStore
+
+    inner, token = MemoryStore("decided"), MINT.mint()
+    decision.decide(inner, token, 5 << 16, [0])
+    flaky = FaultyStore(inner)
+    flaky.add_rule("get", "40/", kind="error")
+    with pytest.raises(Unavailable) as err:
+        decision.decide(flaky, token, decision.ABORTED, [0])
+    assert err.value.outcome_unknown

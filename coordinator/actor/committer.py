@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dn.clock import LOGICAL_BITS
-from dn.errors import Conflict, DNError, Internal, TimestampPassed, Unavailable
+from dn.errors import Closed, Conflict, DNError, Fenced, Internal, TimestampPassed, Unavailable
 from dn.objects import decision
 from dn.store.base import ObjectStore
 
@@ -51,35 +51,36 @@ RESOLVE_MANY = "resolve_many"
 
 
 class CommitClock:
-    """Picks commit timestamps a little past every participant's clock. ``offset_ms``: how
-    far the shards' clocks have been seen ahead of this process's wall clock; ``margin_ms``:
-    how far past that a batch is aimed (doubled after a prepare found its timestamp passed,
-    shrunk back after each batch that committed). Thread-safe."""
+    """Picks commit timestamps a little past every participant's clock: ``margin_ms`` past
+    this process's wall clock, and past ``floor``, the newest clock a shard reported when it
+    refused a timestamp as passed. The margin doubles (up to ``MAX_MARGIN_MS``) after a
+    refusal and halves after each batch that committed. ``floor`` is a timestamp, not an
+    offset from the wall clock: a shard ahead because of earlier commits, floors or a restart's
+    ceiling is passed once, and the wall clock catches up with it; nothing ratchets ahead.
+    Thread-safe."""
 
     MIN_MARGIN_MS = 2
-    MAX_MARGIN_MS = 500
+    MAX_MARGIN_MS = 50
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.offset_ms = 0
+        self.floor = 0
         self.margin_ms = self.MIN_MARGIN_MS
 
     def pick(self, after: int) -> int:
         with self._lock:
-            wall = time.time_ns() // 1_000_000 + self.offset_ms + self.margin_ms
-        return max(after + 1, wall << LOGICAL_BITS)
+            wall = time.time_ns() // 1_000_000 + self.margin_ms
+            return max(after + 1, self.floor + 1, wall << LOGICAL_BITS)
 
     def passed(self, clock: int) -> None:
         """A shard's clock was at ``clock``, at or past a timestamp asked for."""
         with self._lock:
-            ahead = (clock >> LOGICAL_BITS) - time.time_ns() // 1_000_000
-            self.offset_ms = max(self.offset_ms, ahead)
+            self.floor = max(self.floor, clock)
             self.margin_ms = min(self.MAX_MARGIN_MS, self.margin_ms * 2)
 
     def committed(self) -> None:
         with self._lock:
-            self.margin_ms = max(self.MIN_MARGIN_MS, self.margin_ms - 1)
-            self.offset_ms = max(0, self.offset_ms - 1)
+            self.margin_ms = max(self.MIN_MARGIN_MS, self.margin_ms // 2)
 
 
 @dataclass
@@ -200,8 +201,8 @@ class Committer:
                 err = refused.get(c.token)
                 if isinstance(err, TimestampPassed):
                     self.clock.passed(err.details.get("clock", c.at))
-                if isinstance(err, Unavailable):  # decided: it is aborted, not unknown
-                    err = Unavailable(f"{err.message}; the transaction was aborted")
+                if isinstance(err, Unavailable | Closed | Fenced):  # a shard went away: retry
+                    err = Unavailable(f"{err.message}; the transaction was aborted, retry it")
                 c.error = (
                     err
                     if isinstance(err, DNError)

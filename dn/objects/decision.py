@@ -88,7 +88,13 @@ def decide(store: ObjectStore, token: bytes, ts: int, shards: list[int]) -> int:
                 outcome_unknown=True,
             ) from exc
         return got
-    got = lookup(store, token)
+    try:
+        got = lookup(store, token)
+    except Unavailable as exc:  # decided by someone, and we cannot read which way
+        raise Unavailable(
+            f"the decision on transaction {token.hex()[:16]}... exists and cannot be read: {exc}",
+            outcome_unknown=True,
+        ) from exc
     if got is None:  # deleted already: only decisions long applied everywhere are collected
         raise Corruption(f"decision {name} exists and then does not", key=name)
     return got
