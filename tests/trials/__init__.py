@@ -6,9 +6,11 @@ Run them with ``python -m tests.trials`` (CI mode, seconds) or ``python -m tests
 under pytest. The figures of a long run are in ``docs/reliability.md``.
 
 Modules: one per trial kind (``crashes``, ``simcrash``, ``faults``, ``zombies``, ``fuzz``,
-``planted``, ``load``, ``ray_trials``); the shared workload and model checker (``checker``);
-the store wrapper that stops a shard at a chosen operation (``tripwire``) and the process it
-kills (``crash_child``); the counters (``tally``); the runner (``__main__``).
+``planted``, ``load``, ``txn``, ``bank``, ``clocks``, ``ray_trials``); the
+in-process cluster of the transaction kinds (``txn``) and their history checker (``bank``);
+the shared workload and model checker (``checker``); the store wrapper that stops a shard at a
+chosen operation (``tripwire``) and the process it kills (``crash_child``); the counters
+(``tally``); the runner (``__main__``).
 
 Each kind exposes ``run(seed, long, tally)``: one trial, deterministic in its seed where the
 kind allows (thread timing makes the threaded crash and load trials vary), raising
@@ -44,5 +46,8 @@ REGISTRY: dict[str, Kind] = {
     "fuzz": Kind("fuzz", 1, 10),
     "planted": Kind("planted", 60, 2000),
     "load": Kind("load", 1, 1),
+    "txn": Kind("txn", 5, 100),
+    "bank": Kind("bank", 5, 150),
+    "clocks": Kind("clocks", 5, 100),
     "ray": Kind("ray_trials", 1, 3, long_only=True),
 }

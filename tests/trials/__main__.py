@@ -8,7 +8,10 @@ to ``--json`` (default: stdout). Exit status 1 if any trial failed.
 
 Kinds: ``crashes`` (SIGKILL of a shard process), ``simcrash`` (in-process simulated crashes),
 ``faults`` (injected store faults), ``zombies`` (fencing races), ``fuzz`` (malformed calls),
-``planted`` (malformed objects in the store), ``load`` (64 writers, backpressure), ``ray``
+``planted`` (malformed objects in the store), ``load`` (64 writers, backpressure), ``txn``
+(atomic batches and transactions across shards under restarts, killed clients and store
+faults), ``bank`` (transfers in transactions: a constant total, a replayed history),
+``clocks`` (repeatable reads on shards whose clocks disagree), ``ray``
 (shard actors killed during ingest from Ray tasks, and fuzzed client calls; only with
 ``--long`` or when named, as it starts a Ray session).
 """
