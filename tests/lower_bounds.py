@@ -43,6 +43,7 @@ SUBSET = (
     "tests/test_engine_input.py",  # input checks (hypothesis)
     "tests/test_cluster_logic.py",  # the coordinator's logic and settings (PyYAML)
     "tests/test_cluster_ray.py",  # shards and the coordinator on a local Ray
+    "tests/test_arrow.py",  # reads into Arrow, writes from Arrow and pandas (pyarrow, pandas)
 )
 _START = time.monotonic()
 
