@@ -52,10 +52,18 @@ class Settings:
     log_url: str | None = None
     #: Most bytes of commands gathered into one group-commit log write.
     group_commit_max_bytes: int = 16 * MiB
-    #: Writers are slowed (they run buffer checkpoints themselves) once frozen buffers awaiting
-    #: their buffer checkpoint hold this many bytes...
+    #: Writers are slowed (they freeze and run buffer checkpoints themselves) once the shard's
+    #: buffers — the mutable one and the frozen ones awaiting their buffer checkpoint — hold
+    #: this many bytes of estimated memory: the heap their decoded rows take (a list slot and
+    #: an object header per value, 1 to 10 times the encoded bytes; ``status()`` shows both as
+    #: ``buffer_memory_bytes`` and the buffers' ``bytes``), not their encoded size...
     queue_slow_bytes: int = 256 * MiB
-    #: ...and refused with a retryable error once they hold this many.
+    #: ...and refused with a retryable error (Unavailable) once they hold this many. A shard's
+    #: resident set then stays under this bound plus an overhead: the idle process, one buffer
+    #: checkpoint being built (about 1.5 times the estimate of the buffer it writes out), per
+    #: writer thread its batch in flight and its allocator's slack (a few MiB), and the
+    #: allocator's fragmentation (up to a fifth of the bound); see dn/write/backpressure.py
+    #: and tests/trials/memory.py.
     queue_stop_bytes: int = 1024 * MiB
     #: Bytes of decoded immutable objects the reader keeps cached.
     cache_bytes: int = 256 * MiB

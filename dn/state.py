@@ -188,7 +188,11 @@ class ShardState:
                 "last_applied": self.last_applied,
                 "buffers": buffers,
                 "queue_length": len(self.frozen),
-                "queue_bytes": sum(b.nbytes for b in self.frozen),
+                "queue_bytes": sum(b.nbytes for b in self.frozen),  # encoded
+                # estimated heap bytes (dn.write.buffer): of the queue, and of every buffer,
+                # the figure backpressure bounds (queue_slow_bytes, queue_stop_bytes)
+                "queue_memory_bytes": sum(b.memory for b in self.frozen),
+                "buffer_memory_bytes": sum(b.memory for b in [self.mutable, *self.frozen]),
                 "ranges": list(self.ranges),
                 "checkpoints": list(self.checkpoints),
                 "last_checkpoint": self.checkpoints[-1] if self.checkpoints else None,

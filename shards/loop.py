@@ -10,7 +10,8 @@ Metrics: after each round the loop hands the engine to :meth:`shards.metrics.Sha
 (which turns its status into the ``dn_`` gauges and counters, at most once a second).
 
 Failures: a :class:`dn.errors.DNError` (the store is down, say) is logged and counted and the
-next round retries; Fenced or Closed ends the loop (this incarnation is finished).
+next round retries, after twice the previous wait (at most ``MAX_BACKOFF_S``); Fenced or Closed
+ends the loop (this incarnation is finished).
 
 Thread: the loop's own; ``stop`` may be called from any thread.
 """
@@ -27,6 +28,9 @@ from dn.errors import Closed, DNError, Fenced
 from shards.metrics import ShardMetrics
 
 log = logging.getLogger(__name__)
+
+#: The longest wait between two rounds after failures (each failure doubles the wait).
+MAX_BACKOFF_S = 1.0
 
 
 class MaintenanceLoop:
@@ -57,10 +61,13 @@ class MaintenanceLoop:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        wait = self._interval
+        while not self._stop.wait(wait):
             t0 = time.monotonic()
+            wait = min(MAX_BACKOFF_S, wait * 2)  # after a failure: a failing store, slower
             try:
                 self._engine.maintain()
+                wait = self._interval
             except (Fenced, Closed) as exc:
                 self.last_error = str(exc)
                 log.warning("shard %d: maintenance stops: %s", self._engine.shard, exc)

@@ -85,14 +85,28 @@ ROWS_WRITTEN = Counter(
 BYTES_WRITTEN = Counter(
     "dn_bytes_written_total", description="Bytes of log objects written.", tag_keys=_TAGS
 )
-#: Bytes in the shard's in-memory buffers (the mutable one and the frozen ones).
+#: Encoded bytes in the shard's in-memory buffers (the mutable one and the frozen ones).
 BUFFER_BYTES = Gauge(
     "dn_buffer_bytes", description="Bytes in the in-memory buffers.", tag_keys=_TAGS
 )
-#: Bytes of frozen buffers waiting for their buffer checkpoint (backpressure acts on this).
+#: Encoded bytes of frozen buffers waiting for their buffer checkpoint.
 CHECKPOINT_QUEUE_BYTES = Gauge(
     "dn_checkpoint_queue_bytes",
     description="Bytes of frozen buffers waiting to be checkpointed.",
+    tag_keys=_TAGS,
+)
+#: Estimated heap bytes the in-memory buffers hold (the mutable one and the frozen ones): the
+#: figure backpressure bounds by ``queue_slow_bytes`` and ``queue_stop_bytes``
+#: (dn/write/backpressure.py); 1 to 10 times ``dn_buffer_bytes``, which counts encoded bytes.
+BUFFER_MEMORY_BYTES = Gauge(
+    "dn_buffer_memory_bytes",
+    description="Estimated heap bytes in the in-memory buffers (what backpressure bounds).",
+    tag_keys=_TAGS,
+)
+#: Estimated heap bytes of the frozen buffers waiting for their buffer checkpoint.
+CHECKPOINT_QUEUE_MEMORY_BYTES = Gauge(
+    "dn_checkpoint_queue_memory_bytes",
+    description="Estimated heap bytes of frozen buffers waiting to be checkpointed.",
     tag_keys=_TAGS,
 )
 #: Object-store requests, retries and give-ups of the shard's (retrying) store.
@@ -165,6 +179,8 @@ class ShardMetrics:
         buffers = st.get("buffers") or []
         BUFFER_BYTES.set(sum(b.get("bytes", 0) for b in buffers), tags=tags)
         CHECKPOINT_QUEUE_BYTES.set(st.get("queue_bytes", 0), tags=tags)
+        BUFFER_MEMORY_BYTES.set(st.get("buffer_memory_bytes", 0), tags=tags)
+        CHECKPOINT_QUEUE_MEMORY_BYTES.set(st.get("queue_memory_bytes", 0), tags=tags)
         objects = st.get("objects") or {}
         COMPACTION_DEBT.set(objects.get("compaction_debt", 0), tags=tags)
         GC_BACKLOG.set(objects.get("awaiting_gc", 0), tags=tags)

@@ -2,8 +2,10 @@
 
 Used when ``Settings.background`` is on (an embedded engine); the Ray shard actor turns it off
 and drives maintenance from its own loop (:mod:`shards.loop`). A round that fails with a
-``DNError`` is counted (``maintain_errors``) and logged, and the next round tries again; a
-fenced or closed engine stops the thread. :meth:`Background.stop` joins it (not from itself).
+``DNError`` is counted (``maintain_errors``) and logged, and the next round tries again, after
+twice the previous wait (up to ``MAX_BACKOFF_S``: a failing store is not hammered, and the
+buffers it cannot write out are not rebuilt every round); a fenced or closed engine stops the
+thread. :meth:`Background.stop` joins it (not from itself).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections.abc import Callable
 from dn.errors import Closed, DNError, Fenced
 
 log = logging.getLogger(__name__)
+
+#: The longest wait between two rounds after failures (each failure doubles the wait).
+MAX_BACKOFF_S = 1.0
 
 
 class Background:
@@ -40,14 +45,17 @@ class Background:
             self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        wait = self._interval_s
+        while not self._stop.wait(wait):
             try:
                 self._maintain()
+                wait = self._interval_s
+                continue
             except (Fenced, Closed):
                 return
             except DNError as exc:
-                self._counters["maintain_errors"] += 1
                 log.warning("shard %d: background work failed, will retry: %s", self._shard, exc)
             except Exception:
-                self._counters["maintain_errors"] += 1
                 log.exception("shard %d: background work failed", self._shard)
+            self._counters["maintain_errors"] += 1
+            wait = min(MAX_BACKOFF_S, max(wait, self._interval_s) * 2)  # a failing store: slower

@@ -27,8 +27,9 @@ a stamp finds no room under it, the group ends there and the leader extends the 
 manifest commit, without the lock) before stamping the rest. A command its stamp refuses
 never causes an extension.
 
-Backpressure: a writer that finds the checkpoint queue over ``queue_slow_bytes`` runs a buffer
-checkpoint itself; over ``queue_stop_bytes`` it is refused with :class:`Unavailable`.
+Backpressure (:mod:`dn.write.backpressure`): a writer that finds the buffers' estimated memory
+over ``queue_slow_bytes`` runs a buffer checkpoint itself; over ``queue_stop_bytes`` it is
+refused with :class:`Unavailable`.
 
 Failure: a log write whose outcome is unknown marks the lowest TS it held; the next leader (or
 a read at or above that TS) settles it before going on (:meth:`WritePath.settle`). A fenced
@@ -56,6 +57,7 @@ from dn.schema import TableDef
 from dn.state import ShardState
 from dn.upkeep.scheduler import Upkeep
 from dn.write.aio import AsyncFrontDoor
+from dn.write.backpressure import Backpressure
 from dn.write.commit import Pending
 from dn.write.log import LogRecord, encode_command
 from dn.write.part import WritePart
@@ -69,6 +71,7 @@ class WritePath:
         self._s = state
         self._upkeep = upkeep
         self._aio = AsyncFrontDoor(self.submit_all)
+        self._backpressure = Backpressure(state, upkeep)
         self.txns: Any = None  # dn.write.txn.Transactions: stamps and applies prepares
         self.reserve_to = 0  # a prepare's timestamp the ceiling must reach (the leader's)
 
@@ -221,23 +224,12 @@ class WritePath:
         self._s.queue.submit_all(ps, self._reserve, self._stamp, self._persist, self._apply_group)
 
     def _admit(self) -> None:
-        """Backpressure: slow writers (they run a buffer checkpoint) or refuse them."""
-        s = self._s
-        queued = self.queued_bytes()
-        if queued >= s.settings.queue_slow_bytes:
-            self._upkeep.flush_one()
-            queued = self.queued_bytes()
-        if queued >= s.settings.queue_stop_bytes:
-            raise Unavailable(
-                f"shard {s.shard} is behind: {queued} bytes await buffer checkpoints "
-                f"(limit {s.settings.queue_stop_bytes}); retry later"
-            )
+        self._backpressure.admit()
 
     def queued_bytes(self) -> int:
-        """Encoded bytes in the checkpoint queue. Read without the lock: an advisory figure
-        for backpressure, read on every write; a copy of the list is atomic under the GIL and
-        buffers only ever leave it."""
-        return sum(b.nbytes for b in self._s.frozen[:])
+        """Estimated heap bytes the shard's buffers hold (what backpressure bounds; read
+        without the lock: :mod:`dn.write.backpressure`)."""
+        return self._backpressure.held_bytes()
 
     def _reserve(self, n: int) -> None:
         """Leader, lock not held, after a stamp found no room: room for ``n`` more
