@@ -45,7 +45,7 @@ from dn.read.change import Change
 from dn.read.plan import Plan, check_from_ts
 from dn.read.reader import Reader
 from dn.read.snapshots import Snapshots
-from dn.read.view import ReadView, materialize, materialize_get, scan_columns
+from dn.read.view import ReadView, materialize, materialize_many, scan_columns
 from dn.recovery import recover
 from dn.schema import TableDef
 from dn.settings import Settings
@@ -133,8 +133,7 @@ class Engine:
         return self._state.counters
 
     @property
-    def reader(self) -> Reader:
-        """This shard's reader (objects fetched through the engine's cache)."""
+    def reader(self) -> Reader:  # objects fetched through the engine's cache
         return self._state.reader
 
     # -- DDL and writes (dn.write.path) ------------------------------------------------------
@@ -180,7 +179,7 @@ class Engine:
         return self._writes.write_packed_columns(part)
 
     def queued_bytes(self) -> int:
-        """Encoded bytes waiting in the checkpoint queue (what backpressure counts)."""
+        """The buffers' estimated heap bytes (what backpressure counts: dn/write/backpressure)."""
         return self._writes.queued_bytes()
 
     # -- transactions across shards (dn.write.txn, decision 0015) ------------------------------
@@ -262,10 +261,11 @@ class Engine:
         snapshot: int | None = None,
         from_ts: int | None = None,
         columns: list[str] | None = None,
+        keys: Any = (),
     ) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (from
-        ``from_ts`` for a change feed; ``columns`` checked first), for any process to read."""
-        return self._reads.checked_view(db, table, snapshot, from_ts, columns)[0]
+        ``from_ts`` for a change feed; ``keys``: a point read's; all checked first)."""
+        return self._reads.checked_view(db, table, snapshot, from_ts, columns, tuple(keys))[0]
 
     def snapshot_plan(self, ts: int) -> Plan:
         """Seed 001's snapshot-read plan at ``ts``."""
@@ -275,17 +275,17 @@ class Engine:
         """Seed 001's range-read plan for from_ts <= ts <= snapshot."""
         return self._reads.range_plan(snapshot, from_ts)
 
-    def get(
-        self,
-        db: str,
-        table: str,
-        pk: Any,
-        snapshot: int | None = None,
-        columns: list[str] | None = None,
-    ) -> dict | None:
+    def get(self, db: str, table: str, pk: Any, snapshot: Any = None, columns: Any = None):
         """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
-        view, (key,) = self._reads.checked_view(db, table, snapshot, columns=columns, keys=(pk,))
-        return materialize_get(self._state.reader, view, key, columns)
+        return self.get_many(db, table, [pk], snapshot, columns)[0]
+
+    def get_many(
+        self, db: str, table: str, keys: Any, snapshot: Any = None, columns: Any = None
+    ) -> list[dict | None]:
+        """The rows of ``keys`` at ``snapshot`` (None for a key without one), in order; the
+        buffers are searched through their key index, not copied."""
+        view, checked = self._reads.checked_view(db, table, snapshot, columns=columns, keys=keys)
+        return materialize_many(self._state.reader, view, checked, columns)
 
     def scan(
         self,

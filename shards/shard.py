@@ -220,9 +220,12 @@ class ShardService:
         snapshot: int | None = None,
         from_ts: int | None = None,
         columns: list[str] | None = None,
+        keys: Any = (),
     ) -> ReadView:
+        """:meth:`dn.Engine.read_view`; ``keys``: a point read's, whose view holds only
+        their versions from memory."""
         try:
-            view = self.engine.read_view(db, table, snapshot, from_ts, columns)
+            view = self.engine.read_view(db, table, snapshot, from_ts, columns, keys)
         except Exception as exc:
             self.metrics.error(exc)
             raise

@@ -182,3 +182,51 @@ def test_a_bad_arrow_batch_is_a_typed_error_and_changes_nothing(engine, cluster,
         with pytest.raises(InvalidArgument, match=message):
             writer.write_columns("d", "t", bad)
         assert list(writer.changes("d", "t", from_ts=before)) == []
+
+
+def test_point_reads_copy_only_the_keys_versions_from_memory(engine, cluster):
+    # issue 15, item 6: a get used to copy the whole in-memory tail into its view
+    rows = [{"k": k, "s": f"s{k}", "f": None, "b": None, "ok": None} for k in range(3000)]
+    for writer in (engine, cluster.client):
+        ts = writer.write("d", "t", rows)
+        writer.write("d", "t", [{**rows[7], "s": "seven"}], deletes=[8])
+        want = [{**rows[7], "s": "seven"}, None, rows[9], None]
+        assert writer.get_many("d", "t", [7, 8, 9, 10_000]) == want
+        assert writer.get_many("d", "t", [7, 8], snapshot=ts) == [rows[7], rows[8]]
+        assert writer.get("d", "t", 9, columns=["s"]) == {"s": "s9"}
+    view = engine.read_view("d", "t", keys=[7, 9])
+    assert sum(len(run) for run in view.tail) == 3  # 7 twice, 9 once: not 3,001 versions
+    engine.freeze()
+    engine.flush()
+    assert engine.get_many("d", "t", [7, 8]) == [{**rows[7], "s": "seven"}, None]
+    with pytest.raises(InvalidArgument):
+        engine.get_many("d", "t", ["not an int"])
+
+
+@pytest.mark.parametrize("keys", ["int64", "string", "composite"])
+def test_change_types_with_the_state_before_looked_up_one_by_one_or_whole(keys, monkeypatch):
+    import dn.read.cdc
+
+    e = Engine.open(f"memory://cdc-{uuid.uuid4().hex[:8]}", 0, Settings(background=False))
+    e.create_database("d")
+    pk = ["a", "b"] if keys == "composite" else "a"
+    e.create_table("d", "t", {"a": keys if keys != "composite" else "string", "b": "int64"}, pk)
+    key = {"int64": lambda i: i, "string": lambda i: f"k{i:03d}", "composite": lambda i: f"k{i}"}
+    rows = [{"a": key[keys](i), "b": i} for i in range(40)]
+    e.write("d", "t", rows[:30])
+    e.freeze()
+    e.flush()
+    start = e.write("d", "t", rows[20:40])  # 20-29 updated, 30-39 inserted
+    dels = [(r["a"], r["b"]) if keys == "composite" else r["a"] for r in rows[:2]]
+    e.write("d", "t", [], dels)
+    for share in (0.0, 1.0):  # whole state, then one key at a time
+        monkeypatch.setattr(dn.read.cdc, "BULK_SHARE", share)
+        feed = list(e.changes("d", "t", from_ts=start))
+        types = [c.change_type for c in feed]
+        assert types.count("update_postimage") == 10 and types.count("insert") == 10
+        assert types.count("delete") == 2
+        arrow = e.changes_arrow("d", "t", from_ts=start, before_images=True).to_pylist()
+        pre = [r for r in arrow if r["_change_type"] == "update_preimage"]
+        assert sorted(r["b"] for r in pre) == list(range(20, 30))
+        gone = [r for r in arrow if r["_change_type"] == "delete"]
+        assert sorted(r["b"] for r in gone) == [0, 1]  # a delete carries the row it removed

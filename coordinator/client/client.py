@@ -269,26 +269,18 @@ class Client:
             raise InvalidArgument(f"when must be a time or a timestamp, got {when!r}")
         return s
 
-    def get(
-        self,
-        db: str,
-        table: str,
-        pk: Any,
-        snapshot: int | None = None,
-        columns: list[str] | None = None,
-    ) -> dict | None:
+    def get(self, db: str, table: str, pk: Any, snapshot: Any = None, columns: Any = None):
         """The row with primary key ``pk`` at ``snapshot`` (None: now), or None."""
-        return fanout.get_routed(
-            self.shards,
-            self._tables(),
-            self.reader_pool(),
-            self.retry_s,
-            db,
-            table,
-            pk,
-            to_timestamp(snapshot),
-            columns,
-        )
+        return self.get_many(db, table, [pk], snapshot, columns)[0]
+
+    def get_many(
+        self, db: str, table: str, keys: Any, snapshot: Any = None, columns: Any = None
+    ) -> list[dict | None]:
+        """The rows of ``keys`` at ``snapshot`` (None for a key without one), in order: one
+        point read per shard, which sends only the keys' versions from memory."""
+        pool, s = self.reader_pool(), to_timestamp(snapshot)
+        t, r = self._tables(), self.retry_s
+        return fanout.get_routed(self.shards, t, pool, r, db, table, list(keys), s, columns)
 
     def scan(
         self,

@@ -49,7 +49,7 @@ from dn.read.run import Runs
 from dn.read.view import (
     ReadView,
     materialize,
-    materialize_get,
+    materialize_many,
     scan_columns,
     scan_rows,
     view_runs,
@@ -311,27 +311,31 @@ def get_routed(
     retry_s: float,
     db: str,
     table: str,
-    pk: Any,
+    keys: Sequence[Any],
     snapshot: int | None,
     columns: list[str] | None,
-) -> dict | None:
-    """``Client.get``: the row of ``pk`` at ``snapshot``, read from the one shard that owns
-    it, routed with the table that shard serves at the snapshot (looked up again once if the
-    table was redefined since ``tables``, the client's cache, fetched it)."""
+) -> list[dict | None]:
+    """``Client.get_many``: the rows of ``keys`` at ``snapshot`` (None for a key without one),
+    each read from the shard that owns it. Every shard gets one point read of its keys, in
+    parallel: its view holds only their versions from memory (the shard's key index), and the
+    objects come from the store. Routed with the table each shard serves at the snapshot
+    (looked up again once if the table was redefined since ``tables`` fetched it)."""
     for attempt in range(2):
         t = tables.get(db, table, refresh=attempt > 0).table
-        key = t.check_key(pk)
-        s = shard_of(key, len(shards))
-        view = fetch_views(shards, db, table, snapshot, None, retry_s, only=[s], columns=columns)[s]
-        if pk_signature(view.table) == pk_signature(t):
-            break  # routed with the table the shard serves at this snapshot
-    return get(pool, s, view, key, columns)
-
-
-def get(
-    pool: ReaderPool, shard: int, view: ReadView, key: Any, columns: list[str] | None
-) -> dict | None:
-    return materialize_get(pool.reader(shard), view, key, columns)
+        checked = [t.check_key(k) for k in keys]
+        by_shard: dict[int, list] = {}
+        for k in checked:
+            by_shard.setdefault(shard_of(k, len(shards)), []).append(k)
+        calls = {
+            i: ("read_view", (db, table, snapshot, None, columns, ks)) for i, ks in by_shard.items()
+        }
+        views = raise_first(shards.call_each(calls, retry_s))
+        if all(pk_signature(v.table) == pk_signature(t) for v in views.values()):
+            break  # routed with the table the shards serve at this snapshot
+    found: dict = {}
+    for i, ks in by_shard.items():
+        found.update(zip(ks, materialize_many(pool.reader(i), views[i], ks, columns)))
+    return [found[k] for k in checked]
 
 
 def check_same_schema(views: Mapping[int, ReadView]) -> None:
@@ -366,7 +370,7 @@ __all__ = [
     "check_same_schema",
     "choose_snapshot",
     "fetch_views",
-    "get",
+    "get_routed",
     "pages",
     "raise_first",
     "scan",

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from dn.read import pick
@@ -47,33 +48,64 @@ def feed(reader: Reader, view: ReadView, read_view: Callable, columns: Any = Non
     return (view, *classify(changes, rows_before(reader, before)))
 
 
+#: Keys looked up one by one up to this share of the rows the before-state's runs hold; past
+#: it, the whole state at ``from_ts - 1`` is picked at once (whole-list work) and searched.
+BULK_SHARE = 0.05
+
+
 def rows_before(reader: Reader, view: ReadView | None, runs: Runs | None = None) -> Callable:
-    """A key's whole row (a dict) at the snapshot view ``view`` (the state at ``from_ts - 1``),
-    or None; with no view (``from_ts`` <= 1), None for every key."""
+    """A function from keys to their whole rows (dicts; None: no row) at the snapshot view
+    ``view`` (the state at ``from_ts - 1``); with no view (``from_ts`` <= 1), every key has
+    none. Few keys are looked up one by one; many, in the state picked whole (numpy-searched
+    for int keys)."""
     if view is None:
-        return lambda pk: None
+        return lambda keys: dict.fromkeys(keys)
     if runs is None:
         runs = view_runs(reader, view)
     proj, snap = projection(view.table, None), view.snapshot
 
-    def before(pk: Any) -> dict | None:
-        row = pick.lookup(runs, pk, snap)
-        return None if row is None else row_dict(proj, row)
+    def before(keys: list) -> dict:
+        held = sum(len(run) for run, _ in runs)
+        if len(keys) <= BULK_SHARE * held:
+            out = {}
+            for pk in keys:
+                row = pick.lookup(runs, pk, snap)
+                out[pk] = None if row is None else row_dict(proj, row)
+            return out
+        cols, ints = pick.sorted_columns(snap, runs)
+        out = dict.fromkeys(keys)
+        if not cols:
+            return out
+        if ints is not None and all(type(k) is int for k in keys):
+            want = np.asarray(keys, dtype=np.int64)
+            at = np.searchsorted(ints, want).clip(0, len(ints) - 1)
+            hit = np.flatnonzero(ints[at] == want)
+            places = {keys[i]: int(at[i]) for i in hit.tolist()}
+        else:
+            pos = view.table.pk_pos
+            pks = cols[pos[0]] if len(pos) == 1 else list(zip(*(cols[p] for p in pos)))
+            index = {k: i for i, k in enumerate(pks)}
+            places = {k: index[k] for k in keys if k in index}
+        for k, i in places.items():
+            out[k] = row_dict(proj, tuple(c[i] for c in cols))
+        return out
 
     return before
 
 
 def classify(
-    changes: Iterable[Change], before: Callable[[Any], dict | None]
+    changes: Iterable[Change], before: Callable[[list], dict]
 ) -> tuple[list[Change], list[dict | None]]:
     """Each change with its ``change_type``, and each one's pre-image: the key's row just
-    before it (None when it had none)."""
-    state: dict[Any, dict | None] = {}
+    before it (None when it had none). ``before`` gives the rows at ``from_ts - 1`` of the
+    keys asked for, all at once."""
+    changes = list(changes)
+    state: dict[Any, dict | None] = before(list(dict.fromkeys(c.pk for c in changes)))
     out: list[Change] = []
     pre: list[dict | None] = []
     for c in changes:
         pk = c.pk
-        prev = state[pk] if pk in state else before(pk)
+        prev = state[pk]
         if c.kind == "delete":
             kind = DELETE
             state[pk] = None

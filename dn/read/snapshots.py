@@ -24,7 +24,8 @@ Not here: fetching objects, merging versions, anything that writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from dn.clock import LOGICAL_BITS
 from dn.errors import FutureSnapshot, InvalidArgument
@@ -138,10 +139,13 @@ class Snapshots:
         snapshot: int | None = None,
         from_ts: int | None = None,
         durable: bool = True,
+        keys: Sequence[Any] | None = None,
     ) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
         for a change feed, from ``from_ts``). Readers in other processes materialize it.
-        ``durable=False``: the caller checks more and calls :meth:`promise` itself."""
+        ``durable=False``: the caller checks more and calls :meth:`promise` itself. ``keys``:
+        a point read of those keys (checked here): the tail holds only their versions, found
+        through the buffers' key index (``TableBlock.lookup``), not the whole tail."""
         if from_ts is not None:
             check_from_ts(from_ts)
         with self._s.cv:
@@ -159,16 +163,20 @@ class Snapshots:
             else:
                 plan = range_plan(self._s.ranges, self._s.checkpoints, s, from_ts)
             buffers = [*self._s.frozen, self._s.mutable] if plan.tail is not None else []
-        # Copied outside the lock, so a big tail does not stall writers: every commit at or
-        # below s is applied (s is resolved), later ones only append above s, and a buffer a
-        # flush drops meanwhile stays whole through this reference.
-        tail: list[Run] = []
-        if plan.tail is not None:
-            lo, hi = plan.tail
-            for buf in buffers:
-                run = buf.run(tdef.id, lo, hi)
-                if run is not None and len(run):
-                    tail.append(run)
+            if keys is not None:  # a few versions: found and copied under the lock
+                checked = [tdef.check_key(k) for k in keys]
+                tail = _key_runs(buffers, tdef.id, checked, plan.tail)
+        if keys is None:
+            # Copied outside the lock, so a big tail does not stall writers: every commit at or
+            # below s is applied (s is resolved), later ones only append above s, and a buffer a
+            # flush drops meanwhile stays whole through this reference.
+            tail = []
+            if plan.tail is not None:
+                lo, hi = plan.tail
+                for buf in buffers:
+                    run = buf.run(tdef.id, lo, hi)
+                    if run is not None and len(run):
+                        tail.append(run)
         if durable:
             self.promise(s)
         return ReadView(tdef, s, plan, tuple(tail), from_ts)
@@ -185,8 +193,10 @@ class Snapshots:
     ) -> tuple[ReadView, list]:
         """:meth:`read_view` for a read in this process, with its ``columns``, ``keys`` and
         key ``bounds`` (None: unbounded) checked against the table before the promise is made
-        durable; returns the view and the checked keys and bounds."""
-        view = self.read_view(db, table, snapshot, from_ts, durable=False)
+        durable; returns the view and the checked keys and bounds. With ``keys``, the view is a
+        point read's (its tail holds only their versions)."""
+        point = list(keys) if keys else None
+        view = self.read_view(db, table, snapshot, from_ts, durable=False, keys=point)
         t = view.table
         checked = [t.check_key(k) for k in keys]
         checked += [None if b is None else t.check_key(b) for b in bounds]
@@ -237,3 +247,19 @@ class Snapshots:
             out = self._s.catalog.table_at(db, table, s)
         self.promise(s)
         return out
+
+
+def _key_runs(buffers: list, table_id: int, keys: list, window: tuple | None) -> list[Run]:
+    """Under the lock: the versions of ``keys`` in the buffers, within the tail's window."""
+    if window is None:
+        return []
+    lo, hi = window
+    out = []
+    for buf in buffers:
+        block = buf.tables.get(table_id)
+        if block is None or buf.to_ts is None or hi < buf.from_ts or lo > buf.to_ts:
+            continue
+        run = block.lookup(keys, lo, hi)
+        if len(run):
+            out.append(run)
+    return out

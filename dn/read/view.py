@@ -95,6 +95,21 @@ def materialize_get(
     return None if row is None else row_dict(proj, row)
 
 
+def materialize_many(
+    reader: Reader, view: ReadView, keys: Sequence[Any], columns: Sequence[str] | None = None
+) -> list[dict | None]:
+    """The rows of ``keys`` visible at the view's snapshot (None for a key without one), in
+    the order given, as dicts projected on ``columns``."""
+    _snapshot_only(view)
+    proj = projection(view.table, columns)
+    runs = view_runs(reader, view, keys[0] if len(keys) == 1 else None)
+    out = []
+    for key in keys:
+        row = pick.lookup(runs, key, view.snapshot)
+        out.append(None if row is None else row_dict(proj, row))
+    return out
+
+
 def scan_columns(
     reader: Reader, view: ReadView, start: Any = None, end: Any = None, *, runs: Runs | None = None
 ) -> tuple[list[list], np.ndarray | None]:
