@@ -296,3 +296,24 @@ def test_the_commit_clock_does_not_ratchet_ahead_of_the_wall_clock(cluster):
     clock = cluster.coordinator._committer.clock
     ahead_ms = (clock.pick(0) >> LOGICAL_BITS) - time.time_ns() // 1_000_000
     assert ahead_ms < 3_000  # a restart's ceiling reaches at most timestamp_lease_s ahead
+
+
+def test_a_write_after_a_timestamp_equal_to_an_unissued_shard_clock_lands_above_it():
+    # found when transactions stopped raising every shard's floor at their start: a write
+    # whose causality token equalled a shard's clock reading (a wall-clock millisecond no
+    # commit had taken yet) was stamped at exactly that token, inside the snapshot it follows
+    import uuid
+
+    from dn.clock import ManualClock
+    from shards.shard import ShardService
+
+    url = f"memory://after-{uuid.uuid4().hex[:8]}"
+    shard = ShardService(url, 0, {"background": False}, clock=ManualClock(ms=1_000))
+    shard.ddl("create_database", ["d"])
+    shard.ddl("create_table", ["d", "t", {"k": "int64"}, "k"])
+    shard.engine.write("d", "t", [{"k": 0}])
+    shard._clock.ms = 2_000  # the wall clock moves on; no commit takes its millisecond yet
+    seen = shard.clock()
+    assert seen == 2_000 << LOGICAL_BITS
+    assert shard.write("d", "t", [{"k": 1}], after=seen) > seen
+    shard.close()

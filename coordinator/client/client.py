@@ -205,10 +205,12 @@ class Client:
 
     def transaction(self, snapshot: Any = None) -> Transaction:
         """A snapshot-isolation transaction (:class:`coordinator.client.txn.Transaction`) at
-        ``snapshot`` (a timestamp or a time; None: :meth:`snapshot`)."""
-        return Transaction(
-            self, self.snapshot() if snapshot is None else self.snapshot_at(snapshot)
-        )
+        ``snapshot`` (a timestamp or a time; None: the newest of the shards' clocks and this
+        client's causality token, as a read without a snapshot takes)."""
+        if snapshot is None:  # each shard resolves it when first read (no floor call here)
+            snapshot = fanout.choose_snapshot(self.shards, self.token, self.retry_s)
+            self.observe(snapshot)
+        return Transaction(self, self.snapshot_at(snapshot))
 
     def txn_context(self) -> TxnContext:
         """What :func:`coordinator.client.txn.commit_atomic` needs of this client."""
