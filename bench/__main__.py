@@ -2,8 +2,11 @@
 
 Groups (run in this order): ``local`` (part 2, vs SlateDB on a local directory), ``delta``
 (part 3, vs Delta Lake), ``s3`` (part 5, 2a-2c on a moto S3 server), ``cluster`` (part 4, shard
-recovery and buffer checkpoints, then the Ray cluster). ``--quick`` uses fewer rows and 3 runs
-per figure (under 3 minutes); the full run uses 5 runs (under 30 minutes).
+recovery and buffer checkpoints, then the Ray cluster), ``txn`` (part 6, atomic batches and
+transactions on the Ray cluster, each against plain writes in the same run), ``arrow`` (part
+7, reads into Arrow, change feeds, bytes stored and point gets on fresh data, vs Delta Lake). ``--quick`` uses
+fewer rows and 3 runs per figure (under 3 minutes); the full run uses 5 runs (under 30
+minutes).
 
 Writes bench/results.json and bench/results.png (``--out`` changes the directory) and prints
 the table on stdout; progress goes to stderr.
@@ -17,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import cluster, report, vs_delta, vs_slatedb
+from bench import arrow, cluster, report, txn, vs_delta, vs_slatedb
 from bench.harness import Figure, cpu_count, figure_from_json, progress
 
 GROUPS = {
@@ -25,6 +28,8 @@ GROUPS = {
     "delta": lambda quick: vs_delta.run(quick),
     "s3": lambda quick: vs_slatedb.run_s3(quick),
     "cluster": lambda quick: cluster.run(quick, not NO_RAY),
+    "txn": lambda quick: txn.run(quick, not NO_RAY),
+    "arrow": lambda quick: arrow.run(quick),
 }
 NO_RAY = False
 
