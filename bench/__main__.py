@@ -4,9 +4,8 @@ Groups (run in this order): ``local`` (part 2, vs SlateDB on a local directory),
 (part 3, vs Delta Lake), ``s3`` (part 5, 2a-2c on a moto S3 server), ``cluster`` (part 4, shard
 recovery and buffer checkpoints, then the Ray cluster), ``txn`` (part 6, atomic batches and
 transactions on the Ray cluster, each against plain writes in the same run), ``arrow`` (part
-7, reads into Arrow, change feeds, bytes stored and point gets on fresh data, vs Delta Lake). ``--quick`` uses
-fewer rows and 3 runs per figure (under 3 minutes); the full run uses 5 runs (under 30
-minutes).
+7, reads into Arrow, change feeds, bytes stored and point gets on fresh data, vs Delta Lake).
+``--quick`` uses fewer rows and 3 runs per figure; the full run uses 5 runs.
 
 Writes bench/results.json and bench/results.png (``--out`` changes the directory) and prints
 the table on stdout; progress goes to stderr.
