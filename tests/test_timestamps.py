@@ -343,6 +343,31 @@ def test_an_extension_slower_than_the_lease_is_checked_again_at_the_stamp():
     eng.close()
 
 
+def test_a_very_slow_extension_leaves_the_ceiling_a_lease_past_its_duration():
+    """Found by the transaction trials: under injected store faults an extension took 20 s,
+    the next window was twice that, and a restart started the clock 40 s ahead of the wall
+    clock, close to snapshot_future_s. The window is the lease plus the last extension's
+    time: room for the next extension, and no more."""
+    inner = MemoryStore()
+    tap = Tap(inner)
+    clock = ManualClock(ms=T0)
+    eng = _open(tap, clock)
+    eng.create_database("db")
+    eng.create_table("db", "t", SCHEMA, "k")
+    tap.on_manifest_put = lambda: clock.advance(20)  # a store under faults: 20 s a commit
+    tap.max_manifest_puts = 1_000
+    lease_ms = eng.settings.timestamp_lease_s * 1000
+    for i in range(3):
+        clock.advance(3)  # past the lease: the write extends (twice: the first is overtaken)
+        eng.write("db", "t", [{"k": i, "v": "x"}])
+        lead_ms = (_durable_ceiling(inner) >> LOGICAL_BITS) - clock.now_ms()
+        assert lead_ms <= lease_ms + 1  # was the 20 s the extension took
+    eng.close()
+    eng = _open(inner, clock)  # a restart starts its clock at the ceiling
+    assert (eng.clock() >> LOGICAL_BITS) - clock.now_ms() <= lease_ms + 1
+    eng.close()
+
+
 def test_a_refused_call_extends_nothing():
     """Calls refused for their arguments make no promise and so write nothing, even when the
     ceiling has run out (an idle shard): the request is checked before the promise is made

@@ -20,11 +20,12 @@ restarts on says. Within one incarnation the clock's floor keeps it
 
 An extension is one manifest commit (under ``manifest_lock``, never under ``cv``; fenced like
 every commit) to ``max(needed + MARGIN, wall + window)``, ``window`` the lease
-(``timestamp_lease_s``) or twice the time the last extension took if that is longer (a store
-slower than the lease would otherwise leave every stamp past a ceiling that the wall clock
-overtook while it was being written, for ever): while the clock follows the wall clock, one
-commit covers a lease's worth of commits, not one each; while it runs ahead of the wall clock
-(floors, a restart), ``MARGIN`` covers 65,536 commits.
+(``timestamp_lease_s``) plus the time the last extension took (a store slower than the lease
+would otherwise leave every stamp past a ceiling that the wall clock overtook while it was being
+written, for ever; not twice that time: a store that took 20 s under faults then made the next
+ceiling 40 s ahead, and a restart started the clock there, near ``snapshot_future_s``): while
+the clock follows the wall clock, one commit covers a lease's worth of commits, not one each;
+while it runs ahead of the wall clock (floors, a restart), ``MARGIN`` covers 65,536 commits.
 :meth:`Ceiling.keep` (upkeep's background round) extends it before the lease runs out while the
 shard is in use (a commit applied or a read served since the previous round), so writers
 normally never wait: at a steady rate a shard commits one manifest version per half lease. A
@@ -95,7 +96,7 @@ class Ceiling:
                 if s.ceiling >= needed:
                     return
                 wall = s.clock.now_ms() << LOGICAL_BITS
-                target = max(needed + MARGIN, wall + max(self._lease, 2 * self._took))
+                target = max(needed + MARGIN, wall + self._lease + self._took)
 
             def raise_ceiling(m: ManifestState) -> ManifestState:
                 return m if m.ceiling >= target else replace(m, ceiling=target)
