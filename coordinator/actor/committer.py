@@ -18,8 +18,9 @@ commit). For one batch the committer:
 5. answers each commit: its timestamp, or the error that refused it (Conflict, StaleTable,
    TimestampPassed: the client retries with a new token), or Unavailable.
 
-Batches run one at a time, so each shard receives every batch's prepares after the previous
-batch's, in timestamp order, and no prepare finds its timestamp passed by another's.
+Batches run one at a time, with ascending timestamps (:meth:`CommitClock.pick` hands out each
+timestamp once), so each shard receives every batch's prepares after the previous batch's, in
+timestamp order, and no prepare finds its timestamp passed by another's.
 
 Ray calls per commit, with B transactions per batch on n shards: 1 + 2n/B (a transaction sent
 alone over 4 shards: 9; 16 at once: 1.5). Store requests per commit: one decision, plus the
@@ -66,11 +67,15 @@ class CommitClock:
         self._lock = threading.Lock()
         self.floor = 0
         self.margin_ms = self.MIN_MARGIN_MS
+        self._last = 0  # the newest timestamp handed out: batches get ascending ones
 
-    def pick(self, after: int) -> int:
+    def pick(self, after: int, n: int = 1) -> int:
+        """The first of ``n`` consecutive commit timestamps, above every one picked before."""
         with self._lock:
             wall = time.time_ns() // 1_000_000 + self.margin_ms
-            return max(after + 1, self.floor + 1, wall << LOGICAL_BITS)
+            at = max(after + 1, self.floor + 1, self._last + 1, wall << LOGICAL_BITS)
+            self._last = at + n - 1
+            return at
 
     def passed(self, clock: int) -> None:
         """A shard's clock was at ``clock``, at or past a timestamp asked for."""
@@ -83,7 +88,7 @@ class CommitClock:
             self.margin_ms = max(self.MIN_MARGIN_MS, self.margin_ms // 2)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Commit:
     token: bytes
     after: int
@@ -136,8 +141,12 @@ class Committer:
         return c.result
 
     def _run(self, batch: list[_Commit]) -> None:
+        """One batch, start to end. Batches run one after the other: while one is in flight
+        the next one gathers every commit that arrives, so batches grow with the load and
+        each costs two shard calls per shard (measured: overlapping a batch's resolves with
+        the next one's prepares made batches smaller and commits slower on Ray)."""
         try:
-            self._run_batch(batch)
+            self._decide(batch, *self._prepare(batch))
         except Exception as exc:  # every client of the batch settles its own transaction
             log.exception("a batch of %d commits failed", len(batch))
             for c in batch:
@@ -149,8 +158,8 @@ class Committer:
                     c.done = True
                 self._cv.notify_all()
 
-    def _run_batch(self, batch: list[_Commit]) -> None:
-        at = self.clock.pick(max(max(c.after, c.snapshot or 0) for c in batch))
+    def _prepare(self, batch: list[_Commit]) -> tuple[dict[int, list], dict]:
+        at = self.clock.pick(max(max(c.after, c.snapshot or 0) for c in batch), len(batch))
         for i, c in enumerate(batch):
             c.at = at + i
         shares: dict[int, list] = {}
@@ -168,6 +177,9 @@ class Committer:
                     refused.setdefault(token, answer)
                 elif answer != ts:
                     refused.setdefault(token, Internal(f"shard {s} prepared at {answer}, not {ts}"))
+        return shares, refused
+
+    def _decide(self, batch: list[_Commit], shares: dict[int, list], refused: dict) -> None:
         decided = {
             c.token: self._pool.submit(
                 decision.decide,
