@@ -13,8 +13,10 @@ commit). For one batch the committer:
    parallel (resent while a shard is unavailable: each prepare carries its token);
 3. decides each transaction, all in parallel: commit at its timestamp if every shard it writes
    prepared it, else abort; one decision object each (:mod:`dn.objects.decision`);
-4. sends each shard one ``resolve_many`` with the decisions of its transactions (each shard
-   answers after its commit wait); a shard that misses it reads the decisions itself;
+4. sends each shard one ``resolve_many`` with the decisions of its transactions, without
+   waiting for the answers (a read that reaches a shard before its resolve waits for it, or
+   reads the decision object itself), and waits out the commit wait here: until its clock
+   passes the newest commit timestamp plus ``clock_skew_ms``;
 5. answers each commit: its timestamp, or the error that refused it (Conflict, StaleTable,
    TimestampPassed: the client retries with a new token), or Unavailable.
 
@@ -49,6 +51,13 @@ log = logging.getLogger(__name__)
 
 PREPARE_MANY = "prepare_many"
 RESOLVE_MANY = "resolve_many"
+#: A commit wait longer than this is skipped (a timestamp far ahead: after a restart's ceiling
+#: or a future snapshot), as the shards skip theirs (``commit_wait_max_s``).
+COMMIT_WAIT_MAX_S = 0.25
+
+
+def _ignore(_: Any) -> None:
+    """A resolve's answer: nothing to do (a shard that missed it reads the decision)."""
 
 
 class CommitClock:
@@ -103,10 +112,11 @@ class _Commit:
 class Committer:
     """Batches of transactions over the shards (see the module docstring)."""
 
-    def __init__(self, shards: Any, store: ObjectStore, retry_s: float) -> None:
+    def __init__(self, shards: Any, store: ObjectStore, retry_s: float, skew_ms: int = 0) -> None:
         self._shards = shards  # coordinator.client.fanout.ShardCalls
         self._store = store
         self._retry_s = retry_s
+        self._skew_ms = skew_ms  # the clock difference assumed between nodes
         self.clock = CommitClock()
         self._cv = threading.Condition()
         self._queue: list[_Commit] = []
@@ -197,13 +207,15 @@ class Committer:
             except DNError as exc:  # the store failed: this commit's outcome is unknown
                 outcome[c.token] = exc
         known = {t: o for t, o in outcome.items() if type(o) is int}
-        self._shards.call_each(
-            {
-                s: (RESOLVE_MANY, ([(t, known[t]) for t, *_ in items if t in known],))
-                for s, items in shares.items()
-            },
-            0.0,
-        )  # a shard that missed it reads the decision object itself
+        for s, items in shares.items():  # sent, not waited for: a shard that has not applied
+            # it when a read reaches it waits for it, or reads the decision object itself
+            resolve = [(t, known[t]) for t, *_ in items if t in known]
+            self._shards.start(s, RESOLVE_MANY, (resolve,), _ignore)
+        newest = max((ts for ts in known.values() if ts), default=0)
+        if newest:  # the commit wait: a write that starts after the answer gets a later ts
+            wait_s = ((newest >> LOGICAL_BITS) + self._skew_ms + 1) / 1000 - time.time()
+            if 0 < wait_s <= COMMIT_WAIT_MAX_S:
+                time.sleep(wait_s)
         self.batches += 1
         for c in batch:
             o = outcome[c.token]

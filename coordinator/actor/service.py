@@ -90,7 +90,8 @@ class CoordinatorService:
             self.config.shards, HASH_NAME, now_ms if now_ms is not None else int(time.time() * 1000)
         )
         self._ddl_lock = threading.Lock()
-        self._committer = Committer(shards, self._store, self.config.shell.retry_s)
+        cfg = self.config
+        self._committer = Committer(shards, self._store, cfg.shell.retry_s, cfg.clock_skew_ms)
         if self._catalog.state and self._catalog.state.pending:
             log.info(
                 "finishing DDL left pending by a previous coordinator: %s",
