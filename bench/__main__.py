@@ -4,7 +4,8 @@ Groups (run in this order): ``local`` (part 2, vs SlateDB on a local directory),
 (part 3, vs Delta Lake), ``s3`` (part 5, 2a-2c on a moto S3 server), ``cluster`` (part 4, shard
 recovery and buffer checkpoints, then the Ray cluster), ``txn`` (part 6, atomic batches and
 transactions on the Ray cluster, each against plain writes in the same run), ``arrow`` (part
-7, reads into Arrow, change feeds, bytes stored and point gets on fresh data, vs Delta Lake).
+7, reads into Arrow, change feeds, bytes stored and point gets on fresh data, vs Delta Lake),
+``raydata`` (part 8, Ray Data's source and sink and the live feed on the Ray cluster).
 ``--quick`` uses fewer rows and 3 runs per figure; the full run uses 5 runs.
 
 Writes bench/results.json and bench/results.png (``--out`` changes the directory) and prints
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import arrow, cluster, report, txn, vs_delta, vs_slatedb
+from bench import arrow, cluster, raydata, report, txn, vs_delta, vs_slatedb
 from bench.harness import Figure, cpu_count, figure_from_json, progress
 
 GROUPS = {
@@ -29,6 +30,7 @@ GROUPS = {
     "cluster": lambda quick: cluster.run(quick, not NO_RAY),
     "txn": lambda quick: txn.run(quick, not NO_RAY),
     "arrow": lambda quick: arrow.run(quick),
+    "raydata": lambda quick: raydata.run(quick, not NO_RAY),
 }
 NO_RAY = False
 
