@@ -44,6 +44,7 @@ from typing import Any
 from dn import Engine, ReadView, Settings
 from dn.clock import LOGICAL_BITS, Clock, SystemClock
 from dn.errors import InvalidArgument
+from dn.read.view import before_view
 from dn.settings import ShellSettings
 from dn.write.part import WritePart
 from shards.loop import MaintenanceLoop
@@ -232,6 +233,15 @@ class ShardService:
         plan = view.plan
         self.metrics.read_done(len(plan.ranges) + (plan.checkpoint is not None))
         return view
+
+    def feed_views(
+        self, db: str, table: str, snapshot: int, from_ts: int, columns: Any = None
+    ) -> tuple[ReadView, ReadView | None]:
+        """A change feed's view and, in the same call, the snapshot view of the state before
+        it (``from_ts - 1``; None where there is none: :func:`dn.read.view.before_view`),
+        which the feed's change types are decided from."""
+        view = self.read_view(db, table, snapshot, from_ts, columns)
+        return view, before_view(lambda d, t, s: self.engine.read_view(d, t, s), view)
 
     # -- operations -------------------------------------------------------------------------
 

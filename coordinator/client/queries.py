@@ -112,8 +112,16 @@ def feeds(
     """Every shard's changes with from_ts <= ts <= snapshot, classified (:mod:`dn.read.cdc`),
     with their pre-images, merged in (ts, pk) order: ``(table, [(change, pre-image), ...])``."""
     f = check_from_ts(from_ts)
-    got = views(client, db, table, snapshot, f, columns)
-    before = before_views(client, got)
+    s = to_timestamp(snapshot)
+    if s is None:
+        s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
+    calls = {i: ("feed_views", (db, table, s, f, columns)) for i in range(len(client.shards))}
+    with paused_gc():  # one round: each shard's feed view and the view of the state before it
+        pairs = fanout.raise_first(client.shards.call_each(calls, client.retry_s))
+    got = {i: v for i, (v, _) in pairs.items()}
+    before = {i: b for i, (_, b) in pairs.items()}
+    fanout.check_same_schema(got)
+    client.observe(got[0].snapshot)
     pool = client.reader_pool()
     per_shard = []
     for i in sorted(got):
