@@ -155,6 +155,14 @@ class ShardState:
             return "settling"
         return "open"
 
+    # -- time ---------------------------------------------------------------------------------
+
+    def future_bound(self) -> int:
+        """The latest timestamp the wall clock allows a shard to serve or commit at now: the
+        end of its current millisecond plus ``snapshot_future_s`` (decision 0013)."""
+        future_ms = int(self.settings.snapshot_future_s * 1000)
+        return ((self.clock.now_ms() + future_ms + 1) << LOGICAL_BITS) - 1
+
     # -- retention ----------------------------------------------------------------------------
 
     def oldest_readable(self) -> int:

@@ -240,6 +240,3 @@ class Committer:
                 self.commits += 1
         if not refused:
             self.clock.committed()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)

@@ -18,14 +18,13 @@ thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
 from coordinator.client import fanout
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
-from dn.errors import InvalidArgument, NotFound
 from dn.read import cdc
 from dn.read.arrow import to_arrow
 from dn.read.change import Change
@@ -106,22 +105,30 @@ def scan_arrow(
     return whole if columns is None else whole.select(list(columns))
 
 
-def feeds(
+def feed_views(
     client: Any, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any
-) -> tuple[Any, list[tuple[Change, dict | None]]]:
-    """Every shard's changes with from_ts <= ts <= snapshot, classified (:mod:`dn.read.cdc`),
-    with their pre-images, merged in (ts, pk) order: ``(table, [(change, pre-image), ...])``."""
+) -> tuple[dict[int, ReadView], dict[int, ReadView | None]]:
+    """Every shard's feed view from ``from_ts`` at one snapshot and, in the same call, its view
+    of the state at ``from_ts - 1`` (``ShardService.feed_views``; None where there is none)."""
     f = check_from_ts(from_ts)
     s = to_timestamp(snapshot)
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
     calls = {i: ("feed_views", (db, table, s, f, columns)) for i in range(len(client.shards))}
-    with paused_gc():  # one round: each shard's feed view and the view of the state before it
+    with paused_gc():  # decoding the shards' tails makes many objects that live on
         pairs = fanout.raise_first(client.shards.call_each(calls, client.retry_s))
     got = {i: v for i, (v, _) in pairs.items()}
-    before = {i: b for i, (_, b) in pairs.items()}
     fanout.check_same_schema(got)
     client.observe(got[0].snapshot)
+    return got, {i: b for i, (_, b) in pairs.items()}
+
+
+def feeds(
+    client: Any, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any
+) -> tuple[Any, list[tuple[Change, dict | None]]]:
+    """Every shard's changes with from_ts <= ts <= snapshot, classified (:mod:`dn.read.cdc`),
+    with their pre-images, merged in (ts, pk) order: ``(table, [(change, pre-image), ...])``."""
+    got, before = feed_views(client, db, table, from_ts, snapshot, columns)
     pool = client.reader_pool()
     per_shard = []
     for i in sorted(got):
@@ -133,23 +140,6 @@ def feeds(
 
 def _pair_order(pair: tuple) -> tuple:
     return pair[0].ts, pair[0].pk
-
-
-def before_views(client: Any, got: Mapping[int, ReadView]) -> dict[int, ReadView | None]:
-    """Each shard's view at ``from_ts - 1`` (None where there is no state before it: see
-    :func:`dn.read.view.before_view`)."""
-    first = got[min(got)]
-    none: dict[int, ReadView | None] = dict.fromkeys(got)
-    if first.from_ts is None or first.from_ts <= 1:
-        return none
-    t = first.table
-    try:
-        before = fanout.fetch_views(
-            client.shards, t.db, t.name, first.from_ts - 1, None, client.retry_s, only=sorted(got)
-        )
-    except (NotFound, InvalidArgument):
-        return none
-    return {i: v if v.table.id == got[i].table.id else None for i, v in before.items()}
 
 
 def changes(

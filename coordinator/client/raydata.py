@@ -41,7 +41,6 @@ from coordinator.client.writes import Limits, write_batch
 from dn.errors import ObjectExists
 from dn.read import cdc
 from dn.read.arrow import arrow_schema, to_arrow
-from dn.read.plan import check_from_ts
 from dn.read.view import ReadView, materialize, scan_columns
 from dn.write.tokens import make_token
 
@@ -124,9 +123,7 @@ def read_dn_changes(
 ) -> ray.data.Dataset:
     """The change feed of ``db.table`` from ``from_ts`` to ``snapshot`` as a Dataset."""
     client = _client(namespace)
-    f = check_from_ts(from_ts)
-    views = queries.views(client, db, table, snapshot, f, columns)
-    befores = queries.before_views(client, views)
+    views, befores = queries.feed_views(client, db, table, from_ts, snapshot, columns)
     feed = (befores, before_images)
     cache = client.settings.client_cache_bytes
     return ray.data.read_datasource(_ShardRows(client.info["store"], cache, views, columns, feed))

@@ -7,7 +7,7 @@ any thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pyarrow as pa
 
@@ -34,8 +34,3 @@ def to_arrow(table: TableDef, cols: list[list], columns: Sequence[str] | None = 
         return schema.empty_table()
     arrays = [pa.array(cols[index[f.name]], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def batches(tbl: pa.Table, rows: int) -> Iterator[pa.RecordBatch]:
-    """``tbl`` as record batches of at most ``rows`` rows (none for an empty table)."""
-    yield from tbl.to_batches(max_chunksize=rows)

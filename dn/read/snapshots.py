@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dn.clock import LOGICAL_BITS
 from dn.errors import FutureSnapshot, InvalidArgument
 from dn.read.plan import Plan, check_from_ts, range_plan, snapshot_plan
 from dn.read.rows import projection
@@ -128,9 +127,7 @@ class Snapshots:
         """The latest snapshot served now: the end of the wall clock's millisecond plus
         ``snapshot_future_s``, or the shard's clock if that is later (after a restart on a
         node whose clock is behind, or a floor raised earlier)."""
-        future_ms = int(self._s.settings.snapshot_future_s * 1000)
-        wall = ((self._s.clock.now_ms() + future_ms + 1) << LOGICAL_BITS) - 1
-        return max(wall, self._s.hlc.peek())
+        return max(self._s.future_bound(), self._s.hlc.peek())
 
     def read_view(
         self,
@@ -253,13 +250,5 @@ def _key_runs(buffers: list, table_id: int, keys: list, window: tuple | None) ->
     """Under the lock: the versions of ``keys`` in the buffers, within the tail's window."""
     if window is None:
         return []
-    lo, hi = window
-    out = []
-    for buf in buffers:
-        block = buf.tables.get(table_id)
-        if block is None or buf.to_ts is None or hi < buf.from_ts or lo > buf.to_ts:
-            continue
-        run = block.lookup(keys, lo, hi)
-        if len(run):
-            out.append(run)
-    return out
+    runs = (buf.run(table_id, *window, keys) for buf in buffers)
+    return [run for run in runs if run is not None and len(run)]

@@ -13,7 +13,7 @@ read tasks alike:
 - :func:`materialize` — what a read returns: for a snapshot view, row dicts with start <= pk <
   end in primary-key order; for a feed view, :class:`dn.read.change.Change` records in (ts, pk)
   order;
-- :func:`materialize_get` — the row of one key, or None;
+- :func:`materialize_many` — the rows of some keys (a point read), or None for each missing;
 - :func:`scan_columns`, :func:`scan_rows` — a snapshot view's rows by column (with numpy int
   keys) or as tuples, for merges across shards and for read-task pages.
 
@@ -82,17 +82,6 @@ def materialize(
     if runs is None:
         runs = view_runs(reader, view)
     return feed.changes(view.table, view.from_ts, view.snapshot, runs, columns)
-
-
-def materialize_get(
-    reader: Reader, view: ReadView, key: Any, columns: Sequence[str] | None = None
-) -> dict | None:
-    """The row of ``key`` visible at the view's snapshot, as a dict projected on
-    ``columns``; None when there is none."""
-    _snapshot_only(view)
-    proj = projection(view.table, columns)
-    row = pick.lookup(view_runs(reader, view, key), key, view.snapshot)
-    return None if row is None else row_dict(proj, row)
 
 
 def materialize_many(

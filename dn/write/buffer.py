@@ -329,11 +329,13 @@ class Buffer:
     def freeze(self) -> None:
         self.frozen = True
 
-    def run(self, table_id: int, lo_ts: int, hi_ts: int) -> Run | None:
+    def run(self, table_id: int, lo_ts: int, hi_ts: int, keys: list | None = None) -> Run | None:
+        """The table's versions with lo_ts <= ts <= hi_ts (only those of ``keys``, through
+        the block's version chains: under the lock), or None if the buffer holds none."""
         block = self.tables.get(table_id)
         if block is None or self.to_ts is None or hi_ts < self.from_ts or lo_ts > self.to_ts:
             return None
-        return block.run(lo_ts, hi_ts)
+        return block.run(lo_ts, hi_ts) if keys is None else block.lookup(keys, lo_ts, hi_ts)
 
     def rows(self) -> int:
         return sum(len(b) for b in self.tables.values())

@@ -40,10 +40,9 @@ Any thread; the lock and the fields are the shard's (:mod:`dn.state`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dn.catalog import OP_PREPARE
-from dn.clock import LOGICAL_BITS
 from dn.errors import (
     Conflict,
     DNError,
@@ -70,13 +69,10 @@ class Prepare:
     """A prepare on its way to the log: the checked parts and what its stamp checks."""
 
     at: int
-    tables: list[TableDef]
-    writes: list  # [(chunks, deletes)] per table, decoded
+    tables: list[TableDef]  # in the order of its writes (the Pending's args)
     keys: dict[int, list]
     snapshot: int | None
     checked_to: int  # versions of its keys committed at or below this were checked already
-    nrows: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Transactions:
@@ -175,7 +171,7 @@ class Transactions:
             + b"".join(p.log_payload() for p in parts)
         )
         p = Pending(OP_PREPARE, [token, writes], payload, None, nrows, token)
-        p.txn = Prepare(at, tables, writes, keys, snapshot, checked_to, nrows)
+        p.txn = Prepare(at, tables, keys, snapshot, checked_to)
         return p
 
     def _check_flushed(self, tables: list[TableDef], keys: dict, snapshot: int | None) -> int:
@@ -213,8 +209,7 @@ class Transactions:
                 f"shard {s.shard} has issued timestamps up to {s.hlc.last}, at or past {info.at}",
                 clock=s.hlc.last,
             )
-        future_ms = int(s.settings.snapshot_future_s * 1000)
-        if info.at > ((s.clock.now_ms() + future_ms + 1) << LOGICAL_BITS):
+        if info.at > s.future_bound():  # the wall clock's bound alone: no floor raises it
             raise InvalidArgument(
                 f"commit timestamp {info.at} is more than snapshot_future_s = "
                 f"{s.settings.snapshot_future_s} s past shard {s.shard}'s wall clock"
