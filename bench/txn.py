@@ -11,8 +11,11 @@ a figure is followed by its same-run baseline.
 - **6a**: each task writes B batches of 1,000 new rows with ``client.write(atomic=True)``,
   against the same batches with a plain ``client.write`` (the 4a-sync-4 path): rows/s.
 - **6b**: each task makes M atomic writes of 4 rows, one key on each shard, keys no other
-  commit touches, against the same plain writes: commits/s, p50/p99 latency; local store and
-  S3. The tasks count their shard calls and the time in them, the prepare rounds (one
+  commit touches, ``INFLIGHT`` at a time (a thread pool in the task, as a service handling
+  requests has), against the same plain writes made the same way: commits/s, p50/p99
+  latency; local store and S3. **6b-seq**: the same, one commit at a time per task. The tasks
+  count their shard calls and the time in them, their calls to the coordinator (concurrent
+  commits of a process share one: :mod:`coordinator.client.commits`), the prepare rounds (one
   decision put each) and the refusals; the shards' counters give prepares and log writes.
 - **6c**: bank transfers over N accounts on the 4 shards, T attempts per task of
   ``client.transaction()`` (read two accounts, write both, commit; a ``Conflict`` counted,
@@ -28,6 +31,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ BANK = {"k": "int64", "w": "int64"}
 NAMESPACE = "dnbench-txn"
 SHARDS = 4
 TASKS = 16
+INFLIGHT = 8  # 6b: commits in flight per task (threads); 6b-seq: one
 BALANCE = 1000
 SETTLE_S = 2.0  # as bench.cluster: Ray starts replacement workers for the placed actors
 
@@ -57,8 +62,8 @@ class Sizes:
     accounts: tuple[int, ...] = (16, 1000)
 
 
-FULL = Sizes(runs=5, batches=4, commits=20, s3_commits=10, transfers=10)
-QUICK = Sizes(runs=3, batches=2, commits=8, s3_commits=4, transfers=5)
+FULL = Sizes(runs=5, batches=4, commits=400, s3_commits=100, transfers=10)
+QUICK = Sizes(runs=3, batches=2, commits=150, s3_commits=40, transfers=5)
 
 
 # -- the Ray tasks (pickled by value: the workers need not import bench) ---------------------
@@ -95,23 +100,34 @@ def _count_calls(client: Any) -> dict[str, float]:
     return n
 
 
-def _writes(client: Any, batches: list, atomic: bool) -> dict:
-    """One ``client.write`` per batch of keys; a write that fails (e.g. TimestampPassed on
-    every attempt) is counted by error, not retried."""
+def _writes(client: Any, batches: list, atomic: bool, inflight: int = 1) -> dict:
+    """One ``client.write`` per batch of keys, ``inflight`` at a time (threads); a write that
+    fails (e.g. TimestampPassed on every attempt) is counted by error, not retried."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from dn.errors import DNError
 
     out: dict[str, Any] = {"lat": [], "commits": 0, "failed": {}, "calls": _count_calls(client)}
-    start = time.perf_counter()
-    for ks in batches:
+    lock = threading.Lock()
+
+    def one(ks: list) -> None:
         t0 = time.perf_counter()
         try:
             client.write(DB, "t", upserts=[{"k": k, "v": VALUE} for k in ks], atomic=atomic)
         except DNError as exc:
-            out["failed"][type(exc).__name__] = out["failed"].get(type(exc).__name__, 0) + 1
-            continue
-        out["lat"].append(time.perf_counter() - t0)
-        out["commits"] += 1
+            with lock:
+                out["failed"][type(exc).__name__] = out["failed"].get(type(exc).__name__, 0) + 1
+            return
+        with lock:
+            out["lat"].append(time.perf_counter() - t0)
+            out["commits"] += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(inflight) as pool:
+        list(pool.map(one, batches))
     out["busy"] = time.perf_counter() - start
+    group = getattr(client, "_commits", None)
+    out["calls"]["coordinator_calls"] = group.calls if group else 0
     return out
 
 
@@ -156,11 +172,15 @@ def _figures(sz: Sizes) -> dict[str, Figure]:
         peer_name=plain, target=0.5,
         note=f"{sz.batches} batches per task with client.write(atomic=True); the peer: the "
         "same batches with client.write (the 4a-sync-4 path)")  # fmt: skip
-    for i, sfx, m in (("6b", "", sz.commits), ("6b-s3", " (S3, moto)", sz.s3_commits)):
+    for i, sfx, m, k in (
+        ("6b", "", sz.commits, INFLIGHT),
+        ("6b-seq", ", one at a time per task", sz.commits // 4, 1),
+        ("6b-s3", " (S3, moto)", sz.s3_commits, INFLIGHT),
+    ):
         fig(i, f"small transactions (4 rows, one per shard) from 16 Ray tasks{sfx}",
-            "commits/s", peer_name=plain, target=None if sfx else 1000, absolute=True,
-            note=f"{m} atomic 4-row writes per task; the peer: the same 4 rows with "
-            "client.write (a part per shard)")  # fmt: skip
+            "commits/s", peer_name=plain, target=1000 if i == "6b" else None, absolute=True,
+            note=f"{m} atomic 4-row writes per task, {k} in flight; the peer: the same 4 rows "
+            "with client.write (a part per shard), the same way")  # fmt: skip
         for p in ("p50", "p99"):
             fig(f"{i}-{p}", f"{p} latency of one small transaction{sfx}", "ms",
                 higher_is_better=False, peer_name=plain)  # fmt: skip
@@ -228,6 +248,7 @@ def _bounds(results: list[dict], before: dict, after: dict, dt: float) -> dict[s
         ),
         **{f"{k}_per_commit": round(v / commits, 2) for k, v in calls.items() if k[:5] == "call_"},
         "client_decision_puts_per_commit": round(calls["rounds"] / commits, 3),
+        "coordinator_calls_per_commit": round(calls.get("coordinator_calls", 0) / commits, 3),
         "prepares_per_commit": round(d["txn_prepared"] / commits, 3),
         "aborted_intents_per_commit": round(d["txn_aborted"] / commits, 3),
         "prepares_per_log_write": round(d["txn_prepared"] / max(1, d["group_commits"]), 2),
@@ -258,19 +279,24 @@ def _measure(ray: Any, fresh: Any, where: str, r: int, sz: Sizes, f: dict) -> No
         return res, bounds
 
     run, nb = f"run {r + 1}/{sz.runs}", sz.batches
-    i, m = ("6b", sz.commits) if where == "local" else ("6b-s3", sz.s3_commits)
-    groups = _spread_keys(TASKS * m)
-    jobs = [(i, 4, [groups[t * m : (t + 1) * m] for t in range(TASKS)])]
+    cases = [("6b", sz.commits, INFLIGHT), ("6b-seq", sz.commits // 4, 1)]
+    if where != "local":
+        cases = [("6b-s3", sz.s3_commits, INFLIGHT)]
+    jobs = []
+    for i, m, k in cases:
+        groups = _spread_keys(TASKS * m)
+        jobs.append((i, 4, [groups[t * m : (t + 1) * m] for t in range(TASKS)], k))
     if where == "local":
         spans = [
             [range(b * 1000, b * 1000 + 1000) for b in range(t * nb, t * nb + nb)]
             for t in range(TASKS)
         ]
-        jobs.insert(0, ("6a", 1000, spans))
-    for i, rows, work in jobs:
+        jobs.insert(0, ("6a", 1000, spans, 1))
+    for i, rows, work, k in jobs:
         for atomic in (True, False):
-            progress(f"{i}: {rows:,}-row writes on 4 shards, atomic={atomic}, {run}")
-            res, bounds = once(SCHEMA, _writes, [(w, atomic) for w in work])
+            progress(f"{i}: {rows:,}-row writes on 4 shards, {k} in flight per task, "
+                     f"atomic={atomic}, {run}")  # fmt: skip
+            res, bounds = once(SCHEMA, _writes, [(w, atomic, k) for w in work])
             side = "ours" if atomic else "peer"
             getattr(f[i], side).append(bounds["commits_per_s"] * (rows if i == "6a" else 1))
             f[i].extra.setdefault("atomic" if atomic else "plain", []).append(bounds)

@@ -317,3 +317,101 @@ def test_a_write_after_a_timestamp_equal_to_an_unissued_shard_clock_lands_above_
     assert seen == 2_000 << LOGICAL_BITS
     assert shard.write("d", "t", [{"k": 1}], after=seen) > seen
     shard.close()
+
+
+def _grouped(cluster, monkeypatch, n: int, fns: list) -> tuple[list, list]:
+    """Run ``fns`` (each a commit) on threads of one client while the first commit's call to
+    the coordinator is held until the other ``n - 1`` are queued behind it: they must go in
+    one ``commit_many``. Returns (each fn's result or error, the coordinator calls made)."""
+    group, service = cluster.client._commits, cluster.coordinator
+    calls: list[str] = []
+    for name in ("commit", "commit_many"):
+        real = getattr(service, name)
+
+        def held(*args, _real=real, _name=name):
+            calls.append(_name)
+            deadline = time.monotonic() + 10
+            while _name == "commit" and len(group._queue) < n - 1:
+                assert time.monotonic() < deadline, "the commits did not queue"
+                time.sleep(0.005)
+            return _real(*args)
+
+        monkeypatch.setattr(service, name, held)
+    out: list = [None] * len(fns)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = fns[i]()
+        except DNError as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join()
+    return out, calls
+
+
+def test_a_process_s_concurrent_commits_share_one_coordinator_call(cluster, monkeypatch):
+    c = cluster.client
+    keys = _spread(8 * SHARDS)
+    before = c.snapshot()
+
+    def commit(i: int):
+        return lambda: c.write("db", "t", [{"k": k, "v": f"g{i}"} for k in keys[i::8]], atomic=True)
+
+    out, calls = _grouped(cluster, monkeypatch, 8, [commit(i) for i in range(8)])
+    assert calls == ["commit", "commit_many"]  # the first alone, the 7 queued behind it in one
+    assert all(type(ts) is int for ts in out) and len(set(out)) == 8
+    feed = cluster.feed(before)
+    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # every row once
+    for i, ts in enumerate(out):
+        assert {(t, v) for t, pk, _, v in feed if pk in keys[i::8]} == {(ts, f"g{i}")}
+
+
+def test_each_commit_of_a_group_gets_its_own_answer(cluster, monkeypatch):
+    c = cluster.client
+    keys = _spread(3 * SHARDS)
+    conflicted = c.transaction()
+    conflicted.get("db", "t", keys[0])
+    c.write("db", "t", [{"k": keys[0], "v": "first"}])  # after its snapshot: it must conflict
+    conflicted.write("db", "t", [{"k": keys[0], "v": "lost"}])
+    fns = [
+        lambda: c.write("db", "t", [{"k": k, "v": "a"} for k in keys[1::3]], atomic=True),
+        conflicted.commit,
+        lambda: c.write("db", "t", [{"k": k, "v": "b"} for k in keys[2::3]], atomic=True),
+    ]
+    out, calls = _grouped(cluster, monkeypatch, 2, fns)
+    assert calls == ["commit", "commit_many"]
+    assert type(out[0]) is int and type(out[2]) is int and isinstance(out[1], Conflict)
+    assert c.get("db", "t", keys[0])["v"] == "first"
+    assert [c.get("db", "t", k)["v"] for k in keys[2::3]] == ["b"] * len(keys[2::3])
+
+
+def test_a_lost_answer_to_a_group_is_settled_by_each_transaction(cluster, monkeypatch):
+    c = cluster.client
+    service = cluster.coordinator
+    real = service.commit_many
+    lost = []
+
+    def answer_lost(items):
+        real(items)  # committed; then the answer is lost
+        lost.append(len(items))
+        raise Unavailable("the coordinator died", outcome_unknown=True)
+
+    monkeypatch.setattr(service, "commit_many", answer_lost)
+    keys = _spread(4 * SHARDS)
+    before = c.snapshot()
+
+    def commit(i: int):
+        return lambda: c.write("db", "t", [{"k": k, "v": f"l{i}"} for k in keys[i::4]], atomic=True)
+
+    out, _ = _grouped(cluster, monkeypatch, 4, [commit(i) for i in range(4)])
+    assert lost == [3]
+    assert all(type(ts) is int for ts in out)  # each found its own commit decision
+    feed = cluster.feed(before)
+    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # applied once each

@@ -127,18 +127,33 @@ class Committer:
 
     def commit(self, token: bytes, after: int, snapshot: int | None, calls: dict) -> int:
         """Commit one transaction in the next batch; its timestamp, or the error."""
-        if not isinstance(calls, dict) or not calls:
-            raise Internal("a commit needs its parts by shard")
-        c = _Commit(token, after, snapshot, calls)
+        (out,) = self.commit_many([(token, after, snapshot, calls)])
+        if isinstance(out, DNError):
+            raise out
+        return out
+
+    def commit_many(self, items: list) -> list[int | DNError]:
+        """Commit several transactions ``(token, after, snapshot, calls)`` in the next batch
+        (a client's group: :class:`coordinator.client.txn.CommitGroup`); for each, its
+        timestamp or the error that refused it, in order."""
+        if not isinstance(items, list) or not items:
+            raise Internal("commit_many needs a list of commits")
+        mine = []
+        for item in items:
+            token, after, snapshot, calls = item
+            if not isinstance(calls, dict) or not calls:
+                raise Internal("a commit needs its parts by shard")
+            mine.append(_Commit(token, after, snapshot, calls))
         with self._cv:
-            self._queue.append(c)
-            while not c.done and self._leading:
+            self._queue.extend(mine)
+            while not all(c.done for c in mine) and self._leading:
                 self._cv.wait()
-            if not c.done:
+            lead = not all(c.done for c in mine)
+            if lead:
                 self._leading = True
-        if not c.done:
+        if lead:
             try:
-                while not c.done:
+                while not all(c.done for c in mine):
                     with self._cv:
                         batch, self._queue = self._queue, []
                     self._run(batch)
@@ -146,9 +161,7 @@ class Committer:
                 with self._cv:
                     self._leading = False
                     self._cv.notify_all()
-        if c.error is not None:
-            raise c.error
-        return c.result
+        return [c.error if c.error is not None else c.result for c in mine]
 
     def _run(self, batch: list[_Commit]) -> None:
         """One batch, start to end. Batches run one after the other: while one is in flight

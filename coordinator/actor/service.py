@@ -132,6 +132,12 @@ class CoordinatorService:
         return self._committer.commit(token, after, snapshot, calls)
 
     @_request
+    def commit_many(self, items: list) -> list:
+        """Several transactions ``(token, after, snapshot, calls)`` in the next batch: for
+        each, its commit timestamp or the error that refused it (a value, not raised)."""
+        return self._committer.commit_many(items)
+
+    @_request
     def collect_decisions(self) -> int:
         """Delete the transaction decisions nothing needs any more (:mod:`coordinator.actor.
         decisions`); returns how many. The actor runs it every minute."""

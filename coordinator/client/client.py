@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from coordinator.actor.handle import CoordinatorHandle
 from coordinator.client import fanout, queries
+from coordinator.client.commits import CommitGroup
 from coordinator.client.routing import validate_batch, validate_columns
 from coordinator.client.tables import TableCache
 from coordinator.client.txn import Transaction, TxnContext, commit_atomic
@@ -89,6 +90,7 @@ class Client:
         self._causality = Causality(token)
         self._tokens = TokenMinter()  # not pickled: each copy (each Ray task) has its own id
         self._coord = coordinator if coordinator is not None else CoordinatorHandle(namespace)
+        self._commits = CommitGroup(self._coord)  # this copy's commits, grouped
         self._group: Any = shards
         self._backoff = backoff
         self._settings: ShellSettings | None = None
@@ -217,7 +219,7 @@ class Client:
         backoff = self._backoff if self._backoff is not None else self.settings.backoff()
         c, t, pool = self._causality, self._tokens, self.reader_pool()
         n, tables = len(self.shards), self._tables()
-        return TxnContext(self._coord, n, tables, pool.store, c, t, self.retry_s, backoff)
+        return TxnContext(self._commits, n, tables, pool.store, c, t, self.retry_s, backoff)
 
     def write_each(
         self, db: str, table: str, upserts: Any = (), deletes: Any = (), atomic: bool = False

@@ -3,7 +3,8 @@
 :func:`commit_atomic` commits the writes of one or more tables, spread over any shards, at
 **one** commit timestamp (decision 0015): it validates and splits them by shard as a plain write
 does, mints the transaction's token, and hands the parts to the coordinator's committer
-(:mod:`coordinator.actor.committer`), which commits concurrent transactions in batches that
+(:mod:`coordinator.actor.committer`; concurrent commits of one process share a call:
+:mod:`coordinator.client.commits`), which commits concurrent transactions in batches that
 share their shard calls: every shard prepares its share as an undecided intent at the
 transaction's timestamp (:mod:`dn.write.txn`), one decision object per transaction commits or
 aborts it, and every shard is told. The result is that timestamp, or:
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.client.commits import CommitGroup
 from coordinator.client.routing import Batch, split, validate_batch, validate_columns
 from coordinator.client.tables import TableCache
 from coordinator.client.writes import Causality, Limits
@@ -52,7 +54,7 @@ ATTEMPTS = 8
 class TxnContext:
     """What a commit needs of its client."""
 
-    coordinator: Any  # coordinator.actor.handle.CoordinatorHandle (or a test's stand-in)
+    commits: CommitGroup  # to the coordinator's committer, grouped with this process's others
     shards: int
     tables: TableCache
     store: ObjectStore
@@ -80,7 +82,7 @@ def commit_atomic(
         token = ctx.minter.mint()
         calls = {s: [p.to_call() for p in ps] for s, ps in parts.items()}
         try:
-            ts = ctx.coordinator.call("commit", token, ctx.causality.token, snapshot, calls)
+            ts = ctx.commits.commit(token, ctx.causality.token, snapshot, calls)
         except Unavailable as exc:  # the committer failed: this attempt's fate is ours to seal
             ts = decision.decide(ctx.store, token, decision.ABORTED, [*calls])
             if ts == decision.ABORTED:
