@@ -12,6 +12,7 @@ Not here: anything that measures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
@@ -151,3 +153,22 @@ class MotoServer:
 
     def s3_options(self) -> dict[str, Any]:
         return {"endpoint_url": self.endpoint, **CREDENTIALS}
+
+
+@contextlib.contextmanager
+def node_env(moto: MotoServer) -> Iterator[None]:
+    """This process, and the Ray node it starts (so every worker), with the moto server's
+    endpoint and test credentials; restored after."""
+    c = CREDENTIALS
+    env = {"AWS_ENDPOINT_URL": moto.endpoint, "AWS_DEFAULT_REGION": c["region"]}
+    env.update(AWS_ACCESS_KEY_ID=c["access_key_id"], AWS_SECRET_ACCESS_KEY=c["secret_access_key"])
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import random
 import statistics
 import sys
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import Figure, progress, rmtree, tempdir, timed
-from bench.stores import CREDENTIALS, MotoServer
+from bench.stores import MotoServer, node_env
 
 DB = "bench"
 VALUE = b"v" * 100
@@ -70,33 +69,24 @@ QUICK = Sizes(runs=3, batches=2, commits=150, s3_commits=40, transfers=5)
 
 
 def _count_calls(client: Any) -> dict[str, float]:
-    """Count the shard calls this client makes itself, and their time, by method; the prepare
-    rounds; the refusals by error; how far past the wall clock a prepare's timestamp was."""
-    from coordinator.client import txn
-    from dn.clock import LOGICAL_BITS
-
-    n: dict[str, float] = {"rounds": 0, "ahead_ms": 0.0}
+    """Count the shard calls this client makes itself, and their time, by method, and the
+    refusals by error."""
+    n: dict[str, float] = {}
     group, inner = client.shards, client.shards.call_each
 
     def call_each(calls: Any, *args: Any, **kw: Any) -> Any:
         methods = [m for m, _ in calls.values()]
         for m in methods:
             n[f"call_{m}"] = n.get(f"call_{m}", 0) + 1
-        if methods[0] == "prepare":  # (token, at, snapshot, parts)
-            n["rounds"] += 1
-            n["ahead_ms"] += (next(iter(calls.values()))[1][1] >> LOGICAL_BITS) - time.time() * 1000
         t0 = time.perf_counter()
         out = inner(calls, *args, **kw)
         n[f"{methods[0]}_s"] = n.get(f"{methods[0]}_s", 0.0) + time.perf_counter() - t0
         for r in out.values():
-            if isinstance(r, BaseException):  # a refused prepare: why
+            if isinstance(r, BaseException):  # a refused call: why
                 n[type(r).__name__] = n.get(type(r).__name__, 0) + 1
         return out
 
     group.call_each = call_each
-    clock = getattr(txn, "CLOCK", None)  # a client-side commit clock: as a new process has it
-    if clock is not None:
-        clock.offset_ms, clock.margin_ms = 0, clock.MIN_MARGIN_MS
     return n
 
 
@@ -247,7 +237,6 @@ def _bounds(results: list[dict], before: dict, after: dict, dt: float) -> dict[s
             sum(v for k, v in calls.items() if k.startswith("call_")) / commits, 2
         ),
         **{f"{k}_per_commit": round(v / commits, 2) for k, v in calls.items() if k[:5] == "call_"},
-        "client_decision_puts_per_commit": round(calls["rounds"] / commits, 3),
         "coordinator_calls_per_commit": round(calls.get("coordinator_calls", 0) / commits, 3),
         "prepares_per_commit": round(d["txn_prepared"] / commits, 3),
         "aborted_intents_per_commit": round(d["txn_aborted"] / commits, 3),
@@ -255,7 +244,6 @@ def _bounds(results: list[dict], before: dict, after: dict, dt: float) -> dict[s
         "task_ms_per_commit": round(lat, 2),
         **{f"{k}_ms_per_commit": round(v, 2) for k, v in per.items()},
         "rest_ms_per_commit": round(lat - sum(per.values()), 2),
-        "picked_ahead_ms": round(calls["ahead_ms"] / max(1, calls["rounds"]), 2),
     }
 
 
@@ -324,25 +312,6 @@ def _measure(ray: Any, fresh: Any, where: str, r: int, sz: Sizes, f: dict) -> No
         f[f"6c-{n}"].extra.setdefault("runs", []).append(bounds)
 
 
-@contextlib.contextmanager
-def _node_env(moto: MotoServer) -> Iterator[None]:
-    """This process, and the Ray node it starts (so every worker), with the moto server's
-    endpoint and test credentials; restored after."""
-    c = CREDENTIALS
-    env = {"AWS_ENDPOINT_URL": moto.endpoint, "AWS_DEFAULT_REGION": c["region"]}
-    env.update(AWS_ACCESS_KEY_ID=c["access_key_id"], AWS_SECRET_ACCESS_KEY=c["secret_access_key"])
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _ray_figures(sz: Sizes, f: dict[str, Figure]) -> None:
     import ray
     import ray.cloudpickle
@@ -369,7 +338,7 @@ def _ray_figures(sz: Sizes, f: dict[str, Figure]) -> None:
             if d:
                 rmtree(d)
 
-    with MotoServer() as moto, _node_env(moto):
+    with MotoServer() as moto, node_env(moto):
         start_local_ray(num_cpus=2)
         try:
             warm_workers(TASKS)

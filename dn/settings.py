@@ -45,6 +45,9 @@ class Settings:
     max_value_bytes: int = 4 * MiB
     #: Largest write batch accepted, in rows (upserts plus deletes).
     max_batch_rows: int = 1_000_000
+    #: Most rows one shard takes into an atomic dataset write (its staged parts, one intent
+    #: held in memory until decided: ``DNDatasink(atomic=True)``).
+    max_staged_rows: int = 10_000_000
     #: Largest write batch accepted, in encoded bytes.
     max_batch_bytes: int = 256 * MiB
     #: Where the log lives: None means the shard's object store (the default, so a shard can
@@ -123,6 +126,7 @@ class Settings:
             "checkpoint_delta",
             "max_value_bytes",
             "max_batch_rows",
+            "max_staged_rows",
             "max_batch_bytes",
             "group_commit_max_bytes",
             "queue_slow_bytes",

@@ -43,12 +43,13 @@ from typing import Any
 
 from dn import Engine, ReadView, Settings
 from dn.clock import LOGICAL_BITS, Clock, SystemClock
-from dn.errors import InvalidArgument
+from dn.errors import DNError, InvalidArgument
 from dn.read.view import before_view
 from dn.settings import ShellSettings
 from dn.write.part import WritePart
 from shards.loop import MaintenanceLoop
 from shards.metrics import ShardMetrics
+from shards.staging import Staging, is_staged
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ShardService:
         self.engine = Engine.open(store_url, shard, s, store=store, clock=self._clock)
         self.opened_s = time.monotonic() - t0
         self.metrics = ShardMetrics(shard, self.opened_s)
+        self.staging = Staging(self.engine)
         self.loop = MaintenanceLoop(self.engine, s.background_interval_s, self.metrics).start()
         self.started_at = time.time()
         log.info("shard %d up (epoch %d) in %.2fs", shard, self.engine.epoch, self.opened_s)
@@ -129,8 +131,7 @@ class ShardService:
         try:
             if not isinstance(calls, list | tuple):
                 raise InvalidArgument("a prepare's parts must be a list of write-part calls")
-            parts = [WritePart.from_call(*c) for c in calls]
-            ts = self.engine.prepare(token, at, parts, snapshot)
+            ts = self.engine.prepare(token, at, self._parts(calls), snapshot)
         except Exception as exc:
             self.metrics.error(exc)
             raise
@@ -148,16 +149,40 @@ class ShardService:
                 for it in items
             ):
                 raise InvalidArgument("a batch of prepares is (token, at, snapshot, calls) each")
-            parts = [
-                (t, at, [WritePart.from_call(*c) for c in calls], snap)
-                for t, at, snap, calls in items
-            ]
-            out = self.engine.transactions.prepare_many(parts)
+            out: list = [None] * len(items)
+            todo, where = [], []
+            for i, (t, at, snap, calls) in enumerate(items):
+                try:  # one item's bad parts (or lost staged parts) refuse that item alone
+                    todo.append((t, at, self._parts(calls), snap))
+                    where.append(i)
+                except DNError as exc:
+                    out[i] = exc
+            for i, got in zip(where, self.engine.transactions.prepare_many(todo), strict=True):
+                out[i] = got
         except Exception as exc:
             self.metrics.error(exc)
             raise
         self.metrics.write_done(time.monotonic() - t0)
         return out
+
+    def _parts(self, calls: list) -> Any:
+        """A prepare's parts from their calls, or the staged parts they name."""
+        if is_staged(calls):
+            return self.staging.take(calls)
+        return [WritePart.from_call(*c) for c in calls]
+
+    def stage(self, key: bytes, objects: list) -> int:
+        """Read and decode an atomic dataset write's parts for its prepare
+        (:mod:`shards.staging`); returns their rows."""
+        try:
+            return self.staging.stage(key, objects)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+
+    def unstage(self, key: bytes) -> bool:
+        """Drop the staged parts under ``key`` (the dataset committed, or gave up)."""
+        return self.staging.unstage(key)
 
     def resolve_many(self, decisions: list) -> int:
         """Apply a batch's decisions, ``(token, ts)`` each (:meth:`dn.Engine.resolve_many`),

@@ -93,3 +93,58 @@ def test_dn_datasink_writes_every_row_once_also_after_a_killed_task(cluster, tmp
 def _duplicates(client) -> int:
     shards = client.status()["shards"].values()
     return sum(s["counters"]["duplicate_parts"] for s in shards)
+
+
+class _KilledAtomicOnce(DNDatasink):
+    """An atomic sink whose task 0 dies after putting its first block's parts, once."""
+
+    def __init__(self, *args, flag: str, **kw) -> None:
+        super().__init__(*args, atomic=True, **kw)
+        self.flag = flag
+
+    def _put_parts(self, tc, lim, task, blocks):
+        if task == 0 and not Path(self.flag).exists():
+            Path(self.flag).write_text("died")
+            blocks = iter(blocks)
+            super()._put_parts(tc, lim, task, [next(blocks)])
+            os._exit(1)
+        return super()._put_parts(tc, lim, task, blocks)
+
+
+def test_an_atomic_dn_datasink_commits_the_dataset_at_one_timestamp_after_a_killed_task(
+    cluster, tmp_path
+):
+    c = cluster
+    c.create_database("asink")
+    c.create_table("asink", "t", SCHEMA, "k")
+    before = c.snapshot()
+    n = 20_000
+    ds = ray.data.range(n, override_num_blocks=4).map_batches(
+        lambda b: {"k": b["id"], "v": [f"r{i}" for i in b["id"]], "w": b["id"] * 0.5},
+        batch_format="numpy",
+    )
+    sink = _KilledAtomicOnce(
+        "asink", "t", namespace=c.namespace, slice_rows=1000, flag=str(tmp_path / "died")
+    )
+    ds.write_datasink(sink)
+    assert (tmp_path / "died").exists()
+    changes = list(c.changes("asink", "t", from_ts=before))
+    assert sorted(ch.pk for ch in changes) == list(range(n))  # every row, once
+    assert {ch.ts for ch in changes} == {sink.commit_ts} and sink.rows == n
+    assert list(c.scan("asink", "t", snapshot=sink.commit_ts - 1)) == []
+    assert c.reader_pool().store.list("50/sink/") == []  # the staged parts are gone
+
+
+def test_an_atomic_dn_datasink_with_a_key_twice_commits_nothing(cluster):
+    c = cluster
+    c.create_database("asink2")
+    c.create_table("asink2", "t", SCHEMA, "k")
+    before = c.snapshot()
+    ds = ray.data.range(2_000, override_num_blocks=2).map_batches(
+        lambda b: {"k": b["id"] % 1500, "v": ["x"] * len(b["id"]), "w": b["id"] * 1.0},
+        batch_format="numpy",
+    )
+    with pytest.raises(Exception, match="twice"):
+        ds.write_datasink(DNDatasink("asink2", "t", namespace=c.namespace, atomic=True))
+    assert list(c.changes("asink2", "t", from_ts=before)) == []
+    assert c.reader_pool().store.list("50/sink/") == []

@@ -415,3 +415,72 @@ def test_a_lost_answer_to_a_group_is_settled_by_each_transaction(cluster, monkey
     assert all(type(ts) is int for ts in out)  # each found its own commit decision
     feed = cluster.feed(before)
     assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # applied once each
+
+
+# -- staged parts: an atomic dataset write (DNDatasink(atomic=True)) ------------------------
+
+
+def _staged_dataset(cluster, rows: list[dict], slice_rows: int = 40) -> dict:
+    """``rows`` put in the store as write parts, as an atomic sink's write tasks put them."""
+    import pyarrow as pa
+
+    from coordinator.client.raydata import put_parts
+    from coordinator.client.writes import Limits
+
+    c = cluster.client
+    tc, lim = c.txn_context(), Limits.from_info(c.info)
+    blocks = [pa.Table.from_pylist(rows[i : i + 100]) for i in range(0, len(rows), 100)]
+    return put_parts(tc, lim, "50/sink/test/parts/0000000000/", blocks, "db", "t", slice_rows)
+
+
+def test_staged_parts_commit_at_one_timestamp_after_a_restart_between_stage_and_commit(
+    cluster, monkeypatch
+):
+    from coordinator.client.raydata import commit_staged
+
+    c = cluster.client
+    rows = [{"k": k, "v": f"s{k}"} for k in range(300)]
+    staged = _staged_dataset(cluster, rows)
+    assert staged["rows"] == 300 and len(staged["staged"]) == SHARDS
+    before = c.snapshot()
+    stage = cluster.services[0].stage
+    restarted = []
+
+    def stage_then_restart(*args):  # the first stage is lost: the shard restarts after it
+        out = stage(*args)
+        if not restarted:
+            restarted.append(True)
+            cluster.restart(0)
+        return out
+
+    monkeypatch.setattr(cluster.services[0], "stage", stage_then_restart)
+    ts = commit_staged(c, b"sink-key", staged["staged"], "db", "t")
+    assert restarted
+    feed = cluster.feed(before)
+    assert {t for t, *_ in feed} == {ts} and sorted(pk for _, pk, *_ in feed) == list(range(300))
+    assert list(c.scan("db", "t", snapshot=ts - 1)) == []
+    assert all(len(s.staging) == 0 for s in cluster.services)  # unstaged everywhere
+
+
+def test_a_staged_dataset_naming_a_key_twice_commits_nothing(cluster):
+    from coordinator.client.raydata import commit_staged
+    from dn.errors import InvalidArgument
+
+    c = cluster.client
+    rows = [{"k": k % 150, "v": "dup"} for k in range(300)]  # every key twice, in two slices
+    staged = _staged_dataset(cluster, rows)
+    before = c.snapshot()
+    with pytest.raises(InvalidArgument, match="twice"):
+        commit_staged(c, b"sink-dup", staged["staged"], "db", "t")
+    assert cluster.feed(before) == []
+    assert all(len(s.staging) == 0 for s in cluster.services)
+
+
+def test_a_prepare_naming_parts_never_staged_is_refused_and_writes_nothing(cluster):
+    from coordinator.client.txn import commit_calls
+
+    c = cluster.client
+    before = c.snapshot()
+    with pytest.raises(Unavailable, match="stage them again"):
+        commit_calls(c.txn_context(), lambda stale: {0: [("staged", b"never")]})
+    assert cluster.feed(before) == []

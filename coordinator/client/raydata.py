@@ -17,9 +17,18 @@
   the retry must come within ``token_window_s / 2`` of that first attempt). The markers are
   deleted when the write completes or fails.
 
-Not atomic across tasks: each part commits on its own (an atomic dataset write, all of it at
-one timestamp, is not offered yet). Runs in the driver (planning) and in Ray tasks (reads,
-writes).
+  Each part commits on its own: a reader may see some of the dataset before the write ends.
+- ``DNDatasink(..., atomic=True)`` — the whole dataset commits at **one** timestamp, as one
+  transaction (decision 0015), or not at all: each write task packs its blocks into write parts
+  and puts each in the store (``50/sink/<sink id>/parts/<task>/<block>_<slice>_<shard>``,
+  named by its place, so a retried task writes the same objects again); when every task is
+  done the driver has each shard stage its parts (:mod:`shards.staging`: read, checked and
+  decoded there, not through the driver) and commits one transaction over the staged parts
+  (:func:`coordinator.client.txn.commit_calls`). :attr:`DNDatasink.commit_ts` is its
+  timestamp. Bounds: a key may appear once in the dataset (as in one batch), and each shard
+  holds its share in memory until the decision (``max_staged_rows``).
+
+Runs in the driver (planning, the atomic commit) and in Ray tasks (reads, writes).
 """
 
 from __future__ import annotations
@@ -36,13 +45,16 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask
 
 from coordinator.client import fanout, queries
-from coordinator.client.routing import validate_columns
+from coordinator.client.routing import split, validate_columns
+from coordinator.client.txn import commit_calls
 from coordinator.client.writes import Limits, write_batch
-from dn.errors import ObjectExists
+from dn.errors import ObjectExists, StaleTable
+from dn.objects import codec
 from dn.read import cdc
 from dn.read.arrow import arrow_schema, to_arrow
 from dn.read.view import ReadView, materialize, scan_columns
 from dn.write.tokens import make_token
+from shards.staging import STAGED
 
 SINK_PREFIX = "50/sink/"
 #: Rows per write of a sink block (a bigger block is written in slices of this many).
@@ -53,6 +65,13 @@ def _client(namespace: str) -> Any:
     import coordinator
 
     return coordinator.connect(namespace=namespace)
+
+
+def _arrow(block: Any) -> pa.Table:
+    """A block as an Arrow table (Ray Data hands pandas blocks too)."""
+    return (
+        block if isinstance(block, pa.Table) else pa.Table.from_pandas(block, preserve_index=False)
+    )
 
 
 def _metadata() -> BlockMetadata:
@@ -145,14 +164,22 @@ class DNDatasink(Datasink):
     """Writes a Dataset into ``db.table`` (see the module docstring). Made on the driver."""
 
     def __init__(
-        self, db: str, table: str, *, namespace: str = "dn", slice_rows: int = SLICE_ROWS
+        self,
+        db: str,
+        table: str,
+        *,
+        namespace: str = "dn",
+        slice_rows: int = SLICE_ROWS,
+        atomic: bool = False,
     ) -> None:
         import os
 
         self.db, self.table, self.namespace = db, table, namespace
         self.slice_rows = slice_rows
+        self.atomic = atomic
         self.sink_id = os.urandom(16)
         self.rows = 0
+        self.commit_ts: int | None = None  # an atomic write's commit timestamp
 
     def get_name(self) -> str:
         return f"DN({self.db}.{self.table})"
@@ -165,11 +192,12 @@ class DNDatasink(Datasink):
         tc = client.txn_context()
         lim = Limits.from_info(client.info)
         task = int(getattr(ctx, "task_idx", 0))
+        if self.atomic:
+            return self._put_parts(tc, lim, task, blocks)
         started = self._first_attempt(tc.store, task)
         n = 0
         for b, block in enumerate(blocks):
-            if not isinstance(block, pa.Table):
-                block = pa.Table.from_pandas(block, preserve_index=False)
+            block = _arrow(block)
             step = max(1, min(self.slice_rows, lim.max_batch_rows))
             for s, lo in enumerate(range(0, block.num_rows, step)):
                 piece = block.slice(lo, step)
@@ -182,6 +210,20 @@ class DNDatasink(Datasink):
                 n += piece.num_rows
         return n
 
+    def _put_parts(self, tc: Any, lim: Limits, task: int, blocks: Iterable[Any]) -> dict:
+        """An atomic write task: its blocks as write parts in the store, by shard."""
+        prefix = f"{SINK_PREFIX}{self.sink_id.hex()}/parts/{task:010d}/"
+        return put_parts(tc, lim, prefix, blocks, self.db, self.table, self.slice_rows)
+
+    def _commit_staged(self, returns: list) -> None:
+        staged: dict[int, list[str]] = {}
+        for r in returns:
+            for shard, keys in r["staged"].items():
+                staged.setdefault(int(shard), []).extend(keys)
+        if staged:
+            client = _client(self.namespace)
+            self.commit_ts = commit_staged(client, self.sink_id, staged, self.db, self.table)
+
     def _first_attempt(self, store: Any, task: int) -> int:
         """The start of this task's first attempt, in ms (recorded by the first attempt)."""
         key = f"{SINK_PREFIX}{self.sink_id.hex()}/{task:010d}"
@@ -193,8 +235,15 @@ class DNDatasink(Datasink):
             return struct.unpack(">Q", store.get(key))[0]
 
     def on_write_complete(self, write_result: Any) -> None:
-        self.rows = sum(getattr(write_result, "write_returns", None) or [])
-        self._clean()
+        returns = list(getattr(write_result, "write_returns", None) or [])
+        try:
+            if self.atomic:
+                self._commit_staged(returns)
+                self.rows = sum(r["rows"] for r in returns)
+            else:
+                self.rows = sum(returns)
+        finally:
+            self._clean()
 
     def on_write_failed(self, error: Exception) -> None:
         self._clean()
@@ -203,3 +252,52 @@ class DNDatasink(Datasink):
         store = _client(self.namespace).reader_pool().store
         for key in store.list(f"{SINK_PREFIX}{self.sink_id.hex()}/"):
             store.delete(key)
+
+
+def put_parts(
+    tc: Any, lim: Limits, prefix: str, blocks: Iterable[Any], db: str, table: str, rows: int
+) -> dict:
+    """Blocks as write parts of ``rows`` rows at most, each put in the store under
+    ``prefix`` named by its place (``<block>_<slice>_<shard>``): {"rows": n, "staged":
+    {shard: [object key, ...]}}."""
+    step = max(1, min(rows, lim.max_batch_rows))
+    staged: dict[int, list[str]] = {}
+    n = 0
+    for b, block in enumerate(blocks):
+        block = _arrow(block)
+        for s, lo in enumerate(range(0, block.num_rows, step)):
+            piece = block.slice(lo, step)
+            routed = tc.tables.get(db, table)
+            batch = validate_columns(routed.table, piece, (), lim.max_value_bytes, step)
+            for shard, share in split(batch, tc.shards).items():
+                key = f"{prefix}{b:06d}_{s:06d}_{shard:04d}"
+                tc.store.put(key, codec.pack(list(routed.part(shard, share, 0).to_call())))
+                staged.setdefault(shard, []).append(key)
+            n += piece.num_rows
+    return {"rows": n, "staged": staged}
+
+
+def commit_staged(
+    client: Any, key: bytes, staged: dict[int, list[str]], db: str, table: str
+) -> int:
+    """Have every shard stage its parts (``staged``: their object keys by shard) under
+    ``key``, then commit them as one transaction; returns its timestamp. Each attempt stages
+    again (a shard that restarted between its stage and its prepare has lost its parts)."""
+    tc = client.txn_context()
+
+    def calls(stale: set) -> dict[int, list]:
+        if stale:  # the table was redefined while the dataset was written
+            raise StaleTable(
+                f"table {db}.{table} was redefined during the write; nothing was committed",
+                database=db, table=table,
+            )  # fmt: skip
+        got = client.shards.call_each(
+            {s: ("stage", (key, keys)) for s, keys in staged.items()}, client.retry_s
+        )
+        fanout.raise_first(got)
+        return {s: [(STAGED, key)] for s in staged}
+
+    try:
+        return next(iter(commit_calls(tc, calls).values()))
+    finally:
+        client.shards.call_each({s: ("unstage", (key,)) for s in staged}, client.retry_s)

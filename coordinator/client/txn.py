@@ -73,14 +73,25 @@ def commit_atomic(
 ) -> dict[int, int]:
     """Commit every share at one timestamp (see the module docstring); returns {shard: that
     timestamp} for every shard written."""
+
+    def calls(stale: set) -> dict[int, list]:
+        return {s: [p.to_call() for p in ps] for s, ps in _parts(ctx, shares, stale).items()}
+
+    return commit_calls(ctx, calls, snapshot)
+
+
+def commit_calls(
+    ctx: TxnContext, make_calls: Callable[[set], dict[int, list]], snapshot: int | None = None
+) -> dict[int, int]:
+    """:func:`commit_atomic` of the shard calls ``make_calls(stale)`` gives, made again for
+    each attempt (``stale``: the (db, table) a shard found redefined in the last one)."""
     stale: set[tuple[str, str]] = set()
     retries = ctx.backoff.within(ctx.retry_s)
     last: DNError | None = None
     for _ in range(ATTEMPTS):
-        parts = _parts(ctx, shares, stale)
+        calls = make_calls(stale)
         stale = set()
         token = ctx.minter.mint()
-        calls = {s: [p.to_call() for p in ps] for s, ps in parts.items()}
         try:
             ts = ctx.commits.commit(token, ctx.causality.token, snapshot, calls)
         except Unavailable as exc:  # the committer failed: this attempt's fate is ours to seal

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dn.errors import InvalidArgument
+from dn.schema import TableDef
 from dn.write.buffer import Buffer
+from dn.write.part import WritePart
 
 
 @dataclass(slots=True)
@@ -92,3 +95,41 @@ class Intents:
         """The undecided intent at the lowest timestamp <= ``ts``, or None."""
         hits = [i for i in self.by_token.values() if i.ts <= ts]
         return min(hits, key=lambda i: i.ts) if hits else None
+
+
+@dataclass(slots=True)
+class Prepare:
+    """A prepare on its way to the log: the checked parts and what its stamp checks."""
+
+    at: int
+    tables: list[TableDef]  # in the order of its writes (the Pending's args)
+    keys: dict[int, list]
+    snapshot: int | None
+    checked_to: int  # versions of its keys committed at or below this were checked already
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A prepare's parts, checked and decoded: what :meth:`Transactions.decode` gives."""
+
+    parts: list[WritePart]
+    tables: list[TableDef]
+    writes: list  # (chunks, deletes) per part
+    keys: dict[int, list]
+    nrows: int
+
+
+def check_args(token: bytes, at: int, parts: list | Decoded, snapshot: int | None) -> None:
+    """The arguments of a prepare, checked (InvalidArgument)."""
+    if type(at) is not int or at <= 0:
+        raise InvalidArgument(f"a commit timestamp must be an int > 0, got {at!r}")
+    if snapshot is not None and (type(snapshot) is not int or not 0 <= snapshot < at):
+        raise InvalidArgument(f"a transaction's snapshot must be an int below {at}")
+    if isinstance(parts, Decoded):
+        parts = parts.parts
+    if not isinstance(parts, list | tuple) or not all(isinstance(p, WritePart) for p in parts):
+        raise InvalidArgument("a prepare's parts must be a list of write parts")
+    if not parts or len({(p.db, p.table) for p in parts}) != len(parts):
+        raise InvalidArgument("a prepare takes one part per table, at least one")
+    if any(p.token is not None for p in parts):
+        raise InvalidArgument("the parts of a prepare carry no tokens: the prepare has one")

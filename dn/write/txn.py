@@ -40,7 +40,6 @@ Any thread; the lock and the fields are the shard's (:mod:`dn.state`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from dn.catalog import OP_PREPARE
 from dn.errors import (
@@ -56,23 +55,12 @@ from dn.objects import codec, decision
 from dn.read.view import materialize
 from dn.schema import TableDef
 from dn.write.commit import Pending
-from dn.write.intents import Intent
+from dn.write.intents import Decoded, Intent, Prepare, check_args
 from dn.write.part import WritePart
 
 #: How old an undecided intent is before a reader or the background round reads its decision
 #: object (its client has had time to decide it), and how often it reads it again (seconds).
 LOOK_S = 0.05
-
-
-@dataclass(slots=True)
-class Prepare:
-    """A prepare on its way to the log: the checked parts and what its stamp checks."""
-
-    at: int
-    tables: list[TableDef]  # in the order of its writes (the Pending's args)
-    keys: dict[int, list]
-    snapshot: int | None
-    checked_to: int  # versions of its keys committed at or below this were checked already
 
 
 class Transactions:
@@ -94,7 +82,7 @@ class Transactions:
         once the intent is durable (again for a resend of one prepared before, or its commit
         timestamp if it committed already)."""
         self._s.check_usable()
-        _check_args(token, at, parts, snapshot)
+        check_args(token, at, parts, snapshot)
         return self._writes.once(
             token,
             lambda: self._writes.submit_prepare(self._pending(token, at, parts, snapshot)),
@@ -115,7 +103,7 @@ class Transactions:
             for i in sorted(range(len(items)), key=lambda i: items[i][1]):
                 token, at, parts, snapshot = items[i]
                 try:
-                    _check_args(token, at, parts, snapshot)
+                    check_args(token, at, parts, snapshot)
                     s.tokens.check_minted(token, s.clock.now_ms())
                     with s.cv:
                         ts = s.tokens.committed.get(token) or self._prepared_at(token)
@@ -149,29 +137,35 @@ class Transactions:
         intent = self._s.intents.get(token)
         return None if intent is None else intent.ts
 
-    def _pending(
-        self, token: bytes, at: int, parts: list[WritePart], snapshot: int | None
-    ) -> Pending:
-        """A prepare on its way to the group commit: parts decoded, flushed versions checked."""
+    def decode(self, parts: list[WritePart], max_rows: int | None = None) -> Decoded:
+        """A prepare's parts checked against the live tables and decoded (ahead of the prepare
+        for an atomic dataset's staged parts, :mod:`shards.staging`)."""
         s = self._s
         tables, writes, keys, nrows = [], [], {}, 0
         for part in parts:
             tdef = s.catalog.live_table(part.db, part.table)
-            d = part.decode(tdef, s.settings.max_value_bytes, s.settings.max_batch_rows)
+            d = part.decode(tdef, s.settings.max_value_bytes, max_rows or s.settings.max_batch_rows)
             tables.append(tdef)
             writes.append((d.chunks, d.deletes))
             ks = [k for cols in d.chunks for k in tdef.column_keys(cols)] + list(d.deletes)
             keys[tdef.id] = ks
             nrows += d.nrows
-        checked_to = self._check_flushed(tables, keys, snapshot)
+        return Decoded(list(parts), tables, writes, keys, nrows)
+
+    def _pending(
+        self, token: bytes, at: int, parts: list[WritePart] | Decoded, snapshot: int | None
+    ) -> Pending:
+        """A prepare on its way to the group commit: parts decoded, flushed versions checked."""
+        d = parts if isinstance(parts, Decoded) else self.decode(parts)
+        checked_to = self._check_flushed(d.tables, d.keys, snapshot)
         payload = (
             b"\x92"
             + codec.pack(token)
-            + codec.array_header(len(parts))
-            + b"".join(p.log_payload() for p in parts)
+            + codec.array_header(len(d.parts))
+            + b"".join(p.log_payload() for p in d.parts)
         )
-        p = Pending(OP_PREPARE, [token, writes], payload, None, nrows, token)
-        p.txn = Prepare(at, tables, keys, snapshot, checked_to)
+        p = Pending(OP_PREPARE, [token, d.writes], payload, None, d.nrows, token)
+        p.txn = Prepare(at, d.tables, d.keys, snapshot, checked_to)
         return p
 
     def _check_flushed(self, tables: list[TableDef], keys: dict, snapshot: int | None) -> int:
@@ -361,19 +355,6 @@ class Transactions:
             now = s.clock.monotonic()
             due = [(i.token, self._due_locked(i, now)) for i in s.intents.by_token.values()]
         return sum(self.decide(token, abort=d == "decide") for token, d in due if d is not None)
-
-
-def _check_args(token: bytes, at: int, parts: list[WritePart], snapshot: int | None) -> None:
-    if type(at) is not int or at <= 0:
-        raise InvalidArgument(f"a commit timestamp must be an int > 0, got {at!r}")
-    if snapshot is not None and (type(snapshot) is not int or not 0 <= snapshot < at):
-        raise InvalidArgument(f"a transaction's snapshot must be an int below {at}")
-    if not isinstance(parts, list | tuple) or not all(isinstance(p, WritePart) for p in parts):
-        raise InvalidArgument("a prepare's parts must be a list of write parts")
-    if not parts or len({(p.db, p.table) for p in parts}) != len(parts):
-        raise InvalidArgument("a prepare takes one part per table, at least one")
-    if any(p.token is not None for p in parts):
-        raise InvalidArgument("the parts of a prepare carry no tokens: the prepare has one")
 
 
 def _conflict(tdef: TableDef, key: object, why: str) -> Conflict:
