@@ -14,6 +14,14 @@ Workloads, the same on both sides, fresh temp directory per run:
   .to_pyarrow_table()``). Cold caches (engine reopened).
 - **2h** — point gets with 300k rows still in the mutable buffer, against gets of the same
   keys once flushed, in the same run (ours only: the target is our own flushed rate).
+- **2j / 2k** — the client's resident-set peak growth during ``scan_batches`` over 10M rows
+  (quick: 2M) of the 2g rows on the embedded engine, in a fresh process, against the whole-table
+  ``scan_arrow`` then ``to_batches`` (what ``scan_batches`` did before); target: 2x one batch's
+  Arrow bytes. 2j: the objects the engine writes by itself (``maintain`` after each 100k-row
+  write: frozen at ``freeze_bytes``, no compaction); 2k: objects of one batch's rows (65,536).
+  One run each (a peak, not a rate); the growth is measured after a warm-up scan of a small
+  table (one-off imports: pyarrow imports pandas on first use) with the peak reset
+  (``/proc/self/clear_refs``).
 
 Each figure: median over the runs, ours and Delta interleaved (:mod:`bench.harness`).
 """
@@ -22,6 +30,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
@@ -30,6 +40,7 @@ import dn
 from bench.harness import Figure, progress, rmtree, tempdir
 
 SCHEMA = {"id": "int64", "user": "string", "amount": "float64"}
+MiB = 1024 * 1024
 
 
 def _batch(lo: int, hi: int) -> pa.Table:
@@ -165,6 +176,97 @@ def _gets(rows: int, gets: int) -> tuple[float, float]:
     return in_memory, flushed
 
 
+def write_scan_table(path: str, rows: int, object_rows: int | None) -> int:
+    """Table b.t of ``rows`` 2g rows at ``path``, in objects of ``object_rows`` (None: as the
+    engine freezes by itself, ``maintain`` after each 100k-row write), then a table b.w of ten
+    rows in an object of its own (to warm up on) and a checkpoint (so opening reads no range
+    object). Returns the number of range objects."""
+    e = dn.Engine.open(path, 0, _settings())
+    e.create_database("b")
+    e.create_table("b", "t", SCHEMA, "id")
+    step = min(100_000, object_rows or 100_000)
+    for lo in range(0, rows, step):
+        hi = min(lo + step, rows)
+        e.write_columns("b", "t", _batch(lo, hi))
+        if object_rows is None:
+            e.maintain()
+        elif hi % object_rows == 0 or hi == rows:
+            e.freeze()
+            e.flush()
+    e.create_table("b", "w", SCHEMA, "id")
+    e.write_columns("b", "w", _batch(0, 10))
+    e.freeze()
+    e.flush()
+    e.checkpoint()
+    e.close()
+    return len(os.listdir(os.path.join(path, "20", "0"))) - 1  # b.w's own object
+
+
+def scan_peak(path: str, how: str, batch_rows: int) -> tuple[int, int, int]:
+    """In this process: the resident set's peak growth (bytes) over one scan of b.t at
+    ``path`` (``how``: "stream", ``scan_batches``; "whole", ``scan_arrow`` then
+    ``to_batches``), the rows read and the largest batch's Arrow bytes. The peak is reset
+    after a warm-up scan of b.w, so one-off imports and the opening do not count; where
+    ``/proc/self/clear_refs`` refuses, ``ru_maxrss`` is used (an overestimate)."""
+    import gc
+    import resource
+
+    def status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) * 1024 for x in f if x.startswith(field))
+
+    e = dn.Engine.open(path, 0, _settings())
+    list(e.scan_batches("b", "w"))
+    e.scan_arrow("b", "w").to_batches()
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        peak = lambda: status("VmHWM:")  # noqa: E731
+    except OSError:
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # noqa: E731
+    start = status("VmRSS:")
+    if how == "stream":
+        batches = e.scan_batches("b", "t", batch_rows=batch_rows)
+    else:
+        batches = iter(e.scan_arrow("b", "t").to_batches(max_chunksize=batch_rows))
+    rows = biggest = 0
+    for b in batches:
+        rows += b.num_rows
+        biggest = max(biggest, b.nbytes)
+    del batches
+    grown = peak() - start
+    e.close()
+    return grown, rows, biggest
+
+
+def measure_scan_peak(path: str, how: str, batch_rows: int) -> tuple[int, int, int]:
+    """:func:`scan_peak` in a fresh Python process (run from the checkout's root)."""
+    code = f"from bench.arrow import scan_peak; print(*scan_peak({path!r}, {how!r}, {batch_rows}))"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True
+    )
+    grown, rows, biggest = map(int, out.stdout.split())
+    return grown, rows, biggest
+
+
+def _scan_memory(fig: Figure, n: int, object_rows: int | None, batch_rows: int) -> None:
+    d = tempdir("dn-scan-memory")
+    try:
+        objects = write_scan_table(d, n, object_rows)
+        grown, rows, batch = measure_scan_peak(d, "stream", batch_rows)
+        assert rows == n
+        whole, rows, _ = measure_scan_peak(d, "whole", batch_rows)
+        assert rows == n
+        fig.ours.append(grown / MiB)
+        fig.peer.append(whole / MiB)
+        fig.target = 2 * batch / MiB
+        fig.extra.update(objects=objects, batch_bytes=batch, batch_rows=batch_rows, rows=n)
+    finally:
+        rmtree(d)
+
+
 def run(quick: bool) -> list[Figure]:
     n = 200_000 if quick else 1_000_000
     commits = 200 if quick else 1000
@@ -228,7 +330,30 @@ def run(quick: bool) -> list[Figure]:
         in_memory, flushed = _gets(60_000 if quick else 300_000, 2_000)
         f2h.ours.append(in_memory)
         f2h.peer.append(flushed)
-    return [f2g, f2i, f3d, f3e, f2h]
+    big = 2_000_000 if quick else 10_000_000
+    batch_rows = 65_536
+    f2j, f2k = (
+        Figure(
+            fid,
+            "arrow",
+            f"scan_batches peak RSS growth, {big:,} rows, {layout}",
+            "MiB",
+            higher_is_better=False,
+            peer_name="whole table (scan_arrow)",
+            absolute=True,
+            note=f"{batch_rows:,}-row batches; target: 2x one batch's Arrow bytes"
+            + ("; quick mode: 2M rows, not 10M" if quick else ""),
+        )
+        for fid, layout in (
+            ("2j", "objects as the engine freezes them"),
+            ("2k", f"objects of {batch_rows:,} rows"),
+        )
+    )
+    progress(f"7: scan_batches memory, {big:,} rows, the engine's own objects")
+    _scan_memory(f2j, big, None, batch_rows)
+    progress(f"7: scan_batches memory, {big:,} rows, objects of one batch")
+    _scan_memory(f2k, big, batch_rows, batch_rows)
+    return [f2g, f2i, f3d, f3e, f2h, f2j, f2k]
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import pyarrow as pa
 from dn.clock import Clock, SystemClock
 from dn.errors import Closed
 from dn.opening import open_components
-from dn.read import cdc
+from dn.read import cdc, stream
 from dn.read.arrow import to_arrow
 from dn.read.change import Change
 from dn.read.plan import Plan, check_from_ts
@@ -332,9 +332,9 @@ class Engine:
         view, _ = self._reads.checked_view(db, table, snapshot, check_from_ts(from_ts), columns)
         return cdc.feed(self._state.reader, view, self._reads.read_view, columns)
 
-    def scan_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
-        """:meth:`scan_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""
-        return iter(self.scan_arrow(db, table, *a, **kw).to_batches(max_chunksize=batch_rows))
+    def scan_batches(self, db: str, table: str, *a: Any, **kw: Any) -> Iterator[pa.RecordBatch]:
+        """:meth:`scan_arrow`'s rows in ``batch_rows=65_536`` batches, streamed: dn.read.stream."""
+        return stream.scan_batches(self._reads.checked_view, self.reader, db, table, *a, **kw)
 
     def changes_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
         """:meth:`changes_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""

@@ -321,8 +321,8 @@ class Client:
         return queries.scan_arrow(self, db, table, snapshot, columns, start, end)
 
     def scan_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
-        """:meth:`scan_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""
-        return iter(self.scan_arrow(db, table, *a, **kw).to_batches(max_chunksize=batch_rows))
+        """:meth:`scan_arrow`'s rows in ``batch_rows`` batches, streamed: queries.scan_batches."""
+        return queries.scan_batches(self, db, table, *a, batch_rows=batch_rows, **kw)
 
     def changes_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
         """:meth:`changes_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""

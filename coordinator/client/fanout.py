@@ -35,14 +35,13 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, Protocol
 
-import numpy as np
-
 from coordinator.client.routing import shard_of
 from dn.errors import DNError, NotFound
 from dn.objects.codec import pack, unpack_tuples
 from dn.read.cache import ObjectCache
 from dn.read.change import Change
 from dn.read.feed import merge_changes
+from dn.read.merge import merge_by_int_key
 from dn.read.reader import Reader
 from dn.read.rows import column_maker, projection, row_maker
 from dn.read.run import Runs
@@ -178,19 +177,6 @@ def scan(
         )
 
     return merged()
-
-
-def merge_by_int_key(parts: list[tuple[list[list], Any]]) -> list[list]:
-    """Shards' sorted columns (each with its int keys, unique across shards) as one set of
-    columns in key order."""
-    if len(parts) <= 1:
-        return parts[0][0] if parts else []
-    order = np.argsort(np.concatenate([keys for _, keys in parts]), kind="stable").tolist()
-    width = len(parts[0][0])
-    return [
-        list(map(list(chain.from_iterable(cols[i] for cols, _ in parts)).__getitem__, order))
-        for i in range(width)
-    ]
 
 
 #: Rows a merge step takes from each list (see :func:`merge_sorted`).
@@ -371,6 +357,7 @@ __all__ = [
     "choose_snapshot",
     "fetch_views",
     "get_routed",
+    "merge_by_int_key",
     "pages",
     "raise_first",
     "scan",

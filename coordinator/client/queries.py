@@ -1,11 +1,11 @@
 """The client's reads across shards: one snapshot for every shard, the shards' views, and what
-the reads return — rows (in this process or from Ray read tasks), Arrow tables, change feeds
-with change types.
+the reads return — rows (in this process or from Ray read tasks), Arrow tables and streamed
+record batches, change feeds with change types.
 
-``Client.get``/``scan``/``scan_arrow``/``changes``/``changes_arrow`` call these with the client
-(:class:`coordinator.client.client.Client`: its shard calls, settings, causality and reader
-pool). A read without a snapshot reads at ``S`` = max(every shard's clock, the client's
-causality token) (:func:`coordinator.client.fanout.choose_snapshot`); every shard then
+``Client.get``/``scan``/``scan_arrow``/``scan_batches``/``changes``/``changes_arrow`` call these
+with the client (:class:`coordinator.client.client.Client`: its shard calls, settings, causality
+and reader pool). A read without a snapshot reads at ``S`` = max(every shard's clock, the
+client's causality token) (:func:`coordinator.client.fanout.choose_snapshot`); every shard then
 resolves ``S`` (raises its floor, waits for commits and undecided transactions at or below it)
 and hands out its view; the client fetches the objects from the store itself and merges the
 shards (:mod:`coordinator.client.fanout`). A change feed also fetches each shard's view at
@@ -26,11 +26,13 @@ import pyarrow as pa
 from coordinator.client import fanout
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
 from dn.read import cdc
-from dn.read.arrow import to_arrow
+from dn.read.arrow import to_arrow, to_batches
 from dn.read.change import Change
 from dn.read.collector import paused_gc
 from dn.read.feed import merge_changes
+from dn.read.merge import merge_chunks
 from dn.read.plan import check_from_ts
+from dn.read.stream import check_batch_rows, windows
 from dn.read.view import ReadView, materialize, scan_columns
 from dn.timestamps import to_timestamp
 
@@ -84,15 +86,20 @@ def scan(
     return fanout.merge_pages(got, pages, columns)
 
 
+def _scan_views(client: Any, db: str, table: str, snapshot: Any, columns: Any, bounds: tuple):
+    """Every shard's view for a scan, the table, and the key bounds, all checked."""
+    got = views(client, db, table, snapshot, cols=columns)
+    t = got[0].table
+    lo, hi = (None if b is None else t.check_key(b) for b in bounds)
+    fanout.check_projection(t, columns)
+    return got, t, lo, hi
+
+
 def scan_arrow(
     client: Any, db: str, table: str, snapshot: Any, columns: Any, start: Any, end: Any
 ) -> pa.Table:
     """``Client.scan_arrow``: every shard's rows as one Arrow table in primary-key order."""
-    got = views(client, db, table, snapshot, cols=columns)
-    t = got[0].table
-    lo = None if start is None else t.check_key(start)
-    hi = None if end is None else t.check_key(end)
-    fanout.check_projection(t, columns)
+    got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end))
     pool = client.reader_pool()
     parts = [scan_columns(pool.reader(i), got[i], lo, hi) for i in sorted(got)]
     parts = [p for p in parts if p[0]]
@@ -103,6 +110,30 @@ def scan_arrow(
     if len(tables) > 1:
         whole = whole.sort_by([(k, "ascending") for k in t.primary_key])
     return whole if columns is None else whole.select(list(columns))
+
+
+def scan_batches(
+    client: Any,
+    db: str,
+    table: str,
+    snapshot: Any = None,
+    columns: Any = None,
+    start: Any = None,
+    end: Any = None,
+    batch_rows: int = 65_536,
+) -> Iterator[pa.RecordBatch]:
+    """``Client.scan_batches``: :func:`scan_arrow`'s rows as record batches of ``batch_rows``
+    rows (the last one shorter), streamed: the arguments are checked and every shard's view
+    taken now, at one snapshot; then each shard's objects are fetched window by window as the
+    batches are read (:func:`dn.read.stream.windows`, in this process, through the reader
+    pool's cache without filling it) and the shards merged chunk by chunk
+    (:func:`dn.read.merge.merge_chunks`). Memory: per shard, the bound of
+    :mod:`dn.read.stream`; plus one chunk per shard and one batch."""
+    check_batch_rows(batch_rows)
+    got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end))
+    pool = client.reader_pool()
+    shards = [windows(pool.reader(i), got[i], lo, hi, batch_rows) for i in sorted(got)]
+    return to_batches(t, merge_chunks(t, shards), columns, batch_rows)
 
 
 def feed_views(

@@ -5,5 +5,7 @@
 - :mod:`dn.read.view`: :class:`ReadView`, what a shard hands a reader, and its
   materialization, shared by the engine, the cluster client and its read tasks;
 - :mod:`dn.read.reader` and the modules beside it: fetching objects through a cache, runs of
-  versions, choosing the visible ones, ordering a change feed, making row dicts.
+  versions, choosing the visible ones, ordering a change feed, making row dicts;
+- :mod:`dn.read.stream` and :mod:`dn.read.merge`: scans streamed window by window in bounded
+  memory, and shards' sorted rows merged by key.
 """

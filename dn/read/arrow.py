@@ -1,13 +1,13 @@
 """Reads into Apache Arrow: a table's columns as a ``pyarrow.Table`` or record batches.
 
 The types are :data:`dn.columnar.ARROW_TYPES`; the primary-key columns of a schema are not
-nullable. Pure functions over the columns a read picked (:func:`dn.read.view.scan_columns`);
-any thread.
+nullable. Pure functions over the columns a read picked (:func:`dn.read.view.scan_columns`,
+or window by window: :mod:`dn.read.stream`); any thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -34,3 +34,32 @@ def to_arrow(table: TableDef, cols: list[list], columns: Sequence[str] | None = 
         return schema.empty_table()
     arrays = [pa.array(cols[index[f.name]], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def to_batches(
+    table: TableDef, chunks: Iterable[list[list]], columns: Sequence[str] | None, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """``chunks`` (each the table's columns of some rows, as :func:`to_arrow` takes them; the
+    rows in order across chunks) as record batches of exactly ``batch_rows`` rows, the last
+    one shorter, none empty: :func:`to_arrow`'s arrays, so the batches equal the slices of
+    one :func:`to_arrow` of all the rows. Holds at most one chunk and one batch of rows."""
+    schema = arrow_schema(table, columns)
+    pending: list[pa.RecordBatch] = []
+    n = 0
+    for cols in chunks:
+        if not cols:
+            continue
+        part = to_arrow(table, cols, columns)
+        pending.extend(part.to_batches())
+        n += part.num_rows
+        while n >= batch_rows:
+            rows = pa.Table.from_batches(pending, schema)
+            yield _one_batch(rows.slice(0, batch_rows))
+            pending = rows.slice(batch_rows).to_batches()
+            n -= batch_rows
+    if n:
+        yield _one_batch(pa.Table.from_batches(pending, schema))
+
+
+def _one_batch(rows: pa.Table) -> pa.RecordBatch:
+    return rows.combine_chunks().to_batches()[0]

@@ -50,6 +50,19 @@ class ObjectCache:
                     self._bytes -= s
         return value
 
+    def peek(self, key: str) -> Any:
+        """The value cached at ``key`` (counted as a hit), or None (a miss) without loading
+        or caching anything: for a streaming scan, which must neither fill the cache with a
+        whole table nor keep alive the objects it has passed (:mod:`dn.read.stream`)."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
     def status(self) -> dict:
         with self._lock:
             return {

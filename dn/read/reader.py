@@ -10,7 +10,8 @@ overwrites an earlier one.
 Not here: choosing visible versions (:mod:`dn.read.pick`), feeds (:mod:`dn.read.feed`), dicts
 (:mod:`dn.read.rows`); a read goes through :func:`dn.read.view.materialize`. The reader never
 talks to the shard and never writes. It is safe to share between threads: the cache has its
-own lock, and decoded objects are never mutated after their runs are built.
+own lock, and decoded objects are never mutated after their runs are built. A streaming
+scan (:mod:`dn.read.stream`) fetches its range objects with :meth:`Reader.range_uncached`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class Reader:
             return rangeobj.decode(data, key), len(data)
 
         return self.cache.get(key, load)
+
+    def range_uncached(self, r: tuple[int, int]) -> rangeobj.RangeObject:
+        """:meth:`range` without filling the cache: the cached object if there is one, else
+        fetched and decoded for the caller alone (a streaming scan drops it once passed)."""
+        key = codec.range_key(self._shard, r[0], r[1])
+        found = self.cache.peek(key)
+        return found if found is not None else rangeobj.decode(self._store.get(key), key)
 
     def runs(self, table: TableDef, plan: Plan, tail: Sequence[Run], key: Any = None) -> Runs:
         """The runs of ``table`` the plan names, oldest first, each with its newest ts. For a

@@ -160,6 +160,9 @@ class Snapshots:
             else:
                 plan = range_plan(self._s.ranges, self._s.checkpoints, s, from_ts)
             buffers = [*self._s.frozen, self._s.mutable] if plan.tail is not None else []
+            stats = self._s.stats  # every live range's (ShardState._check)
+            known = from_ts is None and all(r in stats for r in plan.ranges)
+            spans = tuple(stats[r].get(tdef.id) for r in plan.ranges) if known else None
             if keys is not None:  # a few versions: found and copied under the lock
                 checked = [tdef.check_key(k) for k in keys]
                 tail = _key_runs(buffers, tdef.id, checked, plan.tail)
@@ -176,7 +179,7 @@ class Snapshots:
                         tail.append(run)
         if durable:
             self.promise(s)
-        return ReadView(tdef, s, plan, tuple(tail), from_ts)
+        return ReadView(tdef, s, plan, tuple(tail), from_ts, spans)
 
     def checked_view(
         self,

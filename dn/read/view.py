@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from dn.errors import Internal, InvalidArgument, NotFound
+from dn.objects.rangeobj import TableStats
 from dn.read import feed, pick
 from dn.read.change import Change
 from dn.read.plan import Plan
@@ -45,13 +46,17 @@ from dn.schema import TableDef
 @dataclass(frozen=True, slots=True)
 class ReadView:
     """Everything a reader needs for one read: the table as of the snapshot, the snapshot,
-    the plan, and the tail runs copied out of memory; ``from_ts`` for a change feed."""
+    the plan, and the tail runs copied out of memory; ``from_ts`` for a change feed.
+    ``range_stats``: the table's statistics in each of ``plan.ranges`` (None for a range that
+    holds none of its versions), or None when unknown; a streaming scan fetches each range
+    object only when its merge reaches the object's smallest key (:mod:`dn.read.stream`)."""
 
     table: TableDef
     snapshot: int
     plan: Plan
     tail: tuple[Run, ...]
     from_ts: int | None = None
+    range_stats: tuple[TableStats | None, ...] | None = None
 
 
 def view_runs(reader: Reader, view: ReadView, key: Any = None) -> Runs:
