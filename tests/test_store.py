@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import botocore.exceptions as bx
@@ -419,3 +420,50 @@ def test_s3_error_mapping(op: str, error: Exception, expected: type, unknown: bo
         assert info.value.outcome_unknown is unknown
     if expected is InvalidArgument and op != "get":
         assert "bkt" in str(info.value)
+
+
+# -- shared directory fsyncs ----------------------------------------------------------------------
+
+
+def _blocking_fsync(calls: list, gate: threading.Event, fail: set):
+    def fsync(path) -> None:
+        calls.append(path)
+        n = len(calls)
+        gate.wait(5)
+        if n in fail:
+            raise OSError(5, "injected fsync failure")
+
+    return fsync
+
+
+def test_a_directory_fsync_covers_only_the_entries_made_before_it_began(tmp_path) -> None:
+    from dn.store.files import SharedDirSync
+
+    syncs, calls, gate = SharedDirSync(), [], threading.Event()
+    fsync = _blocking_fsync(calls, gate, set())
+    first = threading.Thread(target=syncs.sync, args=(tmp_path, fsync))
+    first.start()
+    while not calls:  # the first sync is running (its entry was made before it began)
+        time.sleep(0.001)
+    later = [threading.Thread(target=syncs.sync, args=(tmp_path, fsync)) for _ in range(5)]
+    for t in later:  # their entries come after it began: it must not cover them
+        t.start()
+    time.sleep(0.05)
+    assert len(calls) == 1 and all(t.is_alive() for t in later)
+    gate.set()
+    for t in [first, *later]:
+        t.join(5)
+    assert len(calls) == 2  # one more fsync, begun after every later entry, covers all five
+    assert not any(t.is_alive() for t in [first, *later])
+
+
+def test_a_failed_directory_fsync_covers_nobody(tmp_path) -> None:
+    from dn.store.files import SharedDirSync
+
+    syncs, calls, gate = SharedDirSync(), [], threading.Event()
+    gate.set()
+    fsync = _blocking_fsync(calls, gate, {1})
+    with pytest.raises(OSError):
+        syncs.sync(tmp_path, fsync)
+    syncs.sync(tmp_path, fsync)  # its own fsync, not the failed one's
+    assert len(calls) == 2

@@ -6,7 +6,9 @@ Invariants:
 
 - ``put`` writes a fresh temp file (``.tmp-*``) in the key's directory, fsyncs it, renames it
   over the final name with ``os.replace`` and fsyncs the directory, so a reader sees the old
-  bytes or the new bytes, never a mix, and an acknowledged put survives a power cut.
+  bytes or the new bytes, never a mix, and an acknowledged put survives a power cut. Puts into
+  one directory at once share its fsync (:class:`dn.store.files.SharedDirSync`): one that
+  began after a put's rename covers it.
 - ``put_if_absent`` writes and fsyncs a temp file, then ``os.link``\\s it to the final name. The
   link fails atomically if the name exists (``ObjectExists``), so concurrent creators from any
   thread or process on this host have exactly one winner.
@@ -39,11 +41,22 @@ import secrets
 from pathlib import Path
 
 from dn.errors import InvalidArgument, ObjectExists, ObjectNotFound, Unavailable
+from dn.store.files import SharedDirSync
 from dn.store.files import fsync_dir as _fsync_dir  # called by this name: a fault test replaces it
 
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
+#: Concurrent puts into one directory share its fsync (the committer's decisions, a shard's
+#: range objects): one fsync of the directory covers every entry made before it began.
+_DIR_SYNCS = SharedDirSync()
+
+
+def _sync_entry(directory: Path) -> None:
+    """Make an entry just made in ``directory`` durable (a shared directory fsync)."""
+    _DIR_SYNCS.sync(directory, lambda p: _fsync_dir(p))
+
+
 _temp_counter = itertools.count()
 
 
@@ -170,7 +183,7 @@ class LocalStore:
                 _unlink_quietly(tmp)
                 raise
             landed = True
-            _fsync_dir(path.parent)
+            _sync_entry(path.parent)
         except (IsADirectoryError, NotADirectoryError) as e:
             raise InvalidArgument(f"cannot put {key!r}: a directory is in the way ({e})") from e
         except OSError as e:
@@ -194,7 +207,7 @@ class LocalStore:
             finally:
                 _unlink_quietly(tmp)
             landed = True
-            _fsync_dir(path.parent)
+            _sync_entry(path.parent)
         except (IsADirectoryError, NotADirectoryError) as e:
             raise InvalidArgument(f"cannot put {key!r}: a directory is in the way ({e})") from e
         except OSError as e:
