@@ -556,7 +556,21 @@ CLUSTER_PENDING = {"op": "create_table", "args": TABLE_U_ARGS, "seq": 3}
 
 
 def test_cluster_fixture_is_what_the_coordinator_writes():
-    assert make.cluster_record() == fixture("cluster.bin")
+    assert make.cluster_record() == fixture("cluster_slots.bin")
+    assert make.cluster_record(slots=False) == fixture("cluster.bin")  # before slot maps
+
+
+def test_cluster_fixture_with_slots_decodes_to_the_direct_map():
+    from coordinator.client.slots import SlotMap
+
+    data = fixture("cluster_slots.bin")
+    store = MemoryStore()
+    store.put(CLUSTER_KEY, data)
+    state = ClusterCatalog(store).load()
+    assert state.slots is not None and state.slot_map == SlotMap.initial(4)
+    assert codec.encode(codec.KIND_CLUSTER, state.to_body()) == data
+    old = CatalogState.from_body(body_of(fixture("cluster.bin"), "K"))
+    assert old.slots is None and old.slot_map == state.slot_map  # a record before slots
 
 
 def test_cluster_fixture_decodes_and_encodes_again():
@@ -713,6 +727,9 @@ def _decoders() -> dict[str, Any]:
     for name in ("manifest.bin", "manifest_v1.bin"):
         out[name] = lambda data: Manifest(MemoryStore(), SHARD)._read(MANIFEST_KEY, data)
     # ClusterCatalog.load reads with codec.decode and skips a version that raises
+    out["cluster_slots.bin"] = lambda data: CatalogState.from_body(
+        codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY)
+    )
     out["cluster.bin"] = lambda data: CatalogState.from_body(
         codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY)
     )

@@ -13,7 +13,9 @@ Body grammar (msgpack; map keys in the order written)::
                  "created_ms": int,                              when the cluster was created
                  "databases": {db: {"tables": {table: tabledef}}},   in the order created
                  "pending": null | ddl,                          DDL being applied to shards
-                 "ddl_seq": int}                                 DDL operations so far
+                 "ddl_seq": int,                                 DDL operations so far
+                 "slots": slots}                                 the slot map (absent in a
+                                                                 record made before slots)
     tabledef := {"columns": [[name, type], ...], "primary_key": [name, ...], "ddl_seq": int}
     ddl      := {"op": "create_database" | "drop_database" | "create_table" | "drop_table",
                  "args": [...], "seq": int}
@@ -23,8 +25,12 @@ Body grammar (msgpack; map keys in the order written)::
 and a table's ``ddl_seq`` is the ``seq`` of the DDL that created it. ``created_ms`` is the
 clock of the coordinator that created the cluster, in milliseconds since the Unix epoch.
 
-The shard map is fixed when the cluster is created: ``shards`` and the routing ``hash`` never
-change afterwards (a deployment that asks for another shard count is refused).
+The shard count and the routing ``hash`` are fixed when the cluster is created (a deployment
+that asks for another shard count is refused). ``slots`` is the slot map of
+:mod:`coordinator.client.slots` (its grammar there): which shard owns each slot, and its version.
+A new cluster records the direct map (slot s -> shard s % shards, version 0), which routes as
+the hash does; a record made before slots has none, and :attr:`CatalogState.slot_map` gives the
+direct map for it, so its data is read and written where it always was.
 
 ``pending`` is the DDL intent: it is committed before the coordinator sends the DDL to the
 shards and cleared (with the catalog updated) once every shard applied it, so a coordinator
@@ -40,6 +46,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.client.slots import SlotMap
 from dn.errors import (
     AlreadyExists,
     Corruption,
@@ -74,9 +81,10 @@ class CatalogState:
     databases: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, Any] | None = None
     ddl_seq: int = 0
+    slots: dict[str, Any] | None = None  # the slot map's record; None: made before slots
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body = {
             "version": self.version,
             "shards": self.shards,
             "hash": self.hash,
@@ -85,6 +93,15 @@ class CatalogState:
             "pending": self.pending,
             "ddl_seq": self.ddl_seq,
         }
+        if self.slots is not None:
+            body["slots"] = self.slots
+        return body
+
+    @property
+    def slot_map(self) -> SlotMap:
+        """The slot map (:mod:`coordinator.client.slots`): the one recorded, or for a record
+        made before slots the direct map of its shard count, version 0."""
+        return SlotMap.from_record(self.slots, self.shards)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> CatalogState:
@@ -96,6 +113,7 @@ class CatalogState:
             dict(body["databases"]),
             body.get("pending"),
             body["ddl_seq"],
+            body.get("slots"),
         )
 
 
@@ -132,7 +150,8 @@ class ClusterCatalog:
         state = self.load()
         if state is None:
             try:
-                return self._commit(CatalogState(0, shards, hash_name, now_ms))
+                slots = SlotMap.initial(shards).to_record()
+                return self._commit(CatalogState(0, shards, hash_name, now_ms, slots=slots))
             except Unavailable:
                 state = self.load()
                 if state is None:

@@ -122,6 +122,7 @@ class CoordinatorService:
             "max_batch_rows": cfg.engine.max_batch_rows,
             "max_batch_bytes": cfg.engine.max_batch_bytes,
             "catalog_version": st.version,
+            "slots": st.slot_map.to_record(),
             "config": cfg.to_dict(),
         }
 
@@ -165,6 +166,11 @@ class CoordinatorService:
             "catalog_version": st.version,
             "shards": st.shards,
             "hash": st.hash,
+            "slots": {
+                "count": st.slot_map.slots,
+                "version": st.slot_map.version,
+                "per_shard": st.slot_map.per_shard(),
+            },  # fmt: skip
             "pending_ddl": st.pending,
             "ddl_seq": st.ddl_seq,
             "databases": {db: sorted(e["tables"]) for db, e in st.databases.items()},

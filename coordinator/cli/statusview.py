@@ -163,6 +163,11 @@ def render(status: dict[str, Any]) -> str:
         out.append(
             "tables: " + (", ".join(f"{d}.{t}" for d in sorted(dbs) for t in dbs[d]) or "(none)")
         )
+        sl = c.get("slots")
+        if sl:
+            per = sl.get("per_shard", {})
+            owned = ", ".join(f"{i}: {per[i]}" for i in sorted(per, key=int))
+            out.append(f"slots: {sl['count']} (map v{sl['version']}); per shard {owned}")
     for i in sorted(status.get("shards", {}), key=int):
         out.append("")
         out.extend(render_shard(int(i), status["shards"][i]))

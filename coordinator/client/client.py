@@ -49,6 +49,7 @@ from coordinator.actor.handle import CoordinatorHandle
 from coordinator.client import fanout, queries
 from coordinator.client.commits import CommitGroup
 from coordinator.client.routing import validate_batch, validate_columns
+from coordinator.client.slots import SlotMap
 from coordinator.client.tables import TableCache
 from coordinator.client.txn import Transaction, TxnContext, commit_atomic
 from coordinator.client.writer import BatchWriter
@@ -146,7 +147,8 @@ class Client:
         if self._table_cache is None:
             cfg = self.settings
             backoff = self._backoff if self._backoff is not None else cfg.backoff()
-            self._table_cache = TableCache(self._coord, self.shards, cfg.retry_s, backoff)
+            route = SlotMap.from_record(self.info.get("slots"), self.info["shards"])
+            self._table_cache = TableCache(self._coord, self.shards, cfg.retry_s, backoff, route)
         return self._table_cache
 
     def observe(self, ts: int) -> None:

@@ -307,11 +307,12 @@ def get_routed(
     objects come from the store. Routed with the table each shard serves at the snapshot
     (looked up again once if the table was redefined since ``tables`` fetched it)."""
     for attempt in range(2):
-        t = tables.get(db, table, refresh=attempt > 0).table
+        routed = tables.get(db, table, refresh=attempt > 0)
+        t = routed.table
         checked = [t.check_key(k) for k in keys]
         by_shard: dict[int, list] = {}
         for k in checked:
-            by_shard.setdefault(shard_of(k, len(shards)), []).append(k)
+            by_shard.setdefault(shard_of(k, routed.route), []).append(k)
         calls = {
             i: ("read_view", (db, table, snapshot, None, columns, ks)) for i, ks in by_shard.items()
         }

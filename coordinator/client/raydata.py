@@ -269,7 +269,7 @@ def put_parts(
             piece = block.slice(lo, step)
             routed = tc.tables.get(db, table)
             batch = validate_columns(routed.table, piece, (), lim.max_value_bytes, step)
-            for shard, share in split(batch, tc.shards).items():
+            for shard, share in split(batch, routed.route).items():
                 key = f"{prefix}{b:06d}_{s:06d}_{shard:04d}"
                 tc.store.put(key, codec.pack(list(routed.part(shard, share, 0).to_call())))
                 staged.setdefault(shard, []).append(key)

@@ -61,6 +61,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from coordinator.client.slots import SlotMap
 from dn.errors import InvalidArgument
 from dn.objects.codec import pack
 from dn.schema import TableDef
@@ -68,9 +69,12 @@ from dn.schema import TableDef
 HASH_NAME = "crc32-msgpack-v1"
 
 
-def shard_of(key: Any, shards: int) -> int:
-    """The shard owning a normalized primary key."""
-    return zlib.crc32(pack(key)) % shards
+def shard_of(key: Any, route: int | SlotMap) -> int:
+    """The shard owning a normalized primary key under ``route``: a shard count (the fixed
+    hash) or a slot map (:mod:`coordinator.client.slots`)."""
+    if isinstance(route, SlotMap):
+        return route.owners[zlib.crc32(pack(key)) % route.slots]
+    return zlib.crc32(pack(key)) % route
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,39 +158,59 @@ INT_FORMS: tuple[tuple[int, bytes, int], ...] = (
 )
 
 
-def owners(keys: list, shards: int, *, int64: bool = False) -> list[int]:
-    """The shard of each normalized key (:func:`shard_of`, for a whole list). ``int64``: every
-    key is an int in int64 range (a validated key of one int64 column), so a long list may be
-    hashed with numpy."""
+def owners(keys: list, route: int | SlotMap, *, int64: bool = False) -> list[int]:
+    """The shard of each normalized key (:func:`shard_of`, for a whole list) under ``route``:
+    a shard count (the fixed hash) or a slot map. ``int64``: every key is an int in int64
+    range (a validated key of one int64 column), so a long list may be hashed with numpy."""
+    shards, smap = _route(route)
     if shards == 1:
         return [0] * len(keys)
-    vec = _int64_owners(keys, shards) if int64 and len(keys) >= VECTOR_MIN_KEYS else None
-    return vec.tolist() if vec is not None else _owners_py(keys, shards)
+    mod = shards if smap is None else smap.slots
+    vec = _int64_owners(keys, mod) if int64 and len(keys) >= VECTOR_MIN_KEYS else None
+    if vec is not None:
+        return (vec if smap is None else smap.owner_array()[vec]).tolist()
+    got = _owners_py(keys, mod)
+    return got if smap is None else [smap.owners[s] for s in got]
 
 
-def split(batch: Batch, shards: int) -> dict[int, ShardPart]:
-    """A validated batch split by shard; each part keeps the batch's order."""
+def split(batch: Batch, route: int | SlotMap) -> dict[int, ShardPart]:
+    """A validated batch split by shard under ``route`` (a shard count, or a slot map); each
+    part keeps the batch's order."""
+    shards, smap = _route(route)
     if shards == 1:
         return {0: ShardPart(batch.cols, batch.deletes)}
     if batch.int64_key and len(batch.keys) >= VECTOR_MIN_KEYS:
-        own = _int64_owners(batch.keys, shards)
+        own = _int64_owners(batch.keys, shards if smap is None else smap.slots)
         if own is not None:
+            if smap is not None:
+                own = smap.owner_array()[own]
             return _split_sorted(batch, own, shards)
-    return _split_py(batch, shards)
+    return _split_py(batch, shards, owners(batch.keys, route))
+
+
+def _route(route: int | SlotMap) -> tuple[int, SlotMap | None]:
+    """(shard count, the slot map when keys must go through their slots: not a direct one,
+    which routes as the fixed hash does)."""
+    if isinstance(route, SlotMap):
+        return route.shards, None if route.direct else route
+    return route, None
 
 
 def _owners_py(keys: list, shards: int) -> list[int]:
-    """:func:`owners` one key at a time: any key type."""
+    """:func:`owners` one key at a time: any key type (``shards``: the modulus)."""
     crc = zlib.crc32
     pk = msgpack.Packer(use_bin_type=True).pack  # same bytes as dn.objects.codec.pack, reused
     return [crc(pk(k)) % shards for k in keys]
 
 
-def _split_py(batch: Batch, shards: int) -> dict[int, ShardPart]:
-    """:func:`split` one key at a time: any key type, and small batches."""
+def _split_py(batch: Batch, shards: int, own: list[int] | None = None) -> dict[int, ShardPart]:
+    """:func:`split` one key at a time (``own``: each key's shard; by default the fixed hash
+    of ``shards``): any key type, and small batches."""
+    if own is None:
+        own = _owners_py(batch.keys, shards)
     buckets: list[list[int]] = [[] for _ in range(shards)]
     add = [b.append for b in buckets]
-    for i, o in enumerate(_owners_py(batch.keys, shards)):
+    for i, o in enumerate(own):
         add[o](i)
     parts: dict[int, ShardPart] = {}
     nrows, keys = batch.nrows, batch.keys

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from coordinator.client.slots import SlotMap
 from dn.backoff import Backoff
 from dn.errors import Unavailable
 from dn.schema import TableDef, check_name
@@ -37,11 +38,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class RoutedTable:
     """A table as a client writes it: ``table``, its definition (columns and primary key;
-    its id means nothing cluster-wide), and ``shard_tables``, shard ``i``'s own definition of
-    it (the same columns and key, and that shard's table id)."""
+    its id means nothing cluster-wide), ``shard_tables``, shard ``i``'s own definition of
+    it (the same columns and key, and that shard's table id), and ``route``, how its keys
+    find their shards (the cluster's slot map, :mod:`coordinator.client.slots`)."""
 
     table: TableDef
     shard_tables: tuple[TableDef, ...]
+    route: SlotMap
 
     def part(
         self, shard: int, share: ShardPart, after: int, token: bytes | None = None
@@ -57,10 +60,16 @@ class TableCache:
     """The :class:`RoutedTable` of each table a client used, fetched on first use."""
 
     def __init__(
-        self, coordinator: Any, shards: ShardCalls, retry_s: float, backoff: Backoff
+        self,
+        coordinator: Any,
+        shards: ShardCalls,
+        retry_s: float,
+        backoff: Backoff,
+        route: SlotMap | None = None,
     ) -> None:
         self._coord = coordinator
         self._shards = shards
+        self.route = route if route is not None else SlotMap.initial(len(shards))
         self._retry_s = retry_s
         self._backoff = backoff
         self._tables: dict[tuple[str, str], RoutedTable] = {}
@@ -86,7 +95,7 @@ class TableCache:
                     raise answers[i]
             mine = tuple(TableDef.from_wire(answers[i]) for i in range(n))
             if all(m.columns == t.columns and m.primary_key == t.primary_key for m in mine):
-                routed = self._tables[key] = RoutedTable(t, mine)
+                routed = self._tables[key] = RoutedTable(t, mine, self.route)
                 return routed
             if not retries.wait():
                 raise Unavailable(

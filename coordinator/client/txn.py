@@ -118,7 +118,7 @@ def _parts(ctx: TxnContext, shares: list[Share], stale: set) -> dict[int, list[W
     out: dict[int, list[WritePart]] = {}
     for db, table, validate in shares:
         routed = ctx.tables.get(db, table, refresh=(db, table) in stale)
-        for s, share in split(validate(routed.table), ctx.shards).items():
+        for s, share in split(validate(routed.table), routed.route).items():
             out.setdefault(s, []).append(routed.part(s, share, 0))
     if not out:
         raise InvalidArgument("an atomic write needs at least one row or delete")

@@ -186,7 +186,7 @@ class BatchWriter:
         )
 
     def _add(self, batch: Batch) -> int:
-        parts = split(batch, self._n)
+        parts = split(batch, self._routed.route)
         with self._cv:
             self._check_usable()
             for s in parts:  # backpressure: wait while a full buffer is in flight

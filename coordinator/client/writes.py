@@ -93,7 +93,7 @@ def write_batch(
     for attempt in range(ATTEMPTS):
         routed = tables.get(db, table, refresh=attempt > 0)
         try:
-            shares = split(validate(routed.table), len(shards))
+            shares = split(validate(routed.table), routed.route)
         except DNError as exc:  # only after a redefinition: the batch fits the old table
             raise with_committed(exc, done) from None
         after = causality.token

@@ -254,12 +254,16 @@ def manifest_version() -> bytes:
     return store.get(codec.manifest_key(SHARD, state.version))
 
 
-def cluster_record() -> bytes:
+def cluster_record(slots: bool = True) -> bytes:
     """Cluster record version 6: created (1), database shop (2, 3), table shop.t (4, 5), and
-    the creation of shop.u pending (6)."""
+    the creation of shop.u pending (6). Without ``slots``: as a record made before slot maps
+    (versions 2 to 6 carry none)."""
     store = MemoryStore()
     cat = ClusterCatalog(store)
     cat.open(CLUSTER_SHARDS, CLUSTER_HASH, CLUSTER_CREATED_MS)
+    if not slots:
+        assert cat.state is not None
+        cat.state.slots = None
     cat.begin("create_database", DDL[0][3])
     cat.finish()
     cat.begin("create_table", DDL[1][3])
@@ -296,7 +300,8 @@ def build_all() -> dict[str, bytes]:
     out["range.bin"] = range_object()[0]
     out["checkpoint.bin"] = checkpoint_object()
     out["manifest.bin"] = manifest_version()
-    out["cluster.bin"] = cluster_record()
+    out["cluster.bin"] = cluster_record(slots=False)
+    out["cluster_slots.bin"] = cluster_record()
     for name, data in segments(logs).items():
         out[f"segment_{int(name.removesuffix('.seg'))}.bin"] = data
     return out
