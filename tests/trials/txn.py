@@ -99,8 +99,9 @@ class FaultGroup(InProcessGroup):
 
 
 class FaultCoordinator(LocalCoordinator):
-    """The coordinator in this process; with ``rate``, the answer to a commit is lost: half
-    the time after it ran, half while it runs on (a call that timed out in the actor)."""
+    """The coordinator in this process; with ``rate``, the answer to a commit (or a client's
+    group of commits) is lost: half the time after it ran, half while it runs on (a call that
+    timed out in the actor)."""
 
     def __init__(self, service: CoordinatorService, seed: int) -> None:
         super().__init__(service)
@@ -109,7 +110,9 @@ class FaultCoordinator(LocalCoordinator):
 
     def call(self, method: str, *args: object, retry_s: float = 0.0) -> object:
         with self._lock:
-            r = self._rng.random() if method == "commit" else 1.0
+            if method == "commit_many":
+                self.fired["commits sent grouped"] += len(args[0])  # type: ignore[arg-type]
+            r = self._rng.random() if method in ("commit", "commit_many") else 1.0
             if r < self.rate:
                 self.fired[
                     "coordinator answer lost" if r < self.rate / 2 else "coordinator timed out"
@@ -308,8 +311,11 @@ def _killed(work: Work, client: Client, rng: random.Random, keys: list[int], v: 
     return Rec(keys, "acked", ts) if ts else Rec(keys, "invisible", why="killed client: aborted")
 
 
-def _worker(work: Work, rng: random.Random, w: int, n: int, weights: list[float]) -> None:
-    client = work.cl.client()
+def _worker(
+    work: Work, rng: random.Random, w: int, n: int, weights: list[float], client: Client
+) -> None:
+    """``n`` commits of seeded kinds; two workers share each client (one process's commits in
+    flight together go to the coordinator in one ``commit_many``)."""
     for j in range(n):
         v, keys = f"x{w}.{j}", rng.sample(range(KEYS), rng.randint(2, 8))
         kind = rng.choices(["atomic batch", "transaction", "killed client"], weights)[0]
@@ -377,7 +383,14 @@ def run(seed: int, long: bool, tally: Tally) -> None:
         weights = [0.4, 0.45, rng.choice([0.0, 0.1, 0.2])]
         workers, per = (6, 60) if long else (4, 8)
         rngs = [random.Random(seed * 1000 + w) for w in range(workers)]
-        work.join([work.spawn(_worker, rngs[w], w, per, weights) for w in range(workers)], back)
+        clients = [cl.client() for _ in range(workers // 2)]
+        work.join(
+            [
+                work.spawn(_worker, rngs[w], w, per, weights, clients[w // 2])
+                for w in range(workers)
+            ],
+            back,
+        )
         cl.heal()
         for i in range(cl.n):  # every shard recovers once more before the check
             cl.restart(i)
