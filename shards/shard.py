@@ -25,6 +25,10 @@ What it adds to the engine:
   id, which a part must carry). A part carries an idempotency token: a copy of a part already
   committed (a resend, a late original) gets the first commit's timestamp (decision 0014).
 - **Maintenance** by :class:`shards.loop.MaintenanceLoop` (the engine's own thread is off).
+- **Live feed.** :meth:`ShardService.feed_next` is one round of a live change feed on this
+  shard (:mod:`coordinator.client.live`): it may wait (a long poll) until a commit at or after
+  the feed's cursor lands here, then resolves a snapshot and returns the window's view and the
+  rows before it of the window's keys, in one call.
 - **Metrics** (:mod:`shards.metrics`): each write call's latency, each read view's object
   count and each failed call's error kind here; the engine's figures from the loop.
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +59,9 @@ from shards.staging import Staging, is_staged
 log = logging.getLogger(__name__)
 
 _DDL = ("create_database", "drop_database", "create_table", "drop_table")
+
+#: The longest a live feed's round waits here for a commit (a bound on the actor thread held).
+FEED_WAIT_MAX_S = 1.0
 
 
 class ShardService:
@@ -80,6 +88,8 @@ class ShardService:
         self.opened_s = time.monotonic() - t0
         self.metrics = ShardMetrics(shard, self.opened_s)
         self.staging = Staging(self.engine)
+        self._landed = threading.Condition()  # notified as commits land (feed_next waits on it)
+        self._newest = 0  # the newest commit timestamp that landed through this service
         self.loop = MaintenanceLoop(self.engine, s.background_interval_s, self.metrics).start()
         self.started_at = time.time()
         log.info("shard %d up (epoch %d) in %.2fs", shard, self.engine.epoch, self.opened_s)
@@ -116,6 +126,7 @@ class ShardService:
             if after and after >= self.engine.clock():  # peek may equal an unissued stamp
                 self.engine.advance_floor(after)
             ts = commit()
+            self._land(ts)
             self._commit_wait(ts)
         except Exception as exc:
             self.metrics.error(exc)
@@ -190,6 +201,7 @@ class ShardService:
         self.engine.transactions.resolve_many(decisions)
         newest = max((ts for _, ts in decisions), default=0)
         if newest:
+            self._land(newest)
             self._commit_wait(newest)
         return newest
 
@@ -198,6 +210,7 @@ class ShardService:
         timestamp, 0 an abort), then wait out the commit wait of a commit."""
         self.engine.resolve(token, ts)
         if ts:
+            self._land(ts)
             self._commit_wait(ts)
         return ts
 
@@ -210,6 +223,13 @@ class ShardService:
         """This shard's live definition of a table, in wire form
         (:meth:`dn.schema.TableDef.to_wire`; its id is this shard's)."""
         return self.engine.live_table(db, table).to_wire()
+
+    def _land(self, ts: int) -> None:
+        """A commit at ``ts`` is applied (readable): wake the live feeds waiting here."""
+        with self._landed:
+            if ts > self._newest:
+                self._newest = ts
+            self._landed.notify_all()
 
     def _commit_wait(self, ts: int) -> None:
         target_ms = (ts >> LOGICAL_BITS) + self._skew_ms
@@ -267,6 +287,49 @@ class ShardService:
         which the feed's change types are decided from."""
         view = self.read_view(db, table, snapshot, from_ts, columns)
         return view, before_view(lambda d, t, s: self.engine.read_view(d, t, s), view)
+
+    def feed_next(
+        self,
+        db: str,
+        table: str,
+        from_ts: int,
+        target: int = 0,
+        columns: Any = None,
+        wait_s: float = 0.0,
+    ) -> tuple[ReadView | None, ReadView | None, int]:
+        """One round of a live feed here: ``(view, before, S)``. Waits up to ``wait_s`` (at
+        most :data:`FEED_WAIT_MAX_S`) while no commit at or after ``from_ts`` has landed here
+        and ``target`` < ``from_ts``; then resolves ``S`` = max(``target``, this shard's clock)
+        (no commit at or below ``S`` can appear here later) and returns the feed view of
+        ``from_ts`` <= ts <= ``S`` with the before-state :meth:`feed_before` gives. ``view``
+        is None, and nothing is resolved, when ``S`` < ``from_ts`` (no time has passed here).
+        The wait only saves rounds: a commit that lands unseen is in the next window anyway."""
+        if type(from_ts) is not int or type(target) is not int:
+            raise InvalidArgument("a feed round's from_ts and target must be int timestamps")
+        end = time.monotonic() + min(max(float(wait_s), 0.0), FEED_WAIT_MAX_S)
+        with self._landed:
+            while self._newest < from_ts and target < from_ts:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._landed.wait(left)
+        s = max(target, self.engine.clock())
+        if s < from_ts:
+            return None, None, s
+        view = self.read_view(db, table, s, from_ts, columns)
+        return view, self.feed_before(view), view.snapshot
+
+    def feed_before(self, view: ReadView) -> ReadView | None:
+        """The state a feed view's change types are decided from (``from_ts - 1``). When the
+        window is all in memory (no range object in its plan, the live feed's case), only
+        the window's keys are read (a point view); else the whole snapshot view, as
+        :meth:`feed_views` gives."""
+        if view.plan.ranges:
+            return before_view(lambda d, t, s: self.engine.read_view(d, t, s), view)
+        keys = list(dict.fromkeys(k for run in view.tail for k in (*run.pks, *run.del_pks)))
+        if not keys:
+            return None
+        return before_view(lambda d, t, s: self.engine.read_view(d, t, s, keys=keys), view)
 
     # -- operations -------------------------------------------------------------------------
 

@@ -17,13 +17,12 @@ thread.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from coordinator.client import fanout
+from coordinator.client import fanout, live
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
 from dn.read import cdc
 from dn.read.arrow import to_arrow, to_batches
@@ -207,23 +206,6 @@ def subscribe(
     poll_s: float = 0.02,
     stop: Any = None,
 ) -> Iterator[Any]:
-    """``Client.subscribe``: the change feed from ``from_ts`` on, as commits land. Each round
-    picks ``S`` (every shard's clock) and reads the window (last ``S``, ``S``] at ``S``: every
-    shard resolves ``S`` first (no commit at or below it can appear later, undecided
-    transactions are decided), so the rounds neither skip nor repeat a change. Yields an
-    Arrow table per round with changes (``as_dicts``: the Change records one by one), until
-    ``stop()`` is true (None: forever)."""
-    nxt = check_from_ts(from_ts)
-    while stop is None or not stop():
-        s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
-        if s >= nxt:
-            t, pairs = feeds(client, db, table, nxt, s, columns)
-            nxt = s + 1
-            if pairs:
-                if as_dicts:
-                    yield from (c for c, _ in pairs)
-                else:
-                    changes, pre = [c for c, _ in pairs], [p for _, p in pairs]
-                    yield cdc.arrow_feed(t, changes, pre, columns)
-                continue  # more may have landed meanwhile: look again at once
-        time.sleep(poll_s)
+    """``Client.subscribe``: the live change feed (:mod:`coordinator.client.live`: one call
+    per shard a round, each shard resolving its own window)."""
+    return live.subscribe(client, db, table, from_ts, columns, as_dicts, poll_s, stop)
