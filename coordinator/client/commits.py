@@ -72,6 +72,18 @@ class CommitGroup:
         return me.out
 
     def _send(self, batch: list[_Pending]) -> None:
+        outs: list[Any] = [Internal("the commit call was interrupted")] * len(batch)
+        try:
+            outs = self._call(batch)
+        finally:  # every waiter is answered, whatever happened to the call
+            self.calls += 1
+            self.commits += len(batch)
+            with self._cv:
+                for p, out in zip(batch, outs, strict=True):
+                    p.out, p.done = out, True
+                self._cv.notify_all()
+
+    def _call(self, batch: list[_Pending]) -> list[Any]:
         try:
             if len(batch) == 1:
                 outs: list[Any] = [self._coord.call("commit", *batch[0].args)]
@@ -83,9 +95,4 @@ class CommitGroup:
             outs = [exc] * len(batch)
         except Exception as exc:  # not ours to swallow, but every waiter must be answered
             outs = [Internal(f"the commit call failed: {exc!r}")] * len(batch)
-        self.calls += 1
-        self.commits += len(batch)
-        with self._cv:
-            for p, out in zip(batch, outs, strict=True):
-                p.out, p.done = out, True
-            self._cv.notify_all()
+        return outs

@@ -65,6 +65,7 @@ class SlotMap:
             raise InvalidArgument("a slot map's version is an int >= 0")
         direct = all(o == s % self.shards for s, o in enumerate(self.owners))
         object.__setattr__(self, "direct", direct)
+        object.__setattr__(self, "_array", None)
 
     @classmethod
     def initial(cls, shards: int, version: int = 0) -> SlotMap:
@@ -86,8 +87,10 @@ class SlotMap:
         return {s: counts.get(s, 0) for s in range(self.shards)}
 
     def owner_array(self) -> Any:
-        """The owners as a numpy array (uint16), for vectorized routing."""
-        return np.array(self.owners, dtype=np.uint16)
+        """The owners as a numpy array (uint16, made once), for vectorized routing."""
+        if self._array is None:  # type: ignore[has-type]
+            object.__setattr__(self, "_array", np.array(self.owners, dtype=np.uint16))
+        return self._array
 
     def moved(self, slots: list[int], to_shard: int) -> SlotMap:
         """This map with ``slots`` owned by ``to_shard``, at the next version."""

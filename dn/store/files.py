@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +40,9 @@ class SharedDirSync:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._dirs: dict[Path, _DirState] = {}
+        # a directory's state lives while a caller holds it: no entry stays for every
+        # directory ever written (a new state covers only the tickets it hands out)
+        self._dirs: weakref.WeakValueDictionary[Path, _DirState] = weakref.WeakValueDictionary()
 
     def sync(self, path: Path, fsync: Callable[[Path], None] = fsync_dir) -> None:
         with self._lock:
@@ -68,7 +71,7 @@ class SharedDirSync:
 
 
 class _DirState:
-    __slots__ = ("cv", "ticket", "synced", "running")
+    __slots__ = ("cv", "ticket", "synced", "running", "__weakref__")
 
     def __init__(self) -> None:
         self.cv = threading.Condition()
