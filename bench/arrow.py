@@ -288,7 +288,7 @@ def run(quick: bool) -> list[Figure]:
         higher_is_better=False,
         peer_name="Delta Lake",
         target=1.0,
-        note="our range objects (zstd-compressed bodies) vs Delta's Parquet files",
+        note="our range objects (format 4: Arrow IPC, zstd per buffer) vs Delta's Parquet files",
     )
     f3d = Figure(
         "3d",

@@ -40,12 +40,12 @@ from dn.clock import Clock, SystemClock
 from dn.errors import Closed
 from dn.opening import open_components
 from dn.read import cdc, stream
-from dn.read.arrow import to_arrow
+from dn.read.arrowscan import scan_table
 from dn.read.change import Change
 from dn.read.plan import Plan, check_from_ts
 from dn.read.reader import Reader
 from dn.read.snapshots import Snapshots
-from dn.read.view import ReadView, materialize, materialize_many, scan_columns
+from dn.read.view import ReadView, materialize, materialize_many
 from dn.recovery import recover
 from dn.schema import TableDef
 from dn.settings import Settings
@@ -354,7 +354,7 @@ class Engine:
         view, (lo, hi) = self._reads.checked_view(
             db, table, snapshot, columns=columns, bounds=bounds
         )
-        return to_arrow(view.table, scan_columns(self._state.reader, view, lo, hi)[0], columns)
+        return scan_table(self._state.reader, view, lo, hi, columns)
 
     def databases(self, snapshot: int | None = None) -> list[str]:
         return self._reads.databases(snapshot)

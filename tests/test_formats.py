@@ -291,18 +291,21 @@ def _stored_range_body(data: bytes) -> Any:
 
 
 def test_range_fixture_decodes():
-    data = fixture("range.bin")
-    assert ordered(_stored_range_body(data)) == ordered(
+    # the version-3 fixture (still read; version 4's bytes: tests/test_rangeobj_v4.py)
+    v3 = fixture("range_v3.bin")
+    assert ordered(_stored_range_body(v3)) == ordered(
         _range_body(RANGE_TOKENS, commits=RANGE_COMMITS)
     )
     # the version-2 fixture holds the same body, stored uncompressed; it still reads
     v2 = fixture("range_v2.bin")
-    assert ordered(body_of(v2, "R", version=2)) == ordered(_stored_range_body(data))
-    old = rangeobj.decode(v2, RANGE_KEY)
+    assert ordered(body_of(v2, "R", version=2)) == ordered(_stored_range_body(v3))
+    data = fixture("range.bin")
     new = rangeobj.decode(data, RANGE_KEY)
-    assert (old.commands, old.tables, old.tokens, old.ncommits) == (
-        new.commands, new.tables, new.tokens, new.ncommits
-    )  # fmt: skip
+    for older in (v2, v3):
+        old = rangeobj.decode(older, RANGE_KEY)
+        assert (old.commands, old.tables, old.tokens, old.ncommits) == (
+            new.commands, new.tables, new.tokens, new.ncommits
+        )  # fmt: skip
     ro = rangeobj.decode(data, RANGE_KEY)
     assert (ro.from_ts, ro.to_ts, ro.nbytes) == (90, 108, len(data))
     assert ro.ncommits == RANGE_COMMITS
@@ -338,7 +341,7 @@ def test_compaction_writes_the_same_range_grammar():
     data, stats = compaction.merge(SHARD, [ro], tables, horizon=0, oldest=True)
     assert data == fixture("range.bin")
     assert stats == RANGE_STATS
-    # a version-1 input: its derived count goes on, and the output is version 3 (no tokens)
+    # a version-1 input: its derived count goes on, and the output is version 4 (no tokens)
     old = rangeobj.decode(fixture("range_v1.bin"), RANGE_KEY)
     no_tokens = make.range_object(token=False)[0]
     assert compaction.merge(SHARD, [old], tables, horizon=0, oldest=True)[0] == no_tokens
@@ -372,7 +375,8 @@ def test_version_1_range_objects_still_read():
         (2, RANGE_TOKENS[:-1], {"commits": RANGE_COMMITS}, "malformed"),  # of 40-byte entries
         (2, _entries((109, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),  # in [from, to]
         (2, _entries((106, TOKEN), (105, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),
-        (4, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "unknown format version 4"),
+        (4, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "malformed"),  # msgpack tables in v4
+        (5, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "unknown format version 5"),
     ],
 )
 def test_range_versions_that_do_not_read(version, tokens, extra, error):
@@ -714,7 +718,7 @@ def _decoders() -> dict[str, Any]:
     out["log_prepare.bin"] = lambda data: _decode_log(data, TOKEN_LOG[1])
     for name in ("decision_commit.bin", "decision_abort.bin"):
         out[name] = lambda data: decision.decode(data, decision.key(TOKEN))
-    for name in ("range.bin", "range_v2.bin", "range_v1.bin"):
+    for name in ("range.bin", "range_v3.bin", "range_v2.bin", "range_v1.bin"):
         out[name] = lambda data: rangeobj.decode(data, RANGE_KEY)
     for name in (
         "checkpoint.bin",

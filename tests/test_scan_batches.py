@@ -209,7 +209,8 @@ OBJECT_ROWS = 30_000  # rows per range object: smaller than a batch
 BATCH_ROWS = 65_536
 #: The bound on the resident set's peak growth, in batches' Arrow bytes. A scan holds one
 #: decoded object and one window (Python values: several times their Arrow bytes) and its
-#: allocators' slack: measured at about 23 batches. The whole-table scan takes about 290.
+#: allocators' slack: measured at about 23 batches (31 over format-4 objects, which are
+#: decoded from Arrow into Python values). The whole-table scan takes about 50.
 BOUND_BATCHES = 40
 
 
@@ -223,4 +224,6 @@ def test_scan_batches_memory_is_bounded_by_the_batch_not_the_table(tmp_path):
     assert grown < bound, (grown, bound)
     whole, rows, _ = measure_scan_peak(path, "whole", BATCH_ROWS)  # what scan_batches did
     assert rows == MEMORY_ROWS
-    assert whole > 3 * bound, (whole, bound)
+    # the whole-table scan reads format-4 objects straight into Arrow (dn/read/arrowscan.py):
+    # about 50 batches, no longer the ~290 of Python values; the stream still holds less
+    assert whole > grown, (whole, grown)

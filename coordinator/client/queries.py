@@ -25,14 +25,15 @@ import pyarrow as pa
 from coordinator.client import fanout, live
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
 from dn.read import cdc
-from dn.read.arrow import to_arrow, to_batches
+from dn.read.arrow import to_batches
+from dn.read.arrowscan import merge_shards, scan_table
 from dn.read.change import Change
 from dn.read.collector import paused_gc
 from dn.read.feed import merge_changes
 from dn.read.merge import merge_chunks
 from dn.read.plan import check_from_ts
 from dn.read.stream import check_batch_rows, windows
-from dn.read.view import ReadView, materialize, scan_columns
+from dn.read.view import ReadView, materialize
 from dn.timestamps import to_timestamp
 
 
@@ -97,18 +98,13 @@ def _scan_views(client: Any, db: str, table: str, snapshot: Any, columns: Any, b
 def scan_arrow(
     client: Any, db: str, table: str, snapshot: Any, columns: Any, start: Any, end: Any
 ) -> pa.Table:
-    """``Client.scan_arrow``: every shard's rows as one Arrow table in primary-key order."""
+    """``Client.scan_arrow``: every shard's rows as one Arrow table in primary-key order:
+    each shard read into Arrow in this process (:func:`dn.read.arrowscan.scan_table`), the
+    shards merged by key (:func:`dn.read.arrowscan.merge_shards`)."""
     got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end))
     pool = client.reader_pool()
-    parts = [scan_columns(pool.reader(i), got[i], lo, hi) for i in sorted(got)]
-    parts = [p for p in parts if p[0]]
-    if parts and all(keys is not None for _, keys in parts):
-        return to_arrow(t, fanout.merge_by_int_key(parts), columns)
-    tables = [to_arrow(t, cols, None) for cols, _ in parts]
-    whole = pa.concat_tables(tables) if tables else to_arrow(t, [], None)
-    if len(tables) > 1:
-        whole = whole.sort_by([(k, "ascending") for k in t.primary_key])
-    return whole if columns is None else whole.select(list(columns))
+    parts = [scan_table(pool.reader(i), got[i], lo, hi) for i in sorted(got)]
+    return merge_shards(t, parts, columns)
 
 
 def scan_batches(

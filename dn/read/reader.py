@@ -65,6 +65,17 @@ class Reader:
         """The runs of ``table`` the plan names, oldest first, each with its newest ts. For a
         point read, ``key`` skips the checkpoint's ranges whose key span excludes it."""
         out: Runs = []
+        for r in self.range_keys(table, plan, key):
+            run = self.range(r).run(table.id, table.pk_pos)
+            if run is not None and len(run):
+                out.append((run, r[1]))
+        hi = plan.tail[1] if plan.tail else 0
+        out.extend((run, hi) for run in tail if len(run))
+        return out
+
+    def range_keys(self, table: TableDef, plan: Plan, key: Any = None) -> list[tuple[int, int]]:
+        """The ranges (from, to) of the plan that may hold ``table``'s versions, oldest
+        first (:meth:`runs` without fetching them; a scan into Arrow reads the objects)."""
         ranges: list[tuple[int, int]] = []
         if plan.checkpoint is not None:
             cp = self.checkpoint(plan.checkpoint)
@@ -77,10 +88,4 @@ class Reader:
                     continue
                 ranges.append(r)
         ranges.extend(plan.ranges)
-        for r in ranges:
-            run = self.range(r).run(table.id, table.pk_pos)
-            if run is not None and len(run):
-                out.append((run, r[1]))
-        hi = plan.tail[1] if plan.tail else 0
-        out.extend((run, hi) for run in tail if len(run))
-        return out
+        return ranges

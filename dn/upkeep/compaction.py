@@ -118,7 +118,7 @@ def merge(
     """
     out_tables: dict[int, dict] = {}
     stats: dict[int, TableStats] = {}
-    ids = sorted({tid for ro in inputs for tid in ro.tables})
+    ids = sorted({tid for ro in inputs for tid in ro.table_ids})
     for tid in ids:
         pk_pos, drop_ts = tables[tid]
         if drop_ts is not None and drop_ts <= horizon:

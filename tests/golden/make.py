@@ -21,11 +21,12 @@ format version 1 made once from the inputs below by the version-1 encoder as it 
 range sizes were recorded (ranges ``[from, to]``) and as it stood last (``[from, to, bytes]``);
 and ``range_v1.bin``, the range object below as the version-1 encoder made it (before ranges
 recorded their commits); and ``range_v2.bin``, as the version-2 encoder made it (before range
-bodies were compressed); and ``manifest_v1.bin``, the manifest version below as the version-1
-encoder made it (before manifests carried the timestamp ceiling); and ``checkpoint_v2.bin``, the
-checkpoint below as the version-2 encoder made it (before checkpoints carried idempotency
-tokens). They are records of what stores may still hold, kept as they are: today's code writes
-newer versions of these kinds and cannot make them again.
+bodies were compressed); and ``range_v3.bin``, as the version-3 encoder made it (before range
+objects held their tables as Arrow IPC); and ``manifest_v1.bin``, the manifest version below
+as the version-1 encoder made it (before manifests carried the timestamp ceiling); and
+``checkpoint_v2.bin``, the checkpoint below as the version-2 encoder made it (before
+checkpoints carried idempotency tokens). They are records of what stores may still hold, kept
+as they are: today's code writes newer versions of these kinds and cannot make them again.
 
 The write at 106 comes in two forms: as ``Engine.write_columns`` logs it (op 5,
 ``log_write_columns.bin``; the segments hold this one) and as the engine logs a client's part

@@ -1,0 +1,229 @@
+"""A snapshot scan into Arrow without Python objects: ``Engine.scan_arrow``'s read path.
+
+For a table whose primary key is one ``int64``, ``string`` or ``bytes`` column, a view's rows
+are read as Arrow tables and picked with Arrow and numpy kernels:
+
+1. sources, oldest first: each range object of the plan (a version-4 object's table as its
+   stored Arrow batches, :class:`dn.objects.rangecols.ArrowTable`, cast to the table's types
+   where a column was stored as ``null``; an older object's run converted with
+   ``pyarrow.array``), then the view's in-memory tail runs (converted likewise); each as its
+   row versions (the table's columns, then ts) and its deletes (key, ts);
+2. in each source, the versions with ts <= snapshot (only where the source may hold newer
+   ones) and start <= pk < end;
+3. the newest version of each key. Fast path — no deletes, every source sorted by (pk, ts) (a
+   range object; not a tail) and their key spans in order (each source's largest key at most
+   the next one's smallest): the sources concatenated are sorted already, and the last version
+   of each key is found by comparing each key with the next one (numpy for ``int64``); when no
+   key repeats (one flushed object of distinct keys) the stored columns are returned as read,
+   with no copy. Otherwise the versions and the deletes are concatenated and sorted by (pk, ts)
+   (``sort_indices``, stable: a delete sorts after an upsert of the same key and ts, as in
+   :func:`dn.read.pick.picks`), the last of each key kept, the deletes dropped, and the rows
+   taken;
+4. the projection.
+
+The result equals :func:`dn.read.arrow.to_arrow` of :func:`dn.read.view.scan_columns` (rows,
+order, types, nulls; the chunking may differ). Any other table (a composite or ``float64`` or
+``bool`` key) goes through that path. :func:`merge_shards` merges the cluster client's
+per-shard results (``coordinator.client.queries.scan_arrow``). Pure functions over a reader's
+immutable objects; any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dn.columnar import ARROW_TYPES
+from dn.errors import Internal
+from dn.read.arrow import arrow_schema, to_arrow
+from dn.read.reader import Reader
+from dn.read.run import Run
+from dn.read.view import ReadView, scan_columns
+from dn.schema import TableDef
+
+#: The key types the Arrow path picks by; others go through :mod:`dn.read.pick`.
+KEY_TYPES = ("int64", "string", "bytes")
+
+
+def arrow_path(table: TableDef) -> bool:
+    """True when :func:`scan_table` picks ``table``'s rows with Arrow kernels."""
+    return len(table.pk_pos) == 1 and table.columns[table.pk_pos[0]][1] in KEY_TYPES
+
+
+def scan_table(
+    reader: Reader,
+    view: ReadView,
+    start: Any = None,
+    end: Any = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """The rows with start <= pk < end visible at the view's snapshot, in primary-key order,
+    as a ``pyarrow.Table`` projected on ``columns`` (checked before any fetch)."""
+    if view.from_ts is not None:
+        raise Internal("a change feed's view (a range plan) cannot serve a snapshot read")
+    t = view.table
+    schema = arrow_schema(t, columns)
+    if not arrow_path(t):
+        return to_arrow(t, scan_columns(reader, view, start, end)[0], columns)
+    src = _Sources(t, view.snapshot, start, end)
+    for r in reader.range_keys(t, view.plan):
+        ro = reader.range(r)
+        stored = ro.arrow(t.id)
+        if stored is False:  # an object of format version 3 or older
+            run = ro.run(t.id, t.pk_pos)
+            if run is not None:
+                src.add_run(run, r[1])
+        elif stored is not None:
+            src.add(src.typed_rows(stored.rows()), src.typed_dels(stored.dels()), r[1], True)
+    hi = view.plan.tail[1] if view.plan.tail else 0
+    for run in view.tail:
+        src.add_run(run, hi)
+    whole = src.pick()
+    if whole is None:
+        return schema.empty_table()
+    index = {n: i for i, n in enumerate(t.names)}
+    return pa.Table.from_arrays([whole.column(index[f.name]) for f in schema], schema=schema)
+
+
+def merge_shards(table: TableDef, parts: list[pa.Table], columns: Sequence[str] | None) -> pa.Table:
+    """Shards' :func:`scan_table` results (each whole, unprojected, in key order; no key in
+    two of them) as one table in key order, projected on ``columns``: one stable argsort of
+    the concatenated keys (numpy for ``int64``, else ``sort_indices``) and one take."""
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return arrow_schema(table, columns).empty_table()
+    whole = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    if len(parts) > 1:
+        keys = [table.names[p] for p in table.pk_pos]
+        if len(keys) == 1 and pa.types.is_integer(whole.schema.field(keys[0]).type):
+            order = np.argsort(whole.column(keys[0]).to_numpy(), kind="stable")
+            whole = whole.take(pa.array(order))
+        else:
+            whole = whole.take(pc.sort_indices(whole, sort_keys=[(k, "ascending") for k in keys]))
+    return whole if columns is None else whole.select(list(columns))
+
+
+class _Sources:
+    """A scan's sources, filtered as they are added; :meth:`pick` merges them. Row tables
+    hold the table's columns then ts (by position: a column may be called ``ts``); delete
+    tables the key then ts."""
+
+    def __init__(self, t: TableDef, snapshot: int, start: Any, end: Any) -> None:
+        self.types = [ARROW_TYPES[typ] for _, typ in t.columns]
+        self.names = [f"c{i}" for i in range(len(self.types))] + ["ts"]
+        self.kpos = t.pk_pos[0]
+        self.ktype = self.types[self.kpos]
+        self.snapshot, self.start, self.end = snapshot, start, end
+        self.rows: list[tuple[pa.Table, bool]] = []  # (versions, sorted by (pk, ts))
+        self.dels: list[pa.Table] = []
+
+    def typed_rows(self, stored: pa.Table) -> pa.Table | None:
+        if stored.num_columns == 1 or not stored.num_rows:  # no row versions
+            return None
+        cols = [c if c.type == typ else c.cast(typ) for c, typ in zip(stored.columns, self.types)]
+        return pa.Table.from_arrays([*cols, stored.column(stored.num_columns - 1)], self.names)
+
+    def typed_dels(self, stored: pa.Table | None) -> pa.Table | None:
+        if stored is None or not stored.num_rows:
+            return None
+        k = stored.column(0)
+        k = k if k.type == self.ktype else k.cast(self.ktype)
+        return pa.table([k, stored.column(1)], ["k", "ts"])
+
+    def add_run(self, run: Run, hi: int) -> None:
+        """A run of Python values (a tail, or an object of format version 3 or older)."""
+        rows = dels = None
+        if run.ts:
+            cols = run.cols if run.cols is not None else [list(c) for c in zip(*run.rows)]
+            arrays = [pa.array(c, type=typ) for c, typ in zip(cols, self.types)]
+            rows = pa.Table.from_arrays([*arrays, pa.array(run.ts, pa.int64())], self.names)
+        if run.del_ts:
+            keys = pa.array(run.del_pks, type=self.ktype)
+            dels = pa.table([keys, pa.array(run.del_ts, pa.int64())], ["k", "ts"])
+        self.add(rows, dels, hi, run.sorted_by_pk)
+
+    def add(self, rows: pa.Table | None, dels: pa.Table | None, hi: int, ordered: bool) -> None:
+        if rows is not None:
+            rows = self._filter(rows, self.kpos, len(self.types), hi)
+            if rows is not None:
+                self.rows.append((rows, ordered))
+        if dels is not None:
+            dels = self._filter(dels, 0, 1, hi)
+            if dels is not None:
+                self.dels.append(dels)
+
+    def _filter(self, tb: pa.Table, kpos: int, tpos: int, hi: int) -> pa.Table | None:
+        mask = None
+        if hi > self.snapshot:
+            mask = pc.less_equal(tb.column(tpos), self.snapshot)
+        for bound, op in ((self.start, pc.greater_equal), (self.end, pc.less)):
+            if bound is not None:
+                m = op(tb.column(kpos), pa.scalar(bound, self.ktype))
+                mask = m if mask is None else pc.and_(mask, m)
+        if mask is not None:
+            tb = tb.filter(mask)
+        return tb if tb.num_rows else None
+
+    def pick(self) -> pa.Table | None:
+        """The newest visible version of each key not deleted, in key order (None: none)."""
+        if not self.rows:
+            return None
+        tables = [tb for tb, _ in self.rows]
+        whole = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        if not self.dels and all(ok for _, ok in self.rows) and self._in_order(tables):
+            last = _last_of_each(whole.column(self.kpos))
+            return whole if last is None else whole.filter(last)
+        keys = pa.chunked_array(
+            [c for tb in tables for c in tb.column(self.kpos).chunks]
+            + [c for d in self.dels for c in d.column(0).chunks],
+            type=self.ktype,
+        )
+        ts = pa.chunked_array(
+            [c for tb in tables for c in tb.column(len(self.types)).chunks]
+            + [c for d in self.dels for c in d.column(1).chunks],
+            type=pa.int64(),
+        )
+        ndel = sum(d.num_rows for d in self.dels)
+        pos = np.concatenate([np.arange(whole.num_rows), np.full(ndel, -1, dtype=np.int64)])
+        order = pc.sort_indices(
+            pa.table([keys, ts], ["k", "ts"]), sort_keys=[("k", "ascending"), ("ts", "ascending")]
+        )
+        pos = pos[order.to_numpy()]
+        last = _last_of_each(keys.take(order))
+        if last is not None:
+            pos = pos[last]
+        pos = pos[pos >= 0]
+        if len(pos) == whole.num_rows and (np.diff(pos) > 0).all():  # already in order
+            return whole
+        return whole.take(pa.array(pos)) if len(pos) else None
+
+    def _in_order(self, tables: list[pa.Table]) -> bool:
+        """True when each table's largest key is at most the next one's smallest."""
+        for a, b in zip(tables, tables[1:]):
+            if a.column(self.kpos)[-1].as_py() > b.column(self.kpos)[0].as_py():
+                return False
+        return True
+
+
+def _last_of_each(keys: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """For sorted ``keys``: a mask of the last of each run of equal keys; None when no key
+    repeats (every one is the last of its run)."""
+    n = len(keys)
+    if n < 2:
+        return None
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
+    if pa.types.is_integer(keys.type):
+        k = keys.to_numpy()
+        last = np.empty(n, dtype=bool)
+        np.not_equal(k[1:], k[:-1], out=last[:-1])
+    else:
+        ne = pc.not_equal(keys.slice(1), keys.slice(0, n - 1))
+        last = np.empty(n, dtype=bool)
+        last[:-1] = ne.to_numpy(zero_copy_only=False)
+    last[-1] = True
+    return None if last.all() else last
