@@ -51,8 +51,9 @@ from coordinator.client.writes import Limits, write_batch
 from dn.errors import ObjectExists, StaleTable
 from dn.objects import codec
 from dn.read import cdc
-from dn.read.arrow import arrow_schema, to_arrow
-from dn.read.view import ReadView, materialize, scan_columns
+from dn.read.arrow import arrow_schema
+from dn.read.arrowscan import scan_table
+from dn.read.view import ReadView, materialize
 from dn.write.tokens import make_token
 from shards.staging import STAGED
 
@@ -111,8 +112,8 @@ def _read_shard(
     store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
 ) -> Iterator[pa.Table]:
     reader = fanout.ReaderPool.for_url(store, cache).reader(shard)
-    if feed is None:
-        yield to_arrow(view.table, scan_columns(reader, view)[0], columns)
+    if feed is None:  # the shard's rows as Arrow, range objects read as Arrow (format 4)
+        yield scan_table(reader, view, None, None, columns)
         return
     befores, before_images = feed
     changes = materialize(reader, view, columns=columns)
