@@ -282,11 +282,11 @@ class ShardService:
     def feed_views(
         self, db: str, table: str, snapshot: int, from_ts: int, columns: Any = None
     ) -> tuple[ReadView, ReadView | None]:
-        """A change feed's view and, in the same call, the snapshot view of the state before
-        it (``from_ts - 1``; None where there is none: :func:`dn.read.view.before_view`),
-        which the feed's change types are decided from."""
+        """A change feed's view and, in the same call, the view of the state before it
+        (``from_ts - 1``: :meth:`feed_before`), which the feed's change types are decided
+        from."""
         view = self.read_view(db, table, snapshot, from_ts, columns)
-        return view, before_view(lambda d, t, s: self.engine.read_view(d, t, s), view)
+        return view, self.feed_before(view)
 
     def feed_next(
         self,

@@ -57,17 +57,22 @@ class Staging:
         self._engine = engine
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
-        self._staged: dict[bytes, tuple[Decoded, float]] = {}
+        self._staged: dict[bytes, tuple[Decoded, float, tuple[str, ...]]] = {}
 
     def stage(self, key: bytes, objects: list[str]) -> int:
-        """Read, merge, check and decode the parts in ``objects``; hold them under ``key``.
-        Returns their rows."""
+        """Read, merge, check and decode the parts in ``objects``; hold them under ``key``
+        (a second stage of the same objects under the same key reads nothing). Returns their
+        rows."""
         if not isinstance(key, bytes) or not key:
             raise InvalidArgument("a staging key must be non-empty bytes")
         if not isinstance(objects, list | tuple) or not objects:
             raise InvalidArgument("staging needs the keys of the parts' objects")
         if not all(isinstance(k, str) and k.startswith("50/sink/") for k in objects):
             raise InvalidArgument("staged parts live under 50/sink/")
+        with self._lock:
+            held = self._staged.get(key)
+        if held is not None and held[2] == tuple(objects):  # staged already (a later attempt)
+            return held[0].nrows
         store = self._engine.store
         parts = []
         for k in objects:
@@ -79,9 +84,9 @@ class Staging:
         decoded = self._engine.transactions.decode(merge(parts), settings.max_staged_rows)
         now = time.monotonic()
         with self._lock:
-            for k in [k for k, (_, t) in self._staged.items() if t < now]:
+            for k in [k for k, (_, t, _) in self._staged.items() if t < now]:
                 del self._staged[k]
-            self._staged[key] = (decoded, now + self._ttl_s)
+            self._staged[key] = (decoded, now + self._ttl_s, tuple(objects))
         return decoded.nrows
 
     def take(self, calls: Any) -> Decoded:

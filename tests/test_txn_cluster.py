@@ -484,3 +484,18 @@ def test_a_prepare_naming_parts_never_staged_is_refused_and_writes_nothing(clust
     with pytest.raises(Unavailable, match="stage them again"):
         commit_calls(c.txn_context(), lambda stale: {0: [("staged", b"never")]})
     assert cluster.feed(before) == []
+
+
+def test_staging_the_same_parts_again_reads_nothing(cluster, monkeypatch):
+    staged = _staged_dataset(cluster, [{"k": k, "v": "s"} for k in range(120)])
+    svc = cluster.services[0]
+    objects = staged["staged"][0]
+    store = svc.engine.store
+    reads = []
+    real = store.get
+    monkeypatch.setattr(store, "get", lambda k: reads.append(k) or real(k))
+    n = svc.stage(b"again", objects)
+    assert n > 0 and len(reads) == len(objects)
+    assert svc.stage(b"again", objects) == n and len(reads) == len(objects)  # held already
+    svc.unstage(b"again")
+    assert svc.stage(b"again", objects) == n and len(reads) == 2 * len(objects)

@@ -46,7 +46,7 @@ from typing import Any
 import pyarrow as pa
 
 from coordinator.actor.handle import CoordinatorHandle
-from coordinator.client import fanout, queries
+from coordinator.client import fanout, live, queries
 from coordinator.client.commits import CommitGroup
 from coordinator.client.routing import validate_batch, validate_columns
 from coordinator.client.slots import SlotMap
@@ -220,8 +220,7 @@ class Client:
         """What :func:`coordinator.client.txn.commit_atomic` needs of this client."""
         backoff = self._backoff if self._backoff is not None else self.settings.backoff()
         c, t, pool = self._causality, self._tokens, self.reader_pool()
-        n, tables = len(self.shards), self._tables()
-        return TxnContext(self._commits, n, tables, pool.store, c, t, self.retry_s, backoff)
+        return TxnContext(self._commits, self._tables(), pool.store, c, t, self.retry_s, backoff)
 
     def write_each(
         self, db: str, table: str, upserts: Any = (), deletes: Any = (), atomic: bool = False
@@ -376,8 +375,8 @@ class Client:
         """The live change feed from ``from_ts`` (resume at the last ``_commit_ts`` seen + 1):
         an Arrow table per batch of commits as they land, forever, in (``_commit_ts``, key)
         order across shards with no gap or repeat (``as_dicts=True``: Change records;
-        ``poll_s``, ``stop``: :func:`coordinator.client.queries.subscribe`)."""
-        return queries.subscribe(self, db, table, from_ts, columns, **kw)
+        ``poll_s``, ``stop``: :func:`coordinator.client.live.subscribe`)."""
+        return live.subscribe(self, db, table, from_ts, columns, **kw)
 
     # -- operations -------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from coordinator.client import fanout, live
+from coordinator.client import fanout
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
 from dn.read import cdc
 from dn.read.arrow import to_batches
@@ -190,18 +190,3 @@ def changes_arrow(
     changes = [c for c, _ in pairs]
     pre = [p for _, p in pairs]
     return cdc.arrow_feed(t, changes, pre, columns, before_images)
-
-
-def subscribe(
-    client: Any,
-    db: str,
-    table: str,
-    from_ts: Any,
-    columns: Any = None,
-    as_dicts: bool = False,
-    poll_s: float = 0.02,
-    stop: Any = None,
-) -> Iterator[Any]:
-    """``Client.subscribe``: the live change feed (:mod:`coordinator.client.live`: one call
-    per shard a round, each shard resolving its own window)."""
-    return live.subscribe(client, db, table, from_ts, columns, as_dicts, poll_s, stop)

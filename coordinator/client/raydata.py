@@ -283,7 +283,8 @@ def commit_staged(
 ) -> int:
     """Have every shard stage its parts (``staged``: their object keys by shard) under
     ``key``, then commit them as one transaction; returns its timestamp. Each attempt stages
-    again (a shard that restarted between its stage and its prepare has lost its parts)."""
+    again: a shard that still holds the parts reads nothing, one that restarted between its
+    stage and its prepare reads them again."""
     tc = client.txn_context()
 
     def calls(stale: set) -> dict[int, list]:

@@ -55,7 +55,6 @@ class TxnContext:
     """What a commit needs of its client."""
 
     commits: CommitGroup  # to the coordinator's committer, grouped with this process's others
-    shards: int
     tables: TableCache
     store: ObjectStore
     causality: Causality
