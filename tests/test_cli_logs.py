@@ -60,35 +60,35 @@ def test_dn_logs_shows_why_a_shard_stopped(deploy_cluster, ray_session, tmp_path
     with pytest.raises(DNError):
         client.write("db", "t", [{"k": 99, "v": "zombie"}])
 
-    def stopped():
-        return [ln for s, ln in _lines("0", ns, tail=-1) if s == "err" and "shard 0" in ln]
+    def stopped():  # the write path's line, then the maintenance loop's on its next round
+        lines = [ln for s, ln in _lines("0", ns, tail=-1) if s == "err" and "shard 0" in ln]
+        return lines if any("maintenance stops" in ln for ln in lines) else None
 
-    lines = _wait_for(stopped, "no line of shard 0 in its stderr")
+    lines = _wait_for(stopped, "no line of shard 0 and of its maintenance loop in its stderr")
     assert any("fenced" in ln.lower() or "stops" in ln for ln in lines), lines
 
-    # --tail: only the last lines of each stream, and nothing of the other stream asked for
-    for _ in range(50):  # the fenced actor's loops may still be logging: compare when still
-        every = _lines("0", ns, tail=-1, streams=("err",))
-        last = _lines("0", ns, tail=1, streams=("err",))
-        if every == _lines("0", ns, tail=-1, streams=("err",)):
-            break
-        time.sleep(0.1)
-    assert last == every[-1:]
+    # --tail: only the last lines of each stream, and nothing of the other stream asked for;
+    # the fenced actor logs nothing more of its own now
+    every = _lines("0", ns, tail=-1, streams=("err",))
+    assert _lines("0", ns, tail=1, streams=("err",)) == every[-1:]
     assert _lines("0", ns, tail=0) == []
     assert not any(ln.startswith(":actor_name:") for _, ln in every)  # Ray's markers are gone
 
-    # --follow: the tail first, then a line logged after the reader started
+    # --follow: the tail first, then a line the actor's process writes after the reader started
+    import ray
+
     from coordinator.cli.logs import read_log
+    from shards.group import shard_name
 
     follow = read_log("0", ns, tail=1, follow=True, streams=("err",))
     try:
         assert next(follow) == every[-1]
-        with pytest.raises(DNError):  # the fenced shard refuses again, and logs it again
-            client.write("db", "t", [{"k": 100, "v": "zombie"}])
-        before = len(every)
-        _wait_for(lambda: len(_lines("0", ns, tail=-1, streams=("err",))) > before, "no new line")
-        stream, line = next(follow)
-        assert stream == "err" and line
+        probe = f"probe line {time.time_ns()}"
+        actor = ray.get_actor(shard_name(0), namespace=ns)
+        # a lambda travels by value (the test module is not importable in the actor)
+        say = lambda _, text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+        ray.get(actor.__ray_call__.remote(say, probe))
+        assert next(follow) == ("err", probe)
     finally:
         follow.close()
 
