@@ -151,20 +151,26 @@ class ShardService:
 
     def prepare_many(self, items: list) -> list:
         """A committer's batch of prepares (:meth:`dn.Engine.prepare_many`): ``items`` are
-        ``(token, at, snapshot, calls)``, as :meth:`prepare` takes them. Each result is the
-        item's timestamp or the DNError that refused it (returned, not raised)."""
+        ``(token, at, snapshot, calls)``, as :meth:`prepare` takes them, or ``(token, at,
+        snapshot, calls, group)`` for a transaction decided with its group
+        (:mod:`dn.objects.decision`). Each result is the item's timestamp or the DNError that
+        refused it (returned, not raised)."""
         t0 = time.monotonic()
         try:
             if not isinstance(items, list | tuple) or not all(
-                isinstance(it, list | tuple) and len(it) == 4 and isinstance(it[3], list | tuple)
+                isinstance(it, list | tuple)
+                and len(it) in (4, 5)
+                and isinstance(it[3], list | tuple)
                 for it in items
             ):
-                raise InvalidArgument("a batch of prepares is (token, at, snapshot, calls) each")
+                raise InvalidArgument(
+                    "a batch of prepares is (token, at, snapshot, calls[, group]) each"
+                )
             out: list = [None] * len(items)
             todo, where = [], []
-            for i, (t, at, snap, calls) in enumerate(items):
+            for i, (t, at, snap, calls, *group) in enumerate(items):
                 try:  # one item's bad parts (or lost staged parts) refuse that item alone
-                    todo.append((t, at, self._parts(calls), snap))
+                    todo.append((t, at, self._parts(calls), snap, *group))
                     where.append(i)
                 except DNError as exc:
                     out[i] = exc

@@ -201,8 +201,36 @@ def test_decision_fixtures(name, ts, shards):
     assert ordered(body_of(data, "D")) == ordered({"ts": ts, "shards": shards})
     key = decision.key(TOKEN)
     assert key == "40/txn/" + TOKEN.hex()
-    assert decision.decode(data, key) == ts
+    assert decision.decode(data, key, TOKEN) == ts
+    assert decision.decode(data, key, make.OTHER) == ts  # a group's abort aborts every member
     assert decision.encode(ts, list(reversed(shards))) == data
+
+
+def test_the_op_7_fixture_of_a_group_names_the_group_last():
+    # an intent sent in a client's group of transactions: op 7's arguments gain the group's
+    # token, the key of the decision it waits for (dn/objects/decision.py)
+    _, seq, [[ts, _, (table_id, chunks, dels, token)]] = TOKEN_LOG
+    data = fixture("log_prepare_group.bin")
+    assert make.build_all()["log_prepare_group.bin"] == data
+    rec = _decode_log(data, seq)
+    assert rec.commands == [[ts, 7, [token, [[table_id, chunks, dels]], make.GROUP]]]
+    single = fixture("log_prepare.bin")
+    assert data.endswith(codec.pack(make.GROUP)) and not single.endswith(codec.pack(make.GROUP))
+
+
+def test_the_group_decision_fixture():
+    data = fixture("decision_group.bin")
+    assert make.build_all()["decision_group.bin"] == data
+    group, other = make.GROUP, make.OTHER
+    body = body_of(data, "D", 2)
+    assert ordered(body) == ordered(
+        {"txns": [[group, 105], [TOKEN, 106], [other, 0]], "shards": [0, 3, 7]}
+    )
+    key = decision.key(group)
+    assert [decision.decode(data, key, t) for t in (group, TOKEN, other)] == [105, 106, 0]
+    assert decision.decode(data, key, bytes(32)) == decision.ABORTED  # not listed: aborted
+    assert decision.decode_body(data, key) == (106, [0, 3, 7])
+    assert decision.encode_group({other: 0, TOKEN: 106, group: 105}, [7, 3, 0]) == data
 
 
 def test_a_packed_write_by_column_logs_the_same_bytes():
@@ -716,8 +744,9 @@ def _decoders() -> dict[str, Any]:
         out[name] = lambda data, seq=seq: _decode_log(data, seq)
     out[TOKEN_LOG[0]] = lambda data: _decode_log(data, TOKEN_LOG[1])
     out["log_prepare.bin"] = lambda data: _decode_log(data, TOKEN_LOG[1])
-    for name in ("decision_commit.bin", "decision_abort.bin"):
-        out[name] = lambda data: decision.decode(data, decision.key(TOKEN))
+    out["log_prepare_group.bin"] = lambda data: _decode_log(data, TOKEN_LOG[1])
+    for name in ("decision_commit.bin", "decision_abort.bin", "decision_group.bin"):
+        out[name] = lambda data: decision.decode(data, decision.key(TOKEN), TOKEN)
     for name in ("range.bin", "range_v3.bin", "range_v2.bin", "range_v1.bin"):
         out[name] = lambda data: rangeobj.decode(data, RANGE_KEY)
     for name in (

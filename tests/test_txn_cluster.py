@@ -244,19 +244,20 @@ def test_a_committer_lost_after_its_decision_is_settled_by_the_client(cluster, m
 
 def test_a_committer_dying_before_its_decision_is_aborted_and_sent_again(cluster, monkeypatch):
     c = cluster.client
-    real = decision.decide
+    real = decision.decide_group
     died = []
 
-    def dies_once(store, token, ts, shards):
+    def dies_once(store, group, outcomes, shards):
         if threading.current_thread().name.startswith("dn-decide") and not died:
-            died.append(token)
+            died.append(group)
             raise RuntimeError("the coordinator process died here")
-        return real(store, token, ts, shards)
+        return real(store, group, outcomes, shards)
 
-    monkeypatch.setattr(decision, "decide", dies_once)
+    monkeypatch.setattr(decision, "decide_group", dies_once)
     before = c.snapshot()
     ts = c.write("db", "t", [{"k": k, "v": "again"} for k in _spread(6)], atomic=True)
-    assert died and real(cluster.client.txn_context().store, died[0], 1, []) == decision.ABORTED
+    store = cluster.client.txn_context().store
+    assert died and decision.decide(store, died[0], 1, []) == decision.ABORTED
     feed = cluster.feed(before)  # the first attempt's intents: read, found aborted, gone
     assert {t for t, *_ in feed} == {ts} and len(feed) == len(_spread(6))
 
@@ -331,7 +332,7 @@ def _grouped(cluster, monkeypatch, n: int, fns: list) -> tuple[list, list]:
         def held(*args, _real=real, _name=name):
             calls.append(_name)
             deadline = time.monotonic() + 10
-            while _name == "commit" and len(group._queue) < n - 1:
+            while _name == "commit" and len(calls) == 1 and len(group._queue) < n - 1:
                 assert time.monotonic() < deadline, "the commits did not queue"
                 time.sleep(0.005)
             return _real(*args)
@@ -364,9 +365,12 @@ def test_a_process_s_concurrent_commits_share_one_coordinator_call(cluster, monk
     def commit(i: int):
         return lambda: c.write("db", "t", [{"k": k, "v": f"g{i}"} for k in keys[i::8]], atomic=True)
 
+    store = c.txn_context().store
+    decided = set(store.list(decision.PREFIX))
     out, calls = _grouped(cluster, monkeypatch, 8, [commit(i) for i in range(8)])
     assert calls == ["commit", "commit_many"]  # the first alone, the 7 queued behind it in one
     assert all(type(ts) is int for ts in out) and len(set(out)) == 8
+    assert len(set(store.list(decision.PREFIX)) - decided) == 2  # one decision per call
     feed = cluster.feed(before)
     assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # every row once
     for i, ts in enumerate(out):
@@ -398,8 +402,8 @@ def test_a_lost_answer_to_a_group_is_settled_by_each_transaction(cluster, monkey
     real = service.commit_many
     lost = []
 
-    def answer_lost(items):
-        real(items)  # committed; then the answer is lost
+    def answer_lost(items, group=None):
+        real(items, group)  # committed; then the answer is lost
         lost.append(len(items))
         raise Unavailable("the coordinator died", outcome_unknown=True)
 
@@ -415,6 +419,36 @@ def test_a_lost_answer_to_a_group_is_settled_by_each_transaction(cluster, monkey
     assert all(type(ts) is int for ts in out)  # each found its own commit decision
     feed = cluster.feed(before)
     assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # applied once each
+
+
+def test_a_group_whose_committer_dies_before_deciding_is_aborted_and_sent_again(
+    cluster, monkeypatch
+):
+    c = cluster.client
+    real = decision.decide_group
+    died: list[bytes] = []
+
+    def dies_once(store, group, outcomes, shards):
+        if len(outcomes) > 1 and not died:
+            died.append(group)
+            raise RuntimeError("the coordinator process died here")
+        return real(store, group, outcomes, shards)
+
+    monkeypatch.setattr(decision, "decide_group", dies_once)
+    keys = _spread(4 * SHARDS)
+    before = c.snapshot()
+
+    def commit(i: int):
+        return lambda: c.write("db", "t", [{"k": k, "v": f"d{i}"} for k in keys[i::4]], atomic=True)
+
+    out, _ = _grouped(cluster, monkeypatch, 4, [commit(i) for i in range(4)])
+    assert died and all(type(ts) is int for ts in out), out  # settled, then sent again
+    store = c.txn_context().store
+    assert decision.lookup(store, died[0]) == decision.ABORTED  # the group's, by its settler
+    feed = cluster.feed(before)  # the group's first intents: found aborted, gone
+    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)
+    for i, ts in enumerate(out):
+        assert {(t, v) for t, pk, _, v in feed if pk in keys[i::4]} == {(ts, f"d{i}")}
 
 
 # -- staged parts: an atomic dataset write (DNDatasink(atomic=True)) ------------------------

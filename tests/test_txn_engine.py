@@ -149,6 +149,60 @@ def test_a_crash_after_each_step_resolves_to_the_decision(url, step):
     assert rows(engines, at) == want
 
 
+def _prepare_group(engines, writes: list[dict]) -> tuple[bytes, list[tuple[bytes, int]]]:
+    """Prepare one transaction per entry of ``writes`` ({shard: rows} each) as a client group,
+    through ``prepare_many`` as the committer sends them; returns (group, [(token, at)])."""
+    txns = [
+        (MINT.mint(), max(e.clock() for e in engines) + STEP * (j + 1)) for j in range(len(writes))
+    ]
+    group = txns[0][0]
+    for i, e in enumerate(engines):
+        items = [
+            (token, at, [part(e, w[i])], None, group)
+            for (token, at), w in zip(txns, writes, strict=True)
+            if i in w
+        ]
+        if items:
+            assert e.transactions.prepare_many(items) == [at for _, at, *_ in items]
+    return group, txns
+
+
+@pytest.mark.parametrize("step", ["prepared", "decided"])
+def test_a_group_is_decided_by_one_object_across_a_crash(url, step):
+    # a client's group commit: its transactions share one decision object, named in op 7;
+    # after a crash each shard resolves each intent from the group's object
+    engines = _open(url)
+    writes = [{0: {1: "a"}, 1: {2: "a"}}, {0: {3: "b"}}, {1: {4: "c"}}]
+    group, txns = _prepare_group(engines, writes)
+    if step == "decided":  # the first and the last commit; the second was refused somewhere
+        outcomes = {txns[0][0]: txns[0][1], txns[1][0]: 0, txns[2][0]: txns[2][1]}
+        got = decision.decide_group(engines[0].store, group, outcomes, [0, 1])
+        assert [got.of(t) for t, _ in txns] == [txns[0][1], 0, txns[2][1]]
+    for e in engines:
+        e.close()
+    engines = _reopen(url)
+    assert sum(len(e._state.intents) for e in engines) == 4  # replayed, undecided
+    assert all(i.group == group for e in engines for i in e._state.intents.by_token.values())
+    want = {1: "a", 2: "a", 4: "c"} if step == "decided" else {}
+    assert rows(engines, txns[-1][1]) == want
+    assert sum(len(e._state.intents) for e in engines) == 0
+    assert engines[0].store.list(decision.PREFIX) == [decision.key(group)]  # one object
+
+
+def test_a_reader_giving_up_on_one_intent_aborts_its_whole_group(url):
+    engines = _open(url)
+    group, txns = _prepare_group(engines, [{0: {1: "a"}}, {1: {2: "b"}}])
+    assert rows(engines[:1], txns[0][1]) == {}  # waits txn_wait_s, then aborts the group
+    assert decision.lookup(engines[0].store, txns[1][0], group) == decision.ABORTED
+    # the committer comes late: the group is decided already, it reads the abort back
+    late = decision.decide_group(engines[0].store, group, dict(txns), [0, 1])
+    assert [late.of(t) for t, _ in txns] == [0, 0]
+    assert rows(engines[1:], txns[1][1]) == {}  # shard 1 reads the group's abort at once
+    assert decision.decide(engines[0].store, txns[1][0], 0, [], group) == decision.ABORTED
+    with pytest.raises(ValueError):  # a group's commits are decided only together
+        decision.decide(engines[0].store, txns[1][0], txns[1][1], [], group)
+
+
 def test_a_buffer_with_an_undecided_intent_is_written_out_after_its_decision(url):
     engines = _open(url)
     token, at = prepare(engines, {0: {1: "x"}})

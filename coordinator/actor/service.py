@@ -133,10 +133,11 @@ class CoordinatorService:
         return self._committer.commit(token, after, snapshot, calls)
 
     @_request
-    def commit_many(self, items: list) -> list:
+    def commit_many(self, items: list, group: bytes | None = None) -> list:
         """Several transactions ``(token, after, snapshot, calls)`` in the next batch: for
-        each, its commit timestamp or the error that refused it (a value, not raised)."""
-        return self._committer.commit_many(items)
+        each, its commit timestamp or the error that refused it (a value, not raised). With
+        ``group`` they share one decision object, keyed by it."""
+        return self._committer.commit_many(items, group)
 
     @_request
     def collect_decisions(self) -> int:

@@ -10,10 +10,14 @@ and sends them as one ``commit_many``, as the shards' group commit does for log 
 first thread to find no call in flight leads; the others wait and are answered from the
 leader's call, or lead the next one. A thread alone sends a plain ``commit``.
 
-Nothing changes for a transaction: each keeps its own token, and its answer is its own commit
-timestamp or its own error. If the call itself fails (``Unavailable``: the coordinator died or
-did not answer), every transaction of the group gets that error and settles its own attempt
-(:func:`coordinator.client.txn.commit_atomic`). Thread-safe.
+Each transaction keeps its own token, and its answer is its own commit timestamp or its own
+error. The group shares one decision object, keyed by the first transaction's token
+(:mod:`dn.objects.decision`): one conditional put decides all of them, where each alone would
+cost one. If the call itself fails (``Unavailable``: the coordinator died or did not answer),
+every transaction of the group gets that error, which names the group (``details["group"]``),
+and settles its own attempt at the group's decision
+(:func:`coordinator.client.txn.commit_calls`): the first to settle aborts the group unless the
+committer decided it. Thread-safe.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from dn.errors import DNError, Internal
+from dn.errors import DNError, Internal, Unavailable
 
 #: At most this many transactions in one call (a bound on the call's size).
 MAX_GROUP = 256
@@ -86,13 +90,17 @@ class CommitGroup:
     def _call(self, batch: list[_Pending]) -> list[Any]:
         try:
             if len(batch) == 1:
-                outs: list[Any] = [self._coord.call("commit", *batch[0].args)]
-            else:
-                outs = self._coord.call("commit_many", [p.args for p in batch])
-                if len(outs) != len(batch):
-                    outs = [Internal(f"{len(outs)} answers to {len(batch)} commits")] * len(batch)
+                return [self._coord.call("commit", *batch[0].args)]
+            group = batch[0].args[0]  # the first transaction's token keys the group's decision
+            outs: list[Any] = self._coord.call("commit_many", [p.args for p in batch], group)
+            if len(outs) != len(batch):
+                outs = [Internal(f"{len(outs)} answers to {len(batch)} commits")] * len(batch)
         except DNError as exc:
             outs = [exc] * len(batch)
         except Exception as exc:  # not ours to swallow, but every waiter must be answered
             outs = [Internal(f"the commit call failed: {exc!r}")] * len(batch)
+        if len(batch) > 1:  # an attempt that may have landed settles at its group's decision
+            for out in outs:
+                if isinstance(out, Unavailable):
+                    out.details["group"] = batch[0].args[0]
         return outs

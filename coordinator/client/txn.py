@@ -44,7 +44,7 @@ from dn.objects import decision
 from dn.schema import TableDef, check_name
 from dn.store.base import ObjectStore
 from dn.write.part import WritePart
-from dn.write.tokens import TokenMinter
+from dn.write.tokens import TokenMinter, is_token
 
 #: Attempts of one commit at most (a new token, or a redefined table, each time).
 ATTEMPTS = 8
@@ -94,7 +94,9 @@ def commit_calls(
         try:
             ts = ctx.commits.commit(token, ctx.causality.token, snapshot, calls)
         except Unavailable as exc:  # the committer failed: this attempt's fate is ours to seal
-            ts = decision.decide(ctx.store, token, decision.ABORTED, [*calls])
+            group = exc.details.get("group")  # sent in a client group: decided with it
+            group = group if is_token(group) else None
+            ts = decision.decide(ctx.store, token, decision.ABORTED, [*calls], group)
             if ts == decision.ABORTED:
                 last = exc
                 if not retries.wait():

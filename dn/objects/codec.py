@@ -32,7 +32,7 @@ Key layout (numbers zero-padded to 20 digits so that listing order is numeric or
     10/<shard>/<ts>             checkpoints                  (dn.objects.checkpoint)
     20/<shard>/<from>_<to>      range objects                (dn.objects.rangeobj)
     30/<shard>/<seq>            log objects (group commits)  (dn.write.log)
-    40/txn/<token hex>          transaction decisions        (dn.objects.decision)
+    40/txn/<group hex>          transaction decisions        (dn.objects.decision)
     90/cluster/<version>        cluster record versions      (coordinator.actor.cluster_catalog)
 
 The decoders of the first four check that the numbers a body names are those of its key

@@ -18,6 +18,7 @@ from dn.errors import InvalidArgument
 from dn.schema import TableDef
 from dn.write.buffer import Buffer
 from dn.write.part import WritePart
+from dn.write.tokens import is_token
 
 
 @dataclass(slots=True)
@@ -29,6 +30,7 @@ class Intent:
     buffer: Buffer
     keys: dict[int, list]
     born: float  # monotonic seconds when applied here (or replayed)
+    group: bytes  # the token its decision object is keyed by (its own, alone)
     looked: float = 0.0  # monotonic seconds of the last look at its decision object
 
 
@@ -119,8 +121,12 @@ class Decoded:
     nrows: int
 
 
-def check_args(token: bytes, at: int, parts: list | Decoded, snapshot: int | None) -> None:
+def check_args(
+    token: bytes, at: int, parts: list | Decoded, snapshot: int | None, group: bytes | None = None
+) -> None:
     """The arguments of a prepare, checked (InvalidArgument)."""
+    if group is not None and not is_token(group):
+        raise InvalidArgument("a transaction's group is named by a token (32 bytes)")
     if type(at) is not int or at <= 0:
         raise InvalidArgument(f"a commit timestamp must be an int > 0, got {at!r}")
     if snapshot is not None and (type(snapshot) is not int or not 0 <= snapshot < at):

@@ -57,6 +57,7 @@ from dn.schema import TableDef
 from dn.write.commit import Pending
 from dn.write.intents import Decoded, Intent, Prepare, check_args
 from dn.write.part import WritePart
+from dn.write.tokens import is_token
 
 #: How old an undecided intent is before a reader or the background round reads its decision
 #: object (its client has had time to decide it), and how often it reads it again (seconds).
@@ -74,26 +75,33 @@ class Transactions:
     # -- prepare -------------------------------------------------------------------------------
 
     def prepare(
-        self, token: bytes, at: int, parts: list[WritePart], snapshot: int | None = None
+        self,
+        token: bytes,
+        at: int,
+        parts: list[WritePart],
+        snapshot: int | None = None,
+        group: bytes | None = None,
     ) -> int:
         """Prepare the intent of transaction ``token`` at commit timestamp ``at``: ``parts``
         are its writes on this shard (one per table, without tokens of their own). With a
-        ``snapshot``, refused with Conflict if a key was committed after it. Returns ``at``
-        once the intent is durable (again for a resend of one prepared before, or its commit
-        timestamp if it committed already)."""
+        ``snapshot``, refused with Conflict if a key was committed after it; with a ``group``,
+        its decision is the group's (:mod:`dn.objects.decision`). Returns ``at`` once the
+        intent is durable (again for a resend of one prepared before, or its commit timestamp
+        if it committed already)."""
         self._s.check_usable()
-        check_args(token, at, parts, snapshot)
+        check_args(token, at, parts, snapshot, group)
         return self._writes.once(
             token,
-            lambda: self._writes.submit_prepare(self._pending(token, at, parts, snapshot)),
+            lambda: self._writes.submit_prepare(self._pending(token, at, parts, snapshot, group)),
             self._prepared_at,
         )
 
     def prepare_many(self, items: list) -> list:
         """:meth:`prepare` for many transactions at once (a committer's batch): ``items`` are
-        ``(token, at, parts, snapshot)``. Their intents go to the group commit together,
-        lowest timestamp first, so they share log writes and none passes another's timestamp.
-        Returns each item's result: its timestamp, or the DNError that refused it."""
+        ``(token, at, parts, snapshot)`` or ``(token, at, parts, snapshot, group)``. Their
+        intents go to the group commit together, lowest timestamp first, so they share log
+        writes and none passes another's timestamp. Returns each item's result: its timestamp,
+        or the DNError that refused it."""
         s = self._s
         s.check_usable()
         out: list = [None] * len(items)
@@ -101,9 +109,10 @@ class Transactions:
         claimed: list[bytes] = []
         try:
             for i in sorted(range(len(items)), key=lambda i: items[i][1]):
-                token, at, parts, snapshot = items[i]
+                token, at, parts, snapshot, *more = items[i]
+                group = more[0] if more else None
                 try:
-                    check_args(token, at, parts, snapshot)
+                    check_args(token, at, parts, snapshot, group)
                     s.tokens.check_minted(token, s.clock.now_ms())
                     with s.cv:
                         ts = s.tokens.committed.get(token) or self._prepared_at(token)
@@ -119,7 +128,7 @@ class Transactions:
                         s.counters["duplicate_parts"] += 1
                         out[i] = ts
                         continue
-                    todo.append((i, self._pending(token, at, parts, snapshot)))
+                    todo.append((i, self._pending(token, at, parts, snapshot, group)))
                 except DNError as exc:
                     out[i] = exc
             if todo:
@@ -153,18 +162,27 @@ class Transactions:
         return Decoded(list(parts), tables, writes, keys, nrows)
 
     def _pending(
-        self, token: bytes, at: int, parts: list[WritePart] | Decoded, snapshot: int | None
+        self,
+        token: bytes,
+        at: int,
+        parts: list[WritePart] | Decoded,
+        snapshot: int | None,
+        group: bytes | None = None,
     ) -> Pending:
-        """A prepare on its way to the group commit: parts decoded, flushed versions checked."""
+        """A prepare on its way to the group commit: parts decoded, flushed versions checked.
+        Op 7's arguments: ``[token, writes]``, or ``[token, writes, group]`` in a group."""
         d = parts if isinstance(parts, Decoded) else self.decode(parts)
         checked_to = self._check_flushed(d.tables, d.keys, snapshot)
+        grouped = group is not None and group != token
         payload = (
-            b"\x92"
+            (b"\x93" if grouped else b"\x92")
             + codec.pack(token)
             + codec.array_header(len(d.parts))
             + b"".join(p.log_payload() for p in d.parts)
+            + (codec.pack(group) if grouped else b"")
         )
-        p = Pending(OP_PREPARE, [token, d.writes], payload, None, d.nrows, token)
+        args = [token, d.writes, group] if grouped else [token, d.writes]
+        p = Pending(OP_PREPARE, args, payload, None, d.nrows, token)
         p.txn = Prepare(at, d.tables, d.keys, snapshot, checked_to)
         return p
 
@@ -241,10 +259,14 @@ class Transactions:
 
     def apply_locked(self, ts: int, args: list, nbytes: int, info: Prepare | None) -> None:
         """Under the lock: apply a durable intent to the mutable buffer, undecided. ``args``
-        are op 7's (``[token, [[table_id, chunks, deletes], ...]]``, replayed) or, from the
-        group commit, ``[token, [(chunks, deletes), ...]]`` with ``info`` for the tables."""
+        are op 7's (``[token, [[table_id, chunks, deletes], ...], group?]``, replayed) or,
+        from the group commit, ``[token, [(chunks, deletes), ...], group?]`` with ``info`` for
+        the tables."""
         s = self._s
-        token, writes = args
+        token, writes, *more = args
+        group = more[0] if more else token
+        if len(more) > 1 or not is_token(group):
+            raise ValueError(f"op 7 names {group!r}, not a transaction group")
         items, keys = [], {}
         for i, w in enumerate(writes):
             if info is not None:
@@ -262,7 +284,7 @@ class Transactions:
         if buf.empty:
             buf.born = s.clock.monotonic()
         buf.apply_intent(ts, token, items, nbytes)
-        s.intents.add(Intent(token, ts, buf, keys, s.clock.monotonic()))
+        s.intents.add(Intent(token, ts, buf, keys, s.clock.monotonic(), group))
         s.last_applied = ts
         s.counters["txn_prepared"] += 1
 
@@ -300,15 +322,19 @@ class Transactions:
         s.cv.notify_all()
 
     def decide(self, token: bytes, abort: bool = True) -> bool:
-        """Lock not held: apply the decision on ``token``'s intent from its decision object;
-        if there is none yet, decide an abort (``abort``) or leave it undecided (returns
-        False)."""
+        """Lock not held: apply the decision on ``token``'s intent from its (group's) decision
+        object; if there is none yet, decide an abort (``abort``: of the whole group) or leave
+        it undecided (returns False)."""
         s = self._s
-        ts = decision.lookup(s.store, token)
+        with s.cv:
+            intent = s.intents.get(token)
+        if intent is None:
+            return False  # decided meanwhile
+        ts = decision.lookup(s.store, token, intent.group)
         if ts is None:
             if not abort:
                 return False
-            ts = decision.decide(s.store, token, decision.ABORTED, [s.shard])
+            ts = decision.decide(s.store, token, decision.ABORTED, [s.shard], intent.group)
         s.counters["txn_decided_here"] += 1
         with s.cv:
             self._resolve_locked(token, ts)

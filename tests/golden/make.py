@@ -125,6 +125,14 @@ TOKEN_LOG_FILE = "log_write_columns_token.bin"
 #: client whose transaction wrote shards 0 and 7, and aborted by a reader of shard 7.
 PREPARE_LOG_FILE = "log_prepare.bin"
 DECISIONS = {"decision_commit.bin": (106, [7, 0]), "decision_abort.bin": (0, [7])}
+#: The same intent sent in a client's group of transactions (op 7 naming the group), and the
+#: group's decision: the group is keyed by its first transaction's token (GROUP), which
+#: committed at 105; this one (TOKEN) committed at 106; a third (OTHER) was aborted.
+GROUP = make_token(bytes(range(16)), 1_767_225_600_000, 0)
+OTHER = make_token(bytes(range(16)), 1_767_225_600_000, 2)
+PREPARE_GROUP_LOG_FILE = "log_prepare_group.bin"
+GROUP_DECISION_FILE = "decision_group.bin"
+GROUP_DECISION = ({GROUP: 105, TOKEN: 106, OTHER: 0}, [7, 0, 3])
 
 
 def commands(token: bool = False) -> list[tuple[int, int, int, list]]:
@@ -296,8 +304,11 @@ def build_all() -> dict[str, bytes]:
     out[TOKEN_LOG_FILE] = log_record(token_write[0][0], [c[1:] for c in token_write])
     _, ts, _, (table_id, chunks, dels, token) = token_write[0]
     out[PREPARE_LOG_FILE] = log_record(12, [(ts, OP_PREPARE, [token, [[table_id, chunks, dels]]])])
+    grouped = [token, [[table_id, chunks, dels]], GROUP]
+    out[PREPARE_GROUP_LOG_FILE] = log_record(12, [(ts, OP_PREPARE, grouped)])
     for name, (decided, shards) in DECISIONS.items():
         out[name] = decision.encode(decided, shards)
+    out[GROUP_DECISION_FILE] = decision.encode_group(*GROUP_DECISION)
     out["range.bin"] = range_object()[0]
     out["checkpoint.bin"] = checkpoint_object()
     out["manifest.bin"] = manifest_version()
