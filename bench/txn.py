@@ -16,9 +16,8 @@ result.
   commit touches, ``INFLIGHT`` at a time (a thread pool in the task, as a service handling
   requests has), against the same plain writes made the same way: commits/s, p50/p99
   latency; local store and S3. **6b-seq**: the same, one commit at a time per task. The tasks
-  count their shard calls and the time in them, their calls to the coordinator (concurrent
-  commits of a process share one: :mod:`coordinator.client.commits`), the prepare rounds (one
-  decision put each) and the refusals; the shards' counters give prepares and log writes.
+  count their shard calls, their calls to the coordinator (a process's concurrent commits share
+  one: :mod:`coordinator.client.commits`) and refusals; shards count prepares and log writes.
 - **6c**: bank transfers over N accounts on the 4 shards, T attempts per task of
   ``client.transaction()`` (read two accounts, write both, commit; a ``Conflict`` counted,
   not retried): commits/s, conflicts per 100 attempts; the balances' total is checked.
@@ -46,8 +45,7 @@ VALUE = b"v" * 100
 SCHEMA = {"k": "int64", "v": "bytes"}
 BANK = {"k": "int64", "w": "int64"}
 NAMESPACE = "dnbench-txn"
-SHARDS = 4
-TASKS = 16
+SHARDS, TASKS = 4, 16
 INFLIGHT = 8  # 6b: commits in flight per task (threads); 6b-seq: one
 BALANCE = 1000
 SETTLE_S = 2.0  # as bench.cluster: Ray starts replacement workers for the placed actors
@@ -204,6 +202,7 @@ def _spread_keys(per_shard: int, n: int = SHARDS) -> list[list[int]]:
 
 def _counters(client: Any) -> dict[str, int]:
     out = {"txn_prepared": 0, "txn_aborted": 0, "group_commits": 0, "commits": 0}
+    out["d"] = len(client.txn_context().store.list("40/txn/"))  # decisions: one a client group
     for st in client.status()["shards"].values():
         out["group_commits"] += st.get("group_commits", 0)
         out["commits"] += st.get("commits", 0)
@@ -218,7 +217,7 @@ def _pct(lat: list[float], q: float) -> float:
 
 
 def _bounds(results: list[dict], before: dict, after: dict, dt: float) -> dict[str, float]:
-    """Per commit: shard calls, decision puts and log writes, counted in the run."""
+    """Per commit: shard calls, decision objects and log writes, counted in the run."""
     commits = sum(r["commits"] for r in results)
     calls: dict[str, float] = {}
     for r in results:
@@ -244,6 +243,7 @@ def _bounds(results: list[dict], before: dict, after: dict, dt: float) -> dict[s
         **{f"{k}_per_commit": round(v / commits, 2) for k, v in calls.items() if k[:5] == "call_"},
         "coordinator_calls_per_commit": round(calls.get("coordinator_calls", 0) / commits, 3),
         "prepares_per_commit": round(d["txn_prepared"] / commits, 3),
+        "decision_puts_per_commit": round(d["d"] / commits, 3),
         "aborted_intents_per_commit": round(d["txn_aborted"] / commits, 3),
         "prepares_per_log_write": round(d["txn_prepared"] / max(1, d["group_commits"]), 2),
         "task_ms_per_commit": round(lat, 2),

@@ -11,11 +11,12 @@ A transaction (an atomic batch, or a snapshot-isolation transaction: the client'
            keys or a key has a version committed after the snapshot (Conflict); else
            stamp the intent at exactly C, log it (op 7) and apply it to the mutable buffer,
            undecided
-      -> decide: the decision object 40/txn/<token> (dn.objects.decision), put if absent:
-           commit at C; the commit point
+      -> decide: the decision object 40/txn/<group> (dn.objects.decision; a transaction
+           alone is its own group), put if absent: commit at C; the commit point
       -> resolve(token, C) on every shard: the intent's rows stay, its token is noted
     anyone who finds an intent undecided for longer than ``txn_wait_s`` decides it instead:
-    it reads the decision, or puts an abort if there is none; an abort takes the rows out.
+    it reads the decision, or puts an abort (of the whole group) if there is none; an abort
+    takes the rows out.
 
 Why one timestamp holds (the argument of decision 0015): a shard stamps the intent at C only
 while its clock is below C, and stamping raises the clock to C, so every commit stamped there
