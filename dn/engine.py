@@ -39,13 +39,13 @@ import pyarrow as pa
 from dn.clock import Clock, SystemClock
 from dn.errors import Closed
 from dn.opening import open_components
-from dn.read import cdc, stream
+from dn.read import arrowfeed, cdc, stream
 from dn.read.arrowscan import scan_table
 from dn.read.change import Change
 from dn.read.plan import Plan, check_from_ts
 from dn.read.reader import Reader
 from dn.read.snapshots import Snapshots
-from dn.read.view import ReadView, materialize, materialize_many
+from dn.read.view import ReadView, before_view, materialize, materialize_many
 from dn.recovery import recover
 from dn.schema import TableDef
 from dn.settings import Settings
@@ -312,7 +312,8 @@ class Engine:
     ) -> Iterator[Change]:
         """Every change with from_ts <= ts <= snapshot, in (ts, pk) order, as Change
         records (``ts``, ``kind``, ``pk``, ``row``, ``change_type``: :mod:`dn.read.cdc`)."""
-        return iter(self._feed(db, table, from_ts, snapshot, columns)[1])
+        view, _ = self._reads.checked_view(db, table, snapshot, check_from_ts(from_ts), columns)
+        return iter(cdc.feed(self._state.reader, view, self._reads.read_view, columns)[1])
 
     def changes_arrow(
         self,
@@ -325,12 +326,9 @@ class Engine:
     ) -> pa.Table:
         """:meth:`changes` as an Arrow table: the row's columns, ``_commit_ts`` and
         ``_change_type`` (with ``before_images``, ``update_preimage`` rows too)."""
-        view, changes, pre = self._feed(db, table, from_ts, snapshot, columns)
-        return cdc.arrow_feed(view.table, changes, pre, columns, before_images)
-
-    def _feed(self, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any) -> tuple:
         view, _ = self._reads.checked_view(db, table, snapshot, check_from_ts(from_ts), columns)
-        return cdc.feed(self._state.reader, view, self._reads.read_view, columns)
+        before = before_view(self._reads.read_view, view)
+        return arrowfeed.changes_table(self._state.reader, view, before, columns, before_images)
 
     def scan_batches(self, db: str, table: str, *a: Any, **kw: Any) -> Iterator[pa.RecordBatch]:
         """:meth:`scan_arrow`'s rows in ``batch_rows=65_536`` batches, streamed: dn.read.stream."""

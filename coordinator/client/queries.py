@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from coordinator.client import fanout
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
-from dn.read import cdc
+from dn.read import arrowfeed, cdc
 from dn.read.arrow import to_batches
 from dn.read.arrowscan import merge_shards, scan_table
 from dn.read.change import Change
@@ -185,8 +185,13 @@ def changes_arrow(
     columns: Any,
     before_images: bool,
 ) -> pa.Table:
-    """``Client.changes_arrow``."""
-    t, pairs = feeds(client, db, table, from_ts, snapshot, columns)
-    changes = [c for c, _ in pairs]
-    pre = [p for _, p in pairs]
-    return cdc.arrow_feed(t, changes, pre, columns, before_images)
+    """``Client.changes_arrow``: each shard's feed read and classified with Arrow kernels
+    (:mod:`dn.read.arrowfeed`), merged in (ts, pk) order."""
+    got, before = feed_views(client, db, table, from_ts, snapshot, columns)
+    t, pool = got[0].table, client.reader_pool()
+    parts = [
+        arrowfeed.changes_table(pool.reader(i), got[i], before[i], None, before_images)
+        for i in sorted(got)
+    ]
+    whole = arrowfeed.merge_shards(parts, arrowfeed.feed_schema(t), t.names[t.pk_pos[0]])
+    return whole if columns is None else whole.select([*columns, "_commit_ts", "_change_type"])

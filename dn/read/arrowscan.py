@@ -69,20 +69,7 @@ def scan_table(
     schema = arrow_schema(t, columns)
     if not arrow_path(t):
         return to_arrow(t, scan_columns(reader, view, start, end)[0], columns)
-    src = _Sources(t, view.snapshot, start, end)
-    for r in reader.range_keys(t, view.plan):
-        ro = reader.range(r)
-        stored = ro.arrow(t.id)
-        if stored is False:  # an object of format version 3 or older
-            run = ro.run(t.id, t.pk_pos)
-            if run is not None:
-                src.add_run(run, r[1])
-        elif stored is not None:
-            src.add(src.typed_rows(stored.rows()), src.typed_dels(stored.dels()), r[1], True)
-    hi = view.plan.tail[1] if view.plan.tail else 0
-    for run in view.tail:
-        src.add_run(run, hi)
-    whole = src.pick()
+    whole = load(reader, view, Sources(t, view.snapshot, start, end)).pick()
     if whole is None:
         return schema.empty_table()
     index = {n: i for i, n in enumerate(t.names)}
@@ -107,17 +94,38 @@ def merge_shards(table: TableDef, parts: list[pa.Table], columns: Sequence[str] 
     return whole if columns is None else whole.select(list(columns))
 
 
-class _Sources:
-    """A scan's sources, filtered as they are added; :meth:`pick` merges them. Row tables
+def load(reader: Reader, view: ReadView, src: Sources) -> Sources:
+    """Every source of ``view`` (its range objects, then its tail runs) added to ``src``."""
+    t = view.table
+    for r in reader.range_keys(t, view.plan):
+        ro = reader.range(r)
+        stored = ro.arrow(t.id)
+        if stored is False:  # an object of format version 3 or older
+            run = ro.run(t.id, t.pk_pos)
+            if run is not None:
+                src.add_run(run, r[1])
+        elif stored is not None:
+            src.add(src.typed_rows(stored.rows()), src.typed_dels(stored.dels()), r[1], True)
+    hi = view.plan.tail[1] if view.plan.tail else 0
+    for run in view.tail:
+        src.add_run(run, hi)
+    return src
+
+
+class Sources:
+    """A read's sources, filtered as they are added (ts <= ``snapshot``, ts >= ``from_ts``
+    for a change feed, start <= pk < end); :meth:`pick` merges them for a scan. Row tables
     hold the table's columns then ts (by position: a column may be called ``ts``); delete
     tables the key then ts."""
 
-    def __init__(self, t: TableDef, snapshot: int, start: Any, end: Any) -> None:
+    def __init__(
+        self, t: TableDef, snapshot: int, start: Any = None, end: Any = None, from_ts: int = 0
+    ) -> None:
         self.types = [ARROW_TYPES[typ] for _, typ in t.columns]
         self.names = [f"c{i}" for i in range(len(self.types))] + ["ts"]
         self.kpos = t.pk_pos[0]
         self.ktype = self.types[self.kpos]
-        self.snapshot, self.start, self.end = snapshot, start, end
+        self.snapshot, self.start, self.end, self.from_ts = snapshot, start, end, from_ts
         self.rows: list[tuple[pa.Table, bool]] = []  # (versions, sorted by (pk, ts))
         self.dels: list[pa.Table] = []
 
@@ -160,6 +168,9 @@ class _Sources:
         mask = None
         if hi > self.snapshot:
             mask = pc.less_equal(tb.column(tpos), self.snapshot)
+        if self.from_ts:
+            m = pc.greater_equal(tb.column(tpos), self.from_ts)
+            mask = m if mask is None else pc.and_(mask, m)
         for bound, op in ((self.start, pc.greater_equal), (self.end, pc.less)):
             if bound is not None:
                 m = op(tb.column(kpos), pa.scalar(bound, self.ktype))
