@@ -49,6 +49,7 @@ from typing import Any
 from dn import Engine, ReadView, Settings
 from dn.clock import LOGICAL_BITS, Clock, SystemClock
 from dn.errors import DNError, InvalidArgument
+from dn.read.arrowscan import arrow_tail
 from dn.read.view import before_view
 from dn.settings import ShellSettings
 from dn.write.part import WritePart
@@ -273,9 +274,11 @@ class ShardService:
         from_ts: int | None = None,
         columns: list[str] | None = None,
         keys: Any = (),
+        arrow: bool = False,
     ) -> ReadView:
         """:meth:`dn.Engine.read_view`; ``keys``: a point read's, whose view holds only
-        their versions from memory."""
+        their versions from memory; ``arrow``: the tail as Arrow, for a reader that reads
+        with Arrow kernels (:func:`dn.read.arrowscan.arrow_tail`)."""
         try:
             view = self.engine.read_view(db, table, snapshot, from_ts, columns, keys)
         except Exception as exc:
@@ -283,16 +286,25 @@ class ShardService:
             raise
         plan = view.plan
         self.metrics.read_done(len(plan.ranges) + (plan.checkpoint is not None))
-        return view
+        return arrow_tail(view) if arrow else view
 
     def feed_views(
-        self, db: str, table: str, snapshot: int, from_ts: int, columns: Any = None
+        self,
+        db: str,
+        table: str,
+        snapshot: int,
+        from_ts: int,
+        columns: Any = None,
+        arrow: bool = False,
     ) -> tuple[ReadView, ReadView | None]:
         """A change feed's view and, in the same call, the view of the state before it
         (``from_ts - 1``: :meth:`feed_before`), which the feed's change types are decided
-        from."""
+        from; ``arrow``: both tails as Arrow."""
         view = self.read_view(db, table, snapshot, from_ts, columns)
-        return view, self.feed_before(view)
+        before = self.feed_before(view)
+        if arrow:
+            view, before = arrow_tail(view), before and arrow_tail(before)
+        return view, before
 
     def feed_next(
         self,

@@ -118,3 +118,29 @@ def test_the_arrow_feed_equals_the_classified_feed_across_shards(key):
                                             "_change_type"]  # fmt: skip
     finally:
         c.close()
+
+
+def test_a_shard_ships_its_tail_as_arrow_to_arrow_readers():
+    from dn.read.arrowscan import scan_table
+
+    c = Cluster()
+    try:
+        c.client.create_database("d")
+        c.client.create_table("d", "t", _schema("string"), "k")
+        c.client.create_table("d", "pair", {"a": "string", "b": "int64"}, ["a", "b"])
+        stamps = _load(c.client, random.Random(3), "string", commits=15)  # all in memory
+        c.client.write("d", "pair", [{"a": "x", "b": 1}])
+        s = c.services[0]
+        reader = c.client.reader_pool().reader(0)
+        plain, arrow = s.read_view("d", "t"), s.read_view("d", "t", arrow=True)
+        assert plain.tail and plain.arrow_tail is None
+        assert arrow.tail == () and len(arrow.arrow_tail) == len(plain.tail)
+        snap = max(plain.snapshot, arrow.snapshot)
+        plain, arrow = s.read_view("d", "t", snap), s.read_view("d", "t", snap, arrow=True)
+        assert scan_table(reader, arrow).equals(scan_table(reader, plain))
+        feed, _ = s.feed_views("d", "t", snap, stamps[0], arrow=True)
+        assert feed.tail == () and feed.arrow_tail
+        pair = s.read_view("d", "pair", arrow=True)  # not on the Arrow path: runs as they are
+        assert pair.arrow_tail is None
+    finally:
+        c.close()

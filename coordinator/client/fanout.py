@@ -126,11 +126,14 @@ def fetch_views(
     retry_s: float,
     only: Sequence[int] | None = None,
     columns: Sequence[str] | None = None,
+    arrow: bool = False,
 ) -> dict[int, ReadView]:
     """Each shard's view at ``snapshot``; the shards check ``columns`` first, so a read they
-    refuse promises (and writes) nothing."""
+    refuse promises (and writes) nothing. ``arrow``: tails as Arrow (``ReadView.arrow_tail``),
+    for the Arrow read paths."""
     ids = range(len(shards)) if only is None else only
-    calls = {i: ("read_view", (db, table, snapshot, from_ts, columns)) for i in ids}
+    args = (db, table, snapshot, from_ts, columns) + (((), True) if arrow else ())
+    calls = {i: ("read_view", args) for i in ids}
     return raise_first(shards.call_each(calls, retry_s))
 
 

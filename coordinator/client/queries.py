@@ -38,14 +38,23 @@ from dn.timestamps import to_timestamp
 
 
 def views(
-    client: Any, db: str, table: str, snap: Any, from_ts: int | None = None, cols: Any = None
+    client: Any,
+    db: str,
+    table: str,
+    snap: Any,
+    from_ts: int | None = None,
+    cols: Any = None,
+    arrow: bool = False,
 ) -> dict[int, ReadView]:
-    """Every shard's view of ``db.table`` at ``snap`` (None: now), checked to agree."""
+    """Every shard's view of ``db.table`` at ``snap`` (None: now), checked to agree;
+    ``arrow``: their tails as Arrow, for the Arrow read paths."""
     s = to_timestamp(snap)  # the shards check the columns before they promise anything
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
     with paused_gc():  # decoding the shards' tails makes many objects that live on
-        got = fanout.fetch_views(client.shards, db, table, s, from_ts, client.retry_s, None, cols)
+        got = fanout.fetch_views(
+            client.shards, db, table, s, from_ts, client.retry_s, None, cols, arrow
+        )
     fanout.check_same_schema(got)
     client.observe(got[0].snapshot)
     return got
@@ -86,9 +95,11 @@ def scan(
     return fanout.merge_pages(got, pages, columns)
 
 
-def _scan_views(client: Any, db: str, table: str, snapshot: Any, columns: Any, bounds: tuple):
+def _scan_views(
+    client: Any, db: str, table: str, snapshot: Any, columns: Any, bounds: tuple, arrow=False
+):
     """Every shard's view for a scan, the table, and the key bounds, all checked."""
-    got = views(client, db, table, snapshot, cols=columns)
+    got = views(client, db, table, snapshot, cols=columns, arrow=arrow)
     t = got[0].table
     lo, hi = (None if b is None else t.check_key(b) for b in bounds)
     fanout.check_projection(t, columns)
@@ -101,7 +112,7 @@ def scan_arrow(
     """``Client.scan_arrow``: every shard's rows as one Arrow table in primary-key order:
     each shard read into Arrow in this process (:func:`dn.read.arrowscan.scan_table`), the
     shards merged by key (:func:`dn.read.arrowscan.merge_shards`)."""
-    got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end))
+    got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end), True)
     pool = client.reader_pool()
     parts = [scan_table(pool.reader(i), got[i], lo, hi) for i in sorted(got)]
     return merge_shards(t, parts, columns)
@@ -132,15 +143,17 @@ def scan_batches(
 
 
 def feed_views(
-    client: Any, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any
+    client: Any, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any, arrow=False
 ) -> tuple[dict[int, ReadView], dict[int, ReadView | None]]:
     """Every shard's feed view from ``from_ts`` at one snapshot and, in the same call, its view
-    of the state at ``from_ts - 1`` (``ShardService.feed_views``; None where there is none)."""
+    of the state at ``from_ts - 1`` (``ShardService.feed_views``; None where there is none);
+    ``arrow``: their tails as Arrow, for the Arrow read paths."""
     f = check_from_ts(from_ts)
     s = to_timestamp(snapshot)
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
-    calls = {i: ("feed_views", (db, table, s, f, columns)) for i in range(len(client.shards))}
+    args = (db, table, s, f, columns) + ((True,) if arrow else ())
+    calls = {i: ("feed_views", args) for i in range(len(client.shards))}
     with paused_gc():  # decoding the shards' tails makes many objects that live on
         pairs = fanout.raise_first(client.shards.call_each(calls, client.retry_s))
     got = {i: v for i, (v, _) in pairs.items()}
@@ -187,7 +200,7 @@ def changes_arrow(
 ) -> pa.Table:
     """``Client.changes_arrow``: each shard's feed read and classified with Arrow kernels
     (:mod:`dn.read.arrowfeed`), merged in (ts, pk) order."""
-    got, before = feed_views(client, db, table, from_ts, snapshot, columns)
+    got, before = feed_views(client, db, table, from_ts, snapshot, columns, arrow=True)
     t, pool = got[0].table, client.reader_pool()
     parts = [
         arrowfeed.changes_table(pool.reader(i), got[i], before[i], None, before_images)

@@ -50,10 +50,10 @@ from coordinator.client.txn import commit_calls
 from coordinator.client.writes import Limits, write_batch
 from dn.errors import ObjectExists, StaleTable
 from dn.objects import codec
-from dn.read import cdc
+from dn.read import arrowfeed
 from dn.read.arrow import arrow_schema
 from dn.read.arrowscan import scan_table
-from dn.read.view import ReadView, materialize
+from dn.read.view import ReadView
 from dn.write.tokens import make_token
 from shards.staging import STAGED
 
@@ -115,10 +115,8 @@ def _read_shard(
     if feed is None:  # the shard's rows as Arrow, range objects read as Arrow (format 4)
         yield scan_table(reader, view, None, None, columns)
         return
-    befores, before_images = feed
-    changes = materialize(reader, view, columns=columns)
-    classified, pre = cdc.classify(changes, cdc.rows_before(reader, befores[shard]))
-    yield cdc.arrow_feed(view.table, classified, pre, columns, before_images)
+    befores, before_images = feed  # the shard's feed, read and classified as Arrow
+    yield arrowfeed.changes_table(reader, view, befores[shard], columns, before_images)
 
 
 def read_dn(
@@ -126,7 +124,7 @@ def read_dn(
 ) -> ray.data.Dataset:
     """``db.table`` at ``snapshot`` (None: now; a timestamp or a time) as a Dataset."""
     client = _client(namespace)
-    views = queries.views(client, db, table, snapshot, cols=columns)
+    views = queries.views(client, db, table, snapshot, cols=columns, arrow=True)
     cache = client.settings.client_cache_bytes
     return ray.data.read_datasource(_ShardRows(client.info["store"], cache, views, columns, None))
 
@@ -143,7 +141,7 @@ def read_dn_changes(
 ) -> ray.data.Dataset:
     """The change feed of ``db.table`` from ``from_ts`` to ``snapshot`` as a Dataset."""
     client = _client(namespace)
-    views, befores = queries.feed_views(client, db, table, from_ts, snapshot, columns)
+    views, befores = queries.feed_views(client, db, table, from_ts, snapshot, columns, True)
     feed = (befores, before_images)
     cache = client.settings.client_cache_bytes
     return ray.data.read_datasource(_ShardRows(client.info["store"], cache, views, columns, feed))

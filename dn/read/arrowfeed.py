@@ -99,10 +99,14 @@ def feed_table(
     )
     deleted = np.concatenate([np.zeros(nrows, bool), np.ones(ndels, bool)])
     # (pk, ts) order: each key's changes together, oldest first
-    order = pc.sort_indices(
-        pa.table([keys, pa.array(ts)], ["k", "ts"]),
-        sort_keys=[("k", "ascending"), ("ts", "ascending")],
-    ).to_numpy().astype(np.int64)
+    order = (
+        pc.sort_indices(
+            pa.table([keys, pa.array(ts)], ["k", "ts"]),
+            sort_keys=[("k", "ascending"), ("ts", "ascending")],
+        )
+        .to_numpy()
+        .astype(np.int64)
+    )
     k_sorted = keys.take(pa.array(order))
     ts_s, del_s = ts[order], deleted[order]
     n = len(order)

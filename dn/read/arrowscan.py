@@ -31,6 +31,7 @@ immutable objects; any thread.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,20 @@ def load(reader: Reader, view: ReadView, src: Sources) -> Sources:
     hi = view.plan.tail[1] if view.plan.tail else 0
     for run in view.tail:
         src.add_run(run, hi)
+    for rows, dels, ordered in view.arrow_tail or ():
+        src.add(rows, dels, hi, ordered)
     return src
+
+
+def arrow_tail(view: ReadView) -> ReadView:
+    """``view`` with its tail runs converted to Arrow (``ReadView.arrow_tail``), for a table
+    on the Arrow path: what a shard ships to a reader that reads with Arrow kernels, so that
+    no Python value of the tail is pickled on the way (else ``view`` unchanged)."""
+    if not view.tail or not arrow_path(view.table):
+        return view
+    src = Sources(view.table, view.snapshot)
+    tail = tuple((*src.run_tables(run), run.sorted_by_pk) for run in view.tail)
+    return replace(view, tail=(), arrow_tail=tail)
 
 
 class Sources:
@@ -144,6 +158,10 @@ class Sources:
 
     def add_run(self, run: Run, hi: int) -> None:
         """A run of Python values (a tail, or an object of format version 3 or older)."""
+        self.add(*self.run_tables(run), hi, run.sorted_by_pk)
+
+    def run_tables(self, run: Run) -> tuple[pa.Table | None, pa.Table | None]:
+        """A run of Python values as (its versions, its deletes), unfiltered."""
         rows = dels = None
         if run.ts:
             cols = run.cols if run.cols is not None else [list(c) for c in zip(*run.rows)]
@@ -152,7 +170,7 @@ class Sources:
         if run.del_ts:
             keys = pa.array(run.del_pks, type=self.ktype)
             dels = pa.table([keys, pa.array(run.del_ts, pa.int64())], ["k", "ts"])
-        self.add(rows, dels, hi, run.sorted_by_pk)
+        return rows, dels
 
     def add(self, rows: pa.Table | None, dels: pa.Table | None, hi: int, ordered: bool) -> None:
         if rows is not None:

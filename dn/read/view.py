@@ -57,6 +57,9 @@ class ReadView:
     tail: tuple[Run, ...]
     from_ts: int | None = None
     range_stats: tuple[TableStats | None, ...] | None = None
+    #: The tail as Arrow instead of ``tail`` (which is then empty), for the Arrow read paths
+    #: (:func:`dn.read.arrowscan.arrow_tail`): (versions, deletes, sorted by pk) per run.
+    arrow_tail: tuple | None = None
 
 
 def view_runs(reader: Reader, view: ReadView, key: Any = None) -> Runs:
