@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 import ray.cloudpickle
+import ray.data
 
 import coordinator
 from coordinator.client.raydata import DNDatasink
@@ -40,6 +41,18 @@ def test_read_dn_equals_the_clients_scan_and_feed(cluster):
     rows = sorted(feed.take_all(), key=lambda r: (r["_commit_ts"], r["k"]))
     want = c.changes_arrow("rd", "t", first + 1, snapshot=snap).to_pylist()
     assert rows == want and {r["_change_type"] for r in rows} == {"update_postimage", "delete"}
+    # one read task per shard, its output in blocks of at most the target block size
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.target_max_block_size = ctx.target_max_block_size, 2_000
+    try:
+        small = coordinator.read_dn("rd", "t", snapshot=snap, namespace=c.namespace).materialize()
+    finally:
+        ctx.target_max_block_size = saved
+    shards = len(c.status()["shards"])
+    assert small.num_blocks() > shards
+    assert sorted(small.take_all(), key=lambda r: r["k"]) == got
+    whole = coordinator.read_dn("rd", "t", snapshot=snap, namespace=c.namespace).materialize()
+    assert whole.num_blocks() == shards  # not split by Ray Data into many small blocks
 
 
 class _KilledOnce(DNDatasink):
