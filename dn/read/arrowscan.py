@@ -137,6 +137,7 @@ class Sources:
     ) -> None:
         self.types = [ARROW_TYPES[typ] for _, typ in t.columns]
         self.names = [f"c{i}" for i in range(len(self.types))] + ["ts"]
+        self.table_id, self.pk_pos = t.id, t.pk_pos
         self.kpos = t.pk_pos[0]
         self.ktype = self.types[self.kpos]
         self.snapshot, self.start, self.end, self.from_ts = snapshot, start, end, from_ts

@@ -1,5 +1,10 @@
 """Streaming scans: one shard's rows in primary-key order, window by window, in bounded memory.
 
+A table on the Arrow path (a primary key of one ``int64``, ``string`` or ``bytes`` column) is
+streamed by :mod:`dn.read.arrowstream`, the same merge over Arrow tables; this module streams
+every other table (composite, ``float64`` or ``bool`` keys) through Python values, and the
+cluster client's per-shard windows (:mod:`dn.read.merge`).
+
 A snapshot view's rows (:class:`dn.read.view.ReadView`) come from *sources*, each sorted by
 (pk, ts): the table's run in each range object the plan names (whole objects, see
 ``docs/formats.md``), and the in-memory tail (sorted once here). :func:`windows` walks them in
@@ -38,7 +43,9 @@ import numpy as np
 import pyarrow as pa
 
 from dn.errors import Internal, InvalidArgument
+from dn.read import arrowstream
 from dn.read.arrow import to_batches
+from dn.read.arrowscan import arrow_path
 from dn.read.pick import sorted_columns
 from dn.read.reader import Reader
 from dn.read.run import Run
@@ -78,6 +85,8 @@ def scan_batches(
     fetched as the batches are read."""
     check_batch_rows(batch_rows)
     view, (lo, hi) = checked_view(db, table, snapshot, columns=columns, bounds=(start, end))
+    if arrow_path(view.table):  # Arrow sources and picks: dn.read.arrowstream
+        return arrowstream.batches(reader, view, lo, hi, columns, batch_rows)
     chunks = (cols for cols, _ in windows(reader, view, lo, hi, batch_rows))
     return to_batches(view.table, chunks, columns, batch_rows)
 

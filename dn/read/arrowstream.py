@@ -1,0 +1,249 @@
+"""Streaming scans in Arrow: one shard's rows in primary-key order, window by window.
+
+The Arrow twin of :mod:`dn.read.stream` for tables on the Arrow path
+(:func:`dn.read.arrowscan.arrow_path`: a primary key of one ``int64``, ``string`` or ``bytes``
+column). The sources are the same — the table in each range object the plan names, oldest
+first, then the in-memory tail (sorted once here) — but each is held as Arrow tables (its row
+versions and its deletes, sorted by (pk, ts)): a range object of format 4 as stored, an older
+one or a tail converted. The merge is the same k-way merge by key windows: each step cuts at the
+smallest of the live sources' ``step``-th next keys, takes every version at or below the cut
+from every source (zero-copy slices), and picks the window's visible rows with
+:meth:`dn.read.arrowscan.Sources.pick` (a window holds every version of each of its keys).
+
+What stays open is also the same: a range object is fetched when the merge reaches its smallest
+key for the table (from the view's ``range_stats`` or the checkpoint's statistics), through
+:meth:`dn.read.reader.Reader.range_uncached`, and dropped once the merge has passed its
+largest key. So the memory a scan holds is the Arrow bytes of the objects whose key span
+contains the current window (for a table written in key order, about one object), the sorted
+tail, and O(``step``) rows; a version takes about as many bytes as it does in the Arrow table
+a whole scan returns (several times fewer than the Python values of :mod:`dn.read.stream`).
+
+Keys are searched with numpy for ``int64`` and by bisection over the Arrow array otherwise.
+Pure functions over immutable objects; a generator is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dn.read.arrow import arrow_schema
+from dn.read.arrowscan import Sources
+from dn.read.reader import Reader
+from dn.read.view import ReadView
+
+#: The fewest versions a source gives a window (however many sources are live).
+MIN_STEP = 1024
+
+#: A range's statistics when the view does not carry them (the range is fetched at the start).
+_UNKNOWN = object()
+
+
+class _Keys:
+    """A sorted key column, searchable: numpy for integers, bisection over Arrow otherwise."""
+
+    __slots__ = ("arr", "ints")
+
+    def __init__(self, arr: pa.ChunkedArray) -> None:
+        self.arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+        self.ints = self.arr.to_numpy() if pa.types.is_integer(self.arr.type) else None
+
+    def at(self, i: int) -> Any:
+        return self.ints[i] if self.ints is not None else self.arr[i].as_py()
+
+    def bisect(self, x: Any, lo: int, hi: int, right: bool) -> int:
+        if self.ints is not None:
+            side = "right" if right else "left"
+            return lo + int(np.searchsorted(self.ints[lo:hi], x, side=side))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            k = self.arr[mid].as_py()
+            if k < x or (right and k == x):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+
+@dataclass(slots=True, eq=False)
+class _Source:
+    """One sorted source of the view: loaded, or waiting for the merge to reach ``lo``."""
+
+    order: int  # place among the view's sources, oldest first (later versions win)
+    hi_ts: int  # the newest ts it may hold
+    lo: Any = None  # its smallest key for the table (None: unknown, loaded at the start)
+    load: Callable[[], tuple] | None = None
+    parts: list | None = None  # [(table, keys, pos, stop)] for its versions, then its deletes
+
+    def open(self, start: Any, end: Any) -> None:
+        tables = self.load() if self.load is not None else ()
+        self.load = None
+        self.parts = []
+        for kind, (tb, kpos) in enumerate(tables):
+            if tb is None or not tb.num_rows:
+                continue
+            keys = _Keys(tb.column(kpos))
+            n = len(keys.arr)
+            pos = 0 if start is None else keys.bisect(start, 0, n, False)
+            stop = n if end is None else keys.bisect(end, 0, n, False)
+            if pos < stop:
+                self.parts.append([kind, tb, keys, pos, stop])
+
+    def live(self) -> bool:
+        return bool(self.parts)
+
+    def cut(self, step: int) -> Any:
+        """The key ``step`` versions ahead in its versions or deletes, whichever is smaller."""
+        best = None
+        for _, _, keys, pos, stop in self.parts or ():
+            k = keys.at(min(pos + step, stop) - 1)
+            if best is None or k < best:
+                best = k
+        return best
+
+    def take(self, cut: Any) -> tuple[pa.Table | None, pa.Table | None]:
+        """(its versions, its deletes) with key <= ``cut`` still to come; advances past them."""
+        out: list[pa.Table | None] = [None, None]
+        for part in self.parts or ():
+            kind, tb, keys, pos, stop = part
+            a = keys.bisect(cut, pos, stop, True)
+            if a > pos:
+                out[kind] = tb.slice(pos, a - pos)
+            part[3] = a
+        self.parts = [p for p in self.parts or () if p[3] < p[4]]
+        return out[0], out[1]
+
+
+def batches(
+    reader: Reader,
+    view: ReadView,
+    start: Any = None,
+    end: Any = None,
+    columns: Any = None,
+    batch_rows: int = 65_536,
+) -> Iterator[pa.RecordBatch]:
+    """The rows with start <= pk < end visible at the view's snapshot, in primary-key order,
+    projected on ``columns``, as record batches of ``batch_rows`` rows (the last one shorter;
+    none for no rows)."""
+    schema = arrow_schema(view.table, columns)
+    index = {n: i for i, n in enumerate(view.table.names)}
+    pick = [index[f.name] for f in schema]
+    held: list[pa.Table] = []
+    n = 0
+    for window in windows(reader, view, start, end, batch_rows):
+        held.append(pa.Table.from_arrays([window.column(i) for i in pick], schema=schema))
+        n += window.num_rows
+        while n >= batch_rows:
+            whole = pa.concat_tables(held) if len(held) > 1 else held[0]
+            yield from whole.slice(0, batch_rows).combine_chunks().to_batches()
+            rest = whole.slice(batch_rows)
+            held, n = ([rest] if rest.num_rows else []), rest.num_rows
+    if n:
+        whole = pa.concat_tables(held) if len(held) > 1 else held[0]
+        yield from whole.combine_chunks().to_batches()
+
+
+def windows(
+    reader: Reader, view: ReadView, start: Any = None, end: Any = None, step: int = 65_536
+) -> Iterator[pa.Table]:
+    """The visible rows, window by window, each an Arrow table of the table's columns (and
+    ts) in key order; windows without a visible row are skipped. Each window takes at most
+    about ``step`` versions (``step`` // live sources from each, at least :data:`MIN_STEP`)."""
+    t = view.table
+    waiting, live = _sources(reader, view, start, end)
+    for src in live:
+        src.open(start, end)
+    live = [s for s in live if s.live()]
+    waiting.sort(key=lambda s: s.lo)
+    nxt = 0
+    while True:
+        cut = _cut(live, step)
+        while nxt < len(waiting) and (cut is None or waiting[nxt].lo <= cut):
+            src = waiting[nxt]
+            nxt += 1
+            src.open(start, end)
+            if src.live():
+                live.append(src)
+                live.sort(key=lambda s: s.order)
+                cut = _cut(live, step)
+        if cut is None:
+            return
+        picks = Sources(t, view.snapshot)
+        for src in live:
+            picks.add(*src.take(cut), src.hi_ts, True)
+        live = [s for s in live if s.live()]  # a passed object goes once nothing holds it
+        window = picks.pick()
+        del picks
+        if window is not None and window.num_rows:
+            yield window
+
+
+def _cut(live: list[_Source], step: int) -> Any:
+    each = max(MIN_STEP, step // max(1, len(live)))
+    cuts = [c for s in live if (c := s.cut(each)) is not None]
+    return min(cuts) if cuts else None
+
+
+def _sources(
+    reader: Reader, view: ReadView, start: Any, end: Any
+) -> tuple[list[_Source], list[_Source]]:
+    """The view's sources, oldest first: (those waiting for the merge to reach their smallest
+    key, those open from the start). A range whose statistics show no key in [start, end) is
+    left out."""
+    t, plan = view.table, view.plan
+    conv = Sources(t, view.snapshot)
+    ranges: list[tuple[tuple[int, int], Any]] = []
+    if plan.checkpoint is not None:
+        ranges.extend(reader.checkpoint(plan.checkpoint).tables.get(t.id, ()))
+    stats = view.range_stats
+    ranges.extend(zip(plan.ranges, stats if stats is not None else [_UNKNOWN] * len(plan.ranges)))
+    waiting, now = [], []
+    for i, (r, st) in enumerate(ranges):
+        src = _Source(i, r[1], load=_loader(reader, r, conv))
+        if st is _UNKNOWN:
+            now.append(src)
+        elif st is not None and st.pk_min is not None:
+            if (start is not None and st.pk_max < start) or (end is not None and st.pk_min >= end):
+                continue
+            src.lo = st.pk_min
+            waiting.append(src)
+    hi = plan.tail[1] if plan.tail else 0
+    tails = [conv.run_tables(run) for run in view.tail if len(run)]
+    tails += [(rows, dels) for rows, dels, _ in view.arrow_tail or ()]
+    for j, (rows, dels) in enumerate(tails):
+        sorted_tail = (_sorted(rows, conv.kpos, len(conv.types)), _sorted(dels, 0, 1))
+        now.append(_Source(len(ranges) + j, hi, load=lambda s=sorted_tail, c=conv: _pair(s, c)))
+    return waiting, now
+
+
+def _pair(tables: tuple, conv: Sources) -> list[tuple[pa.Table | None, int]]:
+    return [(tables[0], conv.kpos), (tables[1], 0)]
+
+
+def _loader(reader: Reader, r: tuple[int, int], conv: Sources) -> Callable:
+    def load() -> list[tuple[pa.Table | None, int]]:
+        ro = reader.range_uncached(r)  # the object itself is let go once its tables are out
+        stored = ro.arrow(conv.table_id)
+        if stored is False:  # an object of format version 3 or older
+            run = ro.run(conv.table_id, conv.pk_pos)
+            rows, dels = conv.run_tables(run) if run is not None else (None, None)
+            return _pair((rows, dels), conv)
+        if stored is None:
+            return []
+        return _pair((conv.typed_rows(stored.rows()), conv.typed_dels(stored.dels())), conv)
+
+    return load
+
+
+def _sorted(tb: pa.Table | None, kpos: int, tpos: int) -> pa.Table | None:
+    """``tb`` sorted by (key, ts), stably (a tail is in commit order)."""
+    if tb is None or tb.num_rows < 2:
+        return tb
+    names = tb.column_names
+    order = pc.sort_indices(tb, sort_keys=[(names[kpos], "ascending"), (names[tpos], "ascending")])
+    return tb.take(order)
