@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from dn.catalog import Catalog
 from dn.objects import rangeobj
+from dn.objects.rangecols import ArrowTable
 from dn.state import ShardState
 from dn.write.buffer import Buffer
 from dn.write.log import Log, LogRecord
@@ -90,9 +91,17 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
 
 
 def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeobj.TableStats]:
+    """Each table's statistics in ``ro``: from the Arrow tables of a version-4 object with a
+    one-column key (their counts, and the first and last keys of their sorted key columns),
+    else from the table's run (Python values)."""
     out = {}
-    for table_id in ro.tables:
-        run = ro.run(table_id, catalog.table_by_id(table_id).pk_pos)
+    for table_id in ro.table_ids:
+        pk_pos = catalog.table_by_id(table_id).pk_pos
+        stored = ro.arrow(table_id)
+        if stored and len(pk_pos) == 1:
+            out[table_id] = _arrow_stats(stored, pk_pos[0])
+            continue
+        run = ro.run(table_id, pk_pos)
         keys = ([run.pks[0], run.pks[-1]] if run.pks else []) + (
             [run.del_pks[0], run.del_pks[-1]] if run.del_pks else []
         )
@@ -100,3 +109,16 @@ def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeo
             len(run.ts), len(run.del_ts), min(keys) if keys else None, max(keys) if keys else None
         )
     return out
+
+
+def _arrow_stats(stored: ArrowTable, kpos: int) -> rangeobj.TableStats:
+    rows, dels = stored.rows(), stored.dels()
+    keys = []
+    for tb, col in ((rows, kpos), (dels, 0)):
+        if tb is not None and tb.num_rows:
+            k = tb.column(col)
+            keys += [k[0].as_py(), k[-1].as_py()]
+    nrows, ndels = rows.num_rows, 0 if dels is None else dels.num_rows
+    return rangeobj.TableStats(
+        nrows, ndels, min(keys) if keys else None, max(keys) if keys else None
+    )
