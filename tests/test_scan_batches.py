@@ -120,7 +120,7 @@ def test_engine_scan_batches_equal_scan_arrow(kind):
         e.close()
 
 
-@pytest.mark.parametrize("kind", ["int", "composite"])
+@pytest.mark.parametrize("kind", sorted(SCHEMAS))
 def test_cluster_scan_batches_equal_scan_arrow(kind):
     c = Cluster()
     try:

@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from coordinator.client import fanout
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
-from dn.read import arrowfeed, cdc
+from dn.read import arrowfeed, arrowstream, cdc
 from dn.read.arrow import to_batches
-from dn.read.arrowscan import merge_shards, scan_table
+from dn.read.arrowscan import arrow_path, merge_shards, scan_table
 from dn.read.change import Change
 from dn.read.collector import paused_gc
 from dn.read.feed import merge_changes
@@ -131,13 +131,17 @@ def scan_batches(
     """``Client.scan_batches``: :func:`scan_arrow`'s rows as record batches of ``batch_rows``
     rows (the last one shorter), streamed: the arguments are checked and every shard's view
     taken now, at one snapshot; then each shard's objects are fetched window by window as the
-    batches are read (:func:`dn.read.stream.windows`, in this process, through the reader
-    pool's cache without filling it) and the shards merged chunk by chunk
-    (:func:`dn.read.merge.merge_chunks`). Memory: per shard, the bound of
-    :mod:`dn.read.stream`; plus one chunk per shard and one batch."""
+    batches are read (in this process, through the reader pool's cache without filling it)
+    and the shards merged window by window: as Arrow for a table on the Arrow path
+    (:func:`dn.read.arrowstream.windows` and :func:`~dn.read.arrowstream.merge`), else through
+    Python values (:func:`dn.read.stream.windows`, :func:`dn.read.merge.merge_chunks`).
+    Memory: per shard, the bound of those modules; plus one window per shard and one batch."""
     check_batch_rows(batch_rows)
-    got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end))
+    got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end), True)
     pool = client.reader_pool()
+    if arrow_path(t):  # Arrow windows, merged as Arrow (dn.read.arrowstream)
+        tables = [arrowstream.windows(pool.reader(i), got[i], lo, hi, batch_rows) for i in got]
+        return arrowstream.rebatch(t, arrowstream.merge(t, tables), columns, batch_rows)
     shards = [windows(pool.reader(i), got[i], lo, hi, batch_rows) for i in sorted(got)]
     return to_batches(t, merge_chunks(t, shards), columns, batch_rows)
 

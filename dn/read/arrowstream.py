@@ -24,7 +24,7 @@ Pure functions over immutable objects; a generator is used by one thread at a ti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from dn.read.arrow import arrow_schema
 from dn.read.arrowscan import Sources
 from dn.read.reader import Reader
 from dn.read.view import ReadView
+from dn.schema import TableDef
 
 #: The fewest versions a source gives a window (however many sources are live).
 MIN_STEP = 1024
@@ -130,12 +131,20 @@ def batches(
     """The rows with start <= pk < end visible at the view's snapshot, in primary-key order,
     projected on ``columns``, as record batches of ``batch_rows`` rows (the last one shorter;
     none for no rows)."""
-    schema = arrow_schema(view.table, columns)
-    index = {n: i for i, n in enumerate(view.table.names)}
+    return rebatch(view.table, windows(reader, view, start, end, batch_rows), columns, batch_rows)
+
+
+def rebatch(
+    table: TableDef, tables: Iterable[pa.Table], columns: Any, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Windows (:func:`windows`, or :func:`merge` of several shards') as record batches of
+    ``batch_rows`` rows projected on ``columns`` (the last one shorter)."""
+    schema = arrow_schema(table, columns)
+    index = {n: i for i, n in enumerate(table.names)}
     pick = [index[f.name] for f in schema]
     held: list[pa.Table] = []
     n = 0
-    for window in windows(reader, view, start, end, batch_rows):
+    for window in tables:
         held.append(pa.Table.from_arrays([window.column(i) for i in pick], schema=schema))
         n += window.num_rows
         while n >= batch_rows:
@@ -146,6 +155,51 @@ def batches(
     if n:
         whole = pa.concat_tables(held) if len(held) > 1 else held[0]
         yield from whole.combine_chunks().to_batches()
+
+
+def merge(table: TableDef, streams: list[Iterator[pa.Table]]) -> Iterator[pa.Table]:
+    """Shards' windows (each stream in key order, keys unique across streams) as tables in
+    key order: each step cuts at the smallest of the streams' current windows' last keys and
+    orders what is at or below it (one window per shard held, and the step's output)."""
+    kpos = table.pk_pos[0]
+    heads = [h for s in streams if (h := _Head(s, kpos)).next()]
+    while len(heads) > 1:
+        cut = min(h.keys.at(len(h.keys.arr) - 1) for h in heads)
+        parts = [p for h in heads if (p := h.take(cut)) is not None]
+        whole = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        if len(parts) > 1:
+            whole = whole.take(pc.sort_indices(whole.column(kpos)))
+        yield whole
+        heads = [h for h in heads if h.off < len(h.keys.arr) or h.next()]
+    if heads:  # one stream left: its windows as they come
+        h = heads[0]
+        yield h.window.slice(h.off)
+        while h.next():
+            yield h.window
+
+
+class _Head:
+    """One stream's current window and how far the merge has taken it."""
+
+    __slots__ = ("_it", "_kpos", "window", "keys", "off")
+
+    def __init__(self, it: Iterator[pa.Table], kpos: int) -> None:
+        self._it, self._kpos, self.off = it, kpos, 0
+
+    def next(self) -> bool:
+        for window in self._it:
+            if window.num_rows:
+                self.window, self.off = window, 0
+                self.keys = _Keys(window.column(self._kpos))
+                return True
+        return False
+
+    def take(self, cut: Any) -> pa.Table | None:
+        j = self.keys.bisect(cut, self.off, len(self.keys.arr), True)
+        if j <= self.off:
+            return None
+        i, self.off = self.off, j
+        return self.window.slice(i, j - i)
 
 
 def windows(
