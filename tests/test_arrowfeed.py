@@ -63,7 +63,9 @@ def test_the_arrow_feed_equals_the_classified_feed_on_an_engine(key, seed):
         e.create_database("d")
         e.create_table("d", "t", _schema(key), "k")
         stamps = _load(e, rng, key)
-        assert e.reader is not None
+        if seed == 2:  # objects merged by compaction (the feed reads the merged versions)
+            while e.compact():
+                pass
         for _ in range(12):
             lo = rng.choice([1, *stamps])
             hi = rng.choice([s for s in stamps if s >= lo] or [None])
