@@ -328,14 +328,23 @@ def _held(seconds: float) -> int:
     return os.getpid()
 
 
-def _worker_processes() -> set[int]:
-    """The pids of this node's Ray worker processes (their titles start with ``ray::``)."""
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _worker_processes(raylet: int) -> set[int]:
+    """The pids of the Ray worker processes (titles starting with ``ray::``) that ``raylet``
+    started: this session's node only, whatever else runs Ray on the machine."""
     out = set()
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if f.read().startswith(b"ray::"):
+                    if f.read().startswith(b"ray::") and _parent(int(name)) == raylet:
                         out.add(int(name))
             except OSError:
                 pass
@@ -349,14 +358,16 @@ def test_bursts_of_tasks_reuse_warm_workers_and_start_no_spare_ones(ray_session)
     the raylet starts no spare worker (a Python start-up, about a CPU-second each) under a
     burst. With several lease requests in flight, it started two or three per burst."""
     burst = 6
-    ray.get([_held.remote(0.5) for _ in range(burst)])  # the workers a burst needs exist
+    warm = ray.get([_held.remote(0.5) for _ in range(burst)])  # the workers a burst needs exist
+    raylet = _parent(warm[0])  # the node's raylet starts its workers
+    assert raylet is not None and all(_parent(p) == raylet for p in warm)
     time.sleep(1.0)
-    before = _worker_processes()
+    before = _worker_processes(raylet)
     for _ in range(3):
         used = ray.get([_held.remote(0.5) for _ in range(burst)])
         assert len(set(used)) == burst
     time.sleep(1.0)  # a worker started under the last burst shows up by now
-    started = _worker_processes() - before
+    started = _worker_processes(raylet) - before
     assert not started, f"{len(started)} worker processes were started under warm bursts"
 
 
