@@ -451,6 +451,53 @@ def test_a_group_whose_committer_dies_before_deciding_is_aborted_and_sent_again(
         assert {(t, v) for t, pk, _, v in feed if pk in keys[i::4]} == {(ts, f"d{i}")}
 
 
+def test_a_group_aborted_by_a_reader_is_sent_again_and_commits_once(cluster, monkeypatch):
+    # one stalled intent's reader aborts its whole client group; the others' transactions are
+    # not conflicts: their clients settle and send them again
+    c = cluster.client
+    real = decision.decide_group
+    aborted: list[bytes] = []
+
+    def reader_first(store, group, outcomes, shards):
+        if len(outcomes) > 1 and not aborted:
+            aborted.append(group)
+            decision.decide(store, next(iter(outcomes)), decision.ABORTED, [0], group)
+        return real(store, group, outcomes, shards)
+
+    monkeypatch.setattr(decision, "decide_group", reader_first)
+    keys = _spread(4 * SHARDS)
+    before = c.snapshot()
+
+    def commit(i: int):
+        return lambda: c.write("db", "t", [{"k": k, "v": f"r{i}"} for k in keys[i::4]], atomic=True)
+
+    out, _ = _grouped(cluster, monkeypatch, 4, [commit(i) for i in range(4)])
+    assert aborted and all(type(ts) is int for ts in out), out
+    feed = cluster.feed(before)
+    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # each once
+    for i, ts in enumerate(out):
+        assert {(t, v) for t, pk, _, v in feed if pk in keys[i::4]} == {(ts, f"r{i}")}
+
+
+def test_a_group_call_whose_answer_cannot_be_read_settles_at_the_groups_key():
+    from coordinator.client.commits import CommitGroup, _Pending
+    from dn.write.tokens import TokenMinter, is_token
+
+    class Garbled:  # the coordinator answers a group with the wrong number of answers
+        def call(self, method, *args):
+            return [] if method == "commit_many" else 1
+
+    group = CommitGroup(Garbled(), TokenMinter())
+    batch = [_Pending((bytes([i]) * 32, 0, None, {0: []})) for i in range(3)]
+    outs = group._call(batch)
+    errors = [o for o in outs if isinstance(o, Unavailable)]
+    assert len(errors) == 3 and len({id(e) for e in errors}) == 3  # one each, not shared
+    assert all(e.details.get("outcome_unknown") for e in errors)
+    keys = {e.details["group"] for e in errors}
+    assert len(keys) == 1 and is_token(keys.pop())  # a key of its own, minted for the call
+    assert not any(e.details["group"] == p.args[0] for e, p in zip(errors, batch, strict=True))
+
+
 # -- staged parts: an atomic dataset write (DNDatasink(atomic=True)) ------------------------
 
 

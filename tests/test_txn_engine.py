@@ -203,6 +203,23 @@ def test_a_reader_giving_up_on_one_intent_aborts_its_whole_group(url):
         decision.decide(engines[0].store, txns[1][0], txns[1][1], [], group)
 
 
+def test_a_prepare_naming_a_group_minted_too_long_ago_is_refused(url):
+    # decisions are collected by the age of their key: an intent may not name a key older
+    # than a token may be (else its abort could be collected while the intent still waits)
+    from dn.errors import InvalidArgument
+    from dn.write.tokens import make_token
+
+    (e,) = _open(url, shards=1)
+    old_ms = int(time.time() * 1000) - int(e.settings.token_window_s * 1000)
+    stale = make_token(bytes(16), old_ms, 1)
+    token, at = MINT.mint(), e.clock() + STEP
+    got = e.transactions.prepare_many([(token, at, [part(e, {1: "x"})], None, stale)])
+    assert isinstance(got[0], InvalidArgument) and "minted" in str(got[0])
+    assert len(e._state.intents) == 0 and rows([e]) == {}
+    fresh = MINT.mint()
+    assert e.transactions.prepare_many([(token, at, [part(e, {1: "x"})], None, fresh)]) == [at]
+
+
 def test_a_buffer_with_an_undecided_intent_is_written_out_after_its_decision(url):
     engines = _open(url)
     token, at = prepare(engines, {0: {1: "x"}})

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dn.clock import LOGICAL_BITS
-from dn.errors import Closed, Conflict, DNError, Fenced, Internal, TimestampPassed, Unavailable
+from dn.errors import Closed, DNError, Fenced, Internal, TimestampPassed, Unavailable
 from dn.objects import decision
 from dn.store.base import ObjectStore
 from dn.write.tokens import is_token
@@ -144,8 +144,8 @@ class Committer:
         their decision object) they are decided together, in one decision object."""
         if not isinstance(items, list) or not items:
             raise Internal("commit_many needs a list of commits")
-        if group is not None and not is_token(group):
-            raise Internal("a group of commits is named by a token")
+        if group is not None and (not is_token(group) or any(i[0] == group for i in items)):
+            raise Internal("a group of commits is named by a token of its own")
         mine = []
         for item in items:
             token, after, snapshot, calls = item
@@ -249,9 +249,9 @@ class Committer:
                 c.error = (
                     err
                     if isinstance(err, DNError)
-                    else Conflict(
-                        "a reader rolled the transaction back after waiting txn_wait_s for its "
-                        "decision; nothing was applied, run it again"
+                    else Unavailable(  # not a conflict: the client sends it again
+                        "a reader rolled the transaction (or another of its client group) back "
+                        "after waiting txn_wait_s for its decision; nothing was applied, retry it"
                     )
                 )
             else:

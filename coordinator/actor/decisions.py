@@ -1,15 +1,16 @@
 """Collecting transaction decisions nothing needs any more (decision 0015).
 
-A decision object ``40/txn/<token>`` must outlive every log record holding one of its
-transaction's intents, and every moment at which its committer could still decide: a shard
-that replays an intent reads its decision; and were an abort deleted while a stalled committer
-could still create the commit, shards that had aborted and shards still undecided would part.
-So a decision is deleted only when both hold:
+A decision object ``40/txn/<group>`` (a transaction alone: ``<token>``) must outlive every log
+record holding one of its transactions' intents, and every moment at which its committer could
+still decide: a shard that replays an intent reads its decision; and were an abort deleted
+while a stalled committer could still create the commit, shards that had aborted and shards
+still undecided would part. So a decision is deleted only when both hold:
 
-- its token was minted more than ``token_window_s`` ago (read from the key: the token holds
-  its mint time). Shards refuse a prepare whose token was minted more than half of that ago,
-  so no new intent of it can appear, and its committer decided long since (the same bound on
-  a stalled client that exactly-once writes rest on, decision 0014);
+- its key's token was minted more than ``token_window_s`` ago (read from the key: the token
+  holds its mint time). Shards refuse a prepare whose token, or whose group's token, was
+  minted more than half of that ago, so no new intent naming the key can appear (a group's
+  key is minted after every token of the group), and its committer decided long since (the
+  same bound on a stalled client that exactly-once writes rest on, decision 0014);
 - an abort; or a commit whose every participant has written out the buffers up to its
   timestamp (``ShardService.flushed_through``): no log holds its intents any more, and the
   shards remember its token as committed for ``token_window_s`` anyway.

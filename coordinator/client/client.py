@@ -91,7 +91,7 @@ class Client:
         self._causality = Causality(token)
         self._tokens = TokenMinter()  # not pickled: each copy (each Ray task) has its own id
         self._coord = coordinator if coordinator is not None else CoordinatorHandle(namespace)
-        self._commits = CommitGroup(self._coord)  # this copy's commits, grouped
+        self._commits = CommitGroup(self._coord, self._tokens)  # this copy's commits, grouped
         self._group: Any = shards
         self._backoff = backoff
         self._settings: ShellSettings | None = None

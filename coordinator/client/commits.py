@@ -11,13 +11,15 @@ first thread to find no call in flight leads; the others wait and are answered f
 leader's call, or lead the next one. A thread alone sends a plain ``commit``.
 
 Each transaction keeps its own token, and its answer is its own commit timestamp or its own
-error. The group shares one decision object, keyed by the first transaction's token
-(:mod:`dn.objects.decision`): one conditional put decides all of them, where each alone would
-cost one. If the call itself fails (``Unavailable``: the coordinator died or did not answer),
-every transaction of the group gets that error, which names the group (``details["group"]``),
-and settles its own attempt at the group's decision
-(:func:`coordinator.client.txn.commit_calls`): the first to settle aborts the group unless the
-committer decided it. Thread-safe.
+error. The group shares one decision object (:mod:`dn.objects.decision`), keyed by a token
+minted for the call when it is sent: younger than every token of the group, so the
+coordinator's collection, which ages a decision by its key, never deletes it while an intent
+naming it may still be prepared (decision 0015, "Groups"). One conditional put decides all of
+them, where each alone would cost one. If the call itself fails or its answer cannot be read
+(``Unavailable``, outcome unknown: the coordinator died or did not answer), every transaction
+of the group gets that error, which names the group (``details["group"]``), and settles its
+own attempt at the group's decision (:func:`coordinator.client.txn.commit_calls`): the first to
+settle aborts the group unless the committer decided it. Thread-safe.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class _Pending:
 class CommitGroup:
     """Commits of one process to one coordinator, grouped (see the module docstring)."""
 
-    def __init__(self, coordinator: Any) -> None:
+    def __init__(self, coordinator: Any, minter: Any) -> None:
         self._coord = coordinator  # CoordinatorHandle, or a test's stand-in with .call
+        self._minter = minter  # TokenMinter: the groups' keys
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._leading = False
@@ -91,16 +94,32 @@ class CommitGroup:
         try:
             if len(batch) == 1:
                 return [self._coord.call("commit", *batch[0].args)]
-            group = batch[0].args[0]  # the first transaction's token keys the group's decision
+        except DNError as exc:
+            return [exc]
+        except Exception as exc:  # not ours to swallow, but the waiter must be answered
+            return [_unknown(f"the commit call failed: {exc!r}")]
+        group = self._minter.mint()  # the key of the group's decision: minted last
+        try:
             outs: list[Any] = self._coord.call("commit_many", [p.args for p in batch], group)
-            if len(outs) != len(batch):
-                outs = [Internal(f"{len(outs)} answers to {len(batch)} commits")] * len(batch)
+            if not isinstance(outs, list) or len(outs) != len(batch):
+                outs = [_unknown(f"an answer of {len(outs)} to {len(batch)} commits")] * len(batch)
         except DNError as exc:
             outs = [exc] * len(batch)
         except Exception as exc:  # not ours to swallow, but every waiter must be answered
-            outs = [Internal(f"the commit call failed: {exc!r}")] * len(batch)
-        if len(batch) > 1:  # an attempt that may have landed settles at its group's decision
-            for out in outs:
-                if isinstance(out, Unavailable):
-                    out.details["group"] = batch[0].args[0]
+            outs = [_unknown(f"the commit call failed: {exc!r}")] * len(batch)
+        # each waiter raises its own error; an attempt that may have landed settles at its
+        # group's decision
+        outs = [_own(out, group) if isinstance(out, DNError) else out for out in outs]
         return outs
+
+
+def _unknown(why: str) -> Unavailable:
+    return Unavailable(f"{why}; the outcome is unknown", outcome_unknown=True)
+
+
+def _own(err: DNError, group: bytes) -> DNError:
+    """A copy of ``err`` for one waiter; an ``Unavailable`` names the group."""
+    details = dict(err.details)
+    if isinstance(err, Unavailable):
+        details["group"] = group
+    return type(err)(err.message, **details)

@@ -6,17 +6,19 @@ does, mints the transaction's token, and hands the parts to the coordinator's co
 (:mod:`coordinator.actor.committer`; concurrent commits of one process share a call:
 :mod:`coordinator.client.commits`), which commits concurrent transactions in batches that
 share their shard calls: every shard prepares its share as an undecided intent at the
-transaction's timestamp (:mod:`dn.write.txn`), one decision object per transaction commits or
+transaction's timestamp (:mod:`dn.write.txn`), one decision object per client group (the
+transactions a process sends in one call; a transaction sent alone has its own) commits or
 aborts it, and every shard is told. The result is that timestamp, or:
 
 - ``TimestampPassed`` (a shard's clock had passed the timestamp): sent again, new token;
 - ``StaleTable`` (a table was redefined): looked up again, validated again, sent again;
-- ``Conflict`` (a key written after the snapshot, or held by another transaction deciding; or
-  rolled back by a reader that waited too long): raised, nothing applied;
-- ``Unavailable`` from the coordinator (it died, or did not answer in time): the client settles
-  the attempt itself by creating its abort decision, unless a commit decision is there already
-  (then it committed, and that is the result); an aborted attempt is sent again, new token,
-  for ``retry_s``. So every transaction is applied once or not at all, and the caller knows
+- ``Conflict`` (a key written after the snapshot, or held by another transaction deciding):
+  raised, nothing applied;
+- ``Unavailable`` from the coordinator (it died, or did not answer in time; or a reader rolled
+  the attempt's group back after waiting for its decision): the client settles the attempt
+  itself by creating its group's abort decision, unless a decision is there already (if it
+  holds the attempt's commit, that is the result); an aborted attempt is sent again, new
+  token, for ``retry_s``. So every transaction is applied once or not at all, and the caller knows
   which, unless the store itself fails (``Unavailable(outcome_unknown=True)``).
 
 :class:`Transaction` is the snapshot-isolation transaction of ``client.transaction()``: reads

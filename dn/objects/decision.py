@@ -13,8 +13,10 @@ the group in one put, and anyone who gives up waiting on one intent of the group
 whole group (the group's transactions are all in flight together, so none of them has been
 acknowledged yet). A transaction alone is a group of one, keyed by its own token.
 
-Key: ``40/txn/<group hex>``: the group's 32-byte token (the first transaction's token; a
-transaction alone: its own) as 64 hex digits.
+Key: ``40/txn/<group hex>``: the group's 32-byte token as 64 hex digits: minted for the call
+when the client sends it, after every token of the group (so the coordinator's collection, which
+ages a decision by its key, cannot delete it while one of its intents may still be prepared);
+a transaction alone: its own token.
 
 Bodies (kind ``D``):
 
@@ -132,7 +134,7 @@ def decide(
     aborts the whole group. Returns the decision that holds for ``token``, which may be
     another decider's. Raises ``Unavailable(outcome_unknown=True)`` when the store fails and
     the decision cannot be read back: it may or may not have been made."""
-    if group is not None and group != token and ts != ABORTED:
+    if group is not None and ts != ABORTED:
         raise ValueError("a group's commits are decided together: decide_group")
     return _settle(store, group or token, encode(ts, shards)).of(token)
 

@@ -115,6 +115,8 @@ class Transactions:
                 try:
                     check_args(token, at, parts, snapshot, group)
                     s.tokens.check_minted(token, s.clock.now_ms())
+                    if group is not None:  # its decision is collected by the group's age
+                        s.tokens.check_minted(group, s.clock.now_ms())
                     with s.cv:
                         ts = s.tokens.committed.get(token) or self._prepared_at(token)
                         if ts is None and (token in s.tokens.claims or token in s.tokens.unsettled):
