@@ -250,9 +250,13 @@ def reader(work: Work, rng: random.Random) -> None:
             s = client.snapshot()
             mine.append((s, rows(client, s)))
             work.reads.append(("scan", *mine[-1]))
+            if rng.random() < 0.3:  # the Arrow scan (shards' tails as Arrow) reads the same
+                _same(work, "scan", s, mine[-1][1], arrow_rows(client, s))
             if rng.random() < 0.3:
                 a = rng.choice(mine)[0]
                 work.reads.append(("feed", a, s, feed(client, a, s)))
+                if rng.random() < 0.5:  # and the Arrow feed the same changes
+                    _same(work, "feed", s, work.reads[-1][3], arrow_feed(client, a, s))
             old, want = rng.choice(mine)
             if rows(client, old) != want:
                 raise TrialFailure(f"a snapshot read at {old} changed between two reads")
@@ -260,6 +264,27 @@ def reader(work: Work, rng: random.Random) -> None:
         except Unavailable:
             work.count("reads unavailable")
         time.sleep(rng.uniform(0, 0.02))
+
+
+def arrow_rows(client: Client, s: int) -> dict[int, str]:
+    t = client.scan_arrow(DB, TABLE, snapshot=s)
+    return dict(zip(t.column("k").to_pylist(), t.column("v").to_pylist(), strict=True))
+
+
+def arrow_feed(client: Client, from_ts: int, snapshot: int) -> list[tuple]:
+    """``changes_arrow`` (dn/read/arrowfeed.py) in :func:`feed`'s terms."""
+    t = client.changes_arrow(DB, TABLE, from_ts, snapshot=snapshot)
+    cols = [t.column(n).to_pylist() for n in ("_commit_ts", "k", "_change_type", "v")]
+    return [
+        (ts, k, "delete", None) if kind == "delete" else (ts, k, "upsert", v)
+        for ts, k, kind, v in zip(*cols, strict=True)
+    ]
+
+
+def _same(work: Work, what: str, s: int, want: object, got: object) -> None:
+    if got != want:
+        raise TrialFailure(f"the Arrow {what} at {s} differs from the dict {what}")
+    work.count(f"Arrow {what}s checked against the dict {what}")
 
 
 def restarter(work: Work, rng: random.Random, pause: float, drift_ms: int = 0) -> None:
