@@ -210,5 +210,6 @@ def changes_arrow(
         arrowfeed.changes_table(pool.reader(i), got[i], before[i], None, before_images)
         for i in sorted(got)
     ]
-    whole = arrowfeed.merge_shards(parts, arrowfeed.feed_schema(t), t.names[t.pk_pos[0]])
+    keys = [t.names[p] for p in t.pk_pos]
+    whole = arrowfeed.merge_shards(parts, arrowfeed.feed_schema(t), keys)
     return whole if columns is None else whole.select([*columns, "_commit_ts", "_change_type"])

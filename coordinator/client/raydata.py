@@ -106,7 +106,10 @@ class _ShardRows(Datasource):
             schema = pa.schema([*schema, *extra])
         tasks = []
         for i, view in sorted(self._views.items()):
-            args = (self._store, self._cache, i, view, self._columns, self._feed)
+            feed = None  # a feed's task takes its own shard's before-state only
+            if self._feed is not None:
+                feed = (self._feed[0][i], self._feed[1])
+            args = (self._store, self._cache, i, view, self._columns, feed)
             tasks.append(ReadTask(lambda a=args: _read_shard(*a), _metadata(), schema))
         return tasks
 
@@ -118,10 +121,8 @@ def _read_shard(
     if feed is None:  # the shard's rows as Arrow, range objects read as Arrow (format 4)
         yield from _blocks(scan_table(reader, view, None, None, columns))
         return
-    befores, before_images = feed  # the shard's feed, read and classified as Arrow
-    yield from _blocks(
-        arrowfeed.changes_table(reader, view, befores[shard], columns, before_images)
-    )
+    before, before_images = feed  # the shard's feed, read and classified as Arrow
+    yield from _blocks(arrowfeed.changes_table(reader, view, before, columns, before_images))
 
 
 def _blocks(table: pa.Table) -> Iterator[pa.Table]:

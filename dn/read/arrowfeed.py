@@ -88,7 +88,7 @@ def feed_table(
     src = load(reader, view, Sources(t, view.snapshot, from_ts=view.from_ts))
     if not src.rows and not src.dels:
         return schema.empty_table()
-    rows = _concat([tb for tb, _ in src.rows], src.names, src.types)
+    rows = _concat([tb for tb, _ in src.rows], src.names, [*src.types, pa.int64()])
     dels = _concat(src.dels, ["k", "ts"], [src.ktype, pa.int64()])
     nrows, ndels = rows.num_rows, dels.num_rows
     keys = pa.chunked_array(
@@ -153,16 +153,17 @@ def feed_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def merge_shards(parts: list[pa.Table], schema: pa.Schema, key: str) -> pa.Table:
-    """Shards' :func:`feed_table` results (no key in two of them) as one table in (ts, pk)
-    order; a stable sort keeps each pre-image just before its post-image."""
+def merge_shards(parts: list[pa.Table], schema: pa.Schema, keys: list[str]) -> pa.Table:
+    """Shards' feeds (no key in two of them; ``keys``: the primary key's columns) as one table
+    in (ts, pk) order; a stable sort keeps each pre-image just before its post-image."""
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return schema.empty_table()
     if len(parts) == 1:
         return parts[0]
     whole = pa.concat_tables(parts)
-    order = pc.sort_indices(whole, sort_keys=[("_commit_ts", "ascending"), (key, "ascending")])
+    by = [("_commit_ts", "ascending"), *((k, "ascending") for k in keys)]
+    order = pc.sort_indices(whole, sort_keys=by)
     return whole.take(order)
 
 
@@ -192,7 +193,8 @@ def _before_rows(reader: Reader, before: ReadView | None, keys: pa.Array) -> tup
     order; for each key the index of its row there, or -1)."""
     if before is None:
         return pa.table({}), np.full(len(keys), -1, np.int64)
-    state = scan_table(reader, before)
+    span = pc.min_max(keys)  # only the keys' span of the state
+    state = scan_table(reader, before, span["min"].as_py(), _after(span["max"].as_py()))
     if not state.num_rows:
         return state, np.full(len(keys), -1, np.int64)
     kname = before.table.names[before.table.pk_pos[0]]
@@ -222,3 +224,10 @@ def _side_by_side(
         cols.append(pa.chunked_array(chunks, type=f.type))
     names = [f.name for f in schema][: len(cols)]
     return pa.Table.from_arrays(cols, names=names)
+
+
+def _after(key: object) -> object:
+    """The smallest key above ``key`` (an exclusive end that keeps ``key``; None: no end)."""
+    if isinstance(key, int):
+        return None if key >= (1 << 63) - 1 else key + 1
+    return key + ("\x00" if isinstance(key, str) else b"\x00")  # type: ignore[operator]

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dn.errors import Internal
 from dn.read.arrow import arrow_schema
 from dn.read.arrowscan import Sources
 from dn.read.reader import Reader
@@ -208,6 +209,8 @@ def windows(
     """The visible rows, window by window, each an Arrow table of the table's columns (and
     ts) in key order; windows without a visible row are skipped. Each window takes at most
     about ``step`` versions (``step`` // live sources from each, at least :data:`MIN_STEP`)."""
+    if view.from_ts is not None:
+        raise Internal("a change feed's view (a range plan) cannot serve a snapshot scan")
     t = view.table
     waiting, live = _sources(reader, view, start, end)
     for src in live:
