@@ -105,9 +105,7 @@ def _range_stats(ro: rangeobj.RangeObject, catalog: Catalog) -> dict[int, rangeo
         keys = ([run.pks[0], run.pks[-1]] if run.pks else []) + (
             [run.del_pks[0], run.del_pks[-1]] if run.del_pks else []
         )
-        out[table_id] = rangeobj.TableStats(
-            len(run.ts), len(run.del_ts), min(keys) if keys else None, max(keys) if keys else None
-        )
+        out[table_id] = rangeobj.TableStats.spanning(len(run.ts), len(run.del_ts), keys)
     return out
 
 
@@ -119,6 +117,4 @@ def _arrow_stats(stored: ArrowTable, kpos: int) -> rangeobj.TableStats:
             k = tb.column(col)
             keys += [k[0].as_py(), k[-1].as_py()]
     nrows, ndels = rows.num_rows, 0 if dels is None else dels.num_rows
-    return rangeobj.TableStats(
-        nrows, ndels, min(keys) if keys else None, max(keys) if keys else None
-    )
+    return rangeobj.TableStats.spanning(nrows, ndels, keys)

@@ -55,6 +55,14 @@ def test_read_dn_equals_the_clients_scan_and_feed(cluster):
     assert whole.num_blocks() == shards  # not split by Ray Data into many small blocks
 
 
+def _dataset(n: int):
+    """Rows k = 0 .. n-1 (int64 ``k``, string ``v``, float64 ``w``) in 4 blocks."""
+    return ray.data.range(n, override_num_blocks=4).map_batches(
+        lambda b: {"k": b["id"], "v": [f"r{i}" for i in b["id"]], "w": b["id"] * 0.5},
+        batch_format="numpy",
+    )
+
+
 class _KilledOnce(DNDatasink):
     """A sink whose task 0 dies (the process exits) after its first slice, once."""
 
@@ -85,10 +93,7 @@ def test_dn_datasink_writes_every_row_once_also_after_a_killed_task(cluster, tmp
     before = c.snapshot()
     dups = _duplicates(c)
     n = 20_000
-    ds = ray.data.range(n, override_num_blocks=4).map_batches(
-        lambda b: {"k": b["id"], "v": [f"r{i}" for i in b["id"]], "w": b["id"] * 0.5},
-        batch_format="numpy",
-    )
+    ds = _dataset(n)
     sink = _KilledOnce(
         "sink", "t", namespace=c.namespace, slice_rows=1000, flag=str(tmp_path / "died")
     )
@@ -132,10 +137,7 @@ def test_an_atomic_dn_datasink_commits_the_dataset_at_one_timestamp_after_a_kill
     c.create_table("asink", "t", SCHEMA, "k")
     before = c.snapshot()
     n = 20_000
-    ds = ray.data.range(n, override_num_blocks=4).map_batches(
-        lambda b: {"k": b["id"], "v": [f"r{i}" for i in b["id"]], "w": b["id"] * 0.5},
-        batch_format="numpy",
-    )
+    ds = _dataset(n)
     sink = _KilledAtomicOnce(
         "asink", "t", namespace=c.namespace, slice_rows=1000, flag=str(tmp_path / "died")
     )

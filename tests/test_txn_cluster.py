@@ -357,6 +357,25 @@ def _grouped(cluster, monkeypatch, n: int, fns: list) -> tuple[list, list]:
     return out, calls
 
 
+def _four_in_a_group(cluster, monkeypatch, tag: str) -> None:
+    """Four atomic writes of disjoint keys from one process (the first sent alone, three in one
+    ``commit_many``); checks each is in the feed once, whole, at its own timestamp."""
+    c = cluster.client
+    keys = _spread(4 * SHARDS)
+    before = c.snapshot()
+
+    def commit(i: int):
+        rows = [{"k": k, "v": f"{tag}{i}"} for k in keys[i::4]]
+        return lambda: c.write("db", "t", rows, atomic=True)
+
+    out, _ = _grouped(cluster, monkeypatch, 4, [commit(i) for i in range(4)])
+    assert all(type(ts) is int for ts in out), out
+    feed = cluster.feed(before)
+    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # each once
+    for i, ts in enumerate(out):
+        assert {(t, v) for t, pk, _, v in feed if pk in keys[i::4]} == {(ts, f"{tag}{i}")}
+
+
 def test_a_process_s_concurrent_commits_share_one_coordinator_call(cluster, monkeypatch):
     c = cluster.client
     keys = _spread(8 * SHARDS)
@@ -397,7 +416,6 @@ def test_each_commit_of_a_group_gets_its_own_answer(cluster, monkeypatch):
 
 
 def test_a_lost_answer_to_a_group_is_settled_by_each_transaction(cluster, monkeypatch):
-    c = cluster.client
     service = cluster.coordinator
     real = service.commit_many
     lost = []
@@ -408,23 +426,13 @@ def test_a_lost_answer_to_a_group_is_settled_by_each_transaction(cluster, monkey
         raise Unavailable("the coordinator died", outcome_unknown=True)
 
     monkeypatch.setattr(service, "commit_many", answer_lost)
-    keys = _spread(4 * SHARDS)
-    before = c.snapshot()
-
-    def commit(i: int):
-        return lambda: c.write("db", "t", [{"k": k, "v": f"l{i}"} for k in keys[i::4]], atomic=True)
-
-    out, _ = _grouped(cluster, monkeypatch, 4, [commit(i) for i in range(4)])
+    _four_in_a_group(cluster, monkeypatch, "l")  # each found its own commit decision
     assert lost == [3]
-    assert all(type(ts) is int for ts in out)  # each found its own commit decision
-    feed = cluster.feed(before)
-    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # applied once each
 
 
 def test_a_group_whose_committer_dies_before_deciding_is_aborted_and_sent_again(
     cluster, monkeypatch
 ):
-    c = cluster.client
     real = decision.decide_group
     died: list[bytes] = []
 
@@ -435,26 +443,14 @@ def test_a_group_whose_committer_dies_before_deciding_is_aborted_and_sent_again(
         return real(store, group, outcomes, shards)
 
     monkeypatch.setattr(decision, "decide_group", dies_once)
-    keys = _spread(4 * SHARDS)
-    before = c.snapshot()
-
-    def commit(i: int):
-        return lambda: c.write("db", "t", [{"k": k, "v": f"d{i}"} for k in keys[i::4]], atomic=True)
-
-    out, _ = _grouped(cluster, monkeypatch, 4, [commit(i) for i in range(4)])
-    assert died and all(type(ts) is int for ts in out), out  # settled, then sent again
-    store = c.txn_context().store
-    assert decision.lookup(store, died[0]) == decision.ABORTED  # the group's, by its settler
-    feed = cluster.feed(before)  # the group's first intents: found aborted, gone
-    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)
-    for i, ts in enumerate(out):
-        assert {(t, v) for t, pk, _, v in feed if pk in keys[i::4]} == {(ts, f"d{i}")}
+    _four_in_a_group(cluster, monkeypatch, "d")  # settled, then sent again
+    store = cluster.client.txn_context().store
+    assert died and decision.lookup(store, died[0]) == decision.ABORTED  # by its settler
 
 
 def test_a_group_aborted_by_a_reader_is_sent_again_and_commits_once(cluster, monkeypatch):
     # one stalled intent's reader aborts its whole client group; the others' transactions are
     # not conflicts: their clients settle and send them again
-    c = cluster.client
     real = decision.decide_group
     aborted: list[bytes] = []
 
@@ -465,18 +461,8 @@ def test_a_group_aborted_by_a_reader_is_sent_again_and_commits_once(cluster, mon
         return real(store, group, outcomes, shards)
 
     monkeypatch.setattr(decision, "decide_group", reader_first)
-    keys = _spread(4 * SHARDS)
-    before = c.snapshot()
-
-    def commit(i: int):
-        return lambda: c.write("db", "t", [{"k": k, "v": f"r{i}"} for k in keys[i::4]], atomic=True)
-
-    out, _ = _grouped(cluster, monkeypatch, 4, [commit(i) for i in range(4)])
-    assert aborted and all(type(ts) is int for ts in out), out
-    feed = cluster.feed(before)
-    assert sorted(pk for _, pk, *_ in feed) == sorted(keys)  # each once
-    for i, ts in enumerate(out):
-        assert {(t, v) for t, pk, _, v in feed if pk in keys[i::4]} == {(ts, f"r{i}")}
+    _four_in_a_group(cluster, monkeypatch, "r")
+    assert aborted
 
 
 def test_a_group_call_whose_answer_cannot_be_read_settles_at_the_groups_key():

@@ -105,6 +105,12 @@ class TableStats:
         return [self.rows, self.deletes, self.pk_min, self.pk_max]
 
     @classmethod
+    def spanning(cls, rows: int, deletes: int, ends: list) -> TableStats:
+        """The statistics of a table whose sorted versions and deletes begin and end at the
+        keys ``ends`` (empty: no key)."""
+        return cls(rows, deletes, min(ends) if ends else None, max(ends) if ends else None)
+
+    @classmethod
     def from_wire(cls, w: list) -> TableStats:
         rows, deletes, lo, hi = w
         return cls(rows, deletes, _tuple(lo), _tuple(hi))
@@ -195,9 +201,7 @@ def build(shard: int, buf: Buffer) -> tuple[bytes, dict[int, TableStats]]:
         keys = [pks[order[0]], pks[order[-1]]] if order else []
         if del_pks:
             keys += [del_pks[0], del_pks[-1]]
-        stats[table_id] = TableStats(
-            len(ts), len(del_ts), min(keys) if keys else None, max(keys) if keys else None
-        )
+        stats[table_id] = TableStats.spanning(len(ts), len(del_ts), keys)
     commands = [[ts, cmd] for ts, cmd in buf.commands]
     data = encode(shard, buf.from_ts, buf.to_ts, buf.ncommits, commands, tables, buf.tokens)
     return data, stats

@@ -5,9 +5,10 @@ The Arrow twin of :mod:`dn.read.stream` for tables on the Arrow path
 column). The sources are the same — the table in each range object the plan names, oldest
 first, then the in-memory tail (sorted once here) — but each is held as Arrow tables (its row
 versions and its deletes, sorted by (pk, ts)): a range object of format 4 as stored, an older
-one or a tail converted. The merge is the same k-way merge by key windows: each step cuts at the
-smallest of the live sources' ``step``-th next keys, takes every version at or below the cut
-from every source (zero-copy slices), and picks the window's visible rows with
+one or a tail converted. The merge is the same k-way merge by key windows
+(:mod:`dn.read.keymerge`, shared): each step cuts at the smallest of the live sources'
+``step``-th next keys, takes every version at or below the cut from every source (zero-copy
+slices), and picks the window's visible rows with
 :meth:`dn.read.arrowscan.Sources.pick` (a window holds every version of each of its keys).
 
 What stays open is also the same: a range object is fetched when the merge reaches its smallest
@@ -32,18 +33,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dn.errors import Internal
+from dn.read import keymerge
 from dn.read.arrow import arrow_schema
 from dn.read.arrowscan import Sources
 from dn.read.reader import Reader
 from dn.read.view import ReadView
 from dn.schema import TableDef
-
-#: The fewest versions a source gives a window (however many sources are live).
-MIN_STEP = 1024
-
-#: A range's statistics when the view does not carry them (the range is fetched at the start).
-_UNKNOWN = object()
 
 
 class _Keys:
@@ -98,6 +93,9 @@ class _Source:
 
     def live(self) -> bool:
         return bool(self.parts)
+
+    def drop(self) -> None:
+        self.parts = None
 
     def cut(self, step: int) -> Any:
         """The key ``step`` versions ahead in its versions or deletes, whichever is smaller."""
@@ -208,74 +206,27 @@ def windows(
 ) -> Iterator[pa.Table]:
     """The visible rows, window by window, each an Arrow table of the table's columns (and
     ts) in key order; windows without a visible row are skipped. Each window takes at most
-    about ``step`` versions (``step`` // live sources from each, at least :data:`MIN_STEP`)."""
-    if view.from_ts is not None:
-        raise Internal("a change feed's view (a range plan) cannot serve a snapshot scan")
-    t = view.table
-    waiting, live = _sources(reader, view, start, end)
-    for src in live:
-        src.open(start, end)
-    live = [s for s in live if s.live()]
-    waiting.sort(key=lambda s: s.lo)
-    nxt = 0
-    while True:
-        cut = _cut(live, step)
-        while nxt < len(waiting) and (cut is None or waiting[nxt].lo <= cut):
-            src = waiting[nxt]
-            nxt += 1
-            src.open(start, end)
-            if src.live():
-                live.append(src)
-                live.sort(key=lambda s: s.order)
-                cut = _cut(live, step)
-        if cut is None:
-            return
-        picks = Sources(t, view.snapshot)
-        for src in live:
-            picks.add(*src.take(cut), src.hi_ts, True)
-        live = [s for s in live if s.live()]  # a passed object goes once nothing holds it
-        window = picks.pick()
-        del picks
-        if window is not None and window.num_rows:
-            yield window
-
-
-def _cut(live: list[_Source], step: int) -> Any:
-    each = max(MIN_STEP, step // max(1, len(live)))
-    cuts = [c for s in live if (c := s.cut(each)) is not None]
-    return min(cuts) if cuts else None
-
-
-def _sources(
-    reader: Reader, view: ReadView, start: Any, end: Any
-) -> tuple[list[_Source], list[_Source]]:
-    """The view's sources, oldest first: (those waiting for the merge to reach their smallest
-    key, those open from the start). A range whose statistics show no key in [start, end) is
-    left out."""
-    t, plan = view.table, view.plan
-    conv = Sources(t, view.snapshot)
-    ranges: list[tuple[tuple[int, int], Any]] = []
-    if plan.checkpoint is not None:
-        ranges.extend(reader.checkpoint(plan.checkpoint).tables.get(t.id, ()))
-    stats = view.range_stats
-    ranges.extend(zip(plan.ranges, stats if stats is not None else [_UNKNOWN] * len(plan.ranges)))
+    about ``step`` versions (:func:`dn.read.keymerge.merge`)."""
+    ranges, n = keymerge.planned_ranges(reader, view, start, end)
+    conv = Sources(view.table, view.snapshot)
     waiting, now = [], []
-    for i, (r, st) in enumerate(ranges):
-        src = _Source(i, r[1], load=_loader(reader, r, conv))
-        if st is _UNKNOWN:
-            now.append(src)
-        elif st is not None and st.pk_min is not None:
-            if (start is not None and st.pk_max < start) or (end is not None and st.pk_min >= end):
-                continue
-            src.lo = st.pk_min
-            waiting.append(src)
-    hi = plan.tail[1] if plan.tail else 0
+    for i, r, lo in ranges:
+        src = _Source(i, r[1], lo=lo, load=_loader(reader, r, conv))
+        (now if lo is None else waiting).append(src)
+    hi = view.plan.tail[1] if view.plan.tail else 0
     tails = [conv.run_tables(run) for run in view.tail if len(run)]
     tails += [(rows, dels) for rows, dels, _ in view.arrow_tail or ()]
     for j, (rows, dels) in enumerate(tails):
         sorted_tail = (_sorted(rows, conv.kpos, len(conv.types)), _sorted(dels, 0, 1))
-        now.append(_Source(len(ranges) + j, hi, load=lambda s=sorted_tail, c=conv: _pair(s, c)))
-    return waiting, now
+        now.append(_Source(n + j, hi, load=lambda s=sorted_tail, c=conv: _pair(s, c)))
+    for takes in keymerge.merge(waiting, now, start, end, step):
+        picks = Sources(view.table, view.snapshot)
+        for (rows, dels), hi_ts in takes:
+            picks.add(rows, dels, hi_ts, True)
+        window = picks.pick()
+        del picks, takes
+        if window is not None and window.num_rows:
+            yield window
 
 
 def _pair(tables: tuple, conv: Sources) -> list[tuple[pa.Table | None, int]]:

@@ -2,15 +2,16 @@
 
 A table on the Arrow path (a primary key of one ``int64``, ``string`` or ``bytes`` column) is
 streamed by :mod:`dn.read.arrowstream`, the same merge over Arrow tables; this module streams
-every other table (composite, ``float64`` or ``bool`` keys) through Python values, and the
-cluster client's per-shard windows (:mod:`dn.read.merge`).
+every other table (composite, ``float64`` or ``bool`` keys) through Python values, on the engine
+and shard by shard in the cluster client (merged by :mod:`dn.read.merge`).
 
 A snapshot view's rows (:class:`dn.read.view.ReadView`) come from *sources*, each sorted by
 (pk, ts): the table's run in each range object the plan names (whole objects, see
 ``docs/formats.md``), and the in-memory tail (sorted once here). :func:`windows` walks them in
 key order, a k-way merge by key *windows*: each step cuts at the smallest of the live sources'
-``step``-th next keys, takes every version at or below the cut from every source, and picks the
-visible rows of that window with the read path's own :func:`dn.read.pick.sorted_columns`
+``step``-th next keys (:mod:`dn.read.keymerge`, shared with :mod:`dn.read.arrowstream`),
+takes every version at or below the cut from every source, and picks the visible rows of that
+window with the read path's own :func:`dn.read.pick.sorted_columns`
 (windows hold every version of each of their keys, so the picks are those of a whole scan).
 
 What stays open. A range object is fetched when the merge reaches its smallest key for the
@@ -42,10 +43,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dn.errors import Internal, InvalidArgument
+from dn.errors import InvalidArgument
 from dn.read import arrowstream
 from dn.read.arrow import to_batches
 from dn.read.arrowscan import arrow_path
+from dn.read.keymerge import merge, planned_ranges
 from dn.read.pick import sorted_columns
 from dn.read.reader import Reader
 from dn.read.run import Run
@@ -53,12 +55,6 @@ from dn.read.view import ReadView
 
 #: A window's visible rows: the table's columns (``[]`` for none) and their int keys (or None).
 Chunk = tuple[list[list], np.ndarray | None]
-
-#: The fewest versions a source gives a window (however many sources are live).
-MIN_STEP = 1024
-
-#: A range's statistics when the view does not carry them (the range is fetched at the start).
-_UNKNOWN = object()
 
 
 def check_batch_rows(batch_rows: object) -> int:
@@ -119,6 +115,9 @@ class _Source:
     def live(self) -> bool:
         return self.pos < self.stop or self.dpos < self.dstop
 
+    def drop(self) -> None:
+        self.run = None
+
     def cut(self, step: int) -> Any:
         """The key ``step`` versions ahead in its upserts or deletes, whichever is smaller."""
         run, best = self.run, None
@@ -148,73 +147,22 @@ def windows(
 ) -> Iterator[Chunk]:
     """The rows with start <= pk < end visible at the view's snapshot, in primary-key order,
     window by window as :data:`Chunk`\\ s (windows without a visible row are skipped); each
-    window takes at most about ``step`` versions (``step`` // live sources from each, at least
-    :data:`MIN_STEP`). Keys come normalized. See the module docstring for the memory held."""
-    if view.from_ts is not None:
-        raise Internal("a change feed's view (a range plan) cannot serve a snapshot scan")
-    waiting, live = _sources(reader, view, start, end)
-    for src in live:
-        src.open(start, end)
-    live = [s for s in live if s.live()]
-    waiting.sort(key=lambda s: s.lo)
-    nxt = 0
-    while True:
-        cut = _cut(live, step)
-        while nxt < len(waiting) and (cut is None or waiting[nxt].lo <= cut):
-            src = waiting[nxt]
-            nxt += 1
-            src.open(start, end)
-            if src.live():
-                live.append(src)
-                live.sort(key=lambda s: s.order)
-                cut = _cut(live, step)
-        if cut is None:
-            return
-        runs = [(r, src.hi_ts) for src in live if (r := src.take(cut)) is not None]
-        for src in live:
-            if not src.live():
-                src.run = None  # passed: the object goes as soon as nothing else holds it
-        live = [s for s in live if s.run is not None]
+    window takes at most about ``step`` versions (:func:`dn.read.keymerge.merge`). Keys come
+    normalized. See the module docstring for the memory held."""
+    ranges, n = planned_ranges(reader, view, start, end)
+    t = view.table
+    waiting, now = [], []
+    for i, r, lo in ranges:
+        src = _Source(i, r[1], lo=lo, load=_loader(reader, r, t.id, t.pk_pos))
+        (now if lo is None else waiting).append(src)
+    hi = view.plan.tail[1] if view.plan.tail else 0
+    now += [_Source(n + j, hi, run=sorted_run(r)) for j, r in enumerate(view.tail) if len(r)]
+    for takes in merge(waiting, now, start, end, step):
+        runs = [(r, hi_ts) for r, hi_ts in takes if r is not None]
         cols, keys = sorted_columns(view.snapshot, runs)
-        del runs
+        del runs, takes
         if cols:
             yield cols, keys
-
-
-def _cut(live: list[_Source], step: int) -> Any:
-    """The window's last key: the smallest of the live sources' ``step``-th next keys."""
-    each = max(MIN_STEP, step // max(1, len(live)))
-    cuts = [c for s in live if (c := s.cut(each)) is not None]
-    return min(cuts) if cuts else None
-
-
-def _sources(
-    reader: Reader, view: ReadView, start: Any, end: Any
-) -> tuple[list[_Source], list[_Source]]:
-    """The view's runs as sources, oldest first, as :meth:`Reader.runs` lists them: (those
-    that wait for the merge to reach their smallest key, those open from the start). A range
-    whose statistics show no key in [start, end) is left out."""
-    t, plan = view.table, view.plan
-    ranges: list[tuple[tuple[int, int], Any]] = []  # (range, its statistics or _UNKNOWN)
-    if plan.checkpoint is not None:
-        ranges.extend(reader.checkpoint(plan.checkpoint).tables.get(t.id, ()))
-    stats = view.range_stats
-    ranges.extend(zip(plan.ranges, stats if stats is not None else [_UNKNOWN] * len(plan.ranges)))
-    waiting, now = [], []
-    for i, (r, st) in enumerate(ranges):
-        src = _Source(i, r[1], load=_loader(reader, r, t.id, t.pk_pos))
-        if st is _UNKNOWN:
-            now.append(src)
-        elif st is not None and st.pk_min is not None:
-            if (start is not None and st.pk_max < start) or (end is not None and st.pk_min >= end):
-                continue
-            src.lo = st.pk_min
-            waiting.append(src)
-    hi = plan.tail[1] if plan.tail else 0
-    for j, run in enumerate(view.tail):
-        if len(run):
-            now.append(_Source(len(ranges) + j, hi, run=sorted_run(run)))
-    return waiting, now
 
 
 def _loader(reader: Reader, r: tuple[int, int], table_id: int, pk_pos: tuple) -> Callable:
