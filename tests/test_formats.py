@@ -404,7 +404,8 @@ def test_version_1_range_objects_still_read():
         (2, _entries((109, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),  # in [from, to]
         (2, _entries((106, TOKEN), (105, TOKEN)), {"commits": RANGE_COMMITS}, "malformed"),
         (4, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "malformed"),  # msgpack tables in v4
-        (5, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "unknown format version 5"),
+        (5, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "meta checksum"),  # a v4 body as v5
+        (6, RANGE_TOKENS, {"commits": RANGE_COMMITS}, "unknown format version 6"),
     ],
 )
 def test_range_versions_that_do_not_read(version, tokens, extra, error):
@@ -747,7 +748,7 @@ def _decoders() -> dict[str, Any]:
     out["log_prepare_group.bin"] = lambda data: _decode_log(data, TOKEN_LOG[1])
     for name in ("decision_commit.bin", "decision_abort.bin", "decision_group.bin"):
         out[name] = lambda data: decision.decode(data, decision.key(TOKEN), TOKEN)
-    for name in ("range.bin", "range_v3.bin", "range_v2.bin", "range_v1.bin"):
+    for name in ("range.bin", "range_v4.bin", "range_v3.bin", "range_v2.bin", "range_v1.bin"):
         out[name] = lambda data: rangeobj.decode(data, RANGE_KEY)
     for name in (
         "checkpoint.bin",

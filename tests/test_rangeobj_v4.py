@@ -1,7 +1,9 @@
-"""Range objects of format version 4 (tables as Arrow IPC) and the Arrow scan over them.
+"""Range objects of format versions 4 and 5 (tables as Arrow IPC) and the Arrow scan over them.
 
-- the golden fixture ``tests/golden/range.bin`` opened by hand (frame, msgpack, Arrow IPC
-  streams), and its encoding deterministic;
+- the golden fixtures ``tests/golden/range.bin`` (version 5) and ``range_v4.bin`` opened by
+  hand (frame, msgpack, Arrow IPC streams), and the encoding deterministic;
+- version 5's parts: cut between keys, bounded in rows and bytes, a key with more versions than
+  a part in one part, read part by part, and a stream whose parts split a key refused;
 - a corrupt version-4 body is ``Corruption``, when decoded or when its batches are read;
 - ``Engine.scan_arrow`` (:mod:`dn.read.arrowscan`) equals the dict scan and the Python pick
   path (:func:`dn.read.view.scan_columns`) on random tables with nulls, updates and deletes
@@ -37,17 +39,56 @@ FRAME = struct.Struct("<2sBBQII")
 RANGE_KEY = codec.range_key(7, 90, 108)
 
 
-def _stored_v4_body(data: bytes) -> dict:
+def _stored_body(data: bytes, want: int) -> memoryview:
     magic, kind, version, length, body_crc, header_crc = FRAME.unpack_from(data)
-    assert (magic, kind, version, length) == (b"DN", ord("R"), 4, len(data) - FRAME.size)
+    assert (magic, kind, version, length) == (b"DN", ord("R"), want, len(data) - FRAME.size)
     assert body_crc == zlib.crc32(data[FRAME.size :]) and header_crc == zlib.crc32(data[:16])
-    return msgpack.unpackb(data[FRAME.size :], raw=False, strict_map_key=False)
+    return memoryview(data)[FRAME.size :]
 
 
-def test_version_4_fixture_opened_by_hand_holds_version_3s_tables():
-    data = (GOLDEN / "range.bin").read_bytes()
-    body = _stored_v4_body(data)
-    assert list(body) == ["shard", "from", "to", "commits", "commands", "tables", "tokens"]
+def _v5_by_hand(data: bytes) -> dict:
+    """A version-5 object opened as docs/formats.md says: meta_len:u64 meta_crc:u32 (big-endian),
+    the msgpack meta, then the streams where the meta places them, each part checked by its
+    crc; returns the meta with each table's streams as bytes (None: no deletes)."""
+    body = _stored_body(data, 5)
+    meta_len, meta_crc = struct.unpack_from(">QI", body)
+    raw = body[12 : 12 + meta_len]
+    assert zlib.crc32(raw) == meta_crc
+    meta = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    streams = body[12 + meta_len :]
+    at = 0
+    for entry in meta["tables"].values():
+        assert list(entry) == ["rows", "dels"]
+        for name in ("rows", "dels"):
+            if entry[name] is None:
+                continue
+            offset, schema_len, parts = entry[name]
+            assert offset == at
+            end = offset + schema_len + sum(p[0] for p in parts) + 8
+            stream = bytes(streams[offset:end])
+            pos = schema_len
+            for length, crc, rows in parts:
+                assert zlib.crc32(stream[pos : pos + length]) == crc
+                schema = pa.ipc.read_schema(pa.py_buffer(stream[:schema_len]))
+                part = pa.ipc.read_record_batch(pa.py_buffer(stream[pos : pos + length]), schema)
+                assert part.num_rows == rows
+                pos += length
+            assert stream[pos:] == b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end of stream
+            entry[name] = stream
+            at = end
+    assert at == len(streams)
+    return meta
+
+
+@pytest.mark.parametrize("name,version", [("range.bin", 5), ("range_v4.bin", 4)])
+def test_the_arrow_fixtures_opened_by_hand_hold_version_3s_tables(name, version):
+    data = (GOLDEN / name).read_bytes()
+    if version == 5:
+        body = _v5_by_hand(data)
+        assert list(body) == ["shard", "from", "to", "commits", "commands", "tokens", "tables"]
+    else:
+        body = msgpack.unpackb(_stored_body(data, 4), raw=False, strict_map_key=False)
+        assert list(body) == ["shard", "from", "to", "commits", "commands", "tables", "tokens"]
     v3 = rangeobj.decode((GOLDEN / "range_v3.bin").read_bytes(), RANGE_KEY)
     assert list(body["tables"]) == sorted(v3.tables) == [101, 102]
     for tid, t in body["tables"].items():
@@ -101,7 +142,7 @@ def _v4(tables: dict) -> bytes:
 
 def _good_table() -> dict:
     t = {"ts": [100, 101], "cols": [[1, 2], ["a", None]], "del_pks": [3], "del_ts": [102]}
-    return rangecols.encode_table(t)
+    return {name: s.data for name, s in rangecols.encode_table(t).items()}
 
 
 @pytest.mark.parametrize(
@@ -254,10 +295,10 @@ def test_scan_arrow_over_a_mix_of_version_3_and_version_4_objects(name, seed, mo
     real = rangecols.encode_table
     as_v3 = [False]
 
-    def encode_table(t):
+    def encode_table(t, pk_pos=None):
         if as_v3[0]:
             raise rangecols.Unencodable("as version 3 wrote it")
-        return real(t)
+        return real(t, pk_pos)
 
     monkeypatch.setattr(rangecols, "encode_table", encode_table)
 
@@ -270,7 +311,7 @@ def test_scan_arrow_over_a_mix_of_version_3_and_version_4_objects(name, seed, mo
     e.create_table("d", name, cols, pk)
     stamps, rng = _workload(e, name, seed + 10, 40, v3_until=20, patch=patch)
     versions = {codec.version_of(e.store.get(k)) for k in e.store.list("20/0/")}
-    assert versions == {3, 4}, versions
+    assert versions == {3, rangeobj.VERSION}, versions
     _check(e, name, rng.sample(stamps, 8), rng)
     e.close()
 

@@ -7,7 +7,7 @@ Grammar of one stored object (all integers little-endian; ``HEADER`` then ``HEAD
                kind:1              one of KIND_* below (frozen values)
                version:1           format version of this kind: FORMAT_VERSION (1), except
                                    checkpoints: 3 (dn.objects.checkpoint, which reads 1, 2)
-                                   and ranges: 3 (dn.objects.rangeobj, which reads 1, 2)
+                                   and ranges: 5 (dn.objects.rangeobj, which reads 1 to 4)
                                    and manifests: 2 (dn.objects.manifest, which reads 1 too)
                body_len:u64        length of body in bytes
                body_crc:u32        zlib.crc32 of body
@@ -104,6 +104,24 @@ def unframe(
 ) -> memoryview:
     """The body of a stored object after every check; raises Corruption naming ``key``.
     ``versions``: the format versions of ``kind`` the caller reads."""
+    _, length, crc = check_header(kind, data, key, versions)
+    body = memoryview(data)[HEADER_SIZE:]
+    if len(body) != length:
+        raise Corruption(
+            f"object {key} is truncated or padded: body {len(body)} bytes, header says {length}",
+            key=key,
+            truncated=len(body) < length,
+        )
+    if zlib.crc32(body) != crc:
+        raise Corruption(f"object {key} fails its checksum", key=key)
+    return body
+
+
+def check_header(
+    kind: int, data: bytes, key: str, versions: tuple[int, ...]
+) -> tuple[int, int, int]:
+    """Check the header at the start of ``data`` (the object, or its first bytes: a partial
+    read); return its (version, body_len, body_crc). Raises Corruption naming ``key``."""
     if len(data) < HEADER_SIZE:
         raise Corruption(
             f"object {key} is truncated ({len(data)} bytes, no header)", key=key, truncated=True
@@ -117,16 +135,7 @@ def unframe(
         raise Corruption(f"object {key} is of kind {got_kind}, expected {kind}", key=key)
     if version not in versions:
         raise Corruption(f"object {key} has unknown format version {version}", key=key)
-    body = memoryview(data)[HEADER_SIZE:]
-    if len(body) != length:
-        raise Corruption(
-            f"object {key} is truncated or padded: body {len(body)} bytes, header says {length}",
-            key=key,
-            truncated=len(body) < length,
-        )
-    if zlib.crc32(body) != crc:
-        raise Corruption(f"object {key} fails its checksum", key=key)
-    return body
+    return version, length, crc
 
 
 def encode(kind: int, value: Any, version: int = FORMAT_VERSION) -> bytes:

@@ -1,13 +1,20 @@
-"""A range object's table as Arrow IPC: the ``table`` of range-object format version 4.
+"""A range object's table as Arrow IPC: the tables of range-object format versions 4 and 5.
 
-Grammar (inside the range object's msgpack body, :mod:`dn.objects.rangeobj`)::
+A table is two Arrow IPC streams (:mod:`dn.objects.rangeobj` places them in the object)::
 
-    table := {"rows": bin, "dels": bin}
-    rows  := Arrow IPC stream: one record batch, columns c0 .. c<n-1> (the table's columns in
+    rows  := Arrow IPC stream: record batches of columns c0 .. c<n-1> (the table's columns in
              schema order) then ts (int64), one row per row version, sorted by (pk, ts)
-    dels  := empty (no deletes) | Arrow IPC stream: one record batch, columns k (a one-column
+    dels  := none (no deletes) | Arrow IPC stream: record batches of columns k (a one-column
              primary key) or k0 .. k<m-1> (a composite one) then ts (int64), one row per
              delete, sorted by (pk, ts)
+
+Version 5 writes each stream in *parts*: record batches of at most :data:`CHUNK_ROWS` rows and
+about :data:`CHUNK_BYTES` of values, cut only between two keys, so that all the versions (or
+deletes) of one key are in one part; a part is longer than the bound only when one key has more
+versions than it. :func:`encode_table` returns each stream with where its parts lie
+(:class:`Stream`), so that the object can index them and a streaming scan read one part at a
+time (:mod:`dn.objects.rangeparts`): a key never continues into the next part. Version 4 wrote
+one record batch per stream (the same grammar with one part, read by the same code).
 
 Both streams are written with ``IpcWriteOptions(compression=zstd level 1)`` (each buffer a zstd
 frame) and no metadata. A column's Arrow type is the one its values take: ``int64``,
@@ -23,14 +30,16 @@ a fixed level is deterministic), so the same commands give the same object — c
 ``tests/test_rangeobj_v4.py`` and the golden fixture ``tests/golden/range.bin``.
 
 :class:`ArrowTable` is one table of a decoded object: its schema checked when the object is
-decoded, its batches decompressed on first use (:meth:`ArrowTable.rows`), its Python form (the
-version-3 ``table`` dict, for runs) made only when asked for. Any thread; a race makes the same
-value twice.
+decoded, its batches decompressed on first use (:meth:`ArrowTable.rows`) or part by part
+(:meth:`ArrowTable.row_parts`), its Python form (the version-3 ``table`` dict, for runs) made
+only when asked for. Any thread; a race makes the same value twice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import zlib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +49,10 @@ from dn.errors import Corruption
 _OPTIONS = pa.ipc.IpcWriteOptions(
     compression=pa.Codec("zstd", compression_level=1), use_threads=False
 )
+#: A stream's record batches hold at most this many rows (unless one key has more versions) ...
+CHUNK_ROWS = 65_536
+#: ... and about this many bytes of values (their Arrow data, uncompressed).
+CHUNK_BYTES = 4 << 20
 #: The Arrow types a stored column may have.
 STORED_TYPES = (pa.int64(), pa.float64(), pa.string(), pa.binary(), pa.bool_(), pa.null())
 TS = "ts"
@@ -49,15 +62,28 @@ class Unencodable(Exception):
     """A column whose values have no single stored Arrow type (not normal form)."""
 
 
-def encode_table(t: dict) -> dict:
-    """A version-3 ``table`` dict (``ts``, ``cols``, ``del_pks``, ``del_ts``) as the
-    version-4 ``table`` above."""
+class Stream(NamedTuple):
+    """An encoded IPC stream and where its parts lie: its schema message is its first
+    ``schema_len`` bytes, then each part (one record batch message) ``[length, crc32, rows]``
+    in order, then the 8-byte end-of-stream marker."""
+
+    data: bytes
+    schema_len: int
+    parts: list[list[int]]
+
+
+def encode_table(t: dict, pk_pos: tuple[int, ...] | None = None) -> dict[str, Stream | None]:
+    """A version-3 ``table`` dict (``ts``, ``cols``, ``del_pks``, ``del_ts``) as its two
+    streams, ``{"rows": Stream, "dels": Stream or None}``, the rows in parts cut between the
+    keys at ``pk_pos`` (None: one part)."""
     cols = t["cols"]
-    rows = _ipc(
-        [_array(c) for c in cols] + [_stamps(t["ts"])],
-        [f"c{i}" for i in range(len(cols))] + [TS],
-    )
-    dels = b""
+    arrays = [_array(c) for c in cols] + [_stamps(t["ts"])]
+    cuts = None
+    if pk_pos is not None and cols:
+        keys = cols[pk_pos[0]] if len(pk_pos) == 1 else list(zip(*(cols[p] for p in pk_pos)))
+        cuts = _chunks(arrays, keys)
+    rows = _ipc(arrays, [f"c{i}" for i in range(len(cols))] + [TS], cuts)
+    dels = None
     if t["del_ts"]:
         pks = t["del_pks"]
         if isinstance(pks[0], list | tuple):
@@ -66,10 +92,38 @@ def encode_table(t: dict) -> dict:
                 raise Unencodable("composite keys of different widths")
             arrays = [_array([k[i] for k in pks]) for i in range(width)]
             names = [f"k{i}" for i in range(width)]
+            pks = [tuple(k) for k in pks]
         else:
             arrays, names = [_array(pks)], ["k"]
-        dels = _ipc(arrays + [_stamps(t["del_ts"])], names + [TS])
+        arrays.append(_stamps(t["del_ts"]))
+        dels = _ipc(arrays, names + [TS], _chunks(arrays, pks))
     return {"rows": rows, "dels": dels}
+
+
+def _chunks(arrays: list[pa.Array], keys: list) -> list[int]:
+    """Where the parts of a stream of ``arrays`` (sorted by ``keys``) end: after at most
+    :data:`CHUNK_ROWS` rows and about :data:`CHUNK_BYTES` of values, moved on past the rest of
+    a key's rows; the last is the row count."""
+    n = len(keys)
+    sizes = np.zeros(n, dtype=np.int64)
+    for a in arrays:
+        if pa.types.is_string(a.type) or pa.types.is_binary(a.type):
+            offsets = np.frombuffer(a.buffers()[1], np.int32, count=n + 1, offset=4 * a.offset)
+            sizes += np.diff(offsets) + 4
+        elif not pa.types.is_null(a.type):
+            sizes += 1 if pa.types.is_boolean(a.type) else 8
+    ends = np.cumsum(sizes)
+    cuts: list[int] = []
+    i = 0
+    while i < n:
+        base = int(ends[i - 1]) if i else 0
+        j = min(n, i + CHUNK_ROWS, int(np.searchsorted(ends, base + CHUNK_BYTES, "right")))
+        j = max(j, i + 1)
+        while j < n and keys[j] == keys[j - 1]:
+            j += 1
+        cuts.append(j)
+        i = j
+    return cuts
 
 
 def _array(values: list) -> pa.Array:
@@ -133,12 +187,23 @@ def _stamps(ts: list[int]) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(ts), [None, pa.py_buffer(np.array(ts, np.int64))])
 
 
-def _ipc(arrays: list[pa.Array], names: list[str]) -> bytes:
+def _ipc(arrays: list[pa.Array], names: list[str], cuts: list[int] | None = None) -> Stream:
+    """An IPC stream of ``arrays``: one record batch, or one per part ending at ``cuts``."""
     batch = pa.record_batch(arrays, names=names)
     sink = pa.BufferOutputStream()
+    pieces = [(0, batch.num_rows)] if not cuts else list(zip([0, *cuts[:-1]], cuts))
+    ends = []
     with pa.ipc.new_stream(sink, batch.schema, options=_OPTIONS) as w:
-        w.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+        for lo, hi in pieces:
+            w.write_batch(batch.slice(lo, hi - lo))
+            ends.append(sink.tell())
+    data = sink.getvalue().to_pybytes()
+    schema_len = len(batch.schema.serialize())
+    parts, at = [], schema_len
+    for (lo, hi), end in zip(pieces, ends):
+        parts.append([end - at, zlib.crc32(memoryview(data)[at:end]), hi - lo])
+        at = end
+    return Stream(data, schema_len, parts)
 
 
 class ArrowTable:
@@ -146,19 +211,16 @@ class ArrowTable:
 
     __slots__ = ("_rows", "_dels", "_key", "_rows_t", "_dels_t", "_dict", "composite")
 
-    def __init__(self, t: Any, key: str) -> None:
-        """Check the grammar of ``t`` (a decoded ``table``) and the streams' schemas;
-        ValueError or TypeError when they do not follow it."""
-        if not isinstance(t, dict) or set(t) != {"rows", "dels"}:
-            raise ValueError("a table is not {rows, dels}")
-        self._rows, self._dels, self._key = t["rows"], t["dels"], key
-        if not isinstance(self._rows, bytes) or not isinstance(self._dels, bytes):
-            raise TypeError("a table's rows or dels are not bytes")
+    def __init__(self, rows: Any, dels: Any, key: str) -> None:
+        """A table of streams ``rows`` and ``dels`` (bytes or Arrow buffers; ``dels`` empty
+        or None: no deletes); ValueError when their schemas do not follow the grammar."""
+        self._rows, self._key = pa.py_buffer(rows), key
+        self._dels = pa.py_buffer(dels) if dels else None
         names = _schema(self._rows).names
         if names[-1:] != [TS] or names[:-1] != [f"c{i}" for i in range(len(names) - 1)]:
             raise ValueError(f"rows with columns {names}")
         self.composite = False
-        if self._dels:
+        if self._dels is not None:
             names = _schema(self._dels).names
             width = len(names) - 1
             self.composite = names[:1] != ["k"]
@@ -175,13 +237,45 @@ class ArrowTable:
             self._rows_t = self._read(self._rows)
         return self._rows_t
 
+    @classmethod
+    def from_v4(cls, t: Any, key: str) -> ArrowTable:
+        """A version-4 ``table``, ``{"rows": bin, "dels": bin}`` (``dels`` empty: none)."""
+        if not isinstance(t, dict) or set(t) != {"rows", "dels"}:
+            raise ValueError("a table is not {rows, dels}")
+        if not isinstance(t["rows"], bytes) or not isinstance(t["dels"], bytes):
+            raise TypeError("a table's rows or dels are not bytes")
+        return cls(t["rows"], t["dels"], key)
+
     def dels(self) -> pa.Table | None:
         """The deletes (k or k0 .., ts; sorted by (pk, ts)), or None when there are none."""
-        if not self._dels:
+        if self._dels is None:
             return None
         if self._dels_t is None:
             self._dels_t = self._read(self._dels)
         return self._dels_t
+
+    def row_parts(self) -> Iterator[pa.Table]:
+        """The row versions part by part (one record batch each, decompressed as it is
+        reached), without keeping them: for a reader that streams the object."""
+        return self._parts(self._rows)
+
+    def del_parts(self) -> Iterator[pa.Table]:
+        """The deletes part by part (none when there are none), as :meth:`row_parts`."""
+        return self._parts(self._dels) if self._dels is not None else iter(())
+
+    def _parts(self, data: pa.Buffer) -> Iterator[pa.Table]:
+        try:
+            reader = pa.ipc.open_stream(data)
+        except Exception as exc:  # Arrow raises several unrelated types
+            raise self._corrupt(exc) from exc
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise self._corrupt(exc) from exc
+            yield checked(pa.Table.from_batches([batch]), self._key)
 
     def to_dict(self) -> dict:
         """The version-3 ``table`` dict of the same rows (made once)."""
@@ -199,23 +293,37 @@ class ArrowTable:
             self._dict = {"ts": ts, "cols": cols, "del_pks": del_pks, "del_ts": del_ts}
         return self._dict
 
-    def _read(self, data: bytes) -> pa.Table:
+    def _read(self, data: pa.Buffer) -> pa.Table:
         try:
-            table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-            table.validate(full=False)
-            if any(f.type not in STORED_TYPES for f in table.schema):
-                raise ValueError(f"a column of a type not stored: {table.schema}")
-            if table.schema.field(TS).type != pa.int64() or table.column(TS).null_count:
-                raise ValueError("timestamps that are not int64 values")
+            table = pa.ipc.open_stream(data).read_all()
         except Exception as exc:  # Arrow raises several unrelated types
-            raise Corruption(
-                f"object {self._key} holds a table that does not decode: {exc}", key=self._key
-            ) from exc
-        return table
+            raise self._corrupt(exc) from exc
+        return checked(table, self._key)
+
+    def _corrupt(self, exc: Exception) -> Corruption:
+        return corrupt(self._key, exc)
 
 
-def _schema(data: bytes) -> pa.Schema:
+def checked(table: pa.Table, key: str) -> pa.Table:
+    """``table`` (read from object ``key``) if its columns are of stored types and its
+    timestamps int64 values; Corruption otherwise."""
     try:
-        return pa.ipc.open_stream(pa.py_buffer(data)).schema
+        table.validate(full=False)
+        if any(f.type not in STORED_TYPES for f in table.schema):
+            raise ValueError(f"a column of a type not stored: {table.schema}")
+        if table.schema.field(TS).type != pa.int64() or table.column(TS).null_count:
+            raise ValueError("timestamps that are not int64 values")
+    except Exception as exc:
+        raise corrupt(key, exc) from exc
+    return table
+
+
+def corrupt(key: str, exc: Exception) -> Corruption:
+    return Corruption(f"object {key} holds a table that does not decode: {exc}", key=key)
+
+
+def _schema(data: pa.Buffer) -> pa.Schema:
+    try:
+        return pa.ipc.open_stream(data).schema
     except pa.ArrowException as exc:
         raise ValueError(f"not an Arrow IPC stream: {exc}") from exc

@@ -1,9 +1,15 @@
 """Range objects: what a buffer checkpoint writes to ``20/<shard>/<from>_<to>``.
 
 Stored body (inside the framing of :mod:`dn.objects.codec`, kind ``R``, format version
-``VERSION`` = 4): the msgpack ``body`` below, each table's rows and deletes Arrow IPC streams
-(:mod:`dn.objects.rangecols`, which has their grammar), so that a scan into Arrow reads them
-near a memory copy (:mod:`dn.read.arrowscan`)::
+``VERSION`` = 5): a msgpack meta (the keys of version 3's body below, but for ``tables``: where
+each table's streams lie) followed by each table's rows and deletes as Arrow IPC streams in
+parts cut between keys (:mod:`dn.objects.rangeparts` has the layout,
+:mod:`dn.objects.rangecols` the streams' grammar), so that a scan into Arrow reads them near a
+memory copy (:mod:`dn.read.arrowscan`) and a streaming scan one part at a time, with ranged
+reads (:mod:`dn.read.arrowstream`).
+
+Version 4 (still read) stored the same streams, each one record batch, inside the msgpack
+body::
 
     body     := {"shard": int, "from": int, "to": int,
                  "commits": int, "commands": [...], "tokens": bin,   as in version 3 below
@@ -48,21 +54,24 @@ msgpack array. ``cols`` is an empty array when a table has no row versions in a 
 list per column, empty ones included). Encoding is deterministic: the same commands always give
 the same bytes, so a stale incarnation that rewrites a key it also wrote writes identical bytes.
 
-Versions read (``READ_VERSIONS``): 4 and 3, as above; 2, the same body stored uncompressed
+Versions read (``READ_VERSIONS``): 5, 4 (each stream one record batch: the same grammar, read
+by the same code) and 3, as above; 2, the same body stored uncompressed
 (the framed body is the msgpack body itself); and 1, the same body without ``commits`` and
 ``tokens`` (written before ranges counted their commits; it holds no tokens). A version-1 object's
 count is derived when it is decoded (:attr:`RangeObject.ncommits`): the number of distinct
 timestamps it holds, at least 1; exact for a buffer checkpoint (every write holds a row or a delete,
 so every commit left its timestamp), a lower bound for a compaction that dropped versions. A
-version-2, -3 or -4 object without a valid ``commits`` or ``tokens`` is corrupt, and so is a
-version-3 body that does not decompress to ``raw_len`` bytes, or a version-4 table whose
+version-2, -3, -4 or -5 object without a valid ``commits`` or ``tokens`` is corrupt, and so is a
+version-3 body that does not decompress to ``raw_len`` bytes, or a version-4 or -5 table whose
 streams do not follow :mod:`dn.objects.rangecols` (when the object is decoded, or its batches
 read); code that reads only older versions refuses newer ones as corrupt. Why compressed
 (version 3 and up): row versions sorted by (key, ts) compress well (keys, timestamps and
 repeated values), about 2-3x for typical rows; that is stored bytes, GET bytes and time on S3,
 for a decompression that costs about a tenth of decoding the msgpack. Why Arrow (version 4): a
 scan into Arrow then decompresses the stored buffers instead of building a Python object per
-value and converting them back.
+value and converting them back. Why parts (version 5): an object the engine freezes by itself
+holds millions of rows (tens of MB of Arrow), and compaction makes bigger ones; a streaming
+scan that decoded each whole would hold that much, where it now holds one part.
 
 ``build`` also returns the per-table statistics a checkpoint records: rows, deletes, primary
 key min and max.
@@ -77,18 +86,20 @@ from typing import Any
 import pyarrow as pa
 
 from dn.errors import Corruption
-from dn.objects import codec, rangecols
+from dn.objects import codec, rangecols, rangeparts
 from dn.objects.rangecols import ArrowTable
 from dn.read.run import Run
 from dn.write.buffer import Buffer
 from dn.write.tokens import check_entries, pack_entries
 
-#: The format version written: each table's rows and deletes as Arrow IPC streams.
-VERSION = 4
+#: The format version written: each table's rows and deletes as Arrow IPC streams in parts.
+VERSION = rangeparts.VERSION
+#: Version 4: the same, each stream one record batch (read as version 5).
+V4 = 4
 #: Version 3: the whole msgpack body zstd-compressed, tables as msgpack arrays.
 V3 = 3
-#: The format versions read: 3, 2 (uncompressed) and 1 (its count of commits derived) as well.
-READ_VERSIONS = (1, 2, 3, 4)
+#: The format versions read: 4, 3, 2 (uncompressed) and 1 (its count of commits derived) as well.
+READ_VERSIONS = (1, 2, 3, 4, 5)
 #: zstd, through pyarrow (a dependency already); level 1: fast, and most of the gain.
 _CODEC = pa.Codec("zstd", compression_level=1)
 _RAW_LEN = struct.Struct(">Q")
@@ -118,7 +129,7 @@ class TableStats:
 
 class RangeObject:
     """A decoded range object. Runs are converted per table on first use and kept. The
-    tables of a version-4 object are :class:`ArrowTable`, of older ones version-3 dicts."""
+    tables of a version-4 or -5 object are :class:`ArrowTable`, of older ones version-3 dicts."""
 
     __slots__ = (
         "from_ts",
@@ -159,13 +170,13 @@ class RangeObject:
 
     @property
     def tables(self) -> dict[int, dict]:
-        """Every table as version 3's ``table`` dict (a version-4 object's made once)."""
+        """Every table as version 3's ``table`` dict (an Arrow object's made once)."""
         if self._dicts is None:
             self._dicts = {tid: _as_dict(t) for tid, t in self._tables.items()}
         return self._dicts
 
     def arrow(self, table_id: int) -> ArrowTable | None | bool:
-        """The table of a version-4 object as Arrow (None: the object holds none of it);
+        """The table of a version-4 or -5 object as Arrow (None: the object holds none of it);
         False for an object of an older version (read it through :meth:`run`)."""
         t = self._tables.get(table_id)
         if t is None:
@@ -203,7 +214,8 @@ def build(shard: int, buf: Buffer) -> tuple[bytes, dict[int, TableStats]]:
             keys += [del_pks[0], del_pks[-1]]
         stats[table_id] = TableStats.spanning(len(ts), len(del_ts), keys)
     commands = [[ts, cmd] for ts, cmd in buf.commands]
-    data = encode(shard, buf.from_ts, buf.to_ts, buf.ncommits, commands, tables, buf.tokens)
+    keys = {tid: buf.tables[tid].pk_pos for tid in tables}
+    data = encode(shard, buf.from_ts, buf.to_ts, buf.ncommits, commands, tables, buf.tokens, keys)
     return data, stats
 
 
@@ -215,11 +227,14 @@ def encode(
     commands: list,
     tables: dict,
     tokens: list[tuple[int, bytes]],
+    pk_pos: dict[int, tuple[int, ...]] | None = None,
 ) -> bytes:
     """The range object of the grammar above, in format version ``VERSION`` (both writers;
-    ``tables`` as version 3's dicts), or version 3 when a value has no stored Arrow type."""
+    ``tables`` as version 3's dicts, each table's rows in parts cut between the keys at its
+    ``pk_pos``: one part when not given), or version 3 when a value has no stored Arrow type."""
+    pk_pos = pk_pos or {}
     try:
-        arrow = {tid: rangecols.encode_table(t) for tid, t in tables.items()}
+        arrow = {tid: rangecols.encode_table(t, pk_pos.get(tid)) for tid, t in tables.items()}
     except rangecols.Unencodable:
         arrow = None
     # Arrow's allocator keeps what the IPC writer freed (measured: ~30 MiB resident after a
@@ -231,27 +246,28 @@ def encode(
         "to": to_ts,
         "commits": ncommits,
         "commands": commands,
-        "tables": tables if arrow is None else arrow,
+        "tables": tables,
         "tokens": pack_entries(tokens),
     }
-    raw = codec.pack(body)
     if arrow is not None:
-        return codec.frame(codec.KIND_RANGE, raw, VERSION)
+        del body["tables"]
+        return codec.frame(codec.KIND_RANGE, rangeparts.pack(body, arrow), VERSION)
+    raw = codec.pack(body)
     stored = _RAW_LEN.pack(len(raw)) + _CODEC.compress(raw, asbytes=True)
     return codec.frame(codec.KIND_RANGE, stored, V3)
 
 
 def decode(data: bytes, key: str) -> RangeObject:
     """Decode and check a range object; raises Corruption naming ``key``."""
-    body = _body(data, key)
     try:
+        body = _body(data, key)
         commands = [(ts, cmd) for ts, cmd in body["commands"]]
         tables = body["tables"]
-        if codec.version_of(data) == VERSION:
+        if codec.version_of(data) == V4:
             if list(tables) != sorted(tables) or any(type(t) is not int for t in tables):
                 raise ValueError("table ids that are not ascending ints")
-            tables = {tid: ArrowTable(t, key) for tid, t in tables.items()}
-        else:
+            tables = {tid: ArrowTable.from_v4(t, key) for tid, t in tables.items()}
+        elif codec.version_of(data) != VERSION:
             for t in tables.values():
                 n = len(t["ts"])
                 if any(len(c) != n for c in t["cols"]) or len(t["del_pks"]) != len(t["del_ts"]):
@@ -272,7 +288,10 @@ def decode(data: bytes, key: str) -> RangeObject:
 
 
 def _body(data: bytes, key: str) -> Any:
-    """The msgpack body of a range object of any version read."""
+    """The msgpack body of a range object of any version read (of version 5: its meta, the
+    tables as :class:`ArrowTable` over views of ``data``)."""
+    if len(data) >= codec.HEADER_SIZE and codec.version_of(data) == VERSION:
+        return rangeparts.unpack(codec.unframe(codec.KIND_RANGE, data, key, READ_VERSIONS), key)
     if len(data) < codec.HEADER_SIZE or codec.version_of(data) != V3:
         return codec.decode(codec.KIND_RANGE, data, key, READ_VERSIONS)
     stored = codec.unframe(codec.KIND_RANGE, data, key, READ_VERSIONS)

@@ -14,10 +14,13 @@ slices), and picks the window's visible rows with
 What stays open is also the same: a range object is fetched when the merge reaches its smallest
 key for the table (from the view's ``range_stats`` or the checkpoint's statistics), through
 :meth:`dn.read.reader.Reader.range_uncached`, and dropped once the merge has passed its
-largest key. So the memory a scan holds is the Arrow bytes of the objects whose key span
-contains the current window (for a table written in key order, about one object), the sorted
-tail, and O(``step``) rows; a version takes about as many bytes as it does in the Arrow table
-a whole scan returns (several times fewer than the Python values of :mod:`dn.read.stream`).
+largest key. An object of format 5 is read one part at a time, each with a ranged read
+(:meth:`dn.read.reader.Reader.range_parts`; its streams are cut between keys,
+:mod:`dn.objects.rangecols`): a source holds the object's meta and its current part, and a
+window never reaches past a part's last key (a key does not continue into the next part). An
+older object is fetched and decoded whole. So the memory a scan holds is, for each object whose
+key span contains the current window (for a table written in key order, about one), one part;
+the sorted tail; and O(``step``) rows.
 
 Keys are searched with numpy for ``int64`` and by bisection over the Arrow array otherwise.
 Pure functions over immutable objects; a generator is used by one thread at a time.
@@ -33,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dn.errors import Corruption
 from dn.read import keymerge
 from dn.read.arrow import arrow_schema
 from dn.read.arrowscan import Sources
@@ -67,6 +71,60 @@ class _Keys:
         return lo
 
 
+class _Part:
+    """One sorted stream of a source (its versions, or its deletes), read part by part: the
+    current part, its keys, and the rows of it still to come, ``[pos, stop)``."""
+
+    __slots__ = ("kind", "kpos", "_more", "_end", "tb", "keys", "pos", "stop", "last")
+
+    def __init__(self, kind: int, parts: Iterator[pa.Table | None], kpos: int, end: Any):
+        self.kind, self.kpos, self._more, self._end = kind, kpos, parts, end
+        self.tb: pa.Table | None = None
+        self.last: Any = None  # the previous part's last key
+        self.pos = self.stop = 0
+
+    def seek(self, start: Any) -> bool:
+        """Move to the first row with key >= ``start``; False when there is none below end."""
+        while self._next():
+            n = len(self.keys.arr)
+            if start is not None and self.keys.at(n - 1) < start:
+                continue
+            self.pos = 0 if start is None else self.keys.bisect(start, 0, n, False)
+            return self.pos < self.stop
+        return False
+
+    def _next(self) -> bool:
+        """Read the next non-empty part below end (parts are cut between keys: its keys all
+        follow the last part's)."""
+        self.tb = None
+        for tb in self._more:
+            if tb is None or not tb.num_rows:
+                continue
+            keys = _Keys(tb.column(self.kpos))
+            n = len(keys.arr)
+            first = keys.at(0)
+            if self.last is not None and not first > self.last:
+                raise Corruption("a stored table's parts are not in key order, or split a key")
+            self.last = keys.at(n - 1)
+            if self._end is not None and not first < self._end:
+                break
+            self.tb, self.keys, self.pos = tb, keys, 0
+            self.stop = n if self._end is None else keys.bisect(self._end, 0, n, False)
+            return True
+        self._more = iter(())
+        return False
+
+    def take(self, cut: Any) -> pa.Table | None:
+        """Its rows with key <= ``cut`` (all in this part: ``cut`` is at most its last key);
+        moves on to the next part when this one is done."""
+        a = self.keys.bisect(cut, self.pos, self.stop, True)
+        out = self.tb.slice(self.pos, a - self.pos) if a > self.pos else None
+        self.pos = a
+        if a == self.stop and not (a == len(self.keys.arr) and self._next()):
+            self.tb = None
+        return out
+
+
 @dataclass(slots=True, eq=False)
 class _Source:
     """One sorted source of the view: loaded, or waiting for the merge to reach ``lo``."""
@@ -74,22 +132,17 @@ class _Source:
     order: int  # place among the view's sources, oldest first (later versions win)
     hi_ts: int  # the newest ts it may hold
     lo: Any = None  # its smallest key for the table (None: unknown, loaded at the start)
-    load: Callable[[], tuple] | None = None
-    parts: list | None = None  # [(table, keys, pos, stop)] for its versions, then its deletes
+    load: Callable[[], list] | None = None
+    parts: list[_Part] | None = None  # its versions, then its deletes, each read part by part
 
     def open(self, start: Any, end: Any) -> None:
-        tables = self.load() if self.load is not None else ()
+        streams = self.load() if self.load is not None else ()
         self.load = None
         self.parts = []
-        for kind, (tb, kpos) in enumerate(tables):
-            if tb is None or not tb.num_rows:
-                continue
-            keys = _Keys(tb.column(kpos))
-            n = len(keys.arr)
-            pos = 0 if start is None else keys.bisect(start, 0, n, False)
-            stop = n if end is None else keys.bisect(end, 0, n, False)
-            if pos < stop:
-                self.parts.append([kind, tb, keys, pos, stop])
+        for kind, (it, kpos) in enumerate(streams):
+            part = _Part(kind, iter(it), kpos, end)
+            if part.seek(start):
+                self.parts.append(part)
 
     def live(self) -> bool:
         return bool(self.parts)
@@ -98,10 +151,11 @@ class _Source:
         self.parts = None
 
     def cut(self, step: int) -> Any:
-        """The key ``step`` versions ahead in its versions or deletes, whichever is smaller."""
+        """The key ``step`` versions ahead in its versions or deletes, whichever is smaller
+        (within their current parts)."""
         best = None
-        for _, _, keys, pos, stop in self.parts or ():
-            k = keys.at(min(pos + step, stop) - 1)
+        for p in self.parts or ():
+            k = p.keys.at(min(p.pos + step, p.stop) - 1)
             if best is None or k < best:
                 best = k
         return best
@@ -109,13 +163,9 @@ class _Source:
     def take(self, cut: Any) -> tuple[pa.Table | None, pa.Table | None]:
         """(its versions, its deletes) with key <= ``cut`` still to come; advances past them."""
         out: list[pa.Table | None] = [None, None]
-        for part in self.parts or ():
-            kind, tb, keys, pos, stop = part
-            a = keys.bisect(cut, pos, stop, True)
-            if a > pos:
-                out[kind] = tb.slice(pos, a - pos)
-            part[3] = a
-        self.parts = [p for p in self.parts or () if p[3] < p[4]]
+        for p in self.parts or ():
+            out[p.kind] = p.take(cut)
+        self.parts = [p for p in self.parts or () if p.tb is not None]
         return out[0], out[1]
 
 
@@ -229,21 +279,24 @@ def windows(
             yield window
 
 
-def _pair(tables: tuple, conv: Sources) -> list[tuple[pa.Table | None, int]]:
-    return [(tables[0], conv.kpos), (tables[1], 0)]
+def _pair(tables: tuple, conv: Sources) -> list[tuple[Iterable[pa.Table | None], int]]:
+    return [((tables[0],), conv.kpos), ((tables[1],), 0)]
 
 
 def _loader(reader: Reader, r: tuple[int, int], conv: Sources) -> Callable:
-    def load() -> list[tuple[pa.Table | None, int]]:
-        ro = reader.range_uncached(r)  # the object itself is let go once its tables are out
-        stored = ro.arrow(conv.table_id)
-        if stored is False:  # an object of format version 3 or older
-            run = ro.run(conv.table_id, conv.pk_pos)
-            rows, dels = conv.run_tables(run) if run is not None else (None, None)
-            return _pair((rows, dels), conv)
+    def load() -> list[tuple[Iterable[pa.Table | None], int]]:
+        stored = reader.range_parts(r, conv.table_id)  # format 5: the parts by ranged reads
+        if stored is False:  # format 4 or older: the object fetched whole, let go once passed
+            ro = reader.range_uncached(r)
+            stored = ro.arrow(conv.table_id)
+            if stored is False:  # format 3 or older
+                run = ro.run(conv.table_id, conv.pk_pos)
+                rows, dels = conv.run_tables(run) if run is not None else (None, None)
+                return _pair((rows, dels), conv)
         if stored is None:
             return []
-        return _pair((conv.typed_rows(stored.rows()), conv.typed_dels(stored.dels())), conv)
+        rows = map(conv.typed_rows, stored.row_parts())  # one part decoded at a time
+        return [(rows, conv.kpos), (map(conv.typed_dels, stored.del_parts()), 0)]
 
     return load
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dn.objects import checkpoint as ckpt
-from dn.objects import codec, rangeobj
+from dn.objects import codec, rangeobj, rangeparts
 from dn.read.cache import ObjectCache
 from dn.read.plan import Plan
 from dn.read.run import Run, Runs
@@ -60,6 +60,18 @@ class Reader:
         key = codec.range_key(self._shard, r[0], r[1])
         found = self.cache.peek(key)
         return found if found is not None else rangeobj.decode(self._store.get(key), key)
+
+    def range_parts(self, r: tuple[int, int], table_id: int) -> Any:
+        """Table ``table_id`` of range ``r`` to read one part at a time
+        (:meth:`dn.objects.rangecols.ArrowTable.row_parts` / ``del_parts``): the cached
+        object's, else from the store with ranged reads (:func:`dn.objects.rangeparts.open_table`,
+        the object is not fetched whole). None: the object holds no such table; False: it is of
+        format 4 or older and not cached (read it with :meth:`range_uncached`)."""
+        key = codec.range_key(self._shard, r[0], r[1])
+        found = self.cache.peek(key)
+        if found is not None:
+            return found.arrow(table_id)
+        return rangeparts.open_table(self._store, key, table_id)
 
     def runs(self, table: TableDef, plan: Plan, tail: Sequence[Run], key: Any = None) -> Runs:
         """The runs of ``table`` the plan names, oldest first, each with its newest ts. For a

@@ -18,7 +18,13 @@ with backoff and jitter. A put whose response was lost may have landed: callers 
 know (the log, the manifest) use ``put_if_absent`` and compare the stored bytes on
 ``ObjectExists``.
 
-Not in the protocol: partial reads, appends, object metadata. Implementations do not cache.
+One optional operation: ``get_range(key, start, length) -> bytes``, the object's bytes from
+``start``, at most ``length`` of them (fewer at its end; none past it), raising as ``get``. Every
+store of the project has it (an S3 ranged GET, a seek on a file); :func:`read_range` falls back
+to ``get`` for one that does not. A streaming scan reads a range object's parts with it
+(:mod:`dn.objects.rangeparts`).
+
+Not in the protocol: appends, object metadata. Implementations do not cache.
 """
 
 from __future__ import annotations
@@ -43,3 +49,12 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+def read_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
+    """Bytes ``[start, start + length)`` of the object at ``key`` (fewer at its end), through
+    the store's ``get_range`` when it has one, else a whole ``get``."""
+    ranged = getattr(store, "get_range", None)
+    if ranged is not None:
+        return ranged(key, start, length)
+    return store.get(key)[start : start + length]

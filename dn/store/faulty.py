@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dn.errors import InvalidArgument, Unavailable
-from dn.store.base import ObjectStore
+from dn.store.base import ObjectStore, read_range
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,14 @@ class FaultyStore:
     def get(self, key: str) -> bytes:
         def run() -> bytes:
             return self.inner.get(key)
+
+        return self._apply("get", key, self._begin("get", key, run), run)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """A partial read is a ``get`` to the fault rules."""
+
+        def run() -> bytes:
+            return read_range(self.inner, key, start, length)
 
         return self._apply("get", key, self._begin("get", key, run), run)
 

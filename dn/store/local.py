@@ -172,6 +172,17 @@ class LocalStore:
         except OSError as e:
             raise Unavailable(f"cannot read {path}: {e}") from e
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(length)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"object {key!r} not found in {self.url}", key=key) from None
+        except OSError as e:
+            raise Unavailable(f"cannot read {path}: {e}") from e
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         landed = False

@@ -48,6 +48,9 @@ class MemoryStore:
             except KeyError:
                 raise ObjectNotFound(f"object {key!r} not found in {self.url}", key=key) from None
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self.get(key)[start : start + length]
+
     def put(self, key: str, data: bytes) -> None:
         check_key(key)
         data = bytes(data)

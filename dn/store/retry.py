@@ -38,7 +38,7 @@ from typing import TypeVar
 
 from dn.backoff import capped_delay
 from dn.errors import InvalidArgument, ObjectExists, Unavailable
-from dn.store.base import ObjectStore
+from dn.store.base import ObjectStore, read_range
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,9 @@ class RetryingStore:
 
     def get(self, key: str) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self._call("get", key, lambda: read_range(self.inner, key, start, length))
 
     def put(self, key: str, data: bytes) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))

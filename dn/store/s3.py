@@ -275,6 +275,23 @@ class S3Store:
         except (bx.BotoCoreError, bx.ClientError) as e:
             raise self._error(e, "get", key) from e
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """A ranged GET (``Range: bytes=start-end``); none past the object's end."""
+        if length <= 0:
+            return b""
+        full = self._full(key)
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=full, Range=f"bytes={start}-{start + length - 1}"
+            )
+            return response["Body"].read()
+        except bx.ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # starts at or past the end
+            raise self._error(e, "get", key) from e
+        except bx.BotoCoreError as e:
+            raise self._error(e, "get", key) from e
+
     def _wire_put(self, op: str, key: str, full: str, data: bytes) -> bool:
         """``op`` through the wire path if this store has one; False if it has none."""
         wire = self.wire

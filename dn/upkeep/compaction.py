@@ -129,9 +129,11 @@ def merge(
         out_tables[tid], stats[tid] = merged
     commands = [[ts, cmd] for ro in inputs for ts, cmd in ro.commands]
     tokens = [e for ro in inputs for e in unpack_entries(ro.tokens) if e[0] >= token_floor]
+    keys = {tid: tables[tid][0] for tid in out_tables}
     data = rangeobj.encode(
-        shard, inputs[0].from_ts, inputs[-1].to_ts, commits(inputs), commands, out_tables, tokens
-    )
+        shard, inputs[0].from_ts, inputs[-1].to_ts, commits(inputs), commands, out_tables, tokens,
+        keys,
+    )  # fmt: skip
     return data, stats
 
 

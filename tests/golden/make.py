@@ -22,7 +22,9 @@ range sizes were recorded (ranges ``[from, to]``) and as it stood last (``[from,
 and ``range_v1.bin``, the range object below as the version-1 encoder made it (before ranges
 recorded their commits); and ``range_v2.bin``, as the version-2 encoder made it (before range
 bodies were compressed); and ``range_v3.bin``, as the version-3 encoder made it (before range
-objects held their tables as Arrow IPC); and ``manifest_v1.bin``, the manifest version below
+objects held their tables as Arrow IPC); and ``range_v4.bin``, as the version-4 encoder made it
+(before each table's streams were cut into parts; this small object's are one part either way,
+so only the version differs); and ``manifest_v1.bin``, the manifest version below
 as the version-1 encoder made it (before manifests carried the timestamp ceiling); and
 ``checkpoint_v2.bin``, the checkpoint below as the version-2 encoder made it (before
 checkpoints carried idempotency tokens). They are records of what stores may still hold, kept

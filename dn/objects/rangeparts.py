@@ -1,0 +1,207 @@
+"""The layout of a range object of format version 5, read whole or one part at a time.
+
+Stored body (inside the framing of :mod:`dn.objects.codec`; integers big-endian)::
+
+    body    := meta_len:u64 meta_crc:u32 meta data
+    meta    := msgpack {"shard": int, "from": int, "to": int, "commits": int,
+                        "commands": [...], "tokens": bin,          as in version 3
+                        "tables": {table_id: {"rows": stream, "dels": stream | nil}, ...}}
+    stream  := [offset, schema_len, [[part_len, part_crc, part_rows], ...]]
+    data    := every stream's bytes, one after another in the order of ``tables`` (rows, then
+               dels), the first at offset 0: nothing before, between or after them
+
+``meta_crc`` is ``zlib.crc32(meta)``. A stream's bytes are an Arrow IPC stream
+(:mod:`dn.objects.rangecols`): its schema message (``schema_len`` bytes), then its parts in
+order, each one record batch message of ``part_len`` bytes (``zlib.crc32`` ``part_crc``)
+holding ``part_rows`` rows, then the 8-byte end-of-stream marker; ``offset`` is where it starts
+in ``data``. Table ids ascend.
+
+Why this layout: the streams are outside the msgpack, so a whole object decodes with no copy of
+them (:func:`unpack`: the tables are views of the fetched bytes), and the meta says where each
+part lies, so a reader can fetch the meta and then one part at a time with ranged reads
+(:func:`open_table`), each part checked by its own checksum (a ranged read cannot check the
+frame's, which covers the whole body). The frame's checksum still covers everything when the
+object is read whole. A streaming scan then holds one part of an object, whatever its size
+(compaction makes objects of up to ``compaction_max_bytes``).
+
+Pure functions but for :func:`open_table`'s reads; any thread.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from dn.errors import Corruption
+from dn.objects import codec
+from dn.objects.rangecols import ArrowTable, Stream, checked, corrupt
+from dn.store.base import ObjectStore, read_range
+
+VERSION = 5
+_LEN = struct.Struct(">QI")
+_EOS = 8
+#: The first read of a partial open: the header, the meta's length and (usually) the meta.
+HEAD = 64 * 1024
+
+
+def pack(meta: dict[str, Any], tables: dict[int, dict[str, Stream | None]]) -> bytes:
+    """The body above: ``meta`` (every key but ``tables``, in its order) and the tables'
+    streams."""
+    entries: dict[int, dict[str, list | None]] = {}
+    data: list[bytes] = []
+    at = 0
+    for tid in sorted(tables):
+        entry: dict[str, list | None] = {}
+        for name in ("rows", "dels"):
+            s = tables[tid][name]
+            entry[name] = None if s is None else [at, s.schema_len, s.parts]
+            if s is not None:
+                data.append(s.data)
+                at += len(s.data)
+        entries[tid] = entry
+    raw = codec.pack({**meta, "tables": entries})
+    return b"".join([_LEN.pack(len(raw), zlib.crc32(raw)), raw, *data])
+
+
+def unpack(body: memoryview, key: str) -> dict[str, Any]:
+    """The meta of a whole body, its ``tables`` as :class:`ArrowTable` over views of ``body``
+    (no copy). Raises Corruption naming ``key``; ValueError, TypeError or KeyError for a
+    meta that does not follow the grammar."""
+    meta, start = _meta(body, key)
+    data = body[start:]
+    tables = {}
+    for tid, entry in _entries(meta, len(data)):
+        rows, dels = (_slice(data, entry[name]) for name in ("rows", "dels"))
+        tables[tid] = ArrowTable(rows, dels, key)
+    meta["tables"] = tables
+    return meta
+
+
+def open_table(store: ObjectStore, key: str, table_id: int) -> PartedTable | None | bool:
+    """Table ``table_id`` of the object at ``key``, to read one part at a time: its header
+    and meta are read now (one ranged read, two for a meta over :data:`HEAD`), each part when
+    reached. None: the object holds no such table; False: the object is not of version 5 (read
+    it whole)."""
+    head = read_range(store, key, 0, HEAD)
+    version, body_len, _ = codec.check_header(codec.KIND_RANGE, head, key, (1, 2, 3, 4, 5))
+    if version != VERSION:
+        return False
+    need = codec.HEADER_SIZE + _LEN.size
+    if len(head) >= need:
+        need += _LEN.unpack_from(head, codec.HEADER_SIZE)[0]
+    if need > codec.HEADER_SIZE + body_len:
+        raise Corruption(f"object {key} is truncated: its meta runs past its body", key=key)
+    if len(head) < need:
+        head += read_range(store, key, len(head), need - len(head))
+        if len(head) < need:
+            raise Corruption(f"object {key} is truncated (meta)", key=key, truncated=True)
+    meta, start = _meta(memoryview(head)[codec.HEADER_SIZE : need], key)
+    try:
+        entries = dict(_entries(meta, body_len - start))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
+    entry = entries.get(table_id)
+    if entry is None:
+        return None
+    return PartedTable(store, key, codec.HEADER_SIZE + start, entry)
+
+
+class PartedTable:
+    """One table of a version-5 object in the store, read part by part (see
+    :func:`open_table`)."""
+
+    __slots__ = ("_store", "_key", "_base", "_entry")
+
+    def __init__(self, store: ObjectStore, key: str, base: int, entry: dict) -> None:
+        self._store, self._key, self._base, self._entry = store, key, base, entry
+
+    def row_parts(self) -> Iterator[pa.Table]:
+        return self._parts(self._entry["rows"])
+
+    def del_parts(self) -> Iterator[pa.Table]:
+        stream = self._entry["dels"]
+        return self._parts(stream) if stream is not None else iter(())
+
+    def _parts(self, stream: list) -> Iterator[pa.Table]:
+        offset, schema_len, parts = stream
+        at = self._base + offset
+        head = self._read(at, schema_len)
+        try:
+            schema = pa.ipc.read_schema(pa.py_buffer(head))
+        except Exception as exc:  # Arrow raises several unrelated types
+            raise corrupt(self._key, exc) from exc
+        at += schema_len
+        for length, crc, rows in parts:
+            data = self._read(at, length)
+            at += length
+            if zlib.crc32(data) != crc:
+                raise Corruption(f"object {self._key} fails a part's checksum", key=self._key)
+            try:
+                batch = pa.ipc.read_record_batch(pa.py_buffer(data), schema)
+            except Exception as exc:
+                raise corrupt(self._key, exc) from exc
+            if batch.num_rows != rows:
+                raise corrupt(self._key, ValueError(f"a part of {batch.num_rows} rows, not {rows}"))
+            yield checked(pa.Table.from_batches([batch]), self._key)
+
+    def _read(self, at: int, length: int) -> bytes:
+        data = read_range(self._store, self._key, at, length)
+        if len(data) != length:
+            raise Corruption(f"object {self._key} is truncated (a part)", key=self._key)
+        return data
+
+
+def _meta(body: memoryview, key: str) -> tuple[dict[str, Any], int]:
+    """The meta at the start of ``body`` (checked by its checksum), and where data starts."""
+    if len(body) < _LEN.size:
+        raise Corruption(f"object {key} has no meta", key=key)
+    n, crc = _LEN.unpack_from(body)
+    raw = body[_LEN.size : _LEN.size + n]
+    if len(raw) != n or zlib.crc32(raw) != crc:
+        raise Corruption(f"object {key} fails its meta checksum", key=key)
+    try:
+        meta = codec.unpack(raw)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise Corruption(f"object {key} does not decode: {exc}", key=key) from exc
+    if not isinstance(meta, dict):
+        raise Corruption(f"object {key} has a malformed body: its meta is not a map", key=key)
+    return meta, _LEN.size + n
+
+
+def _entries(meta: dict, data_len: int) -> Iterator[tuple[int, dict]]:
+    """The tables' entries, checked to lay the streams one after another over exactly
+    ``data_len`` bytes; ValueError or TypeError otherwise."""
+    tables = meta["tables"]
+    if list(tables) != sorted(tables) or any(type(t) is not int for t in tables):
+        raise ValueError("table ids that are not ascending ints")
+    at = 0
+    out = []
+    for tid, entry in tables.items():
+        if not isinstance(entry, dict) or set(entry) != {"rows", "dels"} or entry["rows"] is None:
+            raise ValueError("a table is not {rows, dels}")
+        for name in ("rows", "dels"):
+            stream = entry[name]
+            if stream is None:
+                continue
+            offset, schema_len, parts = stream
+            if offset != at or type(schema_len) is not int or schema_len <= 0:
+                raise ValueError("streams that do not follow one another")
+            for part in parts:
+                if len(part) != 3 or any(type(x) is not int or x < 0 for x in part):
+                    raise ValueError(f"a part {part!r}")
+            at += schema_len + sum(p[0] for p in parts) + _EOS
+        out.append((tid, entry))
+    if at != data_len:
+        raise ValueError(f"streams of {at} bytes in data of {data_len}")
+    return iter(out)
+
+
+def _slice(data: memoryview, stream: list | None) -> memoryview | None:
+    if stream is None:
+        return None
+    offset, schema_len, parts = stream
+    return data[offset : offset + schema_len + sum(p[0] for p in parts) + _EOS]
