@@ -241,19 +241,23 @@ class Sources:
 
 def _last_of_each(keys: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
     """For sorted ``keys``: a mask of the last of each run of equal keys; None when no key
-    repeats (every one is the last of its run)."""
+    repeats (every one is the last of its run). Chunk by chunk (no copy of the keys: a stored
+    object's parts come as chunks), comparing each chunk's last key with the next one's first."""
     n = len(keys)
     if n < 2:
         return None
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
-    if pa.types.is_integer(keys.type):
-        k = keys.to_numpy()
-        last = np.empty(n, dtype=bool)
-        np.not_equal(k[1:], k[:-1], out=last[:-1])
-    else:
-        ne = pc.not_equal(keys.slice(1), keys.slice(0, n - 1))
-        last = np.empty(n, dtype=bool)
-        last[:-1] = ne.to_numpy(zero_copy_only=False)
-    last[-1] = True
+    chunks = [c for c in keys.chunks if len(c)] if isinstance(keys, pa.ChunkedArray) else [keys]
+    last = np.empty(n, dtype=bool)
+    at = 0
+    for i, c in enumerate(chunks):
+        m = len(c)
+        if pa.types.is_integer(c.type):
+            k = c.to_numpy()
+            np.not_equal(k[1:], k[:-1], out=last[at : at + m - 1])
+        elif m > 1:
+            ne = pc.not_equal(c.slice(1), c.slice(0, m - 1))
+            last[at : at + m - 1] = ne.to_numpy(zero_copy_only=False)
+        nxt = chunks[i + 1] if i + 1 < len(chunks) else None
+        last[at + m - 1] = nxt is None or c[m - 1] != nxt[0]
+        at += m
     return None if last.all() else last
