@@ -38,12 +38,14 @@ import pyarrow as pa
 
 from dn.errors import Corruption
 from dn.objects import codec
-from dn.objects.rangecols import ArrowTable, Stream, checked, corrupt
+from dn.objects.rangecols import READ_ONE_THREAD, ArrowTable, Stream, checked, corrupt
 from dn.store.base import ObjectStore, read_range
 
 VERSION = 5
 _LEN = struct.Struct(">QI")
 _EOS = 8
+_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an IPC stream's end-of-stream marker
+
 #: The first read of a partial open: the header, the meta's length and (usually) the meta.
 HEAD = 64 * 1024
 
@@ -130,19 +132,16 @@ class PartedTable:
         offset, schema_len, parts = stream
         at = self._base + offset
         head = self._read(at, schema_len)
-        try:
-            schema = pa.ipc.read_schema(pa.py_buffer(head))
-        except Exception as exc:  # Arrow raises several unrelated types
-            raise corrupt(self._key, exc) from exc
         at += schema_len
         for length, crc, rows in parts:
             data = self._read(at, length)
             at += length
             if zlib.crc32(data) != crc:
                 raise Corruption(f"object {self._key} fails a part's checksum", key=self._key)
-            try:
-                batch = pa.ipc.read_record_batch(pa.py_buffer(data), schema)
-            except Exception as exc:
+            try:  # the part as a stream of its own, decoded on this thread
+                stream = pa.py_buffer(head + data + _END)
+                batch = pa.ipc.open_stream(stream, options=READ_ONE_THREAD).read_next_batch()
+            except Exception as exc:  # Arrow raises several unrelated types
                 raise corrupt(self._key, exc) from exc
             if batch.num_rows != rows:
                 raise corrupt(self._key, ValueError(f"a part of {batch.num_rows} rows, not {rows}"))
