@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from dn.store.base import read_range, reads_ranges
+
 CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
 
 
@@ -53,6 +55,14 @@ class CountingStore:
     def get(self, key: str) -> bytes:
         self._count("get")
         return self.inner.get(key)
+
+    @property
+    def reads_ranges(self) -> bool:
+        return reads_ranges(self.inner)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        self._count("get")  # a GET to S3, ranged
+        return read_range(self.inner, key, start, length)
 
     def put(self, key: str, data: bytes) -> None:
         self._count("put", len(data))

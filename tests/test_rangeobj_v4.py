@@ -62,10 +62,11 @@ def _v5_by_hand(data: bytes) -> dict:
         for name in ("rows", "dels"):
             if entry[name] is None:
                 continue
-            offset, schema_len, parts = entry[name]
+            offset, schema_len, schema_crc, parts = entry[name]
             assert offset == at
             end = offset + schema_len + sum(p[0] for p in parts) + 8
             stream = bytes(streams[offset:end])
+            assert zlib.crc32(stream[:schema_len]) == schema_crc
             pos = schema_len
             for length, crc, rows in parts:
                 assert zlib.crc32(stream[pos : pos + length]) == crc

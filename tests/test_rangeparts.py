@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import random
 import uuid
+import zlib
 
+import msgpack
 import pyarrow as pa
 import pytest
 
@@ -29,6 +31,7 @@ from dn.objects import codec, rangecols, rangeobj, rangeparts
 from dn.store import open_store
 from dn.store.local import LocalStore
 from dn.store.memory import MemoryStore
+from dn.store.retry import RetryingStore
 from tests.test_scan_batches import SCHEMAS, _key, _row
 
 KEY = codec.range_key(3, 10, 20)
@@ -36,8 +39,10 @@ KEY = codec.range_key(3, 10, 20)
 
 @pytest.fixture
 def small_parts(monkeypatch):
+    """Objects of many small parts, read by parts (not whole from the first read)."""
     monkeypatch.setattr(rangecols, "CHUNK_ROWS", 50)
     monkeypatch.setattr(rangecols, "CHUNK_BYTES", 1200)
+    monkeypatch.setattr(rangeparts, "HEAD", 200)
 
 
 def _table(n: int, versions: int = 3, seed: int = 0) -> tuple[dict, list]:
@@ -101,13 +106,60 @@ def test_a_table_read_in_parts_equals_the_table_read_whole(small_parts, store_ki
 
 
 def test_a_meta_longer_than_the_first_read_is_read_with_a_second(small_parts, monkeypatch):
-    store = MemoryStore()
+    store = _Counting()
     t, _ = _table(3000, seed=2)
     store.put(KEY, _object(t))
     monkeypatch.setattr(rangeparts, "HEAD", 64)
     parted = rangeparts.open_table(store, KEY, 7)
+    assert store.ranged == 2 and isinstance(parted, rangeparts.PartedTable)
     whole = rangeobj.decode(store.get(KEY), KEY).arrow(7)
-    assert pa.concat_tables(list(parted.row_parts())).equals(whole.rows())
+    rows = list(parted.row_parts())
+    assert pa.concat_tables(rows).equals(whole.rows())
+    assert store.ranged == 2 + len(rows)  # the schema with the first part, then one read a part
+
+
+def test_an_object_that_fits_in_the_first_read_is_read_whole_from_it():
+    store = _Counting()
+    t, _ = _table(40, seed=2)
+    store.put(KEY, _object(t))
+    table = rangeparts.open_table(store, KEY, 7)
+    rows = pa.concat_tables(list(table.row_parts()))
+    assert store.ranged == 1 and store.gets == 0
+    assert rows.equals(rangeobj.decode(store.get(KEY), KEY).arrow(7).rows())
+    store.put(KEY, _damaged(store.get(KEY), len(store.get(KEY)) - 20))
+    with pytest.raises(Corruption, match="checksum"):  # the frame's, over the whole object
+        rangeparts.open_table(store, KEY, 7)
+
+
+def test_a_store_that_cannot_read_ranges_has_objects_read_whole(small_parts):
+    class Whole:  # get only: reads_ranges is not set
+        url = "memory://whole"
+
+        def __init__(self):
+            self.inner = MemoryStore()
+
+        def get(self, key):
+            return self.inner.get(key)
+
+    store = Whole()
+    t, _ = _table(500, seed=1)
+    store.inner.put(KEY, _object(t))
+    assert rangeparts.open_table(store, KEY, 7) is False
+    assert rangeparts.open_table(RetryingStore(store), KEY, 7) is False
+
+
+class _Counting(MemoryStore):
+    def __init__(self):
+        super().__init__()
+        self.ranged = self.gets = 0
+
+    def get(self, key):
+        self.gets += 1
+        return super().get(key)
+
+    def get_range(self, key, start, length):
+        self.ranged += 1
+        return super().get(key)[start : start + length]
 
 
 def _damaged(data: bytes, at: int) -> bytes:
@@ -121,7 +173,7 @@ def test_damage_is_corruption_when_the_damaged_part_is_reached(small_parts):
     meta_len = int.from_bytes(data[codec.HEADER_SIZE : codec.HEADER_SIZE + 8], "big")
     data_start = codec.HEADER_SIZE + 12 + meta_len
     parted = rangeparts.open_table(_stored(store, data), KEY, 7)
-    parts = parted._entry["rows"][2]
+    parts = parted._entry["rows"][3]
     third = data_start + parted._entry["rows"][1] + parts[0][0] + parts[1][0] + 5
     reader = rangeparts.open_table(_stored(store, _damaged(data, third)), KEY, 7).row_parts()
     next(reader), next(reader)  # the first two parts are whole
@@ -131,6 +183,12 @@ def test_damage_is_corruption_when_the_damaged_part_is_reached(small_parts):
         rangeparts.open_table(_stored(store, _damaged(data, codec.HEADER_SIZE + 20)), KEY, 7)
     with pytest.raises(Corruption, match="header checksum"):
         rangeparts.open_table(_stored(store, _damaged(data, 5)), KEY, 7)
+    for bit in range(8):  # the schema: no silent change of a column's type or byte order
+        schema_at = data_start + parted._entry["rows"][0] + 40
+        flipped = data[:schema_at] + bytes([data[schema_at] ^ (1 << bit)]) + data[schema_at + 1 :]
+        reader = rangeparts.open_table(_stored(store, flipped), KEY, 7).row_parts()
+        with pytest.raises(Corruption, match="schema's checksum"):
+            next(reader)
     short = rangeparts.open_table(_stored(store, data[: len(data) - 100]), KEY, 7)
     with pytest.raises(Corruption, match="truncated"):
         list(short.row_parts()) + list(short.del_parts())
@@ -148,6 +206,7 @@ def _check_get_range(store) -> None:
     assert store.get_range("20/1/x", 0, 10) == bytes(range(10))
     assert store.get_range("20/1/x", 190, 50) == bytes(range(190, 200))
     assert store.get_range("20/1/x", 200, 5) == b"" and store.get_range("20/1/x", 300, 5) == b""
+    assert store.get_range("20/1/x", 100, 2**62) == bytes(range(100, 200))  # what there is
     with pytest.raises(ObjectNotFound):
         store.get_range("20/1/none", 0, 5)
 
@@ -236,3 +295,52 @@ def test_scan_batches_reads_objects_of_many_parts_by_parts(small_parts, kind):
     finally:
         store.get, store.get_range = real_get, real_range
         e.close()
+
+
+def _with_meta(data: bytes, change) -> bytes:
+    """``data`` (a version-5 object) with its meta changed by ``change`` and every checksum but
+    the parts' made again: only the meta's grammar can refuse it."""
+    body = data[codec.HEADER_SIZE :]
+    n = int.from_bytes(body[:8], "big")
+    meta = msgpack.unpackb(body[12 : 12 + n], raw=False, strict_map_key=False)
+    raw = msgpack.packb(change(meta), use_bin_type=True)
+    body = len(raw).to_bytes(8, "big") + zlib.crc32(raw).to_bytes(4, "big") + raw + body[12 + n :]
+    return codec.frame(codec.KIND_RANGE, body, 5)
+
+
+def _set(path, value):
+    def change(meta):
+        at = meta
+        for p in path[:-1]:
+            at = at[p]
+        at[path[-1]] = value
+        return meta
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _set(["tables"], [7]),
+        _set(["tables"], b"\x07"),
+        _set(["tables", 7, "rows", 0], 0.0),
+        _set(["tables", 7, "rows", 0], False),
+        _set(["tables", 7, "rows", 3], "parts"),
+        _set(["tables", 7, "rows", 3, 0], 5),
+        _set(["tables", 7, "rows", 3, 0, 0], 0),
+        _set(["tables", 7, "rows"], [0, 1]),
+        _set(["tables", 7, "dels"], "x"),
+        _set(["tables", 7], None),
+    ],
+)
+def test_a_malformed_meta_is_corruption_read_whole_or_by_parts(small_parts, change):
+    t, _ = _table(300, seed=6)
+    bad = _with_meta(_object(t), change)
+    store = MemoryStore()
+    store.put(KEY, bad)
+    with pytest.raises(Corruption):
+        rangeobj.decode(bad, KEY)
+    with pytest.raises(Corruption):
+        parted = rangeparts.open_table(store, KEY, 7)
+        list(parted.row_parts()) + list(parted.del_parts())

@@ -29,10 +29,10 @@ the same arrays in the same bytes (no timestamps, no padding garbage: padding is
 a fixed level is deterministic), so the same commands give the same object — checked by
 ``tests/test_rangeobj_v4.py`` and the golden fixture ``tests/golden/range.bin``.
 
-:class:`ArrowTable` is one table of a decoded object: its schema checked when the object is
-decoded, its batches decompressed on first use (:meth:`ArrowTable.rows`) or part by part
-(:meth:`ArrowTable.row_parts`), its Python form (the version-3 ``table`` dict, for runs) made
-only when asked for. Any thread; a race makes the same value twice.
+:class:`ArrowTable` is one table of a decoded object (version 4 or 5): its schema checked when
+the object is decoded, its batches decompressed on first use (:meth:`ArrowTable.rows`) or part
+by part (:meth:`ArrowTable.row_parts`), its Python form (the version-3 ``table`` dict, for runs)
+made only when asked for. Any thread; a race makes the same value twice.
 """
 
 from __future__ import annotations
@@ -219,17 +219,10 @@ class ArrowTable:
         or None: no deletes); ValueError when their schemas do not follow the grammar."""
         self._rows, self._key = pa.py_buffer(rows), key
         self._dels = pa.py_buffer(dels) if dels else None
-        names = _schema(self._rows).names
-        if names[-1:] != [TS] or names[:-1] != [f"c{i}" for i in range(len(names) - 1)]:
-            raise ValueError(f"rows with columns {names}")
+        check_schema(_schema(self._rows), True)
         self.composite = False
         if self._dels is not None:
-            names = _schema(self._dels).names
-            width = len(names) - 1
-            self.composite = names[:1] != ["k"]
-            want = [f"k{i}" for i in range(width)] if self.composite else ["k"]
-            if names[-1:] != [TS] or names[:-1] != want or width < 1:
-                raise ValueError(f"deletes with columns {names}")
+            self.composite = check_schema(_schema(self._dels), False)
         self._rows_t: pa.Table | None = None
         self._dels_t: pa.Table | None = None
         self._dict: dict | None = None
@@ -305,6 +298,22 @@ class ArrowTable:
 
     def _corrupt(self, exc: Exception) -> Corruption:
         return corrupt(self._key, exc)
+
+
+def check_schema(schema: pa.Schema, rows: bool) -> bool:
+    """Check the column names of a ``rows`` stream (``rows``) or a ``dels`` one against the
+    grammar; ValueError if they do not follow it. Returns whether deletes have a composite key."""
+    names = schema.names
+    if rows:
+        if names[-1:] != [TS] or names[:-1] != [f"c{i}" for i in range(len(names) - 1)]:
+            raise ValueError(f"rows with columns {names}")
+        return False
+    width = len(names) - 1
+    composite = names[:1] != ["k"]
+    want = [f"k{i}" for i in range(width)] if composite else ["k"]
+    if names[-1:] != [TS] or names[:-1] != want or width < 1:
+        raise ValueError(f"deletes with columns {names}")
+    return composite
 
 
 def checked(table: pa.Table, key: str) -> pa.Table:

@@ -6,23 +6,27 @@ Stored body (inside the framing of :mod:`dn.objects.codec`; integers big-endian)
     meta    := msgpack {"shard": int, "from": int, "to": int, "commits": int,
                         "commands": [...], "tokens": bin,          as in version 3
                         "tables": {table_id: {"rows": stream, "dels": stream | nil}, ...}}
-    stream  := [offset, schema_len, [[part_len, part_crc, part_rows], ...]]
+    stream  := [offset, schema_len, schema_crc, [[part_len, part_crc, part_rows], ...]]
     data    := every stream's bytes, one after another in the order of ``tables`` (rows, then
                dels), the first at offset 0: nothing before, between or after them
 
 ``meta_crc`` is ``zlib.crc32(meta)``. A stream's bytes are an Arrow IPC stream
-(:mod:`dn.objects.rangecols`): its schema message (``schema_len`` bytes), then its parts in
-order, each one record batch message of ``part_len`` bytes (``zlib.crc32`` ``part_crc``)
-holding ``part_rows`` rows, then the 8-byte end-of-stream marker; ``offset`` is where it starts
-in ``data``. Table ids ascend.
+(:mod:`dn.objects.rangecols`): its schema message (``schema_len`` bytes, ``zlib.crc32``
+``schema_crc``), then its parts in order, each one record batch message of ``part_len`` > 0
+bytes (``zlib.crc32`` ``part_crc``) holding ``part_rows`` rows, then the 8-byte end-of-stream
+marker; ``offset`` is where it starts in ``data``. Table ids ascend.
 
 Why this layout: the streams are outside the msgpack, so a whole object decodes with no copy of
 them (:func:`unpack`: the tables are views of the fetched bytes), and the meta says where each
 part lies, so a reader can fetch the meta and then one part at a time with ranged reads
 (:func:`open_table`), each part checked by its own checksum (a ranged read cannot check the
-frame's, which covers the whole body). The frame's checksum still covers everything when the
-object is read whole. A streaming scan then holds one part of an object, whatever its size
-(compaction makes objects of up to ``compaction_max_bytes``).
+frame's, which covers the whole body): the header's, the meta's, then each schema's and each
+part's checksum as it is read, and each part's columns against the grammar. The frame's
+checksum still covers everything when the object is read whole; an object that fits in the
+first read (:data:`HEAD`) is read whole from it, and a store that cannot read part of an object
+(:func:`dn.store.base.reads_ranges`) has its objects read whole. A streaming scan then holds
+one part of an object, whatever its size (compaction makes objects of up to
+``compaction_max_bytes``).
 
 Pure functions but for :func:`open_table`'s reads; any thread.
 """
@@ -38,8 +42,15 @@ import pyarrow as pa
 
 from dn.errors import Corruption
 from dn.objects import codec
-from dn.objects.rangecols import READ_ONE_THREAD, ArrowTable, Stream, checked, corrupt
-from dn.store.base import ObjectStore, read_range
+from dn.objects.rangecols import (
+    READ_ONE_THREAD,
+    ArrowTable,
+    Stream,
+    check_schema,
+    checked,
+    corrupt,
+)
+from dn.store.base import ObjectStore, read_range, reads_ranges
 
 VERSION = 5
 _LEN = struct.Struct(">QI")
@@ -60,7 +71,11 @@ def pack(meta: dict[str, Any], tables: dict[int, dict[str, Stream | None]]) -> b
         entry: dict[str, list | None] = {}
         for name in ("rows", "dels"):
             s = tables[tid][name]
-            entry[name] = None if s is None else [at, s.schema_len, s.parts]
+            if s is not None:
+                schema_crc = zlib.crc32(memoryview(s.data)[: s.schema_len])
+                entry[name] = [at, s.schema_len, schema_crc, s.parts]
+            else:
+                entry[name] = None
             if s is not None:
                 data.append(s.data)
                 at += len(s.data)
@@ -83,20 +98,29 @@ def unpack(body: memoryview, key: str) -> dict[str, Any]:
     return meta
 
 
-def open_table(store: ObjectStore, key: str, table_id: int) -> PartedTable | None | bool:
-    """Table ``table_id`` of the object at ``key``, to read one part at a time: its header
-    and meta are read now (one ranged read, two for a meta over :data:`HEAD`), each part when
-    reached. None: the object holds no such table; False: the object is not of version 5 (read
-    it whole)."""
+def open_table(
+    store: ObjectStore, key: str, table_id: int
+) -> PartedTable | ArrowTable | None | bool:
+    """Table ``table_id`` of the object at ``key``, to read one part at a time
+    (``row_parts``, ``del_parts``): its header and meta are read now (one ranged read, two for a
+    meta that does not fit in :data:`HEAD`), each part when reached — or, for an object that
+    fits in that first read, the table of the object decoded from it. None: the object holds no
+    such table; False: the object is not of version 5, or the store cannot read part of an
+    object (read it whole)."""
+    if not reads_ranges(store):
+        return False
     head = read_range(store, key, 0, HEAD)
     version, body_len, _ = codec.check_header(codec.KIND_RANGE, head, key, (1, 2, 3, 4, 5))
     if version != VERSION:
         return False
+    if len(head) >= codec.HEADER_SIZE + body_len:  # the whole object: checked by the frame
+        tables = unpack(codec.unframe(codec.KIND_RANGE, head, key, (VERSION,)), key)["tables"]
+        return tables.get(table_id)
     need = codec.HEADER_SIZE + _LEN.size
     if len(head) >= need:
         need += _LEN.unpack_from(head, codec.HEADER_SIZE)[0]
     if need > codec.HEADER_SIZE + body_len:
-        raise Corruption(f"object {key} is truncated: its meta runs past its body", key=key)
+        raise Corruption(f"object {key} has a malformed body: its meta runs past it", key=key)
     if len(head) < need:
         head += read_range(store, key, len(head), need - len(head))
         if len(head) < need:
@@ -104,7 +128,7 @@ def open_table(store: ObjectStore, key: str, table_id: int) -> PartedTable | Non
     meta, start = _meta(memoryview(head)[codec.HEADER_SIZE : need], key)
     try:
         entries = dict(_entries(meta, body_len - start))
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise Corruption(f"object {key} has a malformed body: {exc}", key=key) from exc
     entry = entries.get(table_id)
     if entry is None:
@@ -122,25 +146,33 @@ class PartedTable:
         self._store, self._key, self._base, self._entry = store, key, base, entry
 
     def row_parts(self) -> Iterator[pa.Table]:
-        return self._parts(self._entry["rows"])
+        return self._parts(self._entry["rows"], True)
 
     def del_parts(self) -> Iterator[pa.Table]:
         stream = self._entry["dels"]
-        return self._parts(stream) if stream is not None else iter(())
+        return self._parts(stream, False) if stream is not None else iter(())
 
-    def _parts(self, stream: list) -> Iterator[pa.Table]:
-        offset, schema_len, parts = stream
+    def _parts(self, stream: list, rows: bool) -> Iterator[pa.Table]:
+        offset, schema_len, schema_crc, parts = stream
         at = self._base + offset
-        head = self._read(at, schema_len)
+        first = parts[0][0] if parts else 0
+        data = self._read(at, schema_len + first)  # the schema with the first part
+        head = data[:schema_len]
+        if zlib.crc32(head) != schema_crc:
+            raise Corruption(f"object {self._key} fails a schema's checksum", key=self._key)
+        try:
+            check_schema(pa.ipc.read_schema(pa.py_buffer(head)), rows)
+        except Exception as exc:  # Arrow raises several unrelated types
+            raise corrupt(self._key, exc) from exc
         at += schema_len
-        for length, crc, rows in parts:
-            data = self._read(at, length)
+        for i, (length, crc, rows) in enumerate(parts):
+            data = data[schema_len:] if i == 0 else self._read(at, length)
             at += length
             if zlib.crc32(data) != crc:
                 raise Corruption(f"object {self._key} fails a part's checksum", key=self._key)
             try:  # the part as a stream of its own, decoded on this thread
-                stream = pa.py_buffer(head + data + _END)
-                batch = pa.ipc.open_stream(stream, options=READ_ONE_THREAD).read_next_batch()
+                one = pa.py_buffer(head + data + _END)
+                batch = pa.ipc.open_stream(one, options=READ_ONE_THREAD).read_next_batch()
             except Exception as exc:  # Arrow raises several unrelated types
                 raise corrupt(self._key, exc) from exc
             if batch.num_rows != rows:
@@ -150,7 +182,9 @@ class PartedTable:
     def _read(self, at: int, length: int) -> bytes:
         data = read_range(self._store, self._key, at, length)
         if len(data) != length:
-            raise Corruption(f"object {self._key} is truncated (a part)", key=self._key)
+            raise Corruption(
+                f"object {self._key} is truncated (a part)", key=self._key, truncated=True
+            )
         return data
 
 
@@ -175,6 +209,8 @@ def _entries(meta: dict, data_len: int) -> Iterator[tuple[int, dict]]:
     """The tables' entries, checked to lay the streams one after another over exactly
     ``data_len`` bytes; ValueError or TypeError otherwise."""
     tables = meta["tables"]
+    if not isinstance(tables, dict):
+        raise ValueError("tables that are not a map")
     if list(tables) != sorted(tables) or any(type(t) is not int for t in tables):
         raise ValueError("table ids that are not ascending ints")
     at = 0
@@ -186,11 +222,17 @@ def _entries(meta: dict, data_len: int) -> Iterator[tuple[int, dict]]:
             stream = entry[name]
             if stream is None:
                 continue
-            offset, schema_len, parts = stream
-            if offset != at or type(schema_len) is not int or schema_len <= 0:
+            if not isinstance(stream, list) or len(stream) != 4:
+                raise ValueError(f"a stream {stream!r}")
+            offset, schema_len, schema_crc, parts = stream
+            if any(type(x) is not int for x in (offset, schema_len, schema_crc)):
+                raise ValueError(f"a stream {stream!r}")
+            if offset != at or schema_len <= 0 or not isinstance(parts, list):
                 raise ValueError("streams that do not follow one another")
             for part in parts:
-                if len(part) != 3 or any(type(x) is not int or x < 0 for x in part):
+                if not isinstance(part, list) or len(part) != 3:
+                    raise ValueError(f"a part {part!r}")
+                if any(type(x) is not int or x < 0 for x in part) or part[0] == 0:
                     raise ValueError(f"a part {part!r}")
             at += schema_len + sum(p[0] for p in parts) + _EOS
         out.append((tid, entry))
@@ -202,5 +244,5 @@ def _entries(meta: dict, data_len: int) -> Iterator[tuple[int, dict]]:
 def _slice(data: memoryview, stream: list | None) -> memoryview | None:
     if stream is None:
         return None
-    offset, schema_len, parts = stream
+    offset, schema_len, _, parts = stream
     return data[offset : offset + schema_len + sum(p[0] for p in parts) + _EOS]

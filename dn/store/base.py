@@ -19,10 +19,12 @@ know (the log, the manifest) use ``put_if_absent`` and compare the stored bytes 
 ``ObjectExists``.
 
 One optional operation: ``get_range(key, start, length) -> bytes``, the object's bytes from
-``start``, at most ``length`` of them (fewer at its end; none past it), raising as ``get``. Every
-store of the project has it (an S3 ranged GET, a seek on a file); :func:`read_range` falls back
-to ``get`` for one that does not. A streaming scan reads a range object's parts with it
-(:mod:`dn.objects.rangeparts`).
+``start``, at most ``length`` (> 0) of them (fewer at its end; none past it), raising as
+``get``; a store that has it says so with ``reads_ranges = True`` (:func:`reads_ranges`). The
+project's stores have it (an S3 ranged GET, a seek on a file) and its wrappers pass it on when
+their inner store has it; :func:`read_range` falls back to ``get`` for one that does not. A
+streaming scan reads a range object's parts with it (:mod:`dn.objects.rangeparts`), and reads
+objects whole from a store without it.
 
 Not in the protocol: appends, object metadata. Implementations do not cache.
 """
@@ -51,10 +53,14 @@ class ObjectStore(Protocol):
     def close(self) -> None: ...
 
 
+def reads_ranges(store: ObjectStore) -> bool:
+    """Whether ``store`` reads part of an object without fetching it whole."""
+    return bool(getattr(store, "reads_ranges", False))
+
+
 def read_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
     """Bytes ``[start, start + length)`` of the object at ``key`` (fewer at its end), through
     the store's ``get_range`` when it has one, else a whole ``get``."""
-    ranged = getattr(store, "get_range", None)
-    if ranged is not None:
-        return ranged(key, start, length)
+    if reads_ranges(store):
+        return store.get_range(key, start, length)  # type: ignore[attr-defined]
     return store.get(key)[start : start + length]

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dn.errors import InvalidArgument, Unavailable
-from dn.store.base import ObjectStore, read_range
+from dn.store.base import ObjectStore, read_range, reads_ranges
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,10 @@ class FaultyStore:
             return self.inner.get(key)
 
         return self._apply("get", key, self._begin("get", key, run), run)
+
+    @property
+    def reads_ranges(self) -> bool:
+        return reads_ranges(self.inner)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """A partial read is a ``get`` to the fault rules."""

@@ -172,12 +172,15 @@ class LocalStore:
         except OSError as e:
             raise Unavailable(f"cannot read {path}: {e}") from e
 
+    reads_ranges = True
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         path = self._path(key)
         try:
             with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
                 f.seek(start)
-                return f.read(length)
+                return f.read(max(0, min(length, size - start)))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"object {key!r} not found in {self.url}", key=key) from None
         except OSError as e:

@@ -48,6 +48,8 @@ class MemoryStore:
             except KeyError:
                 raise ObjectNotFound(f"object {key!r} not found in {self.url}", key=key) from None
 
+    reads_ranges = True
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self.get(key)[start : start + length]
 

@@ -38,7 +38,7 @@ from typing import TypeVar
 
 from dn.backoff import capped_delay
 from dn.errors import InvalidArgument, ObjectExists, Unavailable
-from dn.store.base import ObjectStore, read_range
+from dn.store.base import ObjectStore, read_range, reads_ranges
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,10 @@ class RetryingStore:
 
     def get(self, key: str) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key))
+
+    @property
+    def reads_ranges(self) -> bool:
+        return reads_ranges(self.inner)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._call("get", key, lambda: read_range(self.inner, key, start, length))

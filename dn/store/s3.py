@@ -275,16 +275,23 @@ class S3Store:
         except (bx.BotoCoreError, bx.ClientError) as e:
             raise self._error(e, "get", key) from e
 
+    reads_ranges = True
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        """A ranged GET (``Range: bytes=start-end``); none past the object's end."""
+        """A ranged GET (``Range: bytes=start-end``); none past the object's end. A server
+        that ignores ``Range`` (its answer has no ``Content-Range``) sends the whole object,
+        which is then cut here."""
         if length <= 0:
-            return b""
+            raise InvalidArgument(f"a ranged read of {length} bytes")
         full = self._full(key)
         try:
             response = self.client.get_object(
                 Bucket=self.bucket, Key=full, Range=f"bytes={start}-{start + length - 1}"
             )
-            return response["Body"].read()
+            data = response["Body"].read()
+            if not response.get("ContentRange"):
+                return data[start : start + length]
+            return data
         except bx.ClientError as e:
             if e.response.get("Error", {}).get("Code") == "InvalidRange":
                 return b""  # starts at or past the end
