@@ -68,7 +68,7 @@ def _v5_by_hand(data: bytes) -> dict:
             stream = bytes(streams[offset:end])
             assert zlib.crc32(stream[:schema_len]) == schema_crc
             pos = schema_len
-            for length, crc, rows in parts:
+            for length, crc, rows, _ in parts:
                 assert zlib.crc32(stream[pos : pos + length]) == crc
                 schema = pa.ipc.read_schema(pa.py_buffer(stream[:schema_len]))
                 part = pa.ipc.read_record_batch(pa.py_buffer(stream[pos : pos + length]), schema)

@@ -75,8 +75,9 @@ def test_parts_are_cut_between_keys_and_bounded(small_parts):
     parts = streams["rows"].parts
     assert len(parts) > 5 and sum(p[2] for p in parts) == len(ks)
     at = 0
-    for _, _, rows in parts:
+    for _, _, rows, first in parts:
         keys = ks[at : at + rows]
+        assert first == keys[0]  # the meta names each part's first key
         if at:
             assert ks[at - 1] != keys[0]  # never a key across two parts
         # at most the bound, moved on past the rest of the versions of the key it reached
@@ -103,6 +104,23 @@ def test_a_table_read_in_parts_equals_the_table_read_whole(small_parts, store_ki
     old = rangeobj.V4  # an object of an older version: read it whole
     store.put(KEY, codec.frame(codec.KIND_RANGE, codec.pack({"tables": {}}), old))
     assert rangeparts.open_table(store, KEY, 7) is False
+
+
+def test_a_bounded_read_fetches_only_the_parts_its_keys_may_be_in(small_parts):
+    store = _Counting()
+    t, ks = _table(2000, seed=7)
+    store.put(KEY, _object(t))
+    parted = rangeparts.open_table(store, KEY, 7)
+    whole = rangeobj.decode(store.get(KEY), KEY).arrow(7).rows()
+    n = len(parted._entry["rows"][3])
+    for start, end in [(700, 900), (None, 300), (1900, None), (5000, None), (0, 0), (3, 2)]:
+        store.ranged = 0
+        got = pa.concat_tables([whole.slice(0, 0), *parted.row_parts(start, end)])
+        keys = got.column(0).to_pylist()
+        lo, hi = start or 0, 10**9 if end is None else end
+        want = [k for k in ks if lo <= k < hi]
+        assert set(want) <= set(keys), (start, end)  # every part its keys may be in
+        assert store.ranged <= 1 + len(got.to_batches()) and store.ranged < n  # and no other
 
 
 def test_a_meta_longer_than_the_first_read_is_read_with_a_second(small_parts, monkeypatch):

@@ -67,8 +67,9 @@ class Unencodable(Exception):
 
 class Stream(NamedTuple):
     """An encoded IPC stream and where its parts lie: its schema message is its first
-    ``schema_len`` bytes, then each part (one record batch message) ``[length, crc32, rows]``
-    in order, then the 8-byte end-of-stream marker."""
+    ``schema_len`` bytes, then each part (one record batch message) ``[length, crc32, rows,
+    first key]`` in order (the first key None when the stream was not cut between keys), then
+    the 8-byte end-of-stream marker."""
 
     data: bytes
     schema_len: int
@@ -85,7 +86,7 @@ def encode_table(t: dict, pk_pos: tuple[int, ...] | None = None) -> dict[str, St
     if pk_pos is not None and cols:
         keys = cols[pk_pos[0]] if len(pk_pos) == 1 else list(zip(*(cols[p] for p in pk_pos)))
         cuts = _chunks(arrays, keys)
-    rows = _ipc(arrays, [f"c{i}" for i in range(len(cols))] + [TS], cuts)
+    rows = _ipc(arrays, [f"c{i}" for i in range(len(cols))] + [TS], cuts, keys if cuts else None)
     dels = None
     if t["del_ts"]:
         pks = t["del_pks"]
@@ -99,7 +100,7 @@ def encode_table(t: dict, pk_pos: tuple[int, ...] | None = None) -> dict[str, St
         else:
             arrays, names = [_array(pks)], ["k"]
         arrays.append(_stamps(t["del_ts"]))
-        dels = _ipc(arrays, names + [TS], _chunks(arrays, pks))
+        dels = _ipc(arrays, names + [TS], _chunks(arrays, pks), pks)
     return {"rows": rows, "dels": dels}
 
 
@@ -190,8 +191,11 @@ def _stamps(ts: list[int]) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(ts), [None, pa.py_buffer(np.array(ts, np.int64))])
 
 
-def _ipc(arrays: list[pa.Array], names: list[str], cuts: list[int] | None = None) -> Stream:
-    """An IPC stream of ``arrays``: one record batch, or one per part ending at ``cuts``."""
+def _ipc(
+    arrays: list[pa.Array], names: list[str], cuts: list[int] | None = None, keys: Any = None
+) -> Stream:
+    """An IPC stream of ``arrays``: one record batch, or one per part ending at ``cuts``, each
+    part with the first of its ``keys`` (None without them)."""
     batch = pa.record_batch(arrays, names=names)
     sink = pa.BufferOutputStream()
     pieces = [(0, batch.num_rows)] if not cuts else list(zip([0, *cuts[:-1]], cuts))
@@ -204,7 +208,9 @@ def _ipc(arrays: list[pa.Array], names: list[str], cuts: list[int] | None = None
     schema_len = len(batch.schema.serialize())
     parts, at = [], schema_len
     for (lo, hi), end in zip(pieces, ends):
-        parts.append([end - at, zlib.crc32(memoryview(data)[at:end]), hi - lo])
+        first = None if keys is None or hi == lo else keys[lo]
+        first = list(first) if isinstance(first, tuple) else first
+        parts.append([end - at, zlib.crc32(memoryview(data)[at:end]), hi - lo, first])
         at = end
     return Stream(data, schema_len, parts)
 
@@ -250,12 +256,14 @@ class ArrowTable:
             self._dels_t = self._read(self._dels)
         return self._dels_t
 
-    def row_parts(self) -> Iterator[pa.Table]:
+    def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
         """The row versions part by part (one record batch each, decompressed as it is
-        reached), without keeping them: for a reader that streams the object."""
+        reached), without keeping them: for a reader that streams the object. ``start`` and
+        ``end`` (the keys a reader wants) are hints a parted table uses to skip parts; every
+        part is given here."""
         return self._parts(self._rows)
 
-    def del_parts(self) -> Iterator[pa.Table]:
+    def del_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
         """The deletes part by part (none when there are none), as :meth:`row_parts`."""
         return self._parts(self._dels) if self._dels is not None else iter(())
 

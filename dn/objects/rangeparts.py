@@ -6,7 +6,7 @@ Stored body (inside the framing of :mod:`dn.objects.codec`; integers big-endian)
     meta    := msgpack {"shard": int, "from": int, "to": int, "commits": int,
                         "commands": [...], "tokens": bin,          as in version 3
                         "tables": {table_id: {"rows": stream, "dels": stream | nil}, ...}}
-    stream  := [offset, schema_len, schema_crc, [[part_len, part_crc, part_rows], ...]]
+    stream  := [offset, schema_len, schema_crc, [[part_len, part_crc, part_rows, first], ...]]
     data    := every stream's bytes, one after another in the order of ``tables`` (rows, then
                dels), the first at offset 0: nothing before, between or after them
 
@@ -14,7 +14,10 @@ Stored body (inside the framing of :mod:`dn.objects.codec`; integers big-endian)
 (:mod:`dn.objects.rangecols`): its schema message (``schema_len`` bytes, ``zlib.crc32``
 ``schema_crc``), then its parts in order, each one record batch message of ``part_len`` > 0
 bytes (``zlib.crc32`` ``part_crc``) holding ``part_rows`` rows, then the 8-byte end-of-stream
-marker; ``offset`` is where it starts in ``data``. Table ids ascend.
+marker; ``offset`` is where it starts in ``data``. ``first`` is the part's first key (a
+composite one as an array), or nil for a stream written as one part without keys (a reader
+then reads every part); a reader skips the parts before the one holding a key it starts at,
+and stops before a part that starts at or after the key it ends at. Table ids ascend.
 
 Why this layout: the streams are outside the msgpack, so a whole object decodes with no copy of
 them (:func:`unpack`: the tables are views of the fetched bytes), and the meta says where each
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,18 +149,24 @@ class PartedTable:
     def __init__(self, store: ObjectStore, key: str, base: int, entry: dict) -> None:
         self._store, self._key, self._base, self._entry = store, key, base, entry
 
-    def row_parts(self) -> Iterator[pa.Table]:
-        return self._parts(self._entry["rows"], True)
+    def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
+        """The row versions part by part, from the part that holds ``start`` (every part when
+        None) to the last that starts below ``end`` (see the module docstring)."""
+        return self._parts(self._entry["rows"], True, start, end)
 
-    def del_parts(self) -> Iterator[pa.Table]:
+    def del_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
         stream = self._entry["dels"]
-        return self._parts(stream, False) if stream is not None else iter(())
+        return self._parts(stream, False, start, end) if stream is not None else iter(())
 
-    def _parts(self, stream: list, rows: bool) -> Iterator[pa.Table]:
+    def _parts(self, stream: list, rows: bool, start: Any, end: Any) -> Iterator[pa.Table]:
         offset, schema_len, schema_crc, parts = stream
+        lo, hi = _span(parts, start, end)
         at = self._base + offset
-        first = parts[0][0] if parts else 0
-        data = self._read(at, schema_len + first)  # the schema with the first part
+        skip = sum(p[0] for p in parts[:lo])
+        if lo < hi and not skip:  # the schema with the first part read, in one request
+            data = self._read(at, schema_len + parts[0][0])
+        else:
+            data = self._read(at, schema_len)
         head = data[:schema_len]
         if zlib.crc32(head) != schema_crc:
             raise Corruption(f"object {self._key} fails a schema's checksum", key=self._key)
@@ -164,8 +174,8 @@ class PartedTable:
             check_schema(pa.ipc.read_schema(pa.py_buffer(head)), rows)
         except Exception as exc:  # Arrow raises several unrelated types
             raise corrupt(self._key, exc) from exc
-        at += schema_len
-        for i, (length, crc, rows) in enumerate(parts):
+        at += schema_len + skip
+        for i, (length, crc, nrows, _) in enumerate(parts[lo:hi], lo):
             data = data[schema_len:] if i == 0 else self._read(at, length)
             at += length
             if zlib.crc32(data) != crc:
@@ -175,8 +185,9 @@ class PartedTable:
                 batch = pa.ipc.open_stream(one, options=READ_ONE_THREAD).read_next_batch()
             except Exception as exc:  # Arrow raises several unrelated types
                 raise corrupt(self._key, exc) from exc
-            if batch.num_rows != rows:
-                raise corrupt(self._key, ValueError(f"a part of {batch.num_rows} rows, not {rows}"))
+            if batch.num_rows != nrows:
+                msg = f"a part of {batch.num_rows} rows, not {nrows}"
+                raise corrupt(self._key, ValueError(msg))
             yield checked(pa.Table.from_batches([batch]), self._key)
 
     def _read(self, at: int, length: int) -> bytes:
@@ -186,6 +197,22 @@ class PartedTable:
                 f"object {self._key} is truncated (a part)", key=self._key, truncated=True
             )
         return data
+
+
+def _span(parts: list, start: Any, end: Any) -> tuple[int, int]:
+    """The parts ``[lo, hi)`` that may hold keys in [start, end): from the last part starting
+    at or below ``start``, up to the first starting at or after ``end``; all of them when a
+    part has no first key (or the keys do not compare with the bounds)."""
+    firsts = [p[3] for p in parts]
+    if not parts or any(f is None for f in firsts):
+        return 0, len(parts)
+    firsts = [tuple(f) if isinstance(f, list) else f for f in firsts]
+    try:
+        lo = 0 if start is None else max(0, bisect_right(firsts, start) - 1)
+        hi = len(parts) if end is None else bisect_left(firsts, end)
+    except TypeError:
+        return 0, len(parts)
+    return lo, max(lo, hi)
 
 
 def _meta(body: memoryview, key: str) -> tuple[dict[str, Any], int]:
@@ -230,10 +257,12 @@ def _entries(meta: dict, data_len: int) -> Iterator[tuple[int, dict]]:
             if offset != at or schema_len <= 0 or not isinstance(parts, list):
                 raise ValueError("streams that do not follow one another")
             for part in parts:
-                if not isinstance(part, list) or len(part) != 3:
+                if not isinstance(part, list) or len(part) != 4:
                     raise ValueError(f"a part {part!r}")
-                if any(type(x) is not int or x < 0 for x in part) or part[0] == 0:
+                if any(type(x) is not int or x < 0 for x in part[:3]) or part[0] == 0:
                     raise ValueError(f"a part {part!r}")
+                if not isinstance(part[3], int | float | str | bytes | list | None):
+                    raise ValueError(f"a part's first key {part[3]!r}")
             at += schema_len + sum(p[0] for p in parts) + _EOS
         out.append((tid, entry))
     if at != data_len:

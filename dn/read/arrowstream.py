@@ -132,11 +132,11 @@ class _Source:
     order: int  # place among the view's sources, oldest first (later versions win)
     hi_ts: int  # the newest ts it may hold
     lo: Any = None  # its smallest key for the table (None: unknown, loaded at the start)
-    load: Callable[[], list] | None = None
+    load: Callable[[Any, Any], list] | None = None  # (start, end) -> its streams
     parts: list[_Part] | None = None  # its versions, then its deletes, each read part by part
 
     def open(self, start: Any, end: Any) -> None:
-        streams = self.load() if self.load is not None else ()
+        streams = self.load(start, end) if self.load is not None else ()
         self.load = None
         self.parts = []
         for kind, (it, kpos) in enumerate(streams):
@@ -268,7 +268,7 @@ def windows(
     tails += [(rows, dels) for rows, dels, _ in view.arrow_tail or ()]
     for j, (rows, dels) in enumerate(tails):
         sorted_tail = (_sorted(rows, conv.kpos, len(conv.types)), _sorted(dels, 0, 1))
-        now.append(_Source(n + j, hi, load=lambda s=sorted_tail, c=conv: _pair(s, c)))
+        now.append(_Source(n + j, hi, load=lambda _s, _e, t=sorted_tail, c=conv: _pair(t, c)))
     for takes in keymerge.merge(waiting, now, start, end, step):
         picks = Sources(view.table, view.snapshot)
         for (rows, dels), hi_ts in takes:
@@ -284,7 +284,7 @@ def _pair(tables: tuple, conv: Sources) -> list[tuple[Iterable[pa.Table | None],
 
 
 def _loader(reader: Reader, r: tuple[int, int], conv: Sources) -> Callable:
-    def load() -> list[tuple[Iterable[pa.Table | None], int]]:
+    def load(start: Any, end: Any) -> list[tuple[Iterable[pa.Table | None], int]]:
         stored = reader.range_parts(r, conv.table_id)  # format 5: the parts by ranged reads
         if stored is False:  # format 4 or older: the object fetched whole, let go once passed
             ro = reader.range_uncached(r)
@@ -295,8 +295,8 @@ def _loader(reader: Reader, r: tuple[int, int], conv: Sources) -> Callable:
                 return _pair((rows, dels), conv)
         if stored is None:
             return []
-        rows = map(conv.typed_rows, stored.row_parts())  # one part decoded at a time
-        return [(rows, conv.kpos), (map(conv.typed_dels, stored.del_parts()), 0)]
+        rows = map(conv.typed_rows, stored.row_parts(start, end))  # a part at a time
+        return [(rows, conv.kpos), (map(conv.typed_dels, stored.del_parts(start, end)), 0)]
 
     return load
 
