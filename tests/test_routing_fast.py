@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from coordinator.client import routing
 from coordinator.client.routing import (
-    INT_FORMS,
     VECTOR_MIN_KEYS,
     Batch,
     owners,
@@ -28,6 +27,7 @@ from coordinator.client.routing import (
 )
 from dn.objects.codec import pack
 from dn.schema import TableDef
+from dn.slots import INT_FORMS, int64_slots
 from dn.write.part import pack_columns
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -68,7 +68,7 @@ LIMITS = (1 << 20, 100_000)
 
 
 def vector_owners(keys: list, shards: int) -> list[int]:
-    out = routing._int64_owners(keys, shards)
+    out = int64_slots(keys, shards)
     assert out is not None
     assert out.dtype in (np.uint8, np.uint16)
     return out.tolist()
@@ -125,7 +125,7 @@ def test_vector_owners_equal_shard_of_for_generated_keys(keys, shards):
 
 def test_owners_takes_the_vector_path_only_for_long_int64_lists(monkeypatch):
     keys = list(range(VECTOR_MIN_KEYS))
-    monkeypatch.setattr(routing, "_owners_py", _refuse)
+    monkeypatch.setattr(routing, "slots_py", _refuse)
     assert owners(keys, 4, int64=True) == per_key(keys, 4)
     with pytest.raises(AssertionError, match="per-key path"):
         owners(keys[:-1], 4, int64=True)  # too short
@@ -135,7 +135,7 @@ def test_owners_takes_the_vector_path_only_for_long_int64_lists(monkeypatch):
 
 def test_more_than_65536_shards_take_the_per_key_path():
     keys = list(range(-50, 150))
-    assert routing._int64_owners(keys, 65537) is None
+    assert int64_slots(keys, 65537) is None
     assert owners(keys, 70_000, int64=True) == per_key(keys, 70_000)
 
 

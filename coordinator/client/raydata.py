@@ -4,7 +4,10 @@
   snapshot is resolved on every shard when the dataset is made (so it is consistent across
   shards and repeatable), then one read task per shard reads that shard's objects straight
   from the store (its in-memory tail comes with the plan, as Arrow) and yields Arrow tables,
-  projected on ``columns``, in blocks of at most Ray Data's ``target_max_block_size``. The
+  projected on ``columns``, in blocks of about Ray Data's ``target_max_block_size``. A table
+  on the Arrow path (a key of one int64, string or bytes column) is streamed
+  (:mod:`dn.read.arrowstream`: range objects read part by part), so a task holds one block and
+  a part of each object it is in, not its shard's share of the table. The
   dataset has as many read tasks as shards, and Ray Data is told so (``override_num_blocks``):
   left to itself it splits each task's output into many small blocks, which took half the time
   of reading 2M rows. Blocks are in primary-key order within a shard.
@@ -53,9 +56,9 @@ from coordinator.client.txn import commit_calls
 from coordinator.client.writes import Limits, write_batch
 from dn.errors import ObjectExists, StaleTable
 from dn.objects import codec
-from dn.read import arrowfeed
+from dn.read import arrowfeed, arrowstream
 from dn.read.arrow import arrow_schema
-from dn.read.arrowscan import scan_table
+from dn.read.arrowscan import arrow_path, scan_table
 from dn.read.view import ReadView
 from dn.write.tokens import make_token
 from shards.staging import STAGED
@@ -118,11 +121,30 @@ def _read_shard(
     store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
 ) -> Iterator[pa.Table]:
     reader = fanout.ReaderPool.for_url(store, cache).reader(shard)
-    if feed is None:  # the shard's rows as Arrow, range objects read as Arrow (format 4)
+    if feed is None and arrow_path(view.table):  # streamed: range objects read part by part
+        yield from _gathered(arrowstream.batches(reader, view, None, None, columns))
+        return
+    if feed is None:  # the shard's rows as Arrow, range objects read whole
         yield from _blocks(scan_table(reader, view, None, None, columns))
         return
     before, before_images = feed  # the shard's feed, read and classified as Arrow
     yield from _blocks(arrowfeed.changes_table(reader, view, before, columns, before_images))
+
+
+def _gathered(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Streamed record batches gathered into blocks of about Ray Data's target block size
+    (without a copy): the task holds one block and the parts of the objects it is in."""
+    target = ray.data.DataContext.get_current().target_max_block_size or (128 << 20)
+    held: list[pa.RecordBatch] = []
+    size = 0
+    for b in batches:
+        held.append(b)
+        size += b.nbytes
+        if size >= target:
+            yield from _blocks(pa.Table.from_batches(held))
+            held, size = [], 0
+    if held:
+        yield from _blocks(pa.Table.from_batches(held))
 
 
 def _blocks(table: pa.Table) -> Iterator[pa.Table]:

@@ -14,57 +14,32 @@ and keys, unpacked: a writer still merges them); each is packed as one
 the parts commit independently (see :mod:`coordinator.client.client` for what that means to a
 caller).
 
-Two ways to compute the same owners. The per-key path packs each key and calls
-``zlib.crc32``; it serves every key type. A batch whose primary key is one int64 column
-(:attr:`Batch.int64_key`) of at least ``VECTOR_MIN_KEYS`` keys is hashed with numpy instead,
-all keys at once, and split with one stable sort of the owners; the shard of every key is
-bit-identical (tests compare both paths on every encoding boundary). msgpack encodes an int
-``v`` in one of ten forms, by range (positive ints always take the unsigned forms)::
-
-    0 .. 127                  v                          positive fixint
-    128 .. 255                cc, v as u8
-    256 .. 65535              cd, v as u16 (payloads are big-endian)
-    65536 .. 2**32-1          ce, v as u32
-    2**32 .. 2**63-1          cf, v as u64
-    -32 .. -1                 v & 0xff                   negative fixint
-    -128 .. -33               d0, v as i8
-    -32768 .. -129            d1, v as i16
-    -2**31 .. -32769          d2, v as i32
-    -2**63 .. -2**31-1        d3, v as i64
-
-CRC-32 is affine over GF(2): a byte ``b`` followed by ``k`` bytes adds
-``T[k][b] = crc32(b + 0*k) ^ crc32(0*(k+1))`` to the CRC of all zeros of the message's
-length, whatever comes before it. A key's payload is the low ``p`` bytes of ``v``, its last
-byte ``v``'s byte 0, so ``crc = crc32(header + 0*p) ^ XOR(T[k][byte k of v] for k < p)``. The
-bytes ``k >= p`` of ``v``'s 8-byte two's complement are all 0x00 (``T[k][0] == 0``) or, for
-a negative ``v``, all 0xff, a constant share; so with one constant per form,
-``crc = K[form] ^ XOR(T[k][byte k of v] for k < 8)``: the same lookups for every key,
-whatever its length. They go two bytes at a time, in four tables of 65,536 entries built from
-``T`` on first use (uint32, 1 MiB; or only their low bytes, 256 KiB, for a power-of-two shard
-count up to 256, whose owner is the CRC's low bits). The parts hold the batch's own objects,
-gathered by Python indexes from the stable order; no value goes through numpy.
+Two ways to compute the same owners: one key at a time (``zlib.crc32`` of the packed key; any
+key type), and, for a batch whose primary key is one int64 column (:attr:`Batch.int64_key`) of
+at least ``VECTOR_MIN_KEYS`` keys, all keys at once with numpy (:func:`dn.slots.int64_slots`,
+bit-identical; its docstring has the arithmetic), split with one stable sort of the owners. The
+parts hold the batch's own objects, gathered by Python indexes from the stable order; no value
+goes through numpy.
 
 Pure functions; no Ray, no I/O. Any thread.
 """
 
 from __future__ import annotations
 
-import struct
 import zlib
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 from operator import itemgetter
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from coordinator.client.slots import SlotMap
 from dn.errors import InvalidArgument
 from dn.objects.codec import pack
 from dn.schema import TableDef
+from dn.slots import int64_slots, slots_py
 
 HASH_NAME = "crc32-msgpack-v1"
 
@@ -142,21 +117,6 @@ def _checked(table: TableDef, cols: list, n: int, deletes: Any, max_batch_rows: 
 #: the same at 80-100 keys.
 VECTOR_MIN_KEYS = 96
 
-#: The ten msgpack forms of an int (see the module docstring): the lowest value of each, in
-#: order, its header bytes and its payload length.
-INT_FORMS: tuple[tuple[int, bytes, int], ...] = (
-    (-(2**63), b"\xd3", 8),
-    (-(2**31), b"\xd2", 4),
-    (-32768, b"\xd1", 2),
-    (-128, b"\xd0", 1),
-    (-32, b"", 1),
-    (0, b"", 1),
-    (128, b"\xcc", 1),
-    (256, b"\xcd", 2),
-    (65536, b"\xce", 4),
-    (2**32, b"\xcf", 8),
-)
-
 
 def owners(keys: list, route: int | SlotMap, *, int64: bool = False) -> list[int]:
     """The shard of each normalized key (:func:`shard_of`, for a whole list) under ``route``:
@@ -166,10 +126,10 @@ def owners(keys: list, route: int | SlotMap, *, int64: bool = False) -> list[int
     if shards == 1:
         return [0] * len(keys)
     mod = shards if smap is None else smap.slots
-    vec = _int64_owners(keys, mod) if int64 and len(keys) >= VECTOR_MIN_KEYS else None
+    vec = int64_slots(keys, mod) if int64 and len(keys) >= VECTOR_MIN_KEYS else None
     if vec is not None:
         return (vec if smap is None else smap.owner_array()[vec]).tolist()
-    got = _owners_py(keys, mod)
+    got = slots_py(keys, mod)
     return got if smap is None else [smap.owners[s] for s in got]
 
 
@@ -180,7 +140,7 @@ def split(batch: Batch, route: int | SlotMap) -> dict[int, ShardPart]:
     if shards == 1:
         return {0: ShardPart(batch.cols, batch.deletes)}
     if batch.int64_key and len(batch.keys) >= VECTOR_MIN_KEYS:
-        own = _int64_owners(batch.keys, shards if smap is None else smap.slots)
+        own = int64_slots(batch.keys, shards if smap is None else smap.slots)
         if own is not None:
             if smap is not None:
                 own = smap.owner_array()[own]
@@ -196,18 +156,11 @@ def _route(route: int | SlotMap) -> tuple[int, SlotMap | None]:
     return route, None
 
 
-def _owners_py(keys: list, shards: int) -> list[int]:
-    """:func:`owners` one key at a time: any key type (``shards``: the modulus)."""
-    crc = zlib.crc32
-    pk = msgpack.Packer(use_bin_type=True).pack  # same bytes as dn.objects.codec.pack, reused
-    return [crc(pk(k)) % shards for k in keys]
-
-
 def _split_py(batch: Batch, shards: int, own: list[int] | None = None) -> dict[int, ShardPart]:
     """:func:`split` one key at a time (``own``: each key's shard; by default the fixed hash
     of ``shards``): any key type, and small batches."""
     if own is None:
-        own = _owners_py(batch.keys, shards)
+        own = slots_py(batch.keys, shards)
     buckets: list[list[int]] = [[] for _ in range(shards)]
     add = [b.append for b in buckets]
     for i, o in enumerate(own):
@@ -264,50 +217,3 @@ def _by_shard(cols: list, own: Any, shards: int) -> list[list[list] | None]:
         )
         lo += n
     return out
-
-
-def _int64_owners(keys: list, shards: int) -> Any:
-    """The owner of each key (ints in int64 range) as a numpy array of 8- or 16-bit unsigned
-    ints, or None when ``shards`` is over 65,536."""
-    low_byte = shards <= 256 and shards & (shards - 1) == 0  # the owner is the CRC's low bits
-    if shards > 1 << 16:
-        return None
-    lows, forms, by_chunk = _tables(low_byte)
-    n = len(keys)
-    v = np.frombuffer(struct.pack(f"<{n}q", *keys), dtype="<i8")  # twice np.array's speed
-    crc = forms[lows.searchsorted(v, side="right")]
-    chunks = v.view("<u2").reshape(n, 4).T.astype(np.intp, order="C")  # 16 bits, low first
-    for table, chunk in zip(by_chunk, chunks):
-        crc ^= table[chunk]
-    if low_byte:
-        crc &= shards - 1
-        return crc
-    return (crc % shards).astype(np.uint8 if shards <= 256 else np.uint16)
-
-
-@cache
-def _tables(low_byte: bool) -> tuple:
-    """The vectorized hash's tables (see the module docstring), built on first use: the
-    lowest value of each int form; the forms' constants (after a 0 at index 0:
-    ``searchsorted`` counts from 1); the four 16-bit tables. As uint32, or with ``low_byte``
-    their low bytes only (all a power-of-two shard count up to 256 needs; 256 KiB, not 1 MiB)."""
-    crc32 = zlib.crc32
-    byte = [
-        [crc32(bytes([b]) + bytes(k)) ^ crc32(bytes(k + 1)) for b in range(256)] for k in range(8)
-    ]
-    forms = [0]
-    for low, header, p in INT_FORMS:
-        k = crc32(header + bytes(p))
-        if low < 0:
-            for j in range(p, 8):
-                k ^= byte[j][0xFF]
-        forms.append(k)
-    t = np.array(byte, dtype=np.uint32)
-    by_chunk = [(t[2 * j + 1][:, None] ^ t[2 * j][None, :]).ravel() for j in range(4)]
-    dtype = np.uint8 if low_byte else np.uint32  # uint8: truncated to the low byte
-    lows = np.array([low for low, _, _ in INT_FORMS], dtype=np.int64)
-    return (
-        lows,
-        np.array(forms, dtype=np.uint32).astype(dtype),
-        tuple(c.astype(dtype) for c in by_chunk),
-    )
