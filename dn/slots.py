@@ -30,8 +30,8 @@ bytes ``k >= p`` of ``v``'s 8-byte two's complement are all 0x00 (``T[k][0] == 0
 a negative ``v``, all 0xff, a constant share; so with one constant per form,
 ``crc = K[form] ^ XOR(T[k][byte k of v] for k < 8)``: the same lookups for every key,
 whatever its length. They go two bytes at a time, in four tables of 65,536 entries built from
-``T`` on first use (uint32, 1 MiB; or only their low bytes, 256 KiB, for a power-of-two shard
-count up to 256, whose owner is the CRC's low bits).
+``T`` on first use (uint32, 1 MiB; or only their low bytes, 256 KiB, for a power-of-two modulus
+up to 256, whose result is the CRC's low bits).
 
 Pure functions; any thread.
 """
@@ -69,11 +69,11 @@ def slots_py(keys: list, n: int) -> list[int]:
     return [crc(pk(k)) % n for k in keys]
 
 
-def int64_slots(keys: list, shards: int) -> Any:
-    """The owner of each key (ints in int64 range) as a numpy array of 8- or 16-bit unsigned
-    ints, or None when ``shards`` is over 65,536."""
-    low_byte = shards <= 256 and shards & (shards - 1) == 0  # the owner is the CRC's low bits
-    if shards > 1 << 16:
+def int64_slots(keys: list, mod: int) -> Any:
+    """``crc32(msgpack(key)) % mod`` of each key (ints in int64 range) as a numpy array of 8- or
+    16-bit unsigned ints, or None when ``mod`` is over 65,536."""
+    low_byte = mod <= 256 and mod & (mod - 1) == 0  # the result is the CRC's low bits
+    if mod > 1 << 16:
         return None
     lows, forms, by_chunk = _tables(low_byte)
     n = len(keys)
@@ -83,9 +83,9 @@ def int64_slots(keys: list, shards: int) -> Any:
     for table, chunk in zip(by_chunk, chunks):
         crc ^= table[chunk]
     if low_byte:
-        crc &= shards - 1
+        crc &= mod - 1
         return crc
-    return (crc % shards).astype(np.uint8 if shards <= 256 else np.uint16)
+    return (crc % mod).astype(np.uint8 if mod <= 256 else np.uint16)
 
 
 @cache
@@ -93,7 +93,7 @@ def _tables(low_byte: bool) -> tuple:
     """The vectorized hash's tables (see the module docstring), built on first use: the
     lowest value of each int form; the forms' constants (after a 0 at index 0:
     ``searchsorted`` counts from 1); the four 16-bit tables. As uint32, or with ``low_byte``
-    their low bytes only (all a power-of-two shard count up to 256 needs; 256 KiB, not 1 MiB)."""
+    their low bytes only (all a power-of-two modulus up to 256 needs; 256 KiB, not 1 MiB)."""
     crc32 = zlib.crc32
     byte = [
         [crc32(bytes([b]) + bytes(k)) ^ crc32(bytes(k + 1)) for b in range(256)] for k in range(8)

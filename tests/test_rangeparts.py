@@ -362,3 +362,47 @@ def test_a_malformed_meta_is_corruption_read_whole_or_by_parts(small_parts, chan
     with pytest.raises(Corruption):
         parted = rangeparts.open_table(store, KEY, 7)
         list(parted.row_parts()) + list(parted.del_parts())
+
+
+def _early(meta):
+    """The meta as the first version-5 writers wrote it: parts of three items (no first key),
+    then also streams of three (no schema checksum)."""
+    for entry in meta["tables"].values():
+        for stream in entry.values():
+            if stream is not None:
+                stream[3] = [p[:3] for p in stream[3]]
+    return meta
+
+
+def _earliest(meta):
+    for entry in _early(meta)["tables"].values():
+        for name, stream in entry.items():
+            if stream is not None:
+                entry[name] = [stream[0], stream[1], stream[3]]
+    return meta
+
+
+@pytest.mark.parametrize("change", [_early, _earliest])
+def test_early_version_5_objects_still_read(small_parts, change):
+    t, _ = _table(300, seed=8)
+    data = _with_meta(_object(t), change)
+    want = rangeobj.decode(_object(t), KEY).arrow(7)
+    got = rangeobj.decode(data, KEY).arrow(7)
+    assert got.rows().equals(want.rows()) and got.dels().equals(want.dels())
+    store = MemoryStore()
+    store.put(KEY, data)
+    parted = rangeparts.open_table(store, KEY, 7)
+    assert pa.concat_tables(list(parted.row_parts(100, 200))).equals(want.rows())  # all parts
+
+
+def test_long_keys_are_not_named_in_the_meta(small_parts):
+    long = [f"{i:04d}" + "a" * 1000 for i in range(40)]
+    t = {"ts": [1] * 40, "cols": [long, ["v"] * 40], "del_pks": [], "del_ts": []}
+    data = _object(t)
+    parts = rangecols.encode_table(t, (0,))["rows"].parts
+    assert len(parts) > 1 and all(p[3] is None for p in parts)
+    assert len(data) < 20_000  # the keys are not copied, uncompressed, into the meta
+    store = MemoryStore()
+    store.put(KEY, data)
+    rows = pa.concat_tables(list(rangeparts.open_table(store, KEY, 7).row_parts(long[20])))
+    assert rows.column(0).to_pylist() == long  # every part read: no first keys to skip by

@@ -122,7 +122,12 @@ def _read_shard(
 ) -> Iterator[pa.Table]:
     reader = fanout.ReaderPool.for_url(store, cache).reader(shard)
     if feed is None and arrow_path(view.table):  # streamed: range objects read part by part
-        yield from _gathered(arrowstream.batches(reader, view, None, None, columns))
+        empty = True
+        for block in _gathered(arrowstream.batches(reader, view, None, None, columns)):
+            empty = False
+            yield block
+        if empty:  # as a whole read gives: one empty block of the schema
+            yield arrow_schema(view.table, columns).empty_table()
         return
     if feed is None:  # the shard's rows as Arrow, range objects read whole
         yield from _blocks(scan_table(reader, view, None, None, columns))

@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from dn.errors import Corruption
+from dn.objects import codec
 
 _OPTIONS = pa.ipc.IpcWriteOptions(
     compression=pa.Codec("zstd", compression_level=1), use_threads=False
@@ -208,11 +209,21 @@ def _ipc(
     schema_len = len(batch.schema.serialize())
     parts, at = [], schema_len
     for (lo, hi), end in zip(pieces, ends):
-        first = None if keys is None or hi == lo else keys[lo]
-        first = list(first) if isinstance(first, tuple) else first
+        first = None if keys is None or hi == lo else _first(keys[lo])
         parts.append([end - at, zlib.crc32(memoryview(data)[at:end]), hi - lo, first])
         at = end
     return Stream(data, schema_len, parts)
+
+
+#: A part's first key is named in the meta only up to this many packed bytes (a longer one is
+#: None: the meta stays small, and a reader reads every part of that stream).
+FIRST_KEY_MAX_BYTES = 256
+
+
+def _first(key: Any) -> Any:
+    """A part's first key as the meta names it: a composite key as a list; None when long."""
+    key = list(key) if isinstance(key, tuple) else key
+    return key if len(codec.pack(key)) <= FIRST_KEY_MAX_BYTES else None
 
 
 class ArrowTable:

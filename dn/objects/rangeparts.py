@@ -15,9 +15,12 @@ Stored body (inside the framing of :mod:`dn.objects.codec`; integers big-endian)
 ``schema_crc``), then its parts in order, each one record batch message of ``part_len`` > 0
 bytes (``zlib.crc32`` ``part_crc``) holding ``part_rows`` rows, then the 8-byte end-of-stream
 marker; ``offset`` is where it starts in ``data``. ``first`` is the part's first key (a
-composite one as an array), or nil for a stream written as one part without keys (a reader
-then reads every part); a reader skips the parts before the one holding a key it starts at,
-and stops before a part that starts at or after the key it ends at. Table ids ascend.
+composite one as an array), or nil for a stream written as one part without keys, or a key over
+:data:`dn.objects.rangecols.FIRST_KEY_MAX_BYTES` packed (a reader then reads every part); a
+reader skips the parts before the one holding a key it starts at, and stops before a part that
+starts at or after the key it ends at. Early version-5 objects have parts of three items (no
+``first``) and, the earliest, streams of three (no ``schema_crc``): still read. Table ids
+ascend.
 
 Why this layout: the streams are outside the msgpack, so a whole object decodes with no copy of
 them (:func:`unpack`: the tables are views of the fetched bytes), and the meta says where each
@@ -161,6 +164,8 @@ class PartedTable:
     def _parts(self, stream: list, rows: bool, start: Any, end: Any) -> Iterator[pa.Table]:
         offset, schema_len, schema_crc, parts = stream
         lo, hi = _span(parts, start, end)
+        if lo >= hi:
+            return
         at = self._base + offset
         skip = sum(p[0] for p in parts[:lo])
         if lo < hi and not skip:  # the schema with the first part read, in one request
@@ -168,14 +173,14 @@ class PartedTable:
         else:
             data = self._read(at, schema_len)
         head = data[:schema_len]
-        if zlib.crc32(head) != schema_crc:
+        if schema_crc is not None and zlib.crc32(head) != schema_crc:
             raise Corruption(f"object {self._key} fails a schema's checksum", key=self._key)
         try:
             check_schema(pa.ipc.read_schema(pa.py_buffer(head)), rows)
         except Exception as exc:  # Arrow raises several unrelated types
             raise corrupt(self._key, exc) from exc
         at += schema_len + skip
-        for i, (length, crc, nrows, _) in enumerate(parts[lo:hi], lo):
+        for i, (length, crc, nrows, *_) in enumerate(parts[lo:hi], lo):
             data = data[schema_len:] if i == 0 else self._read(at, length)
             at += length
             if zlib.crc32(data) != crc:
@@ -203,7 +208,7 @@ def _span(parts: list, start: Any, end: Any) -> tuple[int, int]:
     """The parts ``[lo, hi)`` that may hold keys in [start, end): from the last part starting
     at or below ``start``, up to the first starting at or after ``end``; all of them when a
     part has no first key (or the keys do not compare with the bounds)."""
-    firsts = [p[3] for p in parts]
+    firsts = [p[3] if len(p) > 3 else None for p in parts]
     if not parts or any(f is None for f in firsts):
         return 0, len(parts)
     firsts = [tuple(f) if isinstance(f, list) else f for f in firsts]
@@ -249,19 +254,25 @@ def _entries(meta: dict, data_len: int) -> Iterator[tuple[int, dict]]:
             stream = entry[name]
             if stream is None:
                 continue
-            if not isinstance(stream, list) or len(stream) != 4:
+            if not isinstance(stream, list) or len(stream) not in (3, 4):
                 raise ValueError(f"a stream {stream!r}")
+            if len(stream) == 3:  # an early version-5 stream: no schema checksum
+                stream = entry[name] = [stream[0], stream[1], None, stream[2]]
             offset, schema_len, schema_crc, parts = stream
-            if any(type(x) is not int for x in (offset, schema_len, schema_crc)):
+            if any(type(x) is not int for x in (offset, schema_len)) or not (
+                schema_crc is None or type(schema_crc) is int
+            ):
                 raise ValueError(f"a stream {stream!r}")
             if offset != at or schema_len <= 0 or not isinstance(parts, list):
                 raise ValueError("streams that do not follow one another")
-            for part in parts:
-                if not isinstance(part, list) or len(part) != 4:
+            for part in parts:  # an early version-5 part has no first key: 3 items
+                if not isinstance(part, list) or len(part) not in (3, 4):
                     raise ValueError(f"a part {part!r}")
                 if any(type(x) is not int or x < 0 for x in part[:3]) or part[0] == 0:
                     raise ValueError(f"a part {part!r}")
-                if not isinstance(part[3], int | float | str | bytes | list | None):
+                if len(part) > 3 and not isinstance(
+                    part[3], int | float | str | bytes | list | None
+                ):
                     raise ValueError(f"a part's first key {part[3]!r}")
             at += schema_len + sum(p[0] for p in parts) + _EOS
         out.append((tid, entry))
@@ -273,5 +284,5 @@ def _entries(meta: dict, data_len: int) -> Iterator[tuple[int, dict]]:
 def _slice(data: memoryview, stream: list | None) -> memoryview | None:
     if stream is None:
         return None
-    offset, schema_len, _, parts = stream
+    offset, schema_len, *_, parts = stream
     return data[offset : offset + schema_len + sum(p[0] for p in parts) + _EOS]
