@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from math import copysign
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -68,10 +69,12 @@ def normalize_rows(table: TableDef, upserts: Any, max_value_bytes: int) -> list[
             ok, v2 = CHECKERS[typ](v, max_value_bytes)
             if not ok:
                 raise InvalidArgument(type_message(table, name, typ, v, max_value_bytes))
+            if is_pk and typ == "float64":
+                if math.isnan(v2):
+                    raise InvalidArgument(f"primary-key column {name!r} may not be NaN")
+                v2 = 0.0 if v2 == 0.0 else v2  # -0.0 is the key 0.0 (dn.values)
             if v2 is not v:
                 values[i] = v2
-            if is_pk and typ == "float64" and math.isnan(v2):
-                raise InvalidArgument(f"primary-key column {name!r} may not be NaN")
         out.append(tuple(values))
     return out
 
@@ -120,8 +123,10 @@ def _column_ok(table: TableDef, i: int, col: Any, max_value_bytes: int) -> bool:
         except UnicodeEncodeError:
             return False
         return True
-    if typ == "float64":
-        return types == {float} and not (i in table.pk_pos and any(v != v for v in col))
+    if typ == "float64":  # a key's NaN is refused, its -0.0 made 0.0: by the per-value path
+        return types == {float} and not (
+            i in table.pk_pos and any(v != v or (v == 0.0 and copysign(1.0, v) < 0) for v in col)
+        )
     return types == {bool}
 
 
@@ -201,8 +206,10 @@ def _normalize_column(table: TableDef, i: int, col: Any, max_value_bytes: int) -
         ok, v2 = check(v, max_value_bytes)
         if not ok:
             raise InvalidArgument(type_message(table, name, typ, v, max_value_bytes))
-        if is_pk and typ == "float64" and math.isnan(v2):
-            raise InvalidArgument(f"primary-key column {name!r} may not be NaN")
+        if is_pk and typ == "float64":
+            if math.isnan(v2):
+                raise InvalidArgument(f"primary-key column {name!r} may not be NaN")
+            v2 = 0.0 if v2 == 0.0 else v2  # -0.0 is the key 0.0 (dn.values)
         out.append(v2)
     return out
 

@@ -5,7 +5,9 @@ ints within the int64 range (stored as floats); an int64 column does not accept 
 floats. A string must encode as UTF-8; a string or bytes value may be at most the caller's
 ``max_value_bytes`` long (a string's length counted in UTF-8 bytes). A ``bytearray`` or
 ``memoryview`` in a bytes column is stored as ``bytes``. Primary-key values may not be null,
-and primary-key floats may not be NaN.
+and primary-key floats may not be NaN; a primary-key ``-0.0`` is the key ``0.0`` (they compare
+equal, so one engine holds them as one key, but they pack to different bytes, and the slot
+hash, :mod:`dn.slots`, would send them to different shards).
 
 Invariant: ``CHECKERS[typ](v, limit)`` returns ``(ok, normalized)`` and ``normalized is v``
 unless the value changes form (an int in a float64 column, a bytearray in a bytes column); it
@@ -41,7 +43,7 @@ def check_pk_value(t: TableDef, col: str, typ: str, v: object) -> Any:
         raise InvalidArgument(type_message(t, col, typ, v, None))
     if typ == "float64" and math.isnan(v2):
         raise InvalidArgument(f"primary-key column {col!r} may not be NaN")
-    return v2
+    return 0.0 if typ == "float64" and v2 == 0.0 else v2  # -0.0 is the key 0.0
 
 
 def type_message(t: TableDef, col: str, typ: str, v: object, limit: int | None) -> str:

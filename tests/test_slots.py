@@ -115,6 +115,27 @@ def test_a_cluster_under_a_moved_map_finds_every_row_where_the_map_says(monkeypa
         c.close()
 
 
+def test_a_float_key_of_minus_zero_is_the_key_zero_on_every_shard():
+    # -0.0 == 0.0, so one engine held them as one key; but they pack to different bytes, and
+    # the slot hash sent them to different shards: two rows for one key on a cluster
+    from tests.test_exactly_once import Cluster
+
+    assert pack(-0.0) != pack(0.0)
+    c = Cluster()
+    try:
+        client = c.client
+        client.create_table("db", "f", {"k": "float64", "v": "string"}, "k")
+        client.write("db", "f", [{"k": -0.0, "v": "minus"}])
+        client.write("db", "f", [{"k": 0.0, "v": "plus"}, {"k": 2.5, "v": "x"}])
+        client.write_columns("db", "f", {"k": [-0.0], "v": ["columns"]})
+        assert list(client.scan("db", "f")) == [{"k": 0.0, "v": "columns"}, {"k": 2.5, "v": "x"}]
+        assert client.get("db", "f", -0.0) == {"k": 0.0, "v": "columns"}
+        client.write("db", "f", deletes=[-0.0])
+        assert list(client.scan("db", "f")) == [{"k": 2.5, "v": "x"}]
+    finally:
+        c.close()
+
+
 def test_dn_status_shows_the_slots_of_every_shard():
     from coordinator.actor.service import CoordinatorService
     from coordinator.cli.statusview import render
