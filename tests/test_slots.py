@@ -65,11 +65,30 @@ def test_a_map_is_checked():
     with pytest.raises(InvalidArgument):
         SlotMap(3, (0, 1, 2, 3))  # an owner that is no shard (and 4 slots for 3 shards)
     with pytest.raises(InvalidArgument):
-        SlotMap(2, (0, 1, 0))  # not a multiple of the shard count
+        SlotMap(2, ())  # no slot
     with pytest.raises(InvalidArgument):
         SlotMap.initial(2).moved([SLOTS], 1)
     with pytest.raises(InvalidArgument):
         SlotMap.initial(2).moved([0], 2)
+
+
+def test_a_map_over_a_shard_count_that_does_not_divide_its_slots_routes_by_slot():
+    # after a reshard from 4 shards to 3, 4,096 slots over 3 shards: never the fast paths, even
+    # where every slot s is owned by s % 3 (the fixed hash of 3 shards would differ)
+    owners = tuple(s % 3 for s in range(SLOTS))
+    m = SlotMap(3, owners)
+    assert not m.direct
+    keys = list(range(-300, 3000, 7))
+    want = [owners[zlib.crc32(pack(k)) % SLOTS] for k in keys]
+    assert [shard_of(k, m) for k in keys] == want == owners_of(keys, m)
+    assert any(w != zlib.crc32(pack(k)) % 3 for k, w in zip(keys, want))
+    batch = int_batch(random.Random(3), 300, 100, True)
+    for s, part in split(batch, m).items():
+        assert all(shard_of(k, m) == s for k in part.deletes)
+
+
+def owners_of(keys: list, m: SlotMap) -> list[int]:
+    return owners(keys, m, int64=True)
 
 
 def test_the_map_is_recorded_and_a_record_without_one_is_the_direct_map():

@@ -12,7 +12,9 @@ count divides the slot count, ``crc % slots % shards == crc % shards``: the dire
 every key exactly as the fixed hash did, so routing under it is the hash itself (the fast
 paths of :mod:`coordinator.client.routing` stay as they are), and a cluster made before slots
 existed (its record holds no map) reads and writes its data unchanged: it has the direct map of
-its shard count, version 0. A map that is not direct routes each key through its slot.
+its shard count, version 0. A map that is not direct routes each key through its slot. A map
+may name any shard count over its slots (4,096 slots over 3 shards, after a reshard from 4 to
+3): it is direct only when the shard count divides the slot count.
 
 Record form, inside the cluster record (:mod:`coordinator.actor.cluster_catalog`; msgpack)::
 
@@ -57,13 +59,17 @@ class SlotMap:
 
     def __post_init__(self) -> None:
         n = len(self.owners)
-        if not 1 <= n <= MAX_SLOTS or n % self.shards:
-            raise InvalidArgument(f"a slot map needs a multiple of {self.shards} slots, not {n}")
+        if not 1 <= n <= MAX_SLOTS:
+            raise InvalidArgument(f"a slot map has 1 to {MAX_SLOTS} slots, not {n}")
         if any(type(o) is not int or not 0 <= o < self.shards for o in self.owners):
             raise InvalidArgument(f"every slot's owner must be a shard below {self.shards}")
         if type(self.version) is not int or self.version < 0:
             raise InvalidArgument("a slot map's version is an int >= 0")
-        direct = all(o == s % self.shards for s, o in enumerate(self.owners))
+        # direct only when the shard count divides the slot count: then, and only then, does
+        # slot s -> s % shards route every key as the fixed hash does (the fast paths)
+        direct = n % self.shards == 0 and all(
+            o == s % self.shards for s, o in enumerate(self.owners)
+        )
         object.__setattr__(self, "direct", direct)
         object.__setattr__(self, "_array", None)
 
