@@ -57,6 +57,20 @@ CHUNK_BYTES = 4 << 20
 #: Reading part by part decodes on the reading thread: Arrow's pool threads would allocate
 #: from their own heaps, which the scan's thread frees into (measured: a few MiB more resident).
 READ_ONE_THREAD = pa.ipc.IpcReadOptions(use_threads=False)
+
+
+def scan_pool() -> pa.MemoryPool:
+    """The Arrow memory pool a streaming scan decodes its parts and cuts its batches into:
+    jemalloc's where Arrow has it, else the default. A streaming scan makes and frees a part
+    and a batch every few milliseconds; in the default pool (mimalloc), among the process's
+    other Arrow allocations, that left the resident set at 2-3 times the live bytes (2k: 13.3
+    MiB for ~3.4 MiB live); in a pool of their own, 5 MiB (measured, 2M rows)."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # an Arrow built without jemalloc (some platforms' wheels)
+        return pa.default_memory_pool()
+
+
 #: The Arrow types a stored column may have.
 STORED_TYPES = (pa.int64(), pa.float64(), pa.string(), pa.binary(), pa.bool_(), pa.null())
 TS = "ts"
@@ -280,7 +294,7 @@ class ArrowTable:
 
     def _parts(self, data: pa.Buffer) -> Iterator[pa.Table]:
         try:
-            reader = pa.ipc.open_stream(data, options=READ_ONE_THREAD)
+            reader = pa.ipc.open_stream(data, options=READ_ONE_THREAD, memory_pool=scan_pool())
         except Exception as exc:  # Arrow raises several unrelated types
             raise self._corrupt(exc) from exc
         while True:

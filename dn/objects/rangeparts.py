@@ -56,6 +56,7 @@ from dn.objects.rangecols import (
     check_schema,
     checked,
     corrupt,
+    scan_pool,
 )
 from dn.store.base import ObjectStore, read_range, reads_ranges
 
@@ -180,6 +181,7 @@ class PartedTable:
         except Exception as exc:  # Arrow raises several unrelated types
             raise corrupt(self._key, exc) from exc
         at += schema_len + skip
+        pool = scan_pool()
         for i, (length, crc, nrows, *_) in enumerate(parts[lo:hi], lo):
             data = data[schema_len:] if i == 0 else self._read(at, length)
             at += length
@@ -187,7 +189,8 @@ class PartedTable:
                 raise Corruption(f"object {self._key} fails a part's checksum", key=self._key)
             try:  # the part as a stream of its own, decoded on this thread
                 one = pa.py_buffer(head + data + _END)
-                batch = pa.ipc.open_stream(one, options=READ_ONE_THREAD).read_next_batch()
+                reader = pa.ipc.open_stream(one, options=READ_ONE_THREAD, memory_pool=pool)
+                batch = reader.read_next_batch()
             except Exception as exc:  # Arrow raises several unrelated types
                 raise corrupt(self._key, exc) from exc
             if batch.num_rows != nrows:

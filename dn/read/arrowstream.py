@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dn.errors import Corruption
+from dn.objects.rangecols import scan_pool
 from dn.read import keymerge
 from dn.read.arrow import arrow_schema
 from dn.read.arrowscan import Sources
@@ -191,6 +192,7 @@ def rebatch(
     schema = arrow_schema(table, columns)
     index = {n: i for i, n in enumerate(table.names)}
     pick = [index[f.name] for f in schema]
+    pool = scan_pool()  # each batch cut into the scan's own pool (dn.objects.rangecols)
     held: list[pa.Table] = []
     n = 0
     for window in tables:
@@ -198,12 +200,12 @@ def rebatch(
         n += window.num_rows
         while n >= batch_rows:
             whole = pa.concat_tables(held) if len(held) > 1 else held[0]
-            yield from whole.slice(0, batch_rows).combine_chunks().to_batches()
+            yield from whole.slice(0, batch_rows).combine_chunks(pool).to_batches()
             rest = whole.slice(batch_rows)
             held, n = ([rest] if rest.num_rows else []), rest.num_rows
     if n:
         whole = pa.concat_tables(held) if len(held) > 1 else held[0]
-        yield from whole.combine_chunks().to_batches()
+        yield from whole.combine_chunks(pool).to_batches()
 
 
 def merge(table: TableDef, streams: list[Iterator[pa.Table]]) -> Iterator[pa.Table]:
