@@ -124,6 +124,17 @@ def test_a_bounded_read_fetches_only_the_parts_its_keys_may_be_in(small_parts):
         assert store.ranged <= 1 + len(got.to_batches()) and store.ranged < n  # and no other
 
 
+def test_an_object_collected_mid_scan_is_a_clear_not_found(small_parts):
+    store = MemoryStore()
+    t, _ = _table(500, seed=9)
+    store.put(KEY, _object(t))
+    parts = rangeparts.open_table(store, KEY, 7).row_parts()
+    next(parts)
+    store.delete(KEY)  # compaction replaced it and GC's grace passed mid-scan
+    with pytest.raises(ObjectNotFound, match="the scan's plan names, is not in the store"):
+        list(parts)
+
+
 def test_a_meta_longer_than_the_first_read_is_read_with_a_second(small_parts, monkeypatch):
     store = _Counting()
     t, _ = _table(3000, seed=2)

@@ -47,7 +47,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dn.errors import Corruption
+from dn.errors import Corruption, ObjectNotFound
 from dn.objects import codec
 from dn.objects.rangecols import (
     READ_ONE_THREAD,
@@ -117,7 +117,7 @@ def open_table(
     object (read it whole)."""
     if not reads_ranges(store):
         return False
-    head = read_range(store, key, 0, HEAD)
+    head = _fetch(store, key, 0, HEAD)
     version, body_len, _ = codec.check_header(codec.KIND_RANGE, head, key, (1, 2, 3, 4, 5))
     if version != VERSION:
         return False
@@ -130,7 +130,7 @@ def open_table(
     if need > codec.HEADER_SIZE + body_len:
         raise Corruption(f"object {key} has a malformed body: its meta runs past it", key=key)
     if len(head) < need:
-        head += read_range(store, key, len(head), need - len(head))
+        head += _fetch(store, key, len(head), need - len(head))
         if len(head) < need:
             raise Corruption(f"object {key} is truncated (meta)", key=key, truncated=True)
     meta, start = _meta(memoryview(head)[codec.HEADER_SIZE : need], key)
@@ -199,12 +199,25 @@ class PartedTable:
             yield checked(pa.Table.from_batches([batch]), self._key)
 
     def _read(self, at: int, length: int) -> bytes:
-        data = read_range(self._store, self._key, at, length)
+        data = _fetch(self._store, self._key, at, length)
         if len(data) != length:
             raise Corruption(
                 f"object {self._key} is truncated (a part)", key=self._key, truncated=True
             )
         return data
+
+
+def _fetch(store: ObjectStore, key: str, at: int, length: int) -> bytes:
+    """A ranged read of a range object a scan planned; an object gone is named as such."""
+    try:
+        return read_range(store, key, at, length)
+    except ObjectNotFound:
+        raise ObjectNotFound(
+            f"object {key}, which the scan's plan names, is not in the store: an object is "
+            "collected once compaction has replaced it and gc_grace_s has passed, so a scan "
+            "that reaches it later than that must read again, at a newer snapshot",
+            key=key,
+        ) from None
 
 
 def _span(parts: list, start: Any, end: Any) -> tuple[int, int]:
