@@ -38,20 +38,18 @@ Pure functions over immutable runs; a generator is used by one thread at a time.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from dn.errors import Corruption, InvalidArgument
+from dn.errors import InvalidArgument
 from dn.objects.rangeobj import to_run
 from dn.read import arrowstream
 from dn.read.arrow import to_batches
 from dn.read.arrowscan import arrow_path
-from dn.read.keymerge import merge, planned_ranges
+from dn.read.keymerge import Chunks, ListKeys, Source, merge, planned_ranges
 from dn.read.pick import sorted_columns
 from dn.read.reader import Reader
 from dn.read.run import Run
@@ -91,114 +89,29 @@ def scan_batches(
     return to_batches(view.table, chunks, columns, batch_rows)
 
 
-class _Stream:
-    """One sorted stream of a source, its upserts (``kind`` 0) or its deletes (1), read run by
-    run: a range object of format 5 one part at a time (its parts are cut between keys), an
-    older one or a tail as one run. ``[pos, stop)``: what is still to come of the current run."""
-
-    __slots__ = ("kind", "_more", "_end", "run", "keys", "pos", "stop", "last")
-
-    def __init__(self, kind: int, runs: Iterator[Run | None], end: Any) -> None:
-        self.kind, self._more, self._end = kind, runs, end
-        self.run: Run | None = None
-        self.keys: list = []
-        self.last: Any = None  # the previous run's last key
-        self.pos = self.stop = 0
-
-    def seek(self, start: Any) -> bool:
-        """Move to the first key >= ``start``; False when there is none below end."""
-        while self._next():
-            if start is not None and self.keys[-1] < start:
-                continue
-            self.pos = 0 if start is None else bisect_left(self.keys, start)
-            return self.pos < self.stop
-        return False
-
-    def _next(self) -> bool:
-        self.run = None
-        for run in self._more:
-            keys = (run.pks if self.kind == 0 else run.del_pks) if run is not None else ()
-            if not keys:
-                continue
-            if self.last is not None and not keys[0] > self.last:
-                raise Corruption("a stored table's parts are not in key order, or split a key")
-            self.last = keys[-1]
-            if self._end is not None and not keys[0] < self._end:
-                break
-            self.run, self.keys, self.pos = run, keys, 0
-            self.stop = len(keys) if self._end is None else bisect_left(keys, self._end)
-            return True
-        self._more = iter(())
-        return False
-
-    def take(self, cut: Any) -> tuple[Run, int, int] | None:
-        """(its run, from, to): its versions with key <= ``cut`` (all in this run: ``cut`` is
-        at most its last key), or None; moves on to the next run when this one is done."""
-        a = bisect_right(self.keys, cut, self.pos, self.stop)
-        out = (self.run, self.pos, a) if a > self.pos else None
-        self.pos = a
-        if a == self.stop and not (a == len(self.keys) and self._next()):
-            self.run = None
-        return out
+def _run(got: list) -> Run | None:
+    """A window's takes as one run (its versions, then its deletes), or None."""
+    up, dl = got
+    if up is None and dl is None:
+        return None
+    pks: list = []
+    ts: list = []
+    cols: list = []
+    if up is not None:
+        run, p, a = up
+        pks, ts = run.pks[p:a], run.ts[p:a]
+        cols = [c[p:a] for c in run.cols]
+    dks: list = []
+    dts: list = []
+    if dl is not None:
+        run, d, b = dl
+        dks, dts = run.del_pks[d:b], run.del_ts[d:b]
+    return Run(pks, ts, None, dks, dts, True, cols=cols)
 
 
-@dataclass(slots=True, eq=False)
-class _Source:
-    """One sorted source of the view: loaded, or waiting for the merge to reach ``lo``."""
-
-    order: int  # place among the view's runs, oldest first (later versions win)
-    hi_ts: int  # the newest ts it may hold
-    lo: Any = None  # its smallest key for the table (None: unknown, loaded at the start)
-    load: Callable[[Any, Any], tuple] | None = None  # (start, end) -> (upsert runs, delete runs)
-    streams: list[_Stream] | None = None
-
-    def open(self, start: Any, end: Any) -> None:
-        runs = self.load(start, end) if self.load is not None else ((), ())
-        self.load = None
-        self.streams = []
-        for kind, it in enumerate(runs):
-            stream = _Stream(kind, iter(it), end)
-            if stream.seek(start):
-                self.streams.append(stream)
-
-    def live(self) -> bool:
-        return bool(self.streams)
-
-    def drop(self) -> None:
-        self.streams = None
-
-    def cut(self, step: int) -> Any:
-        """The key ``step`` versions ahead in its upserts or deletes, whichever is smaller
-        (within their current runs)."""
-        best = None
-        for st in self.streams or ():
-            k = st.keys[min(st.pos + step, st.stop) - 1]
-            if best is None or k < best:
-                best = k
-        return best
-
-    def take(self, cut: Any) -> Run | None:
-        """Its versions with key <= ``cut`` still to come, as a run; advances past them."""
-        got = [None, None]
-        for st in self.streams or ():
-            got[st.kind] = st.take(cut)
-        self.streams = [st for st in self.streams or () if st.run is not None]
-        up, dl = got
-        if up is None and dl is None:
-            return None
-        pks: list = []
-        ts: list = []
-        cols: list = []
-        if up is not None:
-            run, p, a = up
-            pks, ts = run.pks[p:a], run.ts[p:a]
-            cols = [c[p:a] for c in run.cols]
-        dks: list = []
-        dts: list = []
-        if dl is not None:
-            run, d, b = dl
-            dks, dts = run.del_pks[d:b], run.del_ts[d:b]
-        return Run(pks, ts, None, dks, dts, True, cols=cols)
+def _chunks(ups: Iterable[Run | None], dels: Iterable[Run | None]) -> list[Chunks]:
+    """A source's runs as the merge reads them: its versions' keys, then its deletes'."""
+    return [(ups, lambda r: ListKeys(r.pks)), (dels, lambda r: ListKeys(r.del_pks))]
 
 
 def windows(
@@ -212,13 +125,13 @@ def windows(
     t = view.table
     waiting, now = [], []
     for i, r, lo in ranges:
-        src = _Source(i, r[1], lo=lo, load=_loader(reader, r, t.id, t.pk_pos))
+        src = Source(i, r[1], _run, lo=lo, load=_loader(reader, r, t.id, t.pk_pos))
         (now if lo is None else waiting).append(src)
     hi = view.plan.tail[1] if view.plan.tail else 0
     for j, r in enumerate(view.tail):
         if len(r):
             whole = sorted_run(r)
-            now.append(_Source(n + j, hi, load=lambda _s, _e, w=whole: ((w,), (w,))))
+            now.append(Source(n + j, hi, _run, load=lambda _s, _e, w=whole: _chunks((w,), (w,))))
     for takes in merge(waiting, now, start, end, step):
         runs = [(r, hi_ts) for r, hi_ts in takes if r is not None]
         cols, keys = sorted_columns(view.snapshot, runs)
@@ -228,16 +141,16 @@ def windows(
 
 
 def _loader(reader: Reader, r: tuple[int, int], table_id: int, pk_pos: tuple) -> Callable:
-    def load(start: Any, end: Any) -> tuple:
+    def load(start: Any, end: Any) -> list[Chunks]:
         stored = reader.range_parts(r, table_id)  # format 5: the parts by ranged reads
         if stored is None:
-            return (), ()
+            return []
         if stored is False:  # an older object: fetched whole, let go once passed
             run = reader.range_uncached(r).run(table_id, pk_pos)
-            return (run,), (run,)
+            return _chunks((run,), (run,))
         ups = (_part_run(tb, pk_pos, True) for tb in stored.row_parts(start, end))
         dels = (_part_run(tb, pk_pos, False) for tb in stored.del_parts(start, end))
-        return ups, dels
+        return _chunks(ups, dels)
 
     return load
 
