@@ -15,17 +15,16 @@ Life cycle (seed 001)::
 - :class:`dn.upkeep.scheduler.Upkeep` — freezes, buffer checkpoints, checkpoints,
   compaction, retention and garbage collection;
 - :class:`dn.read.snapshots.Snapshots` — snapshots, floors, plans and read views, which
-  :mod:`dn.read.view` materializes into rows and changes.
+  :mod:`dn.read.view` materializes into rows and changes;
+- :class:`dn.upkeep.handoff.Handoff` (``Engine.handoff``) — slot moves, given and taken.
 
-This module opens a shard (components from a url and settings), recovers it, and runs the
-background thread that calls :meth:`Engine.maintain`. Any number of threads may call the
-public methods.
+This module opens a shard, recovers it, and runs the background thread that calls
+:meth:`Engine.maintain`. Any number of threads may call the public methods.
 
 Failure. A fenced engine (a newer incarnation owns the shard) refuses everything after. A log
 write that may or may not have landed makes the engine settle it before the next write or read
 at a later timestamp (see :mod:`dn.write.log`). A failed buffer checkpoint leaves the buffer
 queued and is retried; writers are slowed, then refused, while the queue is over its limits.
-Not here: Ray, routing across shards.
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ from dn.settings import Settings
 from dn.state import ShardState
 from dn.store import ObjectStore
 from dn.upkeep.background import Background
+from dn.upkeep.handoff import Handoff
 from dn.upkeep.scheduler import Upkeep
 from dn.write.part import WritePart
 from dn.write.path import WritePath
@@ -107,6 +107,7 @@ class Engine:
         ceiling = self._upkeep.ceiling  # extended before a read's result is handed out
         decided = self._txns.wait_decided_locked
         self._reads = Snapshots(self._state, self._writes.settle_for_read, ceiling.cover, decided)
+        self.handoff = Handoff(self._state, self._upkeep, self._reads)  # slot moves
         self._txns.reads = lambda db, t, s, f: self._reads.read_view(db, t, s, f)
         self._made_log_store: ObjectStore | None = None  # made by open(): closed with the engine
         self._background: Background | None = None  # the thread of maintain(), if on
@@ -205,8 +206,7 @@ class Engine:
     # -- upkeep (dn.upkeep.scheduler) ---------------------------------------------------------
 
     def freeze(self) -> tuple[int, int] | None:
-        """Freeze the mutable buffer into the checkpoint queue; returns its range (or None if
-        it was empty)."""
+        """Freeze the mutable buffer into the checkpoint queue; its range (None: empty)."""
         return self._upkeep.freeze()
 
     def flush(self) -> int:
@@ -232,8 +232,7 @@ class Engine:
         return self._upkeep.compact()
 
     def collect_garbage(self, force: bool = False) -> int:
-        """Delete objects nothing references any more (after a grace period); returns how many
-        were deleted."""
+        """Delete objects nothing references any more (after a grace period); how many."""
         return self._upkeep.collect_garbage(force)
 
     def oldest_readable(self) -> int:
@@ -262,10 +261,13 @@ class Engine:
         from_ts: int | None = None,
         columns: list[str] | None = None,
         keys: Any = (),
+        **routing: Any,
     ) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (from
-        ``from_ts`` for a change feed; ``keys``: a point read's; all checked first)."""
-        return self._reads.checked_view(db, table, snapshot, from_ts, columns, tuple(keys))[0]
+        ``from_ts`` for a change feed; ``keys``: a point read's; all checked first); once slots
+        moved, ``routing``: the reader's ``map_version`` (Snapshots.read_view)."""
+        r = self._reads
+        return r.checked_view(db, table, snapshot, from_ts, columns, (*keys,), **routing)[0]
 
     def snapshot_plan(self, ts: int) -> Plan:
         """Seed 001's snapshot-read plan at ``ts``."""
@@ -387,7 +389,7 @@ class Engine:
         if self._made_log_store is not None and not already:
             self._made_log_store.close()  # its open files; a store passed in is the caller's
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Engine:  # noqa: D105
         return self
 
     def __exit__(self, *exc: object) -> None:

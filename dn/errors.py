@@ -14,6 +14,8 @@ AlreadyExists       the thing to create exists already                         n
 Unavailable         a transient failure (store, backpressure, restart)         yes
 StaleTable          a write was made for a table since dropped and created     after a
                     again; nothing was written                                 refresh
+Moved               keys of a write (or a read's slots) belong to another      after a
+                    shard now, or are moving; nothing was written              refresh
 Corruption          stored bytes fail their checksum or format check           no
 Fenced              a newer incarnation of this shard owns it; stop using it   no
 Closed              the engine was closed                                      no
@@ -107,6 +109,18 @@ class StaleTable(DNError):
     was written. Refresh the table's definition, validate the batch again, and retry."""
 
     code = "stale_table"
+
+
+class Moved(DNError):
+    """Some of the request's slots are not this shard's to serve: a write touched keys of
+    slots this shard gave away (or is giving away, or is taking over and may not write yet),
+    or a read came with a slot map older than a move this shard took part in. Nothing was
+    written. ``details``: ``shard``, ``slots`` (some of them), ``map_version`` (the move's).
+    Refresh the slot map (the cluster's client does this itself), split again, and retry;
+    while a move is in progress the retry waits for it to end."""
+
+    code = "moved"
+    retryable = True
 
 
 class Conflict(DNError):

@@ -69,6 +69,55 @@ def slots_py(keys: list, n: int) -> list[int]:
     return [crc(pk(k)) % n for k in keys]
 
 
+def key_slots(keys: list, mod: int, int64: bool = False) -> list[int]:
+    """``crc32(msgpack(key)) % mod`` of each normalized key (``int64``: all are ints in int64
+    range, hashed with numpy when there are many)."""
+    if int64 and len(keys) >= 64:
+        got = int64_slots(keys, mod)
+        if got is not None:
+            return got.tolist()
+    return slots_py(keys, mod)
+
+
+def arrow_slots(columns: list, mod: int) -> Any:
+    """The slots of the keys in Arrow key ``columns`` (one per key column, as stored), as a
+    numpy array: numpy for one int64 column, else each key as Python (a tuple for several
+    columns, msgpack packs it as the list the engine keys by)."""
+    import pyarrow as pa
+
+    if len(columns) == 1 and pa.types.is_int64(columns[0].type) and columns[0].null_count == 0:
+        got = int64_slots(columns[0].to_numpy(), mod)
+        if got is not None:
+            return got
+    if len(columns) == 1:
+        keys = columns[0].to_pylist()
+    else:
+        keys = list(zip(*(c.to_pylist() for c in columns)))
+    return np.array(slots_py(keys, mod), dtype=np.int64)
+
+
+def pack_set(slots: Any) -> list[list[int]]:
+    """A set of slots as its runs ``[[first, last], ...]``, ascending (how slot sets are
+    stored)."""
+    out: list[list[int]] = []
+    for s in sorted(slots):
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
+def unpack_set(runs: Any) -> frozenset[int]:
+    """The slots of :func:`pack_set`'s runs (ValueError when malformed)."""
+    out: set[int] = set()
+    for lo, hi in runs:
+        if type(lo) is not int or type(hi) is not int or not 0 <= lo <= hi:
+            raise ValueError(f"slot run {[lo, hi]!r} is malformed")
+        out.update(range(lo, hi + 1))
+    return frozenset(out)
+
+
 def int64_slots(keys: list, mod: int) -> Any:
     """``crc32(msgpack(key)) % mod`` of each key (ints in int64 range) as a numpy array of 8- or
     16-bit unsigned ints, or None when ``mod`` is over 65,536."""
@@ -77,7 +126,10 @@ def int64_slots(keys: list, mod: int) -> Any:
         return None
     lows, forms, by_chunk = _tables(low_byte)
     n = len(keys)
-    v = np.frombuffer(struct.pack(f"<{n}q", *keys), dtype="<i8")  # twice np.array's speed
+    if isinstance(keys, np.ndarray):
+        v = keys.astype("<i8", copy=False)
+    else:
+        v = np.frombuffer(struct.pack(f"<{n}q", *keys), dtype="<i8")  # twice np.array's speed
     crc = forms[lows.searchsorted(v, side="right")]
     chunks = v.view("<u2").reshape(n, 4).T.astype(np.intp, order="C")  # 16 bits, low first
     for table, chunk in zip(by_chunk, chunks):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from dn import moves
 from dn.catalog import Catalog
 from dn.clock import LOGICAL_BITS, Clock, HybridClock
 from dn.errors import Closed, DNError, Fenced
@@ -107,6 +108,12 @@ class ShardState:
         self.tokens = TokenTable(settings.token_window_s)
         # the transactions' intents applied here and not decided yet (dn.write.txn)
         self.intents = Intents()
+        # slot moves this shard took part in (dn.moves; the manifest's, adopted with it), and
+        # the slots a write may not touch because of them
+        self.moves: tuple = ()
+        self.fencing: frozenset[int] = frozenset()  # being given or taken, not yet recorded
+        self.refused: frozenset[int] = frozenset()
+        self.slot_count = 0
         self.last_cp_time = clock.monotonic()
         self.broken: DNError | None = None
         self.closed = False
@@ -154,6 +161,13 @@ class ShardState:
         if self.unknown_lo is not None:
             return "settling"
         return "open"
+
+    def set_moves_locked(self, recorded: tuple) -> None:
+        """Adopt the manifest's slot moves (:mod:`dn.moves`) and the writes they refuse."""
+        self.moves = recorded
+        if recorded:
+            self.slot_count = recorded[0].count
+        self.refused = moves.refused(recorded) | self.fencing
 
     # -- time ---------------------------------------------------------------------------------
 

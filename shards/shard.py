@@ -53,6 +53,7 @@ from dn.read.arrowscan import arrow_tail
 from dn.read.view import before_view
 from dn.settings import ShellSettings
 from dn.write.part import WritePart
+from shards.handoff import SlotMoves
 from shards.loop import MaintenanceLoop
 from shards.metrics import ShardMetrics
 from shards.staging import Staging, is_staged
@@ -65,8 +66,9 @@ _DDL = ("create_database", "drop_database", "create_table", "drop_table")
 FEED_WAIT_MAX_S = 1.0
 
 
-class ShardService:
-    """One shard: its engine, maintenance loop, and the cluster-facing calls."""
+class ShardService(SlotMoves):
+    """One shard: its engine, maintenance loop, and the cluster-facing calls (slot moves:
+    :class:`shards.handoff.SlotMoves`)."""
 
     def __init__(
         self,
@@ -275,12 +277,15 @@ class ShardService:
         columns: list[str] | None = None,
         keys: Any = (),
         arrow: bool = False,
+        map_version: int | None = None,
     ) -> ReadView:
         """:meth:`dn.Engine.read_view`; ``keys``: a point read's, whose view holds only
         their versions from memory; ``arrow``: the tail as Arrow, for a reader that reads
-        with Arrow kernels (:func:`dn.read.arrowscan.arrow_tail`)."""
+        with Arrow kernels (:func:`dn.read.arrowscan.arrow_tail`); ``map_version``: the
+        slot map the reader routes by (:mod:`dn.moves`)."""
         try:
-            view = self.engine.read_view(db, table, snapshot, from_ts, columns, keys)
+            mv = {} if map_version is None else {"map_version": map_version}
+            view = self.engine.read_view(db, table, snapshot, from_ts, columns, keys, **mv)
         except Exception as exc:
             self.metrics.error(exc)
             raise
@@ -296,11 +301,12 @@ class ShardService:
         from_ts: int,
         columns: Any = None,
         arrow: bool = False,
+        map_version: int | None = None,
     ) -> tuple[ReadView, ReadView | None]:
         """A change feed's view and, in the same call, the view of the state before it
         (``from_ts - 1``: :meth:`feed_before`), which the feed's change types are decided
         from; ``arrow``: both tails as Arrow."""
-        view = self.read_view(db, table, snapshot, from_ts, columns)
+        view = self.read_view(db, table, snapshot, from_ts, columns, (), False, map_version)
         before = self.feed_before(view)
         if arrow:
             view, before = arrow_tail(view), before and arrow_tail(before)
@@ -314,6 +320,7 @@ class ShardService:
         target: int = 0,
         columns: Any = None,
         wait_s: float = 0.0,
+        map_version: int | None = None,
     ) -> tuple[ReadView | None, ReadView | None, int]:
         """One round of a live feed here: ``(view, before, S)``. Waits up to ``wait_s`` (at
         most :data:`FEED_WAIT_MAX_S`) while no commit at or after ``from_ts`` has landed here
@@ -334,7 +341,7 @@ class ShardService:
         s = max(target, self.engine.clock())
         if s < from_ts:
             return None, None, s
-        view = self.read_view(db, table, s, from_ts, columns)
+        view = self.read_view(db, table, s, from_ts, columns, (), False, map_version)
         return view, self.feed_before(view), view.snapshot
 
     def feed_before(self, view: ReadView) -> ReadView | None:
@@ -342,12 +349,13 @@ class ShardService:
         window is all in memory (no range object in its plan, the live feed's case), only
         the window's keys are read (a point view); else the whole snapshot view, as
         :meth:`feed_views` gives."""
-        if view.plan.ranges:
-            return before_view(lambda d, t, s: self.engine.read_view(d, t, s), view)
+        read = self.engine.read_view
+        if view.plan.ranges or view.plan.refs:
+            return before_view(lambda d, t, s, **kw: read(d, t, s, **kw), view)
         keys = list(dict.fromkeys(k for run in view.tail for k in (*run.pks, *run.del_pks)))
         if not keys:
             return None
-        return before_view(lambda d, t, s: self.engine.read_view(d, t, s, keys=keys), view)
+        return before_view(lambda d, t, s, **kw: read(d, t, s, keys=keys, **kw), view)
 
     # -- operations -------------------------------------------------------------------------
 
@@ -360,6 +368,7 @@ class ShardService:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
         out["maintenance"] = self.loop.status()
+        out["moves"] = self.engine.handoff.status()
         return out
 
     def pid(self) -> int:

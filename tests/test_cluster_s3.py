@@ -26,6 +26,10 @@ def _write(client, task: int) -> list[int]:
     ]
 
 
+def _rewrite(client, keys: list) -> int:
+    return client.write("db", "t", [{"k": k, "v": "moved"} for k in keys])
+
+
 def test_cluster_on_s3_writes_reads_and_recovers(deploy_cluster, s3_url):
     url, opts = s3_url
     c = S3_TEST_CREDENTIALS
@@ -59,3 +63,21 @@ def test_cluster_on_s3_writes_reads_and_recovers(deploy_cluster, s3_url):
     assert len(list(client.scan("db", "t", snapshot=snap))) == 2000
     assert client.get("db", "t", 10**6)["v"] == "tail"
     assert sum(1 for _ in client.scan("db", "t")) == 2001
+
+    # slots move on S3 too, by reference (decision 0018): reads before and after agree, and a
+    # Ray task whose client was pickled before the move writes through the new map
+    from coordinator.client.routing import shard_of
+
+    stale = ray.put(client)  # its slot map is the one before the move
+    before = {r["k"]: r["v"] for r in client.scan("db", "t")}
+    old_route = client._tables().route
+    assert client.move_slots(old_route.slots_of(0)[:256], 1) == old_route.version + 1
+    route = client._tables().route
+    moved = [k for k in before if shard_of(k, old_route) == 0 and shard_of(k, route) == 1]
+    assert moved
+    assert {r["k"]: r["v"] for r in client.scan("db", "t")} == before
+    assert len(list(client.scan("db", "t", snapshot=snap))) == 2000
+    ray.get(ray.remote(num_cpus=0.01)(_rewrite).remote(stale, moved))
+    after = {r["k"]: r["v"] for r in client.scan("db", "t")}
+    assert after == {**before, **dict.fromkeys(moved, "moved")}
+    assert client.shards.call(1, "status")["moves"]["moves"][0]["kind"] == "in"

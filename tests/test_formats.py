@@ -568,12 +568,38 @@ def test_version_1_manifests_still_read():
     assert _load_manifest(old) == replace(MANIFEST_STATE, ceiling=0)
 
 
+def test_manifest_fixture_with_slot_moves_is_format_3_and_reads_back():
+    data = fixture("manifest_moves.bin")
+    assert data == make.manifest_version(moves=True)
+    body = body_of(data, "M", version=3)
+    assert [m["id"] for m in body["moves"]] == [4, 5]
+    assert body["moves"][0] == {
+        "id": 4,
+        "kind": "out",
+        "peer": 2,
+        "count": 16,
+        "slots": [[3, 5], [9, 9]],
+        "ts": 107,
+        "done": True,
+        "groups": [[[[3, 5], [9, 9]], [[SHARD, 90, 108, 0, 107]]]],
+        "tables": [],
+        "tokens": b"",
+    }
+    state = _load_manifest(data)
+    assert state == replace(MANIFEST_STATE, moves=make.MOVES)
+    assert state.encode(SHARD) == data
+    # a shard without moves writes what it always did
+    assert replace(state, moves=()).encode(SHARD) == fixture("manifest.bin")
+
+
 def test_manifest_versions_that_do_not_read():
     for body, version, error in (
         (MANIFEST_BODY_V1, 2, "malformed"),  # version 2 always carries the ceiling
         ({**MANIFEST_BODY_V1, "ceiling": -1}, 2, "malformed"),
         ({**MANIFEST_BODY_V1, "ceiling": "x"}, 2, "malformed"),
-        ({**MANIFEST_BODY_V1, "ceiling": CEILING}, 3, "unknown format version 3"),
+        ({**MANIFEST_BODY_V1, "ceiling": CEILING}, 3, "malformed"),  # 3 carries moves
+        ({**MANIFEST_BODY_V1, "ceiling": CEILING, "moves": [{"id": 1}]}, 3, "malformed"),
+        ({**MANIFEST_BODY_V1, "ceiling": CEILING, "moves": []}, 4, "unknown format version 4"),
     ):
         with pytest.raises(Corruption, match=error):
             _load_manifest(codec.encode(codec.KIND_MANIFEST, body, version))
@@ -758,7 +784,7 @@ def _decoders() -> dict[str, Any]:
     ):
         out[name] = lambda data: ckpt.decode(data, CHECKPOINT_KEY)
 
-    for name in ("manifest.bin", "manifest_v1.bin"):
+    for name in ("manifest.bin", "manifest_v1.bin", "manifest_moves.bin"):
         out[name] = lambda data: Manifest(MemoryStore(), SHARD)._read(MANIFEST_KEY, data)
     # ClusterCatalog.load reads with codec.decode and skips a version that raises
     out["cluster_slots.bin"] = lambda data: CatalogState.from_body(

@@ -14,8 +14,11 @@ Body grammar (msgpack; map keys in the order written)::
                  "databases": {db: {"tables": {table: tabledef}}},   in the order created
                  "pending": null | ddl,                          DDL being applied to shards
                  "ddl_seq": int,                                 DDL operations so far
-                 "slots": slots}                                 the slot map (absent in a
+                 "slots": slots,                                 the slot map (absent in a
                                                                  record made before slots)
+                 "move": move}                                   a slot move in progress
+                                                                 (absent when there is none)
+    move     := {"id": int, "from": int, "to": int, "slots": [[first, last], ...]}
     tabledef := {"columns": [[name, type], ...], "primary_key": [name, ...], "ddl_seq": int}
     ddl      := {"op": "create_database" | "drop_database" | "create_table" | "drop_table",
                  "args": [...], "seq": int}
@@ -31,6 +34,12 @@ that asks for another shard count is refused). ``slots`` is the slot map of
 A new cluster records the direct map (slot s -> shard s % shards, version 0), which routes as
 the hash does; a record made before slots has none, and :attr:`CatalogState.slot_map` gives the
 direct map for it, so its data is read and written where it always was.
+
+``move`` is a slot move's intent (decision 0018; :mod:`coordinator.actor.moves`): committed
+before the shards are asked to give and take the slots, kept through the commit point (the
+version whose slot map has version ``id``) until both shards have settled the move, then
+cleared. A coordinator that restarts with a move recorded settles it on both shards: done if
+the map reached version ``id``, else undone.
 
 ``pending`` is the DDL intent: it is committed before the coordinator sends the DDL to the
 shards and cleared (with the catalog updated) once every shard applied it, so a coordinator
@@ -82,6 +91,7 @@ class CatalogState:
     pending: dict[str, Any] | None = None
     ddl_seq: int = 0
     slots: dict[str, Any] | None = None  # the slot map's record; None: made before slots
+    move: dict[str, Any] | None = None  # a slot move in progress
 
     def to_body(self) -> dict[str, Any]:
         body = {
@@ -95,6 +105,8 @@ class CatalogState:
         }
         if self.slots is not None:
             body["slots"] = self.slots
+        if self.move is not None:
+            body["move"] = self.move
         return body
 
     @property
@@ -114,6 +126,7 @@ class CatalogState:
             body.get("pending"),
             body["ddl_seq"],
             body.get("slots"),
+            body.get("move"),
         )
 
 
@@ -247,6 +260,34 @@ class ClusterCatalog:
         elif op == "drop_table":
             dbs.get(args[0], {"tables": {}})["tables"].pop(args[1], None)
         nxt.pending = None
+        return self._commit(nxt)
+
+    # -- slot moves (coordinator.actor.moves) -------------------------------------------------
+
+    def begin_move(self, move: dict[str, Any]) -> CatalogState:
+        """Commit the intent of a slot move (none may be in progress)."""
+        cur = self._current()
+        if cur.move is not None:
+            raise InvalidArgument("a slot move is in progress; settle it first")
+        nxt = copy.deepcopy(cur)
+        nxt.move = dict(move)
+        return self._commit(nxt)
+
+    def commit_move(self, slots: SlotMap) -> CatalogState:
+        """The commit point of the move in progress: the slot map it makes."""
+        cur = self._current()
+        assert cur.move is not None and slots.version == cur.move["id"]
+        nxt = copy.deepcopy(cur)
+        nxt.slots = slots.to_record()
+        return self._commit(nxt)
+
+    def end_move(self) -> CatalogState:
+        """Clear the move in progress (settled on its shards)."""
+        cur = self._current()
+        if cur.move is None:
+            return cur
+        nxt = copy.deepcopy(cur)
+        nxt.move = None
         return self._commit(nxt)
 
     def _commit(self, nxt: CatalogState) -> CatalogState:

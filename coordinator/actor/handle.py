@@ -75,6 +75,10 @@ class CoordinatorActor(CoordinatorService):
                 self.collect_decisions()
             except Exception as exc:  # noqa: BLE001 - collection is retried next round
                 log.warning("transaction decisions not collected this round: %s", exc)
+            try:
+                self.settle_moves()  # a slot move left in progress (shards were unavailable)
+            except Exception as exc:  # noqa: BLE001 - settled next round
+                log.warning("slot move not settled this round: %s", exc)
 
     def _publish_loop(self) -> None:
         while not self._stop_publishing.wait(PUBLISH_INTERVAL_S):

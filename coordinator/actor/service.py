@@ -44,6 +44,7 @@ from coordinator.actor import decisions
 from coordinator.actor.cluster_catalog import ClusterCatalog
 from coordinator.actor.committer import Committer
 from coordinator.actor.metrics import CoordinatorMetrics
+from coordinator.actor.moves import SlotMover
 from coordinator.client.fanout import ShardCalls
 from coordinator.client.routing import HASH_NAME
 from coordinator.config import ClusterConfig
@@ -92,6 +93,7 @@ class CoordinatorService:
         self._ddl_lock = threading.Lock()
         cfg = self.config
         self._committer = Committer(shards, self._store, cfg.shell.retry_s, cfg.clock_skew_ms)
+        self._mover = SlotMover(self._catalog, shards, cfg.shell.retry_s)
         if self._catalog.state and self._catalog.state.pending:
             log.info(
                 "finishing DDL left pending by a previous coordinator: %s",
@@ -101,6 +103,11 @@ class CoordinatorService:
                 self.repair()
             except Unavailable as exc:
                 log.warning("pending DDL not finished yet (shards unavailable): %s", exc)
+        if self._mover.in_progress():
+            log.info(
+                "settling the slot move a previous coordinator left: %s", self._mover.in_progress()
+            )
+            self._mover.settle_quietly()
         self.publish_metrics()
 
     # -- what clients cache -----------------------------------------------------------------
@@ -160,6 +167,30 @@ class CoordinatorService:
         return self._catalog.tables(db)
 
     @_request
+    def slot_map(self) -> dict[str, Any]:
+        """The slot map's record (:mod:`coordinator.client.slots`), for a client to refresh."""
+        st = self._catalog.state
+        assert st is not None
+        return st.slot_map.to_record()
+
+    @_request
+    def move_slots(self, slots: list[int], to_shard: int) -> int:
+        """Move ``slots`` to shard ``to_shard`` online (:mod:`coordinator.actor.moves`);
+        returns the slot map's version after it."""
+        with self._ddl_lock:
+            self._finish_pending()
+            try:
+                return self._mover.move(slots, to_shard)
+            finally:
+                self.publish_metrics()
+
+    @_request
+    def settle_moves(self) -> None:
+        """Settle a slot move left in progress, if any (the actor calls it every minute)."""
+        with self._ddl_lock:
+            self._mover.resolve()
+
+    @_request
     def status(self) -> dict[str, Any]:
         st = self._catalog.state
         assert st is not None
@@ -173,6 +204,7 @@ class CoordinatorService:
                 "per_shard": st.slot_map.per_shard(),
             },  # fmt: skip
             "pending_ddl": st.pending,
+            "move": st.move,
             "ddl_seq": st.ddl_seq,
             "databases": {db: sorted(e["tables"]) for db, e in st.databases.items()},
             "store": self.config.store,

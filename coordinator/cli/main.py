@@ -196,6 +196,30 @@ def cmd_changes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_move_slots(args: argparse.Namespace) -> int:
+    slots = parse_slots(args.slots)
+    client = _client(args)
+    version = client.move_slots(slots, args.to)
+    per = client.status()["coordinator"]["slots"]["per_shard"]
+    owned = ", ".join(f"{i}: {per[i]}" for i in sorted(per, key=int))
+    print(f"slot map v{version}; slots per shard {owned}")
+    return 0
+
+
+def parse_slots(text: str) -> list[int]:
+    """``"0-99,200,300-301"`` as the slots it names."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SystemExit(
+            f"dn: --slots {text!r}: expected numbers and ranges, e.g. 0-99,200"
+        ) from None
+    return out
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from coordinator.cli.demo import run_demo
 
@@ -258,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=int, default=None, help="with --watch: refreshes, then exit"
     )
     status.set_defaults(fn=cmd_status)
+
+    mv = sub.add_parser("move-slots", help="move slots to a shard online (by reference)")
+    common(mv)
+    mv.add_argument("--slots", required=True, help="slots and ranges, e.g. 0-99,200")
+    mv.add_argument("--to", type=int, required=True, help="the shard that takes them")
+    mv.set_defaults(fn=cmd_move_slots)
 
     scan = sub.add_parser("scan", help="rows as JSON lines")
     common(scan)

@@ -112,6 +112,20 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
             ),
             ("oldest readable", ts_text(s.get("oldest_readable"))),
         ]
+    mv = s.get("moves")
+    if mv and mv.get("moves"):
+        given = sum(m["slots"] for m in mv["moves"] if m["kind"] == "out")
+        taken = sum(m["slots"] for m in mv["moves"] if m["kind"] == "in")
+        refs = sum(m["sources"] for m in mv["moves"] if m["kind"] == "in")
+        pending = mv.get("pending_moves") or []
+        rows.append(
+            (
+                "slot moves",
+                f"{len(mv['moves'])} ({given} slots given, {taken} taken, read through "
+                f"{refs} referenced objects); {mv['refused_slots']} slots refused"
+                + (f"; IN PROGRESS: moves {pending}" if pending else ""),
+            )
+        )
     m = s.get("maintenance")
     if m:
         rows.append(
@@ -168,6 +182,13 @@ def render(status: dict[str, Any]) -> str:
             per = sl.get("per_shard", {})
             owned = ", ".join(f"{i}: {per[i]}" for i in sorted(per, key=int))
             out.append(f"slots: {sl['count']} (map v{sl['version']}); per shard {owned}")
+        mv = c.get("move")
+        if mv:
+            n = sum(hi - lo + 1 for lo, hi in mv["slots"])
+            out.append(
+                f"MOVE IN PROGRESS: map v{mv['id']}, {n} slots from shard {mv['from']} to "
+                f"shard {mv['to']}"
+            )
     for i in sorted(status.get("shards", {}), key=int):
         out.append("")
         out.extend(render_shard(int(i), status["shards"][i]))

@@ -154,6 +154,19 @@ class Client:
     def observe(self, ts: int) -> None:
         self._causality.observe(ts)
 
+    @property
+    def map_version(self) -> int:  # the slot map's this client routes and reads by
+        return self._tables().route.version
+
+    def refresh_route(self) -> int:  # fetch the slot map again (slots moved); its version
+        return self._tables().refresh_route().version
+
+    def move_slots(self, slots: Any, to_shard: int) -> int:
+        """Move ``slots`` to shard ``to_shard`` online, by reference (decision 0018): writes
+        and reads go on. Returns the slot map's version after the move."""
+        self._coord.call("move_slots", list(slots), to_shard)
+        return self.refresh_route()
+
     # -- DDL --------------------------------------------------------------------------------
 
     def _ddl(self, op: str, *args: Any) -> int:

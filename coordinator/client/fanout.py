@@ -36,7 +36,7 @@ from operator import itemgetter
 from typing import Any, Protocol
 
 from coordinator.client.routing import shard_of
-from dn.errors import DNError, NotFound
+from dn.errors import DNError, Moved, NotFound
 from dn.objects.codec import pack, unpack_tuples
 from dn.read.cache import ObjectCache
 from dn.read.change import Change
@@ -117,6 +117,11 @@ def choose_snapshot(shards: ShardCalls, floor: int, retry_s: float) -> int:
     return max([floor, *clocks.values()])
 
 
+#: Reads of one request at most when shards answer that slots moved (each after a refresh of
+#: the slot map; a move takes one).
+MOVED_READ_ATTEMPTS = 4
+
+
 def fetch_views(
     shards: ShardCalls,
     db: str,
@@ -127,12 +132,13 @@ def fetch_views(
     only: Sequence[int] | None = None,
     columns: Sequence[str] | None = None,
     arrow: bool = False,
+    map_version: int | None = None,
 ) -> dict[int, ReadView]:
     """Each shard's view at ``snapshot``; the shards check ``columns`` first, so a read they
     refuse promises (and writes) nothing. ``arrow``: tails as Arrow (``ReadView.arrow_tail``),
-    for the Arrow read paths."""
+    for the Arrow read paths; ``map_version``: the slot map the reader routes by."""
     ids = range(len(shards)) if only is None else only
-    args = (db, table, snapshot, from_ts, columns) + (((), True) if arrow else ())
+    args = (db, table, snapshot, from_ts, columns, (), arrow, map_version)
     calls = {i: ("read_view", args) for i in ids}
     return raise_first(shards.call_each(calls, retry_s))
 
@@ -309,17 +315,23 @@ def get_routed(
     parallel: its view holds only their versions from memory (the shard's key index), and the
     objects come from the store. Routed with the table each shard serves at the snapshot
     (looked up again once if the table was redefined since ``tables`` fetched it)."""
-    for attempt in range(2):
+    for attempt in range(MOVED_READ_ATTEMPTS):
         routed = tables.get(db, table, refresh=attempt > 0)
         t = routed.table
         checked = [t.check_key(k) for k in keys]
         by_shard: dict[int, list] = {}
         for k in checked:
             by_shard.setdefault(shard_of(k, routed.route), []).append(k)
+        mv = routed.route.version
         calls = {
-            i: ("read_view", (db, table, snapshot, None, columns, ks)) for i, ks in by_shard.items()
+            i: ("read_view", (db, table, snapshot, None, columns, ks, False, mv))
+            for i, ks in by_shard.items()
         }
-        views = raise_first(shards.call_each(calls, retry_s))
+        got = shards.call_each(calls, retry_s)
+        if any(isinstance(r, Moved) for r in got.values()) and attempt + 1 < MOVED_READ_ATTEMPTS:
+            tables.refresh_route()  # slots moved since this client fetched the map
+            continue
+        views = raise_first(got)
         if all(pk_signature(v.table) == pk_signature(t) for v in views.values()):
             break  # routed with the table the shards serve at this snapshot
     found: dict = {}

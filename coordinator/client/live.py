@@ -18,6 +18,12 @@ what the busiest shard has shown within one round, even on a shard without commi
 clock that does not move (tests' manual clocks). A batch or transaction over shards has one
 timestamp: its parts come out in the same round, once ``W`` reaches it on every shard.
 
+Slot moves (issue 17): each round names the slot map it reads by. When the map changes (a
+shard refused the round's map, or the client refreshed it), a moved slot's changes come from
+its new owner, whose cursor may be past or behind the old owner's: every cursor goes back to
+``W`` and what was held is dropped, to be fetched again (:meth:`LiveFeed._restart`). Nothing at
+or below ``W`` is read again, and everything above it is.
+
 Waiting: while rounds find changes (or hold some) they follow each other with no pause. After
 a round that found and holds none, the next one long-polls: each shard waits up to ``poll_s``
 for a commit to land at or after its cursor, so an idle feed costs one call per shard per
@@ -35,6 +41,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from coordinator.client import fanout
+from dn.errors import Moved
 from dn.read import cdc
 from dn.read.collector import paused_gc
 from dn.read.feed import merge_changes
@@ -56,6 +63,7 @@ class LiveFeed:
         self.target = max(f - 1, client.token)
         self.pending: list[tuple] = []  # fetched (change, pre-image) pairs above the watermark
         self.tdef: Any = None  # the table, from the newest view
+        self.map_version = client.map_version  # the slot map the cursors were read by
 
     @property
     def watermark(self) -> int:
@@ -66,12 +74,19 @@ class LiveFeed:
         """One call per shard; returns the pairs now emitted (in (ts, key) order) and how many
         changes the round fetched."""
         c = self.client
+        if c.map_version != self.map_version:
+            self._restart()
+        mv = self.map_version
         calls = {
-            i: ("feed_next", (self.db, self.table, cur + 1, self.target, self.columns, wait_s))
+            i: ("feed_next", (self.db, self.table, cur + 1, self.target, self.columns, wait_s, mv))
             for i, cur in self.cursor.items()
         }
         with paused_gc():  # decoding the shards' tails makes many objects that live on
-            got = fanout.raise_first(c.shards.call_each(calls, c.retry_s))
+            answers = c.shards.call_each(calls, c.retry_s)
+        if any(isinstance(r, Moved) for r in answers.values()):
+            c.refresh_route()  # slots moved: the next round reads by the new map
+            return [], 0
+        got = fanout.raise_first(answers)
         views = {i: v for i, (v, _, _) in got.items() if v is not None}
         if views:
             fanout.check_same_schema(views)
@@ -95,6 +110,15 @@ class LiveFeed:
         self.pending = merged[cut:]
         self._check()
         return merged[:cut], fetched
+
+    def _restart(self) -> None:
+        """The slot map changed: a slot's changes now come from another shard, whose cursor
+        may be past or behind the old owner's. Every shard reads again from the watermark
+        (everything at or below it was emitted; what was held above it is fetched again)."""
+        w = self.watermark
+        self.cursor = dict.fromkeys(self.cursor, w)
+        self.pending = []
+        self.map_version = self.client.map_version
 
     def _classified(self, reader: Any, view: ReadView, before: ReadView | None) -> list[tuple]:
         """A shard's window as (change, pre-image) pairs, classified, in (ts, key) order."""

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from coordinator.client import fanout
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
+from dn.errors import Moved
 from dn.read import arrowfeed, arrowstream, cdc
 from dn.read.arrow import to_batches
 from dn.read.arrowscan import arrow_path, merge_shards, scan_table
@@ -51,10 +52,18 @@ def views(
     s = to_timestamp(snap)  # the shards check the columns before they promise anything
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
-    with paused_gc():  # decoding the shards' tails makes many objects that live on
-        got = fanout.fetch_views(
-            client.shards, db, table, s, from_ts, client.retry_s, None, cols, arrow
-        )
+    for attempt in range(fanout.MOVED_READ_ATTEMPTS):
+        try:
+            with paused_gc():  # decoding the shards' tails makes many objects that live on
+                got = fanout.fetch_views(
+                    client.shards, db, table, s, from_ts, client.retry_s, None, cols, arrow,
+                    client.map_version,
+                )  # fmt: skip
+            break
+        except Moved:  # slots moved since this client fetched the map
+            if attempt + 1 == fanout.MOVED_READ_ATTEMPTS:
+                raise
+            client.refresh_route()
     fanout.check_same_schema(got)
     client.observe(got[0].snapshot)
     return got
@@ -156,10 +165,17 @@ def feed_views(
     s = to_timestamp(snapshot)
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
-    args = (db, table, s, f, columns) + ((True,) if arrow else ())
-    calls = {i: ("feed_views", args) for i in range(len(client.shards))}
-    with paused_gc():  # decoding the shards' tails makes many objects that live on
-        pairs = fanout.raise_first(client.shards.call_each(calls, client.retry_s))
+    for attempt in range(fanout.MOVED_READ_ATTEMPTS):
+        args = (db, table, s, f, columns, arrow, client.map_version)
+        calls = {i: ("feed_views", args) for i in range(len(client.shards))}
+        try:
+            with paused_gc():  # decoding the shards' tails makes many objects that live on
+                pairs = fanout.raise_first(client.shards.call_each(calls, client.retry_s))
+            break
+        except Moved:  # slots moved since this client fetched the map
+            if attempt + 1 == fanout.MOVED_READ_ATTEMPTS:
+                raise
+            client.refresh_route()
     got = {i: v for i, (v, _) in pairs.items()}
     fanout.check_same_schema(got)
     client.observe(got[0].snapshot)

@@ -21,7 +21,7 @@ twice, and either answer is kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from coordinator.client.slots import SlotMap
@@ -103,6 +103,16 @@ class TableCache:
                     database=db,
                     table=table,
                 )
+
+    def refresh_route(self) -> SlotMap:
+        """Fetch the slot map again (slots moved); every cached table routes by the new one."""
+        route = SlotMap.from_record(
+            self._coord.call("slot_map", retry_s=self._retry_s), len(self._shards)
+        )
+        if route.version >= self.route.version:
+            self.route = route
+            self._tables = {k: replace(t, route=route) for k, t in self._tables.items()}
+        return self.route
 
     def forget(self, db: str, table: str) -> None:
         self._tables.pop((db, table), None)

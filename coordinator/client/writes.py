@@ -10,8 +10,11 @@ part refused with :class:`dn.errors.StaleTable` (the table was dropped and creat
 client cached it) makes the client look the table up again, validate the batch against the new
 definition and send the parts that did not commit, as new parts with new tokens (made for the new
 table: a part of the old one that did commit stays with the table it was made for); at most
-:data:`ATTEMPTS` times in all. Any other failure is raised, with ``details["committed"]`` = {shard:
-ts} for the parts that did commit.
+:data:`ATTEMPTS` times in all. A part refused with :class:`dn.errors.Moved` (its slots moved to
+another shard, or are moving: nothing of it was written) makes the client fetch the slot map
+again and send the rows that did not commit, split by the new map, as new parts, waiting out a
+move in progress (for ``retry_s``). Any other failure is raised, with
+``details["committed"]`` = {shard: ts} for the parts that did commit.
 
 Also here, shared with the buffered writer (:mod:`coordinator.client.writer`): the causality
 token (:class:`Causality`) and the batch limits of the deployment (:class:`Limits`).
@@ -23,13 +26,14 @@ Any thread.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coordinator.client.routing import Batch, split
-from coordinator.client.tables import TableCache
-from dn.errors import DNError, InvalidArgument, NotFound, StaleTable
+from coordinator.client.routing import Batch, ShardPart, split
+from coordinator.client.tables import RoutedTable, TableCache
+from dn.errors import DNError, InvalidArgument, Moved, NotFound, StaleTable
 from dn.schema import TableDef
 from dn.write.tokens import TokenMinter
 from shards.shard import ShardService
@@ -41,6 +45,10 @@ if TYPE_CHECKING:
 WRITE_PART = ShardService.write_part.__name__
 #: Sends of one batch at most: the first, and one per redefinition of the table met.
 ATTEMPTS = 3
+#: The first wait after a part was refused because its slots moved or are moving (doubled
+#: each time, up to MOVED_WAIT_MAX_S, for the shard calls' ``retry_s`` in all).
+MOVED_WAIT_S = 0.01
+MOVED_WAIT_MAX_S = 0.5
 
 
 class Causality:
@@ -89,34 +97,66 @@ def write_batch(
     every part at once, each with a token from ``tokens``; returns {shard: commit ts}. See the
     module docstring."""
     done: dict[int, int] = {}
+    sent: set = set()  # keys of the rows whose parts committed (kept after a partial failure)
     errors: dict[int, BaseException] = {}
-    for attempt in range(ATTEMPTS):
-        routed = tables.get(db, table, refresh=attempt > 0)
+    stale = moved = 0
+    deadline = time.monotonic() + retry_s
+    while True:
+        routed = tables.get(db, table, refresh=stale + moved > 0)
         try:
-            shares = split(validate(routed.table), routed.route)
+            batch = validate(routed.table)
         except DNError as exc:  # only after a redefinition: the batch fits the old table
             raise with_committed(exc, done) from None
+        if sent:
+            batch = without(routed.table, batch, sent)
+        shares = split(batch, routed.route)
         after = causality.token
         calls = {
             s: (WRITE_PART, routed.part(s, share, after, tokens.mint()).to_call())
             for s, share in shares.items()
-            if s not in done
         }
         results = shards.call_each(calls, retry_s)
         for s, r in results.items():
             if isinstance(r, int):
-                done[s] = r
+                done[s] = max(r, done.get(s, 0))
                 causality.observe(r)
         errors = {s: r for s, r in results.items() if isinstance(r, BaseException)}
         if not errors:
             return done
-        other = {s: e for s, e in errors.items() if not isinstance(e, StaleTable)}
+        other = {s: e for s, e in errors.items() if not isinstance(e, StaleTable | Moved)}
         if other:
             first = other[min(other)]
             if isinstance(first, NotFound):
                 tables.forget(db, table)
             raise with_committed(first, done)
+        sent.update(k for s in results if s not in errors for k in share_keys(routed, shares[s]))
+        if any(isinstance(e, Moved) for e in errors.values()):
+            # slots moved, or are moving: refresh the map, and wait out a move in progress
+            moved += 1
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(MOVED_WAIT_MAX_S, MOVED_WAIT_S * 2 ** min(moved, 8)))
+            tables.refresh_route()
+        else:
+            stale += 1
+            if stale >= ATTEMPTS:
+                break
     raise with_committed(errors[min(errors)], done)
+
+
+def share_keys(routed: RoutedTable, share: ShardPart) -> list:
+    """The primary keys of a share's rows and deletes, hashable (composite keys as tuples)."""
+    keys = routed.table.column_keys(share.cols) + list(share.deletes)
+    return [tuple(k) if isinstance(k, list) else k for k in keys]
+
+
+def without(table: TableDef, batch: Batch, keys: set) -> Batch:
+    """``batch`` without the rows and deletes of ``keys`` (those already committed)."""
+    own = [tuple(k) if isinstance(k, list) else k for k in batch.keys]
+    rows = [i for i in range(batch.nrows) if own[i] not in keys]
+    dels = [k for k, h in zip(batch.deletes, own[batch.nrows :]) if h not in keys]
+    cols = [[c[i] for i in rows] for c in batch.cols] if rows else []
+    return Batch(cols, len(rows), table.column_keys(cols) + dels, batch.int64_key)
 
 
 def reusable(values: Any) -> Any:

@@ -12,7 +12,8 @@ version ``VERSION`` = 2; map keys in the order written)::
              "ranges": [[from, to], ...],        committed range objects, ascending, contiguous
              "checkpoints": [ts, ...],           live checkpoints, ascending
              "log_low_seq": int,                 first log object recovery must read
-             "ceiling": int}                     the timestamp ceiling (format version 2)
+             "ceiling": int,                     the timestamp ceiling (format version 2)
+             "moves": [move, ...]}               slot moves (format version 3; dn.moves)
 
 ``version`` is the number in the object's key (a reader checks it); ``epoch`` the incarnation
 that wrote it. Contiguous: each range's ``from`` is the ``to`` of the one before it plus one.
@@ -20,9 +21,11 @@ that wrote it. Contiguous: each range's ``from`` is the ``to`` of the one before
 above it (:mod:`dn.upkeep.ceiling`, decision 0013); it never decreases from one version to
 the next (:meth:`Manifest.commit` and :meth:`Manifest.open_epoch` keep the larger).
 
-Versions read (``READ_VERSIONS``): 2, and 1, the same body without ``ceiling`` (written before
-the ceiling existed; read as ceiling 0: recovery then derives the clock from the contents
-alone). A version-2 body without ``ceiling`` is corrupt.
+A version with slot moves (:class:`dn.moves.Move`, ``Move.to_wire``) is written as format
+version 3, one without as version 2 (a shard that never took part in a move writes what it
+always did). Versions read (``READ_VERSIONS``): 3, 2, and 1, the same body without
+``ceiling`` (written before the ceiling existed; read as ceiling 0: recovery then derives the
+clock from the contents alone). A version-2 body without ``ceiling`` is corrupt.
 
 The current manifest is the newest version. Listings may be stale (an eventually consistent
 store, or one that lists from a lagging index): ``load`` reads past the end of a listing, key by
@@ -52,6 +55,7 @@ from dn.errors import (
     ObjectNotFound,
     Unavailable,
 )
+from dn.moves import Move
 from dn.objects import codec
 from dn.store.base import ObjectStore
 
@@ -59,8 +63,10 @@ log = logging.getLogger(__name__)
 
 #: The format version written: its body carries the timestamp ceiling.
 VERSION = 2
+#: The format version written when the shard has slot moves (its body carries them).
+VERSION_MOVES = 3
 #: The format versions read: 1 as well (no ceiling: read as 0).
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,7 @@ class ManifestState:
     checkpoints: tuple[int, ...] = ()
     log_low_seq: int = 0
     ceiling: int = 0
+    moves: tuple[Move, ...] = ()
 
     @property
     def max_range(self) -> int | None:
@@ -85,10 +92,12 @@ class ManifestState:
             "checkpoints": list(self.checkpoints),
             "log_low_seq": self.log_low_seq,
             "ceiling": self.ceiling,
+            **({"moves": [m.to_wire() for m in self.moves]} if self.moves else {}),
         }
 
     def encode(self, shard: int) -> bytes:
-        return codec.encode(codec.KIND_MANIFEST, self.to_body(shard), VERSION)
+        version = VERSION_MOVES if self.moves else VERSION
+        return codec.encode(codec.KIND_MANIFEST, self.to_body(shard), version)
 
     @classmethod
     def from_body(cls, body: dict, version: int = VERSION) -> ManifestState:
@@ -102,6 +111,7 @@ class ManifestState:
             tuple(body["checkpoints"]),
             body["log_low_seq"],
             ceiling,
+            tuple(Move.from_wire(w) for w in body["moves"]) if version >= 3 else (),
         )
 
     def _check(self) -> None:

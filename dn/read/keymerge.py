@@ -52,6 +52,9 @@ def planned_ranges(
         ranges.extend(reader.checkpoint(plan.checkpoint).tables.get(t.id, ()))
     stats = view.range_stats
     ranges.extend(zip(plan.ranges, stats if stats is not None else [_UNKNOWN] * len(plan.ranges)))
+    if plan.own is not None:  # slots moved (dn.moves): own objects read filtered, then refs
+        ranges = [((r[0], r[1], plan.own), st) for r, st in ranges]
+    ranges.extend((r, _UNKNOWN) for r in plan.refs)
     out = []
     for i, (r, st) in enumerate(ranges):
         if st is _UNKNOWN:

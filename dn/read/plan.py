@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dn.errors import InvalidArgument
 from dn.timestamps import to_timestamp
@@ -38,6 +39,11 @@ class Plan:
     ranges: tuple[tuple[int, int], ...]
     max_range: int | None
     tail: tuple[int, int] | None
+    #: Once slots moved (:mod:`dn.moves`): the filter the shard's own objects are read
+    #: through (:class:`dn.read.slotfilter.SlotFilter`), and the filtered objects read after
+    #: them, ``(from, to, SlotFilter)``, in order (Reader.range_keys). None and (): none.
+    own: Any = None
+    refs: tuple = ()
 
 
 def _check_ts(name: str, ts: object) -> int:

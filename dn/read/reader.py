@@ -24,6 +24,7 @@ from dn.objects import codec, rangeobj, rangeparts
 from dn.read.cache import ObjectCache
 from dn.read.plan import Plan
 from dn.read.run import Run, Runs
+from dn.read.slotfilter import FilteredArrow, FilteredRange
 from dn.schema import TableDef
 from dn.store.base import ObjectStore
 
@@ -45,8 +46,18 @@ class Reader:
 
         return self.cache.get(key, load)
 
-    def range(self, r: tuple[int, int]) -> rangeobj.RangeObject:
-        key = codec.range_key(self._shard, r[0], r[1])
+    def range(self, r: tuple) -> Any:
+        """Range ``(from, to)`` of this shard, or ``(from, to, SlotFilter)``: that object (of
+        the filter's shard) as the filter reads it (:mod:`dn.read.slotfilter`)."""
+        if len(r) > 2:
+            f = r[2]
+            inner = self._range(f.shard, r)
+            fkey = f"{codec.range_key(f.shard, r[0], r[1])}#{f.digest}"
+            return self.cache.get(fkey, lambda: (FilteredRange(inner, f), 1 + inner.nbytes // 4))
+        return self._range(self._shard, r)
+
+    def _range(self, shard: int, r: tuple) -> rangeobj.RangeObject:
+        key = codec.range_key(shard, r[0], r[1])
 
         def load():
             data = self._store.get(key)
@@ -54,24 +65,35 @@ class Reader:
 
         return self.cache.get(key, load)
 
-    def range_uncached(self, r: tuple[int, int]) -> rangeobj.RangeObject:
+    def range_uncached(self, r: tuple) -> Any:
         """:meth:`range` without filling the cache: the cached object if there is one, else
         fetched and decoded for the caller alone (a streaming scan drops it once passed)."""
-        key = codec.range_key(self._shard, r[0], r[1])
+        f = r[2] if len(r) > 2 else None
+        key = codec.range_key(self._shard if f is None else f.shard, r[0], r[1])
         found = self.cache.peek(key)
-        return found if found is not None else rangeobj.decode(self._store.get(key), key)
+        ro = found if found is not None else rangeobj.decode(self._store.get(key), key)
+        return ro if f is None else FilteredRange(ro, f)
 
-    def range_parts(self, r: tuple[int, int], table_id: int) -> Any:
+    def range_parts(self, r: tuple, table_id: int) -> Any:
         """Table ``table_id`` of range ``r`` to read one part at a time
         (:meth:`dn.objects.rangecols.ArrowTable.row_parts` / ``del_parts``): the cached
         object's, else from the store with ranged reads (:func:`dn.objects.rangeparts.open_table`,
         the object is not fetched whole). None: the object holds no such table; False: it is of
         format 4 or older and not cached (read it with :meth:`range_uncached`)."""
-        key = codec.range_key(self._shard, r[0], r[1])
+        f = r[2] if len(r) > 2 else None
+        if f is not None:
+            if table_id != f.table_id:
+                return None
+            table_id = f.object_table_id
+        key = codec.range_key(self._shard if f is None else f.shard, r[0], r[1])
         found = self.cache.peek(key)
         if found is not None:
-            return found.arrow(table_id)
-        return rangeparts.open_table(self._store, key, table_id)
+            stored = found.arrow(table_id)
+        else:
+            stored = rangeparts.open_table(self._store, key, table_id)
+        if f is None or stored is None or stored is False:
+            return stored
+        return FilteredArrow(stored, f)
 
     def runs(self, table: TableDef, plan: Plan, tail: Sequence[Run], key: Any = None) -> Runs:
         """The runs of ``table`` the plan names, oldest first, each with its newest ts. For a
@@ -85,9 +107,10 @@ class Reader:
         out.extend((run, hi) for run in tail if len(run))
         return out
 
-    def range_keys(self, table: TableDef, plan: Plan, key: Any = None) -> list[tuple[int, int]]:
+    def range_keys(self, table: TableDef, plan: Plan, key: Any = None) -> list[tuple]:
         """The ranges (from, to) of the plan that may hold ``table``'s versions, oldest
-        first (:meth:`runs` without fetching them; a scan into Arrow reads the objects)."""
+        first (:meth:`runs` without fetching them; a scan into Arrow reads the objects); once
+        slots moved, with their filters, and then the plan's filtered objects (``refs``)."""
         ranges: list[tuple[int, int]] = []
         if plan.checkpoint is not None:
             cp = self.checkpoint(plan.checkpoint)
@@ -100,4 +123,7 @@ class Reader:
                     continue
                 ranges.append(r)
         ranges.extend(plan.ranges)
+        if plan.own is not None:
+            ranges = [(a, b, plan.own) for a, b in ranges]
+        ranges.extend(plan.refs)
         return ranges

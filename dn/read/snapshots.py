@@ -25,12 +25,15 @@ Not here: fetching objects, merging versions, anything that writes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+from dn import moves
 from dn.errors import FutureSnapshot, InvalidArgument
 from dn.read.plan import Plan, check_from_ts, range_plan, snapshot_plan
 from dn.read.rows import projection
 from dn.read.run import Run
+from dn.read.slotfilter import NO_HI, SlotFilter
 from dn.read.view import ReadView
 from dn.schema import TableDef
 from dn.state import ShardState
@@ -137,12 +140,15 @@ class Snapshots:
         from_ts: int | None = None,
         durable: bool = True,
         keys: Sequence[Any] | None = None,
+        map_version: int | None = None,
     ) -> ReadView:
         """The plan and in-memory tail for one read of ``db.table`` at ``snapshot`` (and,
         for a change feed, from ``from_ts``). Readers in other processes materialize it.
         ``durable=False``: the caller checks more and calls :meth:`promise` itself. ``keys``:
         a point read of those keys (checked here): the tail holds only their versions, found
-        through the buffers' key index (``TableBlock.lookup``), not the whole tail."""
+        through the buffers' key index (``TableBlock.lookup``), not the whole tail.
+        ``map_version``: the slot map the reader routes by, once slots moved (:mod:`dn.moves`;
+        None: the moves done here)."""
         if from_ts is not None:
             check_from_ts(from_ts)
         with self._s.cv:
@@ -159,6 +165,8 @@ class Snapshots:
                 plan = snapshot_plan(self._s.ranges, self._s.checkpoints, s)
             else:
                 plan = range_plan(self._s.ranges, self._s.checkpoints, s, from_ts)
+            if self._s.moves:
+                plan = moved_plan(self._s, plan, tdef, s, from_ts, map_version)
             buffers = [*self._s.frozen, self._s.mutable] if plan.tail is not None else []
             stats = self._s.stats  # every live range's (ShardState._check)
             known = from_ts is None and all(r in stats for r in plan.ranges)
@@ -179,7 +187,7 @@ class Snapshots:
                         tail.append(run)
         if durable:
             self.promise(s)
-        return ReadView(tdef, s, plan, tuple(tail), from_ts, spans)
+        return ReadView(tdef, s, plan, tuple(tail), from_ts, spans, map_version=map_version)
 
     def checked_view(
         self,
@@ -190,13 +198,14 @@ class Snapshots:
         columns: list[str] | None = None,
         keys: tuple = (),
         bounds: tuple = (),
+        map_version: int | None = None,
     ) -> tuple[ReadView, list]:
         """:meth:`read_view` for a read in this process, with its ``columns``, ``keys`` and
         key ``bounds`` (None: unbounded) checked against the table before the promise is made
         durable; returns the view and the checked keys and bounds. With ``keys``, the view is a
         point read's (its tail holds only their versions)."""
         point = list(keys) if keys else None
-        view = self.read_view(db, table, snapshot, from_ts, durable=False, keys=point)
+        view = self.read_view(db, table, snapshot, from_ts, False, point, map_version)
         t = view.table
         checked = [t.check_key(k) for k in keys]
         checked += [None if b is None else t.check_key(b) for b in bounds]
@@ -247,6 +256,36 @@ class Snapshots:
             out = self._s.catalog.table_at(db, table, s)
         self.promise(s)
         return out
+
+
+def moved_plan(
+    st: ShardState,
+    plan: Plan,
+    t: TableDef,
+    s: int,
+    from_ts: int | None,
+    map_version: int | None,
+) -> Plan:
+    """``plan`` once slots moved (:mod:`dn.moves`): the own objects read through a filter that
+    leaves out the moved slots, then for each in move that is some slots' latest, its sources
+    and the own objects above its H, filtered to those slots."""
+    rs = moves.read_slots(st.moves, s, map_version, st.shard)
+    if rs.plain:
+        return plan
+    me, n, pk = st.shard, rs.count, t.pk_pos
+    own = SlotFilter(n, rs.moved, False, 0, NO_HI, me, t.id, t.id, pk)
+    refs: list[tuple] = []
+    lo_ts = 0 if from_ts is None else from_ts
+    for here, sources, h, m in rs.after:
+        ids = {(q, mine): theirs for q, mine, theirs in m.tables}
+        for slots, (q, f, to, lo, hi) in sources:
+            tid = t.id if q == me else ids.get((q, t.id))
+            if tid is not None and f <= s and to >= lo_ts:
+                refs.append((f, to, SlotFilter(n, slots, True, lo, hi, q, t.id, tid, pk)))
+        for f, to in st.ranges:
+            if to > h and f <= s and to >= lo_ts:
+                refs.append((f, to, SlotFilter(n, here, True, h, NO_HI, me, t.id, t.id, pk)))
+    return replace(plan, own=own, refs=tuple(refs))
 
 
 def _key_runs(buffers: list, table_id: int, keys: list, window: tuple | None) -> list[Run]:

@@ -60,6 +60,8 @@ class ReadView:
     #: The tail as Arrow instead of ``tail`` (which is then empty), for the Arrow read paths
     #: (:func:`dn.read.arrowscan.arrow_tail`): (versions, deletes, sorted by pk) per run.
     arrow_tail: tuple | None = None
+    #: The slot map version the reader routes by (:mod:`dn.moves`; None: the moves done).
+    map_version: int | None = None
 
 
 def view_runs(reader: Reader, view: ReadView, key: Any = None) -> Runs:
@@ -135,8 +137,10 @@ def before_view(read_view: Any, view: ReadView) -> ReadView | None:
     if view.from_ts <= 1:
         return None
     t = view.table
+    # once slots moved, by the slot map the feed was read by (dn.moves)
+    routing = {} if view.map_version is None else {"map_version": view.map_version}
     try:
-        before = read_view(t.db, t.name, view.from_ts - 1)
+        before = read_view(t.db, t.name, view.from_ts - 1, **routing)
     except (NotFound, InvalidArgument):
         return None
     return before if before.table.id == t.id else None

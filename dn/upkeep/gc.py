@@ -1,11 +1,12 @@
 """Garbage collection of one shard's objects in the store.
 
-An object is live when the shard's *current* manifest (read afresh from the store) references
-it: its range objects, its checkpoints, the newest ``keep_manifests`` manifest versions, and
-(for the log, which :mod:`dn.write.log` truncates itself) nothing here. Everything else under the
-shard's ``00/``, ``10/`` and ``20/`` prefixes is garbage: inputs of finished compactions,
-checkpoints that fell out of the window, old manifest versions, and orphans of flushes or
-compactions that crashed before their commit.
+An object is live when the shard's *current* manifest (read afresh from the store) references it:
+its range objects, the range objects its slot moves handed over or took over (:func:`dn.moves.kept`:
+other shards read them), its checkpoints, the newest ``keep_manifests`` manifest versions, and (for
+the log, which :mod:`dn.write.log` truncates itself) nothing here. Everything else under the shard's
+``00/``, ``10/`` and ``20/`` prefixes is garbage: inputs of finished compactions, checkpoints that
+fell out of the window, old manifest versions, and orphans of flushes or compactions that crashed
+before their commit.
 
 Grace. A key is deleted only after it has been seen unreferenced for ``grace_s`` seconds, so a
 reader holding a plan (which fetches its objects when the read starts) never finds them gone,
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from dn import moves
 from dn.errors import Fenced, Unavailable
 from dn.objects import codec
 from dn.objects.manifest import Manifest
@@ -49,6 +51,8 @@ class Collector:
         deletion. ``version``: the newest manifest version the caller knows is committed."""
         state = self._current(epoch, version)
         live = {codec.range_key(self.shard, a, b) for a, b in state.ranges}
+        # and those slot moves handed over (dn.moves): another shard reads them
+        live |= {codec.range_key(self.shard, a, b) for a, b in moves.kept(state.moves, self.shard)}
         live |= {codec.checkpoint_key(self.shard, c) for c in state.checkpoints}
         live |= {
             codec.manifest_key(self.shard, v)

@@ -125,6 +125,12 @@ class Upkeep:
                 if state is not None:
                     self._adopt(state, garbage)
 
+    def commit_moves(self, update) -> None:
+        """Commit the manifest's slot moves as ``update(moves)`` (:mod:`dn.upkeep.handoff`)."""
+        with self._s.flush_lock:
+            self._settle_manifest()
+            self._commit(lambda m: replace(m, moves=update(m.moves)), garbage=True)
+
     def _settle_manifest(self) -> None:
         """Under the flush lock, before writing any object: if an earlier manifest commit
         failed in an unknown way, read the manifest back and adopt it, so that nothing
@@ -148,6 +154,8 @@ class Upkeep:
             self._s.ranges = list(state.ranges)
             self._s.checkpoints = list(state.checkpoints)
             self._s.ceiling = max(self._s.ceiling, state.ceiling)  # that version is committed
+            if state.moves is not self._s.moves:
+                self._s.set_moves_locked(state.moves)
             top = state.max_range
             while self._s.frozen and top is not None and self._s.frozen[0].to_ts <= top:
                 self._s.frozen.pop(0)  # its range object is committed

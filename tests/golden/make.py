@@ -56,6 +56,7 @@ from dn.catalog import (
     WRITE_OPS,
     Catalog,
 )
+from dn.moves import IN, OUT, Group, Move
 from dn.objects import checkpoint as ckpt
 from dn.objects import codec, decision, rangeobj
 from dn.objects.manifest import Manifest, ManifestState
@@ -63,7 +64,7 @@ from dn.store.locallog import LocalLogStore
 from dn.store.memory import MemoryStore
 from dn.write.buffer import Buffer
 from dn.write.log import Log, encode_command
-from dn.write.tokens import make_token
+from dn.write.tokens import make_token, pack_entries
 
 HERE = Path(__file__).resolve().parent
 
@@ -243,10 +244,23 @@ def checkpoint_object() -> bytes:
     )
 
 
-def manifest_version() -> bytes:
+#: Two slot moves of shard 7 (dn.moves): slots 3-5 and 9 given to shard 2 at 107 (map version
+#: 4, done), then slot 9 taken back from shard 2 at 108 (map version 5, pending), with shard
+#: 2's objects and table ids and its committed write token.
+MOVES = (
+    Move(4, OUT, 2, 16, frozenset({3, 4, 5, 9}), 107, True,
+         (Group(frozenset({3, 4, 5, 9}), ((SHARD, RANGE_FROM, CHECKPOINT_TS, 0, 107),)),)),
+    Move(5, IN, 2, 16, frozenset({9}), 108, False,
+         (Group(frozenset({9}), ((SHARD, RANGE_FROM, CHECKPOINT_TS, 0, 107),
+                                 (2, 100, 108, 107, 108))),),
+         ((2, 101, 103),), pack_entries([(106, TOKEN)])),
+)  # fmt: skip
+
+
+def manifest_version(moves: bool = False) -> bytes:
     """Manifest version 3: epoch 1 opened (version 1), epoch 2 opened (version 2), then epoch
     2 committed the range object, the checkpoint, the log's new low seq and its timestamp
-    ceiling (version 3)."""
+    ceiling (version 3); with ``moves``, and :data:`MOVES` (format version 3)."""
     store = MemoryStore()
     Manifest(store, SHARD).open_epoch()
     m = Manifest(store, SHARD)
@@ -259,6 +273,7 @@ def manifest_version() -> bytes:
             checkpoints=(CHECKPOINT_TS,),
             log_low_seq=LOG_LOW_SEQ,
             ceiling=CEILING,
+            moves=MOVES if moves else (),
         )
 
     state = m.commit(update)
@@ -314,6 +329,7 @@ def build_all() -> dict[str, bytes]:
     out["range.bin"] = range_object()[0]
     out["checkpoint.bin"] = checkpoint_object()
     out["manifest.bin"] = manifest_version()
+    out["manifest_moves.bin"] = manifest_version(moves=True)
     out["cluster.bin"] = cluster_record(slots=False)
     out["cluster_slots.bin"] = cluster_record()
     for name, data in segments(logs).items():

@@ -1,0 +1,156 @@
+"""Range objects read filtered by slot and time: how a shard reads its own objects once slots
+moved, and the objects it references (:mod:`dn.moves`, decision 0018).
+
+A :class:`SlotFilter` names one reading of one range object for one table: the object's shard
+(its key is ``20/<shard>/<from>_<to>``), the table's id in that object (another shard's id of
+the same table, for a reference), and which row versions count: those whose key's slot is in
+``slots`` (``keep``) or not in it (not ``keep``), with ``lo < ts <= hi``. A read plan names a
+filtered object as ``(from, to, SlotFilter)`` beside the plain ``(from, to)`` of an own object
+(:class:`dn.read.plan.Plan`, ``own`` and ``refs``); :class:`dn.read.reader.Reader` reads it as a
+:class:`FilteredRange`, which gives the same runs and Arrow tables as a range object, with only
+the versions the filter keeps, under the reading shard's table id.
+
+Filtering hashes each key (:mod:`dn.slots`): with numpy for one int64 key column, else one
+``crc32`` of its msgpack per key. Pure functions over immutable objects; any thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dn.objects.rangecols import TS
+from dn.read.run import Run
+from dn.slots import arrow_slots, key_slots, pack_set
+
+#: No upper bound on ts.
+NO_HI = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SlotFilter:
+    """One filtered reading of a range object (module docstring)."""
+
+    count: int
+    slots: frozenset[int]
+    keep: bool
+    lo: int
+    hi: int
+    shard: int
+    table_id: int  # the reading shard's id of the table
+    object_table_id: int  # the object's id of it
+    pk_pos: tuple[int, ...]
+    digest: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        h = hashlib.blake2b(digest_size=12)
+        h.update(repr((self.count, pack_set(self.slots), self.keep, self.lo, self.hi)).encode())
+        h.update(repr((self.shard, self.table_id, self.object_table_id, self.pk_pos)).encode())
+        object.__setattr__(self, "digest", h.hexdigest())
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def mask(self, slots: Any, ts: Any) -> np.ndarray:
+        """Which versions count, from their keys' slots and their ts (numpy arrays)."""
+        member = np.isin(slots, np.fromiter(self.slots, dtype=np.int64, count=len(self.slots)))
+        ok = member if self.keep else ~member
+        if self.lo > 0 or self.hi < NO_HI:
+            ts = np.asarray(ts, dtype=np.int64)
+            ok &= (ts > self.lo) & (ts <= self.hi)
+        return ok
+
+
+class FilteredRange:
+    """A range object as a filter reads it: its table's runs and Arrow tables, keeping only
+    the versions the filter keeps, under the reading shard's table id."""
+
+    __slots__ = ("inner", "f", "_run")
+
+    def __init__(self, inner: Any, f: SlotFilter) -> None:
+        self.inner, self.f = inner, f
+        self._run: Run | None = None
+
+    def __getattr__(self, name: str) -> Any:  # from_ts, to_ts, nbytes, ...
+        return getattr(self.inner, name)
+
+    @property
+    def table_ids(self) -> list[int]:
+        return [self.f.table_id] if self.f.object_table_id in self.inner.table_ids else []
+
+    def arrow(self, table_id: int) -> Any:
+        if table_id != self.f.table_id:
+            return None
+        t = self.inner.arrow(self.f.object_table_id)
+        return t if t is None or t is False else FilteredArrow(t, self.f)
+
+    def run(self, table_id: int, pk_pos: tuple[int, ...]) -> Run | None:
+        if table_id != self.f.table_id:
+            return None
+        if self._run is None:
+            run = self.inner.run(self.f.object_table_id, pk_pos)
+            self._run = None if run is None else filter_run(run, self.f)
+        return self._run
+
+
+def filter_run(run: Run, f: SlotFilter) -> Run:
+    """The versions of ``run`` that ``f`` keeps, in the same order."""
+    int64 = len(f.pk_pos) == 1 and bool(run.pks) and type(run.pks[0]) is int
+    keep = f.mask(np.asarray(key_slots(run.pks, f.count, int64), dtype=np.int64), run.ts)
+    idx = np.flatnonzero(keep).tolist()
+    dkeep = f.mask(np.asarray(key_slots(run.del_pks, f.count), dtype=np.int64), run.del_ts)
+    didx = np.flatnonzero(dkeep).tolist()
+    cols = run.cols if run.cols is not None else [list(c) for c in zip(*run.rows)]
+    return Run(
+        [run.pks[i] for i in idx],
+        [run.ts[i] for i in idx],
+        None,
+        [run.del_pks[i] for i in didx],
+        [run.del_ts[i] for i in didx],
+        sorted_by_pk=run.sorted_by_pk,
+        cols=[[c[i] for i in idx] for c in cols] if idx else [[] for _ in cols],
+    )
+
+
+def filter_table(t: pa.Table, f: SlotFilter, rows: bool) -> pa.Table:
+    """The rows of a stored table (row versions: the key at ``f.pk_pos``; deletes: the key's
+    columns first) that ``f`` keeps."""
+    if not t.num_rows:
+        return t
+    pos = f.pk_pos if rows else tuple(range(len(f.pk_pos)))
+    keys = [t.column(p).combine_chunks() for p in pos]
+    keep = f.mask(arrow_slots(keys, f.count), t.column(TS).to_numpy())
+    if keep.all():
+        return t
+    return t.filter(pa.array(keep))
+
+
+class FilteredArrow:
+    """A stored table (:class:`dn.objects.rangecols.ArrowTable`, or one read in parts) as a
+    filter reads it."""
+
+    __slots__ = ("t", "f", "composite")
+
+    def __init__(self, t: Any, f: SlotFilter) -> None:
+        self.t, self.f = t, f
+        self.composite = getattr(t, "composite", len(f.pk_pos) > 1)
+
+    def rows(self) -> pa.Table:
+        return filter_table(self.t.rows(), self.f, True)
+
+    def dels(self) -> pa.Table | None:
+        d = self.t.dels()
+        return None if d is None else filter_table(d, self.f, False)
+
+    def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
+        for p in self.t.row_parts(start, end):
+            yield filter_table(p, self.f, True)
+
+    def del_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
+        for p in self.t.del_parts(start, end):
+            yield filter_table(p, self.f, False)

@@ -1,0 +1,242 @@
+"""One shard's side of a slot move: giving slots away, taking them over, settling the move
+(issue 17; what a move is and means: :mod:`dn.moves`; the protocol: decision 0018).
+
+The coordinator drives a move of slots ``X`` from shard ``A`` to shard ``B`` as map version
+``id``; each step is idempotent (a retry after a lost answer does nothing twice):
+
+1. ``A.give(id, X, count, B)``: ``A`` refuses writes to ``X`` from now (in memory at once, so
+   no commit of ``X`` can take a timestamp above the ``H`` it is about to pick); ``H`` = its
+   clock, made a floor (every commit at or below it has landed, every intent at or below it
+   is decided: :meth:`dn.read.snapshots.Snapshots.advance_floor`); its buffers are written
+   out, so every version of ``X`` at or below ``H`` is in range objects; then the ``out`` move
+   is committed to its manifest (so a restarted ``A`` still refuses ``X``), and the handover
+   returned: the sources holding ``X``'s history (:func:`dn.moves.handover`), the table ids
+   they use, ``A``'s catalog (to match tables by name), its committed write tokens.
+2. ``B.take(id, A, X, count, handover)``: ``B``'s clock goes above ``H`` (durably: its ceiling
+   covers ``H``), so each commit of ``X`` on ``B`` is above ``H``; the ``in`` move is committed to
+   its manifest with the sources, the tables matched, and ``A``'s tokens (a write ``A``
+   committed and resent to ``B`` is answered with ``A``'s commit). ``B`` refuses writes to
+   ``X`` until the move is done.
+3. The coordinator's commit point: its cluster record's slot map version ``id``.
+4. ``A.settle(id, True)``, then ``B.settle(id, True)``: both mark the move done (``B`` then
+   takes writes to ``X``); ``settle(id, False)`` before the commit point removes it (``A``
+   takes writes to ``X`` again). A coordinator that restarts resolves a pending move from its
+   record: forward if the map version was committed, else back.
+
+Reads stay right throughout: a reader names its map version, and each shard reads by the
+moves up to it (:func:`dn.moves.read_slots`); before ``B`` takes writes no version of ``X``
+exists above ``H``, so the states before and after the move agree until then.
+
+Writes are checked here too (:func:`check_write_locked`): under the lock, at stamp time, a
+command touching a refused slot raises :class:`dn.errors.Moved`. Only a shard with refused
+slots hashes keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dn import moves
+from dn.catalog import OP_WRITE
+from dn.errors import InvalidArgument, Moved
+from dn.moves import IN, OUT, Group, Move
+from dn.slots import key_slots
+from dn.state import ShardState
+from dn.write.tokens import pack_entries, unpack_entries
+
+log = logging.getLogger(__name__)
+
+
+class Handoff:
+    """Give, take and settle slot moves on one shard (module docstring)."""
+
+    def __init__(self, state: ShardState, upkeep: Any, snapshots: Any) -> None:
+        self._s = state
+        self._up = upkeep
+        self._snap = snapshots
+
+    def give(self, move_id: int, slots: Any, count: int, to_shard: int) -> dict:
+        """Step 1 (module docstring): fence ``slots``, pick ``H``, write the buffers out,
+        record the out move; returns the handover (also for a move already recorded)."""
+        s = self._s
+        slots = frozenset(slots)
+        found = self._recorded(move_id, OUT)
+        if found is not None:
+            return self._handover(found)
+        with s.cv:
+            s.check_usable_locked()
+            self._check_count(count)
+            gone = slots & s.refused
+            if gone or not slots:
+                raise InvalidArgument(
+                    f"shard {s.shard} cannot give slots it does not hold now: {sorted(gone)[:16]}"
+                )
+            s.slot_count = count
+            s.fencing |= slots  # from now no commit of these slots takes a ts
+            s.refused |= slots
+            h = s.hlc.peek()
+        try:
+            h = self._snap.advance_floor(h)  # every commit at or below H landed, intents decided
+            self._up.freeze()
+            self._up.flush()  # every version at or below H is in a range object
+            with s.cv:
+                ranges = list(s.ranges)
+            groups = moves.handover(s.moves, slots, s.shard, ranges, h)
+            move = Move(move_id, OUT, to_shard, count, slots, h, False, groups)
+            self._up.commit_moves(lambda ms: (*ms, move))
+        finally:
+            with s.cv:  # recorded, or not: then the slots are this shard's again
+                s.fencing -= slots
+                s.set_moves_locked(s.moves)
+        log.info("shard %d: gives %d slots to shard %d at %d (move %d)",
+                 s.shard, len(slots), to_shard, h, move_id)  # fmt: skip
+        return self._handover(move)
+
+    def take(self, move_id: int, from_shard: int, slots: Any, count: int, handover: dict) -> int:
+        """Step 2 (module docstring): record the in move of ``slots`` from ``from_shard`` at
+        the handover's ``H``, with this shard's clock above it; returns ``H``."""
+        s = self._s
+        slots = frozenset(slots)
+        found = self._recorded(move_id, IN)
+        if found is not None:
+            return found.ts
+        h = handover["ts"]
+        with s.cv:
+            s.check_usable_locked()
+            self._check_count(count)
+            s.slot_count = count
+            s.hlc.advance(h)  # each later commit here is above H
+            s.fencing |= slots  # until the move is done
+            s.refused |= slots
+            mine = _by_name(s.catalog.tables())
+        try:
+            self._snap.promise(h)  # durable: a restart starts the clock above H too
+            theirs = {tid: tuple(key) for *key, tid in handover["catalog"]}
+            tables = tuple(
+                (q, mine[theirs[ptid]], qtid)
+                for q, ptid, qtid in handover["tables"]
+                if theirs.get(ptid) in mine
+            )
+            groups = tuple(Group.from_wire(g) for g in handover["groups"])
+            move = Move(move_id, IN, from_shard, count, slots, h, False, groups, tables,
+                        bytes(handover["tokens"]))  # fmt: skip
+            self._up.commit_moves(lambda ms: (*ms, move))
+        finally:
+            with s.cv:
+                s.fencing -= slots
+                s.set_moves_locked(s.moves)
+        with s.cv:
+            s.tokens.adopt(unpack_entries(move.tokens), s.tokens.floor(s.clock.now_ms()))
+        log.info("shard %d: takes %d slots from shard %d at %d (move %d)",
+                 s.shard, len(slots), from_shard, h, move_id)  # fmt: skip
+        return h
+
+    def settle(self, move_id: int, committed: bool) -> bool:
+        """Step 4 (module docstring): the move passed the coordinator's commit point (done)
+        or did not (removed). False when this shard has no such move (nothing to do)."""
+        found = next((m for m in self._s.moves if m.id == move_id), None)
+        if found is None or (committed and found.done):
+            return False
+        self._up.commit_moves(lambda ms: moves.settle(ms, move_id, committed))
+        return True
+
+    def status(self) -> dict:
+        """The moves and refused slots at a glance."""
+        with self._s.cv:
+            ms = self._s.moves
+            return {
+                "slot_count": self._s.slot_count,
+                "refused_slots": len(self._s.refused),
+                "moves": [
+                    {
+                        "id": m.id,
+                        "kind": m.kind,
+                        "peer": m.peer,
+                        "slots": len(m.slots),
+                        "ts": m.ts,
+                        "done": m.done,
+                        "sources": sum(len(g.sources) for g in m.groups),
+                    }  # fmt: skip
+                    for m in ms
+                ],
+                "pending_moves": [m.id for m in ms if not m.done],
+            }
+
+    def _recorded(self, move_id: int, kind: str) -> Move | None:
+        for m in self._s.moves:
+            if m.id == move_id:
+                if m.kind != kind:
+                    raise InvalidArgument(f"move {move_id} is recorded here as {m.kind!r}")
+                return m
+        return None
+
+    def _check_count(self, count: int) -> None:
+        if type(count) is not int or count < 1 or count > 1 << 16:
+            raise InvalidArgument(f"slot count {count!r} is not in 1..65536")
+        if self._s.slot_count and count != self._s.slot_count:
+            raise InvalidArgument(
+                f"slot count {count} differs from this shard's moves' {self._s.slot_count}"
+            )
+
+    def _handover(self, move: Move) -> dict:
+        """What ``take`` needs of an out move (module docstring)."""
+        s = self._s
+        with s.cv:
+            catalog = [[*key, tid] for key, tid in _by_name(s.catalog.tables()).items()]
+            tokens = pack_entries(s.tokens.snapshot())
+            ids = [t.id for t in s.catalog.tables()]
+            tables = [[s.shard, tid, tid] for tid in ids]
+            for m in s.moves:  # the ids of the sources of other shards this one hands on
+                if m.kind == IN:
+                    tables.extend([q, mine, theirs] for q, mine, theirs in m.tables)
+        return {
+            "id": move.id,
+            "ts": move.ts,
+            "groups": [g.to_wire() for g in move.groups],
+            "tables": tables,
+            "catalog": catalog,
+            "tokens": tokens,
+        }
+
+
+def _by_name(tables: list) -> dict[tuple, int]:
+    """Each table version's (db, name, how many versions of that name came before it) -> id:
+    how two shards, whose ids of a table differ (its create timestamp there), match them."""
+    seen: dict[tuple[str, str], int] = {}
+    out: dict[tuple, int] = {}
+    for t in sorted(tables, key=lambda t: t.create_ts):
+        n = seen.get((t.db, t.name), 0)
+        seen[(t.db, t.name)] = n + 1
+        out[(t.db, t.name, n)] = t.id
+    return out
+
+
+def check_write_locked(s: ShardState, p: Any) -> None:
+    """Under the lock, for a shard with refused slots: Moved when command ``p`` (a write or a
+    transaction's prepare) touches one of them."""
+    if p.txn is not None:
+        keys = [k for ks in p.txn.keys.values() for k in ks]
+    else:
+        t, data, dels = p.table, p.args[1], p.args[2]
+        if p.op == OP_WRITE:
+            pos = t.pk_pos
+            keys = (
+                [r[pos[0]] for r in data]
+                if len(pos) == 1
+                else [tuple(r[i] for i in pos) for r in data]
+            )
+        else:
+            keys = [k for cols in data for k in t.column_keys(cols)]
+        keys += list(dels)
+    if not keys:
+        return
+    int64 = all(type(k) is int for k in keys[:1])
+    hit = s.refused.intersection(key_slots(keys, s.slot_count, int64))
+    if hit:
+        raise Moved(
+            f"shard {s.shard}: slots {sorted(hit)[:16]} are not this shard's to write now (a "
+            "slot move gave them away or is in progress); refresh the slot map and retry",
+            shard=s.shard,
+            slots=sorted(hit)[:16],
+        )

@@ -1,0 +1,236 @@
+"""Slot moves through the cluster (issue 17, decision 0018): ``Client.move_slots`` while
+clients write and read, and a coordinator that dies at each step of a move.
+
+The whole cluster runs in-process (:mod:`tests.test_cluster_logic`'s shards and coordinator,
+every argument and answer pickled as Ray would): a model keeps each acknowledged write, and
+every read — by a client that knows of the moves and by one that does not yet (it must find
+out from the shards) — equals it at every recorded snapshot. No Ray.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+
+import pytest
+
+from coordinator.actor.service import CoordinatorService
+from coordinator.client.client import Client
+from coordinator.client.routing import shard_of
+from coordinator.config import ClusterConfig
+from dn.errors import Unavailable
+from shards.shard import ShardService
+from tests.test_cluster_logic import LocalCoordinator, LocalShards
+
+SCHEMA = {"k": "int64", "v": "string"}
+
+
+@pytest.fixture
+def cluster():
+    url = f"memory://moves-{uuid.uuid4().hex}"
+    cfg = ClusterConfig(store=url, shards=3)
+    services = [ShardService(url, i, cfg.engine.to_dict()) for i in range(3)]
+    shards = LocalShards(services)
+    coord = CoordinatorService(cfg.to_dict(), shards)
+    client = Client("local", coordinator=LocalCoordinator(coord), shards=shards)
+    client.create_database("db")
+    client.create_table("db", "t", SCHEMA, "k")
+    yield client, shards, coord, cfg
+    for s in services:
+        s.close()
+
+
+def _client(coord: CoordinatorService, shards: LocalShards) -> Client:
+    return Client("local", coordinator=LocalCoordinator(coord), shards=shards)
+
+
+class Model:
+    def __init__(self) -> None:
+        self.log: list[tuple[int, int, str | None]] = []  # (ts, key, value or None)
+        self.lock = threading.Lock()
+
+    def add(self, ts: int, ups: dict, dels: list) -> None:
+        with self.lock:
+            self.log += [(ts, k, v) for k, v in ups.items()] + [(ts, k, None) for k in dels]
+
+    def changes(self) -> list[tuple]:
+        """Every acknowledged change as (key, value or None), sorted: a write's parts on
+        different shards commit at different timestamps (the model keeps the newest), and
+        each value is written once, so a feed must hold exactly these."""
+        return sorted(((k, v) for _, k, v in self.log), key=repr)
+
+    def state(self, snapshot: int) -> dict:
+        out: dict = {}
+        for ts, k, v in sorted(self.log, key=lambda x: x[0]):
+            if ts <= snapshot:
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = v
+        return out
+
+
+def _changes(feed: list) -> list[tuple]:
+    """A feed as :meth:`Model.changes` lists the model's (each key's changes in ts order)."""
+    return sorted(((c.pk, None if c.row is None else c.row["v"]) for c in feed), key=repr)
+
+
+def _check(client: Client, model: Model, s: int) -> None:
+    want = model.state(s)
+    assert {r["k"]: r["v"] for r in client.scan("db", "t", s)} == want
+    got = client.scan_arrow("db", "t", s).to_pylist()
+    assert len(got) == len(want) and {r["k"]: r["v"] for r in got} == want
+    keys = list(range(0, 200, 7))
+    rows = client.get_many("db", "t", keys, s)
+    assert [None if r is None else r["v"] for r in rows] == [want.get(k) for k in keys]
+
+
+def test_reads_and_writes_stay_right_through_moves_also_for_a_client_that_missed_them(cluster):
+    client, shards, coord, _ = cluster
+    stale = _client(coord, shards)  # fetches the map once, before any move
+    stale.scan("db", "t")
+    model = Model()
+    rng = random.Random(1)
+    snaps = []
+    t0 = client.snapshot()
+    for step in range(30):
+        who = stale if step % 3 == 0 else client
+        ups = {k: f"v{step}-{k}" for k in rng.sample(range(200), 20)}
+        live = model.state(1 << 62)
+        dels = [k for k in rng.sample(range(200), 5) if k in live and k not in ups]
+        ts = who.write("db", "t", [{"k": k, "v": v} for k, v in ups.items()], dels)
+        model.add(ts, ups, dels)
+        if step % 4 == 1:
+            slots = rng.sample(range(client.info["slots"]["count"]), 300)
+            before = client.map_version
+            assert client.move_slots(slots, rng.randrange(3)) > before
+        if step % 5 == 4:
+            shards.services[rng.randrange(3)].flush()
+            snaps.append(client.snapshot())
+    snaps.append(client.snapshot())
+    for s in snaps:
+        _check(client, model, s)
+        _check(stale, model, s)
+    feed = list(stale.changes("db", "t", t0 + 1, snaps[-1]))
+    assert _changes(feed) == model.changes()
+    # each key is on the shard the map says, and nowhere else
+    route = client._tables().route
+    assert route.version > 0
+    for i, svc in enumerate(shards.services):
+        for row in svc.engine.scan("db", "t", snaps[-1]):
+            assert shard_of(row["k"], route) == i
+
+
+def test_writers_that_race_a_move_are_applied_once_each(cluster):
+    """Writers keep writing while slots move back and forth; every acknowledged write is in
+    the change feed exactly once, at the timestamp it was acknowledged with."""
+    client, shards, coord, _ = cluster
+    t0 = client.snapshot()
+    model = Model()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        c = _client(coord, shards)
+        i = 0
+        while not stop.is_set():
+            ups = {n * 10_000 + i: f"w{n}-{i}", (n * 10_000 + i * 7) % 50: f"x{n}-{i}"}
+            try:
+                ts = c.write("db", "t", [{"k": k, "v": v} for k, v in ups.items()])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+            model.add(ts, ups, [])
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    rng = random.Random(2)
+    count = client.info["slots"]["count"]
+    for _ in range(6):
+        client.move_slots(rng.sample(range(count), count // 4), rng.randrange(3))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    s = client.snapshot()
+    feed = list(client.changes("db", "t", t0 + 1, s))
+    assert _changes(feed) == model.changes()
+    last = {c.pk: c.row["v"] for c in sorted(feed, key=lambda c: c.ts)}
+    assert {r["k"]: r["v"] for r in client.scan("db", "t", s)} == last  # the feed's end state
+
+
+def test_a_move_that_fails_before_its_commit_point_is_undone(cluster):
+    client, shards, coord, _ = cluster
+    client.write("db", "t", [{"k": k, "v": "a"} for k in range(50)])
+    route = client._tables().route
+    slots = route.slots_of(0)[:100]
+    shards.down = {1}  # the new owner cannot take them
+    with pytest.raises(Unavailable):
+        client.move_slots(slots, 1)
+    # undone on the shard that gave them at once: it takes writes to them again
+    client.write("db", "t", [{"k": k, "v": "b"} for k in range(50) if shard_of(k, route) == 0])
+    shards.down = set()
+    assert coord.status()["move"] is not None  # the new owner was not told yet
+    coord.settle_moves()  # the next call (or the coordinator's minute loop) settles it
+    assert coord.status()["move"] is None
+    assert client.refresh_route() == route.version
+    client.write("db", "t", [{"k": k, "v": "b"} for k in range(50)])
+    assert {r["v"] for r in client.scan("db", "t")} == {"b"}
+
+
+@pytest.mark.parametrize("step", ["give", "take", "commit", "settle"])
+def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(cluster, step):
+    """The coordinator dies after ``step`` (its later calls never happen); a new coordinator
+    over the same store settles the move to before or after, and nothing is lost or doubled."""
+    client, shards, coord, cfg = cluster
+    model = Model()
+    ts = client.write("db", "t", [{"k": k, "v": "a"} for k in range(100)])
+    model.add(ts, {k: "a" for k in range(100)}, [])
+    route = client._tables().route
+    slots = route.slots_of(0)[:200]
+
+    class Died(Exception):
+        pass
+
+    calls = []
+    real = shards.call_each
+
+    def dying(batch, retry_s=0.0):
+        (method,) = {m for m, _ in batch.values()}
+        calls.append(method)
+        if step == "settle" and method == "settle_move":
+            raise Died()
+        out = real(batch, retry_s)
+        if method == {"give": "give_slots", "take": "take_slots"}.get(step):
+            raise Died()
+        return out
+
+    shards.call_each = dying
+    if step == "commit":
+        real_commit = coord._catalog.commit_move
+
+        def commit_then_die(smap):
+            real_commit(smap)
+            raise Died()
+
+        coord._catalog.commit_move = commit_then_die
+    with pytest.raises(Died):
+        coord.move_slots(slots, 1)
+    shards.call_each = real
+    committed = step in ("commit", "settle")
+    # writes to the moving slots wait for the move to be settled: none is lost meanwhile
+    restarted = CoordinatorService(cfg.to_dict(), shards)
+    assert restarted.status()["move"] is None
+    assert restarted.status()["slots"]["version"] == route.version + committed
+    c = Client("local", coordinator=LocalCoordinator(restarted), shards=shards)
+    ts = c.write("db", "t", [{"k": k, "v": "b"} for k in range(100)])
+    model.add(ts, {k: "b" for k in range(100)}, [])
+    s = c.snapshot()
+    _check(c, model, s)
+    for svc in shards.services:
+        assert svc.moves()["pending_moves"] == []
+    owners = {shard_of(k, c._tables().route) for k in range(100)}
+    assert (1 in owners) or not committed
