@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import arrow, cluster, raydata, report, txn, vs_delta, vs_slatedb
+from bench import arrow, cluster, raydata, report, reshard, txn, vs_delta, vs_slatedb
 from bench.harness import Figure, cpu_count, figure_from_json, progress
 
 GROUPS = {
@@ -31,6 +31,7 @@ GROUPS = {
     "txn": lambda quick: txn.run(quick, not NO_RAY),
     "arrow": lambda quick: arrow.run(quick),
     "raydata": lambda quick: raydata.run(quick, not NO_RAY),
+    "reshard": lambda quick: reshard.run(quick, not NO_RAY),
 }
 NO_RAY = False
 

@@ -21,8 +21,9 @@ its manifest (:mod:`dn.objects.manifest`), ``A`` as an ``out`` move, ``B`` as an
 move here is ``out`` (given away, or being given away), or an ``in`` not ``done`` yet.
 
 **Reads at snapshot S, for a client holding map version c.** The moves *applied* are those
-with ``id <= c`` (c None: the ``done`` ones). A ``done`` move not applied with ``H < S`` makes
-the read :class:`dn.errors.Moved` (the client's map is older than the move: refresh it). A slot
+with ``id <= c`` (c None: the ``done`` ones). A ``done`` move not applied makes the read
+:class:`dn.errors.Moved` (the client's map is older than the move: refresh it; the new map
+serves every snapshot, also those before the move, and the old owner may be retired). A slot
 is served, at every snapshot, by the shard the client's map names: the moves say where its
 history is. A read lists its sources in an order that puts each key's versions in ascending
 ts (readers let a later source's version win):
@@ -155,14 +156,14 @@ def read_slots(
     moves: tuple[Move, ...], snapshot: int, map_version: int | None, shard: int = -1
 ) -> ReadSlots:
     """The sources of a read at ``snapshot`` by a client holding ``map_version`` (module
-    docstring); raises Moved when that map is older than a move done here before it."""
+    docstring); raises Moved when that map is older than a move done here."""
     if not moves:
         return NONE
     applied = []
     for m in sorted(moves, key=lambda m: m.id):
         if (map_version is None and m.done) or (map_version is not None and m.id <= map_version):
             applied.append(m)
-        elif m.done and m.ts < snapshot:
+        elif m.done:  # an older map than a move done here: the new map serves every snapshot
             way = "to" if m.kind == OUT else "from"
             raise Moved(
                 f"shard {shard}: slot map version {m.id} moved slots {way} shard {m.peer} at "

@@ -64,6 +64,7 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
     s.ranges = list(state.ranges)
     s.checkpoints = list(state.checkpoints)
     s.set_moves_locked(state.moves)  # slot moves: the tokens taken over with them too
+    s.undone = frozenset(state.undone)
     for m in state.moves:
         s.tokens.adopt(unpack_entries(m.tokens), floor)
     max_range = state.max_range or 0

@@ -111,6 +111,7 @@ class ShardState:
         # slot moves this shard took part in (dn.moves; the manifest's, adopted with it), and
         # the slots a write may not touch because of them
         self.moves: tuple = ()
+        self.undone: frozenset[int] = frozenset()  # moves undone here (dn.upkeep.handoff)
         self.fencing: frozenset[int] = frozenset()  # being given or taken, not yet recorded
         self.refused: frozenset[int] = frozenset()
         self.slot_count = 0

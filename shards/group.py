@@ -235,6 +235,10 @@ class ShardGroup:
     def __len__(self) -> int:
         return self.shards
 
+    def resize(self, shards: int) -> None:
+        """Call ``shards`` shards from now (a reshard changed the count)."""
+        self.shards = shards
+
     def __getstate__(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "shards": self.shards, "settings": self.settings}
 

@@ -42,6 +42,36 @@ class SlotMoves:
         """The move passed the coordinator's commit point (done) or not (removed)."""
         return self.engine.handoff.settle(move_id, committed)
 
+    def catch_up(self, databases: dict) -> int:
+        """Make this shard's catalog the cluster's (``databases``: the cluster record's): a
+        shard a reshard adds, or brings back after it was retired, missed the DDL made
+        meanwhile. Creates what it lacks and drops what the cluster dropped; returns how many
+        DDL commands that took."""
+        e, n = self.engine, 0
+        mine = set(e.databases())
+        for db in [d for d in mine if d not in databases]:
+            e.drop_database(db)
+            n += 1
+        for db, entry in databases.items():
+            if db not in mine:
+                e.create_database(db)
+                n += 1
+            have = set(e.tables(db))
+            for name in have - set(entry["tables"]):
+                e.drop_table(db, name)
+                n += 1
+            for name, t in entry["tables"].items():
+                cols = {c: ty for c, ty in t["columns"]}
+                if name in have:
+                    live = e.live_table(db, name)
+                    if dict(live.columns) == cols and list(live.primary_key) == t["primary_key"]:
+                        continue
+                    e.drop_table(db, name)  # another table of the name since
+                    n += 1
+                e.create_table(db, name, cols, list(t["primary_key"]))
+                n += 1
+        return n
+
     def moves(self) -> dict:
         """The moves this shard took part in, and the slots it refuses writes to."""
         return self.engine.handoff.status()

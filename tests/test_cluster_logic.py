@@ -44,12 +44,20 @@ ROOT = Path(__file__).resolve().parent.parent
 class LocalShards:
     """In-process shards; ``down`` holds shard ids that answer Unavailable."""
 
-    def __init__(self, services: list[ShardService]) -> None:
+    def __init__(self, services: list[ShardService], factory=None) -> None:
         self.services = services
         self.down: set[int] = set()
+        self.factory = factory  # shard id -> ShardService, for a reshard that adds shards
+        self.retired: list[ShardService] = []
 
     def __len__(self) -> int:
         return len(self.services)
+
+    def resize(self, n: int) -> None:
+        while len(self.services) < n:
+            self.services.append(self.factory(len(self.services)))
+        while len(self.services) > n:
+            self.retired.append(self.services.pop())
 
     def call_each(self, calls, retry_s: float = 0.0):
         out = {}

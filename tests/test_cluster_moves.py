@@ -31,13 +31,13 @@ def cluster():
     url = f"memory://moves-{uuid.uuid4().hex}"
     cfg = ClusterConfig(store=url, shards=3)
     services = [ShardService(url, i, cfg.engine.to_dict()) for i in range(3)]
-    shards = LocalShards(services)
+    shards = LocalShards(services, lambda i: ShardService(url, i, cfg.engine.to_dict()))
     coord = CoordinatorService(cfg.to_dict(), shards)
     client = Client("local", coordinator=LocalCoordinator(coord), shards=shards)
     client.create_database("db")
     client.create_table("db", "t", SCHEMA, "k")
     yield client, shards, coord, cfg
-    for s in services:
+    for s in shards.services + shards.retired:
         s.close()
 
 
@@ -234,3 +234,89 @@ def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(c
         assert svc.moves()["pending_moves"] == []
     owners = {shard_of(k, c._tables().route) for k in range(100)}
     assert (1 in owners) or not committed
+
+
+def test_reshard_2_4_3_8_2_keeps_every_read_at_every_snapshot(cluster):
+    """The issue's sequence (from 3 shards: 3 -> 2 -> 4 -> 3 -> 8 -> 2), with writes and
+    deletes between, by a client that drives the reshards and one that only finds out from
+    the shards. Every read at every earlier snapshot, and the change feed over all of it,
+    equal the model after each step, also for snapshots before a shard was added or after one
+    was retired."""
+    client, shards, coord, _ = cluster
+    stale = _client(coord, shards)
+    stale.scan("db", "t")
+    model = Model()
+    rng = random.Random(3)
+    t0 = client.snapshot()
+    snaps = []
+    for step, n in enumerate([2, 4, 3, 8, 2]):
+        for i in range(4):
+            who = stale if i % 2 else client
+            ups = {k: f"s{step}-{i}-{k}" for k in rng.sample(range(200), 25)}
+            live = model.state(1 << 62)
+            dels = [k for k in rng.sample(range(200), 6) if k in live and k not in ups]
+            model.add(who.write("db", "t", [{"k": k, "v": v} for k, v in ups.items()], dels),
+                      ups, dels)  # fmt: skip
+        shards.services[rng.randrange(len(shards.services))].flush()
+        snaps.append(client.snapshot())
+        done = client.reshard(n)
+        assert done["shards"] == n and len(shards.services) == n
+        per = coord.status()["slots"]["per_shard"]
+        assert sorted(per.values())[-1] - sorted(per.values())[0] <= 1 and len(per) == n
+        snaps.append(client.snapshot())
+        for s in snaps:
+            _check(client, model, s)
+        _check(stale, model, snaps[-1])
+    feed = list(stale.changes("db", "t", t0 + 1, snaps[-1]))
+    assert _changes(feed) == model.changes()
+    route = client._tables().route
+    for i, svc in enumerate(shards.services):
+        for row in svc.engine.scan("db", "t", snaps[-1]):
+            assert shard_of(row["k"], route) == i
+
+
+def test_a_coordinator_restarted_after_a_reshard_keeps_the_recorded_shard_count(cluster):
+    client, shards, coord, cfg = cluster  # deployed with 3 shards
+    client.write("db", "t", [{"k": k, "v": "a"} for k in range(100)])
+    client.reshard(5)
+    restarted = CoordinatorService(cfg.to_dict(), shards)  # its config still says 3
+    assert restarted.status()["shards"] == 5 and len(shards) == 5
+    c = Client("local", coordinator=LocalCoordinator(restarted), shards=shards)
+    c.write("db", "t", [{"k": k, "v": "b"} for k in range(100, 200)])
+    rows = {r["k"]: r["v"] for r in c.scan("db", "t")}
+    assert rows == {**dict.fromkeys(range(100), "a"), **dict.fromkeys(range(100, 200), "b")}
+    assert c.info["shards"] == 5 and c.map_version == restarted.status()["slots"]["version"]
+
+
+def test_a_commit_point_that_landed_with_its_answer_lost_is_settled_forward(cluster):
+    """The cluster record version of the new map lands, but the store's answer is lost: the
+    coordinator must read the record back before it settles, and settle the move forward."""
+    client, shards, coord, _ = cluster
+    client.write("db", "t", [{"k": k, "v": "a"} for k in range(50)])
+    route = client._tables().route
+    store = coord._catalog._store
+    real = store.put_if_absent
+    puts = []
+
+    def lossy(key, data):
+        real(key, data)
+        if key.startswith("90/cluster/"):
+            puts.append(key)
+            if len(puts) == 2:  # the intent, then the commit point
+                raise Unavailable("put: the response was lost", outcome_unknown=True)
+
+    store.put_if_absent = lossy
+    try:
+        with pytest.raises(Unavailable):
+            coord.move_slots(route.slots_of(0), 1)
+    finally:
+        store.put_if_absent = real
+    coord.settle_moves()
+    assert coord.status()["move"] is None
+    assert coord.status()["slots"]["per_shard"][0] == 0
+    assert client.refresh_route() > route.version
+    client.write("db", "t", [{"k": k, "v": "b"} for k in range(50)])
+    rows = list(client.scan("db", "t"))
+    assert len(rows) == 50 and {r["v"] for r in rows} == {"b"}
+    for svc in shards.services:
+        assert svc.moves()["pending_moves"] == []

@@ -443,3 +443,43 @@ def test_atomic_batches_and_transactions_from_ray_tasks(cluster):
     for s in [ts, *stamps]:
         rows = list(cluster.scan("txn", "bank", snapshot=s))
         assert sum(r["w"] for r in rows) == 100 * len(accounts), s
+
+
+def _write_keys(client, task: int, rounds: int) -> list:
+    """Writes ``rounds`` batches of this task's keys; returns the (key, value) written."""
+    out = []
+    for r in range(rounds):
+        rows = [
+            {"k": task * 100_000 + r * 100 + i, "v": f"t{task}r{r}", "w": r} for i in range(100)
+        ]
+        client.write("db", "t", rows)
+        out += [(row["k"], row["v"]) for row in rows]
+    return out
+
+
+def test_reshard_on_ray_splits_and_merges_while_tasks_write(deploy_cluster):
+    """``client.reshard`` on a Ray deployment: 2 -> 4 shards (two new shard actors, started by
+    the coordinator) while Ray tasks write with clients pickled before it, then 4 -> 3 (one
+    shard retired). Every acknowledged write is read once, and reads at a snapshot before the
+    split stay the same after the merge."""
+    client = deploy_cluster("reshard", shards=2)
+    client.create_database("db")
+    client.create_table("db", "t", SCHEMA, "k")
+    first = ray.get([ray.remote(num_cpus=0.01)(_write_keys).remote(client, 9, 3)])[0]
+    s0 = client.snapshot()
+    task = ray.remote(num_cpus=0.01)(_write_keys)
+    pending = [task.remote(client, i, 20) for i in range(4)]  # their clients: 2 shards
+    done = client.reshard(4)
+    assert done["shards"] == 4 and done["moved_slots"] == client.info["slots"]["count"] // 2
+    written = [kv for got in ray.get(pending) for kv in got]
+    st = client.status()
+    assert sorted(st["shards"]) == [0, 1, 2, 3]
+    assert {int(k): n for k, n in st["coordinator"]["slots"]["per_shard"].items()} == {
+        i: client.info["slots"]["count"] // 4 for i in range(4)
+    }
+    assert client.reshard(3)["shards"] == 3
+    rows = {r["k"]: r["v"] for r in client.scan("db", "t")}
+    assert rows == dict(first + written)
+    assert {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=s0)} == dict(first)
+    route = client._tables().route
+    assert route.shards == 3 and set(route.owners) == {0, 1, 2}

@@ -16,8 +16,10 @@ Body grammar (msgpack; map keys in the order written)::
                  "ddl_seq": int,                                 DDL operations so far
                  "slots": slots,                                 the slot map (absent in a
                                                                  record made before slots)
-                 "move": move}                                   a slot move in progress
+                 "move": move,                                   a slot move in progress
                                                                  (absent when there is none)
+                 "last_move": int}                               the newest move id given
+                                                                 out (absent: none yet)
     move     := {"id": int, "from": int, "to": int, "slots": [[first, last], ...]}
     tabledef := {"columns": [[name, type], ...], "primary_key": [name, ...], "ddl_seq": int}
     ddl      := {"op": "create_database" | "drop_database" | "create_table" | "drop_table",
@@ -92,6 +94,7 @@ class CatalogState:
     ddl_seq: int = 0
     slots: dict[str, Any] | None = None  # the slot map's record; None: made before slots
     move: dict[str, Any] | None = None  # a slot move in progress
+    last_move: int = 0  # the newest move id given out (ids are never reused)
 
     def to_body(self) -> dict[str, Any]:
         body = {
@@ -107,6 +110,8 @@ class CatalogState:
             body["slots"] = self.slots
         if self.move is not None:
             body["move"] = self.move
+        if self.last_move:
+            body["last_move"] = self.last_move
         return body
 
     @property
@@ -127,6 +132,7 @@ class CatalogState:
             body["ddl_seq"],
             body.get("slots"),
             body.get("move"),
+            body.get("last_move", 0),
         )
 
 
@@ -169,6 +175,12 @@ class ClusterCatalog:
                 state = self.load()
                 if state is None:
                     raise
+        if state.shards != shards and state.hash == hash_name and state.slot_map.version > 0:
+            log.info(
+                "the cluster was resharded to %d shards (the deployment says %d): it has %d",
+                state.shards, shards, state.shards,
+            )  # fmt: skip
+            return state
         if state.shards != shards or state.hash != hash_name:
             raise InvalidArgument(
                 f"the store holds a cluster of {state.shards} shards (hash {state.hash}); "
@@ -264,13 +276,20 @@ class ClusterCatalog:
 
     # -- slot moves (coordinator.actor.moves) -------------------------------------------------
 
+    def next_move_id(self) -> int:
+        """The id the next move takes: above every id given out and the map's version (a
+        move undone keeps its id: a late call of it is refused by the shards)."""
+        cur = self._current()
+        return max(cur.last_move, cur.slot_map.version) + 1
+
     def begin_move(self, move: dict[str, Any]) -> CatalogState:
-        """Commit the intent of a slot move (none may be in progress)."""
+        """Commit the intent of a slot move (none may be in progress); its id is taken."""
         cur = self._current()
         if cur.move is not None:
             raise InvalidArgument("a slot move is in progress; settle it first")
         nxt = copy.deepcopy(cur)
         nxt.move = dict(move)
+        nxt.last_move = max(cur.last_move, move["id"])
         return self._commit(nxt)
 
     def commit_move(self, slots: SlotMap) -> CatalogState:
@@ -279,6 +298,15 @@ class ClusterCatalog:
         assert cur.move is not None and slots.version == cur.move["id"]
         nxt = copy.deepcopy(cur)
         nxt.slots = slots.to_record()
+        return self._commit(nxt)
+
+    def set_shards(self, shards: int) -> CatalogState:
+        """Record a new shard count (a reshard: grown before slots move to the new shards,
+        shrunk after every slot left the shards beyond it)."""
+        cur = self._current()
+        nxt = copy.deepcopy(cur)
+        nxt.shards = shards
+        nxt.slots = cur.slot_map.with_shards(shards).to_record()
         return self._commit(nxt)
 
     def end_move(self) -> CatalogState:

@@ -39,12 +39,21 @@ from coordinator.config import ClusterConfig
 from dn.backoff import Backoff
 from dn.errors import DNError, NotFound, Unavailable
 from dn.settings import ShellSettings
-from shards.group import ShardGroup, kill_actor, map_error, shard_name, start_shards
+from shards.group import (
+    ShardGroup,
+    get_actor,
+    kill_actor,
+    map_error,
+    shard_name,
+    start_shards,
+)
 
 log = logging.getLogger(__name__)
 
 
 COORDINATOR_NAME = "dn-coordinator"
+#: How long a shard a reshard left without slots keeps answering before its actor stops.
+RETIRE_GRACE_S = 60.0
 
 
 #: Calls the coordinator actor serves at once: every client committing a transaction waits in
@@ -68,6 +77,35 @@ class CoordinatorActor(CoordinatorService):
 
     def pid(self) -> int:
         return os.getpid()
+
+    def grow_shards(self, shards: int) -> None:
+        """Start the shard actors a reshard adds (or a restarted coordinator finds in the
+        record) and wait until each has opened its shard, then call them."""
+        cfg = self.config
+        handles = start_shards(
+            cfg.namespace, shards, cfg.store, cfg.engine.to_dict(), cfg.clock_skew_ms,
+            cfg.shard_num_cpus, cfg.shard_max_concurrency, cfg.env, cfg.shell.to_dict(),
+        )  # fmt: skip
+        ray.get([h.pid.remote() for h in handles], timeout=cfg.shell.call_timeout_s)
+        super().grow_shards(shards)
+
+    def retire_shards(self, ids: list[int]) -> None:
+        """Stop calling the shards a reshard left without slots, and stop their actors after
+        ``RETIRE_GRACE_S`` (a client that has not heard of the reshard yet is still answered,
+        and told to refresh its map). Their objects stay: other shards read them."""
+        super().retire_shards(ids)
+        ns = self.config.namespace
+
+        def stop() -> None:
+            for i in ids:
+                try:
+                    ray.get(get_actor(shard_name(i), ns).close.remote(), timeout=30)
+                except Exception as exc:  # noqa: BLE001 - it is killed anyway
+                    log.warning("retired shard %d did not close cleanly: %s", i, exc)
+                kill_actor(shard_name(i), ns)
+            log.info("retired shards %s stopped", ids)
+
+        threading.Timer(RETIRE_GRACE_S, stop).start()
 
     def _collect_loop(self) -> None:
         while not self._stop_publishing.wait(DECISION_GC_INTERVAL_S):

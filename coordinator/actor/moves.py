@@ -24,6 +24,7 @@ Not thread-safe: the coordinator calls it under its DDL lock.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
@@ -64,7 +65,7 @@ class SlotMover:
         return smap.version
 
     def _one(self, smap: SlotMap, src: int, to: int, slots: list[int]) -> SlotMap:
-        mid, count = smap.version + 1, smap.slots
+        mid, count = self._catalog.next_move_id(), smap.slots
         self._catalog.begin_move({"id": mid, "from": src, "to": to, "slots": pack_set(slots)})
         log.info("move %d: %d slots from shard %d to shard %d", mid, len(slots), src, to)
         try:
@@ -73,16 +74,57 @@ class SlotMover:
         except BaseException:
             self.settle_quietly()  # undone on both shards: the map did not reach mid
             raise
-        new = smap.moved(slots, to)
+        new = smap.moved(slots, to, mid)
         self._catalog.commit_move(new)  # the commit point
         self.settle_quietly()
         return new
+
+    def reshard(
+        self,
+        shards: int,
+        grow: Callable[[int], None],
+        retire: Callable[[list[int]], None],
+        progress: Callable[[str], None] = log.info,
+    ) -> dict[str, Any]:
+        """Change the cluster's shard count to ``shards`` online: grow the count (``grow``
+        starts the new shard actors; each is seeded with the catalog), move slots so every
+        shard owns about as many (:meth:`SlotMap.balanced`), then shrink the count
+        (``retire`` stops the shards left without slots). Returns what moved."""
+        self.resolve()
+        st = self._catalog.state
+        assert st is not None
+        before = st.shards
+        plan = st.slot_map.balanced(shards)  # checks the count
+        if shards > before:
+            self._catalog.set_shards(shards)
+            grow(shards)
+            for i in range(before, shards):  # new, or back after a retirement: missed DDL
+                self._call(i, "catch_up", (st.databases,))
+        moved = 0
+        total = sum(len(v) for v in plan.values())
+        for to, slots in sorted(plan.items()):
+            progress(f"reshard: {moved}/{total} slots moved; moving {len(slots)} to shard {to}")
+            self.move(slots, to)
+            moved += len(slots)
+        if shards < before:
+            self._catalog.set_shards(shards)
+            retire(list(range(shards, before)))
+        progress(f"reshard: {before} -> {shards} shards, {moved} slots moved")
+        return {
+            "shards": shards,
+            "before": before,
+            "moved_slots": moved,
+            "map_version": self._map().version,
+        }
 
     def resolve(self) -> None:
         """Settle the move the cluster record holds, if any, on both its shards (done if the
         slot map reached its version, else undone), then clear it. Raises what a shard
         raised (the move stays recorded, to be settled by the next call)."""
         st = self._catalog.state
+        if st is None or st.move is None:
+            return
+        st = self._catalog.load()  # a commit whose answer was lost may have landed
         if st is None or st.move is None:
             return
         mid = st.move["id"]

@@ -49,7 +49,7 @@ from coordinator.client.fanout import ShardCalls
 from coordinator.client.routing import HASH_NAME
 from coordinator.config import ClusterConfig
 from dn import catalog as dncat
-from dn.errors import AlreadyExists, NotFound, Unavailable
+from dn.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from dn.schema import check_name
 from dn.store import open_store
 from dn.store.base import ObjectStore
@@ -91,6 +91,11 @@ class CoordinatorService:
             self.config.shards, HASH_NAME, now_ms if now_ms is not None else int(time.time() * 1000)
         )
         self._ddl_lock = threading.Lock()
+        recorded = self._catalog.state.shards if self._catalog.state else self.config.shards
+        if recorded > self.config.shards:  # resharded since deployed: the record's count holds
+            self.grow_shards(recorded)
+        elif recorded < self.config.shards:
+            self.retire_shards(list(range(recorded, self.config.shards)))
         cfg = self.config
         self._committer = Committer(shards, self._store, cfg.shell.retry_s, cfg.clock_skew_ms)
         self._mover = SlotMover(self._catalog, shards, cfg.shell.retry_s)
@@ -168,10 +173,11 @@ class CoordinatorService:
 
     @_request
     def slot_map(self) -> dict[str, Any]:
-        """The slot map's record (:mod:`coordinator.client.slots`), for a client to refresh."""
+        """The slot map's record (:mod:`coordinator.client.slots`) and the shard count, for a
+        client to refresh."""
         st = self._catalog.state
         assert st is not None
-        return st.slot_map.to_record()
+        return {**st.slot_map.to_record(), "shards": st.shards}
 
     @_request
     def move_slots(self, slots: list[int], to_shard: int) -> int:
@@ -183,6 +189,31 @@ class CoordinatorService:
                 return self._mover.move(slots, to_shard)
             finally:
                 self.publish_metrics()
+
+    @_request
+    def reshard(self, shards: int) -> dict[str, Any]:
+        """Change the shard count online (:meth:`coordinator.actor.moves.SlotMover.reshard`):
+        new shards start and take slots by reference; shards left without slots stop."""
+        with self._ddl_lock:
+            self._finish_pending()
+            try:
+                return self._mover.reshard(shards, self.grow_shards, self.retire_shards)
+            finally:
+                self.publish_metrics()
+
+    def grow_shards(self, shards: int) -> None:
+        """Reach shards up to ``shards`` (the actor starts their actors first)."""
+        resize = getattr(self._shards, "resize", None)
+        if resize is not None:
+            resize(shards)
+        if len(self._shards) < shards:
+            raise InvalidArgument(f"this coordinator reaches only {len(self._shards)} shards")
+
+    def retire_shards(self, ids: list[int]) -> None:
+        """Stop calling shards that own no slot any more (the actor also stops them)."""
+        resize = getattr(self._shards, "resize", None)
+        if resize is not None:
+            resize(min(ids))
 
     @_request
     def settle_moves(self) -> None:

@@ -206,6 +206,17 @@ def cmd_move_slots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reshard(args: argparse.Namespace) -> int:
+    client = _client(args)
+    before = client.status()["coordinator"]["slots"]["per_shard"]
+    print(f"resharding {len(before)} -> {args.shards} shards (slots move by reference)...")
+    done = client.reshard(args.shards)
+    per = client.status()["coordinator"]["slots"]["per_shard"]
+    owned = ", ".join(f"{i}: {per[i]}" for i in sorted(per, key=int))
+    print(f"{done['moved_slots']} slots moved; slot map v{done['map_version']}; per shard {owned}")
+    return 0
+
+
 def parse_slots(text: str) -> list[int]:
     """``"0-99,200,300-301"`` as the slots it names."""
     out: list[int] = []
@@ -288,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     mv.add_argument("--slots", required=True, help="slots and ranges, e.g. 0-99,200")
     mv.add_argument("--to", type=int, required=True, help="the shard that takes them")
     mv.set_defaults(fn=cmd_move_slots)
+
+    rs = sub.add_parser("reshard", help="change the number of shards online (split or merge)")
+    common(rs)
+    rs.add_argument("--shards", type=int, required=True, help="the shard count to reach")
+    rs.set_defaults(fn=cmd_reshard)
 
     scan = sub.add_parser("scan", help="rows as JSON lines")
     common(scan)

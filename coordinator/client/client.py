@@ -49,6 +49,7 @@ from coordinator.actor.handle import CoordinatorHandle
 from coordinator.client import fanout, live, queries
 from coordinator.client.commits import CommitGroup
 from coordinator.client.routing import validate_batch, validate_columns
+from coordinator.client.slotops import SlotOps
 from coordinator.client.slots import SlotMap
 from coordinator.client.tables import TableCache
 from coordinator.client.txn import Transaction, TxnContext, commit_atomic
@@ -70,7 +71,7 @@ from dn.timestamps import to_timestamp
 from shards.group import ShardGroup
 
 
-class Client:
+class Client(SlotOps):
     """DN across all shards of the deployment in ``namespace``."""
 
     def __init__(
@@ -153,19 +154,6 @@ class Client:
 
     def observe(self, ts: int) -> None:
         self._causality.observe(ts)
-
-    @property
-    def map_version(self) -> int:  # the slot map's this client routes and reads by
-        return self._tables().route.version
-
-    def refresh_route(self) -> int:  # fetch the slot map again (slots moved); its version
-        return self._tables().refresh_route().version
-
-    def move_slots(self, slots: Any, to_shard: int) -> int:
-        """Move ``slots`` to shard ``to_shard`` online, by reference (decision 0018): writes
-        and reads go on. Returns the slot map's version after the move."""
-        self._coord.call("move_slots", list(slots), to_shard)
-        return self.refresh_route()
 
     # -- DDL --------------------------------------------------------------------------------
 

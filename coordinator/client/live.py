@@ -116,7 +116,7 @@ class LiveFeed:
         may be past or behind the old owner's. Every shard reads again from the watermark
         (everything at or below it was emitted; what was held above it is fetched again)."""
         w = self.watermark
-        self.cursor = dict.fromkeys(self.cursor, w)
+        self.cursor = dict.fromkeys(range(len(self.client.shards)), w)  # a reshard: as many
         self.pending = []
         self.map_version = self.client.map_version
 

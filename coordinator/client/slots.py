@@ -98,8 +98,8 @@ class SlotMap:
             object.__setattr__(self, "_array", np.array(self.owners, dtype=np.uint16))
         return self._array
 
-    def moved(self, slots: list[int], to_shard: int) -> SlotMap:
-        """This map with ``slots`` owned by ``to_shard``, at the next version."""
+    def moved(self, slots: list[int], to_shard: int, version: int | None = None) -> SlotMap:
+        """This map with ``slots`` owned by ``to_shard``, at ``version`` (default: the next)."""
         if type(to_shard) is not int or not 0 <= to_shard < self.shards:
             raise InvalidArgument(f"no shard {to_shard!r} in a cluster of {self.shards}")
         owners = list(self.owners)
@@ -107,7 +107,32 @@ class SlotMap:
             if type(s) is not int or not 0 <= s < self.slots:
                 raise InvalidArgument(f"no slot {s!r} among {self.slots}")
             owners[s] = to_shard
-        return SlotMap(self.shards, tuple(owners), self.version + 1)
+        return SlotMap(self.shards, tuple(owners), self.version + 1 if version is None else version)
+
+    def with_shards(self, shards: int) -> SlotMap:
+        """This map over ``shards`` shards (every owner must be one of them), same version."""
+        return SlotMap(shards, self.owners, self.version)
+
+    def balanced(self, shards: int) -> dict[int, list[int]]:
+        """The slots to move so that ``shards`` shards own about as many slots each (the
+        first ``slots % shards`` one more), moving as few as possible: {to shard: slots}.
+        Shards at or above ``shards`` end with none."""
+        if type(shards) is not int or not 1 <= shards <= min(self.slots, MAX_SLOTS // 2):
+            raise InvalidArgument(f"a cluster of {self.slots} slots has 1 to {self.slots} shards")
+        quota = [self.slots // shards + (i < self.slots % shards) for i in range(shards)]
+        kept = [0] * shards
+        pool: list[int] = []
+        for s, o in enumerate(self.owners):
+            if o < shards and kept[o] < quota[o]:
+                kept[o] += 1
+            else:
+                pool.append(s)
+        out: dict[int, list[int]] = {}
+        for i in range(shards):
+            take, pool = pool[: quota[i] - kept[i]], pool[quota[i] - kept[i] :]
+            if take:
+                out[i] = take
+        return out
 
     # -- the record --------------------------------------------------------------------------
 

@@ -106,12 +106,17 @@ class TableCache:
 
     def refresh_route(self) -> SlotMap:
         """Fetch the slot map again (slots moved); every cached table routes by the new one."""
-        route = SlotMap.from_record(
-            self._coord.call("slot_map", retry_s=self._retry_s), len(self._shards)
-        )
-        if route.version >= self.route.version:
-            self.route = route
-            self._tables = {k: replace(t, route=route) for k, t in self._tables.items()}
+        rec = self._coord.call("slot_map", retry_s=self._retry_s)
+        route = SlotMap.from_record(rec, rec.get("shards", len(self._shards)))
+        if route.version < self.route.version:
+            return self.route
+        if route.shards != self.route.shards:  # resharded: call as many shards as there are
+            resize = getattr(self._shards, "resize", None)
+            if resize is not None:
+                resize(route.shards)
+            self._tables.clear()  # each table as every shard has it: looked up again
+        self.route = route
+        self._tables = {k: replace(t, route=route) for k, t in self._tables.items()}
         return self.route
 
     def forget(self, db: str, table: str) -> None:

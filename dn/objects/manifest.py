@@ -13,7 +13,8 @@ version ``VERSION`` = 2; map keys in the order written)::
              "checkpoints": [ts, ...],           live checkpoints, ascending
              "log_low_seq": int,                 first log object recovery must read
              "ceiling": int,                     the timestamp ceiling (format version 2)
-             "moves": [move, ...]}               slot moves (format version 3; dn.moves)
+             "moves": [move, ...],               slot moves (format version 3; dn.moves)
+             "undone": [id, ...]}                moves undone (format 3; absent: none)
 
 ``version`` is the number in the object's key (a reader checks it); ``epoch`` the incarnation
 that wrote it. Contiguous: each range's ``from`` is the ``to`` of the one before it plus one.
@@ -78,6 +79,7 @@ class ManifestState:
     log_low_seq: int = 0
     ceiling: int = 0
     moves: tuple[Move, ...] = ()
+    undone: tuple[int, ...] = ()  # ids of moves undone (a late give or take of one is refused)
 
     @property
     def max_range(self) -> int | None:
@@ -92,11 +94,12 @@ class ManifestState:
             "checkpoints": list(self.checkpoints),
             "log_low_seq": self.log_low_seq,
             "ceiling": self.ceiling,
-            **({"moves": [m.to_wire() for m in self.moves]} if self.moves else {}),
+            **({"moves": [m.to_wire() for m in self.moves]} if self.moves or self.undone else {}),
+            **({"undone": list(self.undone)} if self.undone else {}),
         }
 
     def encode(self, shard: int) -> bytes:
-        version = VERSION_MOVES if self.moves else VERSION
+        version = VERSION_MOVES if self.moves or self.undone else VERSION
         return codec.encode(codec.KIND_MANIFEST, self.to_body(shard), version)
 
     @classmethod
@@ -112,6 +115,7 @@ class ManifestState:
             body["log_low_seq"],
             ceiling,
             tuple(Move.from_wire(w) for w in body["moves"]) if version >= 3 else (),
+            tuple(body.get("undone", ())) if version >= 3 else (),
         )
 
     def _check(self) -> None:

@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 from dn import moves
-from dn.errors import FutureSnapshot, InvalidArgument
+from dn.errors import FutureSnapshot, InvalidArgument, NotFound
 from dn.read.plan import Plan, check_from_ts, range_plan, snapshot_plan
 from dn.read.rows import projection
 from dn.read.run import Run
@@ -153,7 +153,7 @@ class Snapshots:
             check_from_ts(from_ts)
         with self._s.cv:
             s = self._resolve_snapshot_locked(snapshot)
-            tdef = self._s.catalog.table_at(db, table, s)
+            tdef = self._table_at(db, table, s)
             if from_ts is not None and from_ts < self._s.oldest_readable():
                 oldest = self._s.oldest_readable()
                 raise InvalidArgument(
@@ -213,6 +213,19 @@ class Snapshots:
         self.promise(view.snapshot)
         return view, checked
 
+    def _table_at(self, db: str, table: str, s: int) -> TableDef:
+        """The table as of ``s``. A shard that took slots over by a move may have been given
+        the table after ``s`` (a shard a reshard added): it serves it at ``s`` all the same
+        when a shard it took slots from had it by then (the live definition: its own objects
+        hold nothing of the table before it was given it; its references hold the history)."""
+        try:
+            return self._s.catalog.table_at(db, table, s)
+        except NotFound:
+            live = moved_table(self._s, db, table, s)
+            if live is None:
+                raise
+            return live
+
     def snapshot_plan(self, ts: int) -> Plan:
         """Seed 001's snapshot-read plan at ``ts``."""
         with self._s.cv:
@@ -256,6 +269,18 @@ class Snapshots:
             out = self._s.catalog.table_at(db, table, s)
         self.promise(s)
         return out
+
+
+def moved_table(st: ShardState, db: str, table: str, s: int) -> TableDef | None:
+    """The live ``db.table`` if an in move maps it to a table its source shard had at ``s``."""
+    try:
+        live = st.catalog.live_table(db, table)
+    except NotFound:
+        return None
+    for m in st.moves:
+        if any(mine == live.id and theirs <= s for _, mine, theirs in m.tables):
+            return live
+    return None
 
 
 def moved_plan(

@@ -27,7 +27,7 @@ Reads stay right throughout: a reader names its map version, and each shard read
 moves up to it (:func:`dn.moves.read_slots`); before ``B`` takes writes no version of ``X``
 exists above ``H``, so the states before and after the move agree until then.
 
-Writes are checked here too (:func:`check_write_locked`): under the lock, at stamp time, a
+Writes are checked here too (:func:`check_command_locked`): under the lock, at stamp time, a
 command touching a refused slot raises :class:`dn.errors.Moved`. Only a shard with refused
 slots hashes keys.
 """
@@ -35,11 +35,12 @@ slots hashes keys.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from dn import moves
 from dn.catalog import OP_WRITE
-from dn.errors import InvalidArgument, Moved
+from dn.errors import Conflict, InvalidArgument, Moved
 from dn.moves import IN, OUT, Group, Move
 from dn.slots import key_slots
 from dn.state import ShardState
@@ -55,13 +56,19 @@ class Handoff:
         self._s = state
         self._up = upkeep
         self._snap = snapshots
+        # one give, take or settle at a time: a resend that arrives while the first call
+        # still runs waits for it and then finds the move recorded (or undone)
+        self._lock = threading.Lock()
 
     def give(self, move_id: int, slots: Any, count: int, to_shard: int) -> dict:
         """Step 1 (module docstring): fence ``slots``, pick ``H``, write the buffers out,
         record the out move; returns the handover (also for a move already recorded)."""
+        with self._lock:
+            return self._give(move_id, frozenset(slots), count, to_shard)
+
+    def _give(self, move_id: int, slots: frozenset[int], count: int, to_shard: int) -> dict:
         s = self._s
-        slots = frozenset(slots)
-        found = self._recorded(move_id, OUT)
+        found = self._recorded(move_id, OUT, slots, to_shard)
         if found is not None:
             return self._handover(found)
         with s.cv:
@@ -84,7 +91,7 @@ class Handoff:
                 ranges = list(s.ranges)
             groups = moves.handover(s.moves, slots, s.shard, ranges, h)
             move = Move(move_id, OUT, to_shard, count, slots, h, False, groups)
-            self._up.commit_moves(lambda ms: (*ms, move))
+            self._up.commit_moves(lambda ms: _added(ms, move))
         finally:
             with s.cv:  # recorded, or not: then the slots are this shard's again
                 s.fencing -= slots
@@ -96,9 +103,14 @@ class Handoff:
     def take(self, move_id: int, from_shard: int, slots: Any, count: int, handover: dict) -> int:
         """Step 2 (module docstring): record the in move of ``slots`` from ``from_shard`` at
         the handover's ``H``, with this shard's clock above it; returns ``H``."""
+        with self._lock:
+            return self._take(move_id, from_shard, frozenset(slots), count, handover)
+
+    def _take(
+        self, move_id: int, from_shard: int, slots: frozenset[int], count: int, handover: dict
+    ) -> int:
         s = self._s
-        slots = frozenset(slots)
-        found = self._recorded(move_id, IN)
+        found = self._recorded(move_id, IN, slots, from_shard)
         if found is not None:
             return found.ts
         h = handover["ts"]
@@ -121,7 +133,7 @@ class Handoff:
             groups = tuple(Group.from_wire(g) for g in handover["groups"])
             move = Move(move_id, IN, from_shard, count, slots, h, False, groups, tables,
                         bytes(handover["tokens"]))  # fmt: skip
-            self._up.commit_moves(lambda ms: (*ms, move))
+            self._up.commit_moves(lambda ms: _added(ms, move))
         finally:
             with s.cv:
                 s.fencing -= slots
@@ -134,12 +146,22 @@ class Handoff:
 
     def settle(self, move_id: int, committed: bool) -> bool:
         """Step 4 (module docstring): the move passed the coordinator's commit point (done)
-        or did not (removed). False when this shard has no such move (nothing to do)."""
-        found = next((m for m in self._s.moves if m.id == move_id), None)
-        if found is None or (committed and found.done):
-            return False
-        self._up.commit_moves(lambda ms: moves.settle(ms, move_id, committed))
-        return True
+        or did not (removed, and its id kept as undone: a late give or take of it is refused).
+        False when there was nothing to do (settled already); InvalidArgument for a commit of
+        a move this shard never recorded."""
+        with self._lock:
+            found = next((m for m in self._s.moves if m.id == move_id), None)
+            if committed:
+                if found is None:
+                    raise InvalidArgument(f"shard {self._s.shard} has no move {move_id} to commit")
+                if found.done:
+                    return False
+                self._up.commit_moves(lambda ms: moves.settle(ms, move_id, True))
+                return True
+            if found is None and move_id in self._s.undone:
+                return False
+            self._up.commit_moves(lambda ms: moves.settle(ms, move_id, False), undo=move_id)
+            return found is not None
 
     def status(self) -> dict:
         """The moves and refused slots at a glance."""
@@ -163,11 +185,18 @@ class Handoff:
                 "pending_moves": [m.id for m in ms if not m.done],
             }
 
-    def _recorded(self, move_id: int, kind: str) -> Move | None:
+    def _recorded(self, move_id: int, kind: str, slots: frozenset, peer: int) -> Move | None:
+        """The move ``move_id`` if this shard recorded it (the same move: else, or if it was
+        undone, InvalidArgument)."""
+        if move_id in self._s.undone:
+            raise InvalidArgument(f"move {move_id} was undone on shard {self._s.shard}")
         for m in self._s.moves:
             if m.id == move_id:
-                if m.kind != kind:
-                    raise InvalidArgument(f"move {move_id} is recorded here as {m.kind!r}")
+                if (m.kind, m.slots, m.peer) != (kind, slots, peer):
+                    raise InvalidArgument(
+                        f"move {move_id} is recorded on shard {self._s.shard} as another move "
+                        f"({m.kind} {len(m.slots)} slots, peer {m.peer})"
+                    )
                 return m
         return None
 
@@ -201,42 +230,62 @@ class Handoff:
 
 
 def _by_name(tables: list) -> dict[tuple, int]:
-    """Each table version's (db, name, how many versions of that name came before it) -> id:
-    how two shards, whose ids of a table differ (its create timestamp there), match them."""
+    """Each table version's (db, name, how many versions of that name came after it) -> id:
+    how two shards, whose ids of a table differ (its create timestamp there), match them. The
+    newest versions match first: a shard added by a reshard has only the live one."""
     seen: dict[tuple[str, str], int] = {}
     out: dict[tuple, int] = {}
-    for t in sorted(tables, key=lambda t: t.create_ts):
+    for t in sorted(tables, key=lambda t: -t.create_ts):
         n = seen.get((t.db, t.name), 0)
         seen[(t.db, t.name)] = n + 1
         out[(t.db, t.name, n)] = t.id
     return out
 
 
-def check_write_locked(s: ShardState, p: Any) -> None:
-    """Under the lock, for a shard with refused slots: Moved when command ``p`` (a write or a
-    transaction's prepare) touches one of them."""
+def _added(ms: tuple[Move, ...], move: Move) -> tuple[Move, ...]:
+    """``ms`` with ``move`` (once: a commit retried after a lost answer finds it there)."""
+    return ms if any(m.id == move.id for m in ms) else (*ms, move)
+
+
+def check_command_locked(s: ShardState, p: Any) -> None:
+    """Under the lock, for a shard with slot moves, at stamp time: Moved when command ``p`` (a
+    write, or a transaction's prepare) touches a slot this shard may not write now; Conflict
+    when a transaction's snapshot is older than the move that brought one of its slots here
+    (what the old owner committed after the snapshot is not in this shard's memory, which
+    the check against the snapshot reads). Keys are hashed only when either can apply."""
+    stale: set[int] = set()
+    if p.txn is not None and p.txn.snapshot is not None:
+        stale = {x for m in s.moves if m.kind == IN and m.ts > p.txn.snapshot for x in m.slots}
+    if not s.refused and not stale:
+        return
     if p.txn is not None:
-        keys = [k for ks in p.txn.keys.values() for k in ks]
+        by_id = {t.id: t for t in p.txn.tables}
+        per_table = [(by_id[tid], list(ks)) for tid, ks in p.txn.keys.items()]
     else:
         t, data, dels = p.table, p.args[1], p.args[2]
         if p.op == OP_WRITE:
             pos = t.pk_pos
-            keys = (
-                [r[pos[0]] for r in data]
-                if len(pos) == 1
-                else [tuple(r[i] for i in pos) for r in data]
-            )
+            if len(pos) == 1:
+                keys = [r[pos[0]] for r in data]
+            else:
+                keys = [tuple(r[i] for i in pos) for r in data]
         else:
             keys = [k for cols in data for k in t.column_keys(cols)]
-        keys += list(dels)
-    if not keys:
-        return
-    int64 = all(type(k) is int for k in keys[:1])
-    hit = s.refused.intersection(key_slots(keys, s.slot_count, int64))
+        per_table = [(t, keys + list(dels))]
+    slots: set[int] = set()
+    for t, keys in per_table:
+        int64 = len(t.pk_pos) == 1 and t.columns[t.pk_pos[0]][1] == "int64"
+        slots.update(key_slots(keys, s.slot_count, int64))
+    hit = s.refused & slots
     if hit:
         raise Moved(
             f"shard {s.shard}: slots {sorted(hit)[:16]} are not this shard's to write now (a "
             "slot move gave them away or is in progress); refresh the slot map and retry",
             shard=s.shard,
             slots=sorted(hit)[:16],
+        )
+    if stale & slots:
+        raise Conflict(
+            f"shard {s.shard}: slots {sorted(stale & slots)[:16]} moved here after the "
+            "transaction's snapshot; run it again from a newer snapshot"
         )

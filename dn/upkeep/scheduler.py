@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from dn.errors import Fenced, Internal, Unavailable
+from dn.moves import IN
 from dn.objects import checkpoint as ckpt
 from dn.objects import codec, rangeobj
 from dn.state import ShardState
@@ -125,11 +126,17 @@ class Upkeep:
                 if state is not None:
                     self._adopt(state, garbage)
 
-    def commit_moves(self, update) -> None:
-        """Commit the manifest's slot moves as ``update(moves)`` (:mod:`dn.upkeep.handoff`)."""
+    def commit_moves(self, update, undo: int | None = None) -> None:
+        """Commit the manifest's slot moves as ``update(moves)`` (:mod:`dn.upkeep.handoff`),
+        and ``undo`` among the moves undone."""
+
+        def change(m):
+            undone = m.undone if undo is None or undo in m.undone else (*m.undone, undo)
+            return replace(m, moves=update(m.moves), undone=undone)
+
         with self._s.flush_lock:
             self._settle_manifest()
-            self._commit(lambda m: replace(m, moves=update(m.moves)), garbage=True)
+            self._commit(change, garbage=True)
 
     def _settle_manifest(self) -> None:
         """Under the flush lock, before writing any object: if an earlier manifest commit
@@ -156,6 +163,7 @@ class Upkeep:
             self._s.ceiling = max(self._s.ceiling, state.ceiling)  # that version is committed
             if state.moves is not self._s.moves:
                 self._s.set_moves_locked(state.moves)
+            self._s.undone = frozenset(state.undone)
             top = state.max_range
             while self._s.frozen and top is not None and self._s.frozen[0].to_ts <= top:
                 self._s.frozen.pop(0)  # its range object is committed
@@ -262,7 +270,9 @@ class Upkeep:
                 inputs,
                 tables,
                 horizon,
-                oldest=pick[0] == ranges[0],
+                # a delete hides nothing older only if no older version can be read besides
+                # this shard's objects: not so once it took slots over (dn.moves: references)
+                oldest=pick[0] == ranges[0] and not any(m.kind == IN for m in self._s.moves),
                 token_floor=self._token_floor(),
             )
             out = (pick[0][0], pick[-1][1])

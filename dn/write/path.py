@@ -55,7 +55,7 @@ from dn.errors import (
 from dn.objects import codec
 from dn.schema import TableDef
 from dn.state import ShardState
-from dn.upkeep.handoff import check_write_locked
+from dn.upkeep.handoff import check_command_locked
 from dn.upkeep.scheduler import Upkeep
 from dn.write.aio import AsyncFrontDoor
 from dn.write.backpressure import Backpressure
@@ -245,8 +245,8 @@ class WritePath:
         the timestamp ceiling; False (nothing taken) when the ceiling leaves none."""
         s = self._s
         s.check_usable_locked()
-        if s.refused and (p.txn is not None or p.op in WRITE_OPS):
-            check_write_locked(s, p)  # slots moved away or moving (dn.upkeep.handoff)
+        if (s.refused or s.moves) and (p.txn is not None or p.op in WRITE_OPS):
+            check_command_locked(s, p)  # slots moved away or moving (dn.upkeep.handoff)
         if p.txn is not None:
             return self.txns.stamp_locked(p)
         if p.op in WRITE_OPS:

@@ -6,7 +6,7 @@ Run them with ``python -m tests.trials`` (CI mode, seconds) or ``python -m tests
 under pytest. The figures of a long run are in ``docs/reliability.md``.
 
 Modules: one per trial kind (``crashes``, ``simcrash``, ``faults``, ``zombies``, ``fuzz``,
-``planted``, ``load``, ``txn``, ``bank``, ``clocks``, ``memory``, ``ray_trials``); the
+``planted``, ``load``, ``txn``, ``bank``, ``clocks``, ``memory``, ``moves``, ``ray_trials``); the
 in-process cluster of the transaction kinds (``txn``) and their history checker (``bank``);
 the shared workload and model checker (``checker``); the store wrapper that stops a shard at a
 chosen operation (``tripwire``) and the process it kills (``crash_child``); the counters
@@ -50,5 +50,6 @@ REGISTRY: dict[str, Kind] = {
     "bank": Kind("bank", 5, 150),
     "clocks": Kind("clocks", 5, 100),
     "memory": Kind("memory", 1, 1),
+    "moves": Kind("moves", 2, 100),
     "ray": Kind("ray_trials", 1, 3, long_only=True),
 }

@@ -11,7 +11,8 @@ Kinds: ``crashes`` (SIGKILL of a shard process), ``simcrash`` (in-process simula
 ``planted`` (malformed objects in the store), ``load`` (64 writers, backpressure), ``txn``
 (atomic batches and transactions across shards under restarts, killed clients and store
 faults), ``bank`` (transfers in transactions: a constant total, a replayed history),
-``clocks`` (repeatable reads on shards whose clocks disagree), ``ray``
+``clocks`` (repeatable reads on shards whose clocks disagree), ``moves`` (slot moves and
+reshards under lost answers, shard restarts and a coordinator killed mid-move), ``ray``
 (shard actors killed during ingest from Ray tasks, and fuzzed client calls; only with
 ``--long`` or when named, as it starts a Ray session).
 """

@@ -1,0 +1,211 @@
+"""Part 8: online resharding (issue 17's 7a, 7b, 7c): a split from 4 to 8 shards on Ray while
+16 Ray tasks write, by reference (decision 0018).
+
+One run: Ray on loopback with 2 CPUs (as part 4 starts it), a fresh 4-shard deployment over a
+local directory store, a table of (int64 ``k``, bytes ``v`` of 100 bytes) loaded with
+``preload`` rows and written out (so there is stored data to move), then 16 Ray tasks each
+writing batches of 1,000 new rows with ``client.write`` (one durable call per shard per
+batch) for the whole run; ``BEFORE_S`` seconds after they start, the driver calls
+``client.reshard(8)``; the tasks go on ``AFTER_S`` seconds after it returns. Every batch's
+start and end (wall clock, one machine) is kept.
+
+- **7a** — the batches that were in flight at any time during the split: their latency
+  (p50, p99, max; target p99 <= 1 s: a write to a moving slot waits while its slots are
+  fenced and retries against the new owner), and the rows/s acknowledged during the split
+  against the rows/s of the ``BEFORE_S`` seconds before it (target >= 0.7x).
+- **7b** — the bytes the handoff itself wrote (the manifest versions that record the moves
+  and the cluster record versions of the reshard), against the bytes of the moved data (the
+  stored range objects of the four old shards at the split, times the share of slots moved);
+  target <= 1%. The buffers each old shard writes out when it gives slots are not counted:
+  they are the shard's own data, written out earlier than it would have been. The time
+  until compaction has rewritten the moved data is not measured: the references are not
+  rewritten yet (issue 17 leaves that open), and the figure says so.
+- **7c** — ``scan_arrow`` of the whole table, rows/s, after the split (8 shards, the moved
+  rows read through references) against before it (4 shards), same run; target >= 0.8x.
+  One scan is also timed while the split runs (reported in ``extra``).
+
+Medians over the runs (quick: 1 run, fewer rows; full: 3).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from typing import Any
+
+from bench.harness import Figure, progress, rmtree, tempdir
+
+NAMESPACE = "dnbench-reshard"
+SCHEMA = {"k": "int64", "v": "bytes"}
+VALUE = b"v" * 100
+TASKS = 16
+
+
+def _figures() -> list[Figure]:
+    return [
+        Figure("7a", "reshard", "split 4 -> 8 shards, 16 Ray tasks writing: p99 write latency "
+               "during the split", "s", higher_is_better=False, target=1.0, absolute=True,
+               note="batches of 1,000 rows by client.write in flight during the split"),
+        Figure("7a-rate", "reshard", "ingest during the split, against the seconds before it",
+               "rows/s", peer_name="before the split (same run)", target=0.7),
+        Figure("7b", "reshard", "bytes the handoff wrote, % of the moved data", "%",
+               higher_is_better=False, target=1.0, absolute=True,
+               note="manifest versions recording moves + cluster record versions; moved "
+               "data: the old shards' range objects times the share of slots moved"),
+        Figure("7c", "reshard", "scan_arrow after the split (8 shards, moved rows by "
+               "reference), against before it (4 shards)", "rows/s",
+               peer_name="before the split (same run)", target=0.8),
+    ]  # fmt: skip
+
+
+def _writer(client: Any, task: int, stop_file: str) -> list[tuple[float, float, int]]:
+    """Batches of 1,000 new rows until ``stop_file`` exists; (start, end, rows) each (wall
+    clock: one machine)."""
+    out = []
+    b = 0
+    while not os.path.exists(stop_file):
+        base = 10**9 + (task * 100_000 + b) * 1000
+        t0 = time.time()
+        client.write("bench", "t", [{"k": k, "v": VALUE} for k in range(base, base + 1000)])
+        out.append((t0, time.time(), 1000))
+        b += 1
+    return out
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def _handoff_bytes(store: Any, shards: int, since: int) -> int:
+    """Bytes of the manifest versions (of every shard) whose moves differ from the version
+    before, and of the cluster record versions after ``since``."""
+    from dn.objects import codec
+    from dn.objects.manifest import Manifest
+
+    total = 0
+    for i in range(shards):
+        keys = store.list(codec.manifest_prefix(i))
+        prev: Any = None
+        for key in keys:
+            data = store.get(key)
+            state = Manifest(store, i)._read(key, data)  # noqa: SLF001 - a reader of the format
+            if prev is not None and state.moves != prev.moves:
+                total += len(data)
+            prev = state
+    for key in store.list("90/cluster/"):
+        if codec.last_number(key) > since:
+            total += len(store.get(key))
+    return total
+
+
+def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure]) -> None:
+    import ray
+
+    from dn.store import open_store
+
+    f7a, f7r, f7b, f7c = figs
+    d = tempdir("dn-reshard")
+    try:
+        client = deploy(shards=4, store=d, namespace=NAMESPACE)
+        client.create_database("bench")
+        client.create_table("bench", "t", SCHEMA, "k")
+        preload = 200_000 if quick else 1_000_000
+        progress(f"7: loading {preload:,} rows into 4 shards")
+        for lo in range(0, preload, 20_000):
+            client.write_columns(
+                "bench", "t", {"k": list(range(lo, lo + 20_000)), "v": [VALUE] * 20_000}
+            )
+        for i in range(4):
+            client.shards.call(i, "checkpoint")
+        snap = client.snapshot()
+        t0 = time.perf_counter()
+        n = client.scan_arrow("bench", "t", snapshot=snap).num_rows
+        f7c.peer.append(n / (time.perf_counter() - t0))
+        store = open_store(d)
+        stored = sum(
+            len(store.get(k)) for i in range(4) for k in store.list(f"20/{i}/")
+        )  # the old shards' range objects
+        record = client.status()["coordinator"]["catalog_version"]
+        before_s, after_s = (6.0, 4.0) if quick else (15.0, 10.0)
+        task = ray.remote(num_cpus=0.01)(_writer)
+        stop_file = os.path.join(d, "stop-writers")
+        progress("7: 16 tasks writing; the split starts in a few seconds")
+        start = time.time()
+        refs = [task.remote(client, t, stop_file) for t in range(TASKS)]
+        time.sleep(before_s)
+        during: dict[str, float] = {}
+
+        def scan_during() -> None:
+            time.sleep(0.5)
+            t = time.perf_counter()
+            m = client.scan_arrow("bench", "t", snapshot=snap).num_rows
+            during["rate"] = m / (time.perf_counter() - t)
+
+        th = threading.Thread(target=scan_during)
+        split0 = time.time()
+        th.start()
+        done = client.reshard(8)
+        split1 = time.time()
+        th.join()
+        progress(f"7: split in {split1 - split0:.1f} s ({done['moved_slots']} slots moved)")
+        time.sleep(after_s)  # the writers run on, then stop
+        open(stop_file, "w").close()
+        batches = [b for got in ray.get(refs, timeout=600) for b in got]
+        lat = sorted(e - s for s, e, _ in batches if s < split1 and e > split0)
+        if lat:
+            f7a.ours.append(lat[min(len(lat) - 1, int(len(lat) * 0.99))])
+            f7a.extra.setdefault("p50_s", []).append(lat[len(lat) // 2])
+            f7a.extra.setdefault("max_s", []).append(lat[-1])
+            f7a.extra.setdefault("split_s", []).append(split1 - split0)
+            f7a.extra.setdefault("batches_during", []).append(len(lat))
+        rows_before = sum(n for s, e, n in batches if start + 2.0 <= e <= split0)
+        rows_during = sum(n for s, e, n in batches if split0 <= e <= split1)
+        f7r.peer.append(rows_before / (split0 - start - 2.0))
+        f7r.ours.append(rows_during / (split1 - split0))
+        moved = stored * done["moved_slots"] / client.info["slots"]["count"]
+        wrote = _handoff_bytes(store, 8, record)
+        f7b.ours.append(100.0 * wrote / moved)
+        f7b.extra.setdefault("handoff_bytes", []).append(wrote)
+        f7b.extra.setdefault("moved_bytes", []).append(int(moved))
+        f7b.extra["rewritten_by_compaction"] = "not measured: references are not rewritten yet"
+        t0 = time.perf_counter()
+        n2 = client.scan_arrow("bench", "t", snapshot=snap).num_rows
+        assert n2 == n, (n2, n)
+        f7c.ours.append(n2 / (time.perf_counter() - t0))
+        if "rate" in during:
+            f7c.extra.setdefault("during_rows_s", []).append(during["rate"])
+        expect = preload + len(batches) * 1000
+        got = client.scan_arrow("bench", "t", columns=["k"]).num_rows
+        assert got >= expect, (got, expect)  # every acknowledged row, once
+    finally:
+        shutdown(namespace=NAMESPACE)
+        rmtree(d)
+
+
+def run(quick: bool, ray_ok: bool = True) -> list[Figure]:
+    figs = _figures()
+    if not ray_ok:
+        for f in figs:
+            f.skipped = "--no-ray given: the Ray figures were not run"
+        return figs
+    import ray
+
+    import coordinator
+    from coordinator.cli.ray_node import start_local_ray
+    from coordinator.client.tasks import warm_workers
+
+    runs = 1 if quick else 3
+    start_local_ray(num_cpus=2)
+    try:
+        warm_workers(TASKS)
+        for r in range(runs):
+            progress(f"7: reshard run {r + 1}/{runs}")
+            _one_run(coordinator.deploy, coordinator.shutdown, quick, figs)
+    finally:
+        ray.shutdown()
+    for f in figs:
+        if f.ours:
+            f.extra["median"] = statistics.median(f.ours)
+    return figs
