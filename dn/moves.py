@@ -41,7 +41,7 @@ Pure data and functions; any thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dn.errors import Moved
@@ -84,7 +84,6 @@ class Move:
     groups: tuple[Group, ...] = ()  # what was handed over (OUT) or taken over (IN)
     # IN: (source shard, own table id, that shard's id of the same table)
     tables: tuple[tuple[int, int, int], ...] = ()
-    tokens: bytes = field(default=b"", repr=False)  # IN: the peer's committed tokens, packed
 
     def to_wire(self) -> dict:
         return {
@@ -97,7 +96,6 @@ class Move:
             "done": self.done,
             "groups": [g.to_wire() for g in self.groups],
             "tables": [list(t) for t in self.tables],
-            "tokens": self.tokens,
         }
 
     @classmethod
@@ -112,7 +110,6 @@ class Move:
             bool(w["done"]),
             tuple(Group.from_wire(g) for g in w["groups"]),
             tuple((a, b, c) for a, b, c in w["tables"]),
-            bytes(w["tokens"]),
         )
         if m.kind not in (OUT, IN) or not all(0 <= s < m.count for s in m.slots):
             raise ValueError(f"malformed move {m.id}")

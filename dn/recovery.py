@@ -63,10 +63,8 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
             log.info("shard %d: recovery read %d/%d ranges", s.shard, i + 1, len(later))
     s.ranges = list(state.ranges)
     s.checkpoints = list(state.checkpoints)
-    s.set_moves_locked(state.moves)  # slot moves: the tokens taken over with them too
+    s.set_moves_locked(state.moves)  # slot moves (dn.moves)
     s.undone = frozenset(state.undone)
-    for m in state.moves:
-        s.tokens.adopt(unpack_entries(m.tokens), floor)
     max_range = state.max_range or 0
     s.last_applied = max(max_range, state.checkpoints[-1] if state.checkpoints else 0)
     s.mutable = Buffer(max_range + 1, s.clock.monotonic())

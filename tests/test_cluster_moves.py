@@ -320,3 +320,16 @@ def test_a_commit_point_that_landed_with_its_answer_lost_is_settled_forward(clus
     assert len(rows) == 50 and {r["v"] for r in rows} == {"b"}
     for svc in shards.services:
         assert svc.moves()["pending_moves"] == []
+
+
+def test_an_atomic_batch_and_a_transaction_by_a_client_that_missed_a_move_commit_once(cluster):
+    client, shards, coord, _ = cluster
+    stale = _client(coord, shards)
+    stale.scan("db", "t")  # its slot map: before the move
+    client.move_slots(client._tables().route.slots_of(0), 1)
+    stale.write("db", "t", [{"k": k, "v": "atomic"} for k in range(40)], atomic=True)
+    assert {r["v"] for r in client.scan("db", "t")} == {"atomic"}
+    with stale.transaction() as tx:
+        tx.write("db", "t", [{"k": k, "v": "tx"} for k in range(40)])
+    assert {r["k"]: r["v"] for r in client.scan("db", "t")} == dict.fromkeys(range(40), "tx")
+    assert stale.map_version == client.map_version

@@ -583,7 +583,6 @@ def test_manifest_fixture_with_slot_moves_is_format_3_and_reads_back():
         "done": True,
         "groups": [[[[3, 5], [9, 9]], [[SHARD, 90, 108, 0, 107]]]],
         "tables": [],
-        "tokens": b"",
     }
     state = _load_manifest(data)
     assert state == replace(MANIFEST_STATE, moves=make.MOVES)

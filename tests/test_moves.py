@@ -340,27 +340,29 @@ def test_a_read_with_a_map_older_than_a_done_move_must_refresh():
         c.close()
 
 
-def test_a_write_committed_by_the_old_owner_and_resent_to_the_new_one_is_applied_once():
+def test_a_write_the_old_owner_committed_and_that_is_resent_to_it_after_the_move_applies_once():
+    """The shard calls resend a part to the shard they sent it to: the old owner answers with
+    its commit (the token is known before the fence is checked), and nothing is written."""
     c = Cluster(2, 4)
     try:
         slot = next(s for s in range(COUNT) if c.owner[s] == 0)
         key = next(k for k in range(1000) if slots_py([k], COUNT)[0] == slot)
         token = MINT.mint()
-
-        def part(e: Engine) -> WritePart:
-            t = e.live_table("d", "t")
-            cols, _ = t.normalize_columns({"k": [key], "v": ["once"]}, 1 << 20)
-            return WritePart.from_columns(t, cols, [], token=token)
-
-        ts = c.engines[0].write_packed_columns(part(c.engines[0]))  # its answer is lost
+        t = c.engines[0].live_table("d", "t")
+        cols, _ = t.normalize_columns({"k": [key], "v": ["once"]}, 1 << 20)
+        part = WritePart.from_columns(t, cols, [], token=token)
+        ts = c.engines[0].write_packed_columns(part)  # its answer is lost
         c.move({slot}, 1)
         c.engines[1].write("d", "t", [{"k": key, "v": "later"}])
-        assert c.engines[1].write_packed_columns(part(c.engines[1])) == ts  # the resend
+        assert c.engines[0].write_packed_columns(part) == ts  # the resend, after the move
+        c.reopen(0)  # and after a restart (the token is recovered from the range object)
+        assert c.engines[0].write_packed_columns(part) == ts
         assert c.engines[1].get("d", "t", key) == {"k": key, "v": "later"}
         feed = [x for e in c.engines for x in e.changes("d", "t", c.t0 + 1) if x.pk == key]
         assert [x.row["v"] for x in feed] == ["once", "later"]
-        c.reopen(1)  # the tokens taken over survive a restart
-        assert c.engines[1].write_packed_columns(part(c.engines[1])) == ts
+        fresh = WritePart.from_columns(t, cols, [], token=MINT.mint())
+        with pytest.raises(Moved):  # a new part of the slot is refused there
+            c.engines[0].write_packed_columns(fresh)
     finally:
         c.close()
 

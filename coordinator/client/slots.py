@@ -127,6 +127,10 @@ class SlotMap:
                 kept[o] += 1
             else:
                 pool.append(s)
+        # by owner: a shard takes its slots from as few shards as it can (a split from n to 2n
+        # moves half of each old shard's slots to one new shard), so fewer moves, and fewer
+        # shards read each referenced object
+        pool.sort(key=lambda s: (self.owners[s], s))
         out: dict[int, list[int]] = {}
         for i in range(shards):
             take, pool = pool[: quota[i] - kept[i]], pool[quota[i] - kept[i] :]

@@ -12,6 +12,8 @@ aborts it, and every shard is told. The result is that timestamp, or:
 
 - ``TimestampPassed`` (a shard's clock had passed the timestamp): sent again, new token;
 - ``StaleTable`` (a table was redefined): looked up again, validated again, sent again;
+- ``Moved`` (slots moved to another shard, or are moving): the slot map fetched again, the
+  writes split again by it, sent again (waiting out a move in progress, for ``retry_s``);
 - ``Conflict`` (a key written after the snapshot, or held by another transaction deciding):
   raised, nothing applied;
 - ``Unavailable`` from the coordinator (it died, or did not answer in time; or a reader rolled
@@ -41,7 +43,15 @@ from coordinator.client.routing import Batch, split, validate_batch, validate_co
 from coordinator.client.tables import TableCache
 from coordinator.client.writes import Causality, Limits
 from dn.backoff import Backoff
-from dn.errors import Conflict, DNError, InvalidArgument, StaleTable, TimestampPassed, Unavailable
+from dn.errors import (
+    Conflict,
+    DNError,
+    InvalidArgument,
+    Moved,
+    StaleTable,
+    TimestampPassed,
+    Unavailable,
+)
 from dn.objects import decision
 from dn.schema import TableDef, check_name
 from dn.store.base import ObjectStore
@@ -110,6 +120,12 @@ def commit_calls(
         except StaleTable as exc:
             stale.add((exc.details.get("database"), exc.details.get("table")))
             last = exc
+            continue
+        except Moved as exc:  # slots moved (or are moving): split again by the new map
+            last = exc
+            ctx.tables.refresh_route()
+            if not retries.wait():
+                break
             continue
         ctx.causality.observe(ts)
         return dict.fromkeys(calls, ts)

@@ -47,8 +47,8 @@ WRITE_PART = ShardService.write_part.__name__
 ATTEMPTS = 3
 #: The first wait after a part was refused because its slots moved or are moving (doubled
 #: each time, up to MOVED_WAIT_MAX_S, for the shard calls' ``retry_s`` in all).
-MOVED_WAIT_S = 0.01
-MOVED_WAIT_MAX_S = 0.5
+MOVED_WAIT_S = 0.005
+MOVED_WAIT_MAX_S = 0.1
 
 
 class Causality:

@@ -243,7 +243,7 @@ def _first(key: Any) -> Any:
 class ArrowTable:
     """One table of a version-4 range object (see the module docstring)."""
 
-    __slots__ = ("_rows", "_dels", "_key", "_rows_t", "_dels_t", "_dict", "composite")
+    __slots__ = ("_rows", "_dels", "_key", "_rows_t", "_dels_t", "_dict", "composite", "memo")
 
     def __init__(self, rows: Any, dels: Any, key: str) -> None:
         """A table of streams ``rows`` and ``dels`` (bytes or Arrow buffers; ``dels`` empty
@@ -257,6 +257,7 @@ class ArrowTable:
         self._rows_t: pa.Table | None = None
         self._dels_t: pa.Table | None = None
         self._dict: dict | None = None
+        self.memo: dict = {}  # what readers derive once per decoded table (its rows' slots)
 
     def rows(self) -> pa.Table:
         """The row versions: c0 .. c<n-1>, ts; sorted by (pk, ts). Decompressed once."""

@@ -30,6 +30,8 @@ from dn.slots import arrow_slots, key_slots, pack_set
 
 #: No upper bound on ts.
 NO_HI = (1 << 63) - 1
+#: Filters' slot lookup tables by digest (a few per shard's moves; cleared past 256).
+_LUTS: dict[str, np.ndarray] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +58,20 @@ class SlotFilter:
     def __hash__(self) -> int:
         return hash(self.digest)
 
+    def table(self) -> np.ndarray:
+        """Slot -> kept, as a lookup table (made once): a mask is one gather."""
+        lut = _LUTS.get(self.digest)
+        if lut is None:
+            lut = np.zeros(self.count, dtype=bool)
+            lut[np.fromiter(self.slots, dtype=np.intp, count=len(self.slots))] = True
+            if len(_LUTS) > 256:
+                _LUTS.clear()
+            _LUTS[self.digest] = lut
+        return lut
+
     def mask(self, slots: Any, ts: Any) -> np.ndarray:
         """Which versions count, from their keys' slots and their ts (numpy arrays)."""
-        member = np.isin(slots, np.fromiter(self.slots, dtype=np.int64, count=len(self.slots)))
+        member = self.table()[np.asarray(slots, dtype=np.intp)]
         ok = member if self.keep else ~member
         if self.lo > 0 or self.hi < NO_HI:
             ts = np.asarray(ts, dtype=np.int64)
@@ -117,14 +130,20 @@ def filter_run(run: Run, f: SlotFilter) -> Run:
     )
 
 
-def filter_table(t: pa.Table, f: SlotFilter, rows: bool) -> pa.Table:
+def filter_table(t: pa.Table, f: SlotFilter, rows: bool, memo: dict | None = None) -> pa.Table:
     """The rows of a stored table (row versions: the key at ``f.pk_pos``; deletes: the key's
-    columns first) that ``f`` keeps."""
+    columns first) that ``f`` keeps; ``memo``: the decoded table's, where its keys' slots are
+    kept for the next filter of the same object."""
     if not t.num_rows:
         return t
     pos = f.pk_pos if rows else tuple(range(len(f.pk_pos)))
-    keys = [t.column(p).combine_chunks() for p in pos]
-    keep = f.mask(arrow_slots(keys, f.count), t.column(TS).to_numpy())
+    key = ("slots", rows, f.count, pos)
+    slots = None if memo is None else memo.get(key)
+    if slots is None:
+        slots = arrow_slots([t.column(p).combine_chunks() for p in pos], f.count)
+        if memo is not None:
+            memo[key] = slots
+    keep = f.mask(slots, t.column(TS).to_numpy())
     if keep.all():
         return t
     return t.filter(pa.array(keep))
@@ -141,11 +160,11 @@ class FilteredArrow:
         self.composite = getattr(t, "composite", len(f.pk_pos) > 1)
 
     def rows(self) -> pa.Table:
-        return filter_table(self.t.rows(), self.f, True)
+        return filter_table(self.t.rows(), self.f, True, getattr(self.t, "memo", None))
 
     def dels(self) -> pa.Table | None:
         d = self.t.dels()
-        return None if d is None else filter_table(d, self.f, False)
+        return None if d is None else filter_table(d, self.f, False, getattr(self.t, "memo", None))
 
     def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
         for p in self.t.row_parts(start, end):

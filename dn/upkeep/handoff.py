@@ -11,11 +11,10 @@ The coordinator drives a move of slots ``X`` from shard ``A`` to shard ``B`` as 
    out, so every version of ``X`` at or below ``H`` is in range objects; then the ``out`` move
    is committed to its manifest (so a restarted ``A`` still refuses ``X``), and the handover
    returned: the sources holding ``X``'s history (:func:`dn.moves.handover`), the table ids
-   they use, ``A``'s catalog (to match tables by name), its committed write tokens.
+   they use, and ``A``'s catalog (to match tables by name).
 2. ``B.take(id, A, X, count, handover)``: ``B``'s clock goes above ``H`` (durably: its ceiling
    covers ``H``), so each commit of ``X`` on ``B`` is above ``H``; the ``in`` move is committed to
-   its manifest with the sources, the tables matched, and ``A``'s tokens (a write ``A``
-   committed and resent to ``B`` is answered with ``A``'s commit). ``B`` refuses writes to
+   its manifest with the sources and the tables matched. ``B`` refuses writes to
    ``X`` until the move is done.
 3. The coordinator's commit point: its cluster record's slot map version ``id``.
 4. ``A.settle(id, True)``, then ``B.settle(id, True)``: both mark the move done (``B`` then
@@ -44,7 +43,6 @@ from dn.errors import Conflict, InvalidArgument, Moved
 from dn.moves import IN, OUT, Group, Move
 from dn.slots import key_slots
 from dn.state import ShardState
-from dn.write.tokens import pack_entries, unpack_entries
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +69,10 @@ class Handoff:
         found = self._recorded(move_id, OUT, slots, to_shard)
         if found is not None:
             return self._handover(found)
+        # the buffers written out first, with the slots still taking writes: the fenced time
+        # below writes out only what came meanwhile
+        self._up.freeze()
+        self._up.flush()
         with s.cv:
             s.check_usable_locked()
             self._check_count(count)
@@ -131,15 +133,12 @@ class Handoff:
                 if theirs.get(ptid) in mine
             )
             groups = tuple(Group.from_wire(g) for g in handover["groups"])
-            move = Move(move_id, IN, from_shard, count, slots, h, False, groups, tables,
-                        bytes(handover["tokens"]))  # fmt: skip
+            move = Move(move_id, IN, from_shard, count, slots, h, False, groups, tables)
             self._up.commit_moves(lambda ms: _added(ms, move))
         finally:
             with s.cv:
                 s.fencing -= slots
                 s.set_moves_locked(s.moves)
-        with s.cv:
-            s.tokens.adopt(unpack_entries(move.tokens), s.tokens.floor(s.clock.now_ms()))
         log.info("shard %d: takes %d slots from shard %d at %d (move %d)",
                  s.shard, len(slots), from_shard, h, move_id)  # fmt: skip
         return h
@@ -213,7 +212,6 @@ class Handoff:
         s = self._s
         with s.cv:
             catalog = [[*key, tid] for key, tid in _by_name(s.catalog.tables()).items()]
-            tokens = pack_entries(s.tokens.snapshot())
             ids = [t.id for t in s.catalog.tables()]
             tables = [[s.shard, tid, tid] for tid in ids]
             for m in s.moves:  # the ids of the sources of other shards this one hands on
@@ -225,7 +223,6 @@ class Handoff:
             "groups": [g.to_wire() for g in move.groups],
             "tables": tables,
             "catalog": catalog,
-            "tokens": tokens,
         }
 
 

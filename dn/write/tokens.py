@@ -124,7 +124,7 @@ class TokenMinter:
 class TokenTable:
     """A shard's tokens (see the module docstring); the caller holds the shard's lock."""
 
-    __slots__ = ("window_ms", "committed", "claims", "unsettled", "_order", "_adopted")
+    __slots__ = ("window_ms", "committed", "claims", "unsettled", "_order")
 
     def __init__(self, window_s: float) -> None:
         self.window_ms = int(window_s * 1000)
@@ -132,9 +132,6 @@ class TokenTable:
         self.claims: set[bytes] = set()
         self.unsettled: set[bytes] = set()
         self._order: deque[tuple[int, bytes]] = deque()  # (ts, token), as committed
-        # another shard's, taken over with slots it gave this one (dn.moves): answered, not
-        # recorded in this shard's checkpoints (the move's record keeps them), ascending
-        self._adopted: list[tuple[int, bytes]] = []
 
     def __len__(self) -> int:
         return len(self.committed)
@@ -179,24 +176,9 @@ class TokenTable:
             if ts >= floor_ts:
                 self.note(ts, token)
 
-    def adopt(self, entries: Iterable[tuple[int, bytes]], floor_ts: int) -> None:
-        """Another shard's committed tokens (``(ts, token)``), taken over with slots it gave
-        this shard: a part it committed and that is resent here is answered with its commit."""
-        for ts, token in entries:
-            if ts >= floor_ts and token not in self.committed:
-                self.committed[token] = ts
-                self._adopted.append((ts, token))
-        self._adopted.sort()
-
     def prune(self, floor_ts: int) -> int:
         """Forget the tokens committed before ``floor_ts``; returns how many."""
         n = 0
-        adopted = self._adopted
-        while adopted and adopted[0][0] < floor_ts:
-            ts, token = adopted.pop(0)
-            if self.committed.get(token) == ts:
-                del self.committed[token]
-                n += 1
         order, committed = self._order, self.committed
         while order and order[0][0] < floor_ts:
             ts, token = order.popleft()

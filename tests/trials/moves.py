@@ -39,6 +39,7 @@ from coordinator.client.client import Client
 from coordinator.client.routing import shard_of
 from coordinator.config import ClusterConfig
 from dn.errors import Closed, DNError, Fenced, Unavailable
+from dn.store import open_store
 from shards.shard import ShardService
 from tests.test_cluster_logic import LocalCoordinator
 from tests.trials.tally import Tally, TrialFailure
@@ -226,9 +227,14 @@ def run(seed: int, long: bool, tally: Tally) -> None:
     coord.service.settle_moves()
     tally.add("faults_injected", shards.lost + restarts + deaths)
     tally.add("crashes", restarts + deaths)
-    _check(client, shards, t0, outcomes, reads, tally)
-    for svc in shards.services + shards.retired:
-        svc.close()
+    try:
+        _check(client, shards, t0, outcomes, reads, tally)
+    finally:
+        for svc in shards.services + shards.retired:
+            svc.close()
+        store = open_store(url)  # the trial's objects go: a long run keeps its memory flat
+        for key in store.list(""):
+            store.delete(key)
 
 
 def _check(
