@@ -46,6 +46,12 @@ from dn.state import ShardState
 
 log = logging.getLogger(__name__)
 
+#: A give writes the buffers out before it fences, up to this many times while what came in
+#: meanwhile is at least ``PREFLUSH_BYTES`` (encoded): writes to the moving slots wait only
+#: for the last, small write-out.
+PREFLUSH_ROUNDS = 3
+PREFLUSH_BYTES = 1 << 20
+
 
 class Handoff:
     """Give, take and settle slot moves on one shard (module docstring)."""
@@ -69,10 +75,14 @@ class Handoff:
         found = self._recorded(move_id, OUT, slots, to_shard)
         if found is not None:
             return self._handover(found)
-        # the buffers written out first, with the slots still taking writes: the fenced time
-        # below writes out only what came meanwhile
-        self._up.freeze()
-        self._up.flush()
+        # the buffers written out first, with the slots still taking writes, again while what
+        # came meanwhile is large: the fenced time below writes out only a little
+        for _ in range(PREFLUSH_ROUNDS):
+            self._up.freeze()
+            self._up.flush()
+            with s.cv:
+                if s.mutable.nbytes < PREFLUSH_BYTES:
+                    break
         with s.cv:
             s.check_usable_locked()
             self._check_count(count)
