@@ -85,6 +85,11 @@ class Cluster:
 
     # -- driving the engines -----------------------------------------------------------------
 
+    def owned(self, shard: int) -> tuple[int, int]:
+        """A slot ``shard`` owns, and an int key of it."""
+        slot = next(s for s in range(COUNT) if self.owner[s] == shard)
+        return slot, next(k for k in range(1000) if slots_py([k], COUNT)[0] == slot)
+
     def shard_of(self, key: object) -> int:
         return self.owner[slots_py([key], COUNT)[0]]
 
@@ -278,8 +283,7 @@ def test_a_slot_set_that_moves_back_and_forth_keeps_each_version_once():
 def test_a_write_to_a_slot_given_away_is_refused_and_changes_nothing():
     c = Cluster(2, 1)
     try:
-        slot = next(s for s in range(COUNT) if c.owner[s] == 0)
-        key = next(k for k in range(1000) if slots_py([k], COUNT)[0] == slot)
+        slot, key = c.owned(0)
         c.engines[0].write("d", "t", [{"k": key, "v": "before"}])
         s0 = c.snapshot()
         c.move({slot}, 1)
@@ -297,8 +301,7 @@ def test_a_write_to_a_slot_given_away_is_refused_and_changes_nothing():
 def test_a_move_not_committed_is_rolled_back_on_both_shards_also_after_a_restart():
     c = Cluster(2, 2)
     try:
-        slot = next(s for s in range(COUNT) if c.owner[s] == 0)
-        key = next(k for k in range(1000) if slots_py([k], COUNT)[0] == slot)
+        slot, key = c.owned(0)
         c.engines[0].write("d", "t", [{"k": key, "v": "a"}])
         handover = c.engines[0].handoff.give(1, {slot}, COUNT, 1)
         c.engines[1].handoff.take(1, 0, {slot}, COUNT, handover)
@@ -328,7 +331,7 @@ def test_a_read_with_a_map_older_than_a_done_move_must_refresh():
     try:
         c.write()
         s0 = c.snapshot()
-        slot = next(s for s in range(COUNT) if c.owner[s] == 0)
+        slot, _ = c.owned(0)
         c.move({slot}, 1)
         s1 = c.snapshot()
         for e in c.engines:  # an older map than a move done here: refresh, whatever the time
@@ -345,8 +348,7 @@ def test_a_write_the_old_owner_committed_and_that_is_resent_to_it_after_the_move
     its commit (the token is known before the fence is checked), and nothing is written."""
     c = Cluster(2, 4)
     try:
-        slot = next(s for s in range(COUNT) if c.owner[s] == 0)
-        key = next(k for k in range(1000) if slots_py([k], COUNT)[0] == slot)
+        slot, key = c.owned(0)
         token = MINT.mint()
         t = c.engines[0].live_table("d", "t")
         cols, _ = t.normalize_columns({"k": [key], "v": ["once"]}, 1 << 20)
@@ -404,7 +406,7 @@ def test_gc_keeps_the_objects_a_move_handed_over_and_deletes_the_rest():
 def test_give_refuses_slots_the_shard_does_not_hold():
     c = Cluster(2, 6)
     try:
-        slot = next(s for s in range(COUNT) if c.owner[s] == 0)
+        slot, _ = c.owned(0)
         c.move({slot}, 1)
         with pytest.raises(InvalidArgument):
             c.engines[0].handoff.give(2, {slot}, COUNT, 1)
@@ -464,7 +466,7 @@ def test_a_transaction_whose_snapshot_predates_a_move_of_its_keys_conflicts():
     c = Cluster(2, 8)
     try:
         a, b = c.engines
-        slot = next(s for s in range(COUNT) if c.owner[s] == 0)
+        slot, _ = c.owned(0)
         k = _key_in(slot)
         b.write(
             "d", "t", [{"k": _key_in(next(s for s in range(COUNT) if c.owner[s] == 1)), "v": "o"}]
