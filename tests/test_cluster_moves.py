@@ -333,3 +333,22 @@ def test_an_atomic_batch_and_a_transaction_by_a_client_that_missed_a_move_commit
         tx.write("db", "t", [{"k": k, "v": "tx"} for k in range(40)])
     assert {r["k"]: r["v"] for r in client.scan("db", "t")} == dict.fromkeys(range(40), "tx")
     assert stale.map_version == client.map_version
+
+
+def test_decisions_naming_a_shard_a_merge_retired_are_collected(cluster):
+    import time
+
+    from coordinator.actor import decisions
+    from dn.objects import decision
+
+    client, shards, coord, _ = cluster
+    client.write("db", "t", [{"k": k, "v": "a"} for k in range(60)], atomic=True)
+    store = coord._store
+    named = store.list(decision.PREFIX)
+    assert named  # one decision, naming every shard
+    client.reshard(2)  # shard 2 retired
+    for svc in shards.services:
+        svc.flush()
+    later = int(time.time() * 1000) + 10**9  # past every token's window
+    assert decisions.collect(store, shards, 0.0, later) == len(named)
+    assert store.list(decision.PREFIX) == []

@@ -13,7 +13,10 @@ still undecided would part. So a decision is deleted only when both hold:
   same bound on a stalled client that exactly-once writes rest on, decision 0014);
 - an abort; or a commit whose every participant has written out the buffers up to its
   timestamp (``ShardService.flushed_through``): no log holds its intents any more, and the
-  shards remember its token as committed for ``token_window_s`` anyway.
+  shards remember its token as committed for ``token_window_s`` anyway. A participant a
+  reshard retired (at or past the shard count) counts as written out: it gave all its slots
+  away, and each give waited for every intent on it to be decided and wrote its buffers out
+  (decision 0018); it takes no intent after.
 
 :func:`collect` lists ``40/txn/``, reads only the decisions old enough, and deletes. The
 coordinator actor runs it every ``DECISION_GC_INTERVAL_S``; ``CoordinatorService.
@@ -59,7 +62,8 @@ def collect(store: ObjectStore, shards: Any, window_s: float, now_ms: int) -> in
             if flushed is None:
                 got = shards.call_each({i: ("flushed_through", ()) for i in range(len(shards))})
                 flushed = {i: r for i, r in got.items() if isinstance(r, int)}
-            if not all(flushed.get(i, -1) >= ts for i in participants):
+            n = len(shards)  # a shard at or past the count was retired by a reshard
+            if not all(i >= n or flushed.get(i, -1) >= ts for i in participants):
                 continue  # a participant's log may still hold the intent
         store.delete(key)
         deleted += 1
