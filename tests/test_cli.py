@@ -102,6 +102,19 @@ def test_dn_up_status_scan_changes_down(ray_session, tmp_path):
             follow.wait()
         assert [(c["ts"], c["pk"]) for c in lines] == [(c["ts"], c["pk"]) for c in feed]
 
+        # slots move and the shard count changes from the command line; reads stay the same
+        where = ("--address", ray_session, "--namespace", ns)
+        mv = dn("move-slots", "--slots", "0-99,4000", "--to", "1", *where)
+        assert mv.returncode == 0, mv.stderr
+        assert "slot map v1; slots per shard 0: 1997, 1: 2099" in mv.stdout  # 51 even slots
+        rs = dn("reshard", "--shards", "3", *where)
+        assert rs.returncode == 0, rs.stderr
+        assert "per shard 0: 1366, 1: 1365, 2: 1365" in rs.stdout and "  shards: 3" in rs.stdout
+        st = dn("status", *where)
+        assert "shard 2" in st.stdout and "slot moves" in st.stdout, st.stdout
+        again = dn("scan", "db", "t", *where)
+        assert [json.loads(line) for line in again.stdout.splitlines()] == rows
+
         bad = dn("scan", "db", "nope", "--address", ray_session, "--namespace", ns)
         assert bad.returncode == 1 and "NotFound" in bad.stderr
     finally:

@@ -352,3 +352,34 @@ def test_decisions_naming_a_shard_a_merge_retired_are_collected(cluster):
     later = int(time.time() * 1000) + 10**9  # past every token's window
     assert decisions.collect(store, shards, 0.0, later) == len(named)
     assert store.list(decision.PREFIX) == []
+
+
+def test_dn_reshard_shows_each_move_and_the_new_shard_count_as_it_goes():
+    import threading
+
+    from coordinator.cli.main import watch_moves
+
+    states = iter(
+        [
+            {"shards": 4, "move": None},
+            {"shards": 8, "move": None},
+            {"shards": 8, "move": {"id": 3, "from": 0, "to": 4, "slots": [[0, 9], [20, 20]]}},
+            {"shards": 8, "move": {"id": 3, "from": 0, "to": 4, "slots": [[0, 9], [20, 20]]}},
+            {"shards": 8, "move": {"id": 4, "from": 1, "to": 5, "slots": [[1, 1]]}},
+        ]
+    )
+    stop, lines = threading.Event(), []
+
+    def status():
+        try:
+            return next(states)
+        except StopIteration:
+            stop.set()
+            return {"shards": 8, "move": None}
+
+    assert watch_moves(status, stop, lines.append, every_s=0.001, shards=4) == 3
+    assert lines == [
+        "  shards: 8",
+        "  move 3: 11 slots, shard 0 -> shard 4",
+        "  move 4: 1 slots, shard 1 -> shard 5",
+    ]

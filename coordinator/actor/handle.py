@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 COORDINATOR_NAME = "dn-coordinator"
 #: How long a shard a reshard left without slots keeps answering before its actor stops.
 RETIRE_GRACE_S = 60.0
+#: Shard ids past the count a shutdown looks for (shards a reshard retired, not yet stopped).
+RETIRED_SCAN = 64
 
 
 #: Calls the coordinator actor serves at once: every client committing a transaction waits in
@@ -213,7 +215,9 @@ def stop_deployment(namespace: str, shards: int | None) -> list[str]:
     # a shutdown does not wait a whole call timeout for a shard that is gone already
     group = ShardGroup(namespace, shards, ShellSettings(call_timeout_s=30.0))
     group.call_each({i: ("close", ()) for i in range(shards)})
-    for name in [COORDINATOR_NAME] + [shard_name(i) for i in range(shards)]:
+    # and shards a reshard retired that are still up (they stop a minute after the reshard)
+    retired = [shard_name(i) for i in range(shards, shards + RETIRED_SCAN)]
+    for name in [COORDINATOR_NAME] + [shard_name(i) for i in range(shards)] + retired:
         if kill_actor(name, namespace):
             killed.append(name)
     return killed

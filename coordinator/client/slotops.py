@@ -38,6 +38,10 @@ class SlotOps:
         self._coord.call("move_slots", list(slots), to_shard)
         return self.refresh_route()
 
+    def coordinator_status(self) -> dict:
+        """The coordinator's status alone (the slot map, a move in progress): cheap to poll."""
+        return self._coord.call("status")
+
     def reshard(self, shards: int) -> dict:
         """Change the shard count online (split or merge, by reference: decision 0018)."""
         done = self._coord.call("reshard", shards)
