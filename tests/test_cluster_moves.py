@@ -357,7 +357,7 @@ def test_decisions_naming_a_shard_a_merge_retired_are_collected(cluster):
 def test_dn_reshard_shows_each_move_and_the_new_shard_count_as_it_goes():
     import threading
 
-    from coordinator.cli.main import watch_moves
+    from coordinator.cli.reshard import watch_moves
 
     states = iter(
         [

@@ -39,7 +39,6 @@ import base64
 import json
 import os
 import sys
-import threading
 import time
 from typing import Any
 
@@ -198,74 +197,15 @@ def cmd_changes(args: argparse.Namespace) -> int:
 
 
 def cmd_move_slots(args: argparse.Namespace) -> int:
-    slots = parse_slots(args.slots)
-    client = _client(args)
-    version = client.move_slots(slots, args.to)
-    per = client.status()["coordinator"]["slots"]["per_shard"]
-    owned = ", ".join(f"{i}: {per[i]}" for i in sorted(per, key=int))
-    print(f"slot map v{version}; slots per shard {owned}")
-    return 0
+    from coordinator.cli.reshard import move_slots
+
+    return move_slots(_client(args), args.slots, args.to)
 
 
 def cmd_reshard(args: argparse.Namespace) -> int:
-    client = _client(args)
-    before = client.status()["coordinator"]["slots"]["per_shard"]
-    print(f"resharding {len(before)} -> {args.shards} shards (slots move by reference)...")
-    stop = threading.Event()
-    watcher = threading.Thread(
-        target=watch_moves,
-        args=(client.coordinator_status, stop, print, 0.2, len(before)),
-        daemon=True,
-    )
-    watcher.start()
-    try:
-        done = client.reshard(args.shards)
-    finally:
-        stop.set()
-        watcher.join()
-    per = client.status()["coordinator"]["slots"]["per_shard"]
-    owned = ", ".join(f"{i}: {per[i]}" for i in sorted(per, key=int))
-    print(f"{done['moved_slots']} slots moved; slot map v{done['map_version']}; per shard {owned}")
-    return 0
+    from coordinator.cli.reshard import reshard
 
-
-def watch_moves(
-    status: Any, stop: threading.Event, say: Any, every_s: float = 0.2, shards: Any = None
-) -> int:
-    """Until ``stop``: every ``every_s`` the coordinator's ``status()``, and a line for each move
-    seen (its slots, from and to) and for each new shard count (``shards``: the count before);
-    returns the lines."""
-    seen, n = None, 0
-    while not stop.wait(every_s):
-        try:
-            st = status()
-        except Exception:  # noqa: BLE001 - progress only: the reshard's own call reports
-            continue
-        mv = st.get("move")
-        if mv and mv["id"] != seen:
-            seen, n = mv["id"], n + 1
-            count = sum(hi - lo + 1 for lo, hi in mv["slots"])
-            say(f"  move {mv['id']}: {count} slots, shard {mv['from']} -> shard {mv['to']}")
-        if st.get("shards") != shards:
-            if shards is not None:
-                say(f"  shards: {st.get('shards')}")
-                n += 1
-            shards = st.get("shards")
-    return n
-
-
-def parse_slots(text: str) -> list[int]:
-    """``"0-99,200,300-301"`` as the slots it names."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise SystemExit(
-            f"dn: --slots {text!r}: expected numbers and ranges, e.g. 0-99,200"
-        ) from None
-    return out
+    return reshard(_client(args), args.shards)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
