@@ -114,6 +114,9 @@ class ShardState:
         self.undone: frozenset[int] = frozenset()  # moves undone here (dn.upkeep.handoff)
         self.fencing: frozenset[int] = frozenset()  # being given or taken, not yet recorded
         self.refused: frozenset[int] = frozenset()
+        # the read filters of the moves, by (map version, table id, key columns) (dn.read.
+        # snapshots.moved_plan): what every read by that map would build again
+        self.moved_reads: dict = {}
         self.slot_count = 0
         self.last_cp_time = clock.monotonic()
         self.broken: DNError | None = None
@@ -166,6 +169,7 @@ class ShardState:
     def set_moves_locked(self, recorded: tuple) -> None:
         """Adopt the manifest's slot moves (:mod:`dn.moves`) and the writes they refuse."""
         self.moves = recorded
+        self.moved_reads = {}  # read filters by (map version, table): made again
         if recorded:
             self.slot_count = recorded[0].count
         self.refused = moves.refused(recorded) | self.fencing

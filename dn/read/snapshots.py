@@ -294,23 +294,42 @@ def moved_plan(
     """``plan`` once slots moved (:mod:`dn.moves`): the own objects read through a filter that
     leaves out the moved slots, then for each in move that is some slots' latest, its sources
     and the own objects above its H, filtered to those slots."""
+    key = (map_version, t.id, t.pk_pos)
+    filters = st.moved_reads.get(key)
+    if filters is None:  # made once per map version and table, until the moves change
+        filters = _moved_filters(st, t, s, map_version)
+        if len(st.moved_reads) > 256:
+            st.moved_reads.clear()
+        st.moved_reads[key] = filters
+    own, sources, afters = filters
+    if own is None:
+        return plan
+    lo_ts = 0 if from_ts is None else from_ts
+    refs = [(f, to, flt) for f, to, flt in sources if f <= s and to >= lo_ts]
+    for h, flt in afters:
+        refs += [(f, to, flt) for f, to in st.ranges if to > h and f <= s and to >= lo_ts]
+    return replace(plan, own=own, refs=tuple(refs))
+
+
+def _moved_filters(st: ShardState, t: TableDef, s: int, map_version: int | None) -> tuple:
+    """The filters of :func:`moved_plan` for table ``t`` and a reader's map version: the own
+    objects' (None: nothing moved), each source's ``(from, to, filter)``, and per in move
+    ``(H, filter)`` for the own objects above its H."""
     rs = moves.read_slots(st.moves, s, map_version, st.shard)
     if rs.plain:
-        return plan
+        return None, (), ()
     me, n, pk = st.shard, rs.count, t.pk_pos
     own = SlotFilter(n, rs.moved, False, 0, NO_HI, me, t.id, t.id, pk)
-    refs: list[tuple] = []
-    lo_ts = 0 if from_ts is None else from_ts
-    for here, sources, h, m in rs.after:
+    sources: list[tuple] = []
+    afters: list[tuple] = []
+    for here, srcs, h, m in rs.after:
         ids = {(q, mine): theirs for q, mine, theirs in m.tables}
-        for slots, (q, f, to, lo, hi) in sources:
+        for slots, (q, f, to, lo, hi) in srcs:
             tid = t.id if q == me else ids.get((q, t.id))
-            if tid is not None and f <= s and to >= lo_ts:
-                refs.append((f, to, SlotFilter(n, slots, True, lo, hi, q, t.id, tid, pk)))
-        for f, to in st.ranges:
-            if to > h and f <= s and to >= lo_ts:
-                refs.append((f, to, SlotFilter(n, here, True, h, NO_HI, me, t.id, t.id, pk)))
-    return replace(plan, own=own, refs=tuple(refs))
+            if tid is not None:
+                sources.append((f, to, SlotFilter(n, slots, True, lo, hi, q, t.id, tid, pk)))
+        afters.append((h, SlotFilter(n, here, True, h, NO_HI, me, t.id, t.id, pk)))
+    return own, tuple(sources), tuple(afters)
 
 
 def _key_runs(buffers: list, table_id: int, keys: list, window: tuple | None) -> list[Run]:

@@ -38,7 +38,7 @@ import threading
 from typing import Any
 
 from dn import moves
-from dn.catalog import OP_WRITE
+from dn.catalog import OP_WRITE, WRITE_OPS
 from dn.errors import Conflict, InvalidArgument, Moved
 from dn.moves import IN, OUT, Group, Move
 from dn.slots import key_slots
@@ -259,12 +259,41 @@ def check_command_locked(s: ShardState, p: Any) -> None:
     write, or a transaction's prepare) touches a slot this shard may not write now; Conflict
     when a transaction's snapshot is older than the move that brought one of its slots here
     (what the old owner committed after the snapshot is not in this shard's memory, which
-    the check against the snapshot reads). Keys are hashed only when either can apply."""
+    the check against the snapshot reads). Keys are hashed only when either can apply, and
+    then before the lock where they can be (:func:`command_slots`, ``Pending.slots``)."""
     stale: set[int] = set()
     if p.txn is not None and p.txn.snapshot is not None:
         stale = {x for m in s.moves if m.kind == IN and m.ts > p.txn.snapshot for x in m.slots}
     if not s.refused and not stale:
         return
+    slots = p.slots if p.slots is not None else command_slots(s.slot_count, p)
+    hit = s.refused & slots
+    if hit:
+        raise Moved(
+            f"shard {s.shard}: slots {sorted(hit)[:16]} are not this shard's to write now (a "
+            "slot move gave them away or is in progress); refresh the slot map and retry",
+            shard=s.shard,
+            slots=sorted(hit)[:16],
+        )
+    if stale & slots:
+        raise Conflict(
+            f"shard {s.shard}: slots {sorted(stale & slots)[:16]} moved here after the "
+            "transaction's snapshot; run it again from a newer snapshot"
+        )
+
+
+def hash_slots(s: ShardState, ps: list) -> None:
+    """Lock not held: on a shard with slots fenced, each command's slots (``Pending.slots``),
+    so that the check under the lock only intersects them."""
+    if s.refused and s.slot_count:
+        for p in ps:
+            if p.txn is not None or p.op in WRITE_OPS:
+                p.slots = command_slots(s.slot_count, p)
+
+
+def command_slots(count: int, p: Any) -> set[int]:
+    """The slots of the keys command ``p`` writes (each table's keys hashed by its own key
+    type); no lock needed."""
     if p.txn is not None:
         by_id = {t.id: t for t in p.txn.tables}
         per_table = [(by_id[tid], list(ks)) for tid, ks in p.txn.keys.items()]
@@ -282,17 +311,5 @@ def check_command_locked(s: ShardState, p: Any) -> None:
     slots: set[int] = set()
     for t, keys in per_table:
         int64 = len(t.pk_pos) == 1 and t.columns[t.pk_pos[0]][1] == "int64"
-        slots.update(key_slots(keys, s.slot_count, int64))
-    hit = s.refused & slots
-    if hit:
-        raise Moved(
-            f"shard {s.shard}: slots {sorted(hit)[:16]} are not this shard's to write now (a "
-            "slot move gave them away or is in progress); refresh the slot map and retry",
-            shard=s.shard,
-            slots=sorted(hit)[:16],
-        )
-    if stale & slots:
-        raise Conflict(
-            f"shard {s.shard}: slots {sorted(stale & slots)[:16]} moved here after the "
-            "transaction's snapshot; run it again from a newer snapshot"
-        )
+        slots.update(key_slots(keys, count, int64))
+    return slots

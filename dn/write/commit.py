@@ -43,6 +43,7 @@ class Pending:
         "error",
         "done",
         "waiter",
+        "slots",
     )
 
     def __init__(
@@ -57,6 +58,7 @@ class Pending:
         self.op = op
         self.args = args
         self.payload = payload  # msgpack of args
+        self.slots: set[int] | None = None  # its keys' slots, once a shard's moves need them
         self.table = table  # TableDef the rows were validated against (writes)
         self.nrows = nrows
         self.token = token  # the idempotency token of a write part (dn.write.tokens), or None

@@ -55,7 +55,7 @@ from dn.errors import (
 from dn.objects import codec
 from dn.schema import TableDef
 from dn.state import ShardState
-from dn.upkeep.handoff import check_command_locked
+from dn.upkeep.handoff import check_command_locked, hash_slots
 from dn.upkeep.scheduler import Upkeep
 from dn.write.aio import AsyncFrontDoor
 from dn.write.backpressure import Backpressure
@@ -212,6 +212,7 @@ class WritePath:
 
     def _submit(self, p: Pending) -> int:
         self._admit()
+        hash_slots(self._s, [p])  # before the lock, on a shard with slots fenced
         return self._s.queue.submit(p, self._reserve, self._stamp, self._persist, self._apply_group)
 
     def submit_all(self, ps: list[Pending]) -> None:
@@ -222,6 +223,7 @@ class WritePath:
             for p in ps:
                 p.error, p.done = exc, True
             return
+        hash_slots(self._s, ps)
         self._s.queue.submit_all(ps, self._reserve, self._stamp, self._persist, self._apply_group)
 
     def _admit(self) -> None:
