@@ -84,6 +84,9 @@ class Move:
     groups: tuple[Group, ...] = ()  # what was handed over (OUT) or taken over (IN)
     # IN: (source shard, own table id, that shard's id of the same table)
     tables: tuple[tuple[int, int, int], ...] = ()
+    # its rows settled into the shard's live objects (dn.upkeep.absorb): IN, copied in from the
+    # sources (whose references are dropped: ``groups`` empty); OUT, dropped from them
+    absorbed: bool = False
 
     def to_wire(self) -> dict:
         return {
@@ -96,6 +99,7 @@ class Move:
             "done": self.done,
             "groups": [g.to_wire() for g in self.groups],
             "tables": [list(t) for t in self.tables],
+            **({"absorbed": True} if self.absorbed else {}),
         }
 
     @classmethod
@@ -110,6 +114,7 @@ class Move:
             bool(w["done"]),
             tuple(Group.from_wire(g) for g in w["groups"]),
             tuple((a, b, c) for a, b, c in w["tables"]),
+            bool(w.get("absorbed", False)),
         )
         if m.kind not in (OUT, IN) or not all(0 <= s < m.count for s in m.slots):
             raise ValueError(f"malformed move {m.id}")
@@ -170,7 +175,8 @@ def read_slots(
                 map_version=m.id,
                 slots=sorted(m.slots)[:16],
             )
-    latest = _latest(tuple(applied))
+    # a slot whose latest move's rows are settled into the live objects is read as any other
+    latest = {x: m for x, m in _latest(tuple(applied)).items() if not m.absorbed}
     if not latest:
         return NONE
     mine: dict[int, set[int]] = {}
@@ -196,7 +202,8 @@ def handover(
     by: dict[int, set[int]] = {}
     for s in slots:
         m = latest.get(s)
-        by.setdefault(m.id if m is not None and m.kind == IN else -1, set()).add(s)
+        mid = m.id if m is not None and m.kind == IN and not m.absorbed else -1
+        by.setdefault(mid, set()).add(s)  # -1: the own objects hold the whole history
     ins = {m.id: m for m in moves}
     out = []
     for mid, here in sorted(by.items()):
@@ -211,13 +218,92 @@ def handover(
     return tuple(out)
 
 
-def kept(moves: tuple[Move, ...], shard: int) -> set[tuple[int, int]]:
-    """This shard's range objects that moves handed over or took over: its GC keeps them."""
-    return {(x[1], x[2]) for m in moves for g in m.groups for x in g.sources if x[0] == shard}
-
-
 def settle(moves: tuple[Move, ...], move_id: int, committed: bool) -> tuple[Move, ...]:
     """The moves once ``move_id`` is known committed (marked done) or not (removed)."""
     if committed:
         return tuple(replace(m, done=True) if m.id == move_id else m for m in moves)
     return tuple(m for m in moves if m.id != move_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Absorb:
+    """What settling a shard's done moves into its live objects does (:mod:`dn.upkeep.absorb`):
+    ``copy``, the sources whose rows come in, as ``(slots, source, move)``, each key's oldest
+    first; ``drop``, slot -> ts: the own rows of that slot at or below it go (``NO_TS``: all);
+    ``marked``, the moves then absorbed; ``h``, the newest ts of a row copied or dropped;
+    ``h_copy``, of a row copied."""
+
+    copy: tuple[tuple[frozenset[int], Source, Move], ...]
+    drop: dict[int, int]
+    marked: frozenset[int]
+    h: int
+    h_copy: int
+
+
+#: ``Absorb.drop``: every own row of the slot goes.
+NO_TS = (1 << 63) - 1
+
+
+def absorbable(moves: tuple[Move, ...]) -> Absorb | None:
+    """The done moves whose rows can settle into the live objects now, and how (None: none).
+
+    A move is settled once each of its slots either has it as its latest move or has a later
+    move that is done (a pending one may be undone, making this one the latest again). For the
+    slots whose latest move it is: an ``in`` move's sources are copied in and the own rows at
+    or below its H dropped (they are older periods' rows, which its sources hold too: with
+    the copy, the own objects hold the slots' whole history); an ``out`` move's own rows are
+    dropped (its peer reads them through the references, which name objects, not live ones).
+    An ``in`` move's references go once settled: a later out move handed on those it needs."""
+    latest = _latest(moves)
+    copy: list[tuple[frozenset[int], Source, Move]] = []
+    drop: dict[int, int] = {}
+    marked: set[int] = set()
+    h = h_copy = 0
+    for m in sorted(moves, key=lambda m: m.id):
+        if not m.done or m.absorbed:
+            continue
+        if any(latest[x] is not m and not latest[x].done for x in m.slots):
+            continue
+        here = frozenset(x for x in m.slots if latest[x] is m)
+        marked.add(m.id)
+        if not here:
+            continue
+        h = max(h, m.ts)
+        for x in here:
+            drop[x] = m.ts if m.kind == IN else NO_TS
+        if m.kind == IN:
+            h_copy = max(h_copy, m.ts)
+            copy.extend((g.slots & here, src, m) for g in m.groups if g.slots & here
+                        for src in g.sources)  # fmt: skip
+    if not marked:
+        return None
+    return Absorb(tuple(copy), drop, frozenset(marked), h, h_copy)
+
+
+def absorbed(moves: tuple[Move, ...], marked: frozenset[int]) -> tuple[Move, ...]:
+    """The moves once ``marked`` are settled: absorbed, an in move's references dropped."""
+    return tuple(
+        replace(m, absorbed=True, groups=() if m.kind == IN else m.groups)
+        if m.id in marked else m
+        for m in moves
+    )  # fmt: skip
+
+
+def held(shard: int, manifests: dict[int, tuple[Move, ...]]) -> set[tuple[int, int]]:
+    """Shard ``shard``'s range objects that some shard's moves still read or may hand on,
+    from each shard's moves (``manifests``: shard -> its recorded moves): the sources named by
+    every move pending, every in move not yet absorbed, and every out move done whose peer has
+    not absorbed its side yet (or whose peer's record was not seen). A reference is only ever
+    made from one that holds (a give hands on the giver's own objects or the sources it holds
+    itself), so an object no move holds is never referenced again: garbage once not live."""
+    out: set[tuple[int, int]] = set()
+    for ms in manifests.values():
+        for m in ms:
+            if m.done and m.kind == OUT:
+                peer = manifests.get(m.peer)
+                if peer is not None and any(p.id == m.id and p.absorbed for p in peer):
+                    continue
+            elif m.done and m.absorbed:
+                continue
+            out |= {(x[1], x[2]) for g in m.groups for x in g.sources if x[0] == shard}
+    return out

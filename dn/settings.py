@@ -110,6 +110,13 @@ class Settings:
     compaction_base_bytes: int = 4 * MiB
     #: Range objects at least this large are not merged again.
     compaction_max_bytes: int = 1024 * MiB
+    #: Settle a slot move's rows into the shard's own objects once the move has been done
+    #: this long (seconds; dn/upkeep/absorb.py): the new owner copies the rows it reads by
+    #: reference, the old owner drops the rows it gave away. 0: at once; None: never.
+    absorb_after_s: float | None = 30.0
+    #: How often garbage collection reads the other shards' manifests to learn which of its
+    #: objects their slot moves still reference (seconds; only a shard that gave slots away).
+    gc_references_s: float = 60.0
     #: Unreferenced objects are deleted after being seen unreferenced this long (seconds);
     #: longer than the longest read's object fetch, and than any pause a stale incarnation
     #: could wake from.
@@ -147,6 +154,7 @@ class Settings:
             "snapshot_future_s",
             "background_interval_s",
             "gc_grace_s",
+            "gc_references_s",
             "txn_wait_s",
         ):
             value = getattr(self, name)
@@ -156,6 +164,10 @@ class Settings:
             raise InvalidArgument("setting timestamp_lease_s must be a positive number")
         if not isinstance(self.token_window_s, int | float) or not self.token_window_s >= 1:
             raise InvalidArgument("setting token_window_s must be a number of seconds >= 1")
+        if self.absorb_after_s is not None and (
+            not isinstance(self.absorb_after_s, int | float) or not self.absorb_after_s >= 0
+        ):
+            raise InvalidArgument("setting absorb_after_s must be a number >= 0 or None")
         for name in ("freeze_interval_s", "checkpoint_interval_s", "retention_s"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or not value > 0):

@@ -99,7 +99,9 @@ class ShardState:
             settings.compaction_base_bytes,
             settings.compaction_max_bytes,
         )
-        self.collector = Collector(store, shard, settings.gc_grace_s)
+        self.collector = Collector(
+            store, shard, settings.gc_grace_s, references_s=settings.gc_references_s
+        )
         self.gc_dirty = True  # something may have become garbage since the last scan
         self.manifest_unsure = False  # a manifest commit failed in a way that may have landed
         self.last_applied = 0  # the newest commit ts applied to memory

@@ -591,6 +591,23 @@ def test_manifest_fixture_with_slot_moves_is_format_3_and_reads_back():
     assert replace(state, moves=()).encode(SHARD) == fixture("manifest.bin")
 
 
+def test_a_settled_move_carries_absorbed_and_older_moves_read_as_not_settled():
+    m = replace(make.MOVES[0], absorbed=True)
+    assert m.to_wire()["absorbed"] is True
+    assert type(m).from_wire(m.to_wire()) == m
+    assert "absorbed" not in make.MOVES[0].to_wire()  # as format 3 was first written
+    assert type(m).from_wire(make.MOVES[0].to_wire()).absorbed is False
+
+
+def test_a_range_key_may_name_a_negative_first_timestamp():
+    # the first range after settling slot moves starts below every range the shard wrote
+    key = codec.range_key(3, -2, 17)
+    assert key == "20/3/-0000000000000000002_00000000000000000017"
+    codec.check_key_numbers(key, (-2, 17))
+    with pytest.raises(Corruption):
+        codec.check_key_numbers(key, (2, 17))
+
+
 def test_manifest_versions_that_do_not_read():
     for body, version, error in (
         (MANIFEST_BODY_V1, 2, "malformed"),  # version 2 always carries the ceiling

@@ -159,3 +159,111 @@ def test_a_move_crashed_at_store_operations_on_s3(s3_url):
     one_try = RetryPolicy(max_attempts=1)
     total = _ops(lambda n: MemoryStore())
     _crash_at(range(0, total + 1, 5), True, lambda n: open_store(f"{url}/move-{n}", retry=one_try))
+
+
+# -- settling a done move into the two shards' objects (dn.upkeep.absorb), crashed ----------
+
+
+def _settle_setup(inner) -> tuple[dict, int, dict]:
+    """The move done, and written after it on both shards (so both can settle); returns the
+    model before the move, a snapshot after the writes, and the model there."""
+    before = _setup(inner)
+    engines = [_open(inner, i) for i in range(2)]
+    handover = engines[0].handoff.give(1, SLOTS, COUNT, 1)
+    engines[1].handoff.take(1, 0, SLOTS, COUNT, handover)
+    for e in engines:
+        e.handoff.settle(1, True)
+    after = dict(before)
+    for k in range(0, 40, 3):
+        engines[_owner(k, True)].write("d", "t", [{"k": k, "v": "moved"}])
+        after[k] = "moved"
+    for e in engines:
+        e.freeze()
+        e.flush()
+    s = max(e.snapshot() for e in engines)
+    for e in engines:
+        e.advance_floor(s)
+        e.close()
+    return before, s, after
+
+
+def _settle(store) -> None:
+    """Both shards settle the move (the new owner first) and collect garbage."""
+    engines = [_open(store, 1), _open(store, 0)]
+    for e in engines:
+        assert e.handoff.absorb()
+    for e in engines:
+        e.collect_garbage(force=True)
+
+
+def _read(engines, s: int) -> dict:
+    got: dict = {}
+    for e in engines:
+        for row in e.scan("d", "t", s):
+            assert row["k"] not in got, f"key {row['k']} on two shards"
+            got[row["k"]] = row["v"]
+    return got
+
+
+def _verify_settled(inner, after: dict, s: int) -> None:
+    engines = [_open(inner, i) for i in range(2)]
+    try:
+        assert _read(engines, s) == after  # whatever settled before the crash
+        for e in (engines[1], engines[0]):  # settling again finishes it
+            e.handoff.absorb()
+            assert all(m.absorbed for m in e._state.moves)
+        for _ in range(2):
+            for e in engines:
+                e.collect_garbage(force=True)
+        for e in engines:  # no reference is left: exactly the live objects stay
+            live = {codec.range_key(e.shard, a_, b_) for a_, b_ in e._state.ranges}
+            assert set(inner.list(codec.range_prefix(e.shard))) == live
+            view = e.read_view("d", "t", s)
+            assert view.plan.own is None and not view.plan.refs  # read unfiltered
+        assert _read(engines, s) == after
+        moved = next(k for k in KEYS if _owner(k, True) != _owner(k, False))
+        with pytest.raises(Moved):  # the old owner still refuses the slots it gave away
+            engines[0].write("d", "t", [{"k": moved, "v": "wrong"}])
+    finally:
+        for e in engines:
+            e.close()
+
+
+def _settle_crash_at(ns, lands: bool, make) -> None:
+    for n in ns:
+        inner = make(n)
+        _, s, after = _settle_setup(inner)
+        faulty = FaultyStore(inner)
+        faulty.crash_after(n, lands=lands)
+        try:
+            _settle(faulty)
+        except SimulatedCrash:
+            pass
+        _verify_settled(inner, after, s)
+
+
+def _settle_ops() -> int:
+    inner = MemoryStore()
+    _settle_setup(inner)
+    faulty = FaultyStore(inner)
+    n = [0]
+    faulty.on_op = lambda op, key: n.__setitem__(0, n[0] + 1)
+    _settle(faulty)
+    return n[0]
+
+
+@pytest.mark.parametrize("lands", [False, True], ids=["before-op", "after-op"])
+def test_settling_a_move_crashed_at_every_store_operation_loses_and_keeps_nothing(lands):
+    total = _settle_ops()
+    assert total > 10
+    _settle_crash_at(range(total + 1), lands, lambda n: MemoryStore())
+
+
+@pytest.mark.s3
+def test_settling_a_move_crashed_at_store_operations_on_s3(s3_url):
+    url, _ = s3_url
+    one_try = RetryPolicy(max_attempts=1)
+    total = _settle_ops()
+    _settle_crash_at(
+        range(0, total + 1, 5), True, lambda n: open_store(f"{url}/settle-{n}", retry=one_try)
+    )

@@ -123,7 +123,7 @@ def merge(
         pk_pos, drop_ts = tables[tid]
         if drop_ts is not None and drop_ts <= horizon:
             continue
-        merged = _merge_table([ro.run(tid, pk_pos) for ro in inputs], horizon, oldest)
+        merged = merge_table([ro.run(tid, pk_pos) for ro in inputs], horizon, oldest)
         if merged is None:
             continue
         out_tables[tid], stats[tid] = merged
@@ -144,7 +144,7 @@ def commits(inputs: list[RangeObject]) -> int:
     return sum(ro.ncommits for ro in inputs)
 
 
-def _merge_table(runs, horizon: int, oldest: bool):
+def merge_table(runs, horizon: int, oldest: bool):
     # (pk, ts, row or None) for every version; inputs are ts-ordered and disjoint, so a stable
     # sort by pk of their concatenation gives (pk, ts) order.
     pks: list[Any] = []

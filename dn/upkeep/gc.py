@@ -1,9 +1,11 @@
 """Garbage collection of one shard's objects in the store.
 
-An object is live when the shard's *current* manifest (read afresh from the store) references it:
-its range objects, the range objects its slot moves handed over or took over (:func:`dn.moves.kept`:
-other shards read them), its checkpoints, the newest ``keep_manifests`` manifest versions, and (for
-the log, which :mod:`dn.write.log` truncates itself) nothing here. Everything else under the shard's
+An object is live when the shard's *current* manifest (read afresh from the store) references
+it: its range objects; the range objects slot moves still hold (:func:`dn.moves.held`: its own
+moves and, once it gave slots away, the other shards' moves, from their manifests, until the
+shard that took the slots settled them into its own objects); its checkpoints; the newest
+``keep_manifests`` manifest versions; and (for the log, which :mod:`dn.write.log` truncates
+itself) nothing here. Everything else under the shard's
 ``00/``, ``10/`` and ``20/`` prefixes is garbage: inputs of finished compactions, checkpoints that
 fell out of the window, old manifest versions, and orphans of flushes or compactions that crashed
 before their commit.
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from dn import moves
 from dn.errors import Fenced, Unavailable
 from dn.objects import codec
-from dn.objects.manifest import Manifest
+from dn.objects.manifest import Manifest, ManifestState
 from dn.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -45,14 +47,17 @@ class Collector:
     keep_manifests: int = 8
     pending: dict[str, float] = field(default_factory=dict)  # key -> first seen unreferenced
     deleted: int = 0
+    references_s: float = 60.0  # how often the other shards' moves are read again
+    others: dict[int, tuple] | None = None  # their moves, as last read (_held)
+    others_at: float = 0.0
 
     def scan(self, epoch: int, now: float, version: int = 0) -> int:
         """List the shard's objects and note the unreferenced ones; returns how many await
         deletion. ``version``: the newest manifest version the caller knows is committed."""
         state = self._current(epoch, version)
         live = {codec.range_key(self.shard, a, b) for a, b in state.ranges}
-        # and those slot moves handed over (dn.moves): another shard reads them
-        live |= {codec.range_key(self.shard, a, b) for a, b in moves.kept(state.moves, self.shard)}
+        # and those slot moves still reference (dn.moves): another shard reads them
+        live |= {codec.range_key(self.shard, a, b) for a, b in self._held(state, now)}
         live |= {codec.checkpoint_key(self.shard, c) for c in state.checkpoints}
         live |= {
             codec.manifest_key(self.shard, v)
@@ -75,6 +80,25 @@ class Collector:
                 garbage.add(key)
         self.pending = {k: self.pending.get(k, now) for k in garbage}
         return len(self.pending)
+
+    def _held(self, state: ManifestState, now: float) -> set[tuple[int, int]]:
+        """This shard's objects that slot moves still hold (:func:`dn.moves.held`): its own
+        moves' (from the manifest just read), and once it gave slots away (only then can
+        another shard reference its objects), the other shards' (their manifests, read again
+        every ``references_s``: an object no move holds is never referenced again, so an older
+        reading errs only towards keeping)."""
+        if not state.moves:
+            return set()
+        if not any(m.kind == moves.OUT for m in state.moves):
+            return moves.held(self.shard, {self.shard: state.moves})
+        if self.others is None or now - self.others_at >= self.references_s:
+            found: dict[int, tuple] = {}
+            for shard in sorted({int(k.split("/")[1]) for k in self.store.list("00/")}):
+                if shard != self.shard:
+                    other = Manifest(self.store, shard).load()
+                    found[shard] = other.moves if other is not None else ()
+            self.others, self.others_at = found, now
+        return moves.held(self.shard, {**self.others, self.shard: state.moves})
 
     def collect(self, epoch: int, now: float, version: int = 0) -> int:
         """Delete the pending keys whose grace has passed; returns how many."""

@@ -43,6 +43,7 @@ from dn.errors import Conflict, InvalidArgument, Moved
 from dn.moves import IN, OUT, Group, Move
 from dn.slots import key_slots
 from dn.state import ShardState
+from dn.upkeep.absorb import Absorber
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,28 @@ class Handoff:
         self._s = state
         self._up = upkeep
         self._snap = snapshots
-        # one give, take or settle at a time: a resend that arrives while the first call
-        # still runs waits for it and then finds the move recorded (or undone)
+        # one give, take, settle or absorb at a time: a resend that arrives while the first
+        # call still runs waits for it and then finds the move recorded (or undone); a give
+        # reads the moves and the live ranges an absorb changes together
         self._lock = threading.Lock()
+        self.absorber = Absorber(state, upkeep)
+        upkeep.absorb = self.absorb_due
+
+    def absorb(self) -> bool:
+        """Settle the done moves into this shard's own objects now (:mod:`dn.upkeep.absorb`);
+        False when there was nothing to settle yet."""
+        with self._lock:
+            return self.absorber.run()
+
+    def absorb_due(self) -> bool:
+        """From maintenance: :meth:`absorb` once a move waited ``absorb_after_s``, unless a
+        move step holds the lock now (the next round tries again)."""
+        if not self.absorber.due() or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            return self.absorber.run()
+        finally:
+            self._lock.release()
 
     def give(self, move_id: int, slots: Any, count: int, to_shard: int) -> dict:
         """Step 1 (module docstring): fence ``slots``, pick ``H``, write the buffers out,
@@ -187,11 +207,13 @@ class Handoff:
                         "slots": len(m.slots),
                         "ts": m.ts,
                         "done": m.done,
+                        "absorbed": m.absorbed,
                         "sources": sum(len(g.sources) for g in m.groups),
                     }  # fmt: skip
                     for m in ms
                 ],
                 "pending_moves": [m.id for m in ms if not m.done],
+                **self.absorber.pending(ms),
             }
 
     def _recorded(self, move_id: int, kind: str, slots: frozenset, peer: int) -> Move | None:

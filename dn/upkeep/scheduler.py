@@ -40,8 +40,10 @@ class Upkeep:
     def __init__(self, state: ShardState) -> None:
         self._s = state
         # a ceiling extension writes no object: its version alone is no reason for a GC scan
-        self.ceiling = Ceiling(state, partial(self._commit, garbage=False))
+        self.ceiling = Ceiling(state, partial(self.commit, garbage=False))
         self.txns: Any = None  # dn.write.txn.Transactions: decides intents before a flush
+        # settles done slot moves into the own objects when due (dn.upkeep.handoff)
+        self.absorb: Any = None
 
     def maybe_freeze_locked(self) -> None:
         buf = self._s.mutable
@@ -82,7 +84,7 @@ class Upkeep:
         finalize, buffer dropped. False when the queue is empty."""
         self._s.check_usable()
         with self._s.flush_lock:
-            self._settle_manifest()
+            self.settle_manifest()
             with self._s.cv:
                 if not self._s.frozen:
                     return False
@@ -104,11 +106,11 @@ class Upkeep:
                     return m
                 return replace(m, ranges=m.ranges + (r,), log_low_seq=max(m.log_low_seq, low))
 
-            self._commit(add_range)  # adopting the new state drops the buffer
+            self.commit(add_range)  # adopting the new state drops the buffer
             self._s.counters["buffer_checkpoints"] += 1
             return True
 
-    def _commit(self, update, garbage: bool = True) -> None:
+    def commit(self, update, garbage: bool = True) -> None:
         """Commit a manifest update, then make memory agree with the manifest's newest known
         state, whatever happened: after a commit whose outcome was unknown and that did land,
         the next commit finds it and memory catches up here."""
@@ -135,10 +137,10 @@ class Upkeep:
             return replace(m, moves=update(m.moves), undone=undone)
 
         with self._s.flush_lock:
-            self._settle_manifest()
-            self._commit(change, garbage=True)
+            self.settle_manifest()
+            self.commit(change, garbage=True)
 
-    def _settle_manifest(self) -> None:
+    def settle_manifest(self) -> None:
         """Under the flush lock, before writing any object: if an earlier manifest commit
         failed in an unknown way, read the manifest back and adopt it, so that nothing
         already committed is written again (a torn rewrite would damage it)."""
@@ -180,7 +182,7 @@ class Upkeep:
         checkpoint); returns the checkpoint's timestamp, or None if there is none at all."""
         self._s.check_usable()
         with self._s.flush_lock:
-            self._settle_manifest()
+            self.settle_manifest()
             with self._s.cv:
                 ranges = list(self._s.ranges)
                 cps = list(self._s.checkpoints)
@@ -205,7 +207,7 @@ class Upkeep:
                     raise Unavailable("the manifest moved while the checkpoint was written; retry")
                 return replace(m, checkpoints=m.checkpoints + (ts,))
 
-            self._commit(add_checkpoint)
+            self.commit(add_checkpoint)
             with self._s.cv:
                 self._s.last_cp_time = self._s.clock.monotonic()
             self._s.counters["checkpoints"] += 1
@@ -237,6 +239,8 @@ class Upkeep:
         if s.compaction:
             while self.compact():
                 pass
+        if self._s.moves and self.absorb is not None:
+            self.absorb()
         self.collect_garbage()
         assert self._s.log is not None
         self._s.log.collect(self._s.clock.monotonic())
@@ -255,7 +259,7 @@ class Upkeep:
         self._s.check_usable()
         with self._s.compact_lock:
             with self._s.flush_lock:
-                self._settle_manifest()
+                self.settle_manifest()
             with self._s.cv:
                 ranges = list(self._s.ranges)
                 sized = [(r, self._s.sizes.get(r, 0)) for r in ranges]
@@ -272,7 +276,8 @@ class Upkeep:
                 horizon,
                 # a delete hides nothing older only if no older version can be read besides
                 # this shard's objects: not so once it took slots over (dn.moves: references)
-                oldest=pick[0] == ranges[0] and not any(m.kind == IN for m in self._s.moves),
+                oldest=pick[0] == ranges[0]
+                and not any(m.kind == IN and not m.absorbed for m in self._s.moves),
                 token_floor=self._token_floor(),
             )
             out = (pick[0][0], pick[-1][1])
@@ -296,7 +301,7 @@ class Upkeep:
                 )
 
             with self._s.flush_lock:
-                self._commit(swap)
+                self.commit(swap)
                 with self._s.cv:
                     for r in pick:
                         self._s.stats.pop(r, None)
@@ -345,4 +350,4 @@ class Upkeep:
         def drop(m):
             return replace(m, checkpoints=tuple(c for c in m.checkpoints if c not in stale))
 
-        self._commit(drop)
+        self.commit(drop)
