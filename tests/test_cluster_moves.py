@@ -20,6 +20,7 @@ from coordinator.client.client import Client
 from coordinator.client.routing import shard_of
 from coordinator.config import ClusterConfig
 from dn.errors import Unavailable
+from dn.settings import Settings
 from shards.shard import ShardService
 from tests.test_cluster_logic import LocalCoordinator, LocalShards
 
@@ -29,7 +30,10 @@ SCHEMA = {"k": "int64", "v": "string"}
 @pytest.fixture
 def cluster():
     url = f"memory://moves-{uuid.uuid4().hex}"
-    cfg = ClusterConfig(store=url, shards=3)
+    # moves settle into the shards' own objects as soon as they are done (dn.upkeep.absorb),
+    # while the next moves, writes and reads go on
+    engine = Settings(background=False, absorb_after_s=0.0, gc_references_s=0.0)
+    cfg = ClusterConfig(store=url, shards=3, engine=engine)
     services = [ShardService(url, i, cfg.engine.to_dict()) for i in range(3)]
     shards = LocalShards(services, lambda i: ShardService(url, i, cfg.engine.to_dict()))
     coord = CoordinatorService(cfg.to_dict(), shards)

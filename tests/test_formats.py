@@ -599,6 +599,14 @@ def test_a_settled_move_carries_absorbed_and_older_moves_read_as_not_settled():
     assert type(m).from_wire(make.MOVES[0].to_wire()).absorbed is False
 
 
+def test_a_manifest_with_a_checkpoint_floor_is_format_3_and_reads_back():
+    state = replace(MANIFEST_STATE, moves=make.MOVES, checkpoint_floor=120)
+    data = state.encode(SHARD)
+    assert body_of(data, "M", version=3)["checkpoint_floor"] == 120
+    assert _load_manifest(data) == state
+    assert "checkpoint_floor" not in body_of(fixture("manifest_moves.bin"), "M", version=3)
+
+
 def test_a_range_key_may_name_a_negative_first_timestamp():
     # the first range after settling slot moves starts below every range the shard wrote
     key = codec.range_key(3, -2, 17)

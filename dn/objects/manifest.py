@@ -14,7 +14,8 @@ version ``VERSION`` = 2; map keys in the order written)::
              "log_low_seq": int,                 first log object recovery must read
              "ceiling": int,                     the timestamp ceiling (format version 2)
              "moves": [move, ...],               slot moves (format version 3; dn.moves)
-             "undone": [id, ...]}                moves undone (format 3; absent: none)
+             "undone": [id, ...],                moves undone (format 3; absent: none)
+             "checkpoint_floor": ts}             checkpoints only above it (format 3; absent: 0)
 
 ``version`` is the number in the object's key (a reader checks it); ``epoch`` the incarnation
 that wrote it. Contiguous: each range's ``from`` is the ``to`` of the one before it plus one.
@@ -80,6 +81,9 @@ class ManifestState:
     ceiling: int = 0
     moves: tuple[Move, ...] = ()
     undone: tuple[int, ...] = ()  # ids of moves undone (a late give or take of one is refused)
+    # checkpoints are written only above it: settling moves (dn.upkeep.absorb) dropped those
+    # at or below it, whose keys name other contents (format 3; absent: 0)
+    checkpoint_floor: int = 0
 
     @property
     def max_range(self) -> int | None:
@@ -94,12 +98,17 @@ class ManifestState:
             "checkpoints": list(self.checkpoints),
             "log_low_seq": self.log_low_seq,
             "ceiling": self.ceiling,
-            **({"moves": [m.to_wire() for m in self.moves]} if self.moves or self.undone else {}),
+            **(
+                {"moves": [m.to_wire() for m in self.moves]}
+                if self.moves or self.undone or self.checkpoint_floor
+                else {}
+            ),
             **({"undone": list(self.undone)} if self.undone else {}),
+            **({"checkpoint_floor": self.checkpoint_floor} if self.checkpoint_floor else {}),
         }
 
     def encode(self, shard: int) -> bytes:
-        version = VERSION_MOVES if self.moves or self.undone else VERSION
+        version = VERSION_MOVES if self.moves or self.undone or self.checkpoint_floor else VERSION
         return codec.encode(codec.KIND_MANIFEST, self.to_body(shard), version)
 
     @classmethod
@@ -116,6 +125,7 @@ class ManifestState:
             ceiling,
             tuple(Move.from_wire(w) for w in body["moves"]) if version >= 3 else (),
             tuple(body.get("undone", ())) if version >= 3 else (),
+            body.get("checkpoint_floor", 0) if version >= 3 else 0,
         )
 
     def _check(self) -> None:

@@ -17,12 +17,15 @@ rewrites its history into a new first range object (:func:`dn.moves.absorbable` 
 The rewrite covers every live range that starts at or below the newest ``H`` settled (the
 rows it drops or copies are at or below it), from the first: its output replaces them as
 the new first range ``[c..z]``, ``c`` below every ``from`` the shard ever wrote (so the key
-was never used and no cache holds another object under it), ``z`` the last input's ``to``.
+was never used and no cache holds another object under it; written only if absent, as a
+fenced incarnation may pick the same ``c``), ``z`` the last input's ``to``.
 Versions the retention window no longer needs go as in compaction. A shard that copies rows
 in waits until its ranges reach the newest ``H`` copied (a write after the move, written out:
 a range holds only rows of its own time span); one that only drops rows never waits (every
 row at or below ``H`` is in its ranges once its buffers are written out). Checkpoints name
-the replaced ranges: they are dropped, and a new one is written.
+the replaced ranges: they are dropped, and the next is written only at a newer range's end
+(the manifest's ``checkpoint_floor``): a checkpoint's key is its timestamp, and one written
+again under it with other contents would be read from the caches that hold the old one.
 
 Crash safety: the output is written before the manifest commit that swaps it in and marks
 the moves; a crash before the commit leaves an orphan (garbage), after it the new state.
@@ -40,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from dn import moves
-from dn.errors import Internal
+from dn.errors import Internal, ObjectExists
 from dn.moves import IN, Absorb
 from dn.objects import codec, rangeobj
 from dn.read.slotfilter import FilteredRange, SlotFilter, filter_run
@@ -119,10 +122,9 @@ class Absorber:
                 return False
             run = [r for r in ranges if r[0] <= plan.h]
             c = min([run[0][0]] + [x[1] for _, x, _ in plan.copy]) - 1  # may be negative
-            out = (c, run[-1][1])
             later = any(m.kind == IN and not m.absorbed and m.id not in plan.marked for m in ms)
-            data, stats, ncommits, copied = self._rewrite(plan, run, tables, oldest=not later)
-            s.store.put(codec.range_key(s.shard, *out), data)
+            data, stats, ncommits, copied = self._rewrite(plan, run, tables, not later, c)
+            out = self._put(c, run[-1][1], data, plan, run, tables, not later)
             with s.cv:
                 s.stats[out] = stats  # before the commit: adoption needs them
                 s.sizes[out] = len(data)
@@ -137,6 +139,9 @@ class Absorber:
                     m,
                     ranges=(out, *m.ranges[len(run) :]),
                     checkpoints=(),  # they name the ranges replaced
+                    # and their keys are not written again with other contents: a reader
+                    # that cached one would read the ranges replaced, not the rows copied in
+                    checkpoint_floor=max(m.checkpoints, default=m.checkpoint_floor),
                     moves=moves.absorbed(m.moves, plan.marked),
                 )
 
@@ -154,8 +159,23 @@ class Absorber:
         self._up.checkpoint()  # record the new live set
         return True
 
+    def _put(self, c: int, z: int, data: bytes, *again: Any) -> tuple[int, int]:
+        """Write the new first range under a key no object has: ``[c..z]``, else a lower
+        ``c`` (each rewritten for it). Another incarnation of this shard (one a restart
+        fenced, not knowing it yet) computes the same ``c`` from the same ranges, and may have
+        written other rows under it: a plain put could replace what the live one committed."""
+        s = self._s
+        for _ in range(64):
+            try:
+                s.store.put_if_absent(codec.range_key(s.shard, c, z), data)
+                return (c, z)
+            except ObjectExists:
+                c -= 1
+                data = self._rewrite(*again, c)[0]
+        raise Internal(f"shard {s.shard}: no free key below range ({c}, {z}) to settle into")
+
     def _rewrite(
-        self, plan: Absorb, run: list[tuple[int, int]], tables: list, oldest: bool
+        self, plan: Absorb, run: list[tuple[int, int]], tables: list, oldest: bool, c: int
     ) -> tuple[bytes, dict, int, int]:
         """The new first range: ``run``'s rows without those ``plan`` drops, with the rows
         its sources hold; returns (encoded object, stats, commits, rows copied)."""
@@ -201,6 +221,5 @@ class Absorber:
         tokens = [e for ro in own for e in unpack_entries(ro.tokens) if e[0] >= floor]
         keys = {tid: next(t.pk_pos for t in tables if t.id == tid) for tid in out_tables}
         ncommits = compaction.commits(own)
-        c = min([run[0][0]] + [x[1] for _, x, _ in plan.copy]) - 1
         data = rangeobj.encode(s.shard, c, run[-1][1], ncommits, commands, out_tables, tokens, keys)
         return data, stats, ncommits, copied

@@ -186,8 +186,9 @@ class Upkeep:
             with self._s.cv:
                 ranges = list(self._s.ranges)
                 cps = list(self._s.checkpoints)
-                if not ranges or (cps and cps[-1] >= ranges[-1][1]):
-                    return cps[-1] if cps else None
+                floor = self._s.manifest.current.checkpoint_floor if self._s.manifest.current else 0
+                if not ranges or (cps and cps[-1] >= ranges[-1][1]) or ranges[-1][1] <= floor:
+                    return cps[-1] if cps else None  # (a floor: dn.upkeep.absorb)
                 ts = ranges[-1][1]
                 catalog = self._s.catalog.as_of(ts)
                 stats = dict(self._s.stats)

@@ -49,6 +49,7 @@ class Tally:
     load_rss_growth_bytes: int = 0
     load_queue_high_water_bytes: int = 0
     load_queue_bound_bytes: int = 0
+    moves_settled: int = 0  # slot moves settled into the shards' own objects (moves kind)
     write_latency_p50_ms: float | None = None
     write_latency_p99_ms: float | None = None
     per_kind: dict[str, dict] = field(default_factory=dict)
