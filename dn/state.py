@@ -240,6 +240,8 @@ class ShardState:
             "live_range_bytes": sum(n for _, n in sized),
             "live_checkpoints": len(out["checkpoints"]),
             "awaiting_gc": len(self.collector.pending),
+            # objects out of the live list that slot moves still reference (dn.moves.held)
+            "held_by_moves": self.collector.waiting,
             "deleted_by_gc": self.collector.deleted,
             "compaction_debt": self.policy.debt(sized),
             "compaction_bound": self.policy.bound(

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 COORDINATOR_NAME = "dn-coordinator"
 #: How long a shard a reshard left without slots keeps answering before its actor stops.
 RETIRE_GRACE_S = 60.0
+#: The longest a retired shard runs on waiting for the shards that read its objects to settle.
+RETIRE_MAX_S = 6 * 3600.0
 #: Shard ids past the count a shutdown looks for (shards a reshard retired, not yet stopped).
 RETIRED_SCAN = 64
 
@@ -92,22 +94,47 @@ class CoordinatorActor(CoordinatorService):
         super().grow_shards(shards)
 
     def retire_shards(self, ids: list[int]) -> None:
-        """Stop calling the shards a reshard left without slots, and stop their actors after
-        ``RETIRE_GRACE_S`` (a client that has not heard of the reshard yet is still answered,
-        and told to refresh its map). Their objects stay: other shards read them."""
+        """Stop calling the shards a reshard left without slots; stop their actors once each
+        has settled its moves and its garbage collector deleted what it handed over (the new
+        owners settled: nothing reads those objects), checked every ``RETIRE_GRACE_S`` (the
+        first check a grace for clients that have not heard of the reshard: they are still
+        answered, and told to refresh their map), at most ``RETIRE_MAX_S``. A shard grown
+        back meanwhile is not stopped. Their other objects stay: readers fetch them."""
         super().retire_shards(ids)
-        ns = self.config.namespace
+        self._retire_later(list(ids), time.monotonic())
 
-        def stop() -> None:
+    def _retire_later(self, ids: list[int], since: float) -> None:
+        def check() -> None:
+            left = []
             for i in ids:
+                if i < len(self._shards):
+                    continue  # grown back by a later reshard: a shard again
                 try:
+                    if time.monotonic() - since < RETIRE_MAX_S and not self._drained(i):
+                        left.append(i)
+                        continue
                     ray.get(get_actor(shard_name(i), ns).close.remote(), timeout=30)
                 except Exception as exc:  # noqa: BLE001 - it is killed anyway
                     log.warning("retired shard %d did not close cleanly: %s", i, exc)
                 kill_actor(shard_name(i), ns)
-            log.info("retired shards %s stopped", ids)
+                log.info("retired shard %d stopped", i)
+            if left:
+                self._retire_later(left, since)
 
-        threading.Timer(RETIRE_GRACE_S, stop).start()
+        ns = self.config.namespace
+        t = threading.Timer(RETIRE_GRACE_S, check)
+        t.daemon = True
+        t.start()
+
+    def _drained(self, i: int) -> bool:
+        """Whether retired shard ``i`` settled its moves and collected what it handed over."""
+        st = ray.get(get_actor(shard_name(i), self.config.namespace).status.remote(), timeout=30)
+        moves, objects = st.get("moves") or {}, st.get("objects") or {}
+        return not (
+            moves.get("moves_to_absorb")
+            or objects.get("held_by_moves")
+            or objects.get("awaiting_gc")
+        )
 
     def _collect_loop(self) -> None:
         while not self._stop_publishing.wait(DECISION_GC_INTERVAL_S):
@@ -215,7 +242,7 @@ def stop_deployment(namespace: str, shards: int | None) -> list[str]:
     # a shutdown does not wait a whole call timeout for a shard that is gone already
     group = ShardGroup(namespace, shards, ShellSettings(call_timeout_s=30.0))
     group.call_each({i: ("close", ()) for i in range(shards)})
-    # and shards a reshard retired that are still up (they stop a minute after the reshard)
+    # and shards a reshard retired that are still up (they stop once drained: retire_shards)
     retired = [shard_name(i) for i in range(shards, shards + RETIRED_SCAN)]
     for name in [COORDINATOR_NAME] + [shard_name(i) for i in range(shards)] + retired:
         if kill_actor(name, namespace):

@@ -118,12 +118,18 @@ def render_shard(i: int, s: dict[str, Any]) -> list[str]:
         taken = sum(m["slots"] for m in mv["moves"] if m["kind"] == "in")
         refs = sum(m["sources"] for m in mv["moves"] if m["kind"] == "in")
         pending = mv.get("pending_moves") or []
+        left = mv.get("moves_to_absorb", 0)
         rows.append(
             (
                 "slot moves",
                 f"{len(mv['moves'])} ({given} slots given, {taken} taken, read through "
                 f"{refs} referenced objects); {mv['refused_slots']} slots refused"
-                + (f"; IN PROGRESS: moves {pending}" if pending else ""),
+                + (f"; IN PROGRESS: moves {pending}" if pending else "")
+                + (
+                    f"; settling: {left} moves not yet in this shard's own objects"
+                    if left
+                    else "; all settled into this shard's own objects"
+                ),
             )
         )
     m = s.get("maintenance")

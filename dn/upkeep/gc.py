@@ -50,6 +50,17 @@ class Collector:
     references_s: float = 60.0  # how often the other shards' moves are read again
     others: dict[int, tuple] | None = None  # their moves, as last read (_held)
     others_at: float = 0.0
+    waiting: int = 0  # objects out of the live list that moves held at the last scan
+
+    def recheck_due(self, now: float) -> bool:
+        """Whether to scan again though nothing changed here: objects only moves held at
+        the last scan, and the other shards' moves are due to be read again (their shards
+        settle without this one committing anything)."""
+        return (
+            self.waiting > 0
+            and self.others is not None
+            and now - self.others_at >= self.references_s
+        )
 
     def scan(self, epoch: int, now: float, version: int = 0) -> int:
         """List the shard's objects and note the unreferenced ones; returns how many await
@@ -57,7 +68,9 @@ class Collector:
         state = self._current(epoch, version)
         live = {codec.range_key(self.shard, a, b) for a, b in state.ranges}
         # and those slot moves still reference (dn.moves): another shard reads them
-        live |= {codec.range_key(self.shard, a, b) for a, b in self._held(state, now)}
+        held = self._held(state, now) - set(state.ranges)
+        self.waiting = len(held)
+        live |= {codec.range_key(self.shard, a, b) for a, b in held}
         live |= {codec.checkpoint_key(self.shard, c) for c in state.checkpoints}
         live |= {
             codec.manifest_key(self.shard, v)

@@ -330,7 +330,7 @@ class Upkeep:
             self._drop_old_checkpoints()
             version = self._s.manifest.current.version if self._s.manifest.current else 0
             try:
-                if self._s.gc_dirty or force:
+                if self._s.gc_dirty or force or self._s.collector.recheck_due(now):
                     self._s.collector.scan(self._s.epoch, now, version)
                     self._s.gc_dirty = False  # only once a scan succeeded
                 return self._s.collector.collect(self._s.epoch, now, version)
