@@ -461,8 +461,10 @@ def test_reshard_on_ray_splits_and_merges_while_tasks_write(deploy_cluster):
     """``client.reshard`` on a Ray deployment: 2 -> 4 shards (two new shard actors, started by
     the coordinator) while Ray tasks write with clients pickled before it, then 4 -> 3 (one
     shard retired). Every acknowledged write is read once, and reads at a snapshot before the
-    split stay the same after the merge."""
-    client = deploy_cluster("reshard", shards=2)
+    split stay the same after the merge, and once every move settled into the shards' own
+    objects (at once here: ``absorb_after_s`` 0)."""
+    engine = {"absorb_after_s": 0.0, "gc_references_s": 0.0}
+    client = deploy_cluster("reshard", shards=2, engine=engine)
     client.create_database("db")
     client.create_table("db", "t", SCHEMA, "k")
     first = ray.get([ray.remote(num_cpus=0.01)(_write_keys).remote(client, 9, 3)])[0]
@@ -483,3 +485,16 @@ def test_reshard_on_ray_splits_and_merges_while_tasks_write(deploy_cluster):
     assert {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=s0)} == dict(first)
     route = client._tables().route
     assert route.shards == 3 and set(route.owners) == {0, 1, 2}
+    written += _write_keys(client, 7, 3)  # each shard writes after the merge: all can settle
+    deadline = time.time() + 120
+    while True:
+        st = client.status()["shards"]
+        left = {i: st[i]["moves"]["moves_to_absorb"] for i in range(3)}
+        if not any(left.values()):
+            break
+        assert time.time() < deadline, f"moves not settled: {left}"
+        time.sleep(0.5)
+    assert {r["k"]: r["v"] for r in client.scan("db", "t")} == dict(first + written)
+    assert {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=s0)} == dict(first)
+    for i in range(3):  # settled: read from the shards' own objects, unfiltered
+        assert st[i]["moves"]["references"] == 0

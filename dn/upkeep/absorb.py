@@ -141,7 +141,7 @@ class Absorber:
                     checkpoints=(),  # they name the ranges replaced
                     # and their keys are not written again with other contents: a reader
                     # that cached one would read the ranges replaced, not the rows copied in
-                    checkpoint_floor=max(m.checkpoints, default=m.checkpoint_floor),
+                    checkpoint_floor=max((m.checkpoint_floor, *m.checkpoints)),
                     moves=moves.absorbed(m.moves, plan.marked),
                 )
 
