@@ -387,3 +387,38 @@ def test_dn_reshard_shows_each_move_and_the_new_shard_count_as_it_goes():
         "  move 3: 11 slots, shard 0 -> shard 4",
         "  move 4: 1 slots, shard 1 -> shard 5",
     ]
+
+
+def test_a_table_looked_up_while_another_thread_reshards_routes_within_its_shards(cluster):
+    """A lookup asks every shard for its table while another thread's reshard grows the
+    cluster and refreshes the map: the entry must keep the map it asked by (a map of 5 shards
+    with the tables of 3 sent rows to shards it had no table for: an IndexError)."""
+    client, shards, coord, _ = cluster
+    cache = client._tables()
+    real = cache._shards
+    raced: list[int] = []
+
+    class Racing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __len__(self):
+            return len(real)
+
+        def call_each(self, calls, *a, **kw):
+            out = real.call_each(calls, *a, **kw)
+            if not raced and all(m == "live_table" for m, _ in calls.values()):
+                raced.append(len(calls))
+                other = _client(coord, shards)
+                other.reshard(5)
+                cache.refresh_route()  # what the other thread's refresh does to this cache
+            return out
+
+    cache._shards = Racing()
+    routed = cache.get("db", "t", refresh=True)
+    assert raced == [3]
+    assert len(routed.shard_tables) == routed.route.shards
+    cache._shards = real
+    rows = [{"k": k, "v": "x"} for k in range(300)]
+    client.write("db", "t", rows)  # the stale entry's parts are refused, re-split, applied
+    assert {r["k"] for r in client.scan("db", "t")} >= set(range(300))

@@ -129,6 +129,26 @@ class Cluster:
             self.log.extend((ts, table, k, r) for k, r in rows)
             self.log.extend((ts, table, k, None) for k in ks)
 
+    def random_steps(self, n: int, restarts: bool = True) -> list[int]:
+        """``n`` random steps: writes, moves, upkeep of a shard, restarts (if ``restarts``)
+        and snapshots; returns the snapshots taken (also one every ten steps)."""
+        snaps = []
+        for step in range(n):
+            roll = self.rng.random()
+            if roll < 0.55:
+                self.write()
+            elif roll < 0.75:
+                self.random_move()
+            elif roll < 0.85:
+                self.upkeep(self.rng.randrange(len(self.engines)))
+            elif roll < 0.92 and restarts:
+                self.reopen(self.rng.randrange(len(self.engines)))
+            else:
+                snaps.append(self.snapshot())
+            if step % 10 == 9:
+                snaps.append(self.snapshot())
+        return snaps
+
     def touch(self, shard: int) -> None:
         """One write to a key ``shard`` owns."""
         _, key = self.owned(shard)
@@ -238,21 +258,7 @@ class Cluster:
 def test_reads_at_every_snapshot_equal_the_model_through_moves_restarts_and_compaction(seed):
     c = Cluster(3, seed)
     try:
-        snaps = [c.snapshot()]
-        for step in range(40):
-            roll = c.rng.random()
-            if roll < 0.55:
-                c.write()
-            elif roll < 0.75:
-                c.random_move()
-            elif roll < 0.85:
-                c.upkeep(c.rng.randrange(3))
-            elif roll < 0.92:
-                c.reopen(c.rng.randrange(3))
-            else:
-                snaps.append(c.snapshot())
-            if step % 10 == 9:
-                snaps.append(c.snapshot())
+        snaps = [c.snapshot(), *c.random_steps(40)]
         snaps.append(c.snapshot())
         snaps = sorted(set(snaps))
         for s in snaps:
@@ -429,17 +435,7 @@ def test_settled_moves_read_the_same_unfiltered_and_leave_only_live_objects(seed
     map are unfiltered, and garbage collection leaves exactly the live objects."""
     c = Cluster(3, seed)
     try:
-        snaps = [c.snapshot()]
-        for _ in range(50):
-            roll = c.rng.random()
-            if roll < 0.55:
-                c.write()
-            elif roll < 0.75:
-                c.random_move()
-            elif roll < 0.9:
-                c.upkeep(c.rng.randrange(3))
-            else:
-                snaps.append(c.snapshot())
+        snaps = [c.snapshot(), *c.random_steps(50, restarts=False)]
         for i in range(3):  # each shard that took slots writes after the last move
             if i in c.owner.values():
                 c.touch(i)
@@ -566,20 +562,27 @@ def test_settling_waits_until_the_shards_ranges_pass_the_handoff():
         c.close()
 
 
+def _moved_and_written(c: Cluster, writes: int, slots: int) -> Engine:
+    """``writes`` writes, then ``slots`` of shard 0's slots moved to shard 1, which writes
+    after the move and writes it out (so it can settle); returns shard 1."""
+    for _ in range(writes):
+        c.write()
+    mine = sorted(x for x in range(COUNT) if c.owner[x] == 0)
+    c.move(set(mine[:slots]), 1)
+    c.touch(1)
+    b = c.engines[1]
+    b.freeze()
+    b.flush()
+    return b
+
+
 def test_settling_never_writes_over_an_object_a_fenced_incarnation_put_under_its_key():
     """A restart fences the old incarnation, which may not know it yet and settle the same
     moves from the same ranges: the same first key. Whichever writes second must not replace
     what the other wrote (the live one may have committed it, and readers cached it)."""
     c = Cluster(2, 14)
     try:
-        for _ in range(6):
-            c.write()
-        mine = sorted(x for x in range(COUNT) if c.owner[x] == 0)
-        c.move(set(mine[:3]), 1)
-        c.touch(1)
-        b = c.engines[1]
-        b.freeze()
-        b.flush()
+        b = _moved_and_written(c, 6, 3)
         plan = moves.absorbable(b._state.moves)
         run = [r for r in b._state.ranges if r[0] <= plan.h]
         first = min([run[0][0]] + [x[1] for _, x, _ in plan.copy]) - 1
@@ -599,14 +602,7 @@ def test_a_reader_that_cached_a_checkpoint_before_settling_reads_the_rows_copied
     cached: they would read the replaced ranges, without the rows the settling copied in."""
     c = Cluster(2, 15)
     try:
-        for _ in range(8):
-            c.write()
-        mine = sorted(x for x in range(COUNT) if c.owner[x] == 0)
-        c.move(set(mine[:4]), 1)
-        c.touch(1)
-        b = c.engines[1]
-        b.freeze()
-        b.flush()
+        b = _moved_and_written(c, 8, 4)
         cp = b.checkpoint()
         s = c.snapshot()
         c.check(s)  # the readers cache checkpoint cp

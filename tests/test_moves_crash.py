@@ -121,44 +121,31 @@ def _verify(inner, model: dict, committed: bool) -> None:
             e.close()
 
 
-def _ops(make) -> int:
-    inner = make(-1)
-    _setup(inner)
+def _count_ops(setup, act) -> int:
+    """How many store operations ``act`` makes over a store ``setup`` prepared."""
+    inner = MemoryStore()
+    setup(inner)
     faulty = FaultyStore(inner)
     n = [0]
     faulty.on_op = lambda op, key: n.__setitem__(0, n[0] + 1)
-    _move(faulty)
+    act(faulty)
     return n[0]
 
 
-def _crash_at(ns, lands: bool, make) -> None:
+def _crash_each(ns, lands: bool, make, setup, act, verify) -> None:
+    """For each n: ``act`` over a store that fails for good at its n-th operation (before or
+    after it lands), then ``verify(store, what setup returned, what act returned or None)``."""
     for n in ns:
         inner = make(n)
-        model = _setup(inner)
+        prepared = setup(inner)
         faulty = FaultyStore(inner)
         faulty.crash_after(n, lands=lands)
-        done: list[str] = []
+        done = None
         try:
-            done = _move(faulty)
+            done = act(faulty)
         except SimulatedCrash:
             pass
-        committed = "take" in done  # the coordinator commits only once both answered
-        _verify(inner, model, committed)
-
-
-@pytest.mark.parametrize("lands", [False, True], ids=["before-op", "after-op"])
-def test_a_move_crashed_at_every_store_operation_resolves_to_before_or_after(lands):
-    total = _ops(lambda n: MemoryStore())
-    assert total > 10
-    _crash_at(range(total + 1), lands, lambda n: MemoryStore())
-
-
-@pytest.mark.s3
-def test_a_move_crashed_at_store_operations_on_s3(s3_url):
-    url, _ = s3_url
-    one_try = RetryPolicy(max_attempts=1)
-    total = _ops(lambda n: MemoryStore())
-    _crash_at(range(0, total + 1, 5), True, lambda n: open_store(f"{url}/move-{n}", retry=one_try))
+        verify(inner, prepared, done)
 
 
 # -- settling a done move into the two shards' objects (dn.upkeep.absorb), crashed ----------
@@ -229,41 +216,31 @@ def _verify_settled(inner, after: dict, s: int) -> None:
             e.close()
 
 
-def _settle_crash_at(ns, lands: bool, make) -> None:
-    for n in ns:
-        inner = make(n)
-        _, s, after = _settle_setup(inner)
-        faulty = FaultyStore(inner)
-        faulty.crash_after(n, lands=lands)
-        try:
-            _settle(faulty)
-        except SimulatedCrash:
-            pass
-        _verify_settled(inner, after, s)
+#: Each scenario: (prepare the store, act on it, check it after a crash or not).
+SCENARIOS = {
+    # the coordinator commits the move only once both give and take answered
+    "move": (_setup, _move, lambda st, model, done: _verify(st, model, "take" in (done or []))),
+    "settle": (_settle_setup, _settle, lambda st, p, _: _verify_settled(st, p[2], p[1])),
+}
 
 
-def _settle_ops() -> int:
-    inner = MemoryStore()
-    _settle_setup(inner)
-    faulty = FaultyStore(inner)
-    n = [0]
-    faulty.on_op = lambda op, key: n.__setitem__(0, n[0] + 1)
-    _settle(faulty)
-    return n[0]
-
-
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
 @pytest.mark.parametrize("lands", [False, True], ids=["before-op", "after-op"])
-def test_settling_a_move_crashed_at_every_store_operation_loses_and_keeps_nothing(lands):
-    total = _settle_ops()
+def test_a_move_and_its_settling_crashed_at_every_store_operation_lose_and_keep_nothing(
+    scenario, lands
+):
+    setup, act, verify = SCENARIOS[scenario]
+    total = _count_ops(setup, act)
     assert total > 10
-    _settle_crash_at(range(total + 1), lands, lambda n: MemoryStore())
+    _crash_each(range(total + 1), lands, lambda n: MemoryStore(), setup, act, verify)
 
 
 @pytest.mark.s3
-def test_settling_a_move_crashed_at_store_operations_on_s3(s3_url):
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_a_move_and_its_settling_crashed_at_store_operations_on_s3(s3_url, scenario):
     url, _ = s3_url
     one_try = RetryPolicy(max_attempts=1)
-    total = _settle_ops()
-    _settle_crash_at(
-        range(0, total + 1, 5), True, lambda n: open_store(f"{url}/settle-{n}", retry=one_try)
-    )
+    setup, act, verify = SCENARIOS[scenario]
+    total = _count_ops(setup, act)
+    make = lambda n: open_store(f"{url}/{scenario}-{n}", retry=one_try)  # noqa: E731
+    _crash_each(range(0, total + 1, 5), True, make, setup, act, verify)

@@ -85,8 +85,11 @@ class TableCache:
             return hit
         retries = self._backoff.within(self._retry_s)
         while True:
+            # the table as every shard of this map has it: a refresh in another thread may
+            # change the map (and the shard count) meanwhile; this entry keeps the one it used
+            route = self.route
+            n = route.shards
             t = TableDef.from_wire(self._coord.call("table", db, table, retry_s=self._retry_s))
-            n = len(self._shards)
             answers = self._shards.call_each(
                 {i: ("live_table", (db, table)) for i in range(n)}, self._retry_s
             )
@@ -95,7 +98,9 @@ class TableCache:
                     raise answers[i]
             mine = tuple(TableDef.from_wire(answers[i]) for i in range(n))
             if all(m.columns == t.columns and m.primary_key == t.primary_key for m in mine):
-                routed = self._tables[key] = RoutedTable(t, mine, self.route)
+                routed = RoutedTable(t, mine, route)
+                if route is self.route:  # else a newer map came meanwhile: not cached
+                    self._tables[key] = routed
                 return routed
             if not retries.wait():
                 raise Unavailable(
@@ -116,7 +121,11 @@ class TableCache:
                 resize(route.shards)
             self._tables.clear()  # each table as every shard has it: looked up again
         self.route = route
-        self._tables = {k: replace(t, route=route) for k, t in self._tables.items()}
+        self._tables = {
+            k: replace(t, route=route)
+            for k, t in self._tables.items()
+            if len(t.shard_tables) == route.shards  # (one a lookup meanwhile made by another)
+        }
         return self.route
 
     def forget(self, db: str, table: str) -> None:

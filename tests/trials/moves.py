@@ -188,8 +188,17 @@ def run(seed: int, long: bool, tally: Tally) -> None:
                 reads.append((s, got))
             time.sleep(0.01)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
-    threads.append(threading.Thread(target=reader))
+    crashed: list[BaseException] = []  # an exception no client call may raise (untyped)
+
+    def guarded(fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - the trial fails on it below
+            crashed.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(writer, w)) for w in range(3)]
+    threads.append(threading.Thread(target=guarded, args=(reader,)))
     for t in threads:
         t.start()
     steps = 12 if long else 5
@@ -226,6 +235,10 @@ def run(seed: int, long: bool, tally: Tally) -> None:
         stop.set()
         for t in threads:
             t.join()
+    if crashed:
+        for svc in shards.services + shards.retired:
+            svc.close()
+        raise TrialFailure(f"a client call raised an untyped error: {crashed[0]!r}")
     shards.loss = 0.0
     coord.service = CoordinatorService(cfg.to_dict(), CoordinatorShards(shards))
     coord.service.settle_moves()
