@@ -562,6 +562,31 @@ def test_settling_waits_until_the_shards_ranges_pass_the_handoff():
         c.close()
 
 
+def test_maintenance_settles_a_move_once_due_and_an_idle_shard_waits_without_trying_again():
+    c = Cluster(2, 16)
+    try:
+        for i in range(2):
+            c.engines[i].close()
+            c.engines[i] = Engine.open(c.url, i, _settings().replace(absorb_after_s=0.0))
+        for _ in range(6):
+            c.write()
+        slot, key = c.owned(0)
+        c.move({slot}, 1)
+        a, b = c.engines
+        a.maintain()  # the old owner only drops rows: it settles at once
+        assert all(m.absorbed for m in a._state.moves)
+        b.maintain()  # nothing written here since the move: it waits
+        assert not b._state.moves[0].absorbed
+        assert not b.handoff.absorber.due()  # and does not try again while nothing comes
+        c.touch(1)
+        assert b.handoff.absorber.due()
+        b.maintain()
+        assert b._state.moves[0].absorbed
+        c.check(c.snapshot())
+    finally:
+        c.close()
+
+
 def _moved_and_written(c: Cluster, writes: int, slots: int) -> Engine:
     """``writes`` writes, then ``slots`` of shard 0's slots moved to shard 1, which writes
     after the move and writes it out (so it can settle); returns shard 1."""

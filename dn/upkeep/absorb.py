@@ -74,6 +74,7 @@ class Absorber:
         self._s = state
         self._up = upkeep
         self._seen: dict[int, float] = {}  # move id -> when first found settleable here
+        self._waits_at: int | None = None  # the last range's end when a run had to wait
 
     def due(self) -> bool:
         """Whether a done move waited ``absorb_after_s`` to be settled (None: never)."""
@@ -83,6 +84,10 @@ class Absorber:
         plan = moves.absorbable(ms) if ms else None
         if delay is None or plan is None:
             return False
+        with self._s.cv:
+            end = self._s.ranges[-1][1] if self._s.ranges else None
+            if self._waits_at is not None and end == self._waits_at and self._s.mutable.empty:
+                return False  # waiting for a write here: nothing new to settle with yet
         now = self._s.clock.monotonic()
         for mid in plan.marked:
             self._seen.setdefault(mid, now)
@@ -118,8 +123,12 @@ class Absorber:
                 self._up.commit(lambda m: replace(m, moves=moves.absorbed(m.moves, plan.marked)))
                 return True
             if ranges[-1][1] < plan.h_copy:  # rows dropped need no more: none is newer
-                log.info("shard %d: settling moves waits for a range past %d", s.shard, plan.h_copy)
+                if self._waits_at != ranges[-1][1]:
+                    log.info("shard %d: settling moves waits for a write past %d",
+                             s.shard, plan.h_copy)  # fmt: skip
+                self._waits_at = ranges[-1][1]
                 return False
+            self._waits_at = None
             run = [r for r in ranges if r[0] <= plan.h]
             c = min([run[0][0]] + [x[1] for _, x, _ in plan.copy]) - 1  # may be negative
             later = any(m.kind == IN and not m.absorbed and m.id not in plan.marked for m in ms)
