@@ -46,6 +46,7 @@ from tests.test_cluster_logic import LocalCoordinator
 from tests.trials.tally import Tally, TrialFailure
 
 SCHEMA, KEYS = {"k": "int64", "v": "string"}, 300
+GRACE_S = 2.0
 #: Calls whose answer may be lost after they ran (then sent again, as the retry loop does).
 LOSSY = ("write_part", "give_slots", "take_slots", "settle_move", "read_view")
 
@@ -143,8 +144,9 @@ def run(seed: int, long: bool, tally: Tally) -> None:
     rng = random.Random(seed)
     url = f"memory://trial-moves-{uuid.uuid4().hex}"
     # moves settle into the shards' objects as soon as they are done, and garbage collection
-    # deletes what no move holds half a second after, while everything else goes on
-    engine = Settings(background=False, absorb_after_s=0.0, gc_references_s=0.0, gc_grace_s=0.5)
+    # deletes what no move holds GRACE_S after, while everything else goes on (the grace must
+    # outlast a read's fetches: a read of the whole history on a loaded machine takes seconds)
+    engine = Settings(background=False, absorb_after_s=0.0, gc_references_s=0.0, gc_grace_s=GRACE_S)
     cfg = ClusterConfig(store=url, shards=3, engine=engine)
     shards = LossyShards(url, cfg, 3, seed)
     coord = LocalCoordinator(CoordinatorService(cfg.to_dict(), CoordinatorShards(shards)))
@@ -294,7 +296,7 @@ def _check(
     for svc in shards.services + shards.retired:  # settle what is left, collect, read again
         if not svc.engine._state.closed and not svc.engine._state.broken:
             svc.engine.handoff.absorb()
-    time.sleep(0.6)
+    time.sleep(GRACE_S + 0.1)
     for svc in shards.services:
         for _ in range(2):
             svc.engine.collect_garbage(force=True)
