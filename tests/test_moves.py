@@ -13,6 +13,8 @@ shard (the union of the shards' reads has no key twice). No Ray.
 from __future__ import annotations
 
 import random
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -545,6 +547,8 @@ def test_settling_waits_until_the_shards_ranges_pass_the_handoff():
         for _ in range(6):
             c.write()
         slot, key = c.owned(0)
+        c.engines[0].advance_floor(c.engines[1].clock())
+        c.touch(0)  # H (the old owner's last commit) past this shard's last one
         c.move({slot}, 1)
         b = c.engines[1]
         b.freeze()
@@ -571,6 +575,10 @@ def test_maintenance_settles_a_move_once_due_and_an_idle_shard_waits_without_try
         for _ in range(6):
             c.write()
         slot, key = c.owned(0)
+        c.engines[1].freeze()
+        c.engines[1].flush()
+        c.engines[0].advance_floor(c.engines[1].clock())
+        c.touch(0)  # H (the old owner's last commit) past the new owner's last one
         c.move({slot}, 1)
         a, b = c.engines
         a.maintain()  # the old owner only drops rows: it settles at once
@@ -646,6 +654,47 @@ def test_a_reader_that_cached_a_checkpoint_before_settling_reads_the_rows_copied
         c.close()
 
 
+def test_a_give_names_only_objects_the_collector_cannot_have_deleted(monkeypatch):
+    """A give hands over the live ranges of the manifest version its move is committed over:
+    ranges read before it could be replaced by a compaction meanwhile and deleted by the
+    collector (as here, from another thread, when the handover is made) before the move
+    names them."""
+    c = Cluster(2, 17)
+    try:
+        a = c.engines[0]
+        for _ in range(4):
+            for _ in range(3):
+                c.write()
+            a.freeze()
+            a.flush()
+        real = moves.handover
+        racer: list[threading.Thread] = []
+
+        def upkeep_meanwhile() -> None:
+            while a.compact():
+                pass
+            a.collect_garbage(force=True)
+
+        def handover(*args, **kw):
+            if not racer:
+                racer.append(threading.Thread(target=upkeep_meanwhile))
+                racer[0].start()
+                racer[0].join(0.5)  # done, unless the give holds what it needs
+            return real(*args, **kw)
+
+        monkeypatch.setattr(moves, "handover", handover)
+        mine = sorted(x for x in range(COUNT) if c.owner[x] == 0)
+        c.move(set(mine[:4]), 1)
+        racer[0].join()
+        a.collect_garbage(force=True)
+        named = {codec.range_key(x[0], x[1], x[2]) for m in c.engines[1]._state.moves
+                 for g in m.groups for x in g.sources}  # fmt: skip
+        assert named and named <= set(a.store.list(codec.range_prefix(0)))
+        c.check(c.snapshot())
+    finally:
+        c.close()
+
+
 def test_give_refuses_slots_the_shard_does_not_hold():
     c = Cluster(2, 6)
     try:
@@ -667,7 +716,6 @@ def _key_in(slot: int, start: int = 0) -> int:
 
 
 def test_compaction_on_the_new_owner_keeps_a_delete_that_hides_the_old_owners_version():
-    import time
 
     url = f"memory://moves-{uuid.uuid4().hex[:8]}"
     s = Settings(background=False, gc_grace_s=0.0, compaction_fanout=2, retention_s=0.05)

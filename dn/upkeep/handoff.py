@@ -119,11 +119,14 @@ class Handoff:
             h = self._snap.advance_floor(h)  # every commit at or below H landed, intents decided
             self._up.freeze()
             self._up.flush()  # every version at or below H is in a range object
-            with s.cv:
-                ranges = list(s.ranges)
-            groups = moves.handover(s.moves, slots, s.shard, ranges, h)
-            move = Move(move_id, OUT, to_shard, count, slots, h, False, groups)
-            self._up.commit_moves(lambda ms: _added(ms, move))
+
+            def record(ms: tuple[Move, ...], ranges: tuple) -> tuple[Move, ...]:
+                # what it hands over: the live ranges of the version it is committed over
+                groups = moves.handover(ms, slots, s.shard, list(ranges), h)
+                return _added(ms, Move(move_id, OUT, to_shard, count, slots, h, False, groups))
+
+            self._up.commit_moves(record, ranges=True)
+            move = next(m for m in s.moves if m.id == move_id)  # as committed
         finally:
             with s.cv:  # recorded, or not: then the slots are this shard's again
                 s.fencing -= slots

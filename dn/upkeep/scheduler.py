@@ -128,13 +128,16 @@ class Upkeep:
                 if state is not None:
                     self._adopt(state, garbage)
 
-    def commit_moves(self, update, undo: int | None = None) -> None:
+    def commit_moves(self, update, undo: int | None = None, ranges: bool = False) -> None:
         """Commit the manifest's slot moves as ``update(moves)`` (:mod:`dn.upkeep.handoff`),
-        and ``undo`` among the moves undone."""
+        and ``undo`` among the moves undone. ``ranges``: ``update(moves, live ranges)``, the
+        ranges of the very manifest version the moves are committed over (a give names them:
+        read earlier, compaction could have replaced one and the collector deleted it)."""
 
         def change(m):
             undone = m.undone if undo is None or undo in m.undone else (*m.undone, undo)
-            return replace(m, moves=update(m.moves), undone=undone)
+            new = update(m.moves, m.ranges) if ranges else update(m.moves)
+            return replace(m, moves=new, undone=undone)
 
         with self._s.flush_lock:
             self.settle_manifest()
