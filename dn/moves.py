@@ -102,6 +102,13 @@ class Move:
             **({"absorbed": True} if self.absorbed else {}),
         }
 
+    def source_table(self, source: int, shard: int, table_id: int) -> int | None:
+        """The id that source shard ``source`` has for this shard's table ``table_id`` (its
+        own id when the source is this shard ``shard``; None: the source has no such table)."""
+        if source == shard:
+            return table_id
+        return next((t for q, mine, t in self.tables if q == source and mine == table_id), None)
+
     @classmethod
     def from_wire(cls, w: dict) -> Move:
         m = cls(

@@ -599,11 +599,16 @@ def test_a_settled_move_carries_absorbed_and_older_moves_read_as_not_settled():
     assert type(m).from_wire(make.MOVES[0].to_wire()).absorbed is False
 
 
-def test_a_manifest_with_a_checkpoint_floor_is_format_3_and_reads_back():
-    state = replace(MANIFEST_STATE, moves=make.MOVES, checkpoint_floor=120)
-    data = state.encode(SHARD)
-    assert body_of(data, "M", version=3)["checkpoint_floor"] == 120
-    assert _load_manifest(data) == state
+def test_a_settled_manifest_is_format_4_and_reads_back():
+    data = fixture("manifest_settled.bin")
+    assert data == make.manifest_version(settled=True)
+    body = body_of(data, "M", version=4)
+    assert body["checkpoint_floor"] == make.SETTLED_FLOOR
+    assert body["moves"][1]["absorbed"] is True and body["moves"][1]["groups"] == []
+    state = _load_manifest(data)
+    assert state.checkpoint_floor == make.SETTLED_FLOOR and state.moves[1].absorbed
+    assert state.encode(SHARD) == data
+    assert replace(state, checkpoint_floor=0).format == 4  # an absorbed move alone
     assert "checkpoint_floor" not in body_of(fixture("manifest_moves.bin"), "M", version=3)
 
 
@@ -623,7 +628,8 @@ def test_manifest_versions_that_do_not_read():
         ({**MANIFEST_BODY_V1, "ceiling": "x"}, 2, "malformed"),
         ({**MANIFEST_BODY_V1, "ceiling": CEILING}, 3, "malformed"),  # 3 carries moves
         ({**MANIFEST_BODY_V1, "ceiling": CEILING, "moves": [{"id": 1}]}, 3, "malformed"),
-        ({**MANIFEST_BODY_V1, "ceiling": CEILING, "moves": []}, 4, "unknown format version 4"),
+        ({**MANIFEST_BODY_V1, "ceiling": CEILING}, 4, "malformed"),  # 4 carries moves too
+        ({**MANIFEST_BODY_V1, "ceiling": CEILING, "moves": []}, 5, "unknown format version 5"),
     ):
         with pytest.raises(Corruption, match=error):
             _load_manifest(codec.encode(codec.KIND_MANIFEST, body, version))
@@ -808,7 +814,7 @@ def _decoders() -> dict[str, Any]:
     ):
         out[name] = lambda data: ckpt.decode(data, CHECKPOINT_KEY)
 
-    for name in ("manifest.bin", "manifest_v1.bin", "manifest_moves.bin"):
+    for name in ("manifest.bin", "manifest_v1.bin", "manifest_moves.bin", "manifest_settled.bin"):
         out[name] = lambda data: Manifest(MemoryStore(), SHARD)._read(MANIFEST_KEY, data)
     # ClusterCatalog.load reads with codec.decode and skips a version that raises
     out["cluster_slots.bin"] = lambda data: CatalogState.from_body(

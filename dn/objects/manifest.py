@@ -15,7 +15,7 @@ version ``VERSION`` = 2; map keys in the order written)::
              "ceiling": int,                     the timestamp ceiling (format version 2)
              "moves": [move, ...],               slot moves (format version 3; dn.moves)
              "undone": [id, ...],                moves undone (format 3; absent: none)
-             "checkpoint_floor": ts}             checkpoints only above it (format 3; absent: 0)
+             "checkpoint_floor": ts}             checkpoints only above it (format 4; absent: 0)
 
 ``version`` is the number in the object's key (a reader checks it); ``epoch`` the incarnation
 that wrote it. Contiguous: each range's ``from`` is the ``to`` of the one before it plus one.
@@ -25,7 +25,9 @@ the next (:meth:`Manifest.commit` and :meth:`Manifest.open_epoch` keep the large
 
 A version with slot moves (:class:`dn.moves.Move`, ``Move.to_wire``) is written as format
 version 3, one without as version 2 (a shard that never took part in a move writes what it
-always did). Versions read (``READ_VERSIONS``): 3, 2, and 1, the same body without
+always did), and as version 4 once a move settled (a move ``absorbed``, a
+``checkpoint_floor``: the same body; a version-3 reader must not read it). Versions read
+(``READ_VERSIONS``): 4, 3, 2, and 1, the same body without
 ``ceiling`` (written before the ceiling existed; read as ceiling 0: recovery then derives the
 clock from the contents alone). A version-2 body without ``ceiling`` is corrupt.
 
@@ -67,8 +69,11 @@ log = logging.getLogger(__name__)
 VERSION = 2
 #: The format version written when the shard has slot moves (its body carries them).
 VERSION_MOVES = 3
+#: The format version written once moves settled (``absorbed`` moves, ``checkpoint_floor``):
+#: a reader of version 3 would read a settled move's slots wrongly, so it must refuse it.
+VERSION_SETTLED = 4
 #: The format versions read: 1 as well (no ceiling: read as 0).
-READ_VERSIONS = (1, 2, 3)
+READ_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +103,20 @@ class ManifestState:
             "checkpoints": list(self.checkpoints),
             "log_low_seq": self.log_low_seq,
             "ceiling": self.ceiling,
-            **(
-                {"moves": [m.to_wire() for m in self.moves]}
-                if self.moves or self.undone or self.checkpoint_floor
-                else {}
-            ),
+            **({"moves": [m.to_wire() for m in self.moves]} if self.format >= 3 else {}),
             **({"undone": list(self.undone)} if self.undone else {}),
             **({"checkpoint_floor": self.checkpoint_floor} if self.checkpoint_floor else {}),
         }
 
     def encode(self, shard: int) -> bytes:
-        version = VERSION_MOVES if self.moves or self.undone or self.checkpoint_floor else VERSION
-        return codec.encode(codec.KIND_MANIFEST, self.to_body(shard), version)
+        return codec.encode(codec.KIND_MANIFEST, self.to_body(shard), self.format)
+
+    @property
+    def format(self) -> int:
+        """The format version this state is written as (module docstring)."""
+        if self.checkpoint_floor or any(m.absorbed for m in self.moves):
+            return VERSION_SETTLED
+        return VERSION_MOVES if self.moves or self.undone else VERSION
 
     @classmethod
     def from_body(cls, body: dict, version: int = VERSION) -> ManifestState:
@@ -125,7 +132,7 @@ class ManifestState:
             ceiling,
             tuple(Move.from_wire(w) for w in body["moves"]) if version >= 3 else (),
             tuple(body.get("undone", ())) if version >= 3 else (),
-            body.get("checkpoint_floor", 0) if version >= 3 else 0,
+            body.get("checkpoint_floor", 0) if version >= 4 else 0,
         )
 
     def _check(self) -> None:

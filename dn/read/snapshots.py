@@ -323,9 +323,8 @@ def _moved_filters(st: ShardState, t: TableDef, s: int, map_version: int | None)
     sources: list[tuple] = []
     afters: list[tuple] = []
     for here, srcs, h, m in rs.after:
-        ids = {(q, mine): theirs for q, mine, theirs in m.tables}
         for slots, (q, f, to, lo, hi) in srcs:
-            tid = t.id if q == me else ids.get((q, t.id))
+            tid = m.source_table(q, me, t.id)
             if tid is not None:
                 sources.append((f, to, SlotFilter(n, slots, True, lo, hi, q, t.id, tid, pk)))
         afters.append((h, SlotFilter(n, here, True, h, NO_HI, me, t.id, t.id, pk)))

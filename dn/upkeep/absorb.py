@@ -120,7 +120,7 @@ class Absorber:
             if plan is None:
                 return False
             if not ranges:  # nothing committed here, so no table to copy into: nothing to do
-                self._up.commit(lambda m: replace(m, moves=moves.absorbed(m.moves, plan.marked)))
+                self._up.commit_moves(lambda ms: moves.absorbed(ms, plan.marked))
                 return True
             if ranges[-1][1] < plan.h_copy:  # rows dropped need no more: none is newer
                 if self._waits_at != ranges[-1][1]:
@@ -204,8 +204,7 @@ class Absorber:
                 continue
             runs = []
             for slots, (q, f, to, lo, hi), m in plan.copy:  # each key's sources oldest first
-                ids = {(a, b): c for a, b, c in m.tables}
-                theirs = t.id if q == s.shard else ids.get((q, t.id))
+                theirs = m.source_table(q, s.shard, t.id)
                 if theirs is None:
                     continue
                 ro = fetched.get((q, f, to))

@@ -255,12 +255,15 @@ MOVES = (
                                  (2, 100, 108, 107, 108))),),
          ((2, 101, 103),)),
 )  # fmt: skip
+#: The checkpoint floor of the settled manifest fixture (``manifest_settled.bin``).
+SETTLED_FLOOR = 99
 
 
-def manifest_version(moves: bool = False) -> bytes:
+def manifest_version(moves: bool = False, settled: bool = False) -> bytes:
     """Manifest version 3: epoch 1 opened (version 1), epoch 2 opened (version 2), then epoch
     2 committed the range object, the checkpoint, the log's new low seq and its timestamp
-    ceiling (version 3); with ``moves``, and :data:`MOVES` (format version 3)."""
+    ceiling (version 3); with ``moves``, and :data:`MOVES` (format version 3); ``settled``:
+    their in move absorbed and a checkpoint floor (format version 4)."""
     store = MemoryStore()
     Manifest(store, SHARD).open_epoch()
     m = Manifest(store, SHARD)
@@ -273,7 +276,17 @@ def manifest_version(moves: bool = False) -> bytes:
             checkpoints=(CHECKPOINT_TS,),
             log_low_seq=LOG_LOW_SEQ,
             ceiling=CEILING,
-            moves=MOVES if moves else (),
+            moves=(
+                tuple(
+                    replace(m, done=True, absorbed=True, groups=()) if m.kind == "in" else m
+                    for m in MOVES
+                )
+                if settled
+                else MOVES
+                if moves
+                else ()
+            ),
+            checkpoint_floor=SETTLED_FLOOR if settled else 0,
         )
 
     state = m.commit(update)
@@ -330,6 +343,7 @@ def build_all() -> dict[str, bytes]:
     out["checkpoint.bin"] = checkpoint_object()
     out["manifest.bin"] = manifest_version()
     out["manifest_moves.bin"] = manifest_version(moves=True)
+    out["manifest_settled.bin"] = manifest_version(settled=True)
     out["cluster.bin"] = cluster_record(slots=False)
     out["cluster_slots.bin"] = cluster_record()
     for name, data in segments(logs).items():
