@@ -15,11 +15,14 @@ import uuid
 
 import pytest
 
+from coordinator.actor.moves import steps
 from coordinator.actor.service import CoordinatorService
 from coordinator.client.client import Client
 from coordinator.client.routing import shard_of
+from coordinator.client.slots import SlotMap
 from coordinator.config import ClusterConfig
 from dn.errors import Unavailable
+from dn.objects import codec
 from dn.settings import Settings
 from shards.shard import ShardService
 from tests.test_cluster_logic import LocalCoordinator, LocalShards
@@ -185,16 +188,20 @@ def test_a_move_that_fails_before_its_commit_point_is_undone(cluster):
     assert {r["v"] for r in client.scan("db", "t")} == {"b"}
 
 
+@pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("step", ["give", "take", "commit", "settle"])
-def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(cluster, step):
+def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(
+    cluster, step, parts
+):
     """The coordinator dies after ``step`` (its later calls never happen); a new coordinator
-    over the same store settles the move to before or after, and nothing is lost or doubled."""
+    over the same store settles the move to before or after, and nothing is lost or doubled.
+    With two parts (slots of shards 0 and 2 to shard 1, one step) both go the same way."""
     client, shards, coord, cfg = cluster
     model = Model()
     ts = client.write("db", "t", [{"k": k, "v": "a"} for k in range(100)])
     model.add(ts, {k: "a" for k in range(100)}, [])
     route = client._tables().route
-    slots = route.slots_of(0)[:200]
+    slots = route.slots_of(0)[:200] + (route.slots_of(2)[:200] if parts == 2 else [])
 
     class Died(Exception):
         pass
@@ -228,7 +235,7 @@ def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(c
     # writes to the moving slots wait for the move to be settled: none is lost meanwhile
     restarted = CoordinatorService(cfg.to_dict(), shards)
     assert restarted.status()["move"] is None
-    assert restarted.status()["slots"]["version"] == route.version + committed
+    assert restarted.status()["slots"]["version"] == route.version + committed * parts
     c = Client("local", coordinator=LocalCoordinator(restarted), shards=shards)
     ts = c.write("db", "t", [{"k": k, "v": "b"} for k in range(100)])
     model.add(ts, {k: "b" for k in range(100)}, [])
@@ -236,8 +243,8 @@ def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(c
     _check(c, model, s)
     for svc in shards.services:
         assert svc.moves()["pending_moves"] == []
-    owners = {shard_of(k, c._tables().route) for k in range(100)}
-    assert (1 in owners) or not committed
+    now = c._tables().route
+    assert all(now.owners[s] == (1 if committed else route.owners[s]) for s in slots)
 
 
 def test_reshard_2_4_3_8_2_keeps_every_read_at_every_snapshot(cluster):
@@ -277,6 +284,50 @@ def test_reshard_2_4_3_8_2_keeps_every_read_at_every_snapshot(cluster):
     for i, svc in enumerate(shards.services):
         for row in svc.engine.scan("db", "t", snaps[-1]):
             assert shard_of(row["k"], route) == i
+
+
+@pytest.mark.parametrize("to", [6, 2])
+def test_a_split_and_a_merge_move_in_one_step(cluster, to):
+    """3 -> 6 (each old shard gives to one new one) and 3 -> 2 (shard 2 gives to 0 and 1):
+    one intent, one commit point, so a writer's batch waits for one handoff; the record
+    holding it is format 2, the others format 1."""
+    client, shards, coord, _ = cluster
+    client.write("db", "t", [{"k": k, "v": "a"} for k in range(300)])
+    intents = []
+    begin = coord._catalog.begin_move
+
+    def recording(move):
+        intents.append(move)
+        return begin(move)
+
+    coord._catalog.begin_move = recording
+    version = coord.status()["slots"]["version"]
+    client.reshard(to)
+    (intent,) = intents
+    assert [p["id"] for p in intent["parts"]] == list(range(version + 1, intent["id"] + 1))
+    assert len(intent["parts"]) == (3 if to == 6 else 2)
+    assert coord.status()["slots"]["version"] == intent["id"]
+    store = coord._catalog._store
+    formats = {}
+    for key in store.list("90/cluster/"):
+        body = codec.decode(codec.KIND_CLUSTER, store.get(key), key, (1, 2))
+        formats[key] = (codec.version_of(store.get(key)), "parts" in (body.get("move") or {}))
+    assert {f for f, _ in formats.values()} == {1, 2}
+    assert all(f == (2 if joint else 1) for f, joint in formats.values())
+    assert {r["k"] for r in client.scan("db", "t")} == set(range(300))
+
+
+def test_steps_put_no_shard_in_two_roles():
+    smap = SlotMap(3, (0, 0, 0, 1, 1, 2, 2, 2), 5)
+    plan = {1: [0, 1], 2: [3], 0: [5]}  # a cycle: 0 -> 1 -> 2 -> 0, each shard in two roles
+    out = steps(smap, plan)
+    assert sorted(p for step in out for p in step) == [(0, 1, [0, 1]), (1, 2, [3]), (2, 0, [5])]
+    for step in out:
+        givers, takers = {p[0] for p in step}, {p[1] for p in step}
+        assert not givers & takers
+    assert len(out) == 3  # no two parts of a cycle of three can share a step
+    split = steps(SlotMap(2, (0, 1, 0, 1), 0), SlotMap(2, (0, 1, 0, 1), 0).balanced(4))
+    assert split == [[(0, 2, [2]), (1, 3, [3])]]
 
 
 def test_a_coordinator_restarted_after_a_reshard_keeps_the_recorded_shard_count(cluster):

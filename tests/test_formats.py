@@ -684,6 +684,23 @@ def test_cluster_fixture_decodes_and_encodes_again():
     assert codec.encode(codec.KIND_CLUSTER, state.to_body()) == data
 
 
+def test_cluster_step_fixture_is_format_2_and_a_format_1_reader_refuses_it():
+    data = fixture("cluster_step.bin")
+    assert make.cluster_step() == data
+    assert codec.version_of(data) == 2
+    store = MemoryStore()
+    store.put(catalog_key(8), data)
+    state = ClusterCatalog(store).load()
+    assert state.version == 8 and state.move == make.CLUSTER_STEP and state.last_move == 2
+    assert state.pending is None and state.format_version == 2
+    assert codec.encode(codec.KIND_CLUSTER, state.to_body(), 2) == data
+    with pytest.raises(Corruption, match="unknown format version 2"):
+        codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY)  # what a format-1 reader does
+    one = CatalogState.from_body(body_of(fixture("cluster_slots.bin"), "K"))
+    one.move = make.CLUSTER_STEP["parts"][0]  # a step of one part is written as format 1
+    assert one.format_version == 1
+
+
 # -- the log on a local directory: segments ------------------------------------------------
 
 SEGMENTS = {  # fixture -> (file name, capacity, {seq: offset of its slot})
@@ -822,6 +839,9 @@ def _decoders() -> dict[str, Any]:
     )
     out["cluster.bin"] = lambda data: CatalogState.from_body(
         codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY)
+    )
+    out["cluster_step.bin"] = lambda data: CatalogState.from_body(
+        codec.decode(codec.KIND_CLUSTER, data, CLUSTER_KEY, (1, 2))
     )
     return out
 

@@ -1,7 +1,7 @@
 """The cluster catalog and shard map, persisted in the object store.
 
 Each version is one object ``90/cluster/<version>`` (20-digit zero-padded), framed by
-:mod:`dn.objects.codec` with kind ``K`` (format version 1) and created with ``put_if_absent``:
+:mod:`dn.objects.codec` with kind ``K`` and created with ``put_if_absent``:
 creating version v+1 is the commit, so two writers cannot both commit v+1. The current catalog
 is the newest listed version that decodes: ``load`` skips, with a warning, every newer version
 that does not (torn, corrupt or malformed alike), and does not check the body's ``version``
@@ -20,7 +20,8 @@ Body grammar (msgpack; map keys in the order written)::
                                                                  (absent when there is none)
                  "last_move": int}                               the newest move id given
                                                                  out (absent: none yet)
-    move     := {"id": int, "from": int, "to": int, "slots": [[first, last], ...]}
+    move     := part | {"id": int, "parts": [part, ...]}      a step of several parts
+    part     := {"id": int, "from": int, "to": int, "slots": [[first, last], ...]}
     tabledef := {"columns": [[name, type], ...], "primary_key": [name, ...], "ddl_seq": int}
     ddl      := {"op": "create_database" | "drop_database" | "create_table" | "drop_table",
                  "args": [...], "seq": int}
@@ -37,11 +38,15 @@ A new cluster records the direct map (slot s -> shard s % shards, version 0), wh
 the hash does; a record made before slots has none, and :attr:`CatalogState.slot_map` gives the
 direct map for it, so its data is read and written where it always was.
 
-``move`` is a slot move's intent (decision 0018; :mod:`coordinator.actor.moves`): committed
-before the shards are asked to give and take the slots, kept through the commit point (the
-version whose slot map has version ``id``) until both shards have settled the move, then
-cleared. A coordinator that restarts with a move recorded settles it on both shards: done if
-the map reached version ``id``, else undone.
+``move`` is the intent of a step of slot moves (decision 0018; :mod:`coordinator.actor.moves`):
+one part, or several with consecutive ids, the step's ``id`` the last. It is committed before
+the shards are asked to give and take the slots, kept through the commit point (the version
+whose slot map has version ``id``) until every shard of every part has settled, then cleared.
+A coordinator that restarts with a step recorded settles it on every shard: done if the map
+reached version ``id``, else undone.
+
+Format versions: 1, and 2 for a version whose ``move`` has ``parts`` (written only then, so
+a coordinator that reads only format 1 never takes a step for one of its parts).
 
 ``pending`` is the DDL intent: it is committed before the coordinator sends the DDL to the
 shards and cleared (with the catalog updated) once every shard applied it, so a coordinator
@@ -75,6 +80,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "90/cluster/"
 DDL_OPS = ("create_database", "drop_database", "create_table", "drop_table")
+
+
+#: The record's format versions this coordinator reads; it writes 2 only for a step of parts.
+VERSIONS = (1, 2)
 
 
 def catalog_key(version: int) -> str:
@@ -115,6 +124,11 @@ class CatalogState:
         return body
 
     @property
+    def format_version(self) -> int:
+        """The format version this version is written in (module docstring)."""
+        return 2 if self.move is not None and "parts" in self.move else 1
+
+    @property
     def slot_map(self) -> SlotMap:
         """The slot map (:mod:`coordinator.client.slots`): the one recorded, or for a record
         made before slots the direct map of its shard count, version 0."""
@@ -152,7 +166,7 @@ class ClusterCatalog:
         self._next_version = codec.last_number(keys[-1]) + 1 if keys else 1
         for key in reversed(keys):
             try:
-                body = codec.decode(codec.KIND_CLUSTER, self._store.get(key), key)
+                body = codec.decode(codec.KIND_CLUSTER, self._store.get(key), key, VERSIONS)
                 self.state = CatalogState.from_body(body)
             except ObjectNotFound:
                 continue
@@ -283,7 +297,8 @@ class ClusterCatalog:
         return max(cur.last_move, cur.slot_map.version) + 1
 
     def begin_move(self, move: dict[str, Any]) -> CatalogState:
-        """Commit the intent of a slot move (none may be in progress); its id is taken."""
+        """Commit the intent of a step of slot moves (none may be in progress); its ids are
+        taken."""
         cur = self._current()
         if cur.move is not None:
             raise InvalidArgument("a slot move is in progress; settle it first")
@@ -320,7 +335,7 @@ class ClusterCatalog:
 
     def _commit(self, nxt: CatalogState) -> CatalogState:
         nxt.version = self._next_version
-        data = codec.encode(codec.KIND_CLUSTER, nxt.to_body())
+        data = codec.encode(codec.KIND_CLUSTER, nxt.to_body(), nxt.format_version)
         key = catalog_key(nxt.version)
         try:
             self._store.put_if_absent(key, data)

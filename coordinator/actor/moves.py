@@ -1,22 +1,32 @@
 """The coordinator's side of slot moves (issue 17, decision 0018): moving slots between shards
 online, by reference, with the cluster record's slot map as the commit point.
 
-:meth:`SlotMover.move` moves a set of slots to one shard. Slots of several owners move in one
-step per owner, each its own map version ``v``:
+Slots move in **steps**. A step is one or more parts, each a move of some slots from one shard
+(``A``) to another (``B``) with an id of its own; no shard both gives and takes in one step.
+Ids are consecutive, the last is the step's ``v``, and every part passes one commit point:
 
-1. the intent, ``move = {id: v, from: A, to: B, slots}``, is committed to the cluster record;
-2. ``A.give_slots``: ``A`` fences the slots, picks the handoff timestamp ``H``, writes its
-   buffers out and records the out move; it answers the handover (references, no data);
-3. ``B.take_slots``: ``B`` raises its clock above ``H`` and records the in move;
-4. the commit point: the cluster record's slot map at version ``v``, the slots owned by ``B``;
-5. both shards settle the move (``A`` first: from then it refuses reads by older maps above
-   ``H``; then ``B``: from then it takes writes to the slots), and the intent is cleared.
+1. the intent, ``move = {id: v, from: A, to: B, slots}`` (one part) or ``{id: v, parts:
+   [...]}``, is committed to the cluster record;
+2. every ``A.give_slots``, at once: ``A`` fences its slots, picks its handoff timestamp ``H``,
+   writes its buffers out and records the out move; it answers the handover (references, no
+   data);
+3. every ``B.take_slots``: ``B`` raises its clock above its part's ``H`` and records the in
+   move (a shard taking several parts takes them one after another);
+4. the commit point: the cluster record's slot map at version ``v``, every part's slots owned
+   by its ``B``;
+5. the shards settle the parts (every ``A`` first: from then it refuses reads by older maps
+   above ``H``; then every ``B``: from then it takes writes to the slots), and the intent is
+   cleared.
 
-A failure before step 4 undoes the move on both shards; a coordinator that restarts with an
-intent recorded settles it from the record alone (:meth:`SlotMover.resolve`): done on both
-shards if the map reached version ``v``, else undone. Until it is settled, writes to the moving
+A failure before step 4 undoes every part on both shards; a coordinator that restarts with an
+intent recorded settles it from the record alone (:meth:`SlotMover.resolve`): done on every
+shard if the map reached version ``v``, else undone. Until it is settled, writes to the moving
 slots are refused (retryably) by both shards, so nothing is lost or applied twice whichever
 way it goes; reads stay right throughout (:mod:`dn.moves`).
+
+A reshard moves in as few steps as it can (one for a split or a merge: the shards that give
+are not those that take), so a writer's batch waits for one handoff, not one per old shard,
+and the old shards write their buffers out side by side.
 
 Not thread-safe: the coordinator calls it under its DDL lock.
 """
@@ -60,21 +70,35 @@ class SlotMover:
         for s in wanted:
             if smap.owners[s] != to_shard:
                 by_owner.setdefault(smap.owners[s], []).append(s)
-        for src, some in sorted(by_owner.items()):
-            smap = self._one(smap, src, to_shard, some)
-        return smap.version
+        parts = [(src, to_shard, some) for src, some in sorted(by_owner.items())]
+        return self._step(smap, parts).version if parts else smap.version
 
-    def _one(self, smap: SlotMap, src: int, to: int, slots: list[int]) -> SlotMap:
-        mid, count = self._catalog.next_move_id(), smap.slots
-        self._catalog.begin_move({"id": mid, "from": src, "to": to, "slots": pack_set(slots)})
-        log.info("move %d: %d slots from shard %d to shard %d", mid, len(slots), src, to)
+    def _step(self, smap: SlotMap, parts: list[tuple[int, int, list[int]]]) -> SlotMap:
+        """One step (module docstring): ``parts`` as (from, to, slots), no shard in two roles."""
+        first, count = self._catalog.next_move_id(), smap.slots
+        recs = [
+            {"id": first + k, "from": src, "to": to, "slots": pack_set(slots)}
+            for k, (src, to, slots) in enumerate(parts)
+        ]
+        last = recs[-1]["id"]
+        self._catalog.begin_move(recs[0] if len(recs) == 1 else {"id": last, "parts": recs})
+        for r, (src, to, slots) in zip(recs, parts):
+            log.info("move %d: %d slots from shard %d to shard %d", r["id"], len(slots), src, to)
         try:
-            handover = self._call(src, "give_slots", (mid, slots, count, to))
-            self._call(to, "take_slots", (mid, src, slots, count, handover))
+            gives = [(src, "give_slots", (r["id"], sl, count, to)) for r, (src, to, sl) in zip(
+                recs, parts)]  # fmt: skip
+            handovers = _raised(self._calls(gives))
+            takes = [
+                (to, "take_slots", (r["id"], src, sl, count, handover))
+                for r, (src, to, sl), handover in zip(recs, parts, handovers)
+            ]
+            _raised(self._calls(takes))
         except BaseException:
-            self.settle_quietly()  # undone on both shards: the map did not reach mid
+            self.settle_quietly()  # undone on every shard: the map did not reach the step's id
             raise
-        new = smap.moved(slots, to, mid)
+        new = smap
+        for _src, to, slots in parts:
+            new = new.moved(slots, to, last)
         self._catalog.commit_move(new)  # the commit point
         self.settle_quietly()
         return new
@@ -88,8 +112,9 @@ class SlotMover:
     ) -> dict[str, Any]:
         """Change the cluster's shard count to ``shards`` online: grow the count (``grow``
         starts the new shard actors; each is seeded with the catalog), move slots so every
-        shard owns about as many (:meth:`SlotMap.balanced`), then shrink the count
-        (``retire`` stops the shards left without slots). Returns what moved."""
+        shard owns about as many (:meth:`SlotMap.balanced`) in as few steps as no shard both
+        gives and takes in one (:func:`steps`), then shrink the count (``retire`` stops the
+        shards left without slots). Returns what moved."""
         self.resolve()
         st = self._catalog.state
         assert st is not None
@@ -98,14 +123,15 @@ class SlotMover:
         if shards > before:
             self._catalog.set_shards(shards)
             grow(shards)
-            for i in range(before, shards):  # new, or back after a retirement: missed DDL
-                self._call(i, "catch_up", (st.databases,))
+            new = range(before, shards)  # new, or back after a retirement: missed DDL
+            _raised(self._calls([(i, "catch_up", (st.databases,)) for i in new]))
         moved = 0
         total = sum(len(v) for v in plan.values())
-        for to, slots in sorted(plan.items()):
-            progress(f"reshard: {moved}/{total} slots moved; moving {len(slots)} to shard {to}")
-            self.move(slots, to)
-            moved += len(slots)
+        for step in steps(st.slot_map, plan):
+            n = sum(len(slots) for _, _, slots in step)
+            progress(f"reshard: {moved}/{total} slots moved; moving {n} in {len(step)} part(s)")
+            self._step(self._map(), step)
+            moved += n
         if shards < before:
             self._catalog.set_shards(shards)
             retire(list(range(shards, before)))
@@ -118,29 +144,28 @@ class SlotMover:
         }
 
     def resolve(self) -> None:
-        """Settle the move the cluster record holds, if any, on both its shards (done if the
-        slot map reached its version, else undone), then clear it. Raises what a shard
-        raised (the move stays recorded, to be settled by the next call)."""
+        """Settle the step the cluster record holds, if any, on every shard of its parts
+        (done if the slot map reached its version, else undone), then clear it. Raises what
+        a shard raised (the step stays recorded, to be settled by the next call)."""
         st = self._catalog.state
         if st is None or st.move is None:
             return
         st = self._catalog.load()  # a commit whose answer was lost may have landed
         if st is None or st.move is None:
             return
-        mid = st.move["id"]
-        done = st.slot_map.version >= mid
+        done = st.slot_map.version >= st.move["id"]
+        parts = move_parts(st.move)
         failed: list[BaseException] = []
-        for shard in (st.move["from"], st.move["to"]):  # the old owner first
-            try:
-                self._call(shard, "settle_move", (mid, done))
-            except DNError as exc:
-                if done:  # the new owner takes writes only once the old one refuses old maps
-                    raise
-                failed.append(exc)  # undone: each shard on its own (the giver's writes flow)
+        for role in ("from", "to"):  # every old owner first
+            got = self._calls([(p[role], "settle_move", (p["id"], done)) for p in parts])
+            errors = [r for r in got if isinstance(r, DNError)]
+            if errors and done:  # a new owner takes writes only once the old ones refuse
+                raise errors[0]  # old maps
+            failed.extend(errors)  # undone: each shard on its own (the givers' writes flow)
         if failed:
             raise failed[0]
         self._catalog.end_move()
-        log.info("move %d settled: %s", mid, "done" if done else "undone")
+        log.info("move %d settled: %s", st.move["id"], "done" if done else "undone")
 
     def in_progress(self) -> dict | None:
         st = self._catalog.state
@@ -158,7 +183,58 @@ class SlotMover:
         return st.slot_map
 
     def _call(self, shard: int, method: str, args: tuple) -> Any:
-        r = self._shards.call_each({shard: (method, args)}, self._retry_s)[shard]
+        return _raised(self._calls([(shard, method, args)]))[0]
+
+    def _calls(self, calls: list[tuple[int, str, tuple]]) -> list[Any]:
+        """Each (shard, method, args), shards at once and a shard's calls in order; each
+        call's result or the DNError it raised, in the order given."""
+        out: list[Any] = [None] * len(calls)
+        left = list(enumerate(calls))
+        while left:
+            batch: dict[int, int] = {}  # shard -> index: at most one call per shard a round
+            later = []
+            for k, (shard, _m, _a) in left:
+                if shard in batch:
+                    later.append((k, calls[k]))
+                else:
+                    batch[shard] = k
+            got = self._shards.call_each(
+                {shard: calls[k][1:] for shard, k in batch.items()}, self._retry_s
+            )
+            for shard, k in batch.items():
+                out[k] = got[shard]
+            left = later
+        return out
+
+
+def move_parts(intent: dict[str, Any]) -> list[dict[str, Any]]:
+    """The parts of a step's intent (one part: the intent itself)."""
+    return list(intent["parts"]) if "parts" in intent else [intent]
+
+
+def steps(smap: SlotMap, plan: dict[int, list[int]]) -> list[list[tuple[int, int, list[int]]]]:
+    """``plan`` ({to shard: slots}) as steps of (from, to, slots) parts, one per old owner and
+    new owner, each part in the first step where neither of its shards has the other role."""
+    out: list[tuple[set, set, list]] = []  # (givers, takers, parts)
+    for to, slots in sorted(plan.items()):
+        by_owner: dict[int, list[int]] = {}
+        for s in slots:
+            if smap.owners[s] != to:
+                by_owner.setdefault(smap.owners[s], []).append(s)
+        for src, some in sorted(by_owner.items()):
+            step = next((st for st in out if src not in st[1] and to not in st[0]), None)
+            if step is None:
+                step = (set(), set(), [])
+                out.append(step)
+            step[0].add(src)
+            step[1].add(to)
+            step[2].append((src, to, some))
+    return [parts for _, _, parts in out]
+
+
+def _raised(results: list[Any]) -> list[Any]:
+    """``results``, raising the first exception among them."""
+    for r in results:
         if isinstance(r, BaseException):
             raise r
-        return r
+    return results

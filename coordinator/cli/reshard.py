@@ -59,9 +59,11 @@ def watch_moves(
             continue
         mv = st.get("move")
         if mv and mv["id"] != seen:
-            seen, n = mv["id"], n + 1
-            count = sum(hi - lo + 1 for lo, hi in mv["slots"])
-            say(f"  move {mv['id']}: {count} slots, shard {mv['from']} -> shard {mv['to']}")
+            seen = mv["id"]
+            for p in mv.get("parts", [mv]):  # a step of several parts, or one
+                n += 1
+                count = sum(hi - lo + 1 for lo, hi in p["slots"])
+                say(f"  move {p['id']}: {count} slots, shard {p['from']} -> shard {p['to']}")
         if st.get("shards") != shards:
             if shards is not None:
                 say(f"  shards: {st.get('shards')}")

@@ -189,11 +189,11 @@ def render(status: dict[str, Any]) -> str:
             owned = ", ".join(f"{i}: {per[i]}" for i in sorted(per, key=int))
             out.append(f"slots: {sl['count']} (map v{sl['version']}); per shard {owned}")
         mv = c.get("move")
-        if mv:
-            n = sum(hi - lo + 1 for lo, hi in mv["slots"])
+        for p in mv.get("parts", [mv]) if mv else ():  # a step of several parts, or one
+            n = sum(hi - lo + 1 for lo, hi in p["slots"])
             out.append(
-                f"MOVE IN PROGRESS: map v{mv['id']}, {n} slots from shard {mv['from']} to "
-                f"shard {mv['to']}"
+                f"MOVE IN PROGRESS: map v{mv['id']}, {n} slots from shard {p['from']} to "
+                f"shard {p['to']}"
             )
     for i in sorted(status.get("shards", {}), key=int):
         out.append("")

@@ -312,6 +312,29 @@ def cluster_record(slots: bool = True) -> bytes:
     return store.get(f"90/cluster/{codec.num(6)}")
 
 
+#: The step of :func:`cluster_step`: shards 0 and 1 each give slots to shard 2 (map v2).
+CLUSTER_STEP = {
+    "id": 2,
+    "parts": [
+        {"id": 1, "from": 0, "to": 2, "slots": [[0, 0], [4, 4]]},
+        {"id": 2, "from": 1, "to": 2, "slots": [[1, 1]]},
+    ],
+}
+
+
+def cluster_step() -> bytes:
+    """Cluster record version 8, format 2: :func:`cluster_record`'s version 6 with the pending
+    DDL finished and then the intent of a step of two parts (:data:`CLUSTER_STEP`) begun."""
+    store = MemoryStore()
+    store.put(f"90/cluster/{codec.num(6)}", cluster_record())
+    cat = ClusterCatalog(store)
+    cat.open(CLUSTER_SHARDS, CLUSTER_HASH, CLUSTER_CREATED_MS)
+    cat.finish()
+    assert cat.next_move_id() == 1
+    cat.begin_move(CLUSTER_STEP)
+    return store.get(f"90/cluster/{codec.num(8)}")
+
+
 def segments(objects: dict[int, bytes]) -> dict[str, bytes]:
     """The segment files of a local log directory holding ``objects`` (seq -> log object):
     file name -> bytes."""
@@ -346,6 +369,7 @@ def build_all() -> dict[str, bytes]:
     out["manifest_settled.bin"] = manifest_version(settled=True)
     out["cluster.bin"] = cluster_record(slots=False)
     out["cluster_slots.bin"] = cluster_record()
+    out["cluster_step.bin"] = cluster_step()
     for name, data in segments(logs).items():
         out[f"segment_{int(name.removesuffix('.seg'))}.bin"] = data
     return out
