@@ -417,3 +417,47 @@ def test_long_keys_are_not_named_in_the_meta(small_parts):
     store.put(KEY, data)
     rows = pa.concat_tables(list(rangeparts.open_table(store, KEY, 7).row_parts(long[20])))
     assert rows.column(0).to_pylist() == long  # every part read: no first keys to skip by
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEMAS))
+@pytest.mark.parametrize("seed", range(3))
+def test_a_buffer_built_straight_into_arrow_is_the_object_of_its_sorted_lists(kind, seed):
+    """``rangeobj.build`` orders each table's rows in Arrow (numpy's sort for an int64 key):
+    the bytes and the stats equal the object encoded from the rows sorted as Python lists
+    (``rangeobj._sorted``, the version-3 tables), for every key type, with nulls, keys
+    written many times (their versions kept in ts order), deletes and more parts than one."""
+    from dn.write.buffer import Buffer
+
+    rng = random.Random(seed)
+    schema, pk = SCHEMAS[kind]
+    names = list(schema)
+    pk_pos = tuple(names.index(c) for c in ([pk] if isinstance(pk, str) else pk))
+    buf = Buffer(1, 0.0)
+    n = rangecols.CHUNK_ROWS + 5_000 if seed == 0 else 3_000
+    ts = 1
+    for _ in range(0, n, 2_500):
+        rows = []
+        for _ in range(2_500):
+            row = _row(kind, rng.randrange(n // 2), rng)  # about two versions a key
+            rows.append(tuple(row.get(c) for c in names))
+        dels = [_key(kind, rng.randrange(n)) for _ in range(rng.randrange(40))]
+        buf.apply_write(ts, 7, len(names), pk_pos, rows, dels, 0)
+        ts += 1
+    buf.freeze()
+    data, stats = rangeobj.build(3, buf)
+    tables, want_stats = rangeobj._sorted(buf)  # noqa: SLF001 - the reference it must equal
+    want = rangeobj.encode(3, buf.from_ts, buf.to_ts, buf.ncommits, [], tables, [], {7: pk_pos})
+    assert data == want and stats == want_stats
+    assert codec.version_of(data) == rangeobj.VERSION
+
+
+def test_a_buffer_with_a_value_arrow_cannot_store_is_built_as_version_3():
+    from dn.write.buffer import Buffer
+
+    buf = Buffer(1, 0.0)
+    buf.apply_write(1, 7, 2, (0,), [(1, "a"), (2, 5)], [], 0)  # a string column holding an int
+    buf.freeze()
+    data, _ = rangeobj.build(3, buf)
+    assert codec.version_of(data) == 3
+    got = rangeobj.decode(data, codec.range_key(3, 1, 1)).tables[7]
+    assert got["cols"] == [[1, 2], ["a", 5]]

@@ -102,9 +102,13 @@ def encode_table(t: dict, pk_pos: tuple[int, ...] | None = None) -> dict[str, St
         keys = cols[pk_pos[0]] if len(pk_pos) == 1 else list(zip(*(cols[p] for p in pk_pos)))
         cuts = _chunks(arrays, keys)
     rows = _ipc(arrays, [f"c{i}" for i in range(len(cols))] + [TS], cuts, keys if cuts else None)
+    return {"rows": rows, "dels": encode_dels(t["del_pks"], t["del_ts"])}
+
+
+def encode_dels(pks: list, del_ts: list[int]) -> Stream | None:
+    """A table's deletes (sorted by (key, ts)) as its ``dels`` stream; None without any."""
     dels = None
-    if t["del_ts"]:
-        pks = t["del_pks"]
+    if del_ts:
         if isinstance(pks[0], list | tuple):
             width = len(pks[0])
             if any(len(k) != width for k in pks):
@@ -114,9 +118,37 @@ def encode_table(t: dict, pk_pos: tuple[int, ...] | None = None) -> dict[str, St
             pks = [tuple(k) for k in pks]
         else:
             arrays, names = [_array(pks)], ["k"]
-        arrays.append(_stamps(t["del_ts"]))
+        arrays.append(_stamps(del_ts))
         dels = _ipc(arrays, names + [TS], _chunks(arrays, pks), pks)
-    return {"rows": rows, "dels": dels}
+    return dels
+
+
+def encode_rows(
+    cols: list[list], ts: list[int], pk_pos: tuple[int, ...]
+) -> tuple[Stream, list[Any]]:
+    """A buffer's row versions — ``cols`` and ``ts`` in the order appended (ts ascending) —
+    as :func:`encode_table`'s ``rows`` stream of them sorted by (key, ts), the same bytes, and
+    the first and last key (none without rows). Each column becomes Arrow once, unsorted, and
+    is put in order by Arrow's ``take``; a single int64 key is ordered by numpy's stable sort,
+    any other by Python's (both stable, so a key's versions keep their ts order)."""
+    n = len(ts)
+    arrays = [_array(c) for c in cols]
+    key = arrays[pk_pos[0]] if cols else None
+    if len(pk_pos) == 1 and key is not None and key.type == pa.int64() and not key.null_count:
+        raw = np.frombuffer(key.buffers()[1], np.int64, count=n, offset=8 * key.offset)
+        order = np.argsort(raw, kind="stable")
+        keys = raw[order].tolist()
+    else:
+        pks = cols[pk_pos[0]] if len(pk_pos) == 1 else list(zip(*(cols[p] for p in pk_pos)))
+        order = np.array(sorted(range(n), key=pks.__getitem__), dtype=np.int64)
+        keys = [pks[i] for i in order.tolist()]
+    index = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(order)])
+    stamps = np.array(ts, np.int64)[order]
+    arrays = [a.take(index) for a in arrays]
+    arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(stamps)]))
+    cuts = _chunks(arrays, keys) if cols else None
+    names = [f"c{i}" for i in range(len(cols))] + [TS]
+    return _ipc(arrays, names, cuts, keys if cuts else None), keys[:1] + keys[-1:]
 
 
 def _chunks(arrays: list[pa.Array], keys: list) -> list[int]:

@@ -194,8 +194,39 @@ class RangeObject:
 
 
 def build(shard: int, buf: Buffer) -> tuple[bytes, dict[int, TableStats]]:
-    """Merge-sort a frozen buffer's blocks into a range object; return bytes and stats."""
+    """Sort a frozen buffer's blocks into a range object; return bytes and stats. Each table's
+    rows go straight into Arrow (:func:`rangecols.encode_rows`); an object with a value no
+    stored Arrow type takes is built as version 3 from sorted lists (:func:`_sorted`)."""
     assert buf.frozen and buf.to_ts is not None
+    streams: dict[int, dict] | None = {}
+    stats: dict[int, TableStats] = {}
+    for table_id in sorted(buf.tables):
+        block = buf.tables[table_id]
+        dorder = sorted(range(len(block.del_pks)), key=block.del_pks.__getitem__)
+        del_pks = [block.del_pks[i] for i in dorder]
+        del_ts = [block.del_ts[i] for i in dorder]
+        try:
+            rows, keys = rangecols.encode_rows(block.cols, block.ts, block.pk_pos)
+            dels = rangecols.encode_dels(del_pks, del_ts)
+        except rangecols.Unencodable:
+            streams = None
+            break
+        streams[table_id] = {"rows": rows, "dels": dels}
+        if del_pks:
+            keys += [del_pks[0], del_pks[-1]]
+        stats[table_id] = TableStats.spanning(len(block.ts), len(del_ts), keys)
+    commands = [[ts, cmd] for ts, cmd in buf.commands]
+    at = {tid: buf.tables[tid].pk_pos for tid in buf.tables}
+    head = (shard, buf.from_ts, buf.to_ts, buf.ncommits, commands)
+    if streams is None:
+        tables, stats = _sorted(buf)
+        return encode(*head, tables, buf.tokens, at), stats
+    return encode(*head, {}, buf.tokens, at, streams), stats
+
+
+def _sorted(buf: Buffer) -> tuple[dict[int, dict], dict[int, TableStats]]:
+    """A frozen buffer's tables as version 3's ``table`` dicts (rows and deletes sorted by
+    (key, ts)), and their stats."""
     tables: dict[int, dict] = {}
     stats: dict[int, TableStats] = {}
     for table_id in sorted(buf.tables):
@@ -213,10 +244,7 @@ def build(shard: int, buf: Buffer) -> tuple[bytes, dict[int, TableStats]]:
         if del_pks:
             keys += [del_pks[0], del_pks[-1]]
         stats[table_id] = TableStats.spanning(len(ts), len(del_ts), keys)
-    commands = [[ts, cmd] for ts, cmd in buf.commands]
-    keys = {tid: buf.tables[tid].pk_pos for tid in tables}
-    data = encode(shard, buf.from_ts, buf.to_ts, buf.ncommits, commands, tables, buf.tokens, keys)
-    return data, stats
+    return tables, stats
 
 
 def encode(
@@ -228,13 +256,17 @@ def encode(
     tables: dict,
     tokens: list[tuple[int, bytes]],
     pk_pos: dict[int, tuple[int, ...]] | None = None,
+    streams: dict[int, dict] | None = None,
 ) -> bytes:
     """The range object of the grammar above, in format version ``VERSION`` (both writers;
     ``tables`` as version 3's dicts, each table's rows in parts cut between the keys at its
-    ``pk_pos``: one part when not given), or version 3 when a value has no stored Arrow type."""
+    ``pk_pos``: one part when not given), or version 3 when a value has no stored Arrow type.
+    ``streams``: the tables already as :func:`rangecols.encode_table` makes them."""
     pk_pos = pk_pos or {}
+    arrow: dict | None = streams
     try:
-        arrow = {tid: rangecols.encode_table(t, pk_pos.get(tid)) for tid, t in tables.items()}
+        if arrow is None:
+            arrow = {tid: rangecols.encode_table(t, pk_pos.get(tid)) for tid, t in tables.items()}
     except rangecols.Unencodable:
         arrow = None
     # Arrow's allocator keeps what the IPC writer freed (measured: ~30 MiB resident after a
