@@ -9,7 +9,9 @@ Ids are consecutive, the last is the step's ``v``, and every part passes one com
    [...]}``, is committed to the cluster record;
 2. every ``A.give_slots``, at once: ``A`` fences its slots, picks its handoff timestamp ``H``,
    writes its buffers out and records the out move; it answers the handover (references, no
-   data);
+   data). The old owners first write their buffers out side by side (``PREFLUSH_ROUNDS``),
+   their slots still taking writes, so that each fences with little left to write and the
+   parts' fences begin together;
 3. every ``B.take_slots``: ``B`` raises its clock above its part's ``H`` and records the in
    move (a shard taking several parts takes them one after another);
 4. the commit point: the cluster record's slot map at version ``v``, every part's slots owned
@@ -43,6 +45,10 @@ from dn.errors import DNError, InvalidArgument
 from dn.slots import pack_set
 
 log = logging.getLogger(__name__)
+
+#: Rounds of writing the old owners' buffers out before a step's gives (each give then writes
+#: out, unfenced, what came during the last round, and fenced only what came after).
+PREFLUSH_ROUNDS = 2
 
 
 class SlotMover:
@@ -85,6 +91,12 @@ class SlotMover:
         for r, (src, to, slots) in zip(recs, parts):
             log.info("move %d: %d slots from shard %d to shard %d", r["id"], len(slots), src, to)
         try:
+            # the old owners write their buffers out first, side by side, with their slots
+            # still taking writes, twice (the second writes what came during the first): then
+            # each give fences its slots with little left to write, and the parts' fences
+            # begin together (a fast one does not wait on a slow one)
+            for _ in range(PREFLUSH_ROUNDS):
+                _raised(self._calls([(src, "flush", ()) for src in sorted({p[0] for p in parts})]))
             gives = [(src, "give_slots", (r["id"], sl, count, to)) for r, (src, to, sl) in zip(
                 recs, parts)]  # fmt: skip
             handovers = _raised(self._calls(gives))
