@@ -46,6 +46,9 @@ import pyarrow as pa
 
 from dn.errors import Corruption
 from dn.objects import codec
+from dn.objects.pyarrays import Unencodable, stamps, to_array
+
+__all__ = ["Unencodable"]  # raised by the encoders here, defined with the array builders
 
 _OPTIONS = pa.ipc.IpcWriteOptions(
     compression=pa.Codec("zstd", compression_level=1), use_threads=False
@@ -76,10 +79,6 @@ STORED_TYPES = (pa.int64(), pa.float64(), pa.string(), pa.binary(), pa.bool_(), 
 TS = "ts"
 
 
-class Unencodable(Exception):
-    """A column whose values have no single stored Arrow type (not normal form)."""
-
-
 class Stream(NamedTuple):
     """An encoded IPC stream and where its parts lie: its schema message is its first
     ``schema_len`` bytes, then each part (one record batch message) ``[length, crc32, rows,
@@ -96,7 +95,7 @@ def encode_table(t: dict, pk_pos: tuple[int, ...] | None = None) -> dict[str, St
     streams, ``{"rows": Stream, "dels": Stream or None}``, the rows in parts cut between the
     keys at ``pk_pos`` (None: one part)."""
     cols = t["cols"]
-    arrays = [_array(c) for c in cols] + [_stamps(t["ts"])]
+    arrays = [to_array(c) for c in cols] + [stamps(t["ts"])]
     cuts = None
     if pk_pos is not None and cols:
         keys = cols[pk_pos[0]] if len(pk_pos) == 1 else list(zip(*(cols[p] for p in pk_pos)))
@@ -113,12 +112,12 @@ def encode_dels(pks: list, del_ts: list[int]) -> Stream | None:
             width = len(pks[0])
             if any(len(k) != width for k in pks):
                 raise Unencodable("composite keys of different widths")
-            arrays = [_array([k[i] for k in pks]) for i in range(width)]
+            arrays = [to_array([k[i] for k in pks]) for i in range(width)]
             names = [f"k{i}" for i in range(width)]
             pks = [tuple(k) for k in pks]
         else:
-            arrays, names = [_array(pks)], ["k"]
-        arrays.append(_stamps(del_ts))
+            arrays, names = [to_array(pks)], ["k"]
+        arrays.append(stamps(del_ts))
         dels = _ipc(arrays, names + [TS], _chunks(arrays, pks), pks)
     return dels
 
@@ -132,7 +131,7 @@ def encode_rows(
     is put in order by Arrow's ``take``; a single int64 key is ordered by numpy's stable sort,
     any other by Python's (both stable, so a key's versions keep their ts order)."""
     n = len(ts)
-    arrays = [_array(c) for c in cols]
+    arrays = [to_array(c) for c in cols]
     key = arrays[pk_pos[0]] if cols else None
     if len(pk_pos) == 1 and key is not None and key.type == pa.int64() and not key.null_count:
         raw = np.frombuffer(key.buffers()[1], np.int64, count=n, offset=8 * key.offset)
@@ -175,67 +174,6 @@ def _chunks(arrays: list[pa.Array], keys: list) -> list[int]:
         cuts.append(j)
         i = j
     return cuts
-
-
-def _array(values: list) -> pa.Array:
-    """``values`` (one Python type and None) as an Arrow array, built from numpy buffers
-    rather than ``pyarrow.array``: that one imports pandas on first use and leaves the
-    allocator holding several times the array's bytes (measured: 44 MiB resident for a 9 MiB
-    string column), which a writer under memory pressure cannot afford."""
-    n = len(values)
-    kinds = set(map(type, values))
-    nulls = type(None) in kinds
-    kinds.discard(type(None))
-    if not kinds:
-        return pa.nulls(n)
-    if len(kinds) > 1:
-        raise Unencodable(f"values of types {sorted(k.__name__ for k in kinds)}")
-    (kind,) = kinds
-    validity, null_count = None, 0
-    if nulls:
-        present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-        null_count = n - int(present.sum())
-        validity = pa.py_buffer(np.packbits(present, bitorder="little"))
-        values = [_FILL[kind] if v is None else v for v in values]
-    try:
-        if kind is int or kind is float:
-            typ = pa.int64() if kind is int else pa.float64()
-            data = np.array(values, dtype=np.int64 if kind is int else np.float64)
-            return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(data)], null_count)
-        if kind is bool:
-            bits = np.packbits(np.array(values, dtype=bool), bitorder="little")
-            return pa.Array.from_buffers(pa.bool_(), n, [validity, pa.py_buffer(bits)], null_count)
-        if kind is str or kind is bytes:
-            return _binary(values, kind is str, validity, null_count)
-    except (OverflowError, TypeError, ValueError, UnicodeError) as exc:
-        raise Unencodable(str(exc)) from exc
-    raise Unencodable(f"values of type {kind.__name__}")
-
-
-_FILL: dict[type, Any] = {int: 0, float: 0.0, bool: False, str: "", bytes: b""}
-
-
-def _binary(values: list, text: bool, validity: pa.Buffer | None, null_count: int) -> pa.Array:
-    """A string or binary array: offsets from the values' lengths, the data joined once (an
-    ASCII column is joined as text and its lengths are its byte lengths)."""
-    joined = "".join(values) if text else b"".join(values)
-    if text and joined.isascii():
-        data = joined.encode("ascii")
-    else:
-        parts = [v.encode() for v in values] if text else values
-        data = b"".join(parts) if text else joined
-        values = parts
-    if len(data) >= 2**31:
-        raise Unencodable("a column of 2 GiB or more")
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
-    typ = pa.string() if text else pa.binary()
-    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(data)]
-    return pa.Array.from_buffers(typ, len(values), buffers, null_count)
-
-
-def _stamps(ts: list[int]) -> pa.Array:
-    return pa.Array.from_buffers(pa.int64(), len(ts), [None, pa.py_buffer(np.array(ts, np.int64))])
 
 
 def _ipc(
