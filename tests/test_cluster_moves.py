@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
+import zlib
+
+import msgpack
 
 import pytest
 
@@ -473,3 +477,47 @@ def test_a_table_looked_up_while_another_thread_reshards_routes_within_its_shard
     rows = [{"k": k, "v": "x"} for k in range(300)]
     client.write("db", "t", rows)  # the stale entry's parts are refused, re-split, applied
     assert {r["k"] for r in client.scan("db", "t")} >= set(range(300))
+
+
+def test_a_write_waiting_out_a_move_fetches_the_map_not_the_table(cluster):
+    """While slots are moving (a coordinator died at the commit point: both shards refuse
+    them until the move is settled), a write to them retries every 100 ms: each retry fetches
+    the map, and looks the table up on no shard (16 writers doing so would crowd the shards
+    the move waits for). Once settled, the write lands once."""
+    client, shards, coord, cfg = cluster
+    client.write("db", "t", [{"k": k, "v": "a"} for k in range(50)])
+    route = client._tables().route
+    slots = route.slots_of(0)[:300]
+    real = shards.call_each
+    real_commit = coord._catalog.commit_move
+
+    class Died(Exception):
+        pass
+
+    def commit_then_die(smap):
+        real_commit(smap)
+        raise Died()
+
+    coord._catalog.commit_move = commit_then_die
+    with pytest.raises(Died):
+        coord.move_slots(slots, 1)
+    lookups = []
+
+    def counting(batch, retry_s=0.0):
+        lookups.extend(m for m, _ in batch.values() if m == "live_table")
+        return real(batch, retry_s)
+
+    shards.call_each = counting
+    moving = set(slots)
+    keys = [k for k in range(50) if zlib.crc32(msgpack.packb(k)) % route.slots in moving]
+    assert keys
+    rows = [{"k": k, "v": "b"} for k in keys]
+    th = threading.Thread(target=client.write, args=("db", "t", rows))
+    th.start()
+    time.sleep(0.6)  # about eight retries
+    assert th.is_alive() and lookups == []
+    CoordinatorService(cfg.to_dict(), shards)  # a new coordinator settles the move
+    th.join(timeout=30)
+    assert not th.is_alive()
+    rows = {r["k"]: r["v"] for r in client.scan("db", "t")}
+    assert rows == {k: "b" if k in keys else "a" for k in range(50)}

@@ -13,7 +13,10 @@ table: a part of the old one that did commit stays with the table it was made fo
 :data:`ATTEMPTS` times in all. A part refused with :class:`dn.errors.Moved` (its slots moved to
 another shard, or are moving: nothing of it was written) makes the client fetch the slot map
 again and send the rows that did not commit, split by the new map, as new parts, waiting out a
-move in progress (for ``retry_s``). Any other failure is raised, with
+move in progress (for ``retry_s``). Only the map is fetched, not the table: a move changes no
+table (a new shard count does drop the cached tables, :meth:`TableCache.refresh_route`), and
+while a move is in progress every writer retries every 100 ms, which with a lookup on every
+shard each time would crowd the very shards and coordinator the move waits for. Any other failure is raised, with
 ``details["committed"]`` = {shard: ts} for the parts that did commit.
 
 Also here, shared with the buffered writer (:mod:`coordinator.client.writer`): the causality
@@ -102,7 +105,7 @@ def write_batch(
     stale = moved = 0
     deadline = time.monotonic() + retry_s
     while True:
-        routed = tables.get(db, table, refresh=stale + moved > 0)
+        routed = tables.get(db, table, refresh=stale > 0)
         try:
             batch = validate(routed.table)
         except DNError as exc:  # only after a redefinition: the batch fits the old table
