@@ -16,7 +16,6 @@ import uuid
 import zlib
 
 import msgpack
-
 import pytest
 
 from coordinator.actor.moves import steps

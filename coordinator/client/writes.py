@@ -16,8 +16,8 @@ again and send the rows that did not commit, split by the new map, as new parts,
 move in progress (for ``retry_s``). Only the map is fetched, not the table: a move changes no
 table (a new shard count does drop the cached tables, :meth:`TableCache.refresh_route`), and
 while a move is in progress every writer retries every 100 ms, which with a lookup on every
-shard each time would crowd the very shards and coordinator the move waits for. Any other failure is raised, with
-``details["committed"]`` = {shard: ts} for the parts that did commit.
+shard each time would crowd the very shards and coordinator the move waits for. Any other
+failure is raised, with ``details["committed"]`` = {shard: ts} for the parts that did commit.
 
 Also here, shared with the buffered writer (:mod:`coordinator.client.writer`): the causality
 token (:class:`Causality`) and the batch limits of the deployment (:class:`Limits`).
