@@ -191,6 +191,17 @@ def test_a_move_that_fails_before_its_commit_point_is_undone(cluster):
     assert {r["v"] for r in client.scan("db", "t")} == {"b"}
 
 
+def _die_at_the_commit_point(coord: CoordinatorService, died: type[Exception]) -> None:
+    """The coordinator commits the new slot map, then dies (``died`` is raised)."""
+    real_commit = coord._catalog.commit_move
+
+    def commit_then_die(smap):
+        real_commit(smap)
+        raise died()
+
+    coord._catalog.commit_move = commit_then_die
+
+
 @pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("step", ["give", "take", "commit", "settle"])
 def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(
@@ -224,13 +235,7 @@ def test_a_coordinator_that_dies_at_any_step_of_a_move_is_resolved_by_the_next(
 
     shards.call_each = dying
     if step == "commit":
-        real_commit = coord._catalog.commit_move
-
-        def commit_then_die(smap):
-            real_commit(smap)
-            raise Died()
-
-        coord._catalog.commit_move = commit_then_die
+        _die_at_the_commit_point(coord, Died)
     with pytest.raises(Died):
         coord.move_slots(slots, 1)
     shards.call_each = real
@@ -488,16 +493,11 @@ def test_a_write_waiting_out_a_move_fetches_the_map_not_the_table(cluster):
     route = client._tables().route
     slots = route.slots_of(0)[:300]
     real = shards.call_each
-    real_commit = coord._catalog.commit_move
 
     class Died(Exception):
         pass
 
-    def commit_then_die(smap):
-        real_commit(smap)
-        raise Died()
-
-    coord._catalog.commit_move = commit_then_die
+    _die_at_the_commit_point(coord, Died)
     with pytest.raises(Died):
         coord.move_slots(slots, 1)
     lookups = []
