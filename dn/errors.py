@@ -115,7 +115,9 @@ class Moved(DNError):
     """Some of the request's slots are not this shard's to serve: a write touched keys of
     slots this shard gave away (or is giving away, or is taking over and may not write yet),
     or a read came with a slot map older than a move this shard took part in. Nothing was
-    written. ``details``: ``shard``, ``slots`` (some of them), ``map_version`` (the move's).
+    written. ``details``: ``shard``, ``slots`` (some of them), ``map_version`` (the move's; a
+    read), ``taking`` (a write: the id of the move these slots wait on this shard to settle,
+    or None).
     Refresh the slot map (the cluster's client does this itself), split again, and retry;
     while a move is in progress the retry waits for it to end."""
 

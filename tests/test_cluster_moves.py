@@ -485,9 +485,10 @@ def test_a_table_looked_up_while_another_thread_reshards_routes_within_its_shard
 
 def test_a_write_waiting_out_a_move_fetches_the_map_not_the_table(cluster):
     """While slots are moving (a coordinator died at the commit point: both shards refuse
-    them until the move is settled), a write to them retries every 100 ms: each retry fetches
-    the map, and looks the table up on no shard (16 writers doing so would crowd the shards
-    the move waits for). Once settled, the write lands once."""
+    them until the move is settled), a write to them retries every 100 ms: it looks the table
+    up on no shard, and fetches the map only until it has the one naming the move (16 writers
+    doing more would crowd the shards and the coordinator the move waits for). Once settled,
+    the write lands once."""
     client, shards, coord, cfg = cluster
     client.write("db", "t", [{"k": k, "v": "a"} for k in range(50)])
     route = client._tables().route
@@ -507,6 +508,15 @@ def test_a_write_waiting_out_a_move_fetches_the_map_not_the_table(cluster):
         return real(batch, retry_s)
 
     shards.call_each = counting
+    cache = client._tables()
+    refreshes = []
+    real_refresh = cache.refresh_route
+
+    def refresh():
+        refreshes.append(1)
+        return real_refresh()
+
+    cache.refresh_route = refresh
     moving = set(slots)
     keys = [k for k in range(50) if zlib.crc32(msgpack.packb(k)) % route.slots in moving]
     assert keys
@@ -515,6 +525,9 @@ def test_a_write_waiting_out_a_move_fetches_the_map_not_the_table(cluster):
     th.start()
     time.sleep(0.6)  # about eight retries
     assert th.is_alive() and lookups == []
+    # the map is fetched once: then the part goes to the new owner, which names the move it
+    # has yet to settle, a move the client's map already has
+    assert len(refreshes) == 1
     CoordinatorService(cfg.to_dict(), shards)  # a new coordinator settles the move
     th.join(timeout=30)
     assert not th.is_alive()

@@ -16,7 +16,9 @@ again and send the rows that did not commit, split by the new map, as new parts,
 move in progress (for ``retry_s``). Only the map is fetched, not the table: a move changes no
 table (a new shard count does drop the cached tables, :meth:`TableCache.refresh_route`), and
 while a move is in progress every writer retries every 100 ms, which with a lookup on every
-shard each time would crowd the very shards and coordinator the move waits for. Any other
+shard each time would crowd the very shards and coordinator the move waits for. A part the
+new owner refused only because it has not settled a move the client's map already names
+(``Moved.details["taking"]``) is sent there again without asking the coordinator. Any other
 failure is raised, with ``details["committed"]`` = {shard: ts} for the parts that did commit.
 
 Also here, shared with the buffered writer (:mod:`coordinator.client.writer`): the causality
@@ -133,18 +135,30 @@ def write_batch(
                 tables.forget(db, table)
             raise with_committed(first, done)
         sent.update(k for s in results if s not in errors for k in share_keys(routed, shares[s]))
-        if any(isinstance(e, Moved) for e in errors.values()):
+        refused = [e for e in errors.values() if isinstance(e, Moved)]
+        if len(refused) < len(errors):  # a StaleTable: the next round looks the table up
+            stale += 1
+            if stale >= ATTEMPTS:
+                break
+        if refused:
             # slots moved, or are moving: refresh the map, and wait out a move in progress
             moved += 1
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(MOVED_WAIT_MAX_S, MOVED_WAIT_S * 2 ** min(moved, 8)))
-            tables.refresh_route()
-        else:
-            stale += 1
-            if stale >= ATTEMPTS:
-                break
+            if not all(waits_on_taker(e, routed.route) for e in refused):
+                tables.refresh_route()
     raise with_committed(errors[min(errors)], done)
+
+
+def waits_on_taker(error: BaseException, route: Any) -> bool:
+    """Whether ``error`` refused a part only because its shard is taking the slots over in a
+    move whose commit point ``route`` has passed (its version at least the move's id): the
+    map is current, and the part goes to the same shard again once that shard settles."""
+    if not isinstance(error, Moved):
+        return False
+    taking = error.details.get("taking")
+    return taking is not None and route.version >= taking
 
 
 def share_keys(routed: RoutedTable, share: ShardPart) -> list:

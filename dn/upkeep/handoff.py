@@ -294,11 +294,16 @@ def check_command_locked(s: ShardState, p: Any) -> None:
     slots = p.slots if p.slots is not None else command_slots(s.slot_count, p)
     hit = s.refused & slots
     if hit:
+        # taking: the id of a move in that this shard has not settled yet and that every one
+        # of these slots waits on (a client whose map is at least that new has nothing to
+        # refresh: it waits and sends here again)
+        taking = {m.id for m in s.moves if m.kind == IN and not m.done and hit <= m.slots}
         raise Moved(
             f"shard {s.shard}: slots {sorted(hit)[:16]} are not this shard's to write now (a "
             "slot move gave them away or is in progress); refresh the slot map and retry",
             shard=s.shard,
             slots=sorted(hit)[:16],
+            taking=min(taking) if taking else None,
         )
     if stale & slots:
         raise Conflict(
