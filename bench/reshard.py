@@ -201,8 +201,9 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         if scan:
             th.join()
         progress(f"7: split in {split1 - split0:.1f} s ({done['moved_slots']} slots moved)")
-        moved = _moved_bytes(store, 8, 4, client.info["slots"]["count"])  # before settling
-        wrote = _handoff_bytes(store, 8, record)
+        if not scan:
+            moved = _moved_bytes(store, 8, 4, client.info["slots"]["count"])  # before settling
+            wrote = _handoff_bytes(store, 8, record)
         time.sleep(after_s)  # the writers run on, then stop
         open(stop_file, "w").close()
         batches = [b for got in ray.get(refs, timeout=600) for b in got]

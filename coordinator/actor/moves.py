@@ -9,7 +9,7 @@ Ids are consecutive, the last is the step's ``v``, and every part passes one com
    [...]}``, is committed to the cluster record;
 2. every ``A.give_slots``, at once: ``A`` fences its slots, picks its handoff timestamp ``H``,
    writes its buffers out and records the out move; it answers the handover (references, no
-   data). The old owners first write their buffers out side by side (``PREFLUSH_ROUNDS``),
+   data). The old owners first write their buffers out side by side (``STEP_FLUSH_ROUNDS``),
    their slots still taking writes, so that each fences with little left to write and the
    parts' fences begin together;
 3. every ``B.take_slots``: ``B`` raises its clock above its part's ``H`` and records the in
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 #: Rounds of writing the old owners' buffers out before a step's gives (each give then writes
 #: out, unfenced, what came during the last round, and fenced only what came after).
-PREFLUSH_ROUNDS = 2
+STEP_FLUSH_ROUNDS = 2
 
 
 class SlotMover:
@@ -72,12 +72,9 @@ class SlotMover:
         bad = [s for s in wanted if type(s) is not int or not 0 <= s < smap.slots]
         if bad:
             raise InvalidArgument(f"no slots {bad[:8]!r} among {smap.slots}")
-        by_owner: dict[int, list[int]] = {}
-        for s in wanted:
-            if smap.owners[s] != to_shard:
-                by_owner.setdefault(smap.owners[s], []).append(s)
-        parts = [(src, to_shard, some) for src, some in sorted(by_owner.items())]
-        return self._step(smap, parts).version if parts else smap.version
+        for step in steps(smap, {to_shard: wanted}):  # one at most: a single shard takes
+            smap = self._step(smap, step)
+        return smap.version
 
     def _step(self, smap: SlotMap, parts: list[tuple[int, int, list[int]]]) -> SlotMap:
         """One step (module docstring): ``parts`` as (from, to, slots), no shard in two roles."""
@@ -95,10 +92,13 @@ class SlotMover:
             # still taking writes, twice (the second writes what came during the first): then
             # each give fences its slots with little left to write, and the parts' fences
             # begin together (a fast one does not wait on a slow one)
-            for _ in range(PREFLUSH_ROUNDS):
-                _raised(self._calls([(src, "flush", ()) for src in sorted({p[0] for p in parts})]))
-            gives = [(src, "give_slots", (r["id"], sl, count, to)) for r, (src, to, sl) in zip(
-                recs, parts)]  # fmt: skip
+            givers = sorted({src for src, _, _ in parts})
+            for _ in range(STEP_FLUSH_ROUNDS):
+                _raised(self._calls([(src, "flush", ()) for src in givers]))
+            gives = [
+                (src, "give_slots", (r["id"], sl, count, to))
+                for r, (src, to, sl) in zip(recs, parts)
+            ]
             handovers = _raised(self._calls(gives))
             takes = [
                 (to, "take_slots", (r["id"], src, sl, count, handover))

@@ -151,12 +151,11 @@ def write_batch(
     raise with_committed(errors[min(errors)], done)
 
 
-def waits_on_taker(error: BaseException, route: Any) -> bool:
+def waits_on_taker(error: Moved, route: Any) -> bool:
     """Whether ``error`` refused a part only because its shard is taking the slots over in a
-    move whose commit point ``route`` has passed (its version at least the move's id): the
-    map is current, and the part goes to the same shard again once that shard settles."""
-    if not isinstance(error, Moved):
-        return False
+    move whose commit point ``route`` has passed (its version at least the move's id; a later
+    step begins only once this one is settled on every shard, so such a move is done): the map
+    is current, and the part goes to the same shard again once that shard settles."""
     taking = error.details.get("taking")
     return taking is not None and route.version >= taking
 

@@ -142,9 +142,9 @@ def encode_rows(
         order = np.array(sorted(range(n), key=pks.__getitem__), dtype=np.int64)
         keys = [pks[i] for i in order.tolist()]
     index = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(order)])
-    stamps = np.array(ts, np.int64)[order]
+    in_order = np.array(ts, np.int64)[order]
     arrays = [a.take(index) for a in arrays]
-    arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(stamps)]))
+    arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(in_order)]))
     cuts = _chunks(arrays, keys) if cols else None
     names = [f"c{i}" for i in range(len(cols))] + [TS]
     return _ipc(arrays, names, cuts, keys if cuts else None), keys[:1] + keys[-1:]

@@ -202,9 +202,7 @@ def build(shard: int, buf: Buffer) -> tuple[bytes, dict[int, TableStats]]:
     stats: dict[int, TableStats] = {}
     for table_id in sorted(buf.tables):
         block = buf.tables[table_id]
-        dorder = sorted(range(len(block.del_pks)), key=block.del_pks.__getitem__)
-        del_pks = [block.del_pks[i] for i in dorder]
-        del_ts = [block.del_ts[i] for i in dorder]
+        del_pks, del_ts = _sorted_dels(block)
         try:
             rows, keys = rangecols.encode_rows(block.cols, block.ts, block.pk_pos)
             dels = rangecols.encode_dels(del_pks, del_ts)
@@ -236,15 +234,20 @@ def _sorted(buf: Buffer) -> tuple[dict[int, dict], dict[int, TableStats]]:
         order = sorted(range(len(pks)), key=pks.__getitem__)
         cols = [[c[i] for i in order] for c in block.cols]
         ts = [block.ts[i] for i in order]
-        dorder = sorted(range(len(block.del_pks)), key=block.del_pks.__getitem__)
-        del_pks = [block.del_pks[i] for i in dorder]
-        del_ts = [block.del_ts[i] for i in dorder]
+        del_pks, del_ts = _sorted_dels(block)
         tables[table_id] = {"ts": ts, "cols": cols, "del_pks": del_pks, "del_ts": del_ts}
         keys = [pks[order[0]], pks[order[-1]]] if order else []
         if del_pks:
             keys += [del_pks[0], del_pks[-1]]
         stats[table_id] = TableStats.spanning(len(ts), len(del_ts), keys)
     return tables, stats
+
+
+def _sorted_dels(block: Any) -> tuple[list, list[int]]:
+    """A buffer table's deletes sorted by (key, ts): keys, timestamps (a stable sort by key:
+    they were appended in ts order)."""
+    order = sorted(range(len(block.del_pks)), key=block.del_pks.__getitem__)
+    return [block.del_pks[i] for i in order], [block.del_ts[i] for i in order]
 
 
 def encode(
