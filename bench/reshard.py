@@ -13,7 +13,9 @@ start and end (wall clock, one machine) is kept.
 - **7a** — the batches that were in flight at any time during the split: their latency
   (p50, p99, max; target p99 <= 1 s: a write to a moving slot waits while its slots are
   fenced and retries against the new owner), and the rows/s acknowledged during the split
-  against the rows/s of the ``BEFORE_S`` seconds before it (target >= 0.7x).
+  against the rows/s of the ``BEFORE_S`` seconds before it (target >= 0.7x). ``start_s``:
+  the seconds the four new shards took to start (one at a time on one node:
+  ``reshard_start_concurrency``), ``move_s``: the step's (the rest of the split).
 - **7b** — the bytes the handoff itself wrote (the manifest versions that record the moves
   and the cluster record versions of the reshard), against the bytes of the moved data (each
   referenced range object's size times the share of its shard's slots the move took);
@@ -229,6 +231,8 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         f7a.extra.setdefault("p50_s", []).append(lat[len(lat) // 2])
         f7a.extra.setdefault("max_s", []).append(lat[-1])
         f7a.extra.setdefault("split_s", []).append(split1 - split0)
+        f7a.extra.setdefault("start_s", []).append(done["start_s"])  # the new shards' start
+        f7a.extra.setdefault("move_s", []).append(done["move_s"])  # then the step
         f7a.extra.setdefault("batches_during", []).append(len(lat))
         f7r.peer.append(rate_before)
         f7r.ours.append(rate_during)

@@ -70,6 +70,9 @@ class ClusterConfig:
     shard_num_cpus: float = 0.0
     #: Concurrent calls one shard actor serves; concurrent writes share a log write.
     shard_max_concurrency: int = 64
+    #: New shard actors a reshard starts at once (None: one per live Ray node). A start takes
+    #: about two CPU-seconds from the node's writers (decision 0018, item 20).
+    reshard_start_concurrency: int | None = None
     #: Largest clock difference assumed between nodes, in ms; each write waits it out.
     clock_skew_ms: int = 0
     #: Settings of each shard engine (see :class:`dn.Settings`).
@@ -102,6 +105,11 @@ class ClusterConfig:
         if type(self.shard_max_concurrency) is not int or self.shard_max_concurrency <= 0:
             raise InvalidArgument(
                 f"shard_max_concurrency must be a positive int, got {self.shard_max_concurrency!r}"
+            )
+        v = self.reshard_start_concurrency
+        if v is not None and (type(v) is not int or v <= 0):
+            raise InvalidArgument(
+                f"reshard_start_concurrency must be a positive int or null, got {v!r}"
             )
         if type(self.clock_skew_ms) is not int or self.clock_skew_ms < 0:
             raise InvalidArgument("clock_skew_ms must be an int >= 0")

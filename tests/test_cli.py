@@ -110,6 +110,7 @@ def test_dn_up_status_scan_changes_down(ray_session, tmp_path):
         rs = dn("reshard", "--shards", "3", *where)
         assert rs.returncode == 0, rs.stderr
         assert "per shard 0: 1366, 1: 1365, 2: 1365" in rs.stdout and "  shards: 3" in rs.stdout
+        assert "1 new shard(s) started in " in rs.stdout, rs.stdout
         st = dn("status", *where)
         assert "shard 2" in st.stdout and "slot moves" in st.stdout, st.stdout
         again = dn("scan", "db", "t", *where)

@@ -157,6 +157,20 @@ def test_config_precedence_and_typos(tmp_path):
         load_config(None, {"shards": 0})
 
 
+def test_a_reshard_starts_its_new_shards_in_waves_of_the_set_size():
+    from coordinator.actor.handle import start_waves
+
+    assert start_waves(4, 8, 1) == [5, 6, 7, 8]  # one at a time: the default on one node
+    assert start_waves(4, 8, 3) == [7, 8]
+    assert start_waves(4, 8, 4) == start_waves(4, 8, 99) == [8]
+    assert start_waves(8, 8, 1) == start_waves(8, 4, 2) == []  # nothing grows
+    assert ClusterConfig().reshard_start_concurrency is None  # one per live node
+    assert load_config({"reshard_start_concurrency": 2}).reshard_start_concurrency == 2
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(InvalidArgument, match="reshard_start_concurrency"):
+            load_config({"reshard_start_concurrency": bad})
+
+
 def test_shell_settings_defaults_are_the_old_constants():
     """The defaults of the shells' settings are the values the benchmarks were measured with
     (the module constants they replace); cluster.yaml carries the same."""

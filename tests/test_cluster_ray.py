@@ -473,6 +473,7 @@ def test_reshard_on_ray_splits_and_merges_while_tasks_write(deploy_cluster):
     pending = [task.remote(client, i, 20) for i in range(4)]  # their clients: 2 shards
     done = client.reshard(4)
     assert done["shards"] == 4 and done["moved_slots"] == client.info["slots"]["count"] // 2
+    assert done["start_s"] > 0 and done["move_s"] > 0
     written = [kv for got in ray.get(pending) for kv in got]
     st = client.status()
     assert sorted(st["shards"]) == [0, 1, 2, 3]

@@ -36,6 +36,7 @@ Not thread-safe: the coordinator calls it under its DDL lock.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -132,11 +133,13 @@ class SlotMover:
         assert st is not None
         before = st.shards
         plan = st.slot_map.balanced(shards)  # checks the count
+        t0 = time.monotonic()
         if shards > before:
             self._catalog.set_shards(shards)
             grow(shards)
             new = range(before, shards)  # new, or back after a retirement: missed DDL
             _raised(self._calls([(i, "catch_up", (st.databases,)) for i in new]))
+        t1 = time.monotonic()
         moved = 0
         total = sum(len(v) for v in plan.values())
         for step in steps(st.slot_map, plan):
@@ -153,6 +156,8 @@ class SlotMover:
             "before": before,
             "moved_slots": moved,
             "map_version": self._map().version,
+            "start_s": round(t1 - t0, 3),  # the new shards' start
+            "move_s": round(time.monotonic() - t1, 3),  # the steps (and any retirement)
         }
 
     def resolve(self) -> None:

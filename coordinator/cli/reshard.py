@@ -33,9 +33,12 @@ def reshard(client: Any, shards: int) -> int:
     finally:
         stop.set()
         watcher.join()
+    grown = shards - len(before)
+    if grown > 0:
+        print(f"{grown} new shard(s) started in {done['start_s']:.1f} s")
     print(
-        f"{done['moved_slots']} slots moved; slot map v{done['map_version']}; "
-        f"per shard {_per_shard(client)}"
+        f"{done['moved_slots']} slots moved in {done['move_s']:.1f} s; slot map "
+        f"v{done['map_version']}; per shard {_per_shard(client)}"
     )
     return 0
 
