@@ -9,9 +9,10 @@ Ids are consecutive, the last is the step's ``v``, and every part passes one com
    [...]}``, is committed to the cluster record;
 2. every ``A.give_slots``, at once: ``A`` fences its slots, picks its handoff timestamp ``H``,
    writes its buffers out and records the out move; it answers the handover (references, no
-   data). The old owners first write their buffers out side by side (``STEP_FLUSH_ROUNDS``),
-   their slots still taking writes, so that each fences with little left to write and the
-   parts' fences begin together;
+   data). The old owners first write their buffers out side by side, their slots still
+   taking writes, in rounds until one is short (:data:`STEP_FLUSH_ROUNDS`,
+   :data:`STEP_FLUSH_SHORT_S`), so that each fences with little left to write and the parts'
+   fences begin together;
 3. every ``B.take_slots``: ``B`` raises its clock above its part's ``H`` and records the in
    move (a shard taking several parts takes them one after another);
 4. the commit point: the cluster record's slot map at version ``v``, every part's slots owned
@@ -47,9 +48,14 @@ from dn.slots import pack_set
 
 log = logging.getLogger(__name__)
 
-#: Rounds of writing the old owners' buffers out before a step's gives (each give then writes
-#: out, unfenced, what came during the last round, and fenced only what came after).
-STEP_FLUSH_ROUNDS = 2
+#: Rounds of writing the old owners' buffers out before a step's gives: at least the first,
+#: at most the second (each round writes out, unfenced, what came during the one before; the
+#: give then fences and writes only what came during the last)...
+STEP_FLUSH_ROUNDS = (2, 6)
+#: ...stopping once a round took less than this (seconds): what comes in meanwhile is little.
+#: A reshard that started its shards for half a minute left that much in the old owners'
+#: buffers, two rounds left seconds of it to write fenced (decision 0018, item 17).
+STEP_FLUSH_SHORT_S = 0.5
 
 
 class SlotMover:
@@ -90,12 +96,16 @@ class SlotMover:
             log.info("move %d: %d slots from shard %d to shard %d", r["id"], len(slots), src, to)
         try:
             # the old owners write their buffers out first, side by side, with their slots
-            # still taking writes, twice (the second writes what came during the first): then
-            # each give fences its slots with little left to write, and the parts' fences
-            # begin together (a fast one does not wait on a slow one)
+            # still taking writes, in rounds until one is short (each writes what came during
+            # the one before): then each give fences its slots with little left to write, and
+            # the parts' fences begin together (a fast one does not wait on a slow one)
             givers = sorted({src for src, _, _ in parts})
-            for _ in range(STEP_FLUSH_ROUNDS):
+            least, most = STEP_FLUSH_ROUNDS
+            for k in range(most):
+                t = time.monotonic()
                 _raised(self._calls([(src, "flush", ()) for src in givers]))
+                if k + 1 >= least and time.monotonic() - t < STEP_FLUSH_SHORT_S:
+                    break
             gives = [
                 (src, "give_slots", (r["id"], sl, count, to))
                 for r, (src, to, sl) in zip(recs, parts)

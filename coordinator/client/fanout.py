@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import threading
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -38,7 +39,7 @@ from typing import Any, Protocol
 from coordinator.client.routing import shard_of
 from dn.errors import DNError, Moved, NotFound
 from dn.objects.codec import pack, unpack_tuples
-from dn.read.cache import ObjectCache
+from dn.read.cache import ObjectCache, Pins
 from dn.read.change import Change
 from dn.read.feed import merge_changes
 from dn.read.merge import merge_by_int_key
@@ -109,6 +110,21 @@ class ReaderPool:
         if r is None:
             r = self._readers[shard] = Reader(self.store, shard, self.cache)
         return r
+
+    def readers(self, views: Mapping[int, ReadView]) -> dict[int, Reader]:
+        """A reader per shard of ``views`` for one read that reads them one after another,
+        in the order to read them: the objects several shards read (a moved slot's, by its old
+        owner and through a reference by its new) held from first use to last
+        (:class:`dn.read.cache.Pins`), and a shard read right after the shard whose objects
+        it references (so those are held briefly)."""
+        keys = {i: self.reader(i).object_keys(v.table, v.plan) for i, v in views.items()}
+        uses = Counter(k for ks in keys.values() for _, k in ks)
+        pins = Pins(dict(uses))
+
+        def home(i: int) -> tuple[int, int]:
+            return (min([i, *(shard for shard, k in keys[i] if uses[k] > 1)]), i)
+
+        return {i: self.reader(i).pinned(pins) for i in sorted(views, key=home)}
 
 
 def choose_snapshot(shards: ShardCalls, floor: int, retry_s: float) -> int:

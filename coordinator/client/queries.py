@@ -122,8 +122,8 @@ def scan_arrow(
     each shard read into Arrow in this process (:func:`dn.read.arrowscan.scan_table`), the
     shards merged by key (:func:`dn.read.arrowscan.merge_shards`)."""
     got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end), True)
-    pool = client.reader_pool()
-    parts = [scan_table(pool.reader(i), got[i], lo, hi) for i in sorted(got)]
+    readers = client.reader_pool().readers(got)
+    parts = [scan_table(reader, got[i], lo, hi) for i, reader in readers.items()]
     return merge_shards(t, parts, columns)
 
 

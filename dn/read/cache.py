@@ -9,7 +9,11 @@ Invariants: the byte count is the sum of the entries' sizes; values are never mu
 cache or by its users. Not here: fetching or decoding (the caller's ``load`` does both, outside
 the lock, so two threads may load the same key at once; the first to finish is kept).
 
-Thread-safe: one lock guards the entries and the counters.
+:class:`Pins` holds, for one read, the objects it will use more than once (after slots moved,
+an object is read by its old owner, filtered, and by the new owner through a reference),
+from their first use to their last, whatever the shared cache evicts in between.
+
+Thread-safe: one lock guards the entries and the counters (a :class:`Pins`, its own).
 """
 
 from __future__ import annotations
@@ -71,3 +75,35 @@ class ObjectCache:
                 "hits": self.hits,
                 "misses": self.misses,
             }
+
+
+class Pins:
+    """The objects one read uses several times, held from first use to last: ``uses`` maps
+    an object's key to how many times the read will ask for it (keys used once are not
+    held). Before, a scan of a table larger than the cache read every object a move had
+    split between two shards twice from the store, the first copy evicted before the second
+    use (``bench/reshard.py``'s 7c)."""
+
+    def __init__(self, uses: dict[str, int]) -> None:
+        self._left = {k: n for k, n in uses.items() if n > 1}
+        self._held: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, load: Callable[[], Any]) -> Any:
+        """The object at ``key``: held, or ``load()`` (then held if used again)."""
+        with self._lock:
+            if key not in self._left:
+                held = None
+            else:
+                held = self._held.get(key)
+        value = held if held is not None else load()
+        with self._lock:
+            n = self._left.get(key)
+            if n is not None:
+                if n <= 1:
+                    del self._left[key]
+                    self._held.pop(key, None)
+                else:
+                    self._left[key] = n - 1
+                    self._held[key] = value
+        return value

@@ -21,7 +21,7 @@ from typing import Any
 
 from dn.objects import checkpoint as ckpt
 from dn.objects import codec, rangeobj, rangeparts
-from dn.read.cache import ObjectCache
+from dn.read.cache import ObjectCache, Pins
 from dn.read.plan import Plan
 from dn.read.run import Run, Runs
 from dn.read.slotfilter import FilteredArrow, FilteredRange
@@ -32,10 +32,26 @@ from dn.store.base import ObjectStore
 class Reader:
     """Fetches and lists the objects of one shard's plans."""
 
-    def __init__(self, store: ObjectStore, shard: int, cache: ObjectCache) -> None:
+    def __init__(
+        self, store: ObjectStore, shard: int, cache: ObjectCache, pins: Pins | None = None
+    ) -> None:
         self._store = store
         self._shard = shard
         self.cache = cache
+        self._pins = pins
+
+    def pinned(self, pins: Pins) -> Reader:
+        """This reader for one read whose objects used several times ``pins`` holds."""
+        return Reader(self._store, self._shard, self.cache, pins)
+
+    def object_keys(self, table: TableDef, plan: Plan) -> list[tuple[int, str]]:
+        """The range objects :meth:`range_keys` names, as (their shard, their store key): a
+        filtered one's shard is the filter's."""
+        out = []
+        for r in self.range_keys(table, plan):
+            shard = r[2].shard if len(r) > 2 else self._shard
+            out.append((shard, codec.range_key(shard, r[0], r[1])))
+        return out
 
     def checkpoint(self, ts: int) -> ckpt.Checkpoint:
         key = codec.checkpoint_key(self._shard, ts)
@@ -63,6 +79,8 @@ class Reader:
             data = self._store.get(key)
             return rangeobj.decode(data, key), len(data)
 
+        if self._pins is not None:
+            return self._pins.get(key, lambda: self.cache.get(key, load))
         return self.cache.get(key, load)
 
     def range_uncached(self, r: tuple) -> Any:
