@@ -62,7 +62,7 @@ TASKS = 16
 #: the split, so that 7c's second scans read from a warm cache before and after it, as they
 #: say. With the default 256 MiB the table fitted before the split and not after (the writers
 #: add 3-5M rows during it), and 7c compared a scan from memory with one from the store.
-CACHE_BYTES = 4 << 30
+CACHE_BYTES = 1 << 30
 #: Seconds of back-to-back scans before the split in a scan run (7c-during's "before").
 SCAN_BEFORE_S = 10.0
 

@@ -85,6 +85,10 @@ def raise_first(results: Mapping[int, Any]) -> dict[int, Any]:
     return dict(results)
 
 
+#: Stores whose reader pools (and object caches) a process keeps at once.
+POOLS_KEPT = 2
+
+
 class ReaderPool:
     """One object store, one cache and one Reader per shard for a store URL, shared by every
     client of this process (so Ray tasks and drivers reuse decoded objects)."""
@@ -99,10 +103,16 @@ class ReaderPool:
 
     @classmethod
     def for_url(cls, url: str, cache_bytes: int) -> ReaderPool:
+        """The pool of ``url``: made once, kept while it is among the :data:`POOLS_KEPT`
+        stores this process read last (one that connects to deployment after deployment
+        kept every one's cache before)."""
         with cls._lock:
-            pool = cls._pools.get((url, cache_bytes))
+            pool = cls._pools.pop((url, cache_bytes), None)
             if pool is None:
-                pool = cls._pools[(url, cache_bytes)] = cls(open_store(url), cache_bytes)
+                pool = cls(open_store(url), cache_bytes)
+            cls._pools[(url, cache_bytes)] = pool  # the newest last
+            while len(cls._pools) > POOLS_KEPT:
+                del cls._pools[next(iter(cls._pools))]
             return pool
 
     def reader(self, shard: int) -> Reader:
