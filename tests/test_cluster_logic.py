@@ -790,7 +790,7 @@ def test_the_client_reads_at_times_and_makes_snapshots_from_them(local_cluster):
 def test_a_process_keeps_the_reader_pools_of_the_stores_it_read_last_only():
     """A process that connects to deployment after deployment (the benchmarks do) kept every
     store's pool, and so its object cache, for good; now the last ``POOLS_KEPT``."""
-    from coordinator.client.fanout import POOLS_KEPT, ReaderPool
+    from coordinator.client.readerpool import POOLS_KEPT, ReaderPool
 
     urls = [f"memory://pools-{uuid.uuid4().hex}" for _ in range(POOLS_KEPT + 1)]
     first = [ReaderPool.for_url(u, 1 << 20) for u in urls]

@@ -544,7 +544,7 @@ def test_a_scan_after_a_split_fetches_each_object_once_however_small_the_cache()
     from collections import Counter
 
     from coordinator.client import queries
-    from coordinator.client.fanout import ReaderPool
+    from coordinator.client.readerpool import ReaderPool
     from dn.settings import ShellSettings
 
     url = f"memory://pins-{uuid.uuid4().hex}"

@@ -48,6 +48,7 @@ import pyarrow as pa
 from coordinator.actor.handle import CoordinatorHandle
 from coordinator.client import fanout, live, queries
 from coordinator.client.commits import CommitGroup
+from coordinator.client.readerpool import ReaderPool
 from coordinator.client.routing import validate_batch, validate_columns
 from coordinator.client.slotops import SlotOps
 from coordinator.client.slots import SlotMap
@@ -141,8 +142,8 @@ class Client(SlotOps):
         """The newest timestamp this client has seen (writes are ordered after it)."""
         return self._causality.token
 
-    def reader_pool(self) -> fanout.ReaderPool:
-        return fanout.ReaderPool.for_url(self.info["store"], self.settings.client_cache_bytes)
+    def reader_pool(self) -> ReaderPool:
+        return ReaderPool.for_url(self.info["store"], self.settings.client_cache_bytes)
 
     def _tables(self) -> TableCache:
         if self._table_cache is None:

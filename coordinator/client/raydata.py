@@ -51,6 +51,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask
 
 from coordinator.client import fanout, queries
+from coordinator.client.readerpool import ReaderPool
 from coordinator.client.routing import split, validate_columns
 from coordinator.client.txn import commit_calls
 from coordinator.client.writes import Limits, write_batch
@@ -120,7 +121,7 @@ class _ShardRows(Datasource):
 def _read_shard(
     store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
 ) -> Iterator[pa.Table]:
-    reader = fanout.ReaderPool.for_url(store, cache).reader(shard)
+    reader = ReaderPool.for_url(store, cache).reader(shard)
     if feed is None and arrow_path(view.table):  # streamed: range objects read part by part
         empty = True
         for block in _gathered(arrowstream.batches(reader, view, None, None, columns)):
