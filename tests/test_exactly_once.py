@@ -30,7 +30,7 @@ from coordinator.client.writes import WRITE_PART
 from coordinator.config import ClusterConfig
 from dn.backoff import Backoff
 from dn.clock import ManualClock, SystemClock
-from dn.errors import DNError, InvalidArgument, Unavailable
+from dn.errors import Closed, DNError, InvalidArgument, Unavailable
 from dn.objects import checkpoint as ckpt
 from dn.objects import codec
 from dn.store.memory import shared_memory_store
@@ -84,8 +84,14 @@ class InProcessGroup(ShardGroup):
         self.held: list[tuple[int, tuple]] = []
 
     def _run(self, i: int, method: str, args: tuple) -> Any:
+        svc = self.cluster.services[i]
         try:
-            return _copy(getattr(self.cluster.services[i], method)(*_copy(args)))
+            return _copy(getattr(svc, method)(*_copy(args)))
+        except Closed as exc:
+            if self.cluster.services[i] is svc and i not in self.cluster.restarting:
+                return _copy(exc)
+            # restarted under the call: Ray reports an actor that died mid-call as unavailable
+            return Unavailable(f"shard {i}.{method}: the actor died ({exc})", outcome_unknown=True)
         except DNError as exc:
             return _copy(exc)
 
@@ -132,6 +138,7 @@ class Cluster:
         self.settings = cfg.engine.to_dict()
         self.taps = [LogTap(self.name) for _ in range(SHARDS)]
         self.services = [self._open(i) for i in range(SHARDS)]
+        self.restarting: set[int] = set()  # shards between close and reopen
         t = SleepClock(100.0)
         backoff = Backoff(0.05, 1.0, 1.0, 1.0, sleep=t.sleep, rng=random.Random(1), clock=t.clock)
         self.group = InProcessGroup(self, backoff)
@@ -147,8 +154,12 @@ class Cluster:
 
     def restart(self, i: int) -> None:
         """Shard ``i`` stops and starts again from the store (recovery)."""
-        self.services[i].close()
-        self.services[i] = self._open(i)
+        self.restarting.add(i)
+        try:
+            self.services[i].close()
+            self.services[i] = self._open(i)
+        finally:
+            self.restarting.discard(i)
 
     def close(self) -> None:
         for s in self.services:
