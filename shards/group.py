@@ -182,12 +182,14 @@ def start_shards(
     max_concurrency: int,
     env: Mapping[str, str],
     shell: dict[str, Any] | None = None,
+    first: int = 0,
 ) -> list[Any]:
-    """Create (or find) every shard actor of a deployment; returns their handles."""
+    """Create (or find) the shard actors ``first`` .. ``shards - 1`` of a deployment (every
+    one by default); returns their handles."""
     cls = _shard_actor_class()
     runtime_env = {"env_vars": {**MALLOC_ENV, **env}}
     handles = []
-    for i in range(shards):
+    for i in range(first, shards):
         opts: dict[str, Any] = dict(
             name=shard_name(i),
             namespace=namespace,

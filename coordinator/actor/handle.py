@@ -89,12 +89,15 @@ class CoordinatorActor(CoordinatorService):
         for until its shards opened, then call them."""
         cfg = self.config
         at_once = cfg.reshard_start_concurrency or alive_nodes()
-        for upto in start_waves(len(self._shards), shards, at_once):
+        first = len(self._shards)
+        for upto in start_waves(first, shards, at_once):  # each wave: its new actors only
             handles = start_shards(
                 cfg.namespace, upto, cfg.store, cfg.engine.to_dict(), cfg.clock_skew_ms,
                 cfg.shard_num_cpus, cfg.shard_max_concurrency, cfg.env, cfg.shell.to_dict(),
+                first=first,
             )  # fmt: skip
             ray.get([h.pid.remote() for h in handles], timeout=cfg.shell.call_timeout_s)
+            first = upto
         super().grow_shards(shards)
 
     def retire_shards(self, ids: list[int]) -> None:

@@ -92,10 +92,7 @@ class Pins:
     def get(self, key: str, load: Callable[[], Any]) -> Any:
         """The object at ``key``: held, or ``load()`` (then held if used again)."""
         with self._lock:
-            if key not in self._left:
-                held = None
-            else:
-                held = self._held.get(key)
+            held = self._held.get(key)  # only keys still to be used again are held
         value = held if held is not None else load()
         with self._lock:
             n = self._left.get(key)
