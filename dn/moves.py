@@ -36,6 +36,13 @@ ts (readers let a later source's version win):
 and a slot whose latest applied move is an ``out`` is read from none. Each version of a key
 is read from exactly one source: the shard that committed it, for the time it owned the slot.
 
+**Joins.** A shard a reshard adds (or brings back) is given the cluster's catalog when it
+starts, after the tables were made elsewhere: its own definitions begin then. Its *join*
+(:func:`joined`) is the move of no slot from shard 0 at that time, done and settled, whose
+``tables`` map its tables to shard 0's: the shard serves each at every snapshot shard 0 does
+(holding no row of it from before). Without it a read at an older snapshot found no table
+there until the shard took slots, and for ever if a failed reshard left it none.
+
 Pure data and functions; any thread.
 """
 
@@ -126,6 +133,24 @@ class Move:
         if m.kind not in (OUT, IN) or not all(0 <= s < m.count for s in m.slots):
             raise ValueError(f"malformed move {m.id}")
         return m
+
+
+#: The id of a shard's join (module docstring): below every move's (a slot map version >= 1).
+JOIN = 0
+
+
+def joined(
+    moves: tuple[Move, ...], count: int, ts: int, tables: tuple[tuple[int, int, int], ...]
+) -> tuple[Move, ...]:
+    """``moves`` with the join recorded at ``ts`` (module docstring): its table mappings
+    ``tables`` added to any earlier join's (a shard back after a retirement has one)."""
+    old = next((m for m in moves if m.id == JOIN), None)
+    have = old.tables if old is not None else ()
+    new = tuple(sorted(set(have) | set(tables)))
+    if old is not None and new == have:
+        return moves
+    join = Move(JOIN, IN, 0, count, frozenset(), ts, True, (), new, absorbed=True)
+    return (join, *(m for m in moves if m.id != JOIN))
 
 
 def _latest(moves: tuple[Move, ...]) -> dict[int, Move]:

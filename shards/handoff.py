@@ -19,6 +19,7 @@ class SlotMoves:
 
     engine: Engine
     metrics: Any
+    shard: int
 
     def give_slots(self, move_id: int, slots: list[int], count: int, to_shard: int) -> dict:
         """Fence ``slots``, write the buffers out and record the out move; the handover."""
@@ -42,11 +43,25 @@ class SlotMoves:
         """The move passed the coordinator's commit point (done) or not (removed)."""
         return self.engine.handoff.settle(move_id, committed)
 
-    def catch_up(self, databases: dict) -> int:
+    def table_ids(self) -> list:
+        """Each live table's ``[db, name, id]`` here (a joining shard maps its tables to
+        shard 0's: :meth:`catch_up`)."""
+        e = self.engine
+        return [[db, t, e.live_table(db, t).id] for db in e.databases() for t in e.tables(db)]
+
+    def catch_up(self, databases: dict, count: int = 0, source_ids: list | None = None) -> int:
         """Make this shard's catalog the cluster's (``databases``: the cluster record's): a
         shard a reshard adds, or brings back after it was retired, missed the DDL made
-        meanwhile. Creates what it lacks and drops what the cluster dropped; returns how many
-        DDL commands that took."""
+        meanwhile. Creates what it lacks and drops what the cluster dropped, then records its
+        join (``source_ids``: shard 0's :meth:`table_ids`; ``count``: the slot count), so
+        that it serves each table at every snapshot shard 0 does. Returns how many DDL
+        commands that took."""
+        n = self._catch_up(databases)
+        if source_ids and self.shard != 0:
+            self.engine.handoff.join(count, source_ids)
+        return n
+
+    def _catch_up(self, databases: dict) -> int:
         e, n = self.engine, 0
         mine = set(e.databases())
         for db in [d for d in mine if d not in databases]:

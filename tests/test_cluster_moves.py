@@ -351,6 +351,38 @@ def test_a_coordinator_restarted_after_a_reshard_keeps_the_recorded_shard_count(
     assert c.info["shards"] == 5 and c.map_version == restarted.status()["slots"]["version"]
 
 
+@pytest.mark.parametrize("down", [{1, 2}, {0, 1, 2}])
+def test_a_reshard_that_stops_before_its_new_shards_take_slots_keeps_old_reads(cluster, down):
+    """The new shard started and the count was recorded, then the step failed (shards
+    ``down``): it owns no slot and its catalog begins after every snapshot read before. A read
+    at such a snapshot still equals what it read then (the shard joined: it serves the table
+    from shard 0's create on), also after it restarts; when shard 0 was down too, the next
+    settle (the coordinator's minute loop) gives it the catalog, and writes and the finished
+    reshard go on."""
+    client, shards, coord, _ = cluster
+    client.write("db", "t", [{"k": k, "v": "a"} for k in range(60)])
+    s = client.snapshot()
+    before = {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=s)}
+    shards.down = set(down)
+    with pytest.raises(Unavailable):
+        client.reshard(4)
+    shards.down = set()
+    assert coord.status()["shards"] == 4
+    coord.settle_moves()
+    assert coord.status()["slots"]["per_shard"][3] == 0
+    client.refresh_route()
+    for _ in range(2):
+        assert {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=s)} == before
+        assert [c.pk for c in client.changes("db", "t", s, client.snapshot())] == []
+        old, shards.services[3] = shards.services[3], shards.factory(3)  # a restart
+        old.close()
+    client.write("db", "t", [{"k": k, "v": "b"} for k in range(60)])
+    assert client.reshard(4)["shards"] == 4
+    assert coord.status()["slots"]["per_shard"][3] > 0
+    assert {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=s)} == before
+    assert {r["v"] for r in client.scan("db", "t")} == {"b"}
+
+
 def test_a_commit_point_that_landed_with_its_answer_lost_is_settled_forward(cluster):
     """The cluster record version of the new map lands, but the store's answer is lost: the
     coordinator must read the record back before it settles, and settle the move forward."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
@@ -147,8 +147,7 @@ class SlotMover:
         if shards > before:
             self._catalog.set_shards(shards)
             grow(shards)
-            new = range(before, shards)  # new, or back after a retirement: missed DDL
-            _raised(self._calls([(i, "catch_up", (st.databases,)) for i in new]))
+        self.catch_up(range(before, shards))
         t1 = time.monotonic()
         moved = 0
         total = sum(len(v) for v in plan.values())
@@ -169,6 +168,20 @@ class SlotMover:
             "start_s": round(t1 - t0, 3),  # the new shards' start
             "move_s": round(time.monotonic() - t1, 3),  # the steps (and any retirement)
         }
+
+    def catch_up(self, new: Iterable[int] = ()) -> None:
+        """Give shards ``new`` (added, or back after a retirement: they missed DDL) and every
+        shard without slots (one a reshard that stopped half-way left so, its count recorded)
+        the catalog; each joins (:func:`dn.moves.joined`), serving each table at every
+        snapshot shard 0 does. A shard with nothing to catch up on commits nothing."""
+        st = self._catalog.state
+        assert st is not None
+        owned = st.slot_map.per_shard()
+        ids = sorted({*new, *(i for i in range(1, st.shards) if not owned[i])})
+        if ids:
+            source = self._call(0, "table_ids", ())
+            args = (st.databases, st.slot_map.slots, source)
+            _raised(self._calls([(i, "catch_up", args) for i in ids]))
 
     def resolve(self) -> None:
         """Settle the step the cluster record holds, if any, on every shard of its parts

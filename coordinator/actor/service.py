@@ -217,9 +217,11 @@ class CoordinatorService:
 
     @_request
     def settle_moves(self) -> None:
-        """Settle a slot move left in progress, if any (the actor calls it every minute)."""
+        """Settle a slot move left in progress, if any, and catch up a shard a reshard that
+        stopped half-way left without the catalog (the actor calls it every minute)."""
         with self._ddl_lock:
             self._mover.resolve()
+            self._mover.catch_up()
 
     @_request
     def status(self) -> dict[str, Any]:

@@ -195,6 +195,29 @@ class Handoff:
             self._up.commit_moves(lambda ms: moves.settle(ms, move_id, False), undo=move_id)
             return found is not None
 
+    def join(self, count: int, source_ids: list) -> bool:
+        """Record this shard's join (:func:`dn.moves.joined`): it was given the catalog after
+        the tables were made; ``source_ids``, shard 0's ``[db, name, id]`` of each live table.
+        Its live tables of those names are served from shard 0's ids on. False: recorded
+        already (or nothing to map)."""
+        with self._lock:
+            s = self._s
+            with s.cv:
+                s.check_usable_locked()
+                mine = {(t.db, t.name): t.id for t in s.catalog.tables() if t.drop_ts is None}
+                ts = s.hlc.peek()
+            tables = tuple(
+                (0, mine[(db, name)], tid) for db, name, tid in source_ids if (db, name) in mine
+            )
+            if not tables or moves.joined(s.moves, count, ts, tables) is s.moves:
+                return False
+            self._up.commit_moves(lambda ms: moves.joined(ms, count, ts, tables))
+            with s.cv:
+                s.set_moves_locked(s.moves)
+            log.info("shard %d: joined: %d table(s) served from shard 0's ids", s.shard,
+                     len(tables))  # fmt: skip
+            return True
+
     def status(self) -> dict:
         """The moves and refused slots at a glance."""
         with self._s.cv:
@@ -214,7 +237,9 @@ class Handoff:
                         "sources": sum(len(g.sources) for g in m.groups),
                     }  # fmt: skip
                     for m in ms
+                    if m.id != moves.JOIN
                 ],
+                "joined": any(m.id == moves.JOIN for m in ms),
                 "pending_moves": [m.id for m in ms if not m.done],
                 **self.absorber.pending(ms),
             }

@@ -47,12 +47,20 @@ def run_kind(kind: str, first: int, count: int, long: bool, tally: Tally) -> Non
         except Exception as exc:
             stats["failed"] += 1
             cmd = _command(kind, seed, long)
+            # the innermost frames say where it broke (a threaded trial may not fail again)
+            where = traceback.format_exc(limit=-12)
             tally.failures.append(
-                {"kind": kind, "seed": seed, "error": f"{exc!r}"[:2000], "reproduce": cmd}
+                {
+                    "kind": kind,
+                    "seed": seed,
+                    "error": f"{exc!r}"[:2000],
+                    "reproduce": cmd,
+                    "where": where[-4000:],
+                }
             )
             print(f"FAIL {kind} seed {seed}: {exc!r}"[:2000], file=sys.stderr)
             print(f"     reproduce: {cmd}", file=sys.stderr)
-            traceback.print_exc(limit=6, file=sys.stderr)
+            print(where, file=sys.stderr)
         finally:
             stats["trials"] += 1
             stats["seconds"] = round(stats["seconds"] + time.monotonic() - t0, 2)
