@@ -844,3 +844,23 @@ def test_the_write_fence_hashes_each_table_of_a_transaction_by_its_own_key_type(
     finally:
         a.close()
         b.close()
+
+
+def test_a_join_merges_its_table_mappings_once_and_changes_no_read_or_write():
+    """A shard's join (``dn.moves.joined``): recorded once, its mappings merged with an earlier
+    join's (a shard back after a retirement), the other moves kept; it refuses no slot, names
+    no source, and no map version is too old for it (a read never raises Moved for it)."""
+    out = moves.Move(3, moves.OUT, 1, COUNT, frozenset({1, 2}), 50, True)
+    ms = moves.joined((out,), COUNT, 70, ((0, 60, 10),))
+    join = ms[0]
+    assert (join.id, join.kind, join.slots, join.done, join.absorbed) == (
+        moves.JOIN, moves.IN, frozenset(), True, True)  # fmt: skip
+    assert ms[1:] == (out,) and join.count == COUNT
+    assert moves.joined(ms, COUNT, 80, ((0, 60, 10),)) is ms  # recorded already
+    again = moves.joined(ms, COUNT, 90, ((0, 75, 40),))
+    assert again[0].tables == ((0, 60, 10), (0, 75, 40)) and again[1:] == (out,)
+    assert moves.refused(again) == frozenset({1, 2})  # the out move's, nothing of the join's
+    assert moves.read_slots(again, 100, 3).moved == frozenset({1, 2})
+    assert moves.read_slots(moves.joined((), COUNT, 70, ((0, 60, 10),)), 100, 1).plain
+    assert moves.Move.from_wire(join.to_wire()) == join
+    assert moves.held(0, {5: again}) == set()
