@@ -15,7 +15,11 @@ start and end (wall clock, one machine) is kept.
   fenced and retries against the new owner), and the rows/s acknowledged during the split
   against the rows/s of the ``BEFORE_S`` seconds before it (target >= 0.7x). ``start_s``:
   the seconds the four new shards took to start (one at a time on one node:
-  ``reshard_start_concurrency``), ``move_s``: the step's (the rest of the split).
+  ``reshard_start_concurrency``), ``move_s``: the step's (the rest of the split). The
+  "before" spans ``BEFORE_S`` (50 s): long enough to hold the shards' buffer write-outs, as
+  the split does (``written_out_before``: the range objects written in it;
+  ``buffered_rows_at_split``: the rows still in memory as it starts; ``x_vs_recent``: the
+  rate during against the last ``RECENT_S`` s alone).
 - **7b** — the bytes the handoff itself wrote (the manifest versions that record the moves
   and the cluster record versions of the reshard), against the bytes of the moved data (each
   referenced range object's size times the share of its shard's slots the move took);
@@ -63,6 +67,13 @@ TASKS = 16
 #: say. With the default 256 MiB the table fitted before the split and not after (the writers
 #: add 3-5M rows during it), and 7c compared a scan from memory with one from the store.
 CACHE_BYTES = 1 << 30
+#: Seconds the writers run before the split (full runs): 7a-rate's "before" must hold the
+#: shards' buffer write-outs, as every later stretch of the same writes does. A shard writes
+#: its buffer out at ``freeze_bytes`` (64 MiB), about every 20-25 s with 16 writers here;
+#: after 15 s, as this was, none had come due, and the write-outs of the first 15 s fell in
+#: the split. ``x_vs_recent`` compares with the last ``RECENT_S`` s alone.
+BEFORE_S = 50.0
+RECENT_S = 13.0
 #: Seconds of back-to-back scans before the split in a scan run (7c-during's "before").
 SCAN_BEFORE_S = 10.0
 
@@ -141,6 +152,20 @@ def _wait_settled(client: Any, shards: int, since: float, limit_s: float = 600.0
     raise TimeoutError(f"the moves did not settle within {limit_s:.0f} s")
 
 
+def _compactions(client: Any, shards: int) -> int:
+    """The compactions the shards ran so far (their ``counters``)."""
+    st = client.status()["shards"]
+    return sum(st[i].get("counters", {}).get("compactions", 0) for i in range(shards))
+
+
+def _buffers(client: Any, shards: int, since: int) -> tuple[int, int]:
+    """(rows in the shards' memory now, range objects they wrote out above ``since``)."""
+    st = client.status()["shards"]
+    rows = sum(st[i].get("rows_in_memory", 0) for i in range(shards))
+    written = sum(1 for i in range(shards) for _, to in st[i].get("ranges", []) if to > since)
+    return rows, written
+
+
 def _moved_bytes(store: Any, shards: int, before: int, count: int) -> int:
     """The bytes the moves took over: each referenced object's size times the share of its
     shard's slots the move took (a shard of ``before`` owned ``count / before`` slots)."""
@@ -204,19 +229,22 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         snap = client.snapshot()
         store = open_store(d)
         record = client.status()["coordinator"]["catalog_version"]
-        before_s, after_s = (6.0, 4.0) if quick else (15.0, 10.0)
+        before_s, after_s = (6.0, 4.0) if quick else (BEFORE_S, 10.0)
         task = ray.remote(num_cpus=0.01)(_writer)
         stop_file = os.path.join(d, "stop-writers")
         progress("7: 16 tasks writing; the split starts in a few seconds")
         start = time.time()
         refs = [task.remote(client, t, stop_file) for t in range(TASKS)]
         time.sleep(before_s)
+        buffered, written_out = _buffers(client, 4, snap)
         if scan:  # scans back to back for SCAN_BEFORE_S, then on through the split
             until = time.perf_counter() + SCAN_BEFORE_S
             got, secs = _scan_loop(client, lambda: time.perf_counter() >= until)
             f7d.peer.append(got / secs)
         else:
+            c0 = _compactions(client, 4)
             before_rate = _scan_rate(client, 4)  # the newest state, the shards written out
+            compacted_before = _compactions(client, 4) - c0  # during the scan
         split_done = threading.Event()
         during: list[tuple[int, float]] = []
         th = threading.Thread(target=lambda: during.append(_scan_loop(client, split_done.is_set)))
@@ -233,7 +261,9 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         if not scan:
             moved = _moved_bytes(store, 8, 4, client.info["slots"]["count"])  # before settling
             wrote = _handoff_bytes(store, 8, record)
+            c0 = _compactions(client, 8)
             after_rate = _scan_rate(client, 8)  # as before the split: the writers writing
+            compacted_after = _compactions(client, 8) - c0
         time.sleep(after_s)  # the writers run on, then stop
         open(stop_file, "w").close()
         batches = [b for got in ray.get(refs, timeout=600) for b in got]
@@ -241,6 +271,7 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         rows_before = sum(n for s, e, n in batches if start + 2.0 <= e <= split0)
         rows_during = sum(n for s, e, n in batches if split0 <= e <= split1)
         rate_before = rows_before / (split0 - start - 2.0)
+        recent = sum(n for s, e, n in batches if split0 - RECENT_S <= e <= split0) / RECENT_S
         rate_during = rows_during / (split1 - split0)
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
         n = client.scan_arrow("bench", "t", snapshot=snap, columns=["k"]).num_rows
@@ -263,11 +294,18 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         f7a.extra.setdefault("batches_during", []).append(len(lat))
         f7r.peer.append(rate_before)
         f7r.ours.append(rate_during)
+        # the rate of the last RECENT_S s before the split alone (what this figure compared
+        # with when the writers ran 15 s before it: no write-out had come due by then)
+        f7r.extra.setdefault("x_vs_recent", []).append(rate_during / recent)
+        f7r.extra.setdefault("buffered_rows_at_split", []).append(buffered)
+        f7r.extra.setdefault("written_out_before", []).append(written_out)
         f7c.peer.append(before_rate)
         f7b.ours.append(100.0 * wrote / moved)
         f7b.extra.setdefault("handoff_bytes", []).append(wrote)
         f7b.extra.setdefault("moved_bytes", []).append(int(moved))
         f7c.ours.append(after_rate)
+        f7c.extra.setdefault("compactions_in_scan_before", []).append(compacted_before)
+        f7c.extra.setdefault("compactions_in_scan_after", []).append(compacted_after)
         settled = _wait_settled(client, 8, split1)
         f7b.extra.setdefault("settled_s", []).append(settled)
         f7s.peer.append(f7c.peer[-1])
