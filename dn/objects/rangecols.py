@@ -99,8 +99,10 @@ def encode_table(t: dict, pk_pos: tuple[int, ...] | None = None) -> dict[str, St
     cuts = None
     if pk_pos is not None and cols:
         keys = cols[pk_pos[0]] if len(pk_pos) == 1 else list(zip(*(cols[p] for p in pk_pos)))
-        cuts = _chunks(arrays, keys)
-    rows = _ipc(arrays, [f"c{i}" for i in range(len(cols))] + [TS], cuts, keys if cuts else None)
+        cuts = part_ends(arrays, keys)
+    rows = ipc_stream(
+        arrays, [f"c{i}" for i in range(len(cols))] + [TS], cuts, keys if cuts else None
+    )
     return {"rows": rows, "dels": encode_dels(t["del_pks"], t["del_ts"])}
 
 
@@ -118,7 +120,7 @@ def encode_dels(pks: list, del_ts: list[int]) -> Stream | None:
         else:
             arrays, names = [to_array(pks)], ["k"]
         arrays.append(stamps(del_ts))
-        dels = _ipc(arrays, names + [TS], _chunks(arrays, pks), pks)
+        dels = ipc_stream(arrays, names + [TS], part_ends(arrays, pks), pks)
     return dels
 
 
@@ -145,12 +147,12 @@ def encode_rows(
     in_order = np.array(ts, np.int64)[order]
     arrays = [a.take(index) for a in arrays]
     arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(in_order)]))
-    cuts = _chunks(arrays, keys) if cols else None
+    cuts = part_ends(arrays, keys) if cols else None
     names = [f"c{i}" for i in range(len(cols))] + [TS]
-    return _ipc(arrays, names, cuts, keys if cuts else None), keys[:1] + keys[-1:]
+    return ipc_stream(arrays, names, cuts, keys if cuts else None), keys[:1] + keys[-1:]
 
 
-def _chunks(arrays: list[pa.Array], keys: list) -> list[int]:
+def part_ends(arrays: list[pa.Array], keys: list) -> list[int]:
     """Where the parts of a stream of ``arrays`` (sorted by ``keys``) end: after at most
     :data:`CHUNK_ROWS` rows and about :data:`CHUNK_BYTES` of values, moved on past the rest of
     a key's rows; the last is the row count."""
@@ -176,7 +178,7 @@ def _chunks(arrays: list[pa.Array], keys: list) -> list[int]:
     return cuts
 
 
-def _ipc(
+def ipc_stream(
     arrays: list[pa.Array], names: list[str], cuts: list[int] | None = None, keys: Any = None
 ) -> Stream:
     """An IPC stream of ``arrays``: one record batch, or one per part ending at ``cuts``, each

@@ -26,6 +26,11 @@ per ``max_bytes`` of data. Within the bound, a second rule bounds the *versions*
 once the objects hold more than ``AMPLIFICATION`` times the bytes of the largest, their whole
 run is merged, dropping versions that newer ones shadow (what the window no longer needs).
 
+The merge runs in Arrow (:mod:`dn.upkeep.arrowmerge`: one sort, no Python object per
+version) when every input holding a table holds it in format 4 or 5, as every object written
+since has it; otherwise over Python lists (:func:`merge_table`, also what settling moves
+uses). Both keep the same versions.
+
 Pure functions over decoded objects; the engine does the I/O and the manifest commit.
 """
 
@@ -37,6 +42,7 @@ from typing import Any
 
 from dn.objects import rangeobj
 from dn.objects.rangeobj import RangeObject, TableStats
+from dn.upkeep import arrowmerge
 from dn.write.tokens import unpack_entries
 
 #: Merge a whole run of objects once it holds this many times the bytes of its largest.
@@ -116,9 +122,17 @@ def merge(
     ``oldest`` says the inputs begin with the shard's oldest live object; the tokens committed
     before ``token_floor`` are left out.
     """
-    out_tables: dict[int, dict] = {}
-    stats: dict[int, TableStats] = {}
     ids = sorted({tid for ro in inputs for tid in ro.table_ids})
+    commands = [[ts, cmd] for ro in inputs for ts, cmd in ro.commands]
+    tokens = [e for ro in inputs for e in unpack_entries(ro.tokens) if e[0] >= token_floor]
+    head = (shard, inputs[0].from_ts, inputs[-1].to_ts, commits(inputs), commands)
+    arrow = _merge_arrow(inputs, ids, tables, horizon, oldest)
+    if arrow is not None:  # every table in Arrow (:mod:`dn.upkeep.arrowmerge`)
+        streams, stats = arrow
+        keys = {tid: tables[tid][0] for tid in streams}
+        return rangeobj.encode(*head, {}, tokens, keys, streams), stats
+    out_tables: dict[int, dict] = {}
+    stats = {}
     for tid in ids:
         pk_pos, drop_ts = tables[tid]
         if drop_ts is not None and drop_ts <= horizon:
@@ -127,14 +141,37 @@ def merge(
         if merged is None:
             continue
         out_tables[tid], stats[tid] = merged
-    commands = [[ts, cmd] for ro in inputs for ts, cmd in ro.commands]
-    tokens = [e for ro in inputs for e in unpack_entries(ro.tokens) if e[0] >= token_floor]
     keys = {tid: tables[tid][0] for tid in out_tables}
-    data = rangeobj.encode(
-        shard, inputs[0].from_ts, inputs[-1].to_ts, commits(inputs), commands, out_tables, tokens,
-        keys,
-    )  # fmt: skip
-    return data, stats
+    return rangeobj.encode(*head, out_tables, tokens, keys), stats
+
+
+def _merge_arrow(
+    inputs: list[RangeObject],
+    ids: list[int],
+    tables: dict[int, tuple[tuple[int, ...], int | None]],
+    horizon: int,
+    oldest: bool,
+) -> tuple[dict[int, dict], dict[int, TableStats]] | None:
+    """Each table merged in Arrow (:func:`dn.upkeep.arrowmerge.merge_table`), or None when
+    one cannot be: an input of format 3 holds it, or the inputs' columns do not line up."""
+    streams: dict[int, dict] = {}
+    stats: dict[int, TableStats] = {}
+    for tid in ids:
+        pk_pos, drop_ts = tables[tid]
+        if drop_ts is not None and drop_ts <= horizon:
+            continue
+        held = [ro.arrow(tid) for ro in inputs]
+        if any(t is False for t in held):
+            return None
+        try:
+            merged = arrowmerge.merge_table(
+                [t for t in held if t is not None], pk_pos, horizon, oldest
+            )
+        except arrowmerge.NotArrow:
+            return None
+        if merged is not None:
+            streams[tid], stats[tid] = merged
+    return streams, stats
 
 
 def commits(inputs: list[RangeObject]) -> int:
