@@ -247,3 +247,23 @@ def test_policy_merges_a_run_whose_shadowed_bytes_outgrow_its_largest_object():
     assert p.pick(r) == [(0, 0), (1, 1), (2, 2)]  # 220 > 2 x 100: merge the whole run
     r = [((0, 0), 20_000), ((1, 1), 60), ((2, 2), 60), ((3, 3), 20)]
     assert p.pick(r) == [(1, 1), (2, 2), (3, 3)]  # objects at max_bytes are left alone
+
+
+def test_a_compaction_leaves_its_inputs_out_of_the_object_cache():
+    """The inputs of a merge go once it lands: read through the cache, they pushed out what
+    readers use and held their decoded columns, which the cache does not count."""
+    store = MemoryStore()
+    eng = _open(store, freeze_bytes=1_200)
+    eng.create_database("db")
+    eng.create_table("db", "t", SCHEMA, "k")
+    for i in range(40):
+        eng.write("db", "t", [{"k": k, "v": f"v{i}"} for k in range(i * 8, i * 8 + 8)])
+        eng.freeze()
+        eng.flush()
+    before = set(eng._state.ranges)
+    eng._state.cache = type(eng._state.cache)(1 << 30)  # empty
+    eng._state.reader.cache = eng._state.cache
+    assert eng.compact()
+    merged = before - set(eng._state.ranges)
+    assert merged
+    assert all(eng._state.cache.peek(codec.range_key(0, *r)) is None for r in merged)

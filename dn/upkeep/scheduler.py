@@ -272,7 +272,9 @@ class Upkeep:
             if not pick:
                 return False
             horizon = self._s.oldest_readable()
-            inputs = [self._s.reader.range(r) for r in pick]
+            # not through the cache: the inputs go once merged, and decoded they hold about
+            # twice what the cache counts for them (it counts the stored bytes)
+            inputs = [self._s.reader.range_uncached(r) for r in pick]
             data, stats = compaction.merge(
                 self._s.shard,
                 inputs,
