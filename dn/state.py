@@ -120,6 +120,9 @@ class ShardState:
         # snapshots.moved_plan): what every read by that map would build again
         self.moved_reads: dict = {}
         self.slot_count = 0
+        # compaction waits until then (monotonic): a move's settling rewrites the same ranges,
+        # without the slots given away (dn.upkeep.handoff.Handoff.hold_compaction)
+        self.compaction_hold_until = 0.0
         self.last_cp_time = clock.monotonic()
         self.broken: DNError | None = None
         self.closed = False

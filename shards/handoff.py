@@ -39,6 +39,13 @@ class SlotMoves:
             self.metrics.error(exc)
             raise
 
+    def flush_to_give(self) -> int:
+        """Write the buffers out ahead of a give (a step's rounds), compaction held until
+        the move settles (:meth:`dn.upkeep.handoff.Handoff.hold_compaction`)."""
+        self.engine.handoff.hold_compaction()
+        self.engine.freeze()
+        return self.engine.flush()
+
     def settle_move(self, move_id: int, committed: bool) -> bool:
         """The move passed the coordinator's commit point (done) or not (removed)."""
         return self.engine.handoff.settle(move_id, committed)

@@ -864,3 +864,47 @@ def test_a_join_merges_its_table_mappings_once_and_changes_no_read_or_write():
     assert moves.read_slots(moves.joined((), COUNT, 70, ((0, 60, 10),)), 100, 1).plain
     assert moves.Move.from_wire(join.to_wire()) == join
     assert moves.held(0, {5: again}) == set()
+
+
+def test_compaction_waits_for_the_moves_settling_and_at_most_the_hold(monkeypatch):
+    """An old owner's compaction after a give would rewrite the rows the move's settling
+    drops (and settle rewrites the same ranges again): maintenance does not compact until the
+    moves settle, nor longer than ``COMPACTION_HOLD_S``."""
+    from dn.upkeep import handoff
+
+    c = Cluster(2, 17)
+    try:
+        a = c.engines[0]
+
+        def ranges_here() -> None:  # two new ranges on shard 0: the policy merges them
+            for _ in range(2):
+                for _ in range(3):
+                    c.write()
+                c.touch(0)
+                a.freeze()
+                a.flush()
+
+        def compacted() -> int:
+            before = a.counters["compactions"]
+            a.maintain()
+            return a.counters["compactions"] - before
+
+        ranges_here()
+        assert compacted() > 0  # no move: it compacts
+        slot, _ = c.owned(0)
+        c.move({slot}, 1)
+        ranges_here()
+        assert compacted() == 0  # the move waits to settle (absorb_after_s, 30 s)
+        assert a.handoff.absorb()
+        assert compacted() > 0  # settled: it compacts again
+        monkeypatch.setattr(handoff, "COMPACTION_HOLD_S", 0.3)
+        slot, _ = c.owned(0)
+        c.move({slot}, 1)
+        ranges_here()
+        assert compacted() == 0
+        time.sleep(0.35)
+        assert compacted() > 0  # the hold ran out, the move still unsettled
+        assert not all(m.absorbed for m in a._state.moves)
+        c.check(c.snapshot())
+    finally:
+        c.close()

@@ -103,7 +103,7 @@ class SlotMover:
             least, most = STEP_FLUSH_ROUNDS
             for k in range(most):
                 t = time.monotonic()
-                _raised(self._calls([(src, "flush", ()) for src in givers]))
+                _raised(self._calls([(src, "flush_to_give", ()) for src in givers]))
                 if k + 1 >= least and time.monotonic() - t < STEP_FLUSH_SHORT_S:
                     break
             gives = [

@@ -118,9 +118,11 @@ class Absorber:
                 tables = list(s.catalog.tables())
             plan = moves.absorbable(ms)
             if plan is None:
+                self._release()
                 return False
             if not ranges:  # nothing committed here, so no table to copy into: nothing to do
                 self._up.commit_moves(lambda ms: moves.absorbed(ms, plan.marked))
+                self._release()
                 return True
             if ranges[-1][1] < plan.h_copy:  # rows dropped need no more: none is newer
                 if self._waits_at != ranges[-1][1]:
@@ -165,8 +167,17 @@ class Absorber:
             s.counters["absorbed_rows"] = s.counters.get("absorbed_rows", 0) + copied
             log.info("shard %d: settled moves %s into %s: %d rows copied in, %d ranges rewritten",
                      s.shard, sorted(plan.marked), out, copied, len(run))  # fmt: skip
+        self._release()
         self._up.checkpoint()  # record the new live set
         return True
+
+    def _release(self) -> None:
+        """Once every move here is settled, background compaction goes on now (it waited for
+        them: :meth:`dn.upkeep.handoff.Handoff.hold_compaction`)."""
+        s = self._s
+        with s.cv:
+            if moves.absorbable(s.moves) is None and all(m.done for m in s.moves):
+                s.compaction_hold_until = 0.0
 
     def _put(self, c: int, z: int, data: bytes, *again: Any) -> tuple[int, int]:
         """Write the new first range under a key no object has: ``[c..z]``, else a lower

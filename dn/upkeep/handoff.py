@@ -47,6 +47,14 @@ from dn.upkeep.absorb import Absorber
 
 log = logging.getLogger(__name__)
 
+#: How long a shard's background compaction waits once it is about to give slots, or gave or
+#: took some (seconds, at most: settling the moves ends the wait). Settling rewrites the
+#: history the moves name (an old owner's without the slots it gave, a new owner's with the
+#: rows it took): a compaction of those ranges in between is done again, and it comes just
+#: as the step writes the old owners' buffers out (more ranges), when readers first go
+#: through the references and the writers first meet the new map (decision 0018 item 22).
+COMPACTION_HOLD_S = 120.0
+
 #: A give writes the buffers out before it fences, up to this many times while what came in
 #: meanwhile is at least ``PREFLUSH_BYTES`` (encoded): writes to the moving slots wait only
 #: for the last, small write-out.
@@ -84,9 +92,18 @@ class Handoff:
         finally:
             self._lock.release()
 
+    def hold_compaction(self) -> None:
+        """Background compaction waits (:data:`COMPACTION_HOLD_S` at most): a move is about
+        to be given here, or was given or taken, and its settling rewrites these ranges."""
+        s = self._s
+        with s.cv:
+            until = s.clock.monotonic() + COMPACTION_HOLD_S
+            s.compaction_hold_until = max(s.compaction_hold_until, until)
+
     def give(self, move_id: int, slots: Any, count: int, to_shard: int) -> dict:
         """Step 1 (module docstring): fence ``slots``, pick ``H``, write the buffers out,
         record the out move; returns the handover (also for a move already recorded)."""
+        self.hold_compaction()
         with self._lock:
             return self._give(move_id, frozenset(slots), count, to_shard)
 
@@ -138,6 +155,7 @@ class Handoff:
     def take(self, move_id: int, from_shard: int, slots: Any, count: int, handover: dict) -> int:
         """Step 2 (module docstring): record the in move of ``slots`` from ``from_shard`` at
         the handover's ``H``, with this shard's clock above it; returns ``H``."""
+        self.hold_compaction()
         with self._lock:
             return self._take(move_id, from_shard, frozenset(slots), count, handover)
 

@@ -240,7 +240,7 @@ class Upkeep:
                 self._freeze_locked()
             self.flush()
             self.checkpoint()
-        if s.compaction:
+        if s.compaction and self._s.clock.monotonic() >= self._s.compaction_hold_until:
             while self.compact():
                 pass
         if self._s.moves and self.absorb is not None:
