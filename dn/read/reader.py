@@ -69,7 +69,9 @@ class Reader:
             f = r[2]
             inner = self._range(f.shard, r)
             fkey = f"{codec.range_key(f.shard, r[0], r[1])}#{f.digest}"
-            return self.cache.get(fkey, lambda: (FilteredRange(inner, f), 1 + inner.nbytes // 4))
+            # counted as half the object: it keeps its filtered tables once read (about its
+            # share of the rows; a split's two filters of one object share them out)
+            return self.cache.get(fkey, lambda: (FilteredRange(inner, f), 1 + inner.nbytes // 2))
         return self._range(self._shard, r)
 
     def _range(self, shard: int, r: tuple) -> rangeobj.RangeObject:

@@ -83,11 +83,15 @@ class FilteredRange:
     """A range object as a filter reads it: its table's runs and Arrow tables, keeping only
     the versions the filter keeps, under the reading shard's table id."""
 
-    __slots__ = ("inner", "f", "_run")
+    __slots__ = ("inner", "f", "_run", "_kept")
 
     def __init__(self, inner: Any, f: SlotFilter) -> None:
         self.inner, self.f = inner, f
         self._run: Run | None = None
+        # the filtered Arrow tables, made on first use and kept with this view (cached as
+        # one entry, ``Reader.range``): the next scan of the object through the same filter
+        # copies nothing again
+        self._kept: dict[str, pa.Table | None] = {}
 
     def __getattr__(self, name: str) -> Any:  # from_ts, to_ts, nbytes, ...
         return getattr(self.inner, name)
@@ -100,7 +104,7 @@ class FilteredRange:
         if table_id != self.f.table_id:
             return None
         t = self.inner.arrow(self.f.object_table_id)
-        return t if t is None or t is False else FilteredArrow(t, self.f)
+        return t if t is None or t is False else FilteredArrow(t, self.f, self._kept)
 
     def run(self, table_id: int, pk_pos: tuple[int, ...]) -> Run | None:
         if table_id != self.f.table_id:
@@ -153,18 +157,27 @@ class FilteredArrow:
     """A stored table (:class:`dn.objects.rangecols.ArrowTable`, or one read in parts) as a
     filter reads it."""
 
-    __slots__ = ("t", "f", "composite")
+    __slots__ = ("t", "f", "composite", "kept")
 
-    def __init__(self, t: Any, f: SlotFilter) -> None:
+    def __init__(self, t: Any, f: SlotFilter, kept: dict | None = None) -> None:
         self.t, self.f = t, f
         self.composite = getattr(t, "composite", len(f.pk_pos) > 1)
+        self.kept = kept  # the filtered tables already made (FilteredRange's), or None
 
     def rows(self) -> pa.Table:
-        return filter_table(self.t.rows(), self.f, True, getattr(self.t, "memo", None))
+        return self._kept("rows", lambda: self.t.rows(), True)
 
     def dels(self) -> pa.Table | None:
-        d = self.t.dels()
-        return None if d is None else filter_table(d, self.f, False, getattr(self.t, "memo", None))
+        return self._kept("dels", lambda: self.t.dels(), False)
+
+    def _kept(self, name: str, stored: Any, rows: bool) -> Any:
+        if self.kept is not None and name in self.kept:
+            return self.kept[name]
+        t = stored()
+        out = None if t is None else filter_table(t, self.f, rows, getattr(self.t, "memo", None))
+        if self.kept is not None:
+            self.kept[name] = out
+        return out
 
     def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
         for p in self.t.row_parts(start, end):
