@@ -254,6 +254,16 @@ class ArrowTable:
             self._dels_t = self._read(self._dels)
         return self._dels_t
 
+    def read_once(self, rows: bool) -> pa.Table | None:
+        """:meth:`rows` (``rows``) or :meth:`dels`, not kept when not decoded yet: for a
+        reader that keeps what it derives instead (a filtered view, which would otherwise
+        hold the object decoded twice)."""
+        if rows:
+            return self._rows_t if self._rows_t is not None else self._read(self._rows)
+        if self._dels is None:
+            return None
+        return self._dels_t if self._dels_t is not None else self._read(self._dels)
+
     def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
         """The row versions part by part (one record batch each, decompressed as it is
         reached), without keeping them: for a reader that streams the object. ``start`` and

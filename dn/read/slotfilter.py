@@ -165,15 +165,19 @@ class FilteredArrow:
         self.kept = kept  # the filtered tables already made (FilteredRange's), or None
 
     def rows(self) -> pa.Table:
-        return self._kept("rows", lambda: self.t.rows(), True)
+        return self._kept("rows", True)
 
     def dels(self) -> pa.Table | None:
-        return self._kept("dels", lambda: self.t.dels(), False)
+        return self._kept("dels", False)
 
-    def _kept(self, name: str, stored: Any, rows: bool) -> Any:
+    def _kept(self, name: str, rows: bool) -> Any:
         if self.kept is not None and name in self.kept:
             return self.kept[name]
-        t = stored()
+        once = getattr(self.t, "read_once", None)
+        if self.kept is not None and once is not None:  # the view keeps only its share
+            t = once(rows)
+        else:
+            t = self.t.rows() if rows else self.t.dels()
         out = None if t is None else filter_table(t, self.f, rows, getattr(self.t, "memo", None))
         if self.kept is not None:
             self.kept[name] = out
