@@ -119,11 +119,7 @@ def _writer(client: Any, task: int, stop_file: str) -> list[tuple[float, float, 
     return out
 
 
-#: Cache misses of each :func:`_scan_rate`'s measured scan, in order (reported beside 7c).
-_SCAN_MISSES: list[int] = []
-
-
-def _scan_rate(client: Any, shards: int) -> float:
+def _scan_rate(client: Any, shards: int) -> tuple[float, int]:
     """``scan_arrow`` rows/s of the newest state, with every shard's memory written out (the
     rows read from objects), the second of two scans (the client's object cache warm)."""
     for i in range(shards):
@@ -134,9 +130,8 @@ def _scan_rate(client: Any, shards: int) -> float:
     misses = cache.misses
     t0 = time.perf_counter()
     n = client.scan_arrow("bench", "t", snapshot=s).num_rows
-    rate = n / (time.perf_counter() - t0)
-    _SCAN_MISSES.append(cache.misses - misses)  # objects the warm scan did not find cached
-    return rate
+    # and the objects the warm scan did not find cached
+    return n / (time.perf_counter() - t0), cache.misses - misses
 
 
 def _scan_loop(client: Any, done: Any) -> tuple[int, float]:
@@ -162,7 +157,7 @@ def _wait_settled(client: Any, shards: int, since: float, limit_s: float = 600.0
     raise TimeoutError(f"the moves did not settle within {limit_s:.0f} s")
 
 
-def _compactions(client: Any, shards: int) -> int:
+def _rewrites(client: Any, shards: int) -> int:
     """The compactions and the settlings of moves the shards ran so far (their
     ``counters``): background rewrites, which take the CPU a scan runs on."""
     st = client.status()["shards"]
@@ -254,9 +249,10 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
             got, secs = _scan_loop(client, lambda: time.perf_counter() >= until)
             f7d.peer.append(got / secs)
         else:
-            c0 = _compactions(client, 4)
-            before_rate = _scan_rate(client, 4)  # the newest state, the shards written out
-            compacted_before = _compactions(client, 4) - c0  # during the scan
+            c0 = _rewrites(client, 4)
+            # the newest state, the shards written out; and the rewrites during the scan
+            before_rate, missed_before = _scan_rate(client, 4)
+            rewrote_before = _rewrites(client, 4) - c0
         split_done = threading.Event()
         during: list[tuple[int, float]] = []
         th = threading.Thread(target=lambda: during.append(_scan_loop(client, split_done.is_set)))
@@ -273,9 +269,9 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         if not scan:
             moved = _moved_bytes(store, 8, 4, client.info["slots"]["count"])  # before settling
             wrote = _handoff_bytes(store, 8, record)
-            c0 = _compactions(client, 8)
-            after_rate = _scan_rate(client, 8)  # as before the split: the writers writing
-            compacted_after = _compactions(client, 8) - c0
+            c0 = _rewrites(client, 8)
+            after_rate, missed_after = _scan_rate(client, 8)  # as before: the writers writing
+            rewrote_after = _rewrites(client, 8) - c0
         time.sleep(after_s)  # the writers run on, then stop
         open(stop_file, "w").close()
         batches = [b for got in ray.get(refs, timeout=600) for b in got]
@@ -317,13 +313,13 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         f7b.extra.setdefault("handoff_bytes", []).append(wrote)
         f7b.extra.setdefault("moved_bytes", []).append(int(moved))
         f7c.ours.append(after_rate)
-        f7c.extra.setdefault("cache_misses_in_scans", []).append(_SCAN_MISSES[-2:])
-        f7c.extra.setdefault("rewrites_in_scan_before", []).append(compacted_before)
-        f7c.extra.setdefault("rewrites_in_scan_after", []).append(compacted_after)
+        f7c.extra.setdefault("cache_misses_in_scans", []).append([missed_before, missed_after])
+        f7c.extra.setdefault("rewrites_in_scan_before", []).append(rewrote_before)
+        f7c.extra.setdefault("rewrites_in_scan_after", []).append(rewrote_after)
         settled = _wait_settled(client, 8, split1)
         f7b.extra.setdefault("settled_s", []).append(settled)
         f7s.peer.append(f7c.peer[-1])
-        f7s.ours.append(_scan_rate(client, 8))
+        f7s.ours.append(_scan_rate(client, 8)[0])
         n = client.scan_arrow("bench", "t", snapshot=snap, columns=["k"]).num_rows
         assert n == preload, (n, preload)  # and once the references are gone
         got = client.scan_arrow("bench", "t", columns=["k"]).num_rows

@@ -89,8 +89,11 @@ def merge_table(
     del_idx = order[keep & is_del & ~gone] - nr
     if not len(row_idx) and not len(del_idx):
         return None
-    rows_out, row_ends = _rows(rows, row_idx, pk_pos)
-    dels_out, del_ends = _dels(dels, del_idx)
+    if len(row_idx):
+        rows_out, row_ends = _stream(rows, row_idx, pk_pos)
+    else:  # no row version: the stream has no c columns (version 3's empty cols)
+        rows_out, row_ends = ipc_stream([stamps([])], [TS]), []
+    dels_out, del_ends = _stream(dels, del_idx, tuple(range(width))) if len(del_idx) else (None, [])
     stats = TableStats.spanning(len(row_idx), len(del_idx), row_ends + del_ends)
     return {"rows": rows_out, "dels": dels_out}, stats
 
@@ -134,25 +137,12 @@ def _starts(keys: list[pa.Array]) -> np.ndarray:
     return new
 
 
-def _rows(rows: pa.Table | None, idx: np.ndarray, pk_pos: tuple[int, ...]) -> tuple[Stream, list]:
-    """The kept row versions as the ``rows`` stream, and their first and last key."""
-    if not len(idx):  # no row version: the stream has no c columns (version 3's empty cols)
-        return ipc_stream([stamps([])], [TS]), []
-    assert rows is not None
-    taken = rows.combine_chunks().take(pa.array(idx))  # a take across chunks is far slower
+def _stream(t: pa.Table | None, idx: np.ndarray, key_pos: tuple[int, ...]) -> tuple[Stream, list]:
+    """Rows ``idx`` of ``t`` (row versions, or deletes) as a stream cut into parts between
+    the keys at ``key_pos``, and its first and last key."""
+    assert t is not None
+    taken = t.combine_chunks().take(pa.array(idx))  # a take across chunks is far slower
     arrays = [c.combine_chunks() for c in taken.columns]
-    keys = _Keys([arrays[p] for p in pk_pos])
-    cuts = part_ends(arrays, keys)
-    return ipc_stream(arrays, taken.schema.names, cuts, keys), [keys[0], keys[len(keys) - 1]]
-
-
-def _dels(dels: pa.Table | None, idx: np.ndarray) -> tuple[Stream | None, list]:
-    """The kept deletes as the ``dels`` stream (None: none), and their first and last key."""
-    if not len(idx):
-        return None, []
-    assert dels is not None
-    taken = dels.combine_chunks().take(pa.array(idx))
-    arrays = [c.combine_chunks() for c in taken.columns]
-    keys = _Keys(arrays[:-1])
+    keys = _Keys([arrays[p] for p in key_pos])
     cuts = part_ends(arrays, keys)
     return ipc_stream(arrays, taken.schema.names, cuts, keys), [keys[0], keys[len(keys) - 1]]

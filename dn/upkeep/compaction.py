@@ -122,7 +122,11 @@ def merge(
     ``oldest`` says the inputs begin with the shard's oldest live object; the tokens committed
     before ``token_floor`` are left out.
     """
-    ids = sorted({tid for ro in inputs for tid in ro.table_ids})
+    ids = [
+        tid
+        for tid in sorted({tid for ro in inputs for tid in ro.table_ids})
+        if tables[tid][1] is None or tables[tid][1] > horizon  # a table dropped: no read names it
+    ]
     commands = [[ts, cmd] for ro in inputs for ts, cmd in ro.commands]
     tokens = [e for ro in inputs for e in unpack_entries(ro.tokens) if e[0] >= token_floor]
     head = (shard, inputs[0].from_ts, inputs[-1].to_ts, commits(inputs), commands)
@@ -134,9 +138,7 @@ def merge(
     out_tables: dict[int, dict] = {}
     stats = {}
     for tid in ids:
-        pk_pos, drop_ts = tables[tid]
-        if drop_ts is not None and drop_ts <= horizon:
-            continue
+        pk_pos, _ = tables[tid]
         merged = merge_table([ro.run(tid, pk_pos) for ro in inputs], horizon, oldest)
         if merged is None:
             continue
@@ -157,9 +159,7 @@ def _merge_arrow(
     streams: dict[int, dict] = {}
     stats: dict[int, TableStats] = {}
     for tid in ids:
-        pk_pos, drop_ts = tables[tid]
-        if drop_ts is not None and drop_ts <= horizon:
-            continue
+        pk_pos, _ = tables[tid]
         held = [ro.arrow(tid) for ro in inputs]
         if any(t is False for t in held):
             return None
