@@ -287,7 +287,10 @@ class ArrowTable:
                 return
             except Exception as exc:
                 raise self._corrupt(exc) from exc
-            yield checked(pa.Table.from_batches([batch]), self._key)
+            part = checked(pa.Table.from_batches([batch]), self._key)
+            del batch  # not held while the next part is read
+            yield part
+            del part
 
     def to_dict(self) -> dict:
         """The version-3 ``table`` dict of the same rows (made once)."""

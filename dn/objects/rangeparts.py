@@ -173,7 +173,8 @@ class PartedTable:
             data = self._read(at, schema_len + parts[0][0])
         else:
             data = self._read(at, schema_len)
-        head = data[:schema_len]
+        head, first = data[:schema_len], data[schema_len:]
+        del data
         if schema_crc is not None and zlib.crc32(head) != schema_crc:
             raise Corruption(f"object {self._key} fails a schema's checksum", key=self._key)
         try:
@@ -183,12 +184,12 @@ class PartedTable:
         at += schema_len + skip
         pool = scan_pool()
         for i, (length, crc, nrows, *_) in enumerate(parts[lo:hi], lo):
-            data = data[schema_len:] if i == 0 else self._read(at, length)
+            data, first = (first if i == 0 else self._read(at, length)), b""
             at += length
             if zlib.crc32(data) != crc:
                 raise Corruption(f"object {self._key} fails a part's checksum", key=self._key)
             try:  # the part as a stream of its own, decoded on this thread
-                one = pa.py_buffer(head + data + _END)
+                one = _Joined(head, data, _END)
                 reader = pa.ipc.open_stream(one, options=READ_ONE_THREAD, memory_pool=pool)
                 batch = reader.read_next_batch()
             except Exception as exc:  # Arrow raises several unrelated types
@@ -196,7 +197,10 @@ class PartedTable:
             if batch.num_rows != nrows:
                 msg = f"a part of {batch.num_rows} rows, not {nrows}"
                 raise corrupt(self._key, ValueError(msg))
-            yield checked(pa.Table.from_batches([batch]), self._key)
+            part = checked(pa.Table.from_batches([batch]), self._key)
+            del data, one, reader, batch  # its stored bytes not held while it is read
+            yield part
+            del part
 
     def _read(self, at: int, length: int) -> bytes:
         data = _fetch(self._store, self._key, at, length)
@@ -205,6 +209,39 @@ class PartedTable:
                 f"object {self._key} is truncated (a part)", key=self._key, truncated=True
             )
         return data
+
+
+class _Joined:
+    """Byte strings read as one file, with no copy of them: Arrow reads a message at a time,
+    and a read within one string is a view of it (a part's stored bytes are not copied to put
+    its stream's schema before them)."""
+
+    closed = False
+
+    def __init__(self, *pieces: bytes) -> None:
+        self._pieces = [memoryview(p) for p in pieces]
+        self._i = self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes | memoryview:
+        got: list[memoryview] = []
+        while n and self._i < len(self._pieces):
+            piece = self._pieces[self._i]
+            take = piece[self._at :] if n < 0 else piece[self._at : self._at + n]
+            got.append(take)
+            self._at += len(take)
+            n = n if n < 0 else n - len(take)
+            if self._at == len(piece):
+                self._i, self._at = self._i + 1, 0
+        return got[0] if len(got) == 1 else b"".join(got)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _fetch(store: ObjectStore, key: str, at: int, length: int) -> bytes:

@@ -80,6 +80,7 @@ def merge(
     nxt = 0
     while True:
         cut = _cut(live, step)
+        live = [s for s in live if s.live()]
         while nxt < len(waiting) and (cut is None or waiting[nxt].lo <= cut):
             src = waiting[nxt]
             nxt += 1
@@ -96,10 +97,13 @@ def merge(
                 src.drop()  # passed: the object goes as soon as nothing else holds it
         live = [s for s in live if s.live()]
         yield takes
+        del takes
 
 
 def _cut(live: list[Any], step: int) -> Any:
-    """The window's last key: the smallest of the live sources' ``step``-th next keys."""
+    """The window's last key: the smallest of the live sources' ``step``-th next keys (a
+    source whose chunk the last window used up reads its next one here: see
+    :meth:`KeyedStream.take`)."""
     each = max(MIN_STEP, step // max(1, len(live)))
     cuts = [c for s in live if (c := s.cut(each)) is not None]
     return min(cuts) if cuts else None
@@ -175,13 +179,21 @@ class KeyedStream:
 
     def take(self, cut: Any) -> tuple[Any, int, int] | None:
         """(its chunk, from, to): its rows with key <= ``cut`` (all in this chunk: ``cut`` is
-        at most its last key), or None; moves on to the next chunk when this one is done."""
+        at most its last key), or None. A chunk used up is let go (the take may still hold
+        it); the next one is read only when the merge next asks (:meth:`ready`), so a
+        streaming scan does not decode part i+1 while its consumer still works on part i."""
         a = self.keys.bisect(cut, self.pos, self.stop, True)
         out = (self.chunk, self.pos, a) if a > self.pos else None
         self.pos = a
-        if a == self.stop and not (a == len(self.keys) and self._next()):
-            self.chunk = None
+        if a == self.stop:
+            if a < len(self.keys):  # reached ``end``: nothing more to read
+                self._more = iter(())
+            self.chunk = self.keys = None
         return out
+
+    def ready(self) -> bool:
+        """Whether rows are still to come: its current chunk, or the next one, read now."""
+        return self.chunk is not None or self._next()
 
 
 @dataclass(slots=True, eq=False)
@@ -214,9 +226,10 @@ class Source:
 
     def cut(self, step: int) -> Any:
         """The key ``step`` rows ahead in its versions or deletes, whichever is smaller
-        (within their current chunks)."""
+        (within their current chunks); None when both are done."""
+        self.streams = [st for st in self.streams or () if st.ready()]
         best = None
-        for st in self.streams or ():
+        for st in self.streams:
             k = st.keys.at(min(st.pos + step, st.stop) - 1)
             if best is None or k < best:
                 best = k
@@ -227,5 +240,4 @@ class Source:
         got: list = [None, None]
         for st in self.streams or ():
             got[st.kind] = st.take(cut)
-        self.streams = [st for st in self.streams or () if st.chunk is not None]
         return self.make(got)
