@@ -333,7 +333,7 @@ class Engine:
         return arrowfeed.changes_table(self._state.reader, view, before, columns, before_images)
 
     def scan_batches(self, db: str, table: str, *a: Any, **kw: Any) -> Iterator[pa.RecordBatch]:
-        """:meth:`scan_arrow`'s rows in ``batch_rows=65_536`` batches, streamed: dn.read.stream."""
+        """:meth:`scan_arrow`'s rows in batches of at most ``batch_rows``: dn.read.stream."""
         return stream.scan_batches(self._reads.checked_view, self.reader, db, table, *a, **kw)
 
     def changes_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):

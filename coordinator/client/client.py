@@ -324,7 +324,8 @@ class Client(SlotOps):
         return queries.scan_arrow(self, db, table, snapshot, columns, start, end)
 
     def scan_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
-        """:meth:`scan_arrow`'s rows in ``batch_rows`` batches, streamed: queries.scan_batches."""
+        """:meth:`scan_arrow`'s rows in batches of at most ``batch_rows``, streamed:
+        queries.scan_batches."""
         return queries.scan_batches(self, db, table, *a, batch_rows=batch_rows, **kw)
 
     def changes_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):

@@ -137,14 +137,15 @@ def scan_batches(
     end: Any = None,
     batch_rows: int = 65_536,
 ) -> Iterator[pa.RecordBatch]:
-    """``Client.scan_batches``: :func:`scan_arrow`'s rows as record batches of ``batch_rows``
-    rows (the last one shorter), streamed: the arguments are checked and every shard's view
-    taken now, at one snapshot; then each shard's objects are fetched window by window as the
-    batches are read (in this process, through the reader pool's cache without filling it)
-    and the shards merged window by window: as Arrow for a table on the Arrow path
-    (:func:`dn.read.arrowstream.windows` and :func:`~dn.read.arrowstream.merge`), else through
-    Python values (:func:`dn.read.stream.windows`, :func:`dn.read.merge.merge_chunks`).
-    Memory: per shard, the bound of those modules; plus one window per shard and one batch."""
+    """``Client.scan_batches``: :func:`scan_arrow`'s rows as record batches of at most
+    ``batch_rows`` rows (:func:`dn.read.arrowstream.rebatch`), streamed: the arguments are
+    checked and every shard's view taken now, at one snapshot; then each shard's objects are
+    fetched window by window as the batches are read (in this process, through the reader
+    pool's cache without filling it) and the shards merged window by window: as Arrow for a
+    table on the Arrow path (:func:`dn.read.arrowstream.windows` and
+    :func:`~dn.read.arrowstream.merge`), else through Python values
+    (:func:`dn.read.stream.windows`, :func:`dn.read.merge.merge_chunks`). Memory: per shard,
+    the bound of those modules; plus one window per shard and one batch."""
     check_batch_rows(batch_rows)
     got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end), True)
     pool = client.reader_pool()

@@ -77,8 +77,9 @@ def scan_batches(
     end: Any = None,
     batch_rows: int = 65_536,
 ) -> Iterator[pa.RecordBatch]:
-    """``Engine.scan_batches``: the rows of ``Engine.scan_arrow`` as record batches of
-    ``batch_rows`` rows (the last one shorter; none for no rows), streamed. The arguments are
+    """``Engine.scan_batches``: the rows of ``Engine.scan_arrow`` as record batches of at most
+    ``batch_rows`` rows (none for no rows; see :func:`dn.read.arrowstream.rebatch`; the
+    Python-value path cuts exactly ``batch_rows`` but the last), streamed. The arguments are
     checked and the snapshot resolved now (``checked_view``: the shard's); the objects are
     fetched as the batches are read."""
     check_batch_rows(batch_rows)
