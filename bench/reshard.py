@@ -32,11 +32,11 @@ start and end (wall clock, one machine) is kept.
 - **7c** — ``scan_arrow`` of the newest state, rows/s, just after the split (8 shards, the
   moved rows read through references) against just before it (4 shards), same run, the
   writers writing both times; each with every shard's memory written out first (the rows
-  read from objects) and the second of two scans (the client's object cache warm: it holds
-  the whole table, ``CACHE_BYTES``); target >= 0.8x. A scan at a snapshot before the split
-  is checked to read the same rows after it. **7c-settled**: the same scan once every move
-  settled (no references, no filters), against the same scan before the split; the writers
-  have stopped by then, so it is the faster for it.
+  read from objects), the median of ``SCANS_TIMED`` scans after a first one (the client's
+  object cache warm: it holds the whole table, ``CACHE_BYTES``); target >= 0.8x. A scan at
+  a snapshot before the split is checked to read the same rows after it. **7c-settled**:
+  the same scans once every move settled (no references, no filters), against those before
+  the split; the writers have stopped by then, so it is the faster for it.
 - **7c-during** — scan runs, after the others: the same split with the driver scanning the
   whole table (``scan_arrow`` of the newest state, the shards' memory not written out) back to
   back, ``SCAN_BEFORE_S`` seconds before the split and then from its start until it returns
@@ -78,6 +78,10 @@ CACHE_BYTES = 2 << 30
 BEFORE_S = 15.0
 #: Seconds of back-to-back scans before the split in a scan run (7c-during's "before").
 SCAN_BEFORE_S = 10.0
+#: Timed scans on each side of 7c (their median is the run's figure). One scan of a few
+#: seconds, with 16 writers and 4-8 shards on 2 cores, varied 2-3x from one to the next (the
+#: shards' answers to the view requests took 0.03-2.8 s, the client's decoding 0.3-6 s).
+SCANS_TIMED = 3
 
 
 def _figures() -> list[Figure]:
@@ -119,19 +123,22 @@ def _writer(client: Any, task: int, stop_file: str) -> list[tuple[float, float, 
     return out
 
 
-def _scan_rate(client: Any, shards: int) -> tuple[float, int]:
+def _scan_rate(client: Any, shards: int) -> tuple[list[float], int]:
     """``scan_arrow`` rows/s of the newest state, with every shard's memory written out (the
-    rows read from objects), the second of two scans (the client's object cache warm)."""
+    rows read from objects): ``SCANS_TIMED`` scans after a first one (the client's object
+    cache warm), each one's rate; and the objects the timed scans did not find cached."""
     for i in range(shards):
         client.shards.call(i, "flush")
     s = client.snapshot()
     client.scan_arrow("bench", "t", snapshot=s)
     cache = client.reader_pool().cache
     misses = cache.misses
-    t0 = time.perf_counter()
-    n = client.scan_arrow("bench", "t", snapshot=s).num_rows
-    # and the objects the warm scan did not find cached
-    return n / (time.perf_counter() - t0), cache.misses - misses
+    rates = []
+    for _ in range(SCANS_TIMED):
+        t0 = time.perf_counter()
+        n = client.scan_arrow("bench", "t", snapshot=s).num_rows
+        rates.append(n / (time.perf_counter() - t0))
+    return rates, cache.misses - misses
 
 
 def _scan_loop(client: Any, done: Any) -> tuple[int, float]:
@@ -308,18 +315,20 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         f7r.ours.append(rate_during)
         f7r.extra.setdefault("buffered_rows_at_split", []).append(buffered)
         f7r.extra.setdefault("written_out_before", []).append(written_out)
-        f7c.peer.append(before_rate)
+        f7c.peer.append(statistics.median(before_rate))
         f7b.ours.append(100.0 * wrote / moved)
         f7b.extra.setdefault("handoff_bytes", []).append(wrote)
         f7b.extra.setdefault("moved_bytes", []).append(int(moved))
-        f7c.ours.append(after_rate)
+        f7c.ours.append(statistics.median(after_rate))
+        f7c.extra.setdefault("scan_rates_before", []).append([round(r) for r in before_rate])
+        f7c.extra.setdefault("scan_rates_after", []).append([round(r) for r in after_rate])
         f7c.extra.setdefault("cache_misses_in_scans", []).append([missed_before, missed_after])
         f7c.extra.setdefault("rewrites_in_scan_before", []).append(rewrote_before)
         f7c.extra.setdefault("rewrites_in_scan_after", []).append(rewrote_after)
         settled = _wait_settled(client, 8, split1)
         f7b.extra.setdefault("settled_s", []).append(settled)
         f7s.peer.append(f7c.peer[-1])
-        f7s.ours.append(_scan_rate(client, 8)[0])
+        f7s.ours.append(statistics.median(_scan_rate(client, 8)[0]))
         n = client.scan_arrow("bench", "t", snapshot=snap, columns=["k"]).num_rows
         assert n == preload, (n, preload)  # and once the references are gone
         got = client.scan_arrow("bench", "t", columns=["k"]).num_rows
