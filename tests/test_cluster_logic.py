@@ -796,3 +796,7 @@ def test_a_process_keeps_the_reader_pools_of_the_stores_it_read_last_only():
     first = [ReaderPool.for_url(u, 1 << 20) for u in urls]
     assert ReaderPool.for_url(urls[-1], 1 << 20) is first[-1]  # kept
     assert ReaderPool.for_url(urls[0], 1 << 20) is not first[0]  # let go, made again
+    kept = ReaderPool.for_url(urls[0], 1 << 20)
+    ReaderPool.forget(urls[0])  # what coordinator.shutdown does for its deployment's store
+    assert ReaderPool.for_url(urls[0], 1 << 20) is not kept
+    assert ReaderPool.for_url(urls[-1], 1 << 20) is first[-1]  # another store's: kept

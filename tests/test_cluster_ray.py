@@ -20,6 +20,7 @@ import ray.cloudpickle
 
 import coordinator
 from coordinator.actor.handle import CoordinatorHandle
+from coordinator.client.readerpool import ReaderPool
 from coordinator.client.routing import shard_of
 from dn.errors import InvalidArgument, NotFound
 
@@ -499,3 +500,8 @@ def test_reshard_on_ray_splits_and_merges_while_tasks_write(deploy_cluster):
     assert {r["k"]: r["v"] for r in client.scan("db", "t", snapshot=s0)} == dict(first)
     for i in range(3):  # settled: read from the shards' own objects, unfiltered
         assert st[i]["moves"]["references"] == 0
+    # shut down: the actors go, and this process's cache of the store's objects with them
+    url, pool = client.info["store"], client.reader_pool()
+    killed = coordinator.shutdown("dn-test-reshard")
+    assert {"dn-shard-0", "dn-shard-1", "dn-shard-2"} <= set(killed), killed
+    assert ReaderPool.for_url(url, client.settings.client_cache_bytes) is not pool

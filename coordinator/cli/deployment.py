@@ -21,13 +21,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from coordinator.actor.cluster_catalog import ClusterCatalog
-from coordinator.actor.handle import start_deployment, stop_deployment
+from coordinator.actor.handle import CoordinatorHandle, start_deployment, stop_deployment
 from coordinator.cli.ray_env import keep_ray_on_loopback
 from coordinator.cli.ray_node import ensure_ray
 from coordinator.client.client import Client
+from coordinator.client.readerpool import ReaderPool
 from coordinator.client.routing import HASH_NAME
 from coordinator.config import ClusterConfig, load_config
-from dn.errors import InvalidArgument
+from dn.errors import DNError, InvalidArgument
 from dn.store import open_store
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,17 @@ def connect(namespace: str = "dn", *, address: str | None = None) -> Client:
 
 
 def shutdown(namespace: str = "dn", *, address: str | None = None) -> list[str]:
-    """Kill the deployment's actors (its data stays in the store); returns their names."""
+    """Kill the deployment's actors (its data stays in the store); returns their names. This
+    process's cache of the deployment's objects goes too (``ReaderPool.forget``)."""
     ensure_ray(address, namespace)
-    return stop_deployment(namespace, None)
+    try:
+        info = CoordinatorHandle(namespace).call("info")
+    except DNError:  # no coordinator: the shard actors left, if any, are still stopped
+        info = None
+    killed = stop_deployment(namespace, info["shards"] if info is not None else 0)
+    if info is not None:
+        ReaderPool.forget(info["store"])
+    return killed
 
 
 def _check_store(cfg: ClusterConfig) -> None:

@@ -49,6 +49,16 @@ class ReaderPool:
                 del cls._pools[next(iter(cls._pools))]
             return pool
 
+    @classmethod
+    def forget(cls, url: str) -> None:
+        """Let go of the pools of ``url`` (whatever their cache size), and so of the objects
+        they hold decoded: for a process done with a deployment (``coordinator.shutdown``).
+        A benchmark that deployed run after run held its last two runs' caches (4 GiB of a
+        24 GB node in ``bench/reshard.py``, which then ran out of memory)."""
+        with cls._lock:
+            for key in [k for k in cls._pools if k[0] == url]:
+                del cls._pools[key]
+
     def reader(self, shard: int) -> Reader:
         r = self._readers.get(shard)
         if r is None:
