@@ -38,7 +38,7 @@ from coordinator.actor.service import CoordinatorService
 from coordinator.client.tasks import alive_nodes
 from coordinator.config import ClusterConfig
 from dn.backoff import Backoff
-from dn.errors import DNError, NotFound, Unavailable
+from dn.errors import NotFound, Unavailable
 from dn.settings import ShellSettings
 from shards.group import (
     ShardGroup,
@@ -246,15 +246,11 @@ def start_deployment(cfg: ClusterConfig, progress: Callable[[str], None] | None 
             say(f"{up}/{cfg.shards + 1} up; waiting for {', '.join(sorted(waiting.values()))}")
 
 
-def stop_deployment(namespace: str, shards: int | None) -> list[str]:
-    """Kill the coordinator and shard actors of a namespace (no restart); returns the names
-    killed. Shards are asked to close first, so their maintenance stops cleanly."""
+def stop_deployment(namespace: str, shards: int) -> list[str]:
+    """Kill the coordinator and the ``shards`` shard actors of a namespace (no restart), and
+    any shard a reshard retired that is still up; returns the names killed. Shards are asked
+    to close first, so their maintenance stops cleanly."""
     killed = []
-    if shards is None:
-        try:
-            shards = CoordinatorHandle(namespace).call("info")["shards"]
-        except DNError:
-            shards = 0
     # a shutdown does not wait a whole call timeout for a shard that is gone already
     group = ShardGroup(namespace, shards, ShellSettings(call_timeout_s=30.0))
     group.call_each({i: ("close", ()) for i in range(shards)})

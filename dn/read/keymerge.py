@@ -11,7 +11,7 @@ object goes as soon as nothing else holds it.
 
 A source is any object with ``order`` (its place, oldest first: later versions win), ``hi_ts``
 (the newest ts it may hold), ``lo`` (its smallest key; None: opened at the start), and
-``open(start, end)``, ``live()``, ``cut(step)``, ``take(cut)`` and ``drop()``: :class:`Source`
+``open(start, end)``, ``live()``, ``cut(step)`` and ``take(cut)``: :class:`Source`
 is the one both scans use. It reads its versions and its deletes as two :class:`KeyedStream`\ s,
 chunk by chunk (a range object of format 5 part by part: its parts are cut between keys, so a
 window never reaches past a chunk's last key; an older object or a tail as one chunk), and
@@ -80,7 +80,7 @@ def merge(
     nxt = 0
     while True:
         cut = _cut(live, step)
-        live = [s for s in live if s.live()]
+        live = [s for s in live if s.live()]  # passed: its object goes once nothing holds it
         while nxt < len(waiting) and (cut is None or waiting[nxt].lo <= cut):
             src = waiting[nxt]
             nxt += 1
@@ -92,10 +92,6 @@ def merge(
         if cut is None:
             return
         takes = [(src.take(cut), src.hi_ts) for src in live]
-        for src in live:
-            if not src.live():
-                src.drop()  # passed: the object goes as soon as nothing else holds it
-        live = [s for s in live if s.live()]
         yield takes
         del takes
 
@@ -220,9 +216,6 @@ class Source:
 
     def live(self) -> bool:
         return bool(self.streams)
-
-    def drop(self) -> None:
-        self.streams = None
 
     def cut(self, step: int) -> Any:
         """The key ``step`` rows ahead in its versions or deletes, whichever is smaller
