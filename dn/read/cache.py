@@ -54,12 +54,16 @@ class ObjectCache:
                     self._bytes -= s
         return value
 
-    def peek(self, key: str) -> Any:
+    def peek(self, key: str, count: bool = True) -> Any:
         """The value cached at ``key`` (counted as a hit), or None (a miss) without loading
         or caching anything: for a streaming scan, which must neither fill the cache with a
-        whole table nor keep alive the objects it has passed (:mod:`dn.read.stream`)."""
+        whole table nor keep alive the objects it has passed (:mod:`dn.read.stream`).
+        ``count`` False: neither counted nor made more recent (a look for a copy that may
+        be there, on the way to loading what is counted)."""
         with self._lock:
             item = self._items.get(key)
+            if not count:
+                return None if item is None else item[0]
             if item is None:
                 self.misses += 1
                 return None
