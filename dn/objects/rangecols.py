@@ -295,17 +295,7 @@ class ArrowTable:
     def to_dict(self) -> dict:
         """The version-3 ``table`` dict of the same rows (made once)."""
         if self._dict is None:
-            rows = self.rows()
-            ts = rows.column(TS).to_pylist()
-            cols = [c.to_pylist() for c in rows.columns[:-1]]
-            dels = self.dels()
-            del_pks: list = []
-            del_ts: list = []
-            if dels is not None:
-                del_ts = dels.column(TS).to_pylist()
-                keys = [c.to_pylist() for c in dels.columns[:-1]]
-                del_pks = [list(k) for k in zip(*keys)] if self.composite else keys[0]
-            self._dict = {"ts": ts, "cols": cols, "del_pks": del_pks, "del_ts": del_ts}
+            self._dict = table_dict(self.rows(), self.dels(), self.composite)
         return self._dict
 
     def _read(self, data: pa.Buffer) -> pa.Table:
@@ -317,6 +307,19 @@ class ArrowTable:
 
     def _corrupt(self, exc: Exception) -> Corruption:
         return corrupt(self._key, exc)
+
+
+def table_dict(rows: pa.Table, dels: pa.Table | None, composite: bool) -> dict:
+    """Stored row versions and deletes as version 3's ``table`` dict (Python values)."""
+    ts = rows.column(TS).to_pylist()
+    cols = [c.to_pylist() for c in rows.columns[:-1]]
+    del_pks: list = []
+    del_ts: list = []
+    if dels is not None:
+        del_ts = dels.column(TS).to_pylist()
+        keys = [c.to_pylist() for c in dels.columns[:-1]]
+        del_pks = [list(k) for k in zip(*keys)] if composite else keys[0]
+    return {"ts": ts, "cols": cols, "del_pks": del_pks, "del_ts": del_ts}
 
 
 def check_schema(schema: pa.Schema, rows: bool) -> bool:

@@ -71,9 +71,8 @@ class Reader:
 
             def view() -> tuple[FilteredRange, int]:
                 inner = self._filtered_object(f.shard, r)
-                # counted as half the object: a split's two views of one object share its
-                # stored bytes and keep its decoded rows between them, which is what the
-                # cache counts of an object read whole (its bytes, decoded once)
+                # counted as half the object: once read, a view keeps only its filtered rows
+                # (a split's two views of one object share them out), not the object
                 return FilteredRange(inner, f), 1 + inner.nbytes // 2
 
             return self.cache.get(fkey, view)

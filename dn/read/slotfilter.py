@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dn.objects.rangecols import TS
+from dn.objects.rangecols import TS, table_dict
+from dn.objects.rangeobj import RangeObject, to_run
 from dn.read.run import Run
 from dn.slots import arrow_slots, key_slots, pack_set
 
@@ -81,38 +82,78 @@ class SlotFilter:
 
 class FilteredRange:
     """A range object as a filter reads it: its table's runs and Arrow tables, keeping only
-    the versions the filter keeps, under the reading shard's table id."""
+    the versions the filter keeps, under the reading shard's table id.
 
-    __slots__ = ("inner", "f", "_run", "_kept")
+    Its Arrow tables are filtered on first use and kept with the view (cached as one entry,
+    ``Reader.range``): the next scan through the same filter copies nothing again. The view
+    then lets go of the object (its stored bytes), keeping only its header: what it holds is
+    its share of the rows, as the cache counts it."""
+
+    __slots__ = ("inner", "f", "_run", "_kept", "_has")
 
     def __init__(self, inner: Any, f: SlotFilter) -> None:
         self.inner, self.f = inner, f
         self._run: Run | None = None
-        # the filtered Arrow tables, made on first use and kept with this view (cached as
-        # one entry, ``Reader.range``): the next scan of the object through the same filter
-        # copies nothing again
-        self._kept: dict[str, pa.Table | None] = {}
+        self._kept: KeptArrow | None = None
+        self._has = f.object_table_id in inner.table_ids
 
     def __getattr__(self, name: str) -> Any:  # from_ts, to_ts, nbytes, ...
         return getattr(self.inner, name)
 
     @property
     def table_ids(self) -> list[int]:
-        return [self.f.table_id] if self.f.object_table_id in self.inner.table_ids else []
+        return [self.f.table_id] if self._has else []
 
     def arrow(self, table_id: int) -> Any:
-        if table_id != self.f.table_id:
+        if table_id != self.f.table_id or not self._has:
             return None
-        t = self.inner.arrow(self.f.object_table_id)
-        return t if t is None or t is False else FilteredArrow(t, self.f, self._kept)
+        kept = self._kept
+        if kept is None:
+            t = self.inner.arrow(self.f.object_table_id)
+            if t is False:  # format 3 or older: read through run()
+                return t
+            once = FilteredArrow(t, self.f)
+            kept = self._kept = KeptArrow(once.rows(), once.dels(), once.composite)
+            self.inner = header(self.inner)
+        return kept
 
     def run(self, table_id: int, pk_pos: tuple[int, ...]) -> Run | None:
-        if table_id != self.f.table_id:
+        if table_id != self.f.table_id or not self._has:
             return None
         if self._run is None:
-            run = self.inner.run(self.f.object_table_id, pk_pos)
-            self._run = None if run is None else filter_run(run, self.f)
+            kept = self._kept
+            if kept is not None:  # the object let go: from the kept tables
+                self._run = to_run(table_dict(kept.rows(), kept.dels(), kept.composite), pk_pos)
+            else:
+                run = self.inner.run(self.f.object_table_id, pk_pos)
+                self._run = None if run is None else filter_run(run, self.f)
         return self._run
+
+
+def header(ro: RangeObject) -> RangeObject:
+    """``ro`` without its tables: its range, commits, commands and tokens."""
+    return RangeObject(ro.from_ts, ro.to_ts, ro.ncommits, ro.commands, {}, ro.nbytes, ro.tokens)
+
+
+class KeptArrow:
+    """A filtered view's Arrow tables, as a stored table gives them."""
+
+    __slots__ = ("_rows", "_dels", "composite")
+
+    def __init__(self, rows: pa.Table, dels: pa.Table | None, composite: bool) -> None:
+        self._rows, self._dels, self.composite = rows, dels, composite
+
+    def rows(self) -> pa.Table:
+        return self._rows
+
+    def dels(self) -> pa.Table | None:
+        return self._dels
+
+    def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
+        return iter([self._rows] if self._rows.num_rows else [])
+
+    def del_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
+        return iter([self._dels] if self._dels is not None and self._dels.num_rows else [])
 
 
 def filter_run(run: Run, f: SlotFilter) -> Run:
@@ -157,31 +198,26 @@ class FilteredArrow:
     """A stored table (:class:`dn.objects.rangecols.ArrowTable`, or one read in parts) as a
     filter reads it."""
 
-    __slots__ = ("t", "f", "composite", "kept")
+    __slots__ = ("t", "f", "composite")
 
-    def __init__(self, t: Any, f: SlotFilter, kept: dict | None = None) -> None:
+    def __init__(self, t: Any, f: SlotFilter) -> None:
         self.t, self.f = t, f
         self.composite = getattr(t, "composite", len(f.pk_pos) > 1)
-        self.kept = kept  # the filtered tables already made (FilteredRange's), or None
 
     def rows(self) -> pa.Table:
-        return self._kept("rows", True)
+        return self._filtered(True)
 
     def dels(self) -> pa.Table | None:
-        return self._kept("dels", False)
+        return self._filtered(False)
 
-    def _kept(self, name: str, rows: bool) -> Any:
-        if self.kept is not None and name in self.kept:
-            return self.kept[name]
+    def _filtered(self, rows: bool) -> Any:
+        # not kept decoded in the object when it is not already: a view keeps its share
         once = getattr(self.t, "read_once", None)
-        if self.kept is not None and once is not None:  # the view keeps only its share
+        if once is not None:
             t = once(rows)
         else:
             t = self.t.rows() if rows else self.t.dels()
-        out = None if t is None else filter_table(t, self.f, rows, getattr(self.t, "memo", None))
-        if self.kept is not None:
-            self.kept[name] = out
-        return out
+        return None if t is None else filter_table(t, self.f, rows, getattr(self.t, "memo", None))
 
     def row_parts(self, start: Any = None, end: Any = None) -> Iterator[pa.Table]:
         for p in self.t.row_parts(start, end):
