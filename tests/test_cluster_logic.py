@@ -66,11 +66,18 @@ class LocalShards:
                 out[i] = Unavailable(f"shard {i} is down", outcome_unknown=True)
                 continue
             try:
-                result = getattr(self.services[i], method)(*pickle.loads(pickle.dumps(args)))
+                result = getattr(self._service(i), method)(*pickle.loads(pickle.dumps(args)))
                 out[i] = pickle.loads(pickle.dumps(result))
             except DNError as exc:
                 out[i] = pickle.loads(pickle.dumps(exc))
         return out
+
+    def _service(self, i: int) -> ShardService:
+        """Shard ``i``: one a reshard retired still answers, as its actor does until it stops
+        (it refuses what it no longer owns)."""
+        if i < len(self.services):
+            return self.services[i]
+        return next(s for s in reversed(self.retired) if s.shard == i)
 
     def start(self, i, method, args, done):
         done(self.call_each({i: (method, args)})[i])

@@ -24,6 +24,12 @@ its new owner, whose cursor may be past or behind the old owner's: every cursor 
 ``W`` and what was held is dropped, to be fetched again (:meth:`LiveFeed._restart`). Nothing at
 or below ``W`` is read again, and everything above it is.
 
+Pipelining: the next round's calls go out as soon as a round's answers are in (its cursors
+are known then), and the client classifies the windows while the shards answer the next one;
+a round's latency is then the slowest shard's call, not that plus the client's work. A round
+sent ahead reads by the map its predecessor read by; when the map changed, the next round
+waits until the previous one's changes are emitted or held, then restarts.
+
 Waiting: while rounds find changes (or hold some) they follow each other with no pause. After
 a round that found and holds none, the next one long-polls: each shard waits up to ``poll_s``
 for a commit to land at or after its cursor, so an idle feed costs one call per shard per
@@ -36,12 +42,14 @@ Not here: the shards' calls (the shard group's), materializing and classifying a
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_right
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from coordinator.client import fanout
-from dn.errors import Moved
+from dn.errors import Moved, Unavailable
 from dn.read import cdc
 from dn.read.collector import paused_gc
 from dn.read.feed import merge_changes
@@ -73,37 +81,63 @@ class LiveFeed:
     def round(self, wait_s: float) -> tuple[list[tuple], int]:
         """One call per shard; returns the pairs now emitted (in (ts, key) order) and how many
         changes the round fetched."""
+        sent = self.send(wait_s)
+        assert sent is not None  # not ahead: always sent
+        got = self.receive(sent)
+        return ([], 0) if got is None else self.emit(got)
+
+    def send(self, wait_s: float, ahead: bool = False) -> Round | None:
+        """Start a round's calls, one per shard, and return at once. When the slot map
+        changed since the last round, every cursor goes back to the watermark first; but
+        ``ahead`` (the previous round's windows not emitted yet: a restart would drop what
+        they hold only to have them held again, twice) the round is not sent (None)."""
         c = self.client
         if c.map_version != self.map_version:
+            if ahead:
+                return None
             self._restart()
         mv = self.map_version
         calls = {
             i: ("feed_next", (self.db, self.table, cur + 1, self.target, self.columns, wait_s, mv))
             for i, cur in self.cursor.items()
         }
-        with paused_gc():  # decoding the shards' tails makes many objects that live on
-            answers = c.shards.call_each(calls, c.retry_s)
+        return Round(c.shards, calls)
+
+    def receive(self, sent: Round) -> dict[int, tuple] | None:
+        """The round's answers, once every shard's is in: each shard's (view, before, S), its
+        cursor moved to ``S``. None when a shard refused the round's slot map (the route is
+        looked up again; the next round reads by the new map)."""
+        c = self.client
+        answers = sent.wait(c.retry_s)
         if any(isinstance(r, Moved) for r in answers.values()):
-            c.refresh_route()  # slots moved: the next round reads by the new map
-            return [], 0
+            c.refresh_route()
+            return None
         got = fanout.raise_first(answers)
         views = {i: v for i, (v, _, _) in got.items() if v is not None}
         if views:
             fanout.check_same_schema(views)
             self.tdef = views[min(views)].table
+        for i, (_, _, s) in got.items():
+            self.cursor[i] = max(self.cursor[i], s)
+        self.target = max(self.target, *self.cursor.values())
+        return got
+
+    def emit(self, got: dict[int, tuple]) -> tuple[list[tuple], int]:
+        """The received windows classified; returns the pairs at or below the watermark, in
+        (ts, key) order (the rest held), and how many changes the windows held."""
+        c = self.client
         fresh = [self.pending] if self.pending else []
         fetched = 0
         pool = c.reader_pool()
-        for i in sorted(got):
-            view, before, s = got[i]
-            if view is not None:
-                pairs = self._classified(pool.reader(i), view, before)
-                fetched += len(pairs)
-                if pairs:
-                    fresh.append(pairs)
-            self.cursor[i] = max(self.cursor[i], s)
+        with paused_gc():  # the windows' changes make many objects that live on
+            for i in sorted(got):
+                view, before, _ = got[i]
+                if view is not None:
+                    pairs = self._classified(pool.reader(i), view, before)
+                    fetched += len(pairs)
+                    if pairs:
+                        fresh.append(pairs)
         w = self.watermark
-        self.target = max(self.target, *self.cursor.values())
         c.observe(w)
         merged = list(merge_changes(fresh, key=_pair_order)) if fresh else []
         cut = bisect_right([p[0].ts for p in merged], w)
@@ -131,6 +165,35 @@ class LiveFeed:
         assert all(p[0].ts > w for p in self.pending), "a held change at or below the watermark"
 
 
+class Round:
+    """One round's calls, started together without waiting (``ShardCalls.start``): while
+    they run, the client classifies the previous round's windows."""
+
+    def __init__(self, shards: Any, calls: dict[int, tuple[str, tuple]]) -> None:
+        self._shards, self._calls = shards, calls
+        self._out: dict[int, Any] = {}
+        self._done = threading.Condition()
+        for i, (method, args) in calls.items():
+            shards.start(i, method, args, partial(self._answered, i))
+
+    def _answered(self, i: int, out: Any) -> None:
+        with self._done:
+            self._out[i] = out
+            self._done.notify_all()
+
+    def wait(self, retry_s: float) -> dict[int, Any]:
+        """Every shard's answer (or error); an unavailable shard's call is made again, within
+        ``retry_s``, as :meth:`ShardCalls.call_each` retries."""
+        with self._done:
+            self._done.wait_for(lambda: len(self._out) == len(self._calls))
+            out = dict(self._out)
+        again = {i: self._calls[i] for i, r in out.items() if isinstance(r, Unavailable)}
+        if again:
+            with paused_gc():
+                out.update(self._shards.call_each(again, retry_s))
+        return out
+
+
 def subscribe(
     client: Any,
     db: str,
@@ -146,9 +209,16 @@ def subscribe(
     records one by one), until ``stop()`` is true (None: forever)."""
     feed = LiveFeed(client, db, table, from_ts, columns)
     wait_s = 0.0
+    sent = feed.send(wait_s)
     while stop is None or not stop():
-        out, fetched = feed.round(wait_s)
+        got = feed.receive(sent)
+        if got is None:  # slots moved: the next round reads by the new map
+            sent = feed.send(0.0)
+            continue
+        ahead = feed.send(wait_s, ahead=True)  # out while this round's windows are classified
+        out, fetched = feed.emit(got)
         wait_s = 0.0 if fetched or feed.pending else poll_s
+        sent = ahead if ahead is not None else feed.send(wait_s)
         if not out:
             continue
         if as_dicts:
