@@ -71,6 +71,16 @@ class ObjectCache:
             self.hits += 1
             return item[0]
 
+    def take(self, key: str) -> Any:
+        """The value cached at ``key``, taken out of the cache (not counted as a hit or a
+        miss), or None."""
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is None:
+                return None
+            self._bytes -= item[1]
+            return item[0]
+
     def status(self) -> dict:
         with self._lock:
             return {

@@ -90,15 +90,16 @@ class Reader:
         return self.cache.get(key, load)
 
     def _filtered_object(self, shard: int, r: tuple) -> rangeobj.RangeObject:
-        """The object a filtered view reads, not put in the cache: once slots moved, every
-        read of it is through a view, and the views are cached. Caching the object as well
-        counted it twice; a table larger than half the cache then missed every object on
-        every scan after a split (``bench/reshard.py``'s 7c). Held for the read's other view
-        of it (:class:`dn.read.cache.Pins`)."""
+        """The object a filtered view reads, not kept in the cache: once slots moved, every
+        read of it at a newer snapshot is through a view, and the views are cached. Caching
+        the object as well counted it twice; a table larger than half the cache then missed
+        every object on every scan after a split (``bench/reshard.py``'s 7c). One cached
+        from before the move is taken out of the cache (it would be held decoded beside its
+        views). Held for the read's other view of it (:class:`dn.read.cache.Pins`)."""
         key = codec.range_key(shard, r[0], r[1])
 
         def load() -> rangeobj.RangeObject:
-            found = self.cache.peek(key, count=False)  # read whole before the move
+            found = self.cache.take(key)
             return found if found is not None else rangeobj.decode(self._store.get(key), key)
 
         return self._pins.get(key, load) if self._pins is not None else load()
