@@ -26,8 +26,8 @@ from coordinator.client import fanout
 from coordinator.client.tasks import alive_nodes, store_env, stream_tasks
 from dn.errors import Moved
 from dn.read import arrowfeed, arrowstream, cdc
-from dn.read.arrow import to_batches
-from dn.read.arrowscan import arrow_path, merge_shards, scan_table
+from dn.read.arrow import arrow_schema, to_batches
+from dn.read.arrowscan import arrow_path, merge_shards, scan_picked
 from dn.read.change import Change
 from dn.read.collector import paused_gc
 from dn.read.feed import merge_changes
@@ -119,12 +119,18 @@ def scan_arrow(
     client: Any, db: str, table: str, snapshot: Any, columns: Any, start: Any, end: Any
 ) -> pa.Table:
     """``Client.scan_arrow``: every shard's rows as one Arrow table in primary-key order:
-    each shard read into Arrow in this process (:func:`dn.read.arrowscan.scan_table`), the
-    shards merged by key (:func:`dn.read.arrowscan.merge_shards`)."""
+    each shard's rows picked in this process (:func:`dn.read.arrowscan.scan_picked`), then
+    taken at once in key order (:func:`dn.read.arrowscan.merge_shards`): each row is copied
+    once, where taking each shard's and then the merge's copied it twice."""
     got, t, lo, hi = _scan_views(client, db, table, snapshot, columns, (start, end), True)
     readers = client.reader_pool().readers(got)
-    parts = [scan_table(reader, got[i], lo, hi) for i, reader in readers.items()]
-    return merge_shards(t, parts, columns)
+    keys = [t.names[p] for p in t.pk_pos]
+    cols = None if columns is None else list(dict.fromkeys([*columns, *keys]))
+    parts = [scan_picked(reader, got[i], lo, hi, cols) for i, reader in readers.items()]
+    whole = merge_shards(parts, keys)  # one take of every shard's rows
+    if whole is None:
+        return arrow_schema(t, columns).empty_table()
+    return whole if columns is None else whole.select(list(columns))
 
 
 def scan_batches(

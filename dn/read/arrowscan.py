@@ -64,35 +64,76 @@ def scan_table(
 ) -> pa.Table:
     """The rows with start <= pk < end visible at the view's snapshot, in primary-key order,
     as a ``pyarrow.Table`` projected on ``columns`` (checked before any fetch)."""
+    picked = scan_picked(reader, view, start, end, columns)
+    if picked is None:
+        return arrow_schema(view.table, columns).empty_table()
+    whole, pos = picked
+    return whole if pos is None else whole.take(pa.array(pos))
+
+
+#: Picked rows not yet taken: the sources' versions as one table (their chunks, not copied)
+#: and the positions of the picked ones in key order (None: every row, in order).
+Picked = tuple[pa.Table, "np.ndarray | None"]
+
+
+def scan_picked(
+    reader: Reader,
+    view: ReadView,
+    start: Any = None,
+    end: Any = None,
+    columns: Sequence[str] | None = None,
+) -> Picked | None:
+    """:func:`scan_table` before its rows are taken (None: no row), projected on
+    ``columns``: a cluster scan takes every shard's at once (:func:`merge_shards`)."""
     if view.from_ts is not None:
         raise Internal("a change feed's view (a range plan) cannot serve a snapshot read")
     t = view.table
     schema = arrow_schema(t, columns)
     if not arrow_path(t):
-        return to_arrow(t, scan_columns(reader, view, start, end)[0], columns)
-    whole = load(reader, view, Sources(t, view.snapshot, start, end)).pick()
-    if whole is None:
-        return schema.empty_table()
+        got = to_arrow(t, scan_columns(reader, view, start, end)[0], columns)
+        return (got, None) if got.num_rows else None
+    picked = load(reader, view, Sources(t, view.snapshot, start, end)).picked()
+    if picked is None:
+        return None
+    whole, pos = picked
     index = {n: i for i, n in enumerate(t.names)}
-    return pa.Table.from_arrays([whole.column(index[f.name]) for f in schema], schema=schema)
+    whole = pa.Table.from_arrays([whole.column(index[f.name]) for f in schema], schema=schema)
+    return whole, pos
 
 
-def merge_shards(table: TableDef, parts: list[pa.Table], columns: Sequence[str] | None) -> pa.Table:
-    """Shards' :func:`scan_table` results (each whole, unprojected, in key order; no key in
-    two of them) as one table in key order, projected on ``columns``: one stable argsort of
-    the concatenated keys (numpy for ``int64``, else ``sort_indices``) and one take."""
-    parts = [p for p in parts if p.num_rows]
+def merge_shards(parts: list[Picked | None], keys: list[str]) -> pa.Table | None:
+    """Shards' :func:`scan_picked` results (no key in two of them; ``keys``: the primary
+    key's columns, which the projection must hold) as one table in key order, with one take
+    of every shard's rows: the picked keys, then one stable argsort of them (numpy for one
+    integer column, else ``sort_indices``). None: no row."""
+    parts = [p for p in parts if p is not None]
     if not parts:
-        return arrow_schema(table, columns).empty_table()
-    whole = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-    if len(parts) > 1:
-        keys = [table.names[p] for p in table.pk_pos]
-        if len(keys) == 1 and pa.types.is_integer(whole.schema.field(keys[0]).type):
-            order = np.argsort(whole.column(keys[0]).to_numpy(), kind="stable")
-            whole = whole.take(pa.array(order))
-        else:
-            whole = whole.take(pc.sort_indices(whole, sort_keys=[(k, "ascending") for k in keys]))
-    return whole if columns is None else whole.select(list(columns))
+        return None
+    if len(parts) == 1:
+        whole, pos = parts[0]
+        return whole if pos is None else whole.take(pa.array(pos))
+    every = pa.concat_tables([w for w, _ in parts])
+    spot = None  # the picked rows' positions in ``every``; None: all of them
+    if any(pos is not None for _, pos in parts):
+        at, spots = 0, []
+        for whole, pos in parts:
+            spots.append(np.arange(at, at + whole.num_rows) if pos is None else pos + at)
+            at += whole.num_rows
+        spot = np.concatenate(spots)
+    cols = [every.column(k) if spot is None else every.column(k).take(spot) for k in keys]
+    if len(cols) == 1 and pa.types.is_integer(cols[0].type):
+        order = np.argsort(_np(cols[0]), kind="stable")
+    else:
+        by = pa.table(cols, names=[f"k{i}" for i in range(len(cols))])
+        order = pc.sort_indices(by, sort_keys=[(n, "ascending") for n in by.column_names])
+        order = order.to_numpy()
+    return every.take(order if spot is None else spot[order])
+
+
+def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        return col.to_numpy() if col.num_chunks != 1 else col.chunk(0).to_numpy()
+    return col.to_numpy()
 
 
 def load(reader: Reader, view: ReadView, src: Sources) -> Sources:
@@ -200,13 +241,21 @@ class Sources:
 
     def pick(self) -> pa.Table | None:
         """The newest visible version of each key not deleted, in key order (None: none)."""
+        picked = self.picked()
+        if picked is None:
+            return None
+        whole, pos = picked
+        return whole if pos is None else whole.take(pa.array(pos))
+
+    def picked(self) -> Picked | None:
+        """:meth:`pick` before the rows are taken (:data:`Picked`; None: none)."""
         if not self.rows:
             return None
         tables = [tb for tb, _ in self.rows]
         whole = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         if not self.dels and all(ok for _, ok in self.rows) and self._in_order(tables):
             last = _last_of_each(whole.column(self.kpos))
-            return whole if last is None else whole.filter(last)
+            return whole, (None if last is None else np.flatnonzero(last))
         keys = pa.chunked_array(
             [c for tb in tables for c in tb.column(self.kpos).chunks]
             + [c for d in self.dels for c in d.column(0).chunks],
@@ -228,8 +277,8 @@ class Sources:
             pos = pos[last]
         pos = pos[pos >= 0]
         if len(pos) == whole.num_rows and (np.diff(pos) > 0).all():  # already in order
-            return whole
-        return whole.take(pa.array(pos)) if len(pos) else None
+            return whole, None
+        return (whole, pos) if len(pos) else None
 
     def _in_order(self, tables: list[pa.Table]) -> bool:
         """True when each table's largest key is at most the next one's smallest."""
