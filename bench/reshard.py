@@ -13,7 +13,8 @@ start and end (wall clock, one machine) is kept.
 - **7a** — the batches that were in flight at any time during the split: their latency
   (p50, p99, max; target p99 <= 1 s: a write to a moving slot waits while its slots are
   fenced and retries against the new owner), and the rows/s acknowledged during the split
-  against the rows/s of the ``BEFORE_S`` seconds before it (target >= 0.7x). ``start_s``:
+  against the rows/s of the ``BEFORE_S`` seconds before it, up to 7c's scans (target >=
+  0.7x). ``start_s``:
   the seconds the four new shards took to start (one at a time on one node:
   ``reshard_start_concurrency``), ``move_s``: the step's (the rest of the split);
   ``over_1s_in_start`` and ``over_1s_in_step``: the batches over 1 s begun in each;
@@ -31,12 +32,14 @@ start and end (wall clock, one machine) is kept.
   which waits ``absorb_after_s``, 30 s by default, after each move).
 - **7c** — ``scan_arrow`` of the newest state, rows/s, just after the split (8 shards, the
   moved rows read through references) against just before it (4 shards), same run, the
-  writers writing both times; each with every shard's memory written out first (the rows
-  read from objects), the median of ``SCANS_TIMED`` scans after a first one (the client's
-  object cache warm: it holds the whole table, ``CACHE_BYTES``); target >= 0.8x. A scan at
-  a snapshot before the split is checked to read the same rows after it. **7c-settled**:
-  the same scans once every move settled (no references, no filters), against those before
-  the split; the writers have stopped by then, so it is the faster for it.
+  writers paused both times (``_paused``: the scans alone; with the writers on, the table
+  grew with every second the scans took, 3-4x on a slow day, until the node ran out of
+  memory, and the scans' pace was the writers'; 7c-during is the scans with the writers);
+  each with every shard's memory written out first (the rows read from objects), the median
+  of ``SCANS_TIMED`` scans after a first one (the client's object cache warm: it holds the
+  whole table, ``CACHE_BYTES``); target >= 0.8x. A scan at a snapshot before the split is
+  checked to read the same rows after it. **7c-settled**: the same scans once every move
+  settled (no references, no filters; the writers stopped), against those before the split.
 - **7c-during** — scan runs, after the others: the same split with the driver scanning the
   whole table (``scan_arrow`` of the newest state, the shards' memory not written out) back to
   back, ``SCAN_BEFORE_S`` seconds before the split and then from its start until it returns
@@ -55,6 +58,8 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from bench.harness import Figure, progress, rmtree, tempdir
@@ -66,10 +71,12 @@ TASKS = 16
 #: the split, so that 7c's second scans read from a warm cache before and after it, as they
 #: say. With the default 256 MiB the table fitted before the split and not after (the writers
 #: add 3-5M rows during it), and 7c compared a scan from memory with one from the store.
-#: 2 GiB: just after the split each old object is also cached as its two filtered views
-#: (each counted as half the object: they keep their filtered rows), about 1.6 GB in all by
-#: then; with 1.5 GiB the warm scan after the split missed 99 objects (a scan larger than the
-#: cache misses every object of the next) and measured 0.22-0.41x; with 2 GiB, none, 0.88x.
+#: 2 GiB: the table reaches 1.2-1.4 GB of objects by the end of a run. Just after the split
+#: each old object is read through two filtered views, each counted as half the object (they
+#: keep only their filtered rows; the object itself is not cached, and one cached whole
+#: before the split is taken out): the table counts what it did before. Until that was so,
+#: the objects were counted twice after a split, and a scan larger than the cache missed
+#: every object of the next one.
 CACHE_BYTES = 2 << 30
 #: Seconds the writers run before the split (full runs). Longer, the before-window would hold
 #: the shards' first buffer write-outs (at ``freeze_bytes``, 64 MiB: about every 20-25 s with
@@ -82,6 +89,9 @@ SCAN_BEFORE_S = 10.0
 #: seconds, with 16 writers and 4-8 shards on 2 cores, varied 2-3x from one to the next (the
 #: shards' answers to the view requests took 0.03-2.8 s, the client's decoding 0.3-6 s).
 SCANS_TIMED = 3
+#: Seconds for the writers' batches in flight to end once they are paused (a batch takes
+#: 0.1-0.2 s at the median here, 0.5-0.7 s at p99 during the split).
+PAUSE_SETTLE_S = 2.0
 
 
 def _figures() -> list[Figure]:
@@ -109,11 +119,15 @@ def _figures() -> list[Figure]:
 
 
 def _writer(client: Any, task: int, stop_file: str) -> list[tuple[float, float, int]]:
-    """Batches of 1,000 new rows until ``stop_file`` exists; (start, end, rows) each (wall
-    clock: one machine)."""
+    """Batches of 1,000 new rows until ``stop_file`` exists, none while ``stop_file``.pause
+    does; (start, end, rows) each (wall clock: one machine)."""
     out = []
     b = 0
+    pause_file = stop_file + ".pause"
     while not os.path.exists(stop_file):
+        if os.path.exists(pause_file):
+            time.sleep(0.02)
+            continue
         base = 10**9 + (task * 100_000 + b) * 1000
         t0 = time.time()
         rows = [{"k": k, "v": os.urandom(100)} for k in range(base, base + 1000)]
@@ -139,6 +153,18 @@ def _scan_rate(client: Any, shards: int) -> tuple[list[float], int]:
         n = client.scan_arrow("bench", "t", snapshot=s).num_rows
         rates.append(n / (time.perf_counter() - t0))
     return rates, cache.misses - misses
+
+
+@contextmanager
+def _paused(stop_file: str) -> Iterator[None]:
+    """The writers paused (their batches in flight end first, within ``PAUSE_SETTLE_S``)."""
+    pause_file = stop_file + ".pause"
+    open(pause_file, "w").close()
+    time.sleep(PAUSE_SETTLE_S)
+    try:
+        yield
+    finally:
+        os.remove(pause_file)
 
 
 def _scan_loop(client: Any, done: Any) -> tuple[int, float]:
@@ -255,11 +281,13 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
             until = time.perf_counter() + SCAN_BEFORE_S
             got, secs = _scan_loop(client, lambda: time.perf_counter() >= until)
             f7d.peer.append(got / secs)
-        else:
-            c0 = _rewrites(client, 4)
-            # the newest state, the shards written out; and the rewrites during the scan
-            before_rate, missed_before = _scan_rate(client, 4)
-            rewrote_before = _rewrites(client, 4) - c0
+        before_end = time.time()  # 7a-rate's before-window ends (the scans pause the writers)
+        if not scan:
+            with _paused(stop_file):
+                c0 = _rewrites(client, 4)
+                # the newest state, the shards written out; and the rewrites during the scan
+                before_rate, missed_before = _scan_rate(client, 4)
+                rewrote_before = _rewrites(client, 4) - c0
         split_done = threading.Event()
         during: list[tuple[int, float]] = []
         th = threading.Thread(target=lambda: during.append(_scan_loop(client, split_done.is_set)))
@@ -276,16 +304,17 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         if not scan:
             moved = _moved_bytes(store, 8, 4, client.info["slots"]["count"])  # before settling
             wrote = _handoff_bytes(store, 8, record)
-            c0 = _rewrites(client, 8)
-            after_rate, missed_after = _scan_rate(client, 8)  # as before: the writers writing
-            rewrote_after = _rewrites(client, 8) - c0
+            with _paused(stop_file):  # as before
+                c0 = _rewrites(client, 8)
+                after_rate, missed_after = _scan_rate(client, 8)
+                rewrote_after = _rewrites(client, 8) - c0
         time.sleep(after_s)  # the writers run on, then stop
         open(stop_file, "w").close()
         batches = [b for got in ray.get(refs, timeout=600) for b in got]
         lat = sorted(e - s for s, e, _ in batches if s < split1 and e > split0)
-        rows_before = sum(n for s, e, n in batches if start + 2.0 <= e <= split0)
+        rows_before = sum(n for s, e, n in batches if start + 2.0 <= e <= before_end)
         rows_during = sum(n for s, e, n in batches if split0 <= e <= split1)
-        rate_before = rows_before / (split0 - start - 2.0)
+        rate_before = rows_before / (before_end - start - 2.0)
         rate_during = rows_during / (split1 - split0)
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
         n = client.scan_arrow("bench", "t", snapshot=snap, columns=["k"]).num_rows
