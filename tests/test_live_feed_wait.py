@@ -144,3 +144,35 @@ def test_the_next_round_is_out_before_a_rounds_windows_are_classified(cluster, m
     first = log.index("classify")
     assert log[:first] == ["feed_next"] * (2 * n), log[: first + 1]
     assert sorted(got) == list(range(30))
+
+
+def test_a_round_call_never_answered_is_made_again_after_the_call_timeout(cluster):
+    """A shard's feed call whose answer never comes (a hung actor, a lost reply) is made
+    again once the shards' ``call_timeout_s`` passes, as the shards' other calls are, and
+    the feed goes on; without the timeout the round waits forever."""
+    c = cluster.client
+    start = c.snapshot() + 1
+    shards = c.shards
+    real_start = shards.start
+    dropped: list[int] = []
+
+    def start_call(i, method, args, done):
+        if i == 1 and not dropped:
+            dropped.append(i)  # never answered
+            return
+        real_start(i, method, args, done)
+
+    shards.start = start_call
+    shards.call_timeout_s = 0.2
+    try:
+        ts = c.write("db", "t", [{"k": k, "v": "a"} for k in range(20)])
+        feed = LiveFeed(c, "db", "t", start, None)
+        seen: list = []
+        t0 = time.monotonic()
+        while len(seen) < 20 and time.monotonic() - t0 < 5:
+            seen += feed.round(0.0)[0]
+    finally:
+        del shards.start, shards.call_timeout_s
+    assert dropped == [1]
+    assert sorted(p[0].pk for p in seen) == list(range(20))  # each once
+    assert max(p[0].ts for p in seen) == ts

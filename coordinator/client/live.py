@@ -182,11 +182,16 @@ class Round:
             self._done.notify_all()
 
     def wait(self, retry_s: float) -> dict[int, Any]:
-        """Every shard's answer (or error); an unavailable shard's call is made again, within
-        ``retry_s``, as :meth:`ShardCalls.call_each` retries."""
+        """Every shard's answer (or error); an unavailable shard's call, or one not answered
+        within the shards' ``call_timeout_s``, is made again, within ``retry_s``, as
+        :meth:`ShardCalls.call_each` retries."""
+        limit = getattr(self._shards, "call_timeout_s", None)
         with self._done:
-            self._done.wait_for(lambda: len(self._out) == len(self._calls))
+            self._done.wait_for(lambda: len(self._out) == len(self._calls), timeout=limit)
             out = dict(self._out)
+        for i, (method, _) in self._calls.items():
+            if i not in out:  # a late answer is dropped: the call is made again
+                out[i] = Unavailable(f"shard {i}.{method}: no answer within {limit} s")
         again = {i: self._calls[i] for i, r in out.items() if isinstance(r, Unavailable)}
         if again:
             with paused_gc():
