@@ -75,12 +75,9 @@ TASKS = 16
 #: the split, so that 7c's second scans read from a warm cache before and after it, as they
 #: say. With the default 256 MiB the table fitted before the split and not after (the writers
 #: add 3-5M rows during it), and 7c compared a scan from memory with one from the store.
-#: 2 GiB: the table reaches 1.2-1.4 GB of objects by the end of a run. Just after the split
-#: each old object is read through two filtered views, each counted as half the object (they
-#: keep only their filtered rows; the object itself is not cached, and one cached whole
-#: before the split is taken out): the table counts what it did before. Until that was so,
-#: the objects were counted twice after a split, and a scan larger than the cache missed
-#: every object of the next one.
+#: 2 GiB: the table reaches 1.2-1.4 GB of objects in a run. After the split an old object is
+#: cached as its two filtered views, each counted as half of it (``dn.read.reader``): the
+#: table counts what it did before (it used to count twice, and miss every object).
 CACHE_BYTES = 2 << 30
 #: Seconds the writers run before the split (full runs). Longer, the before-window would hold
 #: the shards' first buffer write-outs (at ``freeze_bytes``, 64 MiB: about every 20-25 s with
