@@ -735,3 +735,54 @@ def test_a_subscription_across_reshards_yields_every_change_once_in_order(cluste
     ]
     assert seen == want and len(seen) > 100
     assert len(client.shards) == 2
+
+
+def test_a_view_whose_object_another_thread_let_go_reads_its_kept_tables():
+    """A view read by two threads at once: one keeps the filtered tables and lets the object
+    go while the other is about to read the object. The other then reads the kept tables
+    (before: an Arrow read failed on a missing table and a dict read found no rows)."""
+    from dn.objects import rangeobj
+    from dn.read.slotfilter import FilteredRange
+
+    client, shards = _unsettled()
+    try:
+        client.write("db", "t", [{"k": k, "v": f"v{k}"} for k in range(3000)])
+        for s in shards.services:
+            s.flush()
+        client.reshard(4)
+        client.scan_arrow("db", "t")
+        pool = client.reader_pool()
+        key, view = next((k, v) for k, (v, _) in pool.cache._items.items() if "#" in k)
+        base = key.split("#")[0]
+        obj = rangeobj.decode(pool.store.get(base), base)
+        f, tid, pk = view.f, view.f.table_id, view.f.pk_pos
+        want_rows = FilteredRange(obj, f).arrow(tid).rows()
+        want_run = FilteredRange(obj, f).run(tid, pk)
+
+        class Racing:  # the other thread keeps the tables and lets the object go first
+            def __init__(self, view):
+                self.view = view
+
+            def __getattr__(self, name):
+                return getattr(obj, name)
+
+            def arrow(self, table_id):
+                self.view.inner = obj
+                self.view.arrow(tid)
+                return self.view.inner.arrow(table_id)
+
+            def run(self, table_id, pk_pos):
+                self.view.inner = obj
+                self.view.arrow(tid)
+                return self.view.inner.run(table_id, pk_pos)
+
+        racing = FilteredRange(obj, f)
+        racing.inner = Racing(racing)
+        assert racing.arrow(tid).rows().equals(want_rows)
+        racing = FilteredRange(obj, f)
+        racing.inner = Racing(racing)
+        run = racing.run(tid, pk)
+        assert run is not None and run.pks == want_run.pks and run.ts == want_run.ts
+    finally:
+        for s in shards.services + shards.retired:
+            s.close()

@@ -112,6 +112,8 @@ class FilteredRange:
             t = self.inner.arrow(self.f.object_table_id)
             if t is False:  # format 3 or older: read through run()
                 return t
+            if t is None:  # another thread kept the tables and let the object go meanwhile
+                return self._kept
             once = FilteredArrow(t, self.f)
             kept = self._kept = KeptArrow(once.rows(), once.dels(), once.composite)
             self.inner = header(self.inner)
@@ -121,12 +123,13 @@ class FilteredRange:
         if table_id != self.f.table_id or not self._has:
             return None
         if self._run is None:
-            kept = self._kept
-            if kept is not None:  # the object let go: from the kept tables
+            run = None if self._kept is not None else self.inner.run(self.f.object_table_id, pk_pos)
+            if run is not None:
+                self._run = filter_run(run, self.f)
+            else:  # the object let go (here or by another thread): from the kept tables
+                kept = self._kept
+                assert kept is not None, "a view without its object keeps its tables"
                 self._run = to_run(table_dict(kept.rows(), kept.dels(), kept.composite), pk_pos)
-            else:
-                run = self.inner.run(self.f.object_table_id, pk_pos)
-                self._run = None if run is None else filter_run(run, self.f)
         return self._run
 
 
