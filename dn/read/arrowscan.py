@@ -67,13 +67,18 @@ def scan_table(
     picked = scan_picked(reader, view, start, end, columns)
     if picked is None:
         return arrow_schema(view.table, columns).empty_table()
-    whole, pos = picked
-    return whole if pos is None else whole.take(pa.array(pos))
+    return taken(picked)
 
 
 #: Picked rows not yet taken: the sources' versions as one table (their chunks, not copied)
 #: and the positions of the picked ones in key order (None: every row, in order).
 Picked = tuple[pa.Table, "np.ndarray | None"]
+
+
+def taken(picked: Picked) -> pa.Table:
+    """The picked rows, in key order (a copy unless they are every row, in order)."""
+    whole, pos = picked
+    return whole if pos is None else whole.take(pa.array(pos))
 
 
 def scan_picked(
@@ -110,8 +115,7 @@ def merge_shards(parts: list[Picked | None], keys: list[str]) -> pa.Table | None
     if not parts:
         return None
     if len(parts) == 1:
-        whole, pos = parts[0]
-        return whole if pos is None else whole.take(pa.array(pos))
+        return taken(parts[0])
     every = pa.concat_tables([w for w, _ in parts])
     spot = None  # the picked rows' positions in ``every``; None: all of them
     if any(pos is not None for _, pos in parts):
@@ -122,18 +126,12 @@ def merge_shards(parts: list[Picked | None], keys: list[str]) -> pa.Table | None
         spot = np.concatenate(spots)
     cols = [every.column(k) if spot is None else every.column(k).take(spot) for k in keys]
     if len(cols) == 1 and pa.types.is_integer(cols[0].type):
-        order = np.argsort(_np(cols[0]), kind="stable")
+        order = np.argsort(cols[0].to_numpy(), kind="stable")
     else:
         by = pa.table(cols, names=[f"k{i}" for i in range(len(cols))])
         order = pc.sort_indices(by, sort_keys=[(n, "ascending") for n in by.column_names])
         order = order.to_numpy()
     return every.take(order if spot is None else spot[order])
-
-
-def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        return col.to_numpy() if col.num_chunks != 1 else col.chunk(0).to_numpy()
-    return col.to_numpy()
 
 
 def load(reader: Reader, view: ReadView, src: Sources) -> Sources:
@@ -242,10 +240,7 @@ class Sources:
     def pick(self) -> pa.Table | None:
         """The newest visible version of each key not deleted, in key order (None: none)."""
         picked = self.picked()
-        if picked is None:
-            return None
-        whole, pos = picked
-        return whole if pos is None else whole.take(pa.array(pos))
+        return None if picked is None else taken(picked)
 
     def picked(self) -> Picked | None:
         """:meth:`pick` before the rows are taken (:data:`Picked`; None: none)."""
