@@ -35,6 +35,14 @@ def _keys(view) -> list:
     return [k for run in view.tail for k in run.pks]
 
 
+def _each_shard_once(feed: LiveFeed) -> list:
+    """One call to each shard in turn, each answer taken; the pairs then emitted."""
+    for i in list(feed.cursor):
+        method, args = feed.call(i, 0.0)
+        feed.take(i, feed.client.shards.call(i, method, *args))
+    return feed.emit()
+
+
 def test_a_commit_during_a_long_poll_wakes_it_and_is_returned_once(cluster):
     svc = cluster.services[0]
     cur = cluster.client.snapshot()  # the cursor: resolved now
@@ -86,8 +94,7 @@ def test_no_window_is_emitted_above_a_shards_resolved_clock(frozen):
     ts = c.write("db", "t", [{"k": 7, "v": "x"}])  # one row: one shard moves, two stay put
     out: list = []
     for _ in range(3):
-        got, _ = feed.round(0.0)
-        out += got
+        out += _each_shard_once(feed)
         w = feed.watermark
         # every emitted change is at or below what every shard has resolved
         assert all(p[0].ts <= w for p in out)
@@ -108,48 +115,55 @@ def test_changes_held_above_the_watermark_come_out_once_in_order(cluster):
         c.write(
             "db", "t", [{"k": (i * 7 + j) % 50, "v": f"{i}"} for j in range(5)], [(i * 7 + 5) % 50]
         )
-        seen += feed.round(0.0)[0]
-    while feed.pending:
-        seen += feed.round(0.0)[0]
+        seen += _each_shard_once(feed)
+    while feed.holding:
+        seen += _each_shard_once(feed)
     got = [(p[0].ts, p[0].pk, p[0].change_type) for p in seen]
     want = [(ch.ts, ch.pk, ch.change_type) for ch in c.changes("db", "t", start)]
     assert got == want[: len(got)] and len(got) == len(want)
 
 
-def test_the_next_round_is_out_before_a_rounds_windows_are_classified(cluster, monkeypatch):
-    """``subscribe`` sends a round's calls as soon as the previous round's answers are in,
-    and classifies those windows while the shards answer: a change's latency is the slowest
-    shard's call, not that plus the client's work (issue 15's 4g). Without it the calls of
-    round 2 come after round 1's windows are classified. What comes out is unchanged."""
+def test_a_shards_next_call_goes_out_without_waiting_for_the_other_shards(cluster, monkeypatch):
+    """``subscribe`` calls each shard on its own: a shard's next call goes out as soon as
+    its answer is in, while another shard has not answered yet, so a change waits for one
+    call of each shard, not for rounds as long as their slowest call (issue 15's 4g). Staged:
+    shard 1's first answer is held back until shard 0 has been called again; in rounds,
+    shard 0 would wait for it and the test times out. What comes out is unchanged."""
     c = cluster.client
     start = c.snapshot() + 1
     c.write("db", "t", [{"k": k, "v": "a"} for k in range(30)])
-    log: list[str] = []
-    shards = cluster.client.shards
+    shards = c.shards
     real_start = shards.start
+    calls: list[int] = []
+    again = threading.Event()
 
     def start_call(i, method, args, done):
-        log.append(method)
+        calls.append(i)
+        if i == 0 and calls.count(0) == 2:
+            again.set()
+        if i == 1 and calls.count(1) == 1:  # its answer comes once shard 0 was called again
+
+            def late(out):
+                threading.Thread(target=lambda: (again.wait(5), done(out))).start()
+
+            real_start(i, method, args, late)
+            return
         real_start(i, method, args, done)
 
-    real_classified = LiveFeed._classified
     monkeypatch.setattr(shards, "start", start_call)
-    monkeypatch.setattr(
-        LiveFeed, "_classified", lambda *a: log.append("classify") or real_classified(*a)
-    )
     got: list = []
+    t0 = time.monotonic()
     for tbl in c.subscribe("db", "t", start, stop=lambda: len(got) >= 30):
         got.extend(tbl.column("k").to_pylist())
-    n = len(c.shards)
-    first = log.index("classify")
-    assert log[:first] == ["feed_next"] * (2 * n), log[: first + 1]
+    assert again.is_set() and time.monotonic() - t0 < 4
+    assert calls.index(1) < [j for j, i in enumerate(calls) if i == 0][1] < len(calls)
     assert sorted(got) == list(range(30))
 
 
-def test_a_round_call_never_answered_is_made_again_after_the_call_timeout(cluster):
+def test_a_call_never_answered_is_made_again_after_the_call_timeout(cluster):
     """A shard's feed call whose answer never comes (a hung actor, a lost reply) is made
     again once the shards' ``call_timeout_s`` passes, as the shards' other calls are, and
-    the feed goes on; without the timeout the round waits forever."""
+    the feed goes on; without the timeout the feed waits forever for that shard."""
     c = cluster.client
     start = c.snapshot() + 1
     shards = c.shards
@@ -166,13 +180,12 @@ def test_a_round_call_never_answered_is_made_again_after_the_call_timeout(cluste
     shards.call_timeout_s = 0.2
     try:
         ts = c.write("db", "t", [{"k": k, "v": "a"} for k in range(20)])
-        feed = LiveFeed(c, "db", "t", start, None)
         seen: list = []
         t0 = time.monotonic()
-        while len(seen) < 20 and time.monotonic() - t0 < 5:
-            seen += feed.round(0.0)[0]
+        done = lambda: len(seen) >= 20 or time.monotonic() - t0 > 5  # noqa: E731
+        seen += c.subscribe("db", "t", start, as_dicts=True, stop=done)
     finally:
         del shards.start, shards.call_timeout_s
     assert dropped == [1]
-    assert sorted(p[0].pk for p in seen) == list(range(20))  # each once
-    assert max(p[0].ts for p in seen) == ts
+    assert sorted(ch.pk for ch in seen) == list(range(20))  # each once
+    assert max(ch.ts for ch in seen) == ts

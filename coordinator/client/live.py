@@ -2,39 +2,46 @@
 table from ``from_ts`` on, yielded as commits land, in (ts, key) order across shards, with no
 gap and no repeat.
 
-A round is one call per shard (``ShardService.feed_next``), all at once. Each shard keeps its
-own cursor ``c[i]``: the call reads the window ``c[i]`` < ts <= ``S[i]`` at a snapshot ``S[i]``
-the shard picks and resolves in the same call (the newest of its clock and the round's
-``target``), with the rows before the window of the window's keys; the client decodes and
-classifies those changes (:mod:`dn.read.cdc`) and sets ``c[i] = S[i]``. Nothing is read twice.
+Each shard is called on its own (``ShardService.feed_next``), one call in flight per shard,
+the next sent as soon as its answer is in: a fast shard is not held back by a slow one. Each
+shard keeps its own cursor ``c[i]``: a call reads the window ``c[i]`` < ts <= ``S[i]`` at a
+snapshot ``S[i]`` the shard picks and resolves in the same call (the newest of its clock and
+the feed's ``target``), with the rows before the window of the window's keys; the client
+decodes and classifies those changes (:mod:`dn.read.cdc`), holds them (``held[i]``, in (ts,
+key) order) and sets ``c[i] = S[i]``. Nothing is read twice.
 
 Invariant (why there is no gap and no repeat): every shard has resolved its cursor (no commit
 at or below ``c[i]`` can appear there later) and every change at or below it has been fetched;
-so every change at or below the watermark ``W = min(c)`` is known, on every shard. A round
-emits the fetched changes at or below ``W``, merged in (ts, key) order, and holds the rest
-(``pending``) for a later round. ``target`` is the newest cursor so far (and the client's
-causality token): passing it makes every shard resolve at least that far, so ``W`` reaches
-what the busiest shard has shown within one round, even on a shard without commits or with a
-clock that does not move (tests' manual clocks). A batch or transaction over shards has one
-timestamp: its parts come out in the same round, once ``W`` reaches it on every shard.
+so every change at or below the watermark ``W = min(c)`` is known, on every shard. After each
+answer the feed emits the held changes at or below ``W``, merged in (ts, key) order, and holds
+the rest. ``target`` is the newest cursor so far (and the client's causality token): passing
+it makes a shard resolve at least that far, so ``W`` reaches what the busiest shard has shown
+within one call of each other shard, even on a shard without commits or with a clock that
+does not move (tests' manual clocks). A batch or transaction over shards has one timestamp:
+its parts come out together, once ``W`` reaches it on every shard.
 
-Slot moves (issue 17): each round names the slot map it reads by. When the map changes (a
-shard refused the round's map, or the client refreshed it), a moved slot's changes come from
+Why per shard and not in rounds: a change waits until every shard has answered a call made
+after it landed. In rounds of one call per shard, that is the round in flight and then the
+next one, each as long as its slowest call; called on its own, each shard's next call starts
+as soon as it answers, so a change waits for one call of each shard, not two of the slowest
+(measured under issue 15's 4g load: p50 106 ms against 132 in rounds, same deployment).
+
+Slot moves (issue 17): every call names the slot map the feed reads by. When the map changes
+(a shard refused the feed's map, or the client refreshed it), a moved slot's changes come from
 its new owner, whose cursor may be past or behind the old owner's: every cursor goes back to
-``W`` and what was held is dropped, to be fetched again (:meth:`LiveFeed._restart`). Nothing at
-or below ``W`` is read again, and everything above it is.
+``W``, what was held is dropped, to be fetched again, and the calls in flight are forgotten
+(their answers ignored) (:meth:`LiveFeed.restart`). Nothing at or below ``W`` is read again,
+and everything above it is.
 
-Pipelining: the next round's calls go out as soon as a round's answers are in (its cursors
-are known then), and the client classifies the windows while the shards answer the next one;
-a round's latency is then the slowest shard's call, not that plus the client's work. A round
-sent ahead reads by the map its predecessor read by; when the map changed, the next round
-waits until the previous one's changes are emitted or held, then restarts.
+Waiting: a shard whose last window held changes is called again at once. One whose window was
+empty long-polls: it waits up to ``poll_s`` for a commit to land at or after its cursor (unless
+``target`` is ahead of it: it has catching up to do), so an idle feed costs one call per shard
+per ``poll_s`` and a commit on a waiting shard returns its call at once (a commit after a
+quiet spell waits at most ``poll_s`` for the other shards' waits to end).
 
-Waiting: while rounds find changes (or hold some) they follow each other with no pause. After
-a round that found and holds none, the next one long-polls: each shard waits up to ``poll_s``
-for a commit to land at or after its cursor, so an idle feed costs one call per shard per
-``poll_s`` and a commit on a waiting shard returns its call at once (the round still ends when
-the other shards' waits do: a commit after a quiet spell waits at most ``poll_s`` more).
+Failures: a call answered ``Unavailable``, or not answered within the shards'
+``call_timeout_s`` (a hung actor, a lost reply: its late answer is ignored), is made again
+within ``retry_s`` as the shards' other calls are (:class:`FeedCalls`).
 
 Not here: the shards' calls (the shard group's), materializing and classifying a view
 (:mod:`dn.read.view`, :mod:`dn.read.cdc`). Any thread; one generator per feed.
@@ -42,10 +49,11 @@ Not here: the shards' calls (the shard group's), materializing and classifying a
 
 from __future__ import annotations
 
-import threading
+import itertools
+import queue
+import time
 from bisect import bisect_right
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 from coordinator.client import fanout
@@ -56,9 +64,16 @@ from dn.read.feed import merge_changes
 from dn.read.plan import check_from_ts
 from dn.read.view import ReadView, materialize
 
+#: The shard method of a feed call.
+FEED_NEXT = "feed_next"
+
 
 def _pair_order(pair: tuple) -> tuple:
     return pair[0].ts, pair[0].pk
+
+
+def _pair_ts(pair: tuple) -> int:
+    return pair[0].ts
 
 
 class LiveFeed:
@@ -67,9 +82,10 @@ class LiveFeed:
     def __init__(self, client: Any, db: str, table: str, from_ts: Any, columns: Any) -> None:
         self.client, self.db, self.table, self.columns = client, db, table, columns
         f = check_from_ts(from_ts)
-        self.cursor = dict.fromkeys(range(len(client.shards)), f - 1)
+        n = len(client.shards)
+        self.cursor = dict.fromkeys(range(n), f - 1)
+        self.held: dict[int, list[tuple]] = {i: [] for i in range(n)}  # (change, pre-image)
         self.target = max(f - 1, client.token)
-        self.pending: list[tuple] = []  # fetched (change, pre-image) pairs above the watermark
         self.tdef: Any = None  # the table, from the newest view
         self.map_version = client.map_version  # the slot map the cursors were read by
 
@@ -78,80 +94,59 @@ class LiveFeed:
         """Every change at or below it is known, on every shard."""
         return min(self.cursor.values())
 
-    def round(self, wait_s: float) -> tuple[list[tuple], int]:
-        """One call per shard; returns the pairs now emitted (in (ts, key) order) and how many
-        changes the round fetched."""
-        sent = self.send(wait_s)
-        assert sent is not None  # not ahead: always sent
-        got = self.receive(sent)
-        return ([], 0) if got is None else self.emit(got)
+    @property
+    def holding(self) -> bool:
+        return any(self.held.values())
 
-    def send(self, wait_s: float, ahead: bool = False) -> Round | None:
-        """Start a round's calls, one per shard, and return at once. When the slot map
-        changed since the last round, every cursor goes back to the watermark first; but
-        ``ahead`` (the previous round's windows not emitted yet: a restart would drop what
-        they hold only to have them held again, twice) the round is not sent (None)."""
-        c = self.client
-        if c.map_version != self.map_version:
-            if ahead:
-                return None
-            self._restart()
-        mv = self.map_version
-        calls = {
-            i: ("feed_next", (self.db, self.table, cur + 1, self.target, self.columns, wait_s, mv))
-            for i, cur in self.cursor.items()
-        }
-        return Round(c.shards, calls)
+    def call(self, i: int, wait_s: float) -> tuple[str, tuple]:
+        """Shard ``i``'s next call: its window above its cursor, by the feed's slot map."""
+        return FEED_NEXT, (
+            self.db,
+            self.table,
+            self.cursor[i] + 1,
+            self.target,
+            self.columns,
+            wait_s,
+            self.map_version,
+        )
 
-    def receive(self, sent: Round) -> dict[int, tuple] | None:
-        """The round's answers, once every shard's is in: each shard's (view, before, S), its
-        cursor moved to ``S``. None when a shard refused the round's slot map (the route is
-        looked up again; the next round reads by the new map)."""
-        c = self.client
-        answers = sent.wait(c.retry_s)
-        if any(isinstance(r, Moved) for r in answers.values()):
-            c.refresh_route()
-            return None
-        got = fanout.raise_first(answers)
-        views = {i: v for i, (v, _, _) in got.items() if v is not None}
-        if views:
-            fanout.check_same_schema(views)
-            self.tdef = views[min(views)].table
-        for i, (_, _, s) in got.items():
-            self.cursor[i] = max(self.cursor[i], s)
-        self.target = max(self.target, *self.cursor.values())
-        return got
-
-    def emit(self, got: dict[int, tuple]) -> tuple[list[tuple], int]:
-        """The received windows classified; returns the pairs at or below the watermark, in
-        (ts, key) order (the rest held), and how many changes the windows held."""
-        c = self.client
-        fresh = [self.pending] if self.pending else []
+    def take(self, i: int, answer: tuple) -> int:
+        """Shard ``i``'s answer ``(view, before, S)``: its window classified and held, its
+        cursor moved to ``S``; returns how many changes the window held."""
+        view, before, s = answer
         fetched = 0
-        pool = c.reader_pool()
-        with paused_gc():  # the windows' changes make many objects that live on
-            for i in sorted(got):
-                view, before, _ = got[i]
-                if view is not None:
-                    pairs = self._classified(pool.reader(i), view, before)
-                    fetched += len(pairs)
-                    if pairs:
-                        fresh.append(pairs)
-        w = self.watermark
-        c.observe(w)
-        merged = list(merge_changes(fresh, key=_pair_order)) if fresh else []
-        cut = bisect_right([p[0].ts for p in merged], w)
-        self.pending = merged[cut:]
-        self._check()
-        return merged[:cut], fetched
+        if view is not None:
+            self.tdef = view.table
+            reader = self.client.reader_pool().reader(i)
+            with paused_gc():  # the window's changes make many objects that live on
+                pairs = self._classified(reader, view, before)
+            fetched = len(pairs)
+            self.held[i] += pairs  # above the shard's old cursor: after what it held
+        self.cursor[i] = max(self.cursor[i], s)
+        self.target = max(self.target, s)
+        return fetched
 
-    def _restart(self) -> None:
+    def emit(self) -> list[tuple]:
+        """The held pairs at or below the watermark, in (ts, key) order (the rest held)."""
+        w = self.watermark
+        self.client.observe(w)
+        out = []
+        for i, pairs in self.held.items():
+            cut = bisect_right(pairs, w, key=_pair_ts)
+            if cut:
+                out.append(pairs[:cut])
+                self.held[i] = pairs[cut:]
+        self._check()
+        return list(merge_changes(out, key=_pair_order)) if out else []
+
+    def restart(self) -> None:
         """The slot map changed: a slot's changes now come from another shard, whose cursor
         may be past or behind the old owner's. Every shard reads again from the watermark
         (everything at or below it was emitted; what was held above it is fetched again)."""
         w = self.watermark
-        self.cursor = dict.fromkeys(range(len(self.client.shards)), w)  # a reshard: as many
-        self.pending = []
+        n = len(self.client.shards)  # a reshard: as many as there are now
+        self.cursor = dict.fromkeys(range(n), w)
+        self.held = {i: [] for i in range(n)}
         self.map_version = self.client.map_version
 
     def _classified(self, reader: Any, view: ReadView, before: ReadView | None) -> list[tuple]:
@@ -162,41 +157,60 @@ class LiveFeed:
     def _check(self) -> None:
         """Invariant: every held change is above the watermark (it would have been emitted)."""
         w = self.watermark
-        assert all(p[0].ts > w for p in self.pending), "a held change at or below the watermark"
+        assert all(p[0][0].ts > w for p in self.held.values() if p), "a held change at or below W"
 
 
-class Round:
-    """One round's calls, started together without waiting (``ShardCalls.start``): while
-    they run, the client classifies the previous round's windows."""
+class FeedCalls:
+    """The feed's calls in flight, at most one per shard, started without waiting
+    (``ShardCalls.start``); their answers come back in the order they land. A call answered
+    ``Unavailable``, or not answered within the shards' ``call_timeout_s``, is made again
+    (``ShardCalls.call_each``, within ``retry_s``); the answer of a call made again or
+    forgotten is ignored when it comes."""
 
-    def __init__(self, shards: Any, calls: dict[int, tuple[str, tuple]]) -> None:
-        self._shards, self._calls = shards, calls
-        self._out: dict[int, Any] = {}
-        self._done = threading.Condition()
-        for i, (method, args) in calls.items():
-            shards.start(i, method, args, partial(self._answered, i))
+    def __init__(self, shards: Any, retry_s: float) -> None:
+        self._shards, self._retry_s = shards, retry_s
+        self._inbox: queue.SimpleQueue[tuple[int, int, Any]] = queue.SimpleQueue()
+        self._live: dict[int, tuple[int, float, tuple[str, tuple]]] = {}  # (seq, sent, call)
+        self._seq = itertools.count()
 
-    def _answered(self, i: int, out: Any) -> None:
-        with self._done:
-            self._out[i] = out
-            self._done.notify_all()
+    def send(self, i: int, call: tuple[str, tuple]) -> None:
+        seq = next(self._seq)
+        self._live[i] = (seq, time.monotonic(), call)
+        self._shards.start(i, *call, lambda out: self._inbox.put((i, seq, out)))
 
-    def wait(self, retry_s: float) -> dict[int, Any]:
-        """Every shard's answer (or error); an unavailable shard's call, or one not answered
-        within the shards' ``call_timeout_s``, is made again, within ``retry_s``, as
-        :meth:`ShardCalls.call_each` retries."""
+    def forget(self) -> None:
+        """Ignore the answers of every call in flight."""
+        self._live.clear()
+
+    def next(self, timeout: float) -> tuple[int, Any] | None:
+        """The next answer, ``(shard, answer or DNError)``; None if none came within
+        ``timeout`` seconds."""
         limit = getattr(self._shards, "call_timeout_s", None)
-        with self._done:
-            self._done.wait_for(lambda: len(self._out) == len(self._calls), timeout=limit)
-            out = dict(self._out)
-        for i, (method, _) in self._calls.items():
-            if i not in out:  # a late answer is dropped: the call is made again
-                out[i] = Unavailable(f"shard {i}.{method}: no answer within {limit} s")
-        again = {i: self._calls[i] for i, r in out.items() if isinstance(r, Unavailable)}
-        if again:
-            with paused_gc():
-                out.update(self._shards.call_each(again, retry_s))
-        return out
+        end = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            late = [i for i, (_, t, _) in self._live.items() if limit and now - t >= limit]
+            if late:  # checked first: answers of the other shards may never stop coming
+                i, seq = late[0], self._live[late[0]][0]
+                out: Any = Unavailable(f"shard {i}.{FEED_NEXT}: no answer within {limit} s")
+            else:
+                wait = end - now
+                if limit is not None and self._live:
+                    wait = min(wait, min(t for _, t, _ in self._live.values()) + limit - now)
+                try:
+                    i, seq, out = self._inbox.get(timeout=max(wait, 0.0))
+                except queue.Empty:
+                    if time.monotonic() >= end:
+                        return None
+                    continue
+            mine = self._live.get(i)
+            if mine is None or mine[0] != seq:
+                continue  # a call forgotten or made again since
+            del self._live[i]
+            if isinstance(out, Unavailable):
+                with paused_gc():
+                    out = self._shards.call_each({i: mine[2]}, self._retry_s)[i]
+            return i, out
 
 
 def subscribe(
@@ -210,20 +224,35 @@ def subscribe(
     stop: Any = None,
 ) -> Iterator[Any]:
     """``Client.subscribe``: the change feed from ``from_ts`` on, as commits land (see the
-    module docstring). Yields an Arrow table per round with changes (``as_dicts``: the Change
-    records one by one), until ``stop()`` is true (None: forever)."""
+    module docstring). Yields an Arrow table per emitted batch of changes (``as_dicts``: the
+    Change records one by one), until ``stop()`` is true (None: forever)."""
     feed = LiveFeed(client, db, table, from_ts, columns)
-    wait_s = 0.0
-    sent = feed.send(wait_s)
+    calls = FeedCalls(client.shards, client.retry_s)
+
+    def send_all() -> None:
+        calls.forget()
+        for i in feed.cursor:
+            calls.send(i, feed.call(i, 0.0))
+
+    send_all()
     while stop is None or not stop():
-        got = feed.receive(sent)
-        if got is None:  # slots moved: the next round reads by the new map
-            sent = feed.send(0.0)
+        got = calls.next(0.25)
+        if got is None:
             continue
-        ahead = feed.send(wait_s, ahead=True)  # out while this round's windows are classified
-        out, fetched = feed.emit(got)
-        wait_s = 0.0 if fetched or feed.pending else poll_s
-        sent = ahead if ahead is not None else feed.send(wait_s)
+        i, answer = got
+        if isinstance(answer, Moved):  # the feed's map is not the shard's: look it up again
+            client.refresh_route()
+            feed.restart()
+            send_all()
+            continue
+        fanout.raise_first({i: answer})
+        fetched = feed.take(i, answer)
+        out = feed.emit()
+        if client.map_version != feed.map_version:  # the client learnt of a move meanwhile
+            feed.restart()
+            send_all()
+        else:
+            calls.send(i, feed.call(i, 0.0 if fetched else poll_s))
         if not out:
             continue
         if as_dicts:
