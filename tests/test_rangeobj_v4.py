@@ -144,7 +144,7 @@ def _v4(tables: dict) -> bytes:
 
 def _good_table() -> dict:
     t = {"ts": [100, 101], "cols": [[1, 2], ["a", None]], "del_pks": [3], "del_ts": [102]}
-    return {name: s.data for name, s in rangecols.encode_table(t).items()}
+    return {name: bytes(memoryview(s.data)) for name, s in rangecols.encode_table(t).items()}
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from dn.errors import Corruption
 from dn.objects import codec
-from dn.objects.pyarrays import Unencodable, stamps, to_array
+from dn.objects.pyarrays import Unencodable, int64s, stamps, to_array
 
 __all__ = ["Unencodable"]  # raised by the encoders here, defined with the array builders
 
@@ -85,7 +85,7 @@ class Stream(NamedTuple):
     first key]`` in order (the first key None when the stream was not cut between keys), then
     the 8-byte end-of-stream marker."""
 
-    data: bytes
+    data: bytes | pa.Buffer  # an encoder's stream is not copied out of Arrow's buffer
     schema_len: int
     parts: list[list[int]]
 
@@ -144,7 +144,7 @@ def encode_rows(
         order = np.array(sorted(range(n), key=pks.__getitem__), dtype=np.int64)
         keys = [pks[i] for i in order.tolist()]
     index = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(order)])
-    in_order = np.array(ts, np.int64)[order]
+    in_order = int64s(ts)[order]
     arrays = [a.take(index) for a in arrays]
     arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(in_order)]))
     cuts = part_ends(arrays, keys) if cols else None
@@ -191,7 +191,7 @@ def ipc_stream(
         for lo, hi in pieces:
             w.write_batch(batch.slice(lo, hi - lo))
             ends.append(sink.tell())
-    data = sink.getvalue().to_pybytes()
+    data = sink.getvalue()  # not copied: the object's one copy is its frame's
     schema_len = len(batch.schema.serialize())
     parts, at = [], schema_len
     for (lo, hi), end in zip(pieces, ends):

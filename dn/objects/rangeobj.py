@@ -286,7 +286,7 @@ def encode(
     }
     if arrow is not None:
         del body["tables"]
-        return codec.frame(codec.KIND_RANGE, rangeparts.pack(body, arrow), VERSION)
+        return codec.frame_parts(codec.KIND_RANGE, rangeparts.pack_parts(body, arrow), VERSION)
     raw = codec.pack(body)
     stored = _RAW_LEN.pack(len(raw)) + _CODEC.compress(raw, asbytes=True)
     return codec.frame(codec.KIND_RANGE, stored, V3)

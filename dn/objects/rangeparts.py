@@ -72,8 +72,13 @@ HEAD = 64 * 1024
 def pack(meta: dict[str, Any], tables: dict[int, dict[str, Stream | None]]) -> bytes:
     """The body above: ``meta`` (every key but ``tables``, in its order) and the tables'
     streams."""
+    return b"".join(pack_parts(meta, tables))
+
+
+def pack_parts(meta: dict[str, Any], tables: dict[int, dict[str, Stream | None]]) -> list:
+    """:func:`pack`'s body as the parts it is joined from (the streams not copied)."""
     entries: dict[int, dict[str, list | None]] = {}
-    data: list[bytes] = []
+    data: list[Any] = []
     at = 0
     for tid in sorted(tables):
         entry: dict[str, list | None] = {}
@@ -86,10 +91,10 @@ def pack(meta: dict[str, Any], tables: dict[int, dict[str, Stream | None]]) -> b
                 entry[name] = None
             if s is not None:
                 data.append(s.data)
-                at += len(s.data)
+                at += memoryview(s.data).nbytes
         entries[tid] = entry
     raw = codec.pack({**meta, "tables": entries})
-    return b"".join([_LEN.pack(len(raw), zlib.crc32(raw)), raw, *data])
+    return [_LEN.pack(len(raw), zlib.crc32(raw)), raw, *data]
 
 
 def unpack(body: memoryview, key: str) -> dict[str, Any]:
