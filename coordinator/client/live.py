@@ -56,7 +56,6 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from typing import Any
 
-from coordinator.client import fanout
 from dn.errors import Moved, Unavailable
 from dn.read import cdc
 from dn.read.collector import paused_gc
@@ -245,7 +244,8 @@ def subscribe(
             feed.restart()
             send_all()
             continue
-        fanout.raise_first({i: answer})
+        if isinstance(answer, BaseException):
+            raise answer
         fetched = feed.take(i, answer)
         out = feed.emit()
         if client.map_version != feed.map_version:  # the client learnt of a move meanwhile

@@ -69,14 +69,9 @@ _END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an IPC stream's end-of-stream mark
 HEAD = 64 * 1024
 
 
-def pack(meta: dict[str, Any], tables: dict[int, dict[str, Stream | None]]) -> bytes:
-    """The body above: ``meta`` (every key but ``tables``, in its order) and the tables'
-    streams."""
-    return b"".join(pack_parts(meta, tables))
-
-
 def pack_parts(meta: dict[str, Any], tables: dict[int, dict[str, Stream | None]]) -> list:
-    """:func:`pack`'s body as the parts it is joined from (the streams not copied)."""
+    """The body above, as the parts it is joined from: ``meta`` (every key but ``tables``, in
+    its order) and the tables' streams, not copied (``codec.frame_parts`` copies them once)."""
     entries: dict[int, dict[str, list | None]] = {}
     data: list[Any] = []
     at = 0
