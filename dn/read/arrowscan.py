@@ -203,7 +203,10 @@ class Sources:
     def run_tables(self, run: Run) -> tuple[pa.Table | None, pa.Table | None]:
         """A run of Python values as (its versions, its deletes), unfiltered."""
         rows = dels = None
-        if run.ts:
+        if run.ts and run.block is not None:  # a buffer's tail: through the block's mirror
+            block, a, b = run.block
+            rows = block.arrow_rows(self.types, a, b).rename_columns(self.names)
+        elif run.ts:
             cols = run.cols if run.cols is not None else [list(c) for c in zip(*run.rows)]
             arrays = [pa.array(c, type=typ) for c, typ in zip(cols, self.types)]
             rows = pa.Table.from_arrays([*arrays, pa.array(run.ts, pa.int64())], self.names)

@@ -26,7 +26,9 @@ class Run:
     table's columns in order) and makes the row tuples only when something asks for
     ``rows``; a scan merges the columns without them (:func:`dn.read.pick.pick_columns`)."""
 
-    __slots__ = ("pks", "ts", "_rows", "cols", "del_pks", "del_ts", "sorted_by_pk", "pk_pos")
+    __slots__ = (
+        "pks", "ts", "_rows", "cols", "del_pks", "del_ts", "sorted_by_pk", "pk_pos", "block"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -50,6 +52,9 @@ class Run:
         #: Where ``pks`` come from in ``rows`` when they are exactly the rows' primary keys
         #: (a buffer's tail): then they are not pickled, the reader takes them from the rows.
         self.pk_pos = pk_pos
+        #: A buffer's tail: (its block, first row, end), whose Arrow mirror an Arrow read in
+        #: the same process takes the rows from (:mod:`dn.write.arrowmirror`); not pickled.
+        self.block: tuple | None = None
 
     @property
     def rows(self) -> list[tuple]:

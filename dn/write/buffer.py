@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left, bisect_right, insort
+from typing import Any
 
 from dn.read.run import Run
+from dn.write.arrowmirror import ArrowMirror
 from dn.write.backpressure import COMMIT_COST, SLOT, TOKEN_COST, column_cost
 from dn.write.keyindex import Chains
 
@@ -59,6 +61,7 @@ class TableBlock:
         "index_memory",
         "_index_bytes",
         "_chains",
+        "mirror",
     )
 
     def __init__(self, ncols: int, pk_pos: tuple[int, ...]) -> None:
@@ -75,6 +78,8 @@ class TableBlock:
         self.index_memory = 0  # estimated heap bytes of _index and _chains
         self._index_bytes = 0  # _index's share of it
         self._chains: Chains | None = None  # point reads' version chains, built on first use
+        #: The rows as Arrow, converted as Arrow reads reach them (:mod:`dn.write.arrowmirror`)
+        self.mirror: ArrowMirror | None = None
 
     def append(self, ts: int, rows: list[tuple], deletes: list) -> int:
         """Append ``rows`` (tuples in column order) and ``deletes`` at ``ts``; returns their
@@ -148,6 +153,7 @@ class TableBlock:
         self._index, self._rows_in, self._dels_in, self.index_memory = {}, 0, 0, 0
         self._index_bytes = 0
         self._chains = None
+        self.mirror = None  # its rows after ts moved up: converted again when next read
 
     def lookup(self, keys: list, lo_ts: int, hi_ts: int) -> Run:
         """The versions of ``keys`` with lo_ts <= ts <= hi_ts, in commit order: a point
@@ -187,7 +193,7 @@ class TableBlock:
         pos = self.pk_pos
         pks = cols[pos[0]] if len(pos) == 1 else list(zip(*(cols[p] for p in pos)))
         da, db = bisect_left(self.del_ts, lo_ts), bisect_right(self.del_ts, hi_ts)
-        return Run(
+        run = Run(
             pks,
             self.ts[a:b],
             None,
@@ -196,6 +202,22 @@ class TableBlock:
             pk_pos=self.pk_pos,
             cols=cols,
         )
+        run.block = (self, a, b)  # an Arrow read takes these rows from the block's mirror
+        return run
+
+    def arrow_rows(self, types: list, a: int, b: int) -> Any:
+        """Rows ``[a, b)`` as an Arrow table (columns ``c0`` .. then ``ts``, typed ``types``)
+        through the block's mirror (:mod:`dn.write.arrowmirror`). Rows below ``b`` must be
+        at or below a resolved snapshot (they never change); any thread."""
+        return self.mirror_for(types).rows(self.cols, self.ts, a, b)
+
+    def mirror_for(self, types: list) -> ArrowMirror:
+        """The block's mirror: made on first use, and again if the table's types differ
+        from the ones it was made with."""
+        m = self.mirror
+        if m is None or m.types != list(types):
+            m = self.mirror = ArrowMirror(list(types))
+        return m
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)
@@ -340,6 +362,11 @@ class Buffer:
     def rows(self) -> int:
         return sum(len(b) for b in self.tables.values())
 
+    def mirror_bytes(self) -> int:
+        """The Arrow bytes of its blocks' mirrors (:mod:`dn.write.arrowmirror`): a cache
+        beside :attr:`memory`, bounded apart from it. Any thread."""
+        return sum(b.mirror.nbytes for b in list(self.tables.values()) if b.mirror is not None)
+
     def describe(self) -> dict:
         return {
             "from": self.from_ts,
@@ -350,6 +377,7 @@ class Buffer:
             "rows": self.rows(),
             "pending": len(self.pending),
             "frozen": self.frozen,
+            "mirror_bytes": self.mirror_bytes(),
         }
 
     def _check(self) -> None:
