@@ -126,8 +126,7 @@ class Settings:
     #: (``scan_arrow``, Ray Data's ``read_dn``, the Arrow change feed) slices them instead of
     #: converting its tail (about 0.2 us of CPU a row, on the read's path). A cache beside
     #: the buffers' memory, not counted in it (backpressure bounds the rows, not their copy):
-    #: the background stops at this bound; a read converts what is left and keeps it until
-    #: its buffer is written out (at most one Arrow copy of the rows in memory).
+    #: the background stops at this bound, past which a read converts what it reads.
     arrow_mirror_bytes: int = 128 * MiB
     #: Run freezes, buffer checkpoints and checkpoints on a thread inside the engine. The Ray
     #: shard actor turns this off and drives :meth:`dn.Engine.maintain` from its own loop.

@@ -45,6 +45,7 @@ from dn.read.reader import Reader
 from dn.read.run import Run
 from dn.read.view import ReadView, scan_columns
 from dn.schema import TableDef
+from dn.write.arrowmirror import block_rows
 
 #: The key types the Arrow path picks by; others go through :mod:`dn.read.pick`.
 KEY_TYPES = ("int64", "string", "bytes")
@@ -205,7 +206,7 @@ class Sources:
         rows = dels = None
         if run.ts and run.block is not None:  # a buffer's tail: through the block's mirror
             block, a, b = run.block
-            rows = block.arrow_rows(self.types, a, b).rename_columns(self.names)
+            rows = block_rows(block, self.types, a, b).rename_columns(self.names)
         elif run.ts:
             cols = run.cols if run.cols is not None else [list(c) for c in zip(*run.rows)]
             arrays = [pa.array(c, type=typ) for c, typ in zip(cols, self.types)]

@@ -29,7 +29,7 @@ from dn.objects import codec, rangeobj
 from dn.state import ShardState
 from dn.upkeep import compaction
 from dn.upkeep.ceiling import Ceiling
-from dn.write.arrowmirror import stable_rows
+from dn.write.arrowmirror import block_mirror, stable_rows
 from dn.write.buffer import Buffer
 from dn.write.tokens import window
 
@@ -278,7 +278,7 @@ class Upkeep:
         for block, types, n in work:
             if room <= 0:
                 break
-            m = block.mirror_for(types)
+            m = block_mirror(block, types)
             before = m.nbytes
             done += m.extend(block.cols, block.ts, n)
             room -= m.nbytes - before

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left, bisect_right, insort
-from typing import Any
 
 from dn.read.run import Run
 from dn.write.arrowmirror import ArrowMirror
@@ -78,7 +77,7 @@ class TableBlock:
         self.index_memory = 0  # estimated heap bytes of _index and _chains
         self._index_bytes = 0  # _index's share of it
         self._chains: Chains | None = None  # point reads' version chains, built on first use
-        #: The rows as Arrow, converted as Arrow reads reach them (:mod:`dn.write.arrowmirror`)
+        #: The rows as Arrow, kept by the background (:mod:`dn.write.arrowmirror`)
         self.mirror: ArrowMirror | None = None
 
     def append(self, ts: int, rows: list[tuple], deletes: list) -> int:
@@ -204,20 +203,6 @@ class TableBlock:
         )
         run.block = (self, a, b)  # an Arrow read takes these rows from the block's mirror
         return run
-
-    def arrow_rows(self, types: list, a: int, b: int) -> Any:
-        """Rows ``[a, b)`` as an Arrow table (columns ``c0`` .. then ``ts``, typed ``types``)
-        through the block's mirror (:mod:`dn.write.arrowmirror`). Rows below ``b`` must be
-        at or below a resolved snapshot (they never change); any thread."""
-        return self.mirror_for(types).rows(self.cols, self.ts, a, b)
-
-    def mirror_for(self, types: list) -> ArrowMirror:
-        """The block's mirror: made on first use, and again if the table's types differ
-        from the ones it was made with."""
-        m = self.mirror
-        if m is None or m.types != list(types):
-            m = self.mirror = ArrowMirror(list(types))
-        return m
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.del_ts)
