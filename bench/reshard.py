@@ -77,9 +77,9 @@ CACHE_BYTES = 2 << 30
 #: 7a-rate's "before" is measured over. Ingest is not steady at first: with no split, 15 s
 #: windows measured 149k, 118k, 101k, 107k, 97k and 91k rows/s (the buffers small, nothing
 #: written out in the first 20-25 s), so a before-window of the first 15 s set a rate no
-#: later minute reached. (At 50 s the node once ran out of memory: compaction then held
-#: several copies of its output, 1.9 GB a shard; it merges in Arrow now, 1.26 GB.)
-BEFORE_S, RATE_WINDOW_S = 60.0, 30.0
+#: later minute reached. Memory bounds it: at 60 s a run's node reached 20.4 of its 24 GB
+#: just after the split (eight shards of 1.9-2.1 GB, the driver 2.7 GB).
+BEFORE_S, RATE_WINDOW_S = 45.0, 25.0
 #: Seconds of back-to-back scans before the split in a scan run (7c-during's "before").
 SCAN_BEFORE_S = 10.0
 #: Timed scans on each side of 7c (their median is the run's figure). One scan of a few
