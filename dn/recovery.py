@@ -67,7 +67,7 @@ def recover(s: ShardState, replay: Callable[[LogRecord], None]) -> None:
     s.undone = frozenset(state.undone)
     max_range = state.max_range or 0
     s.last_applied = max(max_range, state.checkpoints[-1] if state.checkpoints else 0)
-    s.mutable = Buffer(max_range + 1, s.clock.monotonic())
+    s.mutable = Buffer(max_range + 1, s.clock.monotonic(), s.mirror_room)
     s.log = Log(s.log_store, s.shard, state.epoch)
     records = s.log.recover(state.log_low_seq, s.clock.monotonic() + s.settings.log_delete_grace_s)
     for i, rec in enumerate(records):

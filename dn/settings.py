@@ -121,12 +121,11 @@ class Settings:
     #: longer than the longest read's object fetch, and than any pause a stale incarnation
     #: could wake from.
     gc_grace_s: float = 600.0
-    #: Arrow copies of the rows in memory the background keeps, in bytes (0: none): rows are
-    #: converted as they come (:mod:`dn.write.arrowmirror`), so an Arrow read of fresh data
-    #: (``scan_arrow``, Ray Data's ``read_dn``, the Arrow change feed) slices them instead of
-    #: converting its tail (about 0.2 us of CPU a row, on the read's path). A cache beside
-    #: the buffers' memory, not counted in it (backpressure bounds the rows, not their copy):
-    #: the background stops at this bound, past which a read converts what it reads.
+    #: Arrow copies of the rows in memory that reads keep, in bytes (0: none): the first Arrow
+    #: read (``scan_arrow``, Ray Data's ``read_dn``, the Arrow change feed) that reaches a row
+    #: in memory converts it (about 0.2 us a row) and keeps it for the reads after it
+    #: (:mod:`dn.write.arrowmirror`). A cache beside the buffers' memory, not counted in it
+    #: (backpressure bounds the rows, not their copy); past this bound reads keep nothing.
     arrow_mirror_bytes: int = 128 * MiB
     #: Run freezes, buffer checkpoints and checkpoints on a thread inside the engine. The Ray
     #: shard actor turns this off and drives :meth:`dn.Engine.maintain` from its own loop.

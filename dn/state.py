@@ -84,7 +84,7 @@ class ShardState:
         # is issued or promised above it (raised only after the commit that holds it)
         self.ceiling = 0
         # buffers: the mutable one, and the checkpoint queue (frozen, oldest first)
-        self.mutable = Buffer(1, clock.monotonic())
+        self.mutable = Buffer(1, clock.monotonic(), self.mirror_room)
         self.frozen: list[Buffer] = []
         # what the manifest says is live, adopted after each manifest commit
         self.ranges: list[tuple[int, int]] = []
@@ -161,6 +161,12 @@ class ShardState:
                 self.broken = error
                 log.error("shard %d stops: %s", self.shard, error)
             self.queue.fail_all(error)
+
+    def mirror_room(self) -> int:
+        """The bytes the buffers' Arrow mirrors may still take (``arrow_mirror_bytes`` less
+        what they hold; :mod:`dn.write.arrowmirror`). Any thread: an advisory figure."""
+        bufs = [self.mutable, *self.frozen[:]]
+        return self.settings.arrow_mirror_bytes - sum(b.mirror_bytes() for b in bufs)
 
     def state_locked(self) -> str:
         if self.closed:

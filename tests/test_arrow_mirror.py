@@ -1,13 +1,15 @@
-"""A buffer block's Arrow mirror (dn/write/arrowmirror.py): the background converts each row of
-the in-memory tail once, and Arrow reads slice it and read what the dict reads read.
+"""A buffer block's Arrow mirror (dn/write/arrowmirror.py): the first Arrow read that reaches a
+row of the in-memory tail converts it and keeps it, the reads after it slice it, and every read
+reads what the dict reads read.
 
-- Reads equal the dict reads across writes with nulls, deletes, older snapshots, background
-  rounds at any point, a transaction's abort and commit, a freeze and a write-out.
-- After a background round a read converts nothing (it slices the kept record batches); rows
-  written since are converted by the read, not kept, and by the next round, kept.
-- Rows converted a few at a time (steady writes) are kept in few batches.
-- The background converts rows below every undecided intent, and keeps the mirrors under
-  ``arrow_mirror_bytes``; the mirrors are not counted in the memory backpressure bounds.
+- Reads equal the dict reads across writes with nulls, deletes, older snapshots (a read that
+  extends the mirror less far than one before it), a transaction's abort and commit, a freeze
+  and a write-out.
+- A second read of the same tail converts nothing (it slices the kept record batches); rows
+  written since are converted on their own.
+- A tail read a few rows at a time (a live feed) is kept in few batches.
+- Reads keep conversions while the shard's mirrors hold under ``arrow_mirror_bytes``, and
+  none past it; the mirrors are not counted in the memory backpressure bounds.
 - Readers in several threads while a writer writes read what the dict reads read.
 """
 
@@ -85,15 +87,13 @@ def test_arrow_reads_through_the_mirror_equal_the_dict_reads():
             e.freeze()
         elif r < 0.83:
             e.flush()
-        if rng.random() < 0.5:  # a background round: the mirror catches up (or not)
-            e.maintain()
         snaps.append(e.snapshot())
         for s in (snaps[-1], rng.choice(snaps)):  # the newest, and an older one
             assert e.scan_arrow("d", "t", snapshot=s).to_pylist() == _dicts(e, s), step
     e._check()  # noqa: SLF001
 
 
-def test_after_a_background_round_a_read_converts_nothing(monkeypatch):
+def test_a_second_read_of_the_same_tail_converts_nothing(monkeypatch):
     converted = []
     real = arrowmirror.convert
 
@@ -105,35 +105,30 @@ def test_after_a_background_round_a_read_converts_nothing(monkeypatch):
     rng = random.Random(1)
     e = _engine()
     _write(e, rng, 3_000)
-    e.maintain()
+    assert e.scan_arrow("d", "t").to_pylist() == _dicts(e, e.snapshot())
+    assert sum(converted) == 3_000
     mirror = _block(e).mirror
     batches = list(mirror.batches)
-    assert mirror.done == 3_000
-    assert sum(converted) == 3_000  # by the background
     assert e.scan_arrow("d", "t").to_pylist() == _dicts(e, e.snapshot())
-    assert sum(converted) == 3_000  # the read sliced what is kept
-    _write(e, rng, 2 * PIECE)
-    assert e.scan_arrow("d", "t").to_pylist() == _dicts(e, e.snapshot())  # converted, not kept
-    assert sum(converted) == 3_000 + 2 * PIECE
-    assert mirror.done == 3_000 and all(a is b for a, b in zip(mirror.batches, batches))
-    e.maintain()  # the new rows alone, in pieces
-    assert mirror.done == 3_000 + 2 * PIECE and mirror.batches[0] is batches[0]
+    assert sum(converted) == 3_000  # the second read sliced what the first kept
+    assert all(a is b for a, b in zip(mirror.batches, batches, strict=True))
+    _write(e, rng, 2 * PIECE)  # the new rows alone are converted, in pieces
+    assert e.scan_arrow("d", "t").to_pylist() == _dicts(e, e.snapshot())
+    assert sum(converted) == 3_000 + 2 * PIECE and mirror.done == 3_000 + 2 * PIECE
     assert max(b.num_rows for b in mirror.batches) <= PIECE
-    assert e.scan_arrow("d", "t").to_pylist() == _dicts(e, e.snapshot())
 
 
-def test_rows_converted_a_few_at_a_time_are_kept_in_few_batches():
+def test_a_tail_read_a_few_rows_at_a_time_is_kept_in_few_batches():
     e = _engine()
     for i in range(400):
         e.write_columns("d", "t", {"k": list(range(i * 100, i * 100 + 100)), "v": ["x"] * 100})
-        e.maintain()
+        assert e.scan_arrow("d", "t", columns=["k"]).num_rows == (i + 1) * 100
     mirror = _block(e).mirror
     assert mirror.done == 40_000
     assert len(mirror.batches) <= 40_000 // SMALL + 2, len(mirror.batches)
-    assert e.scan_arrow("d", "t", columns=["k"]).num_rows == 40_000
 
 
-def test_the_mirror_is_a_cache_beside_the_buffers_memory_and_the_background_bounds_it():
+def test_reads_keep_conversions_only_under_the_bound_and_backpressure_does_not_count_them():
     rng = random.Random(3)
     bound = 200_000
     e = Engine.open(
@@ -147,15 +142,13 @@ def test_the_mirror_is_a_cache_beside_the_buffers_memory_and_the_background_boun
     for _ in range(10):
         _write(e, rng, 4_000)
         memory = buf.memory
-        e.maintain()
+        s = e.snapshot()
+        assert e.scan_arrow("d", "t", snapshot=s).to_pylist() == _dicts(e, s)
         assert buf.memory == memory  # backpressure bounds the rows, not their copy
     mirror = _block(e).mirror
-    assert bound <= buf.mirror_bytes() == mirror.nbytes < 2 * bound  # stopped past the bound
-    assert mirror.done < 40_000
+    assert bound <= buf.mirror_bytes() == mirror.nbytes < 2 * bound  # kept up to the bound
+    assert 0 < mirror.done < 40_000  # and nothing past it
     assert buf.describe()["mirror_bytes"] == mirror.nbytes
-    s = e.snapshot()
-    assert e.scan_arrow("d", "t", snapshot=s).to_pylist() == _dicts(e, s)  # converts the rest
-    assert mirror.done < 40_000  # and keeps none of it
 
 
 def test_readers_in_threads_while_a_writer_writes_read_the_dict_reads():
@@ -182,29 +175,27 @@ def test_readers_in_threads_while_a_writer_writes_read_the_dict_reads():
     assert isinstance(e.scan_arrow("d", "t"), pa.Table)
 
 
-def test_the_background_converts_fresh_rows_below_every_undecided_intent():
+def test_an_abort_drops_the_mirror_and_the_next_read_converts_the_rows_as_they_are():
     rng = random.Random(5)
     e = _engine()
     _write(e, rng, 2_000)
-    e.maintain()  # one background round
+    assert e.scan_arrow("d", "t").num_rows > 0
     block = _block(e)
     assert block.mirror is not None and block.mirror.done == 2_000
     t = e.live_table("d", "t")
     cols, _ = t.normalize_columns({"k": [1, 2], "v": ["txn", "txn"]}, 1 << 20)
     token = TokenMinter().mint()
+    before = e.snapshot()
     e.prepare(token, e.clock() + (5 << 16), [WritePart.from_columns(t, cols, [])], None)
-    _write(e, rng, 500)  # above the intent: not converted while it is undecided
-    e.maintain()
-    assert block.mirror.done == 2_000
+    _write(e, rng, 500)  # above the intent
+    assert e.scan_arrow("d", "t", snapshot=before).to_pylist() == _dicts(e, before)
+    assert block.mirror.done == 2_000  # a read below the intent converts nothing above it
     decision.decide(e.store, token, decision.ABORTED, [0])
     e.resolve(token, decision.ABORTED)  # its rows go, and the mirror with them
     assert block.mirror is None
-    e.maintain()
-    assert block.mirror.done == 2_500
-    batches = list(block.mirror.batches)
     s = e.snapshot()
     assert e.scan_arrow("d", "t", snapshot=s).to_pylist() == _dicts(e, s)
-    assert all(a is b for a, b in zip(block.mirror.batches, batches, strict=True))
+    assert block.mirror.done == 2_500
 
 
 def test_with_the_bound_at_zero_nothing_is_kept():
@@ -216,7 +207,5 @@ def test_with_the_bound_at_zero_nothing_is_kept():
     e.create_database("d")
     e.create_table("d", "t", SCHEMA, "k")
     _write(e, random.Random(2), 1_000)
-    e.maintain()
-    assert _block(e).mirror is None
     assert e.scan_arrow("d", "t").num_rows == 1_000  # converted by the read, as before
     assert _block(e).mirror is None

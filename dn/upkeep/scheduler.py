@@ -21,7 +21,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from dn.columnar import ARROW_TYPES
 from dn.errors import Fenced, Internal, Unavailable
 from dn.moves import IN
 from dn.objects import checkpoint as ckpt
@@ -29,7 +28,6 @@ from dn.objects import codec, rangeobj
 from dn.state import ShardState
 from dn.upkeep import compaction
 from dn.upkeep.ceiling import Ceiling
-from dn.write.arrowmirror import block_mirror, stable_rows
 from dn.write.buffer import Buffer
 from dn.write.tokens import window
 
@@ -63,7 +61,7 @@ class Upkeep:
             return None
         buf.freeze()
         self._s.frozen.append(buf)
-        self._s.mutable = Buffer(buf.to_ts + 1, self._s.clock.monotonic())
+        self._s.mutable = Buffer(buf.to_ts + 1, self._s.clock.monotonic(), self._s.mirror_room)
         return buf
 
     def freeze(self) -> tuple[int, int] | None:
@@ -231,8 +229,6 @@ class Upkeep:
             self.maybe_freeze_locked()
             since = self._s.commits_since_checkpoint_locked()
             self._s.tokens.prune(self._token_floor())  # forget tokens past the window
-        if self._s.settings.arrow_mirror_bytes:
-            self.mirror_tails()
         self.flush()
         s = self._s.settings
         due_interval = (
@@ -252,37 +248,6 @@ class Upkeep:
         self.collect_garbage()
         assert self._s.log is not None
         self._s.log.collect(self._s.clock.monotonic())
-
-    def mirror_tails(self) -> int:
-        """Convert the rows the buffers took since the last round to Arrow, into their blocks'
-        mirrors (:mod:`dn.write.arrowmirror`), so that an Arrow read of fresh data slices
-        them instead of converting its whole tail: the rows below every undecided intent,
-        found under the lock, converted outside it; the mutable buffer first, then the
-        frozen ones newest first, while the mirrors hold under ``arrow_mirror_bytes``.
-        Returns the rows converted."""
-        work = []
-        with self._s.cv:
-            bufs = [self._s.mutable, *reversed(self._s.frozen)]
-            room = self._s.settings.arrow_mirror_bytes - sum(b.mirror_bytes() for b in bufs)
-            for buf in bufs:
-                for table_id, block in buf.tables.items():
-                    n = stable_rows(block, buf.pending)
-                    m = block.mirror
-                    if n > (m.done if m is not None else 0):
-                        try:
-                            t = self._s.catalog.table_by_id(table_id)
-                        except Internal:  # not in the catalog (any more): nothing reads it
-                            continue
-                        work.append((block, [ARROW_TYPES[typ] for _, typ in t.columns], n))
-        done = 0
-        for block, types, n in work:
-            if room <= 0:
-                break
-            m = block_mirror(block, types)
-            before = m.nbytes
-            done += m.extend(block.cols, block.ts, n)
-            room -= m.nbytes - before
-        return done
 
     # -- compaction, retention, garbage collection ------------------------------------------
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable
 
 from dn.read.run import Run
 from dn.write.arrowmirror import ArrowMirror
@@ -61,9 +62,12 @@ class TableBlock:
         "_index_bytes",
         "_chains",
         "mirror",
+        "room",
     )
 
-    def __init__(self, ncols: int, pk_pos: tuple[int, ...]) -> None:
+    def __init__(
+        self, ncols: int, pk_pos: tuple[int, ...], room: Callable[[], int] | None = None
+    ) -> None:
         self.pk_pos = pk_pos
         self.cols: list[list] = [[] for _ in range(ncols)]
         self.ts: list[int] = []
@@ -77,8 +81,10 @@ class TableBlock:
         self.index_memory = 0  # estimated heap bytes of _index and _chains
         self._index_bytes = 0  # _index's share of it
         self._chains: Chains | None = None  # point reads' version chains, built on first use
-        #: The rows as Arrow, kept by the background (:mod:`dn.write.arrowmirror`)
+        #: The rows as Arrow, kept by the reads that converted them (:mod:`dn.write.arrowmirror`),
+        #: while ``room()`` (the bytes the shard's mirrors may still take) is above 0
         self.mirror: ArrowMirror | None = None
+        self.room = room
 
     def append(self, ts: int, rows: list[tuple], deletes: list) -> int:
         """Append ``rows`` (tuples in column order) and ``deletes`` at ``ts``; returns their
@@ -224,9 +230,10 @@ class Buffer:
         "ncommits",
         "born",
         "frozen",
+        "room",
     )
 
-    def __init__(self, from_ts: int, born: float) -> None:
+    def __init__(self, from_ts: int, born: float, room: Callable[[], int] | None = None) -> None:
         self.from_ts = from_ts
         self.to_ts: int | None = None
         self.commands: list[tuple[int, list]] = []
@@ -239,6 +246,7 @@ class Buffer:
         self.ncommits = 0
         self.born = born
         self.frozen = False
+        self.room = room  # for its blocks' Arrow mirrors (ShardState.mirror_room); None: none
 
     @property
     def empty(self) -> bool:
@@ -290,7 +298,7 @@ class Buffer:
         self._stamp(ts, nbytes)
         block = self.tables.get(table_id)
         if block is None:
-            block = self.tables[table_id] = TableBlock(ncols, pk_pos)
+            block = self.tables[table_id] = TableBlock(ncols, pk_pos, self.room)
         return block
 
     def note_token(self, ts: int, token: bytes) -> None:
@@ -307,7 +315,7 @@ class Buffer:
         for table_id, ncols, pk_pos, chunks, deletes in writes:
             block = self.tables.get(table_id)
             if block is None:
-                block = self.tables[table_id] = TableBlock(ncols, pk_pos)
+                block = self.tables[table_id] = TableBlock(ncols, pk_pos, self.room)
             cost += block.append_columns(ts, chunks, deletes)
         self.heap += cost - nbytes - COMMIT_COST  # _stamp counted those
         self._intent_heap[ts] = cost
@@ -349,7 +357,7 @@ class Buffer:
 
     def mirror_bytes(self) -> int:
         """The Arrow bytes of its blocks' mirrors (:mod:`dn.write.arrowmirror`): a cache
-        beside :attr:`memory`, bounded apart from it. Any thread."""
+        beside :attr:`memory`, bounded apart from it (``arrow_mirror_bytes``). Any thread."""
         return sum(b.mirror.nbytes for b in list(self.tables.values()) if b.mirror is not None)
 
     def describe(self) -> dict:
