@@ -209,3 +209,17 @@ def test_with_the_bound_at_zero_nothing_is_kept():
     _write(e, random.Random(2), 1_000)
     assert e.scan_arrow("d", "t").num_rows == 1_000  # converted by the read, as before
     assert _block(e).mirror is None
+
+
+def test_a_read_of_a_later_window_converts_only_its_window_and_keeps_nothing():
+    e = _engine()
+    e.write_columns("d", "t", {"k": list(range(5_000)), "v": ["a"] * 5_000})
+    e.write_columns("d", "t", {"k": list(range(5_000, 5_100)), "v": ["b"] * 100})
+    block = _block(e)
+    types = [pa.int64(), pa.string(), pa.float64()]
+    window = arrowmirror.block_rows(block, types, 5_000, 5_100)  # a feed's window
+    assert window.column("c1").to_pylist() == ["b"] * 100
+    assert block.mirror is not None and block.mirror.done == 0  # not the 5,000 before it
+    assert arrowmirror.block_rows(block, types, 0, 5_100).num_rows == 5_100
+    assert block.mirror.done == 5_100  # a read from the first row keeps them
+    assert arrowmirror.block_rows(block, types, 5_000, 5_100).equals(window)

@@ -83,9 +83,10 @@ class ArrowMirror:
     def rows(self, cols: list[list], ts: list[int], a: int, b: int, keep: bool) -> pa.Table:
         """Rows ``[a, b)`` of the block whose columns and timestamps are ``cols`` and ``ts``
         (rows below ``b`` never change): the mirror's, and those it does not hold yet
-        converted here, and kept if ``keep``."""
+        converted here, and kept if ``keep`` and they follow on from the mirror's (a read
+        of a window further on, a change feed's, converts only its window)."""
         with self._lock:
-            if keep and self.done < b:
+            if keep and a <= self.done < b:
                 self._extend(cols, ts, b)
             batches, done = list(self.batches), self.done
         if a >= done:  # none of them held
