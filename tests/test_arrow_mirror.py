@@ -20,8 +20,10 @@ import threading
 import uuid
 
 import pyarrow as pa
+import pytest
 
 from dn import Engine, Settings
+from dn.errors import InvalidArgument
 from dn.objects import decision
 from dn.write import arrowmirror
 from dn.write.arrowmirror import PIECE, SMALL
@@ -223,3 +225,9 @@ def test_a_read_of_a_later_window_converts_only_its_window_and_keeps_nothing():
     assert arrowmirror.block_rows(block, types, 0, 5_100).num_rows == 5_100
     assert block.mirror.done == 5_100  # a read from the first row keeps them
     assert arrowmirror.block_rows(block, types, 5_000, 5_100).equals(window)
+
+
+def test_a_bad_bound_is_a_typed_error():
+    for bad in (-1, 1.5, "big", None):
+        with pytest.raises(InvalidArgument, match="arrow_mirror_bytes"):
+            Settings(arrow_mirror_bytes=bad)

@@ -45,7 +45,7 @@ from dn.read.reader import Reader
 from dn.read.run import Run
 from dn.read.view import ReadView, scan_columns
 from dn.schema import TableDef
-from dn.write.arrowmirror import block_rows
+from dn.write.arrowmirror import block_rows, convert, schema_of
 
 #: The key types the Arrow path picks by; others go through :mod:`dn.read.pick`.
 KEY_TYPES = ("int64", "string", "bytes")
@@ -176,7 +176,7 @@ class Sources:
         self, t: TableDef, snapshot: int, start: Any = None, end: Any = None, from_ts: int = 0
     ) -> None:
         self.types = [ARROW_TYPES[typ] for _, typ in t.columns]
-        self.names = [f"c{i}" for i in range(len(self.types))] + ["ts"]
+        self.names = schema_of(self.types).names  # c0 .. c<n-1>, then ts (a mirror's too)
         self.table_id, self.pk_pos = t.id, t.pk_pos
         self.kpos = t.pk_pos[0]
         self.ktype = self.types[self.kpos]
@@ -206,11 +206,11 @@ class Sources:
         rows = dels = None
         if run.ts and run.block is not None:  # a buffer's tail: through the block's mirror
             block, a, b = run.block
-            rows = block_rows(block, self.types, a, b).rename_columns(self.names)
+            rows = block_rows(block, self.types, a, b)  # columns named as self.names
         elif run.ts:
             cols = run.cols if run.cols is not None else [list(c) for c in zip(*run.rows)]
-            arrays = [pa.array(c, type=typ) for c, typ in zip(cols, self.types)]
-            rows = pa.Table.from_arrays([*arrays, pa.array(run.ts, pa.int64())], self.names)
+            schema = schema_of(self.types)
+            rows = pa.Table.from_batches(convert(cols, run.ts, 0, len(run.ts), schema), schema)
         if run.del_ts:
             keys = pa.array(run.del_pks, type=self.ktype)
             dels = pa.table([keys, pa.array(run.del_ts, pa.int64())], ["k", "ts"])
