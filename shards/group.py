@@ -253,10 +253,12 @@ class ShardGroup:
             h = self._handles[i] = get_actor(shard_name(i), self.namespace)
         return h
 
-    def _submit(self, i: int, method: str, args: tuple) -> Any:
+    def _submit(self, i: int, method: str, args: tuple, split: bool = False) -> Any:
         what = f"shard {i}.{method}"
         h = self._handle(i)
         try:
+            if split:  # a method that returns two values, taken as two objects
+                return getattr(h, method).options(num_returns=2).remote(*args)
             return getattr(h, method).remote(*args)
         except Exception as exc:
             raise map_error(exc, what) from exc
@@ -298,8 +300,12 @@ class ShardGroup:
         return out
 
     def call_each(
-        self, calls: Mapping[int, tuple[str, tuple]], retry_s: float = 0.0
+        self, calls: Mapping[int, tuple[str, tuple]], retry_s: float = 0.0, split: bool = False
     ) -> dict[int, Any]:
+        """See :class:`coordinator.client.fanout.ShardCalls`. ``split``: the methods return a
+        pair; its first value is fetched, the second is left in Ray's object store and given as
+        its ``ObjectRef`` (owned by this process, so it outlives the shard's restart): a
+        successful entry is ``(first, ref)``."""
         retries = self._backoff.within(retry_s)
         pending = dict(calls)
         out: dict[int, Any] = {}
@@ -307,12 +313,18 @@ class ShardGroup:
             refs: dict[int, Any] = {}
             for i, (method, args) in pending.items():
                 try:
-                    refs[i] = self._submit(i, method, args)
+                    if split:
+                        refs[i] = self._submit(i, method, args, True)
+                    else:
+                        refs[i] = self._submit(i, method, args)
                 except DNError as exc:
                     out[i] = exc
             for i, ref in refs.items():
                 try:
-                    out[i] = self._get(i, pending[i][0], ref)
+                    if split:
+                        out[i] = (self._get(i, pending[i][0], ref[0]), ref[1])
+                    else:
+                        out[i] = self._get(i, pending[i][0], ref)
                 except DNError as exc:
                     out[i] = exc
             failed = {i: c for i, c in pending.items() if isinstance(out.get(i), Unavailable)}

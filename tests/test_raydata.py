@@ -6,7 +6,9 @@ task is killed mid-way and Ray runs it again (issue 15, item 3).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ import ray.cloudpickle
 import ray.data
 
 import coordinator
-from coordinator.client.raydata import DNDatasink
+from coordinator.client import queries
+from coordinator.client.raydata import DNDatasink, fetched_tail
+from dn.errors import DNError
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -53,6 +57,45 @@ def test_read_dn_equals_the_clients_scan_and_feed(cluster):
     assert sorted(small.take_all(), key=lambda r: r["k"]) == got
     whole = coordinator.read_dn("rd", "t", snapshot=snap, namespace=c.namespace).materialize()
     assert whole.num_blocks() == shards  # not split by Ray Data into many small blocks
+
+
+def test_read_dn_leaves_each_tail_in_the_object_store_and_reads_it_while_its_shard_restarts(
+    cluster,
+):
+    """The driver holds only a reference to each shard's Arrow tail (the tail is not fetched
+    and pickled into the read tasks); the reference is the driver's, so a dataset made before
+    a shard is SIGKILLed still reads its rows while the shard restarts."""
+    c = cluster
+    c.create_database("tails")
+    c.create_table("tails", "t", SCHEMA, "k")
+    c.write("tails", "t", [{"k": k, "v": f"v{k}", "w": k / 4} for k in range(2_000)])
+    c.write("tails", "t", [], range(0, 2_000, 9))  # deletes in the tails too
+    views = queries.views(c, "tails", "t", None, arrow=True, by_ref=True)
+    assert all(isinstance(v.arrow_tail, ray.ObjectRef) for v in views.values())
+    snap = views[0].snapshot
+    by_value = queries.views(c, "tails", "t", snap, arrow=True)
+    for i, v in views.items():
+        fetched = fetched_tail(v).arrow_tail
+        assert fetched is not None and len(fetched) == len(by_value[i].arrow_tail)
+        for (rows, dels, ordered), (rows2, dels2, ordered2) in zip(
+            fetched, by_value[i].arrow_tail, strict=True
+        ):
+            assert rows.equals(rows2) and ordered == ordered2
+            assert (dels is None and dels2 is None) or dels.equals(dels2)
+    want = list(c.scan("tails", "t", snapshot=snap))
+    ds = coordinator.read_dn("tails", "t", snapshot=snap, namespace=c.namespace)
+    pid = c.shards.call(0, "pid")
+    os.kill(pid, signal.SIGKILL)
+    assert sorted(ds.take_all(), key=lambda r: r["k"]) == want
+    deadline = time.time() + 60
+    while True:  # leave the shard up for the next test
+        try:
+            if c.shards.call(0, "pid", retry_s=5) != pid:
+                break
+        except DNError:
+            pass
+        assert time.time() < deadline, "shard 0 did not restart"
+        time.sleep(0.2)
 
 
 def _dataset(n: int):

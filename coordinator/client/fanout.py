@@ -29,6 +29,7 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from itertools import chain
 from operator import itemgetter
@@ -102,14 +103,21 @@ def fetch_views(
     columns: Sequence[str] | None = None,
     arrow: bool = False,
     map_version: int | None = None,
+    by_ref: bool = False,
 ) -> dict[int, ReadView]:
     """Each shard's view at ``snapshot``; the shards check ``columns`` first, so a read they
     refuse promises (and writes) nothing. ``arrow``: tails as Arrow (``ReadView.arrow_tail``),
-    for the Arrow read paths; ``map_version``: the slot map the reader routes by."""
+    for the Arrow read paths; ``map_version``: the slot map the reader routes by.
+    ``by_ref`` (Ray shards only): each view's ``arrow_tail`` is left in Ray's object store,
+    the view holding its ``ObjectRef`` (for a Ray Data read task:
+    :func:`coordinator.client.raydata.read_dn`)."""
     ids = range(len(shards)) if only is None else only
     args = (db, table, snapshot, from_ts, columns, (), arrow, map_version)
-    calls = {i: ("read_view", args) for i in ids}
-    return raise_first(shards.call_each(calls, retry_s))
+    if not by_ref:
+        return raise_first(shards.call_each({i: ("read_view", args) for i in ids}, retry_s))
+    calls = {i: ("read_view_split", args) for i in ids}
+    got = raise_first(shards.call_each(calls, retry_s, split=True))  # type: ignore[call-arg]
+    return {i: replace(view, arrow_tail=ref) for i, (view, ref) in got.items()}
 
 
 def _runs_per_shard(pool: ReaderPool, views: Mapping[int, ReadView]) -> dict[int, Runs]:

@@ -46,9 +46,11 @@ def views(
     from_ts: int | None = None,
     cols: Any = None,
     arrow: bool = False,
+    by_ref: bool = False,
 ) -> dict[int, ReadView]:
     """Every shard's view of ``db.table`` at ``snap`` (None: now), checked to agree;
-    ``arrow``: their tails as Arrow, for the Arrow read paths."""
+    ``arrow``: their tails as Arrow, for the Arrow read paths; ``by_ref``: those tails left
+    in Ray's object store (:func:`coordinator.client.fanout.fetch_views`)."""
     s = to_timestamp(snap)  # the shards check the columns before they promise anything
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
@@ -57,7 +59,7 @@ def views(
             with paused_gc():  # decoding the shards' tails makes many objects that live on
                 got = fanout.fetch_views(
                     client.shards, db, table, s, from_ts, client.retry_s, None, cols, arrow,
-                    client.map_version,
+                    client.map_version, by_ref,
                 )  # fmt: skip
             break
         except Moved:  # slots moved since this client fetched the map
