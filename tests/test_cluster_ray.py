@@ -103,6 +103,8 @@ def test_16_tasks_ingest_then_snapshot_and_change_feed_match_acks(cluster):
         assert all(s["actor"]["allocator_tuned"] for s in st.values())
     # glibc's settings in the environment each shard process started with
     assert all(s["actor"]["allocator_env"] for s in st.values())
+    # Arrow's pool in each shard process: jemalloc, or the system's (decision 0020)
+    assert all(s["actor"]["arrow_pool"] in ("jemalloc", "system") for s in st.values())
 
 
 def _ordered_writer(namespace: str, db: str, table: str, keys: list, stop_at: float) -> int:

@@ -39,7 +39,9 @@
   timestamp. Bounds: a key may appear once in the dataset (as in one batch), and each shard
   holds its share in memory until the decision (``max_staged_rows``).
 
-Runs in the driver (planning, the atomic commit) and in Ray tasks (reads, writes).
+Runs in the driver (planning, the atomic commit) and in Ray tasks (reads, writes). The tasks
+allocate from jemalloc's Arrow pool while they run (:func:`dn.arrowpool.for_task`), the driver
+from its own default.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from coordinator.client.readerpool import ReaderPool
 from coordinator.client.routing import split, validate_columns
 from coordinator.client.txn import commit_calls
 from coordinator.client.writes import Limits, write_batch
+from dn import arrowpool
 from dn.errors import ObjectExists, StaleTable
 from dn.objects import codec
 from dn.read import arrowfeed, arrowstream
@@ -134,6 +137,13 @@ def fetched_tail(view: ReadView) -> ReadView:
 
 
 def _read_shard(
+    store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
+) -> Iterator[pa.Table]:
+    with arrowpool.for_task():
+        yield from _shard_blocks(store, cache, shard, view, columns, feed)
+
+
+def _shard_blocks(
     store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
 ) -> Iterator[pa.Table]:
     reader = ReaderPool.for_url(store, cache).reader(shard)
@@ -247,6 +257,10 @@ class DNDatasink(Datasink):
         _client(self.namespace).txn_context().tables.get(self.db, self.table)  # NotFound early
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> int:
+        with arrowpool.for_task():
+            return self._write(blocks, ctx)
+
+    def _write(self, blocks: Iterable[Any], ctx: Any) -> int:
         client = _client(self.namespace)
         tc = client.txn_context()
         lim = Limits.from_info(client.info)
