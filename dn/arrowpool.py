@@ -7,7 +7,7 @@ benchmark machine (a 2-core VM), converting 500,000 rows of (int64, string, floa
 Arrow and keeping them, three times in a fresh process: mimalloc 0.25-0.29 s each, 0.17-0.21 s
 of it in the kernel, against jemalloc's 0.074 s and the system allocator's 0.10 s. In a
 deployment that was most of a first read of fresh data: issue 15's 4f-read measured 1.19M
-rows/s with mimalloc and 3.27M with jemalloc (same run of part 8, medians of 3).
+rows/s with mimalloc and 3.27M with jemalloc (consecutive runs of part 8, medians of 3).
 
 So DN uses jemalloc (or, where pyarrow was built without it, the system allocator):
 
