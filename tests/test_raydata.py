@@ -19,7 +19,7 @@ import ray.data
 import coordinator
 from coordinator.client import queries
 from coordinator.client.raydata import DNDatasink, fetched_tail
-from dn.errors import DNError
+from dn.errors import DNError, Unavailable
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -96,6 +96,23 @@ def test_read_dn_leaves_each_tail_in_the_object_store_and_reads_it_while_its_sha
             pass
         assert time.time() < deadline, "shard 0 did not restart"
         time.sleep(0.2)
+
+
+def test_a_tail_lost_with_its_node_is_unavailable(cluster, monkeypatch):
+    c = cluster
+    c.create_database("lost")
+    c.create_table("lost", "t", SCHEMA, "k")
+    c.write("lost", "t", [{"k": k, "v": "x", "w": 1.0} for k in range(100)])
+    views = queries.views(c, "lost", "t", None, arrow=True, by_ref=True)
+    ref = views[0].arrow_tail
+    assert isinstance(ref, ray.ObjectRef)
+
+    def lost(*_a, **_k):
+        raise ray.exceptions.ObjectLostError(ref.hex(), "", "")
+
+    monkeypatch.setattr(ray, "get", lost)
+    with pytest.raises(Unavailable, match="lost with the node"):
+        fetched_tail(views[0])
 
 
 def _dataset(n: int):

@@ -64,7 +64,7 @@ from coordinator.client.routing import split, validate_columns
 from coordinator.client.txn import commit_calls
 from coordinator.client.writes import Limits, write_batch
 from dn import arrowpool
-from dn.errors import ObjectExists, StaleTable
+from dn.errors import ObjectExists, StaleTable, Unavailable
 from dn.objects import codec
 from dn.read import arrowfeed, arrowstream
 from dn.read.arrow import arrow_schema
@@ -129,11 +129,18 @@ class _ShardRows(Datasource):
 
 def fetched_tail(view: ReadView) -> ReadView:
     """A view whose Arrow tail was left in Ray's object store (``by_ref``) with the tail
-    fetched: zero-copy on the node the shard put it on."""
+    fetched: zero-copy on the node the shard put it on. A tail lost with that node (its only
+    copy) is :class:`dn.errors.Unavailable`: the dataset must be made again."""
     ref = view.arrow_tail
-    if isinstance(ref, ray.ObjectRef):
+    if not isinstance(ref, ray.ObjectRef):
+        return view
+    try:
         return replace(view, arrow_tail=ray.get(ref))
-    return view
+    except ray.exceptions.ObjectLostError as exc:
+        raise Unavailable(
+            f"the in-memory rows of {view.table.name} read at {view.snapshot} were lost with "
+            f"the node that held them; read the table again: {exc}"
+        ) from None
 
 
 def _read_shard(

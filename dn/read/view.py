@@ -58,8 +58,10 @@ class ReadView:
     from_ts: int | None = None
     range_stats: tuple[TableStats | None, ...] | None = None
     #: The tail as Arrow instead of ``tail`` (which is then empty), for the Arrow read paths
-    #: (:func:`dn.read.arrowscan.arrow_tail`): (versions, deletes, sorted by pk) per run.
-    arrow_tail: tuple | None = None
+    #: (:func:`dn.read.arrowscan.arrow_tail`): (versions, deletes, sorted by pk) per run. On
+    #: its way to a Ray Data read task, the reference to that tuple in Ray's object store
+    #: (``coordinator.client.fanout.fetch_views`` ``by_ref``), fetched by the task.
+    arrow_tail: Any = None
     #: The slot map version the reader routes by (:mod:`dn.moves`; None: the moves done).
     map_version: int | None = None
 
