@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pyarrow as pa
+import pytest
 
+from coordinator.client import queries
 from dn import arrowpool
 
 
@@ -48,3 +51,70 @@ def test_use_in_process_makes_it_the_processs_pool():
     env[arrowpool.ARROW_POOL_ENV] = "system"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "system"
+
+
+def test_blocks_in_two_threads_set_the_pool_once_and_put_it_back_once(monkeypatch):
+    monkeypatch.delenv(arrowpool.ARROW_POOL_ENV, raising=False)
+    before = pa.default_memory_pool().backend_name
+    chosen = arrowpool.chosen_pool().backend_name
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with arrowpool.for_task():
+            entered.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other)
+    with arrowpool.for_task():
+        t.start()
+        assert entered.wait(10)
+    assert pa.default_memory_pool().backend_name == chosen  # the other thread is still inside
+    release.set()
+    t.join(10)
+    assert pa.default_memory_pool().backend_name == before
+
+
+def test_a_pooled_stream_makes_its_items_with_the_pool_and_puts_it_back(monkeypatch):
+    monkeypatch.delenv(arrowpool.ARROW_POOL_ENV, raising=False)
+    before = pa.default_memory_pool().backend_name
+    chosen = arrowpool.chosen_pool().backend_name
+
+    def stream():
+        for _ in range(3):
+            yield pa.default_memory_pool().backend_name
+
+    assert list(arrowpool.pooled(stream())) == [chosen] * 3
+    assert pa.default_memory_pool().backend_name == before
+    s = arrowpool.pooled(stream())
+    assert next(s) == chosen
+    s.close()  # a stream left early
+    assert pa.default_memory_pool().backend_name == before
+
+
+@pytest.mark.ray
+def test_the_clients_arrow_reads_allocate_from_the_pool_and_leave_the_drivers(cluster, monkeypatch):
+    monkeypatch.delenv(arrowpool.ARROW_POOL_ENV, raising=False)
+    before = pa.default_memory_pool().backend_name
+    chosen = arrowpool.chosen_pool().backend_name
+    c = cluster
+    c.create_database("pool")
+    c.create_table("pool", "t", {"k": "int64", "v": "string"}, "k")
+    first = c.snapshot() + 1
+    c.write("pool", "t", [{"k": k, "v": str(k)} for k in range(100)])
+    seen = []
+    real = queries.scan_arrow
+
+    def spy(*a, **kw):
+        seen.append(pa.default_memory_pool().backend_name)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(queries, "scan_arrow", spy)
+    assert c.scan_arrow("pool", "t").num_rows == 100 and seen == [chosen]
+    assert pa.default_memory_pool().backend_name == before
+    assert sum(b.num_rows for b in c.scan_batches("pool", "t")) == 100
+    assert c.changes_arrow("pool", "t", first).num_rows == 100
+    feed = c.subscribe("pool", "t", first)
+    assert next(feed).num_rows == 100
+    assert pa.default_memory_pool().backend_name == chosen  # the feed is open
+    feed.close()
+    assert pa.default_memory_pool().backend_name == before

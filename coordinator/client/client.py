@@ -63,6 +63,7 @@ from coordinator.client.writes import (
     reusable,
     write_batch,
 )
+from dn import arrowpool
 from dn.backoff import Backoff
 from dn.errors import InvalidArgument
 from dn.read.change import Change
@@ -321,12 +322,15 @@ class Client(SlotOps):
     ) -> pa.Table:
         """:meth:`scan` as one Arrow table (:mod:`dn.columnar`'s types); ``to_pandas()``
         on it gives a DataFrame."""
-        return queries.scan_arrow(self, db, table, snapshot, columns, start, end)
+        with arrowpool.for_task():  # DN's Arrow memory from jemalloc (decision 0020)
+            return queries.scan_arrow(self, db, table, snapshot, columns, start, end)
 
     def scan_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
         """:meth:`scan_arrow`'s rows in batches of at most ``batch_rows``, streamed:
         queries.scan_batches."""
-        return queries.scan_batches(self, db, table, *a, batch_rows=batch_rows, **kw)
+        return arrowpool.pooled(
+            queries.scan_batches(self, db, table, *a, batch_rows=batch_rows, **kw)
+        )
 
     def changes_batches(self, db: str, table: str, *a: Any, batch_rows: int = 65_536, **kw: Any):
         """:meth:`changes_arrow`'s arguments; record batches of at most ``batch_rows`` rows."""
@@ -372,14 +376,15 @@ class Client(SlotOps):
         """:meth:`changes` as an Arrow table: the row's columns, ``_commit_ts`` and
         ``_change_type`` (``insert``, ``update_postimage``, ``delete``; with
         ``before_images`` also ``update_preimage``), in (``_commit_ts``, key) order."""
-        return queries.changes_arrow(self, db, table, from_ts, snapshot, columns, before_images)
+        with arrowpool.for_task():
+            return queries.changes_arrow(self, db, table, from_ts, snapshot, columns, before_images)
 
     def subscribe(self, db: str, table: str, from_ts: Any, columns: Any = None, **kw: Any):
         """The live change feed from ``from_ts`` (resume at the last ``_commit_ts`` seen + 1):
         an Arrow table per batch of commits as they land, forever, in (``_commit_ts``, key)
         order across shards with no gap or repeat (``as_dicts=True``: Change records;
         ``poll_s``, ``stop``: :func:`coordinator.client.live.subscribe`)."""
-        return live.subscribe(self, db, table, from_ts, columns, **kw)
+        return arrowpool.pooled(live.subscribe(self, db, table, from_ts, columns, **kw))
 
     # -- operations -------------------------------------------------------------------------
 
