@@ -50,6 +50,7 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -130,6 +131,19 @@ class ShardActor(ShardService):
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+
+    def split_views(self, method: str, *args: Any) -> tuple[Any, Any]:
+        """``read_view`` or ``feed_views`` (``method``, with ``arrow``) as two values: the view
+        (a feed's pair) without Arrow tails, and the tails (None for none). The caller takes
+        them as two objects (:meth:`ShardGroup.call_each` ``split``) and hands the tails'
+        reference on to a Ray Data read task, which fetches them (the driver does not)."""
+        if method not in ("read_view", "feed_views"):
+            raise InvalidArgument(f"split_views takes read_view or feed_views, not {method!r}")
+        out = getattr(self, method)(*args)
+        views = out if method == "feed_views" else (out,)
+        bare = tuple(v and replace(v, arrow_tail=None) for v in views)
+        tails = tuple(v and v.arrow_tail for v in views)
+        return (bare, tails) if method == "feed_views" else (bare[0], tails[0])
 
     def status(self) -> dict[str, Any]:
         out = super().status()

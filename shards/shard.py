@@ -44,7 +44,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from dn import Engine, ReadView, Settings
@@ -293,14 +292,6 @@ class ShardService(SlotMoves):
         plan = view.plan
         self.metrics.read_done(len(plan.ranges) + (plan.checkpoint is not None))
         return arrow_tail(view) if arrow else view
-
-    def read_view_split(self, *args: Any) -> tuple[ReadView, tuple | None]:
-        """:meth:`read_view` as two values, the view without its Arrow tail and that tail
-        (None without one): the caller of a Ray actor takes them as two objects
-        (:meth:`shards.group.ShardGroup.call_each` ``split``) and hands the tail's reference
-        on to the process that reads it, without fetching it (a Ray Data read task)."""
-        view = self.read_view(*args)
-        return replace(view, arrow_tail=None), view.arrow_tail
 
     def feed_views(
         self,

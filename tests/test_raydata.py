@@ -19,7 +19,7 @@ import ray.data
 import coordinator
 from coordinator.client import queries
 from coordinator.client.raydata import DNDatasink, fetched_tail
-from dn.errors import DNError, Unavailable
+from dn.errors import DNError, InvalidArgument, Unavailable
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -63,15 +63,19 @@ def test_read_dn_leaves_each_tail_in_the_object_store_and_reads_it_while_its_sha
     cluster,
 ):
     """The driver holds only a reference to each shard's Arrow tail (the tail is not fetched
-    and pickled into the read tasks); the reference is the driver's, so a dataset made before
-    a shard is SIGKILLed still reads its rows while the shard restarts."""
+    and pickled into the read tasks), for read_dn and read_dn_changes; the reference is the
+    driver's, so datasets made before a shard is SIGKILLed still read while it restarts."""
     c = cluster
     c.create_database("tails")
     c.create_table("tails", "t", SCHEMA, "k")
-    c.write("tails", "t", [{"k": k, "v": f"v{k}", "w": k / 4} for k in range(2_000)])
+    c.write("tails", "t", [{"k": k, "v": f"v{k}", "w": k / 4} for k in range(1_000)])
+    first = c.snapshot() + 1  # the feed's: inserts, updates and deletes of rows in memory
+    c.write("tails", "t", [{"k": k, "v": f"v{k}", "w": k / 4} for k in range(500, 2_000)])
     c.write("tails", "t", [], range(0, 2_000, 9))  # deletes in the tails too
     views = queries.views(c, "tails", "t", None, arrow=True, by_ref=True)
     assert all(isinstance(v.arrow_tail, ray.ObjectRef) for v in views.values())
+    with pytest.raises(InvalidArgument, match="read_view or feed_views"):
+        c.shards.call(0, "split_views", "status")  # splits views only
     snap = views[0].snapshot
     by_value = queries.views(c, "tails", "t", snap, arrow=True)
     for i, v in views.items():
@@ -82,11 +86,17 @@ def test_read_dn_leaves_each_tail_in_the_object_store_and_reads_it_while_its_sha
         ):
             assert rows.equals(rows2) and ordered == ordered2
             assert (dels is None and dels2 is None) or dels.equals(dels2)
+    feed_views, _ = queries.feed_views(c, "tails", "t", first, snap, None, True, by_ref=True)
+    assert all(isinstance(v.arrow_tail, ray.ObjectRef) for v in feed_views.values())
     want = list(c.scan("tails", "t", snapshot=snap))
+    want_feed = c.changes_arrow("tails", "t", first, snapshot=snap).to_pylist()
+    assert {r["_change_type"] for r in want_feed} == {"insert", "update_postimage", "delete"}
     ds = coordinator.read_dn("tails", "t", snapshot=snap, namespace=c.namespace)
+    feed = coordinator.read_dn_changes("tails", "t", first, snap, namespace=c.namespace)
     pid = c.shards.call(0, "pid")
     os.kill(pid, signal.SIGKILL)
     assert sorted(ds.take_all(), key=lambda r: r["k"]) == want
+    assert sorted(feed.take_all(), key=lambda r: (r["_commit_ts"], r["k"])) == want_feed
     deadline = time.time() + 60
     while True:  # leave the shard up for the next test
         try:

@@ -115,7 +115,7 @@ def fetch_views(
     args = (db, table, snapshot, from_ts, columns, (), arrow, map_version)
     if not by_ref:
         return raise_first(shards.call_each({i: ("read_view", args) for i in ids}, retry_s))
-    calls = {i: ("read_view_split", args) for i in ids}
+    calls = {i: ("split_views", ("read_view", *args)) for i in ids}
     got = raise_first(shards.call_each(calls, retry_s, split=True))  # type: ignore[call-arg]
     return {i: replace(view, arrow_tail=ref) for i, (view, ref) in got.items()}
 

@@ -18,6 +18,7 @@ thread.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -165,26 +166,40 @@ def scan_batches(
 
 
 def feed_views(
-    client: Any, db: str, table: str, from_ts: Any, snapshot: Any, columns: Any, arrow=False
+    client: Any,
+    db: str,
+    table: str,
+    from_ts: Any,
+    snapshot: Any,
+    columns: Any,
+    arrow: bool = False,
+    by_ref: bool = False,
 ) -> tuple[dict[int, ReadView], dict[int, ReadView | None]]:
     """Every shard's feed view from ``from_ts`` at one snapshot and, in the same call, its view
     of the state at ``from_ts - 1`` (``ShardService.feed_views``; None where there is none);
-    ``arrow``: their tails as Arrow, for the Arrow read paths."""
+    ``arrow``: their tails as Arrow, for the Arrow read paths; ``by_ref`` (Ray shards, with
+    ``arrow``): the tails left in Ray's object store, each feed view's ``arrow_tail`` holding
+    the reference to the pair (feed view's tail, before view's tail) for a Ray Data read task
+    (``coordinator.client.raydata``)."""
     f = check_from_ts(from_ts)
     s = to_timestamp(snapshot)
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
     for attempt in range(fanout.MOVED_READ_ATTEMPTS):
         args = (db, table, s, f, columns, arrow, client.map_version)
-        calls = {i: ("feed_views", args) for i in range(len(client.shards))}
+        method, split = ("split_views", ("feed_views", *args)), {"split": True}
+        calls = {i: method if by_ref else ("feed_views", args) for i in range(len(client.shards))}
         try:
             with paused_gc():  # decoding the shards' tails makes many objects that live on
-                pairs = fanout.raise_first(client.shards.call_each(calls, client.retry_s))
+                got = client.shards.call_each(calls, client.retry_s, **(split if by_ref else {}))
+                pairs = fanout.raise_first(got)
             break
         except Moved:  # slots moved since this client fetched the map
             if attempt + 1 == fanout.MOVED_READ_ATTEMPTS:
                 raise
             client.refresh_route()
+    if by_ref:  # ((view, before), tails ref): the ref rides on the view to the read task
+        pairs = {i: (replace(v, arrow_tail=ref), b) for i, ((v, b), ref) in pairs.items()}
     got = {i: v for i, (v, _) in pairs.items()}
     fanout.check_same_schema(got)
     client.observe(got[0].snapshot)

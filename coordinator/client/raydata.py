@@ -17,7 +17,8 @@
   blocks, which took half the time of reading 2M rows. Blocks are in primary-key order within
   a shard.
 - :func:`read_dn_changes` — the change feed from ``from_ts`` with ``_commit_ts`` and
-  ``_change_type`` (:mod:`dn.read.cdc`), one read task per shard; each block is in
+  ``_change_type`` (:mod:`dn.read.cdc`), one read task per shard (its feed view's and before
+  view's tails, as Arrow, fetched by the task as ``read_dn``'s are); each block is in
   (``_commit_ts``, key) order within its shard (sort the dataset by ``_commit_ts`` for one order).
 - :class:`DNDatasink` — ``ds.write_datasink(DNDatasink(db, table))``: each write task writes its
   blocks with ``write_columns`` (Arrow tables or DataFrames, types checked); every row is
@@ -154,6 +155,7 @@ def _shard_blocks(
     store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
 ) -> Iterator[pa.Table]:
     reader = ReaderPool.for_url(store, cache).reader(shard)
+    by_ref = isinstance(view.arrow_tail, ray.ObjectRef)
     view = fetched_tail(view)
     if feed is None and arrow_path(view.table):  # streamed: range objects read part by part
         empty = True
@@ -167,6 +169,10 @@ def _shard_blocks(
         yield from _blocks(scan_table(reader, view, None, None, columns))
         return
     before, before_images = feed  # the shard's feed, read and classified as Arrow
+    if by_ref:  # the pair fetched: the feed view's tail and the before view's
+        tails = view.arrow_tail
+        view = replace(view, arrow_tail=tails[0])
+        before = before and replace(before, arrow_tail=tails[1])
     yield from _blocks(arrowfeed.changes_table(reader, view, before, columns, before_images))
 
 
@@ -217,7 +223,9 @@ def read_dn_changes(
 ) -> ray.data.Dataset:
     """The change feed of ``db.table`` from ``from_ts`` to ``snapshot`` as a Dataset."""
     client = _client(namespace)
-    views, befores = queries.feed_views(client, db, table, from_ts, snapshot, columns, True)
+    views, befores = queries.feed_views(
+        client, db, table, from_ts, snapshot, columns, arrow=True, by_ref=True
+    )
     feed = (befores, before_images)
     cache = client.settings.client_cache_bytes
     source = _ShardRows(client.info["store"], cache, views, columns, feed)
