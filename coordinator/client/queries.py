@@ -166,27 +166,21 @@ def scan_batches(
 
 
 def feed_views(
-    client: Any,
-    db: str,
-    table: str,
-    from_ts: Any,
-    snapshot: Any,
-    columns: Any,
-    arrow: bool = False,
-    by_ref: bool = False,
+    client: Any, db: str, table: str, from_ts: Any, snap: Any, cols: Any, arrow=False, by_ref=False
 ) -> tuple[dict[int, ReadView], dict[int, ReadView | None]]:
-    """Every shard's feed view from ``from_ts`` at one snapshot and, in the same call, its view
-    of the state at ``from_ts - 1`` (``ShardService.feed_views``; None where there is none);
-    ``arrow``: their tails as Arrow, for the Arrow read paths; ``by_ref`` (Ray shards, with
+    """Every shard's feed view from ``from_ts`` at ``snap`` (one snapshot; None: now),
+    projected on ``cols``, and, in the same call, its view of the state at ``from_ts - 1``
+    (``ShardService.feed_views``; None where there is none); ``arrow``: their tails as
+    Arrow, for the Arrow read paths; ``by_ref`` (Ray shards, with
     ``arrow``): the tails left in Ray's object store, each feed view's ``arrow_tail`` holding
     the reference to the pair (feed view's tail, before view's tail) for a Ray Data read task
     (``coordinator.client.raydata``)."""
     f = check_from_ts(from_ts)
-    s = to_timestamp(snapshot)
+    s = to_timestamp(snap)
     if s is None:
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
     for attempt in range(fanout.MOVED_READ_ATTEMPTS):
-        args = (db, table, s, f, columns, arrow, client.map_version)
+        args = (db, table, s, f, cols, arrow, client.map_version)
         method, split = ("split_views", ("feed_views", *args)), {"split": True}
         calls = {i: method if by_ref else ("feed_views", args) for i in range(len(client.shards))}
         try:
