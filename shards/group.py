@@ -331,7 +331,7 @@ class ShardGroup:
             refs: dict[int, Any] = {}
             for i, (method, args) in pending.items():
                 try:
-                    if split:
+                    if split:  # plain calls keep _submit's three arguments (test doubles)
                         refs[i] = self._submit(i, method, args, True)
                     else:
                         refs[i] = self._submit(i, method, args)

@@ -115,9 +115,18 @@ def fetch_views(
     args = (db, table, snapshot, from_ts, columns, (), arrow, map_version)
     if not by_ref:
         return raise_first(shards.call_each({i: ("read_view", args) for i in ids}, retry_s))
-    calls = {i: ("split_views", ("read_view", *args)) for i in ids}
-    got = raise_first(shards.call_each(calls, retry_s, split=True))  # type: ignore[call-arg]
+    got = split_views(shards, "read_view", args, ids, retry_s)
     return {i: replace(view, arrow_tail=ref) for i, (view, ref) in got.items()}
+
+
+def split_views(
+    shards: ShardCalls, method: str, args: tuple, ids: Sequence[int], retry_s: float
+) -> dict[int, tuple[Any, Any]]:
+    """``method`` (``read_view`` or ``feed_views``, with ``arrow``) on each shard of ``ids``,
+    its Arrow tails left in Ray's object store (Ray shards only: ``ShardActor.split_views``):
+    ``{shard: (its answer without the tails, the tails' ObjectRef)}``."""
+    calls = {i: ("split_views", (method, *args)) for i in ids}
+    return raise_first(shards.call_each(calls, retry_s, split=True))  # type: ignore[call-arg]
 
 
 def _runs_per_shard(pool: ReaderPool, views: Mapping[int, ReadView]) -> dict[int, Runs]:

@@ -181,19 +181,22 @@ def feed_views(
         s = fanout.choose_snapshot(client.shards, client.token, client.retry_s)
     for attempt in range(fanout.MOVED_READ_ATTEMPTS):
         args = (db, table, s, f, cols, arrow, client.map_version)
-        method, split = ("split_views", ("feed_views", *args)), {"split": True}
-        calls = {i: method if by_ref else ("feed_views", args) for i in range(len(client.shards))}
+        ids = range(len(client.shards))
         try:
             with paused_gc():  # decoding the shards' tails makes many objects that live on
-                got = client.shards.call_each(calls, client.retry_s, **(split if by_ref else {}))
-                pairs = fanout.raise_first(got)
+                if by_ref:  # ((view, before), the tails' ref)
+                    split = fanout.split_views(
+                        client.shards, "feed_views", args, ids, client.retry_s
+                    )
+                    pairs = {i: (replace(v, arrow_tail=r), b) for i, ((v, b), r) in split.items()}
+                else:
+                    calls = {i: ("feed_views", args) for i in ids}
+                    pairs = fanout.raise_first(client.shards.call_each(calls, client.retry_s))
             break
         except Moved:  # slots moved since this client fetched the map
             if attempt + 1 == fanout.MOVED_READ_ATTEMPTS:
                 raise
             client.refresh_route()
-    if by_ref:  # ((view, before), tails ref): the ref rides on the view to the read task
-        pairs = {i: (replace(v, arrow_tail=ref), b) for i, ((v, b), ref) in pairs.items()}
     got = {i: v for i, (v, _) in pairs.items()}
     fanout.check_same_schema(got)
     client.observe(got[0].snapshot)
