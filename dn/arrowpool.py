@@ -72,7 +72,8 @@ _before: pa.MemoryPool | None = None  # the default pool when the first of them 
 def for_task() -> Iterator[None]:
     """:func:`chosen_pool` as the default pool inside the block, the previous one after the
     last block (of any thread) inside it ends: blocks in several threads at once set it once
-    and put the pool from before the first back once."""
+    and put the pool from before the first back once. A pool the user made the default while
+    a block ran (a pool of another backend) is left as it is."""
     global _users, _before
     pool = chosen_pool()
     if pool is None:
@@ -89,7 +90,8 @@ def for_task() -> Iterator[None]:
         with _lock:
             _users -= 1
             if _users == 0 and _before is not None:
-                pa.set_memory_pool(_before)
+                if pa.default_memory_pool().backend_name == pool.backend_name:
+                    pa.set_memory_pool(_before)  # else the user chose a pool meanwhile: theirs
                 _before = None
 
 

@@ -34,6 +34,28 @@ def test_for_task_sets_the_pool_inside_and_puts_the_previous_one_back(monkeypatc
     assert pa.default_memory_pool().backend_name == before
 
 
+def test_a_pool_the_user_sets_during_a_block_is_kept_after_it(monkeypatch):
+    monkeypatch.delenv(arrowpool.ARROW_POOL_ENV, raising=False)
+    original = pa.default_memory_pool()
+    chosen = arrowpool.chosen_pool().backend_name
+    if chosen == "jemalloc":
+        theirs = pa.system_memory_pool()
+    else:
+        try:
+            theirs = pa.mimalloc_memory_pool()
+        except NotImplementedError:
+            pytest.skip("no second pool to choose in this pyarrow build")
+    try:
+        with arrowpool.for_task():
+            pa.set_memory_pool(theirs)  # e.g. while iterating subscribe
+        assert pa.default_memory_pool().backend_name == theirs.backend_name
+        with arrowpool.for_task():  # the next block sets DN's and puts theirs back
+            assert pa.default_memory_pool().backend_name == chosen
+        assert pa.default_memory_pool().backend_name == theirs.backend_name
+    finally:
+        pa.set_memory_pool(original)
+
+
 def test_a_users_pool_is_left_alone(monkeypatch):
     monkeypatch.setenv(arrowpool.ARROW_POOL_ENV, "system")
     before = pa.default_memory_pool().backend_name
