@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ import ray.data
 
 import coordinator
 from coordinator.client import queries
-from coordinator.client.raydata import DNDatasink, fetched_tail
+from coordinator.client.raydata import DNDatasink
+from coordinator.client.raytails import Replan, with_tails
 from dn.errors import DNError, InvalidArgument, Unavailable
 
 pytestmark = pytest.mark.ray
@@ -79,7 +81,7 @@ def test_read_dn_leaves_each_tail_in_the_object_store_and_reads_it_while_its_sha
     snap = views[0].snapshot
     by_value = queries.views(c, "tails", "t", snap, arrow=True)
     for i, v in views.items():
-        fetched = fetched_tail(v).arrow_tail
+        fetched = with_tails(i, v, None, Replan(c.namespace, c.map_version))[0].arrow_tail
         assert fetched is not None and len(fetched) == len(by_value[i].arrow_tail)
         for (rows, dels, ordered), (rows2, dels2, ordered2) in zip(
             fetched, by_value[i].arrow_tail, strict=True
@@ -108,21 +110,67 @@ def test_read_dn_leaves_each_tail_in_the_object_store_and_reads_it_while_its_sha
         time.sleep(0.2)
 
 
-def test_a_tail_lost_with_its_node_is_unavailable(cluster, monkeypatch):
+@ray.remote(num_cpus=0)
+class _Owner:
+    """Puts an object and owns it: once the actor is killed, the object is lost."""
+
+    def put(self) -> list:
+        return [ray.put(b"gone" * 100_000)]  # in the object store, not inlined
+
+
+def _lost_ref() -> ray.ObjectRef:
+    """A reference whose object is lost (its owner died), as a tail lost with its node."""
+    owner = _Owner.remote()
+    [ref] = ray.get(owner.put.remote())
+    ray.kill(owner)
+    deadline = time.time() + 60
+    while True:  # the borrowers hear of the owner's death a moment later
+        try:
+            ray.get(ref, timeout=30)
+        except ray.exceptions.ObjectLostError:
+            return ref
+        assert time.time() < deadline, "the object outlived its owner"
+        time.sleep(0.5)
+
+
+def test_a_read_task_whose_tail_was_lost_reads_its_shards_view_again(cluster, monkeypatch):
+    """A tail lost between the making of a dataset and its read (its node lost): the read
+    task asks its shard for its view again at the same snapshot, by value, and reads the same
+    rows, though the shard wrote its buffer out meanwhile (another plan); the same for the
+    change feed. What the shard cannot read again is Unavailable, the reason named."""
     c = cluster
     c.create_database("lost")
     c.create_table("lost", "t", SCHEMA, "k")
-    c.write("lost", "t", [{"k": k, "v": "x", "w": 1.0} for k in range(100)])
-    views = queries.views(c, "lost", "t", None, arrow=True, by_ref=True)
-    ref = views[0].arrow_tail
-    assert isinstance(ref, ray.ObjectRef)
+    c.write("lost", "t", [{"k": k, "v": "x", "w": 1.0} for k in range(300)])
+    first = c.snapshot() + 1
+    c.write("lost", "t", [{"k": k, "v": "y", "w": None} for k in range(200, 400)], range(0, 50))
+    snap = c.snapshot()
+    want = list(c.scan("lost", "t", snapshot=snap))
+    want_feed = c.changes_arrow("lost", "t", first, snapshot=snap).to_pylist()
+    gone = _lost_ref()
+    views, feed_views = queries.views, queries.feed_views
 
-    def lost(*_a, **_k):
-        raise ray.exceptions.ObjectLostError(ref.hex(), "", "")
+    def lost_views(*a, **kw):
+        return {i: replace(v, arrow_tail=gone) for i, v in views(*a, **kw).items()}
 
-    monkeypatch.setattr(ray, "get", lost)
-    with pytest.raises(Unavailable, match="lost with the node"):
-        fetched_tail(views[0])
+    def lost_feed_views(*a, **kw):
+        got, before = feed_views(*a, **kw)
+        return {i: replace(v, arrow_tail=gone) for i, v in got.items()}, before
+
+    monkeypatch.setattr(queries, "views", lost_views)
+    monkeypatch.setattr(queries, "feed_views", lost_feed_views)
+    ds = coordinator.read_dn("lost", "t", snapshot=snap, namespace=c.namespace)
+    feed = coordinator.read_dn_changes("lost", "t", first, snap, namespace=c.namespace)
+    c.write("lost", "t", [{"k": k, "v": "later", "w": 2.0} for k in range(500)])  # not at snap
+    shards = len(c.status()["shards"])
+    for i in range(shards):
+        c.shards.call(i, "flush")  # the rows at snap now in range objects: another plan
+    assert sorted(ds.take_all(), key=lambda r: r["k"]) == want
+    assert sorted(feed.take_all(), key=lambda r: (r["_commit_ts"], r["k"])) == want_feed
+    # nothing to read again by: a projection the shard refuses stands for any refusal
+    view = replace(views(c, "lost", "t", snap, arrow=True)[0], arrow_tail=gone)
+    with pytest.raises(Unavailable, match="could not read them again"):
+        with_tails(0, view, None, Replan(c.namespace, c.map_version, ["nope"]))
 
 
 def _dataset(n: int):

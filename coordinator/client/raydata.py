@@ -12,10 +12,11 @@
   :meth:`shards.group.ShardGroup.call_each`) and the read task fetches it, zero-copy on the
   same node. (Before, the driver fetched every tail and pickled it into the read tasks: one
   more copy of the table's fresh rows, and Ray's warning of a 15 MiB read function for 2M
-  rows.) The dataset has as many read tasks as shards, and Ray Data is told so
-  (``override_num_blocks``): left to itself it splits each task's output into many small
-  blocks, which took half the time of reading 2M rows. Blocks are in primary-key order within
-  a shard.
+  rows.) A task whose tail was lost with its node asks the shard for its view again, at the
+  same snapshot (:mod:`coordinator.client.raytails`). The dataset has as many read tasks as
+  shards, and Ray Data is told so (``override_num_blocks``): left to itself it splits each
+  task's output into many small blocks, which took half the time of reading 2M rows. Blocks
+  are in primary-key order within a shard.
 - :func:`read_dn_changes` — the change feed from ``from_ts`` with ``_commit_ts`` and
   ``_change_type`` (:mod:`dn.read.cdc`), one read task per shard (its feed view's and before
   view's tails, as Arrow, fetched by the task as ``read_dn``'s are); each block is in
@@ -50,7 +51,6 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -60,12 +60,13 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask
 
 from coordinator.client import fanout, queries
+from coordinator.client.raytails import Replan, with_tails
 from coordinator.client.readerpool import ReaderPool
 from coordinator.client.routing import split, validate_columns
 from coordinator.client.txn import commit_calls
 from coordinator.client.writes import Limits, write_batch
 from dn import arrowpool
-from dn.errors import ObjectExists, StaleTable, Unavailable
+from dn.errors import ObjectExists, StaleTable
 from dn.objects import codec
 from dn.read import arrowfeed, arrowstream
 from dn.read.arrow import arrow_schema
@@ -99,12 +100,15 @@ def _metadata() -> BlockMetadata:
 class _ShardRows(Datasource):
     """One read task per shard over views made on the driver (see the module docstring)."""
 
-    def __init__(self, store: str, cache_bytes: int, views: dict, columns: Any, feed: Any) -> None:
+    def __init__(
+        self, store: str, cache_bytes: int, views: dict, columns: Any, feed: Any, again: Replan
+    ) -> None:
         self._store = store
         self._cache = cache_bytes
         self._views = views
         self._columns = columns
         self._feed = feed  # None for rows; (before views, before_images) for a change feed
+        self._again = again  # how a task whose tail was lost reads its shard's view again
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -123,40 +127,23 @@ class _ShardRows(Datasource):
             feed = None  # a feed's task takes its own shard's before-state only
             if self._feed is not None:
                 feed = (self._feed[0][i], self._feed[1])
-            args = (self._store, self._cache, i, view, self._columns, feed)
+            args = (self._store, self._cache, i, view, self._columns, feed, self._again)
             tasks.append(ReadTask(lambda a=args: _read_shard(*a), _metadata(), schema))
         return tasks
 
 
-def fetched_tail(view: ReadView) -> ReadView:
-    """A view whose Arrow tail was left in Ray's object store (``by_ref``) with the tail
-    fetched: zero-copy on the node the shard put it on. A tail lost with that node (its only
-    copy) is :class:`dn.errors.Unavailable`: the dataset must be made again."""
-    ref = view.arrow_tail
-    if not isinstance(ref, ray.ObjectRef):
-        return view
-    try:
-        return replace(view, arrow_tail=ray.get(ref))
-    except ray.exceptions.ObjectLostError as exc:
-        raise Unavailable(
-            f"the in-memory rows of {view.table.name} read at {view.snapshot} were lost with "
-            f"the node that held them; read the table again: {exc}"
-        ) from None
-
-
 def _read_shard(
-    store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
+    store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any, again: Replan
 ) -> Iterator[pa.Table]:
     with arrowpool.for_task():
-        yield from _shard_blocks(store, cache, shard, view, columns, feed)
+        yield from _shard_blocks(store, cache, shard, view, columns, feed, again)
 
 
 def _shard_blocks(
-    store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any
+    store: str, cache: int, shard: int, view: ReadView, columns: Any, feed: Any, again: Replan
 ) -> Iterator[pa.Table]:
     reader = ReaderPool.for_url(store, cache).reader(shard)
-    by_ref = isinstance(view.arrow_tail, ray.ObjectRef)
-    view = fetched_tail(view)
+    view, before = with_tails(shard, view, feed and feed[0], again)  # fetched, or read again
     if feed is None and arrow_path(view.table):  # streamed: range objects read part by part
         empty = True
         for block in _gathered(arrowstream.batches(reader, view, None, None, columns)):
@@ -168,11 +155,7 @@ def _shard_blocks(
     if feed is None:  # the shard's rows as Arrow, range objects read whole
         yield from _blocks(scan_table(reader, view, None, None, columns))
         return
-    before, before_images = feed  # the shard's feed, read and classified as Arrow
-    if by_ref:  # the pair fetched: the feed view's tail and the before view's
-        tails = view.arrow_tail
-        view = replace(view, arrow_tail=tails[0])
-        before = before and replace(before, arrow_tail=tails[1])
+    before_images = feed[1]  # the shard's feed, read and classified as Arrow
     yield from _blocks(arrowfeed.changes_table(reader, view, before, columns, before_images))
 
 
@@ -207,7 +190,8 @@ def read_dn(
     client = _client(namespace)
     views = queries.views(client, db, table, snapshot, cols=columns, arrow=True, by_ref=True)
     cache = client.settings.client_cache_bytes
-    source = _ShardRows(client.info["store"], cache, views, columns, None)
+    again = Replan(namespace, client.map_version, columns)  # the map the views were made by
+    source = _ShardRows(client.info["store"], cache, views, columns, None, again)
     return ray.data.read_datasource(source, override_num_blocks=len(views))
 
 
@@ -228,7 +212,8 @@ def read_dn_changes(
     )
     feed = (befores, before_images)
     cache = client.settings.client_cache_bytes
-    source = _ShardRows(client.info["store"], cache, views, columns, feed)
+    again = Replan(namespace, client.map_version, columns)
+    source = _ShardRows(client.info["store"], cache, views, columns, feed, again)
     return ray.data.read_datasource(source, override_num_blocks=len(views))
 
 
