@@ -5,12 +5,12 @@ in-memory tail, as Arrow, in Ray's object store, where the shard's reply put it;
 views hold the references and each read task fetches its shard's (:func:`with_tails`),
 zero-copy on the node the shard put it on. The driver owns the references, so a tail outlives
 its shard's restart; it does not outlive its node. When that node is lost between the making
-of the dataset and the read (the tail's only copy with it), or the driver's process ends
-before the read, the task asks its shard for its view again (:class:`Replan`), at the same
-snapshot and, for a change feed, from the same ``from_ts``, by value. A snapshot read is
-repeatable (DESIGN §5: every snapshot served is a promise that no later commit gets a
-timestamp at or below it), so the rows are the same; the plan may differ (the shard may have
-written its buffers out since, or compacted), and the task reads the plan it is given.
+of the dataset and the read (the tail's only copy with it), the task asks its shard for its
+view again (:class:`Replan`), at the same snapshot and, for a change feed, from the same
+``from_ts``, by value. A snapshot read is repeatable (DESIGN §5, promise 3: the same rows on
+every later read at S, whichever mix of checkpoint, ranges and tail serves it), so the rows
+are the same; the plan may differ (the shard may have written its buffers out since, or
+compacted), and the task reads the plan it is given.
 
 What cannot be read again is :class:`dn.errors.Unavailable`, the reason named: the snapshot
 has left the retention window, or the shard's slots moved since the dataset was made (its
