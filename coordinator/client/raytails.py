@@ -26,6 +26,7 @@ from typing import Any
 
 import ray
 
+from coordinator.client import fanout
 from dn.errors import DNError, Unavailable
 from dn.read.view import ReadView
 
@@ -49,8 +50,10 @@ class Replan:
         if view.from_ts is not None:  # ShardService.feed_views: the pair
             args = (t.db, t.name, s, view.from_ts, self.columns, True, mv)
             return client.shards.call(shard, "feed_views", *args, retry_s=client.retry_s)
-        args = (t.db, t.name, s, None, self.columns, (), True, mv)
-        return client.shards.call(shard, "read_view", *args, retry_s=client.retry_s), None
+        got = fanout.fetch_views(
+            client.shards, t.db, t.name, s, None, client.retry_s, [shard], self.columns, True, mv
+        )
+        return got[shard], None
 
 
 def with_tails(
