@@ -78,7 +78,7 @@ def _one_run(n: int, feed_s: float) -> tuple[float, float, list[float]]:
 
 def run(quick: bool, ray_ok: bool = True) -> list[Figure]:
     n = 500_000 if quick else 2_000_000
-    runs = 2 if quick else 3
+    runs = 2 if quick else 5  # full runs: 5, as parts 2-7 (part 9: 3)
     sink = Figure(
         "4f-sink",
         "raydata",
