@@ -38,14 +38,12 @@ start and end (wall clock, one machine) is kept.
   7c-during is the scans with the writers). The median of ``SCANS_TIMED`` scans after a first
   one (the client's object cache warm, ``CACHE_BYTES``); target >= 0.8x. **7c-settled**: the
   same scans once every move settled (no references, no filters; the writers stopped).
-- **7c-during** — scan runs, after the others: the same split, at the same time after the
-  writers start, with the driver scanning the whole table (``scan_arrow`` of the newest state,
-  the shards' memory not written out) back to back, in the last ``SCAN_BEFORE_S`` seconds
-  before the split and then from its start until it returns (every scan begun in a window
-  counts whole in it), 16 Ray tasks writing throughout; the rows/s during against before;
-  target >= 0.8x. Its writers' p99, max and rate are reported beside 7a (``with_scan_*``),
-  not counted in 7a: 7a is the writers alone, as issue 17 sets it. On two cores the driver's
-  scans take a share of the CPU the writers and the shards run on.
+- **7c-during** — scan runs, after the others: the same split, 16 Ray tasks writing
+  throughout, the driver scanning the whole table back to back (``scan_arrow`` of the newest
+  state, the shards' memory not written out) in the last ``SCAN_BEFORE_S`` s before the split
+  and from its start until it returns (a scan begun in a window counts whole in it); the
+  rows/s during against before; target >= 0.8x. Its writers' p99, max and rate are reported
+  beside 7a (``with_scan_*``), not in it: 7a is the writers alone, as issue 17 sets it.
 
 Medians over the runs (quick: 1 run and 1 scan run, fewer rows; full: 3 and 3).
 """
@@ -81,14 +79,10 @@ CACHE_BYTES = 2 << 30
 #: just after the split (eight shards of 1.9-2.1 GB, the driver 2.7 GB).
 BEFORE_S, RATE_WINDOW_S = 45.0, 25.0
 #: Seconds of back-to-back scans before the split in a scan run (7c-during's "before"): the
-#: last of the ``BEFORE_S`` the writers run first (quick runs: after them). A whole-table scan
-#: there takes 3-15 s, so a 10 s window held one or two, and the run's ratio was one scan's
-#: luck against five or six (2026-12-08: 0.78x and 0.65x, in quick runs 0.6-4.0x).
-SCAN_BEFORE_S = 30.0
-#: Quick runs' scans before the split (after the writers' ``before_s``).
-QUICK_SCAN_S = 10.0
-#: Scan runs (full; quick: 1): their median is 7c-during.
-SCAN_RUNS = 3
+#: last of the writers' ``BEFORE_S`` (quick runs: ``QUICK_SCAN_S`` after them). A scan there
+#: takes 3-15 s: a 10 s window held one or two, and the ratio was one scan's luck (2026-12-08:
+#: 0.78x and 0.65x; quick runs 0.6-4.0x). ``SCAN_RUNS``: scan runs in a full run (quick: 1).
+SCAN_BEFORE_S, QUICK_SCAN_S, SCAN_RUNS = 30.0, 10.0, 3
 #: Timed scans on each side of 7c (their median is the run's figure). One scan of a few
 #: seconds, with 16 writers and 4-8 shards on 2 cores, varied 2-3x from one to the next (the
 #: shards' answers to the view requests took 0.03-2.8 s, the client's decoding 0.3-6 s).
@@ -280,7 +274,6 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         progress("7: 16 tasks writing; the split starts in a few seconds")
         start = time.time()
         refs = [task.remote(client, t, stop_file) for t in range(TASKS)]
-        # a scan run scans in the last SCAN_BEFORE_S of before_s (quick: 10 s after it)
         scan_s = (SCAN_BEFORE_S if before_s > SCAN_BEFORE_S else QUICK_SCAN_S) if scan else 0.0
         time.sleep(before_s - scan_s if before_s > scan_s else before_s)
         if scan:  # scans back to back for scan_s, then on through the split
