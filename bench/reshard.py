@@ -274,8 +274,8 @@ def _one_run(deploy: Any, shutdown: Any, quick: bool, figs: list[Figure], scan: 
         progress("7: 16 tasks writing; the split starts in a few seconds")
         start = time.time()
         refs = [task.remote(client, t, stop_file) for t in range(TASKS)]
-        scan_s = (SCAN_BEFORE_S if before_s > SCAN_BEFORE_S else QUICK_SCAN_S) if scan else 0.0
-        time.sleep(before_s - scan_s if before_s > scan_s else before_s)
+        scan_s = (QUICK_SCAN_S if quick else SCAN_BEFORE_S) if scan else 0.0
+        time.sleep(before_s if quick else before_s - scan_s)  # quick: the scans come after
         if scan:  # scans back to back for scan_s, then on through the split
             until = time.perf_counter() + scan_s
             got, secs, n = _scan_loop(client, lambda: time.perf_counter() >= until)
